@@ -1,0 +1,652 @@
+//! The command-line interface: argument definitions and a thin layer of printing over
+//! [`Store`]. Scripts outside the project call these commands, so their names, flags and output
+//! formats are a contract.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::change::Change;
+use crate::contexts::ContextKeys;
+use crate::document::{DEFAULT_CONTEXT_KEY, Document, display_path};
+use crate::error::{Error, Result};
+use crate::eval::Evaluation;
+use crate::flag::{Flag, FlagSet, StickyPolicy, validate_name};
+use crate::store::{Selection, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flagstore",
+    version,
+    about = "Feature flags for data pipelines: sticky rollouts and an audit trail in one SQLite file"
+)]
+pub struct Cli {
+    /// SQLite database file; created and migrated on first use.
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGSTORE_DB",
+        default_value = "flagstore.db"
+    )]
+    pub db: PathBuf,
+
+    /// Who is making changes, recorded in the audit log [default: the OS user].
+    #[arg(long, global = true, env = "FLAGSTORE_ACTOR")]
+    pub actor: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update flags from a JSON file (`-` for stdin), all or nothing.
+    Import {
+        /// The flags file: {"flags": [{"name", "enabled"?, "rollout_pct"?, "requires"?, "sticky"?}]}.
+        file: String,
+        /// Also delete flags that the file does not list.
+        #[arg(long)]
+        replace: bool,
+        /// Validate and report what would change, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write every flag as JSON, sorted by name, in the format `import` reads.
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List, show and change flags.
+    #[command(subcommand)]
+    Flag(FlagCommand),
+    /// Evaluate flags for a context key, or for every key of a file.
+    Eval(EvalArgs),
+    /// List or reset sticky assignments.
+    #[command(subcommand)]
+    Assignments(AssignmentsCommand),
+    /// The prototype's job: import a flags file, evaluate its flags for its context_key and
+    /// write the results.
+    Run {
+        /// Flags file; its optional "context_key" (default "default") is the context evaluated.
+        #[arg(long)]
+        input: String,
+        /// Where to write the results JSON (also printed to stdout).
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlagCommand {
+    /// List every flag.
+    List {
+        /// Print JSON (the export format's flag objects) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one flag with its timestamps and the flags that require it.
+    Show { name: String },
+    /// Create a flag, or change the given fields of an existing one.
+    Set {
+        name: String,
+        /// true or false.
+        #[arg(long, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+        enabled: Option<bool>,
+        /// Rollout percentage, 0-100; fractions allowed.
+        #[arg(long, value_name = "PCT", allow_negative_numbers = true)]
+        rollout: Option<f64>,
+        /// Comma-separated flags this one requires; an empty value clears them.
+        #[arg(long, value_name = "FLAGS")]
+        requires: Option<String>,
+        /// Which decisions to store: on_only, all or none.
+        #[arg(long, value_name = "POLICY")]
+        sticky: Option<String>,
+    },
+    /// Turn a flag on (its rollout and dependencies still apply).
+    Enable { name: String },
+    /// Turn a flag off for everyone: the kill switch.
+    Disable { name: String },
+    /// Delete a flag and its assignments; refused while other flags require it.
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Flags to evaluate.
+    #[arg(required_unless_present = "all")]
+    pub flags: Vec<String>,
+    /// Evaluate every flag.
+    #[arg(long, conflicts_with = "flags")]
+    pub all: bool,
+    /// The context key (a tenant, batch or record id).
+    #[arg(long, required_unless_present = "contexts_file")]
+    pub context: Option<String>,
+    /// Evaluate for every key of this file (`-` for stdin), one per line; prints JSON Lines.
+    #[arg(long, value_name = "FILE", conflicts_with = "context")]
+    pub contexts_file: Option<String>,
+    /// Print the decision with its reason and source as JSON.
+    #[arg(long, conflicts_with = "contexts_file")]
+    pub json: bool,
+    /// Print nothing; exit 0 when the flag is on, 1 when it is off.
+    #[arg(short, long, conflicts_with_all = ["json", "contexts_file", "all"])]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssignmentsCommand {
+    /// List stored assignments.
+    List {
+        #[arg(long)]
+        flag: Option<String>,
+        #[arg(long)]
+        context: Option<String>,
+        /// Print JSON Lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget stored assignments so the next evaluation decides afresh (audited).
+    Reset {
+        #[arg(long)]
+        flag: String,
+        #[arg(long)]
+        context: Option<String>,
+    },
+}
+
+/// How a successful command ends: `Off` is exit status 1 under `eval -q`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Off,
+}
+
+/// Runs a parsed command line against the store it names.
+pub fn run(cli: Cli) -> Result<Outcome> {
+    let actor = cli.actor.clone().unwrap_or_else(os_user);
+    let mut store = Store::open(&cli.db)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let outcome = match cli.command {
+        Command::Import {
+            file,
+            replace,
+            dry_run,
+        } => import(&mut store, &mut out, &actor, &file, replace, dry_run),
+        Command::Export { output } => export(&store, &mut out, output.as_deref()),
+        Command::Flag(command) => flag_command(&mut store, &mut out, &actor, command),
+        Command::Eval(args) => eval(&mut store, &mut out, &actor, args),
+        Command::Assignments(command) => assignments(&mut store, &mut out, &actor, command),
+        Command::Run { input, output } => run_job(&mut store, &mut out, &actor, &input, &output),
+    }?;
+    out.flush().map_err(stdout_error)?;
+    Ok(outcome)
+}
+
+fn os_user() -> String {
+    whoami::username().unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn stdout_error(source: io::Error) -> Error {
+    Error::Write {
+        path: "stdout".to_string(),
+        source,
+    }
+}
+
+fn import(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    file: &str,
+    replace: bool,
+    dry_run: bool,
+) -> Result<Outcome> {
+    let document = Document::read(file)?;
+    let via = if replace {
+        "import --replace"
+    } else {
+        "import"
+    };
+    let changes = import_document(
+        store,
+        actor,
+        via,
+        &document,
+        display_path(file),
+        replace,
+        dry_run,
+    )?;
+    let unchanged = document.flags.len()
+        - changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Delete(_)))
+            .count();
+    let count = |action: &str| changes.iter().filter(|c| c.action() == action).count();
+    let mut report = String::new();
+    for change in &changes {
+        report.push_str(&format!("{}: {}\n", change.flag_name(), change.summary()));
+    }
+    report.push_str(&format!(
+        "{} created, {} updated, {} deleted, {} unchanged{}\n",
+        count("create"),
+        count("update"),
+        count("delete"),
+        unchanged,
+        if dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    ));
+    out.write_all(report.as_bytes()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+/// Upserts a document's flags (with `replace`, also deleting the flags it does not list) as one
+/// atomic write. Validation errors name the file.
+fn import_document(
+    store: &mut Store,
+    actor: &str,
+    via: &str,
+    document: &Document,
+    path: &str,
+    replace: bool,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
+    store.modify(actor, via, dry_run, |current| {
+        let mut next = if replace {
+            FlagSet::new()
+        } else {
+            current.clone()
+        };
+        for flag in &document.flags {
+            next.insert(flag.clone());
+        }
+        next.validate().map_err(|e| e.in_file(path))?;
+        Ok(next)
+    })
+}
+
+fn export(store: &Store, out: &mut impl Write, output: Option<&Path>) -> Result<Outcome> {
+    let json = Document::from_flags(&store.flags()?).to_json();
+    match output {
+        Some(path) => write_file_atomically(path, json.as_bytes())?,
+        None => out.write_all(json.as_bytes()).map_err(stdout_error)?,
+    }
+    Ok(Outcome::Success)
+}
+
+/// Writes through a temporary file in the same directory and renames it into place, so a
+/// reader never sees half a file and a failed write leaves the old one.
+fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let write_error = |source| Error::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".tmp-{}", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let written = File::create(&temporary)
+        .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        // Best effort: the write error is the one worth reporting.
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.map_err(write_error)
+}
+
+fn flag_command(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    command: FlagCommand,
+) -> Result<Outcome> {
+    let text = match command {
+        FlagCommand::List { json } => {
+            let flags = store.flags()?;
+            if json {
+                let list: Vec<&Flag> = flags.iter().collect();
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&list).expect("flags serialize")
+                )
+            } else {
+                flag_table(&flags)
+            }
+        }
+        FlagCommand::Show { name } => {
+            let Some(record) = store.flag(&name)? else {
+                return Err(store.unknown_flag(&name)?);
+            };
+            let required_by = store.flags()?.dependents_of(&name);
+            let mut shown = serde_json::to_value(&record.flag).expect("a flag serializes");
+            shown["required_by"] = json!(required_by);
+            shown["created_at"] = json!(record.created_at);
+            shown["updated_at"] = json!(record.updated_at);
+            format!("{}\n", serde_json::to_string_pretty(&shown).expect("json"))
+        }
+        FlagCommand::Set {
+            name,
+            enabled,
+            rollout,
+            requires,
+            sticky,
+        } => {
+            validate_name(&name)?;
+            let sticky: Option<StickyPolicy> = sticky.map(|s| s.parse()).transpose()?;
+            let requires = requires.map(|list| split_names(&list));
+            let changes = store.modify(actor, "flag set", false, |current| {
+                let mut flag = current
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(|| Flag::new(&name));
+                if let Some(enabled) = enabled {
+                    flag.enabled = enabled;
+                }
+                if let Some(rollout) = rollout {
+                    flag.rollout_pct = rollout;
+                }
+                if let Some(requires) = requires {
+                    flag.requires = requires;
+                }
+                if let Some(sticky) = sticky {
+                    flag.sticky = sticky;
+                }
+                let mut next = current.clone();
+                next.insert(flag);
+                Ok(next)
+            })?;
+            describe_changes(&name, &changes)
+        }
+        FlagCommand::Enable { name } => set_enabled(store, actor, &name, true)?,
+        FlagCommand::Disable { name } => set_enabled(store, actor, &name, false)?,
+        FlagCommand::Delete { name } => {
+            let changes = store.modify(actor, "flag delete", false, |current| {
+                existing(current, &name)?;
+                let dependents = current.dependents_of(&name);
+                if !dependents.is_empty() {
+                    return Err(Error::RequiredBy {
+                        flag: name.clone(),
+                        dependents,
+                    });
+                }
+                let mut next = current.clone();
+                next.remove(&name);
+                Ok(next)
+            })?;
+            describe_changes(&name, &changes)
+        }
+    };
+    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+fn set_enabled(store: &mut Store, actor: &str, name: &str, enabled: bool) -> Result<String> {
+    let via = if enabled {
+        "flag enable"
+    } else {
+        "flag disable"
+    };
+    let changes = store.modify(actor, via, false, |current| {
+        let mut flag = existing(current, name)?.clone();
+        flag.enabled = enabled;
+        let mut next = current.clone();
+        next.insert(flag);
+        Ok(next)
+    })?;
+    Ok(describe_changes(name, &changes))
+}
+
+fn existing<'a>(flags: &'a FlagSet, name: &str) -> Result<&'a Flag> {
+    flags.get(name).ok_or_else(|| Error::UnknownFlag {
+        name: name.to_string(),
+        suggestion: flags.nearest_name(name),
+    })
+}
+
+fn describe_changes(name: &str, changes: &[Change]) -> String {
+    match changes {
+        [] => format!("{name}: unchanged\n"),
+        changes => changes
+            .iter()
+            .map(|c| format!("{}: {}\n", c.flag_name(), c.summary()))
+            .collect(),
+    }
+}
+
+fn split_names(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn flag_table(flags: &FlagSet) -> String {
+    let rows = flags
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                f.enabled.to_string(),
+                f.rollout_pct.to_string(),
+                f.sticky.to_string(),
+                f.requires.join(","),
+            ]
+        })
+        .collect();
+    table(&["NAME", "ENABLED", "ROLLOUT", "STICKY", "REQUIRES"], rows)
+}
+
+/// Left-aligned columns separated by two spaces, the last one unpadded.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header_row = headers.iter().map(|h| h.to_string()).collect();
+    let mut text = String::new();
+    for row in std::iter::once(header_row).chain(rows) {
+        let last = row.len() - 1;
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i == last {
+                text.push_str(cell);
+            } else {
+                let padding = width - cell.chars().count();
+                text.push_str(cell);
+                text.push_str(&" ".repeat(padding + 2));
+            }
+        }
+        text.push('\n');
+    }
+    text
+}
+
+fn eval(store: &mut Store, out: &mut impl Write, actor: &str, args: EvalArgs) -> Result<Outcome> {
+    let selection = if args.all {
+        Selection::All
+    } else {
+        Selection::Flags(args.flags.clone())
+    };
+    if let Some(file) = &args.contexts_file {
+        return eval_contexts_file(store, out, actor, &selection, file);
+    }
+    let context = args
+        .context
+        .as_deref()
+        .expect("clap requires --context without --contexts-file");
+    let evaluations = store.evaluate(&selection, context, actor)?;
+    let single = !args.all && args.flags.len() == 1;
+    if args.quiet {
+        let on = evaluations.iter().all(|e| e.decision.enabled);
+        return Ok(if on { Outcome::Success } else { Outcome::Off });
+    }
+    let text = if args.json {
+        let detailed: Vec<serde_json::Value> = evaluations
+            .iter()
+            .map(|e| {
+                json!({
+                    "flag": e.flag,
+                    "context": context,
+                    "enabled": e.decision.enabled,
+                    "reason": e.decision.reason,
+                    "source": e.decision.source,
+                })
+            })
+            .collect();
+        if single {
+            detailed[0].to_string()
+        } else {
+            serde_json::Value::from(detailed).to_string()
+        }
+    } else if single {
+        evaluations[0].decision.enabled.to_string()
+    } else {
+        serde_json::to_string(&decision_map(&evaluations)).expect("json")
+    };
+    writeln!(out, "{text}").map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+fn decision_map(evaluations: &[Evaluation]) -> BTreeMap<&str, bool> {
+    evaluations
+        .iter()
+        .map(|e| (e.flag.as_str(), e.decision.enabled))
+        .collect()
+}
+
+fn eval_contexts_file(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    selection: &Selection,
+    file: &str,
+) -> Result<Outcome> {
+    let name = display_path(file);
+    let keys: Box<dyn Iterator<Item = Result<String>>> = if file == "-" {
+        Box::new(ContextKeys::new(io::stdin().lock(), name))
+    } else {
+        let opened = File::open(file).map_err(|source| Error::Read {
+            path: file.to_string(),
+            source,
+        })?;
+        Box::new(ContextKeys::new(BufReader::new(opened), name))
+    };
+    store.evaluate_batch(selection, actor, keys, |key, evaluations| {
+        let line = json!({ "context": key, "flags": decision_map(evaluations) });
+        writeln!(out, "{line}").map_err(stdout_error)
+    })?;
+    Ok(Outcome::Success)
+}
+
+fn assignments(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    command: AssignmentsCommand,
+) -> Result<Outcome> {
+    let text = match command {
+        AssignmentsCommand::List {
+            flag,
+            context,
+            json,
+        } => {
+            let rows = store.assignments(flag.as_deref(), context.as_deref())?;
+            if json {
+                rows.iter()
+                    .map(|a| {
+                        let line = json!({
+                            "flag": a.flag,
+                            "context": a.context_key,
+                            "decision": a.decision,
+                            "bucket": a.bucket,
+                            "rollout_pct": a.rollout_pct,
+                            "assigned_at": a.assigned_at,
+                        });
+                        format!("{line}\n")
+                    })
+                    .collect()
+            } else {
+                let rows = rows
+                    .into_iter()
+                    .map(|a| {
+                        vec![
+                            a.flag,
+                            a.context_key,
+                            a.decision.to_string(),
+                            a.bucket.to_string(),
+                            a.rollout_pct.to_string(),
+                            a.assigned_at,
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "FLAG",
+                        "CONTEXT",
+                        "DECISION",
+                        "BUCKET",
+                        "ROLLOUT",
+                        "ASSIGNED_AT",
+                    ],
+                    rows,
+                )
+            }
+        }
+        AssignmentsCommand::Reset { flag, context } => {
+            let cleared = store.reset_assignments(&flag, context.as_deref(), actor)?;
+            let plural = if cleared == 1 { "" } else { "s" };
+            format!("cleared {cleared} assignment{plural} of flag {flag}\n")
+        }
+    };
+    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+fn run_job(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    input: &str,
+    output: &Path,
+) -> Result<Outcome> {
+    let document = Document::read(input)?;
+    let changes = import_document(
+        store,
+        actor,
+        "run",
+        &document,
+        display_path(input),
+        false,
+        false,
+    )?;
+    let context = document
+        .context_key
+        .as_deref()
+        .unwrap_or(DEFAULT_CONTEXT_KEY);
+    let names = document.flags.iter().map(|f| f.name.clone()).collect();
+    let evaluations = store.evaluate(&Selection::Flags(names), context, actor)?;
+    let enabled = evaluations.iter().filter(|e| e.decision.enabled).count();
+    let result = json!({
+        "evaluations": decision_map(&evaluations),
+        "stats": {
+            "total": evaluations.len(),
+            "enabled": enabled,
+            "disabled": evaluations.len() - enabled,
+        },
+        "audit_entries": changes.len() + evaluations.len(),
+    });
+    let text = format!("{}\n", serde_json::to_string_pretty(&result).expect("json"));
+    write_file_atomically(output, text.as_bytes())?;
+    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,104 @@
+//! Context keys for batch evaluation: one per line, read as a stream so memory stays flat.
+
+use std::io::BufRead;
+
+use crate::error::{Error, Result};
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Yields the context keys of a line-oriented input: `\n` or `\r\n` line ends, a UTF-8 byte
+/// order mark at the start tolerated, blank lines skipped. A line that is not UTF-8 is an error
+/// naming its line number, since guessing at a key would assign some other context.
+pub struct ContextKeys<R> {
+    input: R,
+    source_name: String,
+    line_number: u64,
+    buffer: Vec<u8>,
+}
+
+impl<R: BufRead> ContextKeys<R> {
+    pub fn new(input: R, source_name: &str) -> ContextKeys<R> {
+        ContextKeys {
+            input,
+            source_name: source_name.to_string(),
+            line_number: 0,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn next_key(&mut self) -> Result<Option<String>> {
+        loop {
+            self.buffer.clear();
+            let read = self
+                .input
+                .read_until(b'\n', &mut self.buffer)
+                .map_err(|source| Error::Read {
+                    path: self.source_name.clone(),
+                    source,
+                })?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.line_number += 1;
+            let mut line = self.buffer.as_slice();
+            if self.line_number == 1 {
+                line = line.strip_prefix(UTF8_BOM).unwrap_or(line);
+            }
+            line = line.strip_suffix(b"\n").unwrap_or(line);
+            line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            return match std::str::from_utf8(line) {
+                Ok(key) => Ok(Some(key.to_string())),
+                Err(e) => Err(Error::BadContextLine {
+                    path: self.source_name.clone(),
+                    line: self.line_number,
+                    why: format!("not valid UTF-8 (byte {})", e.valid_up_to() + 1),
+                }),
+            };
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for ContextKeys<R> {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        self.next_key().transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(input: &[u8]) -> Result<Vec<String>> {
+        ContextKeys::new(input, "keys.txt").collect()
+    }
+
+    #[test]
+    fn line_ends_bom_and_blank_lines() {
+        assert_eq!(
+            keys(b"\xEF\xBB\xBFa\r\nb\n\n\r\nc").unwrap(),
+            ["a", "b", "c"]
+        );
+        assert!(keys(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_a_leading_bom_is_removed() {
+        assert_eq!(keys(b"a\n\xEF\xBB\xBFb\n").unwrap(), ["a", "\u{feff}b"]);
+    }
+
+    #[test]
+    fn spaces_are_part_of_the_key() {
+        assert_eq!(keys(b" a \n").unwrap(), [" a "]);
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_line() {
+        let message = keys(b"ok\n\nbad\xFF\n").unwrap_err().to_string();
+        assert_eq!(message, "keys.txt: line 3: not valid UTF-8 (byte 4)");
+    }
+}

@@ -1,0 +1,121 @@
+//! The library's one error type. Every message names the flag, file, line or value at fault,
+//! because it is printed to an operator as the only line they get.
+
+use std::io;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid flag name {name:?}: {why}")]
+    InvalidName { name: String, why: String },
+
+    #[error("flag {flag:?}: rollout_pct {value} is outside 0-100")]
+    RolloutOutOfRange { flag: String, value: String },
+
+    #[error("unknown sticky policy {value:?} (expected on_only, all or none)")]
+    UnknownStickyPolicy { value: String },
+
+    #[error(
+        "flag {flag:?} requires unknown flag {requires:?}{}",
+        did_you_mean(suggestion)
+    )]
+    UnknownRequirement {
+        flag: String,
+        requires: String,
+        suggestion: Option<String>,
+    },
+
+    #[error("flag {flag:?} requires itself")]
+    SelfDependency { flag: String },
+
+    #[error("dependency cycle: {}", path.join(" -> "))]
+    Cycle { path: Vec<String> },
+
+    #[error("cannot delete flag {flag:?}: required by {}", dependents.join(", "))]
+    RequiredBy {
+        flag: String,
+        dependents: Vec<String>,
+    },
+
+    #[error("unknown flag {name:?}{}", did_you_mean(suggestion))]
+    UnknownFlag {
+        name: String,
+        suggestion: Option<String>,
+    },
+
+    #[error("flag {name:?} appears twice (entries {first} and {second})")]
+    DuplicateName {
+        name: String,
+        first: usize,
+        second: usize,
+    },
+
+    #[error("{path}: line {line}, column {column}: {message}")]
+    MalformedJson {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
+    /// A validation error found while reading a file, so the message can name the file.
+    #[error("{path}: {source}")]
+    InFile { path: String, source: Box<Error> },
+
+    #[error("{path}: line {line}: {why}")]
+    BadContextLine {
+        path: String,
+        line: u64,
+        why: String,
+    },
+
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: io::Error },
+
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: io::Error },
+
+    #[error("{path} is not a flagstore database: {detail}")]
+    NotADatabase { path: String, detail: String },
+
+    #[error(
+        "{path} was migrated by a newer flagstore (schema version {found}; this flagstore knows up to {supported})"
+    )]
+    NewerSchema {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+
+    #[error("migrating {path} failed: {source}")]
+    Migration {
+        path: String,
+        source: refinery::Error,
+    },
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(name) => format!(" (did you mean {name:?}?)"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub fn in_file(self, path: &str) -> Error {
+        Error::InFile {
+            path: path.to_string(),
+            source: Box::new(self),
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! The evaluator: a pure function of (flag definitions, stored assignments, context key).
+//!
+//! It does no I/O. The store hands it what it read and writes back the assignments it reports, so
+//! the same code serves SQLite today and other backends later, and it can be property-tested.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use md5::{Digest, Md5};
+use serde::Serialize;
+
+use crate::flag::FlagSet;
+
+/// The rollout bucket of a context for a flag: MD5 of the UTF-8 bytes of `flag:context`, read as
+/// a 128-bit big-endian unsigned integer, mod 100. Byte-compatible with the Python prototype's
+/// `int(hashlib.md5(f"{name}:{key}".encode()).hexdigest(), 16) % 100`.
+pub fn bucket(flag: &str, context: &str) -> u8 {
+    let mut hasher = Md5::new();
+    hasher.update(flag.as_bytes());
+    hasher.update(b":");
+    hasher.update(context.as_bytes());
+    let digest: [u8; 16] = hasher.finalize().into();
+    (u128::from_be_bytes(digest) % 100) as u8
+}
+
+/// Whether a bucket falls inside a (possibly fractional) rollout percentage.
+pub fn in_rollout(bucket: u8, rollout_pct: f64) -> bool {
+    f64::from(bucket) < rollout_pct
+}
+
+/// Which step of the evaluation order produced a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Unknown,
+    Disabled,
+    Dependency,
+    Cycle,
+    Sticky,
+    Rollout,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Unknown => "unknown",
+            Source::Disabled => "disabled",
+            Source::Dependency => "dependency",
+            Source::Cycle => "cycle",
+            Source::Sticky => "sticky",
+            Source::Rollout => "rollout",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub enabled: bool,
+    pub source: Source,
+    /// Why, in words an operator reads in the audit log (e.g. "requires dedupe: disabled").
+    pub reason: String,
+    /// The rollout bucket, when the decision came from hashing or a stored assignment.
+    pub bucket: Option<u8>,
+}
+
+impl Decision {
+    fn off(source: Source, reason: String) -> Decision {
+        Decision {
+            enabled: false,
+            source,
+            reason,
+            bucket: None,
+        }
+    }
+}
+
+/// An assignment as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAssignment {
+    pub decision: bool,
+    pub bucket: u8,
+    pub rollout_pct: f64,
+    pub assigned_at: String,
+}
+
+/// A rollout decision the sticky policy says must be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAssignment {
+    pub flag: String,
+    pub decision: bool,
+    pub bucket: u8,
+    pub rollout_pct: f64,
+}
+
+/// The answer for one requested flag, with the assignments its evaluation made (its own and
+/// those of the dependencies it checked first), so they are audited together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub flag: String,
+    pub decision: Decision,
+    pub new_assignments: Vec<NewAssignment>,
+}
+
+/// Evaluates `requested` flags, in the order given, for one context key.
+///
+/// `stored` holds the context's assignments by flag name; it must cover every flag in
+/// `flags.closure(requested)`. A dependency decided on the way is decided once and, when its
+/// policy says so, stored too: evaluating F before D must not give D a different answer later.
+pub fn evaluate(
+    flags: &FlagSet,
+    context: &str,
+    stored: &HashMap<String, StoredAssignment>,
+    requested: &[&str],
+) -> Vec<Evaluation> {
+    let mut evaluator = ContextEvaluator {
+        flags,
+        context,
+        stored,
+        decided: HashMap::new(),
+        path: Vec::new(),
+        new_assignments: Vec::new(),
+    };
+    requested
+        .iter()
+        .map(|name| {
+            let decision = evaluator.decide(name);
+            Evaluation {
+                flag: name.to_string(),
+                decision,
+                new_assignments: std::mem::take(&mut evaluator.new_assignments),
+            }
+        })
+        .collect()
+}
+
+struct ContextEvaluator<'a> {
+    flags: &'a FlagSet,
+    context: &'a str,
+    stored: &'a HashMap<String, StoredAssignment>,
+    /// Decisions already made for this context, so shared dependencies are decided once.
+    decided: HashMap<String, Decision>,
+    /// The flags whose requirements are being checked, outermost first: a flag met again on
+    /// this path is a cycle.
+    path: Vec<String>,
+    new_assignments: Vec<NewAssignment>,
+}
+
+impl ContextEvaluator<'_> {
+    fn decide(&mut self, name: &str) -> Decision {
+        if let Some(decision) = self.decided.get(name) {
+            return decision.clone();
+        }
+        if let Some(start) = self.path.iter().position(|n| n == name) {
+            let mut cycle = self.path[start..].to_vec();
+            cycle.push(name.to_string());
+            return Decision::off(
+                Source::Cycle,
+                format!("dependency cycle: {}", cycle.join(" -> ")),
+            );
+        }
+        let decision = self.decide_uncached(name);
+        // A decision reached through a cycle depends on where the walk entered it.
+        if decision.source != Source::Cycle {
+            self.decided.insert(name.to_string(), decision.clone());
+        }
+        decision
+    }
+
+    fn decide_uncached(&mut self, name: &str) -> Decision {
+        let flags = self.flags;
+        let Some(flag) = flags.get(name) else {
+            return Decision::off(Source::Unknown, "unknown flag".to_string());
+        };
+        if !flag.enabled {
+            return Decision::off(Source::Disabled, "disabled".to_string());
+        }
+        self.path.push(name.to_string());
+        let failed_requirement = flag.requires.iter().find_map(|required| {
+            let decision = self.decide(required);
+            (!decision.enabled).then_some((required, decision))
+        });
+        self.path.pop();
+        if let Some((required, decision)) = failed_requirement {
+            let source = match decision.source {
+                Source::Cycle => Source::Cycle,
+                _ => Source::Dependency,
+            };
+            return Decision::off(source, format!("requires {required}: {}", decision.reason));
+        }
+        if let Some(stored) = self.stored.get(name) {
+            return Decision {
+                enabled: stored.decision,
+                source: Source::Sticky,
+                reason: format!(
+                    "sticky: {} since {}",
+                    on_off(stored.decision),
+                    stored.assigned_at
+                ),
+                bucket: Some(stored.bucket),
+            };
+        }
+        let bucket = bucket(name, self.context);
+        let enabled = in_rollout(bucket, flag.rollout_pct);
+        if flag.sticky.stores(enabled) {
+            self.new_assignments.push(NewAssignment {
+                flag: name.to_string(),
+                decision: enabled,
+                bucket,
+                rollout_pct: flag.rollout_pct,
+            });
+        }
+        let comparison = if enabled { "<" } else { ">=" };
+        Decision {
+            enabled,
+            source: Source::Rollout,
+            reason: format!("rollout: bucket {bucket} {comparison} {}", flag.rollout_pct),
+            bucket: Some(bucket),
+        }
+    }
+}
+
+fn on_off(decision: bool) -> &'static str {
+    if decision { "on" } else { "off" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flag::{Flag, StickyPolicy};
+
+    fn flag(name: &str, enabled: bool, pct: f64, requires: &[&str]) -> Flag {
+        Flag {
+            name: name.to_string(),
+            enabled,
+            rollout_pct: pct,
+            requires: requires.iter().map(|r| r.to_string()).collect(),
+            sticky: StickyPolicy::OnOnly,
+        }
+    }
+
+    fn set(flags: Vec<Flag>) -> FlagSet {
+        flags.into_iter().collect()
+    }
+
+    fn one(flags: &FlagSet, name: &str, context: &str) -> Evaluation {
+        evaluate(flags, context, &HashMap::new(), &[name]).remove(0)
+    }
+
+    fn sticky(decision: bool) -> StoredAssignment {
+        StoredAssignment {
+            decision,
+            bucket: 7,
+            rollout_pct: 10.0,
+            assigned_at: "2026-01-02T03:04:05.678Z".to_string(),
+        }
+    }
+
+    /// Picks a context key whose bucket for `flag` satisfies `want`, so tests state the bucket
+    /// they rely on instead of a magic key.
+    fn key_with_bucket(flag: &str, want: impl Fn(u8) -> bool) -> String {
+        (0..10_000)
+            .map(|i| format!("k{i}"))
+            .find(|k| want(bucket(flag, k)))
+            .expect("some key in 10,000 has the wanted bucket")
+    }
+
+    #[test]
+    fn bucket_matches_known_vectors() {
+        assert_eq!(bucket("dedupe", "user-42"), 29);
+        assert_eq!(bucket("ingest", ""), 19);
+        assert_eq!(bucket("new-checkout", "ü-ñ-日本"), 38);
+    }
+
+    #[test]
+    fn unknown_flag_is_off() {
+        let e = one(&FlagSet::new(), "ghost", "k");
+        assert!(!e.decision.enabled);
+        assert_eq!(e.decision.source, Source::Unknown);
+        assert_eq!(e.decision.reason, "unknown flag");
+        assert!(e.new_assignments.is_empty());
+    }
+
+    #[test]
+    fn kill_switch_beats_a_sticky_on() {
+        let flags = set(vec![flag("f", false, 100.0, &[])]);
+        let stored = HashMap::from([("f".to_string(), sticky(true))]);
+        let e = evaluate(&flags, "k", &stored, &["f"]).remove(0);
+        assert!(!e.decision.enabled);
+        assert_eq!(e.decision.source, Source::Disabled);
+        assert_eq!(e.decision.reason, "disabled");
+    }
+
+    #[test]
+    fn a_failed_requirement_is_named_even_over_a_sticky_on() {
+        let flags = set(vec![
+            flag("export", true, 100.0, &["dedupe"]),
+            flag("dedupe", false, 100.0, &[]),
+        ]);
+        let stored = HashMap::from([("export".to_string(), sticky(true))]);
+        let e = evaluate(&flags, "k", &stored, &["export"]).remove(0);
+        assert!(!e.decision.enabled);
+        assert_eq!(e.decision.source, Source::Dependency);
+        assert_eq!(e.decision.reason, "requires dedupe: disabled");
+    }
+
+    #[test]
+    fn nested_requirement_reasons_chain() {
+        let flags = set(vec![
+            flag("a", true, 100.0, &["b"]),
+            flag("b", true, 100.0, &["c"]),
+            flag("c", true, 0.0, &[]),
+        ]);
+        let e = one(&flags, "a", "k");
+        let c_bucket = bucket("c", "k");
+        assert_eq!(
+            e.decision.reason,
+            format!("requires b: requires c: rollout: bucket {c_bucket} >= 0")
+        );
+    }
+
+    #[test]
+    fn sticky_assignment_is_served_with_its_date() {
+        let flags = set(vec![flag("f", true, 0.0, &[])]);
+        let stored = HashMap::from([("f".to_string(), sticky(true))]);
+        let e = evaluate(&flags, "k", &stored, &["f"]).remove(0);
+        assert!(e.decision.enabled);
+        assert_eq!(e.decision.source, Source::Sticky);
+        assert_eq!(
+            e.decision.reason,
+            "sticky: on since 2026-01-02T03:04:05.678Z"
+        );
+        assert_eq!(e.decision.bucket, Some(7));
+        assert!(e.new_assignments.is_empty());
+    }
+
+    #[test]
+    fn rollout_compares_bucket_strictly_below_percentage() {
+        let flag_name = "stage.enrich";
+        let key = key_with_bucket(flag_name, |b| b == 40);
+        for (pct, expected) in [(40.0, false), (40.5, true), (41.0, true), (0.0, false)] {
+            let flags = set(vec![flag(flag_name, true, pct, &[])]);
+            let e = one(&flags, flag_name, &key);
+            assert_eq!(e.decision.enabled, expected, "rollout {pct}");
+            assert_eq!(e.decision.source, Source::Rollout);
+            assert_eq!(e.decision.bucket, Some(40));
+        }
+        let flags = set(vec![flag(flag_name, true, 40.5, &[])]);
+        assert_eq!(
+            one(&flags, flag_name, &key).decision.reason,
+            "rollout: bucket 40 < 40.5"
+        );
+    }
+
+    #[test]
+    fn fractional_rollout_below_one_percent_only_reaches_bucket_zero() {
+        let zero = key_with_bucket("f", |b| b == 0);
+        let one_key = key_with_bucket("f", |b| b == 1);
+        let flags = set(vec![flag("f", true, 0.5, &[])]);
+        assert!(one(&flags, "f", &zero).decision.enabled);
+        assert!(!one(&flags, "f", &one_key).decision.enabled);
+    }
+
+    #[test]
+    fn sticky_policy_decides_what_is_stored() {
+        let on_key = key_with_bucket("f", |b| b < 50);
+        let off_key = key_with_bucket("f", |b| b >= 50);
+        for (policy, stores_on, stores_off) in [
+            (StickyPolicy::OnOnly, true, false),
+            (StickyPolicy::All, true, true),
+            (StickyPolicy::None, false, false),
+        ] {
+            let flags = set(vec![Flag {
+                sticky: policy,
+                ..flag("f", true, 50.0, &[])
+            }]);
+            let on = one(&flags, "f", &on_key);
+            assert!(on.decision.enabled);
+            assert_eq!(on.new_assignments.len(), usize::from(stores_on), "{policy}");
+            let off = one(&flags, "f", &off_key);
+            assert!(!off.decision.enabled);
+            assert_eq!(
+                off.new_assignments.len(),
+                usize::from(stores_off),
+                "{policy}"
+            );
+        }
+    }
+
+    #[test]
+    fn dependency_assignments_are_reported_with_the_flag_that_needed_them() {
+        let flags = set(vec![
+            flag("export", true, 100.0, &["dedupe"]),
+            flag("dedupe", true, 100.0, &[]),
+        ]);
+        let results = evaluate(&flags, "k", &HashMap::new(), &["export", "dedupe"]);
+        let stored: Vec<&str> = results[0]
+            .new_assignments
+            .iter()
+            .map(|a| a.flag.as_str())
+            .collect();
+        assert_eq!(stored, ["dedupe", "export"]);
+        // Decided once: asking for dedupe afterwards stores nothing twice.
+        assert!(results[1].decision.enabled);
+        assert!(results[1].new_assignments.is_empty());
+    }
+
+    #[test]
+    fn cycles_are_off_and_named_without_recursing_forever() {
+        let flags = set(vec![
+            flag("a", true, 100.0, &["b"]),
+            flag("b", true, 100.0, &["a"]),
+        ]);
+        let e = one(&flags, "a", "k");
+        assert!(!e.decision.enabled);
+        assert_eq!(e.decision.source, Source::Cycle);
+        assert_eq!(
+            e.decision.reason,
+            "requires b: requires a: dependency cycle: a -> b -> a"
+        );
+        let from_b = one(&flags, "b", "k");
+        assert!(
+            from_b
+                .decision
+                .reason
+                .ends_with("dependency cycle: b -> a -> b")
+        );
+        assert!(e.new_assignments.is_empty());
+    }
+
+    #[test]
+    fn first_failing_requirement_in_name_order_is_named() {
+        let flags = set(vec![
+            flag("top", true, 100.0, &["zeta", "alpha"]),
+            flag("alpha", false, 100.0, &[]),
+            flag("zeta", false, 100.0, &[]),
+        ]);
+        assert_eq!(
+            one(&flags, "top", "k").decision.reason,
+            "requires alpha: disabled"
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! Flag definitions and the rules a set of flags must obey before it is written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Longest accepted flag name, in characters (not bytes), so that non-ASCII names get the same room.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Which rollout decisions are remembered as sticky assignments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StickyPolicy {
+    /// Remember only ON decisions: a context that got the new code path keeps it when the rollout
+    /// is lowered, while raising the rollout still reaches contexts that were out.
+    #[default]
+    OnOnly,
+    /// Remember every decision: the first answer a context gets is final.
+    All,
+    /// Remember nothing: pure hashing.
+    None,
+}
+
+impl StickyPolicy {
+    pub const NAMES: [&'static str; 3] = ["on_only", "all", "none"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickyPolicy::OnOnly => "on_only",
+            StickyPolicy::All => "all",
+            StickyPolicy::None => "none",
+        }
+    }
+
+    /// Whether a fresh rollout decision must be stored under this policy.
+    pub fn stores(self, decision: bool) -> bool {
+        match self {
+            StickyPolicy::OnOnly => decision,
+            StickyPolicy::All => true,
+            StickyPolicy::None => false,
+        }
+    }
+}
+
+impl fmt::Display for StickyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StickyPolicy {
+    type Err = Error;
+
+    fn from_str(value: &str) -> Result<Self, Error> {
+        match value {
+            "on_only" => Ok(StickyPolicy::OnOnly),
+            "all" => Ok(StickyPolicy::All),
+            "none" => Ok(StickyPolicy::None),
+            _ => Err(Error::UnknownStickyPolicy {
+                value: value.to_string(),
+            }),
+        }
+    }
+}
+
+/// One flag as operators define it; also its JSON form in import and export files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flag {
+    pub name: String,
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    #[serde(default = "default_rollout", serialize_with = "serialize_pct")]
+    pub rollout_pct: f64,
+    /// Names of the flags this one requires; kept sorted and free of repeats so that the order in
+    /// which dependencies are checked, and therefore which one a reason names, is deterministic.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    #[serde(default)]
+    pub sticky: StickyPolicy,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+fn default_rollout() -> f64 {
+    100.0
+}
+
+/// Whole percentages are written as integers (`50`, not `50.0`) so exported files read like the
+/// ones operators write by hand.
+fn serialize_pct<S: serde::Serializer>(pct: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if pct.fract() == 0.0 && pct.is_finite() {
+        serializer.serialize_u64(*pct as u64)
+    } else {
+        serializer.serialize_f64(*pct)
+    }
+}
+
+impl Flag {
+    /// A flag with the import format's defaults: enabled, 100% rollout, no dependencies.
+    pub fn new(name: impl Into<String>) -> Flag {
+        Flag {
+            name: name.into(),
+            enabled: default_enabled(),
+            rollout_pct: default_rollout(),
+            requires: Vec::new(),
+            sticky: StickyPolicy::default(),
+        }
+    }
+
+    /// Puts `requires` in its canonical form (sorted, no repeats).
+    pub fn normalized(mut self) -> Flag {
+        self.requires.sort();
+        self.requires.dedup();
+        self
+    }
+}
+
+/// Checks a flag name against the documented rules: 1-128 characters, no control characters.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let invalid = |why: &str| Error::InvalidName {
+        name: name.to_string(),
+        why: why.to_string(),
+    };
+    if name.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(invalid(&format!(
+            "it has {chars} characters, more than {MAX_NAME_CHARS}"
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(invalid(&format!(
+            "it contains the control character U+{:04X}",
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_rollout(flag: &str, pct: f64) -> Result<(), Error> {
+    if pct.is_finite() && (0.0..=100.0).contains(&pct) {
+        Ok(())
+    } else {
+        Err(Error::RolloutOutOfRange {
+            flag: flag.to_string(),
+            value: pct.to_string(),
+        })
+    }
+}
+
+/// All flags of a store, keyed by name. It may hold a dependency cycle when it was read from a
+/// database edited by hand; [`FlagSet::validate`] is what every write must pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlagSet {
+    flags: BTreeMap<String, Flag>,
+}
+
+impl FlagSet {
+    pub fn new() -> FlagSet {
+        FlagSet::default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Flag> {
+        self.flags.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.flags.contains_key(name)
+    }
+
+    /// Inserts or replaces a flag, normalizing its `requires`.
+    pub fn insert(&mut self, flag: Flag) {
+        let flag = flag.normalized();
+        self.flags.insert(flag.name.clone(), flag);
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Flag> {
+        self.flags.remove(name)
+    }
+
+    /// Flags in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Flag> {
+        self.flags.values()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.flags.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// Names of the flags that require `name`, in name order.
+    pub fn dependents_of(&self, name: &str) -> Vec<String> {
+        self.iter()
+            .filter(|flag| flag.requires.iter().any(|r| r == name))
+            .map(|flag| flag.name.clone())
+            .collect()
+    }
+
+    /// `names` and everything they require, transitively, in name order. Unknown names are kept
+    /// so that a caller asking for them still gets an "unknown flag" answer.
+    pub fn closure<'a>(&'a self, names: impl IntoIterator<Item = &'a str>) -> BTreeSet<&'a str> {
+        let mut seen = BTreeSet::new();
+        let mut pending: Vec<&str> = names.into_iter().collect();
+        while let Some(name) = pending.pop() {
+            if seen.insert(name)
+                && let Some(flag) = self.get(name)
+            {
+                pending.extend(flag.requires.iter().map(String::as_str));
+            }
+        }
+        seen
+    }
+
+    /// Checks every rule a stored flag set obeys: valid names and percentages, dependencies that
+    /// exist, no self-dependency and no cycle.
+    pub fn validate(&self) -> Result<(), Error> {
+        for flag in self.iter() {
+            validate_name(&flag.name)?;
+            validate_rollout(&flag.name, flag.rollout_pct)?;
+            for required in &flag.requires {
+                if required == &flag.name {
+                    return Err(Error::SelfDependency {
+                        flag: flag.name.clone(),
+                    });
+                }
+                if !self.contains(required) {
+                    return Err(Error::UnknownRequirement {
+                        flag: flag.name.clone(),
+                        requires: required.clone(),
+                        suggestion: self.nearest_name(required),
+                    });
+                }
+            }
+        }
+        match self.find_cycle() {
+            Some(cycle) => Err(Error::Cycle { path: cycle }),
+            None => Ok(()),
+        }
+    }
+
+    /// The existing name closest to `wanted`, if one is close enough to be a likely typo.
+    pub fn nearest_name(&self, wanted: &str) -> Option<String> {
+        let limit = (wanted.chars().count() / 3).max(2);
+        self.names()
+            .map(|name| (strsim::levenshtein(wanted, name), name))
+            .filter(|(distance, _)| *distance <= limit)
+            .min()
+            .map(|(_, name)| name.to_string())
+    }
+
+    /// A dependency cycle as a closed path (`["a", "b", "a"]`), if there is one. Iterative, so a
+    /// long chain cannot overflow the stack.
+    pub fn find_cycle(&self) -> Option<Vec<String>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            InProgress,
+            Done,
+        }
+        let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+        for start in self.names() {
+            if marks.contains_key(start) {
+                continue;
+            }
+            // Each frame is a flag on the current path and the index of its next requirement.
+            let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+            marks.insert(start, Mark::InProgress);
+            while let Some((name, next)) = path.last_mut() {
+                let requires = self.get(name).map(|f| f.requires.as_slice()).unwrap_or(&[]);
+                let Some(required) = requires.get(*next) else {
+                    marks.insert(name, Mark::Done);
+                    path.pop();
+                    continue;
+                };
+                *next += 1;
+                match marks.get(required.as_str()) {
+                    Some(Mark::Done) => {}
+                    Some(Mark::InProgress) => {
+                        let from = path.iter().position(|(n, _)| *n == required).unwrap_or(0);
+                        let mut cycle: Vec<String> =
+                            path[from..].iter().map(|(n, _)| n.to_string()).collect();
+                        cycle.push(required.clone());
+                        return Some(cycle);
+                    }
+                    None => {
+                        marks.insert(required, Mark::InProgress);
+                        path.push((required, 0));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl FromIterator<Flag> for FlagSet {
+    fn from_iter<I: IntoIterator<Item = Flag>>(iter: I) -> FlagSet {
+        let mut set = FlagSet::new();
+        for flag in iter {
+            set.insert(flag);
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flag(name: &str, requires: &[&str]) -> Flag {
+        Flag {
+            requires: requires.iter().map(|r| r.to_string()).collect(),
+            ..Flag::new(name)
+        }
+    }
+
+    #[test]
+    fn names_follow_the_documented_rules() {
+        assert!(validate_name("stage.enrich").is_ok());
+        assert!(validate_name("flag with spaces").is_ok());
+        assert!(validate_name(&"é".repeat(128)).is_ok());
+        let too_long = validate_name(&"é".repeat(129)).unwrap_err().to_string();
+        assert!(too_long.contains("129 characters"), "{too_long}");
+        assert!(validate_name("").unwrap_err().to_string().contains("empty"));
+        let control = validate_name("a\u{7}b").unwrap_err().to_string();
+        assert!(control.contains("U+0007"), "{control}");
+        assert!(validate_name("a\0b").is_err());
+    }
+
+    #[test]
+    fn rollout_must_be_a_finite_percentage() {
+        for ok in [0.0, 0.5, 33.3, 100.0] {
+            assert!(validate_rollout("f", ok).is_ok(), "{ok}");
+        }
+        for bad in [-0.1, 100.01, f64::NAN, f64::INFINITY] {
+            let message = validate_rollout("f", bad).unwrap_err().to_string();
+            assert!(message.contains("\"f\""), "{message}");
+        }
+    }
+
+    #[test]
+    fn unknown_requirement_suggests_the_nearest_name() {
+        let set: FlagSet = [flag("dedupe", &[]), flag("export", &["dedup"])]
+            .into_iter()
+            .collect();
+        let message = set.validate().unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "flag \"export\" requires unknown flag \"dedup\" (did you mean \"dedupe\"?)"
+        );
+        let far: FlagSet = [flag("export", &["zzzzzz"])].into_iter().collect();
+        assert!(!far.validate().unwrap_err().to_string().contains("mean"));
+    }
+
+    #[test]
+    fn self_dependency_is_rejected() {
+        let set: FlagSet = [flag("a", &["a"])].into_iter().collect();
+        assert_eq!(
+            set.validate().unwrap_err().to_string(),
+            "flag \"a\" requires itself"
+        );
+    }
+
+    #[test]
+    fn cycles_are_named_as_a_closed_path() {
+        let set: FlagSet = [flag("a", &["b"]), flag("b", &["c"]), flag("c", &["a"])]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            set.validate().unwrap_err().to_string(),
+            "dependency cycle: a -> b -> c -> a"
+        );
+    }
+
+    #[test]
+    fn diamonds_and_long_chains_are_not_cycles() {
+        let mut set: FlagSet = [
+            flag("top", &["left", "right"]),
+            flag("left", &["base"]),
+            flag("right", &["base"]),
+            flag("base", &[]),
+        ]
+        .into_iter()
+        .collect();
+        for i in 0..100_000 {
+            set.insert(flag(&format!("chain{i}"), &[&format!("chain{}", i + 1)]));
+        }
+        set.insert(flag("chain100000", &[]));
+        assert!(set.validate().is_ok());
+    }
+
+    #[test]
+    fn closure_follows_requirements_transitively() {
+        let set: FlagSet = [
+            flag("a", &["b"]),
+            flag("b", &["c"]),
+            flag("c", &[]),
+            flag("d", &[]),
+        ]
+        .into_iter()
+        .collect();
+        let closure: Vec<&str> = set.closure(["a", "ghost"]).into_iter().collect();
+        assert_eq!(closure, ["a", "b", "c", "ghost"]);
+        assert_eq!(set.dependents_of("c"), ["b"]);
+    }
+
+    #[test]
+    fn whole_percentages_export_as_integers() {
+        let mut f = Flag::new("x");
+        f.rollout_pct = 50.0;
+        assert!(
+            serde_json::to_string(&f)
+                .unwrap()
+                .contains("\"rollout_pct\":50,")
+        );
+        f.rollout_pct = 12.5;
+        assert!(
+            serde_json::to_string(&f)
+                .unwrap()
+                .contains("\"rollout_pct\":12.5,")
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! flagstore: feature flags for data pipelines, kept in one SQLite file, with sticky per-context
+//! assignments and an append-only audit trail.
+//!
+//! The evaluator ([`eval`]) is pure; all SQL lives in [`store`]; [`cli`] is the command-line
+//! layer the `flagstore` binary runs.
+
+pub mod change;
+pub mod cli;
+pub mod contexts;
+pub mod document;
+pub mod error;
+pub mod eval;
+pub mod flag;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use eval::{Decision, Evaluation, Source, bucket};
+pub use flag::{Flag, FlagSet, StickyPolicy};
+pub use store::{Selection, Store};

@@ -1,0 +1,609 @@
+//! The SQLite store: the only module that speaks SQL.
+//!
+//! Every read-then-write runs in one `BEGIN IMMEDIATE` transaction, so two processes evaluating
+//! the same (flag, context) end with one assignment and the same answer, and every write lands
+//! together with its audit row or not at all.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+use serde_json::json;
+
+use crate::change::{self, Change};
+use crate::error::{Error, Result};
+use crate::eval::{self, Evaluation, StoredAssignment};
+use crate::flag::{Flag, FlagSet};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// How long a connection waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Context keys evaluated per transaction in a batch: large enough that commits are a small
+/// share of the work, small enough that a crash loses little and other writers are not starved.
+pub const BATCH_KEYS: usize = 2_000;
+
+/// Which flags to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    All,
+    Flags(Vec<String>),
+}
+
+impl Selection {
+    fn names<'a>(&'a self, flags: &'a FlagSet) -> Vec<&'a str> {
+        match self {
+            Selection::All => flags.names().collect(),
+            Selection::Flags(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// A flag with its bookkeeping times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagRecord {
+    pub flag: Flag,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A row of the `assignments` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignmentRow {
+    pub flag: String,
+    pub context_key: String,
+    pub decision: bool,
+    pub bucket: u8,
+    pub rollout_pct: f64,
+    pub assigned_at: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// A file that is not SQLite, or was migrated by a newer flagstore, is refused untouched.
+    pub fn open(path: &Path) -> Result<Store> {
+        let display = path.display().to_string();
+        let conn = Connection::open(path).map_err(|source| Error::Open {
+            path: display.clone(),
+            source,
+        })?;
+        Store::init(conn, display)
+    }
+
+    /// A private database in memory, for tests and experiments.
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        Store::init(conn, ":memory:".to_string())
+    }
+
+    fn init(mut conn: Connection, path: String) -> Result<Store> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // The first read is what fails on a file that is not a database; nothing has been
+        // written yet at that point, so the file is left exactly as it was.
+        let migrated = schema_version(&conn).map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => Error::NotADatabase {
+                path: path.clone(),
+                detail: e.to_string(),
+            },
+            _ => Error::Database(e),
+        })?;
+        let latest = latest_schema_version();
+        if let Some(found) = migrated.filter(|v| *v > latest) {
+            return Err(Error::NewerSchema {
+                path,
+                found,
+                supported: latest,
+            });
+        }
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))?;
+        if migrated != Some(latest) {
+            migrate(&mut conn, &path, latest)?;
+        }
+        Ok(Store { conn, path })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn flags(&self) -> Result<FlagSet> {
+        load_flags(&self.conn)
+    }
+
+    pub fn flag(&self, name: &str) -> Result<Option<FlagRecord>> {
+        let flags = self.flags()?;
+        let Some(flag) = flags.get(name) else {
+            return Ok(None);
+        };
+        let (created_at, updated_at) = self.conn.query_row(
+            "SELECT created_at, updated_at FROM flags WHERE name = ?1",
+            [name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok(Some(FlagRecord {
+            flag: flag.clone(),
+            created_at,
+            updated_at,
+        }))
+    }
+
+    /// The error for a flag name that does not exist, with the nearest existing name.
+    pub fn unknown_flag(&self, name: &str) -> Result<Error> {
+        Ok(Error::UnknownFlag {
+            name: name.to_string(),
+            suggestion: self.flags()?.nearest_name(name),
+        })
+    }
+
+    /// Applies `edit` to the current flags as one atomic, audited write. `edit` sees the flags
+    /// as they are under the write lock and returns the flags as they should be; the result
+    /// must pass [`FlagSet::validate`]. Returns the changes made (or, with `dry_run`, the changes
+    /// that would be made, leaving the store untouched).
+    pub fn modify(
+        &mut self,
+        actor: &str,
+        via: &str,
+        dry_run: bool,
+        edit: impl FnOnce(&FlagSet) -> Result<FlagSet>,
+    ) -> Result<Vec<Change>> {
+        let tx = self.write_transaction()?;
+        let current = load_flags(&tx)?;
+        let next = edit(&current)?;
+        next.validate()?;
+        let changes = change::diff(&current, &next);
+        if dry_run || changes.is_empty() {
+            return Ok(changes);
+        }
+        write_changes(&tx, &changes, actor, via)?;
+        tx.commit()?;
+        Ok(changes)
+    }
+
+    /// Evaluates the selected flags for one context key, storing sticky decisions and one
+    /// audit row per returned decision.
+    pub fn evaluate(
+        &mut self,
+        selection: &Selection,
+        context: &str,
+        actor: &str,
+    ) -> Result<Vec<Evaluation>> {
+        let tx = self.write_transaction()?;
+        let flags = load_flags(&tx)?;
+        let plan = EvaluationPlan::new(&flags, selection);
+        let evaluations = plan.evaluate(&tx, context, actor, &now())?;
+        tx.commit()?;
+        Ok(evaluations)
+    }
+
+    /// Evaluates the selected flags for every key, [`BATCH_KEYS`] keys per transaction. Keys
+    /// are read before the write lock is taken, so a slow producer never holds other writers
+    /// up; results are handed to `emit` only once their transaction has committed, so nothing
+    /// is reported that was not persisted. Returns the number of keys evaluated.
+    pub fn evaluate_batch(
+        &mut self,
+        selection: &Selection,
+        actor: &str,
+        keys: impl IntoIterator<Item = Result<String>>,
+        mut emit: impl FnMut(&str, &[Evaluation]) -> Result<()>,
+    ) -> Result<u64> {
+        let mut keys = keys.into_iter();
+        let mut chunk: Vec<String> = Vec::with_capacity(BATCH_KEYS);
+        let mut results: Vec<Vec<Evaluation>> = Vec::with_capacity(BATCH_KEYS);
+        let mut total = 0;
+        loop {
+            chunk.clear();
+            for key in keys.by_ref().take(BATCH_KEYS) {
+                chunk.push(key?);
+            }
+            if chunk.is_empty() {
+                return Ok(total);
+            }
+            results.clear();
+            let tx = self.write_transaction()?;
+            // Flags are re-read for every chunk so that a kill switch thrown during a long run
+            // takes effect within one chunk.
+            let flags = load_flags(&tx)?;
+            let plan = EvaluationPlan::new(&flags, selection);
+            let ts = now();
+            for key in &chunk {
+                results.push(plan.evaluate(&tx, key, actor, &ts)?);
+            }
+            tx.commit()?;
+            for (key, evaluations) in chunk.iter().zip(&results) {
+                emit(key, evaluations)?;
+            }
+            total += chunk.len() as u64;
+        }
+    }
+
+    /// Stored assignments, optionally for one flag and/or one context, ordered by flag then
+    /// context key.
+    pub fn assignments(
+        &self,
+        flag: Option<&str>,
+        context: Option<&str>,
+    ) -> Result<Vec<AssignmentRow>> {
+        const COLUMNS: &str =
+            "SELECT flag, context_key, decision, bucket, rollout_pct, assigned_at FROM assignments";
+        // One statement per filter combination, so each can use the primary key.
+        let (sql, params) = match (flag, context) {
+            (None, None) => (format!("{COLUMNS} ORDER BY flag, context_key"), vec![]),
+            (Some(flag), None) => (
+                format!("{COLUMNS} WHERE flag = ?1 ORDER BY context_key"),
+                vec![flag],
+            ),
+            (None, Some(context)) => (
+                format!("{COLUMNS} WHERE context_key = ?1 ORDER BY flag"),
+                vec![context],
+            ),
+            (Some(flag), Some(context)) => (
+                format!("{COLUMNS} WHERE flag = ?1 AND context_key = ?2"),
+                vec![flag, context],
+            ),
+        };
+        let mut statement = self.conn.prepare(&sql)?;
+        let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
+            Ok(AssignmentRow {
+                flag: row.get(0)?,
+                context_key: row.get(1)?,
+                decision: row.get(2)?,
+                bucket: row.get(3)?,
+                rollout_pct: row.get(4)?,
+                assigned_at: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets the stored assignments of `flag` (for one context, or all), so the next
+    /// evaluation decides afresh. Audited; returns how many were cleared.
+    pub fn reset_assignments(
+        &mut self,
+        flag: &str,
+        context: Option<&str>,
+        actor: &str,
+    ) -> Result<usize> {
+        let tx = self.write_transaction()?;
+        let flags = load_flags(&tx)?;
+        if !flags.contains(flag) {
+            return Err(Error::UnknownFlag {
+                name: flag.to_string(),
+                suggestion: flags.nearest_name(flag),
+            });
+        }
+        let cleared = tx.execute(
+            "DELETE FROM assignments WHERE flag = ?1 AND (?2 IS NULL OR context_key = ?2)",
+            (flag, context),
+        )?;
+        let scope = match context {
+            Some(context) => format!("for context {context:?}"),
+            None => "for every context".to_string(),
+        };
+        append_audit(
+            &tx,
+            &AuditEntry {
+                ts: &now(),
+                kind: "change",
+                actor,
+                action: Some("reset_assignments"),
+                flag,
+                context_key: context,
+                result: None,
+                source: None,
+                reason: &format!("assignments reset: cleared {cleared} {scope}"),
+                detail: &json!({ "cleared": cleared, "context_key": context }).to_string(),
+            },
+        )?;
+        tx.commit()?;
+        Ok(cleared)
+    }
+
+    /// Number of rows in the audit log.
+    pub fn audit_len(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM audit_log", [], |row| row.get(0))?)
+    }
+
+    fn write_transaction(&mut self) -> Result<Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+}
+
+/// The schema version refinery recorded, or `None` for a database it never migrated.
+fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    let has_history: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+         WHERE type = 'table' AND name = 'refinery_schema_history')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_history {
+        return Ok(None);
+    }
+    conn.query_row(
+        "SELECT max(version) FROM refinery_schema_history",
+        [],
+        |row| row.get(0),
+    )
+}
+
+fn latest_schema_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs the pending migrations in one transaction. Two processes may race to migrate a new
+/// file; the loser's transaction fails, and it then finds the schema already up to date.
+fn migrate(conn: &mut Connection, path: &str, latest: i64) -> Result<()> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 0;
+    loop {
+        let outcome = embedded::migrations::runner().set_grouped(true).run(conn);
+        let Err(source) = outcome else {
+            return Ok(());
+        };
+        attempt += 1;
+        if schema_version(conn)? == Some(latest) {
+            return Ok(());
+        }
+        if attempt == ATTEMPTS {
+            return Err(Error::Migration {
+                path: path.to_string(),
+                source,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+    }
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn load_flags(conn: &Connection) -> Result<FlagSet> {
+    let mut requires: HashMap<String, Vec<String>> = HashMap::new();
+    let mut edges = conn
+        .prepare_cached("SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires")?;
+    for edge in edges.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
+        let (flag, required): (String, String) = edge?;
+        requires.entry(flag).or_default().push(required);
+    }
+    let mut statement =
+        conn.prepare_cached("SELECT name, enabled, rollout_pct, sticky FROM flags")?;
+    let mut rows = statement.query([])?;
+    let mut flags = FlagSet::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let sticky: String = row.get(3)?;
+        flags.insert(Flag {
+            requires: requires.remove(&name).unwrap_or_default(),
+            enabled: row.get(1)?,
+            rollout_pct: row.get(2)?,
+            sticky: sticky.parse()?,
+            name,
+        });
+    }
+    Ok(flags)
+}
+
+/// Writes flag rows before dependency edges and deletions last, so that every foreign key
+/// holds after each statement whatever order the changes came in.
+fn write_changes(tx: &Transaction, changes: &[Change], actor: &str, via: &str) -> Result<()> {
+    let ts = now();
+    for change in changes {
+        match change {
+            Change::Create(flag) => {
+                tx.prepare_cached(
+                    "INSERT INTO flags (name, enabled, rollout_pct, sticky, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                )?
+                .execute((
+                    &flag.name,
+                    flag.enabled,
+                    flag.rollout_pct,
+                    flag.sticky.as_str(),
+                    &ts,
+                ))?;
+            }
+            Change::Update { after, .. } => {
+                tx.prepare_cached(
+                    "UPDATE flags SET enabled = ?2, rollout_pct = ?3, sticky = ?4, updated_at = ?5 \
+                     WHERE name = ?1",
+                )?
+                .execute((
+                    &after.name,
+                    after.enabled,
+                    after.rollout_pct,
+                    after.sticky.as_str(),
+                    &ts,
+                ))?;
+            }
+            Change::Delete(_) => {}
+        }
+    }
+    for change in changes {
+        if let Some(after) = change.after() {
+            if change.before().map(|b| &b.requires) == Some(&after.requires) {
+                continue;
+            }
+            tx.prepare_cached("DELETE FROM flag_dependencies WHERE flag = ?1")?
+                .execute([&after.name])?;
+            let mut insert = tx
+                .prepare_cached("INSERT INTO flag_dependencies (flag, requires) VALUES (?1, ?2)")?;
+            for required in &after.requires {
+                insert.execute((&after.name, required))?;
+            }
+        }
+    }
+    for change in changes {
+        let mut detail = json!({ "before": change.before(), "after": change.after() });
+        if let Change::Delete(flag) = change {
+            let cleared = tx
+                .prepare_cached("DELETE FROM assignments WHERE flag = ?1")?
+                .execute([&flag.name])?;
+            tx.prepare_cached("DELETE FROM flags WHERE name = ?1")?
+                .execute([&flag.name])?;
+            detail["assignments_deleted"] = json!(cleared);
+        }
+        append_audit(
+            tx,
+            &AuditEntry {
+                ts: &ts,
+                kind: "change",
+                actor,
+                action: Some(change.action()),
+                flag: change.flag_name(),
+                context_key: None,
+                result: None,
+                source: None,
+                reason: &format!("{via}: {}", change.summary()),
+                detail: &detail.to_string(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// What a set of evaluations needs to know once per flag definition, not once per key.
+struct EvaluationPlan<'a> {
+    flags: &'a FlagSet,
+    requested: Vec<&'a str>,
+    /// Existing flags whose assignment the evaluation may consult.
+    lookups: Vec<&'a str>,
+}
+
+impl<'a> EvaluationPlan<'a> {
+    fn new(flags: &'a FlagSet, selection: &'a Selection) -> EvaluationPlan<'a> {
+        let requested = selection.names(flags);
+        let lookups = flags
+            .closure(requested.iter().copied())
+            .into_iter()
+            .filter(|name| flags.contains(name))
+            .collect();
+        EvaluationPlan {
+            flags,
+            requested,
+            lookups,
+        }
+    }
+
+    fn evaluate(
+        &self,
+        tx: &Transaction,
+        context: &str,
+        actor: &str,
+        ts: &str,
+    ) -> Result<Vec<Evaluation>> {
+        let mut stored = HashMap::new();
+        let mut lookup = tx.prepare_cached(
+            "SELECT decision, bucket, rollout_pct, assigned_at FROM assignments \
+             WHERE flag = ?1 AND context_key = ?2",
+        )?;
+        for flag in &self.lookups {
+            let assignment = lookup
+                .query_row((flag, context), |row| {
+                    Ok(StoredAssignment {
+                        decision: row.get(0)?,
+                        bucket: row.get(1)?,
+                        rollout_pct: row.get(2)?,
+                        assigned_at: row.get(3)?,
+                    })
+                })
+                .optional()?;
+            if let Some(assignment) = assignment {
+                stored.insert(flag.to_string(), assignment);
+            }
+        }
+        let evaluations = eval::evaluate(self.flags, context, &stored, &self.requested);
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO assignments (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for evaluation in &evaluations {
+            for assignment in &evaluation.new_assignments {
+                insert.execute((
+                    &assignment.flag,
+                    context,
+                    assignment.decision,
+                    assignment.bucket,
+                    assignment.rollout_pct,
+                    ts,
+                ))?;
+            }
+            let decision = &evaluation.decision;
+            let assigned: Vec<_> = evaluation
+                .new_assignments
+                .iter()
+                .map(|a| json!({"flag": a.flag, "decision": a.decision, "bucket": a.bucket, "rollout_pct": a.rollout_pct}))
+                .collect();
+            append_audit(
+                tx,
+                &AuditEntry {
+                    ts,
+                    kind: "evaluation",
+                    actor,
+                    action: None,
+                    flag: &evaluation.flag,
+                    context_key: Some(context),
+                    result: Some(decision.enabled),
+                    source: Some(decision.source.as_str()),
+                    reason: &decision.reason,
+                    detail: &json!({ "bucket": decision.bucket, "assigned": assigned }).to_string(),
+                },
+            )?;
+        }
+        Ok(evaluations)
+    }
+}
+
+struct AuditEntry<'a> {
+    ts: &'a str,
+    kind: &'a str,
+    actor: &'a str,
+    action: Option<&'a str>,
+    flag: &'a str,
+    context_key: Option<&'a str>,
+    result: Option<bool>,
+    source: Option<&'a str>,
+    reason: &'a str,
+    detail: &'a str,
+}
+
+fn append_audit(tx: &Transaction, entry: &AuditEntry) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO audit_log \
+         (ts, kind, actor, action, flag, context_key, result, source, reason, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute((
+        entry.ts,
+        entry.kind,
+        entry.actor,
+        entry.action,
+        entry.flag,
+        entry.context_key,
+        entry.result,
+        entry.source,
+        entry.reason,
+        entry.detail,
+    ))?;
+    Ok(())
+}
