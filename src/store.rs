@@ -404,8 +404,8 @@ fn load_flags(conn: &Connection) -> Result<FlagSet> {
     Ok(flags)
 }
 
-/// Writes flag rows before dependency edges and deletions last, so that every foreign key
-/// holds after each statement whatever order the changes came in.
+/// Writes flag rows, then dependency edges, then deletions, so that every foreign key holds
+/// after each statement whatever order the changes came in.
 fn write_changes(tx: &Transaction, changes: &[Change], actor: &str, via: &str) -> Result<()> {
     let ts = now();
     for change in changes {
@@ -439,18 +439,18 @@ fn write_changes(tx: &Transaction, changes: &[Change], actor: &str, via: &str) -
             Change::Delete(_) => {}
         }
     }
+    // Edges before deletions: a flag being deleted may be required by another being deleted.
     for change in changes {
-        if let Some(after) = change.after() {
-            if change.before().map(|b| &b.requires) == Some(&after.requires) {
-                continue;
-            }
-            tx.prepare_cached("DELETE FROM flag_dependencies WHERE flag = ?1")?
-                .execute([&after.name])?;
-            let mut insert = tx
-                .prepare_cached("INSERT INTO flag_dependencies (flag, requires) VALUES (?1, ?2)")?;
-            for required in &after.requires {
-                insert.execute((&after.name, required))?;
-            }
+        let after = change.after();
+        if change.before().map(|b| &b.requires) == after.map(|a| &a.requires) {
+            continue;
+        }
+        tx.prepare_cached("DELETE FROM flag_dependencies WHERE flag = ?1")?
+            .execute([change.flag_name()])?;
+        let mut insert =
+            tx.prepare_cached("INSERT INTO flag_dependencies (flag, requires) VALUES (?1, ?2)")?;
+        for required in after.map(|a| a.requires.as_slice()).unwrap_or_default() {
+            insert.execute((change.flag_name(), required))?;
         }
     }
     for change in changes {

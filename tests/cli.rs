@@ -1,0 +1,826 @@
+//! The CLI contract, driven through the real binary.
+
+mod common;
+
+use common::{Env, PIPELINE};
+use serde_json::Value;
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn count(env: &Env, sql: &str) -> i64 {
+    env.sql().query_row(sql, [], |row| row.get(0)).unwrap()
+}
+
+// ---- import and export ----------------------------------------------------------------------
+
+#[test]
+fn import_reports_changes_and_is_idempotent() {
+    let env = Env::new();
+    let report = env.import_json(PIPELINE);
+    assert!(report.contains("dedupe: created enabled true, rollout_pct 100, requires [ingest]"));
+    assert!(
+        report.ends_with("4 created, 0 updated, 0 deleted, 0 unchanged\n"),
+        "{report}"
+    );
+    assert_eq!(
+        env.import_json(PIPELINE),
+        "0 created, 0 updated, 0 deleted, 4 unchanged\n"
+    );
+    let changed = env.import_json(
+        r#"{"flags": [{"name": "enrich", "rollout_pct": 75, "requires": ["dedupe"]}]}"#,
+    );
+    assert_eq!(
+        changed,
+        "enrich: updated rollout_pct 50 -> 75\n0 created, 1 updated, 0 deleted, 0 unchanged\n"
+    );
+}
+
+#[test]
+fn import_writes_one_audited_change_per_flag_with_before_and_after() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.import_json(r#"{"flags": [{"name": "legacy", "enabled": true}]}"#);
+    let (actor, action, reason, detail): (String, String, String, String) = env
+        .sql()
+        .query_row(
+            "SELECT actor, action, reason, detail FROM audit_log WHERE kind = 'change' ORDER BY id DESC",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(actor, "tester");
+    assert_eq!(action, "update");
+    assert_eq!(reason, "import: updated enabled false -> true");
+    let detail = json(&detail);
+    assert_eq!(detail["before"]["enabled"], false);
+    assert_eq!(detail["after"]["enabled"], true);
+    assert_eq!(detail["after"]["sticky"], "on_only");
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM audit_log WHERE kind = 'change'"),
+        5
+    );
+}
+
+#[test]
+fn dry_run_reports_but_writes_nothing() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let before = env.snapshot();
+    let file = env.write(
+        "more.json",
+        r#"{"flags": [{"name": "new"}, {"name": "ingest", "rollout_pct": 10}]}"#,
+    );
+    let report = env.ok(&["import", "--dry-run", file.to_str().unwrap()]);
+    assert!(report.contains("new: created"), "{report}");
+    assert!(
+        report.contains("ingest: updated rollout_pct 100 -> 10"),
+        "{report}"
+    );
+    assert!(report.ends_with("(dry run: nothing written)\n"), "{report}");
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn replace_deletes_flags_missing_from_the_file_with_their_assignments() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.ok(&["eval", "legacy", "ingest", "--context", "k"]);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM assignments WHERE flag = 'ingest'"
+        ),
+        1
+    );
+    let file = env.write("only.json", r#"{"flags": [{"name": "legacy"}]}"#);
+    let report = env.ok(&["import", "--replace", file.to_str().unwrap()]);
+    assert!(
+        report.ends_with("0 created, 1 updated, 3 deleted, 0 unchanged\n"),
+        "{report}"
+    );
+    assert_eq!(count(&env, "SELECT count(*) FROM flags"), 1);
+    assert_eq!(count(&env, "SELECT count(*) FROM assignments"), 0);
+    let deleted: String = env
+        .sql()
+        .query_row(
+            "SELECT detail FROM audit_log WHERE action = 'delete' AND flag = 'ingest'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(json(&deleted)["assignments_deleted"], 1);
+}
+
+#[test]
+fn import_reads_stdin() {
+    let env = Env::new();
+    env.cmd()
+        .args(["import", "-"])
+        .write_stdin(PIPELINE)
+        .assert()
+        .success();
+    assert_eq!(count(&env, "SELECT count(*) FROM flags"), 4);
+}
+
+#[test]
+fn export_import_export_is_byte_identical() {
+    let env = Env::new();
+    env.import_json(
+        r#"{"flags": [
+        {"name": "z", "rollout_pct": 33.3, "requires": ["b", "a"], "sticky": "all"},
+        {"name": "a", "enabled": false}, {"name": "b", "sticky": "none"},
+        {"name": "ü-名前"}]}"#,
+    );
+    let exported = env.ok(&["export"]);
+    let names: Vec<String> = json(&exported)["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a", "b", "z", "ü-名前"]);
+    let z = &json(&exported)["flags"][2];
+    assert_eq!(z["requires"], serde_json::json!(["a", "b"]));
+    assert_eq!(z["rollout_pct"], 33.3);
+    for field in ["name", "enabled", "rollout_pct", "requires", "sticky"] {
+        assert!(
+            json(&exported)["flags"][0].get(field).is_some(),
+            "{field} missing"
+        );
+    }
+
+    let other = Env::new();
+    let file = other.write("export.json", &exported);
+    other.ok(&["import", file.to_str().unwrap()]);
+    assert_eq!(other.ok(&["export"]), exported);
+    let out = other.dir.path().join("again.json");
+    other.ok(&["export", "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(out).unwrap(), exported);
+}
+
+// ---- refused input: a clear message, exit 2, the store as it was ----------------------------
+
+/// Imports `contents` into a store holding PIPELINE and checks it is refused with `expected`
+/// (the message after "flagstore: ") and that nothing changed.
+fn refused_import(contents: &str, expected: &str) {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let before = env.snapshot();
+    let file = env.write("bad.json", contents);
+    let message = env.fails(&["import", file.to_str().unwrap()]);
+    let path = file.to_str().unwrap();
+    assert_eq!(
+        message,
+        format!("flagstore: {}", expected.replace("FILE", path))
+    );
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "store changed after a refused import"
+    );
+}
+
+#[test]
+fn malformed_json_is_refused_with_line_and_column() {
+    refused_import(
+        "{\"flags\": [\n  {\"name\": \"a\"\n  {\"name\": \"b\"}\n]}",
+        "FILE: line 3, column 3: expected `,` or `}`",
+    );
+    refused_import("", "FILE: line 1, column 0: EOF while parsing a value");
+}
+
+#[test]
+fn missing_and_empty_names_are_refused() {
+    refused_import(
+        r#"{"flags": [{"enabled": true}]}"#,
+        "FILE: line 1, column 28: missing field `name`",
+    );
+    refused_import(
+        r#"{"flags": [{"name": "ok"}, {"name": ""}]}"#,
+        "FILE: entry 2: invalid flag name \"\": it is empty",
+    );
+    refused_import(
+        r#"{"flags": [{"name": "tab\there"}]}"#,
+        "FILE: entry 1: invalid flag name \"tab\\there\": it contains the control character U+0009",
+    );
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    refused_import(
+        r#"{"flags": [{"name": "x"}, {"name": "x", "enabled": false}]}"#,
+        "FILE: flag \"x\" appears twice (entries 1 and 2)",
+    );
+}
+
+#[test]
+fn bad_rollouts_are_refused() {
+    refused_import(
+        r#"{"flags": [{"name": "x", "rollout_pct": 100.5}]}"#,
+        "FILE: entry 1: flag \"x\": rollout_pct 100.5 is outside 0-100",
+    );
+    refused_import(
+        r#"{"flags": [{"name": "x", "rollout_pct": -1}]}"#,
+        "FILE: entry 1: flag \"x\": rollout_pct -1 is outside 0-100",
+    );
+    refused_import(
+        r#"{"flags": [{"name": "x", "rollout_pct": "50"}]}"#,
+        "FILE: line 1, column 44: invalid type: string \"50\", expected f64",
+    );
+}
+
+#[test]
+fn unknown_requirements_suggest_the_nearest_name() {
+    refused_import(
+        r#"{"flags": [{"name": "export", "requires": ["dedup"]}]}"#,
+        "FILE: flag \"export\" requires unknown flag \"dedup\" (did you mean \"dedupe\"?)",
+    );
+}
+
+#[test]
+fn self_dependencies_and_cycles_are_refused() {
+    refused_import(
+        r#"{"flags": [{"name": "x", "requires": ["x"]}]}"#,
+        "FILE: flag \"x\" requires itself",
+    );
+    // The cycle closes through a flag already in the store.
+    refused_import(
+        r#"{"flags": [{"name": "ingest", "requires": ["enrich"]}]}"#,
+        "FILE: dependency cycle: dedupe -> ingest -> enrich -> dedupe",
+    );
+}
+
+#[test]
+fn unknown_fields_and_sticky_policies_are_refused() {
+    refused_import(
+        r#"{"flags": [{"name": "x", "sticky": "forever"}]}"#,
+        "FILE: line 1, column 44: unknown variant `forever`, expected one of `on_only`, `all`, `none`",
+    );
+    refused_import(
+        r#"{"flags": [{"name": "x", "rollout": 5}]}"#,
+        "FILE: line 1, column 34: unknown field `rollout`, expected one of `name`, `enabled`, `rollout_pct`, `requires`, `sticky`",
+    );
+}
+
+#[test]
+fn an_import_with_one_bad_flag_applies_none_of_them() {
+    refused_import(
+        r#"{"flags": [{"name": "fine"}, {"name": "ingest", "rollout_pct": 5}, {"name": "bad", "requires": ["nothing-like-it"]}]}"#,
+        "FILE: flag \"bad\" requires unknown flag \"nothing-like-it\"",
+    );
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let env = Env::new();
+    let message = env.fails(&["import", "no-such.json"]);
+    assert_eq!(
+        message,
+        "flagstore: cannot read no-such.json: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_untouched() {
+    let env = Env::new();
+    let garbage = "this is a text file, not a database\n".repeat(200);
+    env.write("flags.db", &garbage);
+    let message = env.fails(&["flag", "list"]);
+    assert!(
+        message.starts_with(&format!(
+            "flagstore: {} is not a flagstore database: file is not a database",
+            env.db.display()
+        )),
+        "{message}"
+    );
+    assert_eq!(std::fs::read_to_string(&env.db).unwrap(), garbage);
+}
+
+#[test]
+fn a_database_from_a_newer_flagstore_is_refused() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.sql()
+        .execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+            [],
+        )
+        .unwrap();
+    let before = env.snapshot();
+    let message = env.fails(&["eval", "ingest", "--context", "k"]);
+    assert_eq!(
+        message,
+        format!(
+            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to 1)",
+            env.db.display()
+        )
+    );
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = Env::new();
+    env.cmd().args(["eval", "x"]).assert().code(2);
+    env.cmd().args(["frobnicate"]).assert().code(2);
+    env.cmd()
+        .args(["eval", "x", "--context", "k", "--contexts-file", "f"])
+        .assert()
+        .code(2);
+}
+
+// ---- flag commands ---------------------------------------------------------------------------
+
+#[test]
+fn flag_list_and_show() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    assert_eq!(
+        env.ok(&["flag", "list"]),
+        "NAME    ENABLED  ROLLOUT  STICKY   REQUIRES\n\
+         dedupe  true     100      on_only  ingest\n\
+         enrich  true     50       on_only  dedupe\n\
+         ingest  true     100      on_only  \n\
+         legacy  false    100      on_only  \n"
+    );
+    let list = json(&env.ok(&["flag", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    let shown = json(&env.ok(&["flag", "show", "dedupe"]));
+    assert_eq!(shown["requires"], serde_json::json!(["ingest"]));
+    assert_eq!(shown["required_by"], serde_json::json!(["enrich"]));
+    assert!(shown["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        env.fails(&["flag", "show", "dedup"]),
+        "flagstore: unknown flag \"dedup\" (did you mean \"dedupe\"?)"
+    );
+}
+
+#[test]
+fn flag_set_creates_and_updates() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    assert_eq!(
+        env.ok(&[
+            "flag",
+            "set",
+            "new",
+            "--rollout",
+            "12.5",
+            "--requires",
+            "ingest, dedupe",
+            "--sticky",
+            "all"
+        ]),
+        "new: created enabled true, rollout_pct 12.5, requires [dedupe, ingest], sticky all\n"
+    );
+    assert_eq!(
+        env.ok(&["flag", "set", "new", "--enabled", "false", "--requires", ""]),
+        "new: updated enabled true -> false, requires [dedupe, ingest] -> []\n"
+    );
+    assert_eq!(
+        env.ok(&["flag", "set", "new", "--enabled", "false"]),
+        "new: unchanged\n"
+    );
+}
+
+#[test]
+fn flag_set_refuses_bad_values_and_leaves_the_store_alone() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let before = env.snapshot();
+    for (args, expected) in [
+        (
+            vec!["--rollout", "150"],
+            "flag \"ingest\": rollout_pct 150 is outside 0-100",
+        ),
+        (
+            vec!["--rollout", "-3"],
+            "flag \"ingest\": rollout_pct -3 is outside 0-100",
+        ),
+        (
+            vec!["--rollout", "NaN"],
+            "flag \"ingest\": rollout_pct NaN is outside 0-100",
+        ),
+        (
+            vec!["--sticky", "sometimes"],
+            "unknown sticky policy \"sometimes\" (expected on_only, all or none)",
+        ),
+        (
+            vec!["--requires", "enrich"],
+            "dependency cycle: dedupe -> ingest -> enrich -> dedupe",
+        ),
+        (
+            vec!["--requires", "ingest"],
+            "flag \"ingest\" requires itself",
+        ),
+        (
+            vec!["--requires", "legasy"],
+            "flag \"ingest\" requires unknown flag \"legasy\" (did you mean \"legacy\"?)",
+        ),
+    ] {
+        let mut full = vec!["flag", "set", "ingest"];
+        full.extend(args);
+        assert_eq!(env.fails(&full), format!("flagstore: {expected}"));
+    }
+    assert_eq!(
+        env.fails(&["flag", "set", "bad\u{1b}name"]),
+        "flagstore: invalid flag name \"bad\\u{1b}name\": it contains the control character U+001B"
+    );
+    env.cmd()
+        .args(["flag", "set", "ingest", "--rollout", "lots"])
+        .assert()
+        .code(2);
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn enable_disable_and_delete() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    assert_eq!(
+        env.ok(&["flag", "enable", "legacy"]),
+        "legacy: updated enabled false -> true\n"
+    );
+    assert_eq!(
+        env.ok(&["flag", "disable", "legacy"]),
+        "legacy: updated enabled true -> false\n"
+    );
+    assert_eq!(
+        env.ok(&["flag", "disable", "legacy"]),
+        "legacy: unchanged\n"
+    );
+    let before = env.snapshot();
+    assert_eq!(
+        env.fails(&["flag", "delete", "ingest"]),
+        "flagstore: cannot delete flag \"ingest\": required by dedupe"
+    );
+    assert_eq!(
+        env.fails(&["flag", "enable", "legac"]),
+        "flagstore: unknown flag \"legac\" (did you mean \"legacy\"?)"
+    );
+    assert_eq!(env.snapshot(), before);
+    assert!(
+        env.ok(&["flag", "delete", "legacy"])
+            .starts_with("legacy: deleted")
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM flags WHERE name = 'legacy'"),
+        0
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE action = 'delete' AND flag = 'legacy' AND actor = 'tester'"
+        ),
+        1
+    );
+}
+
+// ---- evaluation ------------------------------------------------------------------------------
+
+#[test]
+fn eval_prints_true_or_false_and_json_on_request() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    assert_eq!(env.ok(&["eval", "ingest", "--context", "k"]), "true\n");
+    assert_eq!(env.ok(&["eval", "legacy", "--context", "k"]), "false\n");
+    let detailed = json(&env.ok(&["eval", "legacy", "--context", "tenant:acme", "--json"]));
+    assert_eq!(
+        detailed,
+        serde_json::json!({"flag": "legacy", "context": "tenant:acme", "enabled": false,
+                           "reason": "disabled", "source": "disabled"})
+    );
+    let unknown = json(&env.ok(&["eval", "nope", "--context", "k", "--json"]));
+    assert_eq!(unknown["reason"], "unknown flag");
+    assert_eq!(unknown["source"], "unknown");
+}
+
+#[test]
+fn quiet_eval_speaks_through_the_exit_status() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.cmd()
+        .args(["eval", "ingest", "--context", "k", "-q"])
+        .assert()
+        .code(0)
+        .stdout("");
+    env.cmd()
+        .args(["eval", "legacy", "--context", "k", "-q"])
+        .assert()
+        .code(1)
+        .stdout("");
+    env.cmd()
+        .args(["eval", "nope", "--context", "k", "-q"])
+        .assert()
+        .code(1)
+        .stdout("");
+}
+
+#[test]
+fn eval_all_prints_every_flag() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "a"}, {"name": "b", "enabled": false}, {"name": "c", "rollout_pct": 0}]}"#);
+    assert_eq!(
+        env.ok(&["eval", "--all", "--context", "k"]),
+        "{\"a\":true,\"b\":false,\"c\":false}\n"
+    );
+    assert_eq!(
+        env.ok(&["eval", "a", "b", "--context", "k"]),
+        "{\"a\":true,\"b\":false}\n"
+    );
+}
+
+#[test]
+fn kill_switch_and_dependencies_beat_sticky_assignments() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    assert_eq!(env.ok(&["eval", "dedupe", "--context", "k"]), "true\n");
+    env.ok(&["flag", "disable", "ingest"]);
+    let off = json(&env.ok(&["eval", "dedupe", "--context", "k", "--json"]));
+    assert_eq!(off["enabled"], false);
+    assert_eq!(off["source"], "dependency");
+    assert_eq!(off["reason"], "requires ingest: disabled");
+    env.ok(&["flag", "enable", "ingest"]);
+    let back = json(&env.ok(&["eval", "dedupe", "--context", "k", "--json"]));
+    assert_eq!(back["source"], "sticky");
+    env.ok(&["flag", "disable", "dedupe"]);
+    assert_eq!(
+        json(&env.ok(&["eval", "dedupe", "--context", "k", "--json"]))["source"],
+        "disabled"
+    );
+}
+
+#[test]
+fn sticky_on_survives_a_lowered_rollout() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f", "rollout_pct": 100}]}"#);
+    env.ok(&["eval", "f", "--context", "early"]);
+    env.ok(&["flag", "set", "f", "--rollout", "0"]);
+    let kept = json(&env.ok(&["eval", "f", "--context", "early", "--json"]));
+    assert_eq!(kept["enabled"], true);
+    assert!(
+        kept["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("sticky: on since 20"),
+        "{kept}"
+    );
+    assert_eq!(env.ok(&["eval", "f", "--context", "late"]), "false\n");
+}
+
+#[test]
+fn each_returned_decision_is_one_audit_row() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let changes = count(&env, "SELECT count(*) FROM audit_log");
+    env.ok(&["eval", "enrich", "--context", "k"]);
+    env.ok(&["eval", "--all", "--context", "k"]);
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM audit_log") - changes,
+        1 + 4
+    );
+    let (flag, context, result, source): (String, String, i64, String) = env
+        .sql()
+        .query_row(
+            "SELECT flag, context_key, result, source FROM audit_log WHERE kind = 'evaluation' ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((flag.as_str(), context.as_str()), ("enrich", "k"));
+    let expected = i64::from(flagstore::bucket("enrich", "k") < 50);
+    assert_eq!((result, source.as_str()), (expected, "rollout"));
+}
+
+#[test]
+fn contexts_file_streams_json_lines_in_input_order() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let keys = env.write("keys.txt", "\u{feff}zeta\r\nalpha\n\n  \nbeta");
+    let output = env.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+    let lines: Vec<Value> = output.lines().map(json).collect();
+    let contexts: Vec<&str> = lines
+        .iter()
+        .map(|l| l["context"].as_str().unwrap())
+        .collect();
+    assert_eq!(contexts, ["zeta", "alpha", "  ", "beta"]);
+    for line in &lines {
+        let key = line["context"].as_str().unwrap();
+        let single = env.ok(&["eval", "enrich", "--context", key]);
+        assert_eq!(format!("{}\n", line["flags"]["enrich"]), single, "{key}");
+        assert_eq!(line["flags"].as_object().unwrap().len(), 4);
+    }
+    let from_stdin = env
+        .cmd()
+        .args(["eval", "ingest", "legacy", "--contexts-file", "-"])
+        .write_stdin("a\nb\n")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(from_stdin.stdout).unwrap(),
+        "{\"context\":\"a\",\"flags\":{\"ingest\":true,\"legacy\":false}}\n\
+         {\"context\":\"b\",\"flags\":{\"ingest\":true,\"legacy\":false}}\n"
+    );
+}
+
+#[test]
+fn contexts_file_with_invalid_utf8_names_the_line() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let keys = env.write("keys.txt", b"good\nbad\xC3\x28\n");
+    let output = env
+        .cmd()
+        .args(["eval", "ingest", "--contexts-file", keys.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        format!(
+            "flagstore: {}: line 2: not valid UTF-8 (byte 4)\n",
+            keys.display()
+        )
+    );
+}
+
+// ---- assignments -----------------------------------------------------------------------------
+
+#[test]
+fn assignments_list_and_reset() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f"}, {"name": "g"}]}"#);
+    for key in ["k1", "k2"] {
+        env.ok(&["eval", "--all", "--context", key]);
+    }
+    let table = env.ok(&["assignments", "list", "--flag", "f"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("FLAG  CONTEXT  DECISION  BUCKET  ROLLOUT  ASSIGNED_AT"));
+    assert!(lines[1].starts_with(&format!(
+        "f     k1       true      {:<6}  100",
+        flagstore::bucket("f", "k1")
+    )));
+    let listed: Vec<Value> = env
+        .ok(&["assignments", "list", "--context", "k2", "--json"])
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["flag"], "f");
+    assert_eq!(listed[0]["decision"], true);
+
+    assert_eq!(
+        env.ok(&["assignments", "reset", "--flag", "f", "--context", "k1"]),
+        "cleared 1 assignment of flag f\n"
+    );
+    assert_eq!(
+        env.ok(&["assignments", "reset", "--flag", "g"]),
+        "cleared 2 assignments of flag g\n"
+    );
+    assert_eq!(
+        env.ok(&["assignments", "list", "--json"]).lines().count(),
+        1
+    );
+    let reason: String = env
+        .sql()
+        .query_row(
+            "SELECT reason FROM audit_log WHERE action = 'reset_assignments' ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reason, "assignments reset: cleared 1 for context \"k1\"");
+    let before = env.snapshot();
+    assert_eq!(
+        env.fails(&["assignments", "reset", "--flag", "ff"]),
+        "flagstore: unknown flag \"ff\" (did you mean \"f\"?)"
+    );
+    assert_eq!(env.snapshot(), before);
+}
+
+// ---- the prototype's job ---------------------------------------------------------------------
+
+#[test]
+fn run_imports_evaluates_and_writes_the_result() {
+    let env = Env::new();
+    let input = env.write(
+        "job.json",
+        r#"{"context_key": "batch-7", "flags": [{"name": "a"}, {"name": "b", "requires": ["a"], "enabled": false}]}"#,
+    );
+    let output = env.dir.path().join("result.json");
+    let printed = env.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), printed);
+    assert_eq!(
+        json(&printed),
+        serde_json::json!({
+            "evaluations": {"a": true, "b": false},
+            "stats": {"total": 2, "enabled": 1, "disabled": 1},
+            "audit_entries": 4
+        })
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE context_key = 'batch-7'"
+        ),
+        2
+    );
+    // A second run changes no flag, so it only adds its two evaluations.
+    let again = env.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(json(&again)["audit_entries"], 2);
+}
+
+#[test]
+fn run_uses_the_default_context_and_the_shipped_example_works() {
+    let env = Env::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pipeline.json");
+    let output = env.dir.path().join("out.json");
+    let result = json(&env.ok(&[
+        "run",
+        "--input",
+        example,
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    assert_eq!(result["stats"]["total"], 6);
+
+    let input = env.write("job.json", r#"{"flags": [{"name": "x"}]}"#);
+    env.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE flag = 'x' AND context_key = 'default'"
+        ),
+        1
+    );
+}
+
+// ---- concurrency -----------------------------------------------------------------------------
+
+#[test]
+fn concurrent_first_evaluations_agree_and_store_one_assignment() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f", "rollout_pct": 50, "sticky": "all"}]}"#);
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("flagstore"))
+                .args([
+                    "--db",
+                    env.db.to_str().unwrap(),
+                    "eval",
+                    "f",
+                    "--context",
+                    "race",
+                ])
+                .output()
+        })
+        .collect();
+    let answers: Vec<String> = children
+        .into_iter()
+        .map(|output| {
+            let output = output.unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        })
+        .collect();
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM assignments WHERE context_key = 'race'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE context_key = 'race'"
+        ),
+        6
+    );
+}

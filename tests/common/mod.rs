@@ -1,0 +1,116 @@
+//! Helpers for driving the real `flagstore` binary against a throw-away database.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use rusqlite::Connection;
+use rusqlite::types::Value;
+use tempfile::TempDir;
+
+pub struct Env {
+    pub dir: TempDir,
+    pub db: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = dir.path().join("flags.db");
+        Env { dir, db }
+    }
+
+    /// `flagstore --db <this env's db> --actor tester`, isolated from the caller's environment.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("flagstore").expect("binary is built");
+        cmd.env_remove("FLAGSTORE_DB")
+            .env_remove("FLAGSTORE_ACTOR")
+            .current_dir(self.dir.path())
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--actor")
+            .arg("tester");
+        cmd
+    }
+
+    /// Runs `flagstore ARGS`, asserting success, and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.cmd().args(args).output().expect("runs");
+        assert!(
+            output.status.success(),
+            "flagstore {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs `flagstore ARGS`, asserting exit status 2, one line on stderr and no stdout, and
+    /// returns that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let output = self.cmd().args(args).output().expect("runs");
+        let stderr = String::from_utf8(output.stderr).expect("utf-8 stderr");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "flagstore {args:?}: {stderr}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "flagstore {args:?} printed to stdout"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr.trim_end().to_string()
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write fixture");
+        path
+    }
+
+    pub fn import_json(&self, json: &str) -> String {
+        let path = self.write("import.json", json);
+        self.ok(&["import", path.to_str().unwrap()])
+    }
+
+    /// Every row of every table, to prove a refused write changed nothing.
+    pub fn snapshot(&self) -> Vec<String> {
+        snapshot(&self.db)
+    }
+
+    pub fn sql(&self) -> Connection {
+        Connection::open(&self.db).expect("open db")
+    }
+}
+
+pub fn snapshot(db: &Path) -> Vec<String> {
+    let conn = Connection::open(db).expect("open db");
+    let mut rows = Vec::new();
+    for table in [
+        "flags",
+        "flag_dependencies",
+        "assignments",
+        "audit_log",
+        "refinery_schema_history",
+    ] {
+        let mut statement = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+            .expect("table exists");
+        let columns = statement.column_count();
+        let mut query = statement.query([]).unwrap();
+        while let Some(row) = query.next().unwrap() {
+            let values: Vec<Value> = (0..columns).map(|i| row.get(i).unwrap()).collect();
+            rows.push(format!("{table}: {values:?}"));
+        }
+    }
+    rows
+}
+
+pub const PIPELINE: &str = r#"{
+  "flags": [
+    {"name": "ingest"},
+    {"name": "dedupe", "requires": ["ingest"]},
+    {"name": "enrich", "rollout_pct": 50, "requires": ["dedupe"]},
+    {"name": "legacy", "enabled": false}
+  ]
+}"#;
