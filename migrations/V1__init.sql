@@ -1,12 +1,14 @@
 -- flagstore schema, version 1. Compliance reviewers read these tables with plain SQL, so names
 -- and values are meant to be self-explanatory: booleans are 0/1, times are UTC RFC 3339 strings
 -- with milliseconds ("2026-11-23T20:45:37.123Z"), which sort in time order as text.
+-- CHECKs use OR chains, not IN lists: SQLite builds a temporary index for an IN list on every
+-- row inserted, which cost a tenth of batch evaluation time.
 
 CREATE TABLE flags (
     name        TEXT PRIMARY KEY NOT NULL CHECK (length(name) BETWEEN 1 AND 128),
-    enabled     INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+    enabled     INTEGER NOT NULL CHECK (enabled = 0 OR enabled = 1),
     rollout_pct REAL NOT NULL CHECK (rollout_pct BETWEEN 0 AND 100),
-    sticky      TEXT NOT NULL DEFAULT 'on_only' CHECK (sticky IN ('on_only', 'all', 'none')),
+    sticky      TEXT NOT NULL DEFAULT 'on_only' CHECK (sticky = 'on_only' OR sticky = 'all' OR sticky = 'none'),
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL
 );
@@ -27,7 +29,7 @@ CREATE INDEX flag_dependencies_requires ON flag_dependencies (requires);
 CREATE TABLE assignments (
     flag        TEXT NOT NULL REFERENCES flags (name) ON DELETE CASCADE,
     context_key TEXT NOT NULL,
-    decision    INTEGER NOT NULL CHECK (decision IN (0, 1)),
+    decision    INTEGER NOT NULL CHECK (decision = 0 OR decision = 1),
     bucket      INTEGER NOT NULL CHECK (bucket BETWEEN 0 AND 99),
     rollout_pct REAL NOT NULL,
     assigned_at TEXT NOT NULL,
@@ -42,13 +44,14 @@ CREATE TABLE assignments (
 CREATE TABLE audit_log (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     ts          TEXT NOT NULL,
-    kind        TEXT NOT NULL CHECK (kind IN ('evaluation', 'change')),
+    kind        TEXT NOT NULL CHECK (kind = 'evaluation' OR kind = 'change'),
     actor       TEXT NOT NULL,
     action      TEXT CHECK ((kind = 'change') = (action IS NOT NULL)),
     flag        TEXT NOT NULL,
     context_key TEXT,
-    result      INTEGER CHECK (result IN (0, 1)),
-    source      TEXT CHECK (source IN ('sticky', 'rollout', 'disabled', 'dependency', 'unknown', 'cycle')),
+    result      INTEGER CHECK (result = 0 OR result = 1),
+    source      TEXT CHECK (source = 'sticky' OR source = 'rollout' OR source = 'disabled'
+                        OR source = 'dependency' OR source = 'unknown' OR source = 'cycle'),
     reason      TEXT NOT NULL,
     detail      TEXT NOT NULL DEFAULT '{}'
 );

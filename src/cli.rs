@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::change::Change;
@@ -80,6 +82,16 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Measure batch evaluation: a fresh store (all sticky misses), then the same keys again
+    /// (all hits). Uses its own temporary database, not --db.
+    Bench {
+        /// Context keys per pass.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Directory for the temporary database [default: the system's temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +148,9 @@ pub struct EvalArgs {
     /// Print nothing; exit 0 when the flag is on, 1 when it is off.
     #[arg(short, long, conflicts_with_all = ["json", "contexts_file", "all"])]
     pub quiet: bool,
+    /// With --contexts-file: no progress bar (it is only drawn when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,10 +184,17 @@ pub enum Outcome {
 /// Runs a parsed command line against the store it names.
 pub fn run(cli: Cli) -> Result<Outcome> {
     let actor = cli.actor.clone().unwrap_or_else(os_user);
-    let mut store = Store::open(&cli.db)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    if let Command::Bench { keys, dir } = &cli.command {
+        let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
+        crate::bench::run(*keys, &dir, &mut out)?;
+        out.flush().map_err(stdout_error)?;
+        return Ok(Outcome::Success);
+    }
+    let mut store = Store::open(&cli.db)?;
     let outcome = match cli.command {
+        Command::Bench { .. } => unreachable!("handled before the store is opened"),
         Command::Import {
             file,
             replace,
@@ -478,7 +500,8 @@ fn eval(store: &mut Store, out: &mut impl Write, actor: &str, args: EvalArgs) ->
         Selection::Flags(args.flags.clone())
     };
     if let Some(file) = &args.contexts_file {
-        return eval_contexts_file(store, out, actor, &selection, file);
+        let progress = !args.no_progress && io::stderr().is_terminal();
+        return eval_contexts_file(store, out, actor, &selection, file, progress);
     }
     let context = args
         .context
@@ -530,6 +553,7 @@ fn eval_contexts_file(
     actor: &str,
     selection: &Selection,
     file: &str,
+    show_progress: bool,
 ) -> Result<Outcome> {
     let name = display_path(file);
     let keys: Box<dyn Iterator<Item = Result<String>>> = if file == "-" {
@@ -541,11 +565,52 @@ fn eval_contexts_file(
         })?;
         Box::new(ContextKeys::new(BufReader::new(opened), name))
     };
-    store.evaluate_batch(selection, actor, keys, |key, evaluations| {
-        let line = json!({ "context": key, "flags": decision_map(evaluations) });
-        writeln!(out, "{line}").map_err(stdout_error)
-    })?;
+    let progress = if show_progress {
+        let bar = ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {human_pos} keys  {per_sec}  {elapsed}")
+                .expect("a valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let outcome = store.evaluate_batch(selection, actor, keys, |key, evaluations| {
+        progress.inc(1);
+        write_batch_line(out, key, evaluations).map_err(stdout_error)
+    });
+    progress.finish_and_clear();
+    outcome?;
     Ok(Outcome::Success)
+}
+
+/// Writes one JSON Lines record `{"context":KEY,"flags":{"flag":bool,...}}`, flags in name
+/// order (a flag asked for twice appears once). Written by hand because it runs once per key
+/// of a batch and a generic JSON value would cost more than the evaluation.
+pub(crate) fn write_batch_line(
+    out: &mut impl Write,
+    key: &str,
+    evaluations: &[Evaluation],
+) -> io::Result<()> {
+    let mut ordered: Vec<&Evaluation> = evaluations.iter().collect();
+    ordered.sort_by(|a, b| a.flag.cmp(&b.flag));
+    ordered.dedup_by(|a, b| a.flag == b.flag);
+    out.write_all(b"{\"context\":")?;
+    serde_json::to_writer(&mut *out, key)?;
+    out.write_all(b",\"flags\":{")?;
+    for (i, evaluation) in ordered.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *out, &evaluation.flag)?;
+        let value: &[u8] = if evaluation.decision.enabled {
+            b":true"
+        } else {
+            b":false"
+        };
+        out.write_all(value)?;
+    }
+    out.write_all(b"}}\n")
 }
 
 fn assignments(

@@ -6,10 +6,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, ToSql, Transaction, TransactionBehavior};
 use serde_json::json;
 
 use crate::change::{self, Change};
@@ -23,6 +23,13 @@ mod embedded {
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Prepared statements kept per connection (see `insert_rows`).
+const STATEMENT_CACHE: usize = 128;
+
+/// SQLite page cache, in KiB as a negative `cache_size` (SQLite's convention): large enough to
+/// hold the hot B-tree pages of a batch, small enough for a flat 64 MB process.
+const PAGE_CACHE_KIB: i64 = -16_384;
 
 /// Context keys evaluated per transaction in a batch: large enough that commits are a small
 /// share of the work, small enough that a crash loses little and other writers are not starved.
@@ -42,6 +49,15 @@ impl Selection {
             Selection::Flags(names) => names.iter().map(String::as_str).collect(),
         }
     }
+}
+
+/// What a batch evaluation did, for throughput and latency reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchReport {
+    pub keys: u64,
+    pub evaluations: u64,
+    /// Wall time of each transaction, from taking the write lock to the commit.
+    pub batch_latencies: Vec<Duration>,
 }
 
 /// A flag with its bookkeeping times.
@@ -106,6 +122,9 @@ impl Store {
             });
         }
         conn.pragma_update(None, "foreign_keys", true)?;
+        // Multi-row inserts use one statement per row count; keep them all prepared.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
         conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))?;
         if migrated != Some(latest) {
             migrate(&mut conn, &path, latest)?;
@@ -178,52 +197,51 @@ impl Store {
         context: &str,
         actor: &str,
     ) -> Result<Vec<Evaluation>> {
+        let keys = [context.to_string()];
         let tx = self.write_transaction()?;
         let flags = load_flags(&tx)?;
-        let plan = EvaluationPlan::new(&flags, selection);
-        let evaluations = plan.evaluate(&tx, context, actor, &now())?;
+        let mut results =
+            EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &keys, actor, &now())?;
         tx.commit()?;
-        Ok(evaluations)
+        Ok(results.pop().unwrap_or_default())
     }
 
     /// Evaluates the selected flags for every key, [`BATCH_KEYS`] keys per transaction. Keys
     /// are read before the write lock is taken, so a slow producer never holds other writers
     /// up; results are handed to `emit` only once their transaction has committed, so nothing
-    /// is reported that was not persisted. Returns the number of keys evaluated.
+    /// is reported that was not persisted.
     pub fn evaluate_batch(
         &mut self,
         selection: &Selection,
         actor: &str,
         keys: impl IntoIterator<Item = Result<String>>,
         mut emit: impl FnMut(&str, &[Evaluation]) -> Result<()>,
-    ) -> Result<u64> {
+    ) -> Result<BatchReport> {
         let mut keys = keys.into_iter();
         let mut chunk: Vec<String> = Vec::with_capacity(BATCH_KEYS);
-        let mut results: Vec<Vec<Evaluation>> = Vec::with_capacity(BATCH_KEYS);
-        let mut total = 0;
+        let mut report = BatchReport::default();
         loop {
             chunk.clear();
             for key in keys.by_ref().take(BATCH_KEYS) {
                 chunk.push(key?);
             }
             if chunk.is_empty() {
-                return Ok(total);
+                return Ok(report);
             }
-            results.clear();
+            let started = Instant::now();
             let tx = self.write_transaction()?;
             // Flags are re-read for every chunk so that a kill switch thrown during a long run
             // takes effect within one chunk.
             let flags = load_flags(&tx)?;
-            let plan = EvaluationPlan::new(&flags, selection);
-            let ts = now();
-            for key in &chunk {
-                results.push(plan.evaluate(&tx, key, actor, &ts)?);
-            }
+            let results =
+                EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &chunk, actor, &now())?;
             tx.commit()?;
+            report.batch_latencies.push(started.elapsed());
             for (key, evaluations) in chunk.iter().zip(&results) {
                 emit(key, evaluations)?;
+                report.evaluations += evaluations.len() as u64;
             }
-            total += chunk.len() as u64;
+            report.keys += chunk.len() as u64;
         }
     }
 
@@ -292,7 +310,7 @@ impl Store {
         };
         append_audit(
             &tx,
-            &AuditEntry {
+            &[AuditEntry {
                 ts: &now(),
                 kind: "change",
                 actor,
@@ -303,7 +321,7 @@ impl Store {
                 source: None,
                 reason: &format!("assignments reset: cleared {cleared} {scope}"),
                 detail: &json!({ "cleared": cleared, "context_key": context }).to_string(),
-            },
+            }],
         )?;
         tx.commit()?;
         Ok(cleared)
@@ -465,7 +483,7 @@ fn write_changes(tx: &Transaction, changes: &[Change], actor: &str, via: &str) -
         }
         append_audit(
             tx,
-            &AuditEntry {
+            &[AuditEntry {
                 ts: &ts,
                 kind: "change",
                 actor,
@@ -476,7 +494,7 @@ fn write_changes(tx: &Transaction, changes: &[Change], actor: &str, via: &str) -
                 source: None,
                 reason: &format!("{via}: {}", change.summary()),
                 detail: &detail.to_string(),
-            },
+            }],
         )?;
     }
     Ok(())
@@ -505,73 +523,95 @@ impl<'a> EvaluationPlan<'a> {
         }
     }
 
-    fn evaluate(
+    /// Evaluates every key within the caller's transaction: each key's new assignments are
+    /// written before the next key is looked up (a key may repeat), and the audit rows of all
+    /// keys are written at the end, several rows per statement.
+    fn evaluate_keys(
         &self,
         tx: &Transaction,
-        context: &str,
+        keys: &[String],
         actor: &str,
         ts: &str,
-    ) -> Result<Vec<Evaluation>> {
-        let mut stored = HashMap::new();
+    ) -> Result<Vec<Vec<Evaluation>>> {
         let mut lookup = tx.prepare_cached(
             "SELECT decision, bucket, rollout_pct, assigned_at FROM assignments \
              WHERE flag = ?1 AND context_key = ?2",
         )?;
-        for flag in &self.lookups {
-            let assignment = lookup
-                .query_row((flag, context), |row| {
-                    Ok(StoredAssignment {
-                        decision: row.get(0)?,
-                        bucket: row.get(1)?,
-                        rollout_pct: row.get(2)?,
-                        assigned_at: row.get(3)?,
+        let mut stored = HashMap::new();
+        let mut results = Vec::with_capacity(keys.len());
+        for key in keys {
+            stored.clear();
+            for flag in &self.lookups {
+                let assignment = lookup
+                    .query_row((flag, key), |row| {
+                        Ok(StoredAssignment {
+                            decision: row.get(0)?,
+                            bucket: row.get(1)?,
+                            rollout_pct: row.get(2)?,
+                            assigned_at: row.get(3)?,
+                        })
                     })
-                })
-                .optional()?;
-            if let Some(assignment) = assignment {
-                stored.insert(flag.to_string(), assignment);
+                    .optional()?;
+                if let Some(assignment) = assignment {
+                    stored.insert(flag.to_string(), assignment);
+                }
             }
-        }
-        let evaluations = eval::evaluate(self.flags, context, &stored, &self.requested);
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO assignments (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for evaluation in &evaluations {
-            for assignment in &evaluation.new_assignments {
-                insert.execute((
-                    &assignment.flag,
-                    context,
-                    assignment.decision,
-                    assignment.bucket,
-                    assignment.rollout_pct,
-                    ts,
-                ))?;
+            let evaluations = eval::evaluate(self.flags, key, &stored, &self.requested);
+            let mut values: Vec<&dyn ToSql> = Vec::new();
+            for assignment in evaluations.iter().flat_map(|e| &e.new_assignments) {
+                values.extend([
+                    &assignment.flag as &dyn ToSql,
+                    key,
+                    &assignment.decision,
+                    &assignment.bucket,
+                    &assignment.rollout_pct,
+                    &ts,
+                ]);
             }
-            let decision = &evaluation.decision;
-            let assigned: Vec<_> = evaluation
-                .new_assignments
-                .iter()
-                .map(|a| json!({"flag": a.flag, "decision": a.decision, "bucket": a.bucket, "rollout_pct": a.rollout_pct}))
-                .collect();
-            append_audit(
+            insert_rows(
                 tx,
-                &AuditEntry {
+                "INSERT INTO assignments \
+                 (flag, context_key, decision, bucket, rollout_pct, assigned_at)",
+                6,
+                &values,
+            )?;
+            results.push(evaluations);
+        }
+        let details: Vec<Vec<String>> = results
+            .iter()
+            .map(|evaluations| evaluations.iter().map(evaluation_detail).collect())
+            .collect();
+        let mut entries = Vec::new();
+        for ((key, evaluations), details) in keys.iter().zip(&results).zip(&details) {
+            for (evaluation, detail) in evaluations.iter().zip(details) {
+                let decision = &evaluation.decision;
+                entries.push(AuditEntry {
                     ts,
                     kind: "evaluation",
                     actor,
                     action: None,
                     flag: &evaluation.flag,
-                    context_key: Some(context),
+                    context_key: Some(key),
                     result: Some(decision.enabled),
                     source: Some(decision.source.as_str()),
                     reason: &decision.reason,
-                    detail: &json!({ "bucket": decision.bucket, "assigned": assigned }).to_string(),
-                },
-            )?;
+                    detail,
+                });
+            }
         }
-        Ok(evaluations)
+        append_audit(tx, &entries)?;
+        Ok(results)
     }
+}
+
+/// The evaluation row's `detail`: the bucket, and the assignments this evaluation stored.
+fn evaluation_detail(evaluation: &Evaluation) -> String {
+    let assigned: Vec<&str> = evaluation
+        .new_assignments
+        .iter()
+        .map(|a| a.flag.as_str())
+        .collect();
+    json!({ "bucket": evaluation.decision.bucket, "assigned": assigned }).to_string()
 }
 
 struct AuditEntry<'a> {
@@ -587,23 +627,48 @@ struct AuditEntry<'a> {
     detail: &'a str,
 }
 
-fn append_audit(tx: &Transaction, entry: &AuditEntry) -> Result<()> {
-    tx.prepare_cached(
+fn append_audit(tx: &Transaction, entries: &[AuditEntry]) -> Result<()> {
+    let mut values: Vec<&dyn ToSql> = Vec::with_capacity(entries.len() * 10);
+    for entry in entries {
+        values.extend([
+            &entry.ts as &dyn ToSql,
+            &entry.kind,
+            &entry.actor,
+            &entry.action,
+            &entry.flag,
+            &entry.context_key,
+            &entry.result,
+            &entry.source,
+            &entry.reason,
+            &entry.detail,
+        ]);
+    }
+    insert_rows(
+        tx,
         "INSERT INTO audit_log \
-         (ts, kind, actor, action, flag, context_key, result, source, reason, detail) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute((
-        entry.ts,
-        entry.kind,
-        entry.actor,
-        entry.action,
-        entry.flag,
-        entry.context_key,
-        entry.result,
-        entry.source,
-        entry.reason,
-        entry.detail,
-    ))?;
+         (ts, kind, actor, action, flag, context_key, result, source, reason, detail)",
+        10,
+        &values,
+    )
+}
+
+/// Rows per INSERT statement when writing many: a statement's fixed cost is several times that
+/// of inserting one small row, so batching rows is most of the speed of batch evaluation.
+const ROWS_PER_INSERT: usize = 64;
+
+/// Inserts `values` (row-major, `columns` per row) with as few statements as possible.
+/// `insert` is a constant `INSERT INTO table (columns)` prefix, never user input.
+fn insert_rows(
+    tx: &Transaction,
+    insert: &str,
+    columns: usize,
+    values: &[&dyn ToSql],
+) -> Result<()> {
+    for group in values.chunks(ROWS_PER_INSERT * columns) {
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        let rows = vec![row; group.len() / columns].join(", ");
+        tx.prepare_cached(&format!("{insert} VALUES {rows}"))?
+            .execute(rusqlite::params_from_iter(group))?;
+    }
     Ok(())
 }
