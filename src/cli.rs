@@ -210,8 +210,15 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// The login name: from the environment when it is set (cheap), else from the OS user
+/// database (which may ask a name service, so it is the fallback).
 fn os_user() -> String {
-    whoami::username().unwrap_or_else(|_| "unknown".to_string())
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| whoami::username().ok())
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 fn stdout_error(source: io::Error) -> Error {
