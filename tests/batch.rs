@@ -1,0 +1,133 @@
+//! Batch evaluation through `--contexts-file`: streaming edge cases, transaction boundaries,
+//! and agreement with single evaluations.
+
+mod common;
+
+use common::{Env, PIPELINE};
+use serde_json::Value;
+
+fn batch(env: &Env, input: impl Into<Vec<u8>>, flags: &[&str]) -> Vec<Value> {
+    let mut args = vec!["eval"];
+    if flags.is_empty() {
+        args.push("--all");
+    } else {
+        args.extend(flags);
+    }
+    args.extend(["--contexts-file", "-"]);
+    let output = env.cmd().args(&args).write_stdin(input).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stderr.is_empty(), "no progress bar when stderr is not a terminal");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn count(env: &Env, sql: &str) -> i64 {
+    env.sql().query_row(sql, [], |row| row.get(0)).unwrap()
+}
+
+#[test]
+fn empty_input_evaluates_nothing() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    assert!(batch(&env, "", &[]).is_empty());
+    assert!(batch(&env, "\n\r\n\n", &[]).is_empty());
+    assert_eq!(count(&env, "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"), 0);
+}
+
+#[test]
+fn a_ten_thousand_character_key_is_kept_whole() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let key = "k".repeat(9_999) + "é";
+    let lines = batch(&env, format!("{key}\r\n"), &["ingest"]);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["context"].as_str().unwrap(), key);
+    let stored: String = env
+        .sql()
+        .query_row("SELECT context_key FROM assignments WHERE flag = 'ingest'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, key);
+}
+
+#[test]
+fn batch_results_equal_single_evaluations_on_a_separate_store() {
+    let batch_env = Env::new();
+    let single_env = Env::new();
+    for env in [&batch_env, &single_env] {
+        env.import_json(
+            r#"{"flags": [{"name": "a", "rollout_pct": 50}, {"name": "b", "rollout_pct": 25.5, "requires": ["a"], "sticky": "all"},
+                          {"name": "c", "enabled": false}, {"name": "d", "rollout_pct": 80, "sticky": "none", "requires": ["b"]}]}"#,
+        );
+    }
+    let keys: Vec<String> = (0..40).map(|i| format!("tenant-{i}")).collect();
+    let lines = batch(&batch_env, keys.join("\n"), &[]);
+    assert_eq!(lines.len(), keys.len());
+    for (line, key) in lines.iter().zip(&keys) {
+        assert_eq!(line["context"], key.as_str());
+        let single: Value =
+            serde_json::from_str(&single_env.ok(&["eval", "--all", "--context", key])).unwrap();
+        assert_eq!(line["flags"], single, "{key}");
+    }
+}
+
+#[test]
+fn keys_spanning_several_transactions_stay_in_order_and_are_all_audited() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let keys: Vec<String> = (0..4_500).map(|i| format!("k{i:05}")).collect();
+    let lines = batch(&env, keys.join("\n") + "\n", &["enrich", "legacy"]);
+    let contexts: Vec<&str> = lines.iter().map(|l| l["context"].as_str().unwrap()).collect();
+    assert_eq!(contexts, keys);
+    assert_eq!(count(&env, "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"), 9_000);
+    // Every ON decision of enrich (on_only) is stored, and its dependencies with it.
+    let on = lines.iter().filter(|l| l["flags"]["enrich"] == true).count() as i64;
+    assert_eq!(count(&env, "SELECT count(*) FROM assignments WHERE flag = 'enrich'"), on);
+    assert_eq!(count(&env, "SELECT count(*) FROM assignments WHERE flag = 'ingest'"), 4_500);
+}
+
+#[test]
+fn a_key_repeated_within_one_transaction_is_served_its_stored_decision() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f", "rollout_pct": 50, "sticky": "all"}]}"#);
+    let lines = batch(&env, "same\nother\nsame\n", &[]);
+    assert_eq!(lines[0]["flags"], lines[2]["flags"]);
+    let sources: Vec<String> = {
+        let conn = env.sql();
+        let mut statement = conn
+            .prepare("SELECT source FROM audit_log WHERE context_key = 'same' ORDER BY id")
+            .unwrap();
+        statement.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(sources, ["rollout", "sticky"]);
+}
+
+#[test]
+fn no_progress_is_accepted_and_output_is_unchanged() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let output = env
+        .cmd()
+        .args(["eval", "ingest", "--contexts-file", "-", "--no-progress"])
+        .write_stdin("a\n")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "{\"context\":\"a\",\"flags\":{\"ingest\":true}}\n"
+    );
+    assert!(output.stderr.is_empty());
+}
+
+#[test]
+fn a_missing_contexts_file_is_named() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    assert_eq!(
+        env.fails(&["eval", "--all", "--contexts-file", "nope.txt"]),
+        "flagstore: cannot read nope.txt: No such file or directory (os error 2)"
+    );
+}
