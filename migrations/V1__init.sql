@@ -53,7 +53,11 @@ CREATE TABLE audit_log (
     source      TEXT CHECK (source = 'sticky' OR source = 'rollout' OR source = 'disabled'
                         OR source = 'dependency' OR source = 'unknown' OR source = 'cycle'),
     reason      TEXT NOT NULL,
-    detail      TEXT NOT NULL DEFAULT '{}'
+    detail      TEXT NOT NULL DEFAULT '{}',
+    -- Tamper evidence: hash = SHA-256 over prev_hash and this row's columns (encoding in
+    -- README.md); prev_hash is the previous row's hash, 64 zeros for row 1.
+    prev_hash   TEXT NOT NULL CHECK (length(prev_hash) = 64),
+    hash        TEXT NOT NULL CHECK (length(hash) = 64)
 );
 
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log

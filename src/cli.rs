@@ -13,6 +13,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::audit::{self, Checkpoint};
 use crate::change::Change;
 use crate::contexts::ContextKeys;
 use crate::document::{DEFAULT_CONTEXT_KEY, Document, display_path};
@@ -82,6 +83,9 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Check and anchor the audit log's hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Measure batch evaluation: a fresh store (all sticky misses), then the same keys again
     /// (all hits). Uses its own temporary database, not --db.
     Bench {
@@ -154,6 +158,26 @@ pub struct EvalArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; exit 0 with the row count and head hash when it holds, 2 naming
+    /// the first row that does not verify.
+    Verify {
+        /// Also require this hash (a head printed earlier) to be in the chain.
+        #[arg(long, value_name = "HASH", conflicts_with = "checkpoint")]
+        expect_head: Option<String>,
+        /// Also require the row recorded in this checkpoint file to be in the chain.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Write the current head (row id and hash) as a checkpoint file, to keep elsewhere.
+    Checkpoint {
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AssignmentsCommand {
     /// List stored assignments.
     List {
@@ -204,6 +228,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Flag(command) => flag_command(&mut store, &mut out, &actor, command),
         Command::Eval(args) => eval(&mut store, &mut out, &actor, args),
         Command::Assignments(command) => assignments(&mut store, &mut out, &actor, command),
+        Command::Audit(command) => audit(&store, &mut out, command),
         Command::Run { input, output } => run_job(&mut store, &mut out, &actor, &input, &output),
     }?;
     out.flush().map_err(stdout_error)?;
@@ -682,6 +707,54 @@ fn assignments(
     };
     out.write_all(text.as_bytes()).map_err(stdout_error)?;
     Ok(Outcome::Success)
+}
+
+fn audit(store: &Store, out: &mut impl Write, command: AuditCommand) -> Result<Outcome> {
+    let text = match command {
+        AuditCommand::Verify {
+            expect_head,
+            checkpoint,
+        } => {
+            let checkpoint = match (expect_head, checkpoint) {
+                (Some(hash), _) => Some(Checkpoint { id: None, hash }),
+                (None, Some(path)) => Some(read_checkpoint(&path)?),
+                (None, None) => None,
+            };
+            let verified = audit::verify(store, checkpoint.as_ref())?;
+            format!(
+                "audit log verified: {} rows, head {}\n",
+                verified.rows, verified.head
+            )
+        }
+        AuditCommand::Checkpoint { output } => {
+            let verified = audit::verify(store, None)?;
+            let checkpoint = Checkpoint {
+                id: Some(verified.rows),
+                hash: verified.head,
+            };
+            let json = format!("{}\n", serde_json::to_string(&checkpoint).expect("json"));
+            match output {
+                Some(path) => {
+                    write_file_atomically(&path, json.as_bytes())?;
+                    String::new()
+                }
+                None => json,
+            }
+        }
+    };
+    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::BadCheckpoint {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })
 }
 
 fn run_job(

@@ -88,6 +88,17 @@ pub enum Error {
         supported: i64,
     },
 
+    #[error("audit log does not verify at row {id}: {why}")]
+    AuditChain { id: i64, why: String },
+
+    #[error(
+        "audit log does not contain checkpoint {hash}{at}: it has {rows} rows that verify (rows deleted from the end, or the chain rewritten)"
+    )]
+    CheckpointMissing { hash: String, at: String, rows: i64 },
+
+    #[error("{path}: not a checkpoint file: {why}")]
+    BadCheckpoint { path: String, why: String },
+
     #[error("cannot open database {path}: {source}")]
     Open {
         path: String,

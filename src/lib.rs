@@ -4,6 +4,7 @@
 //! The evaluator ([`eval`]) is pure; all SQL lives in [`store`]; [`cli`] is the command-line
 //! layer the `flagstore` binary runs.
 
+pub mod audit;
 pub mod bench;
 pub mod change;
 pub mod cli;

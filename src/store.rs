@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, ErrorCode, ToSql, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, ToSql, Transaction, TransactionBehavior};
 use serde_json::json;
 
+use crate::audit::{AuditRow, Field, GENESIS_HASH, row_hash};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation, StoredAssignment};
@@ -346,6 +347,43 @@ impl Store {
             .query_row("SELECT count(*) FROM audit_log", [], |row| row.get(0))?)
     }
 
+    /// Calls `visit` with every audit row in id order, streaming, so a log of any size can be
+    /// verified in constant memory. Stops at the first error `visit` returns.
+    pub fn for_each_audit_row<E: From<Error>>(
+        &self,
+        mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, \
+                 detail, prev_hash, hash FROM audit_log ORDER BY id",
+            )
+            .map_err(Error::from)?;
+        let mut rows = statement.query([]).map_err(Error::from)?;
+        while let Some(row) = rows.next().map_err(Error::from)? {
+            let read = || -> rusqlite::Result<AuditRow> {
+                Ok(AuditRow {
+                    id: row.get(0)?,
+                    ts: row.get(1)?,
+                    kind: row.get(2)?,
+                    actor: row.get(3)?,
+                    action: row.get(4)?,
+                    flag: row.get(5)?,
+                    context_key: row.get(6)?,
+                    result: row.get(7)?,
+                    source: row.get(8)?,
+                    reason: row.get(9)?,
+                    detail: row.get(10)?,
+                    prev_hash: row.get(11)?,
+                    hash: row.get(12)?,
+                })
+            };
+            visit(read().map_err(Error::from)?)?;
+        }
+        Ok(())
+    }
+
     fn write_transaction(&mut self) -> Result<Transaction<'_>> {
         Ok(self
             .conn
@@ -660,11 +698,40 @@ struct AuditEntry<'a> {
     detail: &'a str,
 }
 
+/// Appends rows to the audit log, extending its hash chain from the last row. Runs inside the
+/// caller's write transaction, so no other writer can interleave rows.
 fn append_audit(tx: &Transaction, entries: &[AuditEntry]) -> Result<()> {
-    let mut values: Vec<&dyn ToSql> = Vec::with_capacity(entries.len() * 10);
+    let tail: Option<(i64, String)> = tx
+        .prepare_cached("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (mut id, mut prev_hash) = tail.unwrap_or((0, GENESIS_HASH.to_string()));
+    let mut links: Vec<(i64, String, String)> = Vec::with_capacity(entries.len());
     for entry in entries {
+        id += 1;
+        let hash = row_hash(
+            &prev_hash,
+            &[
+                Field::Integer(id),
+                entry.ts.into(),
+                entry.kind.into(),
+                entry.actor.into(),
+                entry.action.into(),
+                entry.flag.into(),
+                entry.context_key.into(),
+                entry.result.map(i64::from).into(),
+                entry.source.into(),
+                entry.reason.into(),
+                entry.detail.into(),
+            ],
+        );
+        links.push((id, std::mem::replace(&mut prev_hash, hash.clone()), hash));
+    }
+    let mut values: Vec<&dyn ToSql> = Vec::with_capacity(entries.len() * 13);
+    for (entry, (id, prev_hash, hash)) in entries.iter().zip(&links) {
         values.extend([
-            &entry.ts as &dyn ToSql,
+            id as &dyn ToSql,
+            &entry.ts,
             &entry.kind,
             &entry.actor,
             &entry.action,
@@ -674,15 +741,17 @@ fn append_audit(tx: &Transaction, entries: &[AuditEntry]) -> Result<()> {
             &entry.source,
             &entry.reason,
             &entry.detail,
+            prev_hash,
+            hash,
         ]);
     }
     insert_rows(
         tx,
         // OR ROLLBACK: a failed audit insert aborts the whole transaction anyway, and saying so
         // spares SQLite the statement journal it keeps for a multi-row insert that may abort.
-        "INSERT OR ROLLBACK INTO audit_log \
-         (ts, kind, actor, action, flag, context_key, result, source, reason, detail)",
-        10,
+        "INSERT OR ROLLBACK INTO audit_log (id, ts, kind, actor, action, flag, context_key, \
+         result, source, reason, detail, prev_hash, hash)",
+        13,
         &values,
     )
 }

@@ -15,8 +15,15 @@ fn batch(env: &Env, input: impl Into<Vec<u8>>, flags: &[&str]) -> Vec<Value> {
     }
     args.extend(["--contexts-file", "-"]);
     let output = env.cmd().args(&args).write_stdin(input).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.stderr.is_empty(), "no progress bar when stderr is not a terminal");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal"
+    );
     String::from_utf8(output.stdout)
         .unwrap()
         .lines()
@@ -34,7 +41,13 @@ fn empty_input_evaluates_nothing() {
     env.import_json(PIPELINE);
     assert!(batch(&env, "", &[]).is_empty());
     assert!(batch(&env, "\n\r\n\n", &[]).is_empty());
-    assert_eq!(count(&env, "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"), 0);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"
+        ),
+        0
+    );
 }
 
 #[test]
@@ -47,7 +60,11 @@ fn a_ten_thousand_character_key_is_kept_whole() {
     assert_eq!(lines[0]["context"].as_str().unwrap(), key);
     let stored: String = env
         .sql()
-        .query_row("SELECT context_key FROM assignments WHERE flag = 'ingest'", [], |r| r.get(0))
+        .query_row(
+            "SELECT context_key FROM assignments WHERE flag = 'ingest'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(stored, key);
 }
@@ -79,13 +96,37 @@ fn keys_spanning_several_transactions_stay_in_order_and_are_all_audited() {
     env.import_json(PIPELINE);
     let keys: Vec<String> = (0..4_500).map(|i| format!("k{i:05}")).collect();
     let lines = batch(&env, keys.join("\n") + "\n", &["enrich", "legacy"]);
-    let contexts: Vec<&str> = lines.iter().map(|l| l["context"].as_str().unwrap()).collect();
+    let contexts: Vec<&str> = lines
+        .iter()
+        .map(|l| l["context"].as_str().unwrap())
+        .collect();
     assert_eq!(contexts, keys);
-    assert_eq!(count(&env, "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"), 9_000);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"
+        ),
+        9_000
+    );
     // Every ON decision of enrich (on_only) is stored, and its dependencies with it.
-    let on = lines.iter().filter(|l| l["flags"]["enrich"] == true).count() as i64;
-    assert_eq!(count(&env, "SELECT count(*) FROM assignments WHERE flag = 'enrich'"), on);
-    assert_eq!(count(&env, "SELECT count(*) FROM assignments WHERE flag = 'ingest'"), 4_500);
+    let on = lines
+        .iter()
+        .filter(|l| l["flags"]["enrich"] == true)
+        .count() as i64;
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM assignments WHERE flag = 'enrich'"
+        ),
+        on
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM assignments WHERE flag = 'ingest'"
+        ),
+        4_500
+    );
 }
 
 #[test]
@@ -99,7 +140,11 @@ fn a_key_repeated_within_one_transaction_is_served_its_stored_decision() {
         let mut statement = conn
             .prepare("SELECT source FROM audit_log WHERE context_key = 'same' ORDER BY id")
             .unwrap();
-        statement.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        statement
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     };
     assert_eq!(sources, ["rollout", "sticky"]);
 }

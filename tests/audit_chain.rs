@@ -1,0 +1,198 @@
+//! Tamper evidence, tested by tampering for real: plain SQL against the database file, with the
+//! append-only triggers dropped as an attacker with file access would.
+
+mod common;
+
+use common::{Env, PIPELINE};
+
+/// A store with some history: changes, evaluations, a reset.
+fn store_with_history() -> Env {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.ok(&["flag", "set", "enrich", "--rollout", "25"]);
+    env.ok(&["eval", "--all", "--context", "tenant:ü"]);
+    env.ok(&["eval", "enrich", "--context", "other"]);
+    env.ok(&["assignments", "reset", "--flag", "ingest"]);
+    env
+}
+
+fn rows(env: &Env) -> i64 {
+    env.sql()
+        .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn tamper(env: &Env, sql: &str) {
+    env.sql()
+        .execute_batch(&format!(
+            "DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete; {sql}"
+        ))
+        .unwrap();
+}
+
+#[test]
+fn an_untouched_log_verifies_and_python_agrees() {
+    let env = store_with_history();
+    let count = rows(&env);
+    assert_eq!(count, 4 + 1 + 4 + 1 + 1);
+    let verified = env.ok(&["audit", "verify"]);
+    assert!(
+        verified.starts_with(&format!("audit log verified: {count} rows, head ")),
+        "{verified}"
+    );
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_audit_chain.py");
+    let python = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&env.db)
+        .output()
+        .expect("python3 runs (it is on every machine of this project's kind)");
+    assert!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    assert_eq!(String::from_utf8(python.stdout).unwrap(), verified);
+}
+
+#[test]
+fn the_triggers_refuse_update_and_delete() {
+    let env = store_with_history();
+    let conn = env.sql();
+    let update = conn
+        .execute("UPDATE audit_log SET result = 0 WHERE id = 5", [])
+        .unwrap_err();
+    assert!(update.to_string().contains("append-only"), "{update}");
+    let delete = conn
+        .execute("DELETE FROM audit_log WHERE id = 5", [])
+        .unwrap_err();
+    assert!(delete.to_string().contains("append-only"), "{delete}");
+}
+
+#[test]
+fn an_edited_row_is_named() {
+    let env = store_with_history();
+    tamper(
+        &env,
+        "UPDATE audit_log SET result = 1 - result WHERE id = 6;",
+    );
+    assert_eq!(
+        env.fails(&["audit", "verify"]),
+        "flagstore: audit log does not verify at row 6: hash does not match the row's contents (the row was edited)"
+    );
+}
+
+#[test]
+fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
+    let env = store_with_history();
+    let conn = env.sql();
+    let row6 = {
+        let mut statement = conn
+            .prepare("SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, detail, prev_hash FROM audit_log WHERE id = 6")
+            .unwrap();
+        statement
+            .query_row([], |r| {
+                Ok(flagstore::audit::AuditRow {
+                    id: r.get(0)?,
+                    ts: r.get(1)?,
+                    kind: r.get(2)?,
+                    actor: r.get(3)?,
+                    action: r.get(4)?,
+                    flag: r.get(5)?,
+                    context_key: r.get(6)?,
+                    result: r.get(7)?,
+                    source: r.get(8)?,
+                    reason: "forged".to_string(),
+                    detail: r.get(10)?,
+                    prev_hash: r.get(11)?,
+                    hash: String::new(),
+                })
+            })
+            .unwrap()
+    };
+    let forged_hash = row6.expected_hash(&row6.prev_hash);
+    tamper(
+        &env,
+        &format!("UPDATE audit_log SET reason = 'forged', hash = '{forged_hash}' WHERE id = 6;"),
+    );
+    let message = env.fails(&["audit", "verify"]);
+    assert!(
+        message.starts_with("flagstore: audit log does not verify at row 7: prev_hash"),
+        "{message}"
+    );
+    assert!(message.ends_with("(broken link)"), "{message}");
+}
+
+#[test]
+fn a_deleted_middle_row_is_named() {
+    let env = store_with_history();
+    tamper(&env, "DELETE FROM audit_log WHERE id = 4;");
+    assert_eq!(
+        env.fails(&["audit", "verify"]),
+        "flagstore: audit log does not verify at row 5: expected row 4 next: rows 4..4 are missing"
+    );
+}
+
+#[test]
+fn deleted_last_rows_are_caught_by_a_checkpoint_or_expected_head() {
+    let env = store_with_history();
+    let checkpoint = env.dir.path().join("checkpoint.json");
+    env.ok(&["audit", "checkpoint", "-o", checkpoint.to_str().unwrap()]);
+    let head = env
+        .ok(&["audit", "verify"])
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    // The log may grow after a checkpoint: that still verifies.
+    env.ok(&["eval", "ingest", "--context", "later"]);
+    env.ok(&[
+        "audit",
+        "verify",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ]);
+    env.ok(&["audit", "verify", "--expect-head", &head]);
+
+    let total = rows(&env);
+    tamper(
+        &env,
+        &format!("DELETE FROM audit_log WHERE id >= {};", total - 2),
+    );
+    // The chain that is left is sound, so only the anchor can tell.
+    env.ok(&["audit", "verify"]);
+    let message = env.fails(&[
+        "audit",
+        "verify",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        message,
+        format!(
+            "flagstore: audit log does not contain checkpoint {head} at row {}: it has {} rows that verify (rows deleted from the end, or the chain rewritten)",
+            total - 1,
+            total - 3
+        )
+    );
+    let message = env.fails(&["audit", "verify", "--expect-head", &head]);
+    assert!(
+        message.contains(&format!("does not contain checkpoint {head}: it has")),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_bad_checkpoint_file_is_named() {
+    let env = store_with_history();
+    let bad = env.write("checkpoint.json", "not json");
+    let message = env.fails(&["audit", "verify", "--checkpoint", bad.to_str().unwrap()]);
+    assert!(
+        message.starts_with(&format!(
+            "flagstore: {}: not a checkpoint file: ",
+            bad.display()
+        )),
+        "{message}"
+    );
+}
