@@ -605,16 +605,19 @@ impl<'a> EvaluationPlan<'a> {
         actor: &str,
         ts: &str,
     ) -> Result<Vec<Vec<Evaluation>>> {
+        let mut lookups = self
+            .lookup_sql
+            .iter()
+            .map(|sql| tx.prepare_cached(sql))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut stored = HashMap::new();
         let mut results = Vec::with_capacity(keys.len());
         for key in keys {
             stored.clear();
-            for (sql, flags) in self
-                .lookup_sql
-                .iter()
+            for (lookup, flags) in lookups
+                .iter_mut()
                 .zip(self.lookups.chunks(FLAGS_PER_LOOKUP))
             {
-                let mut lookup = tx.prepare_cached(sql)?;
                 let params = std::iter::once(key.as_str()).chain(flags.iter().copied());
                 let mut rows = lookup.query(rusqlite::params_from_iter(params))?;
                 while let Some(row) = rows.next()? {
