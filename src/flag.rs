@@ -125,7 +125,7 @@ impl Flag {
 /// Checks a flag name against the documented rules: 1-128 characters, no control characters.
 pub fn validate_name(name: &str) -> Result<(), Error> {
     let invalid = |why: &str| Error::InvalidName {
-        name: name.to_string(),
+        name: preview(name),
         why: why.to_string(),
     };
     if name.is_empty() {
@@ -144,6 +144,15 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// A name shortened for an error message, so a megabyte-long name still gives a one-line error.
+fn preview(name: &str) -> String {
+    const SHOWN: usize = 40;
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_string(),
+    }
 }
 
 pub fn validate_rollout(flag: &str, pct: f64) -> Result<(), Error> {

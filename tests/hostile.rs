@@ -1,0 +1,138 @@
+//! Hostile names and keys: refused by the documented name rules, or stored and returned
+//! verbatim through bound parameters. Every table survives.
+
+mod common;
+
+use common::Env;
+use serde_json::{Value, json};
+
+const INJECTION: &str = "x'); DROP TABLE audit_log;--";
+
+fn tables_survive(env: &Env) {
+    for table in ["flags", "flag_dependencies", "assignments", "audit_log"] {
+        let count: i64 = env
+            .sql()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("table {table} is gone: {e}"));
+        assert!(count >= 0);
+    }
+}
+
+#[test]
+fn sql_in_flag_names_is_stored_verbatim() {
+    let env = Env::new();
+    let doc =
+        json!({"flags": [{"name": INJECTION}, {"name": "100%_off", "requires": [INJECTION]}]});
+    env.import_json(&doc.to_string());
+    let exported: Value = serde_json::from_str(&env.ok(&["export"])).unwrap();
+    let names: Vec<&str> = exported["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["100%_off", INJECTION]);
+    assert_eq!(
+        env.ok(&["eval", "100%_off", "--context", INJECTION]),
+        "true\n"
+    );
+    env.ok(&["flag", "disable", INJECTION]);
+    assert_eq!(env.ok(&["eval", "100%_off", "--context", "k"]), "false\n");
+    tables_survive(&env);
+}
+
+#[test]
+fn like_wildcards_in_filters_match_only_themselves() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f"}]}"#);
+    for key in ["%", "_", "a%b", "ab"] {
+        env.ok(&["eval", "f", "--context", key]);
+    }
+    let listed = env.ok(&["assignments", "list", "--context", "%", "--json"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert_eq!(
+        serde_json::from_str::<Value>(listed.trim()).unwrap()["context"],
+        "%"
+    );
+    assert_eq!(
+        env.ok(&["assignments", "reset", "--flag", "f", "--context", "_"]),
+        "cleared 1 assignment of flag f\n"
+    );
+    assert_eq!(
+        env.ok(&["assignments", "list", "--json"]).lines().count(),
+        3
+    );
+}
+
+#[test]
+fn nul_bytes_rtl_overrides_and_huge_keys_round_trip_through_batch() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f"}]}"#);
+    let huge = "k".repeat(1 << 20);
+    let keys = [
+        "nul\0inside",
+        "rtl\u{202E}txt.exe",
+        INJECTION,
+        huge.as_str(),
+    ];
+    let output = env
+        .cmd()
+        .args(["eval", "f", "--contexts-file", "-"])
+        .write_stdin(keys.join("\n"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let contexts: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["context"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(contexts, keys);
+    let conn = env.sql();
+    for key in keys {
+        let stored: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM assignments WHERE context_key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, 1, "{:?}", &key[..key.len().min(20)]);
+    }
+    tables_survive(&env);
+}
+
+#[test]
+fn names_outside_the_rules_are_refused() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f"}]}"#);
+    let before = env.snapshot();
+    let nul = json!({"flags": [{"name": "a\u{0}b"}]}).to_string();
+    let file = env.write("nul.json", &nul);
+    let message = env.fails(&["import", file.to_str().unwrap()]);
+    assert!(
+        message.ends_with("it contains the control character U+0000"),
+        "{message}"
+    );
+    let long = json!({"flags": [{"name": "n".repeat(1 << 20)}]}).to_string();
+    let file = env.write("long.json", &long);
+    let message = env.fails(&["import", file.to_str().unwrap()]);
+    assert_eq!(
+        message,
+        format!(
+            "flagstore: {}: entry 1: invalid flag name \"{}…\": it has 1048576 characters, more than 128",
+            file.display(),
+            "n".repeat(40)
+        )
+    );
+    assert_eq!(env.snapshot(), before);
+}
