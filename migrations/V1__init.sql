@@ -60,6 +60,11 @@ CREATE TABLE audit_log (
     hash        TEXT NOT NULL CHECK (length(hash) = 64)
 );
 
+-- Reviewers ask "what happened to flag X" and "what did context K get", newest first; id
+-- order is time order (ids never go backwards, even when the clock does).
+CREATE INDEX audit_log_flag ON audit_log (flag, id);
+CREATE INDEX audit_log_context ON audit_log (context_key, id);
+
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused');

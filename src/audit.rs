@@ -16,10 +16,12 @@
 //! `hash` is the lowercase hex SHA-256 of that input. The first row's `prev_hash` is
 //! [`GENESIS_HASH`].
 
+use chrono::{DateTime, DurationRound, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::flag::{Flag, FlagSet};
 use crate::store::Store;
 
 /// The `prev_hash` of row 1: 64 zeros.
@@ -41,6 +43,111 @@ pub struct AuditRow {
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// Which audit rows to read. Every filter is optional and they combine; `since` and `until`
+/// are normalized timestamps (see [`parse_time_bound`]), `until` exclusive; `cursor` continues
+/// after the row with that id in the chosen order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditQuery {
+    pub flag: Option<String>,
+    pub context: Option<String>,
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<i64>,
+    pub ascending: bool,
+    pub cursor: Option<i64>,
+}
+
+/// Turns a user's `--since`/`--until` value (RFC 3339, or a plain date) into the stored
+/// timestamp format, which sorts as text. A date means its midnight (UTC) as a start, and the
+/// whole day as an end; `until` bounds are returned exclusive.
+pub fn parse_time_bound(value: &str, until: bool) -> Result<String> {
+    let invalid = || Error::InvalidTime {
+        value: value.to_string(),
+    };
+    let instant = if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        let day = if until {
+            date.succ_opt().ok_or_else(invalid)?
+        } else {
+            date
+        };
+        day.and_hms_opt(0, 0, 0).ok_or_else(invalid)?.and_utc()
+    } else {
+        let parsed = DateTime::parse_from_rfc3339(value)
+            .map_err(|_| invalid())?
+            .with_timezone(&Utc);
+        if until {
+            // Stored times have millisecond precision: "until T" includes T's millisecond.
+            parsed
+                .duration_trunc(TimeDelta::milliseconds(1))
+                .map_err(|_| invalid())?
+                + TimeDelta::milliseconds(1)
+        } else {
+            parsed
+        }
+    };
+    Ok(timestamp(instant))
+}
+
+/// The stored timestamp format: UTC, RFC 3339, milliseconds, `Z`.
+pub fn timestamp(instant: DateTime<Utc>) -> String {
+    instant.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The flag definitions in force just before `until` (a normalized, exclusive bound), rebuilt
+/// from the full before/after states the change rows hold.
+pub fn flags_as_of(store: &Store, until: &str) -> Result<FlagSet> {
+    let changes = AuditQuery {
+        kind: Some("change".to_string()),
+        until: Some(until.to_string()),
+        ascending: true,
+        ..AuditQuery::default()
+    };
+    let mut flags = FlagSet::new();
+    store.query_audit(&changes, |row| {
+        let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
+        let detail: serde_json::Value =
+            serde_json::from_str(&row.detail).map_err(|e| unreadable(e.to_string()))?;
+        match row.action.as_deref() {
+            Some("create" | "update") => {
+                let after: Flag = serde_json::from_value(detail["after"].clone())
+                    .map_err(|e| unreadable(format!("detail.after: {e}")))?;
+                flags.insert(after);
+            }
+            Some("delete") => {
+                flags.remove(&row.flag);
+            }
+            _ => {}
+        }
+        Ok::<(), Error>(())
+    })?;
+    Ok(flags)
+}
+
+/// The evaluation of `flag` for `context` recorded last before `until` (exclusive), if any.
+pub fn decision_before(
+    store: &Store,
+    flag: &str,
+    context: &str,
+    until: &str,
+) -> Result<Option<AuditRow>> {
+    let nearest = AuditQuery {
+        flag: Some(flag.to_string()),
+        context: Some(context.to_string()),
+        kind: Some("evaluation".to_string()),
+        until: Some(until.to_string()),
+        limit: Some(1),
+        ..AuditQuery::default()
+    };
+    let mut found = None;
+    store.query_audit(&nearest, |row| {
+        found = Some(row);
+        Ok::<(), Error>(())
+    })?;
+    Ok(found)
 }
 
 /// A column value as the hash encodes it.

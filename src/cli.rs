@@ -2,7 +2,7 @@
 //! [`Store`]. Scripts outside the project call these commands, so their names, flags and output
 //! formats are a contract.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -13,12 +13,12 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::audit::{self, Checkpoint};
+use crate::audit::{self, AuditQuery, AuditRow, Checkpoint, parse_time_bound};
 use crate::change::Change;
 use crate::contexts::ContextKeys;
 use crate::document::{DEFAULT_CONTEXT_KEY, Document, display_path};
 use crate::error::{Error, Result};
-use crate::eval::Evaluation;
+use crate::eval::{self, Evaluation, Explanation, in_rollout};
 use crate::flag::{Flag, FlagSet, StickyPolicy, validate_name};
 use crate::store::{Selection, Store};
 
@@ -83,9 +83,21 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Check and anchor the audit log's hash chain.
-    #[command(subcommand)]
-    Audit(AuditCommand),
+    /// Query the audit log (newest first), or verify and anchor its hash chain.
+    Audit(AuditArgs),
+    /// Show every step of a flag's evaluation for a context, now or as of a past time,
+    /// without recording an evaluation.
+    Explain {
+        flag: String,
+        #[arg(long)]
+        context: String,
+        /// Answer from history: the definitions in force at this time (RFC 3339 or a date)
+        /// and the decision recorded nearest before it.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
+    /// A flag's changes, oldest first, as before -> after lines.
+    History { flag: String },
     /// Measure batch evaluation: a fresh store (all sticky misses), then the same keys again
     /// (all hits). Uses its own temporary database, not --db.
     Bench {
@@ -155,6 +167,43 @@ pub struct EvalArgs {
     /// With --contexts-file: no progress bar (it is only drawn when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Only rows about this flag.
+    #[arg(long)]
+    pub flag: Option<String>,
+    /// Only rows about this context key.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Only evaluation rows or only change rows.
+    #[arg(long, value_parser = ["evaluation", "change"])]
+    pub kind: Option<String>,
+    /// Only rows by this actor.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only rows at or after this time (RFC 3339, or a date meaning its midnight UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only rows at or before this time (RFC 3339, or a date meaning that whole day).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// At most this many rows; 0 for no limit.
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub asc: bool,
+    /// Continue after the row with this id (printed on stderr when a page is full).
+    #[arg(long, value_name = "ID")]
+    pub cursor: Option<i64>,
+    /// Output format.
+    #[arg(long, default_value = "table", value_parser = ["table", "json", "jsonl", "csv"])]
+    pub format: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,7 +277,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Flag(command) => flag_command(&mut store, &mut out, &actor, command),
         Command::Eval(args) => eval(&mut store, &mut out, &actor, args),
         Command::Assignments(command) => assignments(&mut store, &mut out, &actor, command),
-        Command::Audit(command) => audit(&store, &mut out, command),
+        Command::Audit(args) => match args.command {
+            Some(command) => audit(&store, &mut out, command),
+            None => audit_query(&store, &mut out, &args),
+        },
+        Command::Explain { flag, context, at } => {
+            explain(&mut store, &mut out, &flag, &context, at.as_deref())
+        }
+        Command::History { flag } => history(&store, &mut out, &flag),
         Command::Run { input, output } => run_job(&mut store, &mut out, &actor, &input, &output),
     }?;
     out.flush().map_err(stdout_error)?;
@@ -744,6 +800,289 @@ fn audit(store: &Store, out: &mut impl Write, command: AuditCommand) -> Result<O
     };
     out.write_all(text.as_bytes()).map_err(stdout_error)?;
     Ok(Outcome::Success)
+}
+
+fn audit_query(store: &Store, out: &mut impl Write, args: &AuditArgs) -> Result<Outcome> {
+    let bound = |value: &Option<String>, until| {
+        value
+            .as_deref()
+            .map(|v| parse_time_bound(v, until))
+            .transpose()
+    };
+    let query = AuditQuery {
+        flag: args.flag.clone(),
+        context: args.context.clone(),
+        kind: args.kind.clone(),
+        actor: args.actor.clone(),
+        since: bound(&args.since, false)?,
+        until: bound(&args.until, true)?,
+        limit: (args.limit > 0).then_some(args.limit),
+        ascending: args.asc,
+        cursor: args.cursor,
+    };
+    let mut rows_written = 0;
+    let mut last_id = None;
+    let mut seen = |row: &AuditRow| {
+        rows_written += 1;
+        last_id = Some(row.id);
+    };
+    match args.format.as_str() {
+        "table" => {
+            let mut rows = Vec::new();
+            store.query_audit(&query, |row| {
+                seen(&row);
+                rows.push(audit_table_row(&row));
+                Ok::<(), Error>(())
+            })?;
+            let headers = [
+                "ID", "TS", "KIND", "ACTOR", "FLAG", "CONTEXT", "RESULT", "WHY", "REASON",
+            ];
+            out.write_all(table(&headers, rows).as_bytes())
+                .map_err(stdout_error)?;
+        }
+        "csv" => {
+            let mut csv = csv::Writer::from_writer(&mut *out);
+            csv.write_record(AUDIT_COLUMNS).map_err(csv_error)?;
+            store.query_audit(&query, |row| {
+                seen(&row);
+                csv.write_record(audit_csv_record(&row)).map_err(csv_error)
+            })?;
+            csv.flush().map_err(stdout_error)?;
+        }
+        format => {
+            let json_array = format == "json";
+            if json_array {
+                out.write_all(b"[").map_err(stdout_error)?;
+            }
+            let mut first = true;
+            store.query_audit(&query, |row| {
+                seen(&row);
+                let separator: &[u8] = match (json_array, first) {
+                    (true, true) => b"\n",
+                    (true, false) => b",\n",
+                    (false, _) => b"",
+                };
+                first = false;
+                out.write_all(separator).map_err(stdout_error)?;
+                serde_json::to_writer(&mut *out, &audit_row_json(&row))
+                    .map_err(|e| stdout_error(e.into()))?;
+                if !json_array {
+                    out.write_all(b"\n").map_err(stdout_error)?;
+                }
+                Ok::<(), Error>(())
+            })?;
+            if json_array {
+                out.write_all(b"\n]\n").map_err(stdout_error)?;
+            }
+        }
+    }
+    if let (Some(limit), Some(last_id)) = (query.limit, last_id)
+        && rows_written == limit
+    {
+        eprintln!("flagstore: {limit} rows shown; the next page: --cursor {last_id}");
+    }
+    Ok(Outcome::Success)
+}
+
+const AUDIT_COLUMNS: [&str; 13] = [
+    "id",
+    "ts",
+    "kind",
+    "actor",
+    "action",
+    "flag",
+    "context_key",
+    "result",
+    "source",
+    "reason",
+    "detail",
+    "prev_hash",
+    "hash",
+];
+
+fn csv_error(error: csv::Error) -> Error {
+    stdout_error(io::Error::other(error))
+}
+
+fn audit_table_row(row: &AuditRow) -> Vec<String> {
+    vec![
+        row.id.to_string(),
+        row.ts.clone(),
+        row.kind.clone(),
+        row.actor.clone(),
+        row.flag.clone(),
+        row.context_key.clone().unwrap_or_default(),
+        row.result.map_or(String::new(), |r| (r == 1).to_string()),
+        row.source
+            .clone()
+            .or_else(|| row.action.clone())
+            .unwrap_or_default(),
+        row.reason.clone(),
+    ]
+}
+
+fn audit_csv_record(row: &AuditRow) -> Vec<String> {
+    let optional = |value: &Option<String>| value.clone().unwrap_or_default();
+    vec![
+        row.id.to_string(),
+        row.ts.clone(),
+        row.kind.clone(),
+        row.actor.clone(),
+        optional(&row.action),
+        row.flag.clone(),
+        optional(&row.context_key),
+        row.result.map_or(String::new(), |r| r.to_string()),
+        optional(&row.source),
+        row.reason.clone(),
+        row.detail.clone(),
+        row.prev_hash.clone(),
+        row.hash.clone(),
+    ]
+}
+
+/// Every column, with `detail` as the JSON it holds.
+fn audit_row_json(row: &AuditRow) -> serde_json::Value {
+    let detail = serde_json::from_str(&row.detail)
+        .unwrap_or_else(|_| serde_json::Value::String(row.detail.clone()));
+    json!({
+        "id": row.id,
+        "ts": row.ts,
+        "kind": row.kind,
+        "actor": row.actor,
+        "action": row.action,
+        "flag": row.flag,
+        "context_key": row.context_key,
+        "result": row.result,
+        "source": row.source,
+        "reason": row.reason,
+        "detail": detail,
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+    })
+}
+
+fn history(store: &Store, out: &mut impl Write, flag: &str) -> Result<Outcome> {
+    let changes = AuditQuery {
+        flag: Some(flag.to_string()),
+        kind: Some("change".to_string()),
+        ascending: true,
+        ..AuditQuery::default()
+    };
+    let mut lines = String::new();
+    store.query_audit(&changes, |row| {
+        lines.push_str(&format!("{}  {}  {}\n", row.ts, row.actor, row.reason));
+        Ok::<(), Error>(())
+    })?;
+    if lines.is_empty() {
+        return Err(store.unknown_flag(flag)?);
+    }
+    out.write_all(lines.as_bytes()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+fn explain(
+    store: &mut Store,
+    out: &mut impl Write,
+    name: &str,
+    context: &str,
+    at: Option<&str>,
+) -> Result<Outcome> {
+    let mut text = String::new();
+    match at {
+        None => {
+            let (flags, stored) = store.evaluation_state(name, context)?;
+            let explanation = eval::explain(&flags, context, &stored, name);
+            text.push_str(&format!("{name} for context {context:?}, now\n"));
+            text.push_str(&explanation_steps(&explanation, true));
+        }
+        Some(at) => {
+            let until = parse_time_bound(at, true)?;
+            let flags = audit::flags_as_of(store, &until)?;
+            let explanation = eval::explain(&flags, context, &HashMap::new(), name);
+            text.push_str(&format!(
+                "{name} for context {context:?}, as of {at} (definitions rebuilt from the audit log)\n"
+            ));
+            text.push_str(&explanation_steps(&explanation, false));
+            let recorded = match audit::decision_before(store, name, context, &until)? {
+                Some(row) => format!(
+                    "row {} at {}: {} ({})",
+                    row.id,
+                    row.ts,
+                    row.result == Some(1),
+                    row.reason
+                ),
+                None => "none: no evaluation of this flag for this context by then".to_string(),
+            };
+            text.push_str(&format!("  recorded decision:  {recorded}\n"));
+        }
+    }
+    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+/// The evaluation steps of an explanation, one line each. Without `with_assignment` the
+/// stored assignment is not known (a past state) and the answer is the hashed one.
+fn explanation_steps(explanation: &Explanation, with_assignment: bool) -> String {
+    let on = |enabled: bool| if enabled { "on" } else { "off" };
+    let Some(flag) = &explanation.flag else {
+        return "  1 known:          no\n  answer:           false (unknown flag)\n".to_string();
+    };
+    let mut lines = vec![
+        format!(
+            "  1 known:          yes (rollout_pct {}, requires [{}], sticky {})",
+            flag.rollout_pct,
+            flag.requires.join(", "),
+            flag.sticky
+        ),
+        format!(
+            "  2 enabled:        {}",
+            if flag.enabled { "yes" } else { "no" }
+        ),
+    ];
+    if explanation.requirements.is_empty() {
+        lines.push("  3 requires:       nothing".to_string());
+    }
+    for (required, decision) in &explanation.requirements {
+        lines.push(format!(
+            "  3 requires:       {required}: {} ({})",
+            on(decision.enabled),
+            decision.reason
+        ));
+    }
+    if with_assignment {
+        lines.push(match &explanation.stored {
+            Some(stored) => format!(
+                "  4 assignment:     {} since {}, decided at bucket {} under rollout_pct {}",
+                on(stored.decision),
+                stored.assigned_at,
+                stored.bucket,
+                stored.rollout_pct
+            ),
+            None => "  4 assignment:     none stored".to_string(),
+        });
+    } else {
+        lines.push(
+            "  4 assignment:     not rebuilt for past times (see the recorded decision)"
+                .to_string(),
+        );
+    }
+    let bucket = explanation.bucket;
+    let comparison = if in_rollout(bucket, flag.rollout_pct) {
+        "<"
+    } else {
+        ">="
+    };
+    lines.push(format!(
+        "  5 rollout:        bucket {bucket} {comparison} {}: {}",
+        flag.rollout_pct,
+        on(in_rollout(bucket, flag.rollout_pct))
+    ));
+    let decision = &explanation.decision;
+    lines.push(format!(
+        "  answer:           {} ({})",
+        decision.enabled, decision.reason
+    ));
+    lines.join("\n") + "\n"
 }
 
 fn read_checkpoint(path: &Path) -> Result<Checkpoint> {

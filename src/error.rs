@@ -99,6 +99,14 @@ pub enum Error {
     #[error("{path}: not a checkpoint file: {why}")]
     BadCheckpoint { path: String, why: String },
 
+    #[error("audit row {id} cannot be read: {why}")]
+    UnreadableAuditRow { id: i64, why: String },
+
+    #[error(
+        "invalid time {value:?}: expected RFC 3339 (2026-11-23T20:45:00Z) or a date (2026-11-23)"
+    )]
+    InvalidTime { value: String },
+
     #[error("cannot open database {path}: {source}")]
     Open {
         path: String,

@@ -9,7 +9,7 @@ use std::fmt;
 use md5::{Digest, Md5};
 use serde::Serialize;
 
-use crate::flag::FlagSet;
+use crate::flag::{Flag, FlagSet};
 
 /// The rollout bucket of a context for a flag: MD5 of the UTF-8 bytes of `flag:context`, read as
 /// a 128-bit big-endian unsigned integer, mod 100. Byte-compatible with the Python prototype's
@@ -225,6 +225,47 @@ impl ContextEvaluator<'_> {
     }
 }
 
+/// Every step of one flag's evaluation for one context, for `flagstore explain`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// The definition, or `None` for an unknown flag.
+    pub flag: Option<Flag>,
+    /// Each required flag with its own decision for the same context.
+    pub requirements: Vec<(String, Decision)>,
+    /// The stored assignment for (flag, context), if any.
+    pub stored: Option<StoredAssignment>,
+    pub bucket: u8,
+    /// The answer an evaluation would give now.
+    pub decision: Decision,
+}
+
+/// Explains how `name` is decided for `context`, computing everything an evaluation would and
+/// storing nothing.
+pub fn explain(
+    flags: &FlagSet,
+    context: &str,
+    stored: &HashMap<String, StoredAssignment>,
+    name: &str,
+) -> Explanation {
+    let decide = |flag: &str| {
+        let mut evaluations = evaluate(flags, context, stored, &[flag]);
+        evaluations.remove(0).decision
+    };
+    let flag = flags.get(name).cloned();
+    let requirements = flag
+        .iter()
+        .flat_map(|f| &f.requires)
+        .map(|required| (required.clone(), decide(required)))
+        .collect();
+    Explanation {
+        flag,
+        requirements,
+        stored: stored.get(name).cloned(),
+        bucket: bucket(name, context),
+        decision: decide(name),
+    }
+}
+
 fn on_off(decision: bool) -> &'static str {
     if decision { "on" } else { "off" }
 }
@@ -232,7 +273,7 @@ fn on_off(decision: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flag::{Flag, StickyPolicy};
+    use crate::flag::StickyPolicy;
 
     fn flag(name: &str, enabled: bool, pct: f64, requires: &[&str]) -> Flag {
         Flag {
@@ -444,5 +485,29 @@ mod tests {
             one(&flags, "top", "k").decision.reason,
             "requires alpha: disabled"
         );
+    }
+
+    #[test]
+    fn explain_shows_each_step_without_storing() {
+        let flags = set(vec![
+            flag("export", true, 0.0, &["dedupe", "ingest"]),
+            flag("dedupe", true, 100.0, &[]),
+            flag("ingest", false, 100.0, &[]),
+        ]);
+        let stored = HashMap::from([("export".to_string(), sticky(true))]);
+        let explanation = explain(&flags, "k", &stored, "export");
+        assert_eq!(explanation.flag.as_ref().map(|f| f.rollout_pct), Some(0.0));
+        let requirements: Vec<(&str, bool)> = explanation
+            .requirements
+            .iter()
+            .map(|(name, d)| (name.as_str(), d.enabled))
+            .collect();
+        assert_eq!(requirements, [("dedupe", true), ("ingest", false)]);
+        assert_eq!(explanation.stored, Some(sticky(true)));
+        assert_eq!(explanation.bucket, bucket("export", "k"));
+        assert_eq!(explanation.decision.reason, "requires ingest: disabled");
+        let unknown = explain(&flags, "k", &stored, "nope");
+        assert_eq!(unknown.flag, None);
+        assert_eq!(unknown.decision.source, Source::Unknown);
     }
 }

@@ -8,12 +8,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, ToSql, Transaction, TransactionBehavior};
+use rusqlite::{
+    CachedStatement, Connection, ErrorCode, OptionalExtension, ToSql, Transaction,
+    TransactionBehavior,
+};
 use serde_json::json;
 
-use crate::audit::{AuditRow, Field, GENESIS_HASH, row_hash};
+use crate::audit::{AuditQuery, AuditRow, Field, GENESIS_HASH, row_hash, timestamp};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation, StoredAssignment};
@@ -340,6 +343,23 @@ impl Store {
         Ok(cleared)
     }
 
+    /// The current flags and the stored assignments of `context` for `flag` and everything
+    /// it requires, read in one snapshot, without writing anything.
+    pub fn evaluation_state(
+        &mut self,
+        flag: &str,
+        context: &str,
+    ) -> Result<(FlagSet, HashMap<String, StoredAssignment>)> {
+        let tx = self.conn.transaction()?;
+        let flags = load_flags(&tx)?;
+        let selection = Selection::Flags(vec![flag.to_string()]);
+        let plan = EvaluationPlan::new(&flags, &selection);
+        let mut stored = HashMap::new();
+        plan.fetch_assignments(&mut plan.lookup_statements(&tx)?, context, &mut stored)?;
+        drop(plan);
+        Ok((flags, stored))
+    }
+
     /// Number of rows in the audit log.
     pub fn audit_len(&self) -> Result<i64> {
         Ok(self
@@ -351,16 +371,69 @@ impl Store {
     /// verified in constant memory. Stops at the first error `visit` returns.
     pub fn for_each_audit_row<E: From<Error>>(
         &self,
+        visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let everything = AuditQuery {
+            ascending: true,
+            ..AuditQuery::default()
+        };
+        self.query_audit(&everything, visit)
+    }
+
+    /// Streams the audit rows `query` selects, in id order (newest first unless
+    /// `query.ascending`). Paging is by id (keyset), so a page deep in a large log costs the
+    /// same as the first; the indexes on (flag, id) and (context_key, id) serve the filters
+    /// reviewers use most.
+    pub fn query_audit<E: From<Error>>(
+        &self,
+        query: &AuditQuery,
         mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let mut statement = self
-            .conn
-            .prepare(
-                "SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, \
-                 detail, prev_hash, hash FROM audit_log ORDER BY id",
-            )
+        // The SQL text is assembled from constant fragments only; every value is bound.
+        let mut conditions: Vec<&str> = Vec::new();
+        let mut params: Vec<&dyn ToSql> = Vec::new();
+        let filters: [(&str, Option<&dyn ToSql>); 7] = [
+            ("flag = ?", query.flag.as_ref().map(|v| v as &dyn ToSql)),
+            (
+                "context_key = ?",
+                query.context.as_ref().map(|v| v as &dyn ToSql),
+            ),
+            ("kind = ?", query.kind.as_ref().map(|v| v as &dyn ToSql)),
+            ("actor = ?", query.actor.as_ref().map(|v| v as &dyn ToSql)),
+            ("ts >= ?", query.since.as_ref().map(|v| v as &dyn ToSql)),
+            ("ts < ?", query.until.as_ref().map(|v| v as &dyn ToSql)),
+            (
+                if query.ascending { "id > ?" } else { "id < ?" },
+                query.cursor.as_ref().map(|v| v as &dyn ToSql),
+            ),
+        ];
+        for (condition, value) in filters {
+            if let Some(value) = value {
+                conditions.push(condition);
+                params.push(value);
+            }
+        }
+        let mut sql = String::from(
+            "SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, \
+             detail, prev_hash, hash FROM audit_log",
+        );
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(if query.ascending {
+            " ORDER BY id ASC"
+        } else {
+            " ORDER BY id DESC"
+        });
+        if let Some(limit) = &query.limit {
+            sql.push_str(" LIMIT ?");
+            params.push(limit);
+        }
+        let mut statement = self.conn.prepare(&sql).map_err(Error::from)?;
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(params))
             .map_err(Error::from)?;
-        let mut rows = statement.query([]).map_err(Error::from)?;
         while let Some(row) = rows.next().map_err(Error::from)? {
             let read = || -> rusqlite::Result<AuditRow> {
                 Ok(AuditRow {
@@ -439,7 +512,7 @@ fn migrate(conn: &mut Connection, path: &str, latest: i64) -> Result<()> {
 }
 
 fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    timestamp(Utc::now())
 }
 
 fn load_flags(conn: &Connection) -> Result<FlagSet> {
@@ -595,6 +668,41 @@ impl<'a> EvaluationPlan<'a> {
         }
     }
 
+    fn lookup_statements<'c>(&self, conn: &'c Connection) -> Result<Vec<CachedStatement<'c>>> {
+        Ok(self
+            .lookup_sql
+            .iter()
+            .map(|sql| conn.prepare_cached(sql))
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Replaces `stored` with the assignments of `key` for every flag the plan may consult.
+    fn fetch_assignments(
+        &self,
+        statements: &mut [CachedStatement],
+        key: &str,
+        stored: &mut HashMap<String, StoredAssignment>,
+    ) -> Result<()> {
+        stored.clear();
+        for (lookup, flags) in statements
+            .iter_mut()
+            .zip(self.lookups.chunks(FLAGS_PER_LOOKUP))
+        {
+            let params = std::iter::once(key).chain(flags.iter().copied());
+            let mut rows = lookup.query(rusqlite::params_from_iter(params))?;
+            while let Some(row) = rows.next()? {
+                let assignment = StoredAssignment {
+                    decision: row.get(1)?,
+                    bucket: row.get(2)?,
+                    rollout_pct: row.get(3)?,
+                    assigned_at: row.get(4)?,
+                };
+                stored.insert(row.get::<_, String>(0)?, assignment);
+            }
+        }
+        Ok(())
+    }
+
     /// Evaluates every key within the caller's transaction: each key's new assignments are
     /// written before the next key is looked up (a key may repeat), and the audit rows of all
     /// keys are written at the end, several rows per statement.
@@ -605,31 +713,11 @@ impl<'a> EvaluationPlan<'a> {
         actor: &str,
         ts: &str,
     ) -> Result<Vec<Vec<Evaluation>>> {
-        let mut lookups = self
-            .lookup_sql
-            .iter()
-            .map(|sql| tx.prepare_cached(sql))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut lookups = self.lookup_statements(tx)?;
         let mut stored = HashMap::new();
         let mut results = Vec::with_capacity(keys.len());
         for key in keys {
-            stored.clear();
-            for (lookup, flags) in lookups
-                .iter_mut()
-                .zip(self.lookups.chunks(FLAGS_PER_LOOKUP))
-            {
-                let params = std::iter::once(key.as_str()).chain(flags.iter().copied());
-                let mut rows = lookup.query(rusqlite::params_from_iter(params))?;
-                while let Some(row) = rows.next()? {
-                    let assignment = StoredAssignment {
-                        decision: row.get(1)?,
-                        bucket: row.get(2)?,
-                        rollout_pct: row.get(3)?,
-                        assigned_at: row.get(4)?,
-                    };
-                    stored.insert(row.get::<_, String>(0)?, assignment);
-                }
-            }
+            self.fetch_assignments(&mut lookups, key, &mut stored)?;
             let evaluations = eval::evaluate(self.flags, key, &stored, &self.requested);
             let mut values: Vec<&dyn ToSql> = Vec::new();
             for assignment in evaluations.iter().flat_map(|e| &e.new_assignments) {
