@@ -26,6 +26,7 @@ use crate::store::{Selection, Store};
 #[command(
     name = "flagstore",
     version,
+    args_override_self = true,
     about = "Feature flags for data pipelines: sticky rollouts and an audit trail in one SQLite file"
 )]
 pub struct Cli {
@@ -38,8 +39,9 @@ pub struct Cli {
     )]
     pub db: PathBuf,
 
-    /// Who is making changes, recorded in the audit log [default: the OS user].
-    #[arg(long, global = true, env = "FLAGSTORE_ACTOR")]
+    /// Who is acting, recorded in the audit log [default: $FLAGSTORE_ACTOR, else the OS
+    /// user]. For `audit` queries: show only rows by this actor.
+    #[arg(long, global = true)]
     pub actor: Option<String>,
 
     #[command(subcommand)]
@@ -183,9 +185,6 @@ pub struct AuditArgs {
     /// Only evaluation rows or only change rows.
     #[arg(long, value_parser = ["evaluation", "change"])]
     pub kind: Option<String>,
-    /// Only rows by this actor.
-    #[arg(long)]
-    pub actor: Option<String>,
     /// Only rows at or after this time (RFC 3339, or a date meaning its midnight UTC).
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
@@ -256,7 +255,17 @@ pub enum Outcome {
 
 /// Runs a parsed command line against the store it names.
 pub fn run(cli: Cli) -> Result<Outcome> {
-    let actor = cli.actor.clone().unwrap_or_else(os_user);
+    // The environment's actor applies to writes only: as an audit filter it would silently
+    // hide other people's rows.
+    let actor = cli
+        .actor
+        .clone()
+        .or_else(|| {
+            std::env::var("FLAGSTORE_ACTOR")
+                .ok()
+                .filter(|a| !a.is_empty())
+        })
+        .unwrap_or_else(os_user);
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     if let Command::Bench { keys, dir } = &cli.command {
@@ -279,7 +288,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Assignments(command) => assignments(&mut store, &mut out, &actor, command),
         Command::Audit(args) => match args.command {
             Some(command) => audit(&store, &mut out, command),
-            None => audit_query(&store, &mut out, &args),
+            None => audit_query(&store, &mut out, &args, cli.actor.as_deref()),
         },
         Command::Explain { flag, context, at } => {
             explain(&mut store, &mut out, &flag, &context, at.as_deref())
@@ -802,7 +811,12 @@ fn audit(store: &Store, out: &mut impl Write, command: AuditCommand) -> Result<O
     Ok(Outcome::Success)
 }
 
-fn audit_query(store: &Store, out: &mut impl Write, args: &AuditArgs) -> Result<Outcome> {
+fn audit_query(
+    store: &Store,
+    out: &mut impl Write,
+    args: &AuditArgs,
+    actor: Option<&str>,
+) -> Result<Outcome> {
     let bound = |value: &Option<String>, until| {
         value
             .as_deref()
@@ -813,7 +827,7 @@ fn audit_query(store: &Store, out: &mut impl Write, args: &AuditArgs) -> Result<
         flag: args.flag.clone(),
         context: args.context.clone(),
         kind: args.kind.clone(),
-        actor: args.actor.clone(),
+        actor: actor.map(str::to_string),
         since: bound(&args.since, false)?,
         until: bound(&args.until, true)?,
         limit: (args.limit > 0).then_some(args.limit),

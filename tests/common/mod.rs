@@ -20,16 +20,15 @@ impl Env {
         Env { dir, db }
     }
 
-    /// `flagstore --db <this env's db> --actor tester`, isolated from the caller's environment.
+    /// `flagstore --db <this env's db>` acting as "tester" (through $FLAGSTORE_ACTOR, so that
+    /// `audit` queries are not filtered by actor), isolated from the caller's environment.
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::cargo_bin("flagstore").expect("binary is built");
         cmd.env_remove("FLAGSTORE_DB")
-            .env_remove("FLAGSTORE_ACTOR")
+            .env("FLAGSTORE_ACTOR", "tester")
             .current_dir(self.dir.path())
             .arg("--db")
-            .arg(&self.db)
-            .arg("--actor")
-            .arg("tester");
+            .arg(&self.db);
         cmd
     }
 

@@ -1,0 +1,282 @@
+//! `flagstore audit` filters, orders, paging and formats; `history`; `explain`.
+
+mod common;
+
+use common::{Env, PIPELINE};
+use serde_json::Value;
+
+/// A store whose log has changes by two actors, evaluations of several contexts, and a gap in
+/// time in the middle so time filters have something to cut.
+fn store_with_log() -> (Env, String) {
+    let env = Env::new();
+    env.import_json(PIPELINE); // rows 1-4
+    env.ok(&["eval", "--all", "--context", "a"]); // rows 5-8: dedupe, enrich, ingest, legacy
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    env.cmd()
+        .args([
+            "--actor",
+            "alice",
+            "flag",
+            "set",
+            "enrich",
+            "--rollout",
+            "10",
+        ])
+        .assert()
+        .success(); // row 9
+    env.ok(&["eval", "enrich", "--context", "b"]); // row 10
+    env.ok(&["eval", "enrich", "legacy", "--context", "a"]); // rows 11-12
+    let boundary: String = env
+        .sql()
+        .query_row("SELECT ts FROM audit_log WHERE id = 9", [], |r| r.get(0))
+        .unwrap();
+    (env, boundary)
+}
+
+fn ids(env: &Env, args: &[&str]) -> Vec<i64> {
+    let mut full = vec!["audit", "--format", "jsonl"];
+    full.extend(args);
+    env.ok(&full)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn newest_first_by_default_and_oldest_first_on_request() {
+    let (env, _) = store_with_log();
+    assert_eq!(ids(&env, &[]), (1..=12).rev().collect::<Vec<_>>());
+    assert_eq!(ids(&env, &["--asc", "--limit", "3"]), [1, 2, 3]);
+    assert_eq!(ids(&env, &["--limit", "2"]), [12, 11]);
+}
+
+#[test]
+fn filters_combine() {
+    let (env, boundary) = store_with_log();
+    assert_eq!(ids(&env, &["--flag", "enrich"]), [11, 10, 9, 6, 2]);
+    assert_eq!(ids(&env, &["--context", "a"]), [12, 11, 8, 7, 6, 5]);
+    assert_eq!(ids(&env, &["--flag", "enrich", "--context", "a"]), [11, 6]);
+    assert_eq!(ids(&env, &["--kind", "change"]), [9, 4, 3, 2, 1]);
+    assert_eq!(ids(&env, &["--kind", "change", "--actor", "alice"]), [9]);
+    assert_eq!(ids(&env, &["--since", &boundary]), [12, 11, 10, 9]);
+    assert_eq!(
+        ids(&env, &["--until", &boundary, "--kind", "evaluation"]),
+        [8, 7, 6, 5]
+    );
+    let day = &boundary[..10];
+    assert_eq!(ids(&env, &["--since", day, "--until", day]).len(), 12);
+    assert!(ids(&env, &["--until", "2000-01-01"]).is_empty());
+    assert!(ids(&env, &["--flag", "nothing"]).is_empty());
+}
+
+#[test]
+fn keyset_paging_visits_every_row_once() {
+    let (env, _) = store_with_log();
+    for order in [vec![], vec!["--asc"]] {
+        let mut seen: Vec<i64> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut args = vec!["audit", "--format", "jsonl", "--limit", "5"];
+            args.extend(order.iter().copied());
+            if let Some(cursor) = &cursor {
+                args.extend(["--cursor", cursor.as_str()]);
+            }
+            let output = env.cmd().args(&args).output().unwrap();
+            let page: Vec<i64> = String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["id"]
+                        .as_i64()
+                        .unwrap()
+                })
+                .collect();
+            seen.extend(&page);
+            let stderr = String::from_utf8(output.stderr).unwrap();
+            match stderr.trim().rsplit_once("--cursor ") {
+                Some((_, next)) if page.len() == 5 => cursor = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        let mut expected: Vec<i64> = (1..=12).collect();
+        if order.is_empty() {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "{order:?}");
+    }
+}
+
+#[test]
+fn every_format_carries_every_column() {
+    let (env, _) = store_with_log();
+    let columns = [
+        "id",
+        "ts",
+        "kind",
+        "actor",
+        "action",
+        "flag",
+        "context_key",
+        "result",
+        "source",
+        "reason",
+        "detail",
+        "prev_hash",
+        "hash",
+    ];
+    let array: Value =
+        serde_json::from_str(&env.ok(&["audit", "--format", "json", "--flag", "enrich"])).unwrap();
+    let rows = array.as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    let keys: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, columns);
+    assert_eq!(rows[2]["detail"]["before"]["rollout_pct"], 50);
+    assert_eq!(rows[2]["actor"], "alice");
+
+    let csv = env.ok(&[
+        "audit", "--format", "csv", "--kind", "change", "--actor", "alice",
+    ]);
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(header, columns);
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(&records[0][9], "flag set: updated rollout_pct 50 -> 10");
+    let detail: Value = serde_json::from_str(&records[0][10]).unwrap();
+    assert_eq!(detail["after"]["rollout_pct"], 10);
+
+    let table = env.ok(&["audit", "--limit", "2"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].starts_with("ID  TS"), "{table}");
+    let reason_column = lines[0].find("REASON").unwrap();
+    assert_eq!(&lines[1][reason_column..], "disabled");
+}
+
+#[test]
+fn bad_query_values_are_refused() {
+    let (env, _) = store_with_log();
+    assert_eq!(
+        env.fails(&["audit", "--since", "last tuesday"]),
+        "flagstore: invalid time \"last tuesday\": expected RFC 3339 (2026-11-23T20:45:00Z) or a date (2026-11-23)"
+    );
+    env.cmd()
+        .args(["audit", "--format", "xml"])
+        .assert()
+        .code(2);
+    env.cmd()
+        .args(["audit", "--kind", "other"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn history_lists_changes_as_before_and_after() {
+    let (env, _) = store_with_log();
+    env.ok(&["flag", "disable", "enrich"]);
+    let history = env.ok(&["history", "enrich"]);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 3, "{history}");
+    assert!(lines[0].ends_with(
+        "tester  import: created enabled true, rollout_pct 50, requires [dedupe], sticky on_only"
+    ));
+    assert!(lines[1].ends_with("alice  flag set: updated rollout_pct 50 -> 10"));
+    assert!(lines[2].ends_with("tester  flag disable: updated enabled true -> false"));
+    assert_eq!(
+        env.fails(&["history", "enrch"]),
+        "flagstore: unknown flag \"enrch\" (did you mean \"enrich\"?)"
+    );
+}
+
+#[test]
+fn explain_now_shows_every_step_and_writes_nothing() {
+    let (env, _) = store_with_log();
+    let before = env.snapshot();
+    let text = env.ok(&["explain", "enrich", "--context", "a"]);
+    assert_eq!(env.snapshot(), before, "explain wrote to the store");
+    let bucket = flagstore::bucket("enrich", "a");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "enrich for context \"a\", now");
+    assert_eq!(
+        lines[1],
+        "  1 known:          yes (rollout_pct 10, requires [dedupe], sticky on_only)"
+    );
+    assert_eq!(lines[2], "  2 enabled:        yes");
+    assert!(
+        lines[3].starts_with("  3 requires:       dedupe: on ("),
+        "{text}"
+    );
+    let on = bucket < 50;
+    if on {
+        assert!(
+            lines[4].starts_with("  4 assignment:     on since 20"),
+            "{text}"
+        );
+        assert!(
+            lines[4].ends_with(&format!("decided at bucket {bucket} under rollout_pct 50")),
+            "{text}"
+        );
+    } else {
+        assert_eq!(lines[4], "  4 assignment:     none stored");
+    }
+    let comparison = if bucket < 10 { "<" } else { ">=" };
+    assert!(
+        lines[5].starts_with(&format!(
+            "  5 rollout:        bucket {bucket} {comparison} 10"
+        )),
+        "{text}"
+    );
+    let single = env.ok(&["eval", "enrich", "--context", "a"]);
+    assert!(
+        lines[6].starts_with(&format!("  answer:           {}", single.trim())),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_at_a_past_time_uses_the_definitions_then() {
+    let (env, boundary) = store_with_log();
+    let text = env.ok(&["explain", "enrich", "--context", "a", "--at", &boundary]);
+    assert!(
+        text.contains("1 known:          yes (rollout_pct 10,"),
+        "at the change itself: {text}"
+    );
+    // Just before the rollout change, the definition had 50%.
+    let earlier: String = env
+        .sql()
+        .query_row("SELECT ts FROM audit_log WHERE id = 8", [], |r| r.get(0))
+        .unwrap();
+    let text = env.ok(&["explain", "enrich", "--context", "a", "--at", &earlier]);
+    assert!(text.contains("as of "), "{text}");
+    assert!(
+        text.contains("1 known:          yes (rollout_pct 50,"),
+        "{text}"
+    );
+    let recorded = text.lines().last().unwrap();
+    assert!(
+        recorded.starts_with("  recorded decision:  row 6 at "),
+        "{text}"
+    );
+    let before_anything = env.ok(&["explain", "enrich", "--context", "a", "--at", "2000-01-01"]);
+    assert!(
+        before_anything.contains("1 known:          no"),
+        "{before_anything}"
+    );
+    assert!(before_anything.ends_with(
+        "recorded decision:  none: no evaluation of this flag for this context by then\n"
+    ));
+}
