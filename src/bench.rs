@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::audit::AuditQuery;
 use crate::cli::write_batch_line;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy};
@@ -37,8 +38,23 @@ pub fn bench_flags() -> FlagSet {
 /// Runs both passes over `keys` generated keys in a fresh database under `dir`, which is
 /// removed afterwards, and prints one line per pass.
 pub fn run(keys: u64, dir: &Path, out: &mut impl Write) -> Result<()> {
+    with_temporary_store(dir, |store, path| run_in(store, path, keys, out))
+}
+
+/// Fills a fresh log with `rows` evaluation rows and prints the median time of each query.
+pub fn run_audit(rows: u64, dir: &Path, out: &mut impl Write) -> Result<()> {
+    with_temporary_store(dir, |store, path| run_audit_in(store, path, rows, out))
+}
+
+fn with_temporary_store(
+    dir: &Path,
+    bench: impl FnOnce(&mut Store, &Path) -> Result<()>,
+) -> Result<()> {
     let path = dir.join(format!("flagstore-bench-{}.db", std::process::id()));
-    let result = run_in(&path, keys, out);
+    let result = Store::open(&path).and_then(|mut store| {
+        store.modify("bench", "bench", false, |_| Ok(bench_flags()))?;
+        bench(&mut store, &path)
+    });
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.clone().into_os_string();
         file.push(suffix);
@@ -48,15 +64,19 @@ pub fn run(keys: u64, dir: &Path, out: &mut impl Write) -> Result<()> {
     result
 }
 
-fn run_in(path: &Path, keys: u64, out: &mut impl Write) -> Result<()> {
-    let write_error = |source| Error::Write {
+fn write_error(source: io::Error) -> Error {
+    Error::Write {
         path: "stdout".to_string(),
         source,
-    };
-    let mut store = Store::open(path)?;
-    let flags = bench_flags();
-    let flag_count = flags.len();
-    store.modify("bench", "bench", false, |_| Ok(flags))?;
+    }
+}
+
+fn generated_keys(count: u64) -> impl Iterator<Item = Result<String>> {
+    (0..count).map(|i| Ok(format!("tenant-{i:09}")))
+}
+
+fn run_in(store: &mut Store, path: &Path, keys: u64, out: &mut impl Write) -> Result<()> {
+    let flag_count = bench_flags().len();
     writeln!(
         out,
         "{keys} keys x {flag_count} flags, {BATCH_KEYS} keys per transaction, database {}",
@@ -75,7 +95,7 @@ fn run_in(path: &Path, keys: u64, out: &mut impl Write) -> Result<()> {
         let report = store.evaluate_batch(
             &Selection::All,
             "bench",
-            (0..keys).map(|i| Ok(format!("tenant-{i:09}"))),
+            generated_keys(keys),
             |key, evaluations| write_batch_line(&mut sink, key, evaluations).map_err(write_error),
         )?;
         let elapsed = started.elapsed();
@@ -85,6 +105,106 @@ fn run_in(path: &Path, keys: u64, out: &mut impl Write) -> Result<()> {
         format!("{:.1} MB", kib as f64 / 1024.0)
     });
     writeln!(out, "peak RSS {rss}").map_err(write_error)?;
+    Ok(())
+}
+
+fn run_audit_in(store: &mut Store, path: &Path, rows: u64, out: &mut impl Write) -> Result<()> {
+    let keys = rows.div_ceil(bench_flags().len() as u64);
+    let started = Instant::now();
+    let report =
+        store.evaluate_batch(
+            &Selection::All,
+            "bench",
+            generated_keys(keys),
+            |_, _| Ok(()),
+        )?;
+    writeln!(
+        out,
+        "filled {} audit rows ({} keys x {} flags) in {:.1} s, database {}",
+        store.audit_len()?,
+        report.keys,
+        bench_flags().len(),
+        started.elapsed().as_secs_f64(),
+        path.display()
+    )
+    .map_err(write_error)?;
+    let middle_key = format!("tenant-{:09}", keys / 2);
+    let newest = AuditQuery {
+        limit: Some(100),
+        ..AuditQuery::default()
+    };
+    let queries = [
+        (
+            "newest 100 rows of one flag",
+            AuditQuery {
+                flag: Some("enrich".to_string()),
+                ..newest.clone()
+            },
+        ),
+        (
+            "newest 100 rows of one context",
+            AuditQuery {
+                context: Some(middle_key.clone()),
+                ..newest.clone()
+            },
+        ),
+        (
+            "one flag, page from the log's middle",
+            AuditQuery {
+                flag: Some("enrich".to_string()),
+                cursor: Some(store.audit_len()? / 2),
+                ..newest.clone()
+            },
+        ),
+        (
+            "one flag and context, since a date",
+            AuditQuery {
+                flag: Some("enrich".to_string()),
+                context: Some(middle_key),
+                since: Some("2000-01-01T00:00:00.000Z".to_string()),
+                ..newest.clone()
+            },
+        ),
+    ];
+    writeln!(
+        out,
+        "{:<40} {:>8} {:>12}",
+        "query (median of 21 runs)", "rows", "median"
+    )
+    .map_err(write_error)?;
+    for (name, query) in queries {
+        let mut timings = Vec::new();
+        let mut count = 0;
+        for _ in 0..21 {
+            count = 0;
+            let started = Instant::now();
+            store.query_audit(&query, |_| {
+                count += 1;
+                Ok::<(), Error>(())
+            })?;
+            timings.push(started.elapsed());
+        }
+        timings.sort();
+        writeln!(
+            out,
+            "{:<40} {:>8} {:>9.3} ms",
+            name,
+            count,
+            timings[timings.len() / 2].as_secs_f64() * 1000.0
+        )
+        .map_err(write_error)?;
+    }
+    let started = Instant::now();
+    let verified = crate::audit::verify(store, None)?;
+    let seconds = started.elapsed().as_secs_f64();
+    writeln!(
+        out,
+        "verify: {} rows in {:.1} s ({:.0} rows/s)",
+        verified.rows,
+        seconds,
+        verified.rows as f64 / seconds
+    )
+    .map_err(write_error)?;
     Ok(())
 }
 
@@ -144,6 +264,25 @@ mod tests {
         assert!(lines[3].starts_with("again (hits)") && lines[3].contains(" 1500 "));
         assert!(lines[4].starts_with("peak RSS"));
         // The database is cleaned up.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn audit_bench_fills_the_log_and_times_each_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        run_audit(1_000, dir.path(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "{text}");
+        // 200 keys x 5 flags, after the 5 change rows that created the flags.
+        assert!(
+            lines[0].starts_with("filled 1005 audit rows (200 keys x 5 flags)"),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("newest 100 rows of one flag") && lines[2].contains(" 100 "));
+        assert!(lines[3].starts_with("newest 100 rows of one context") && lines[3].contains(" 5 "));
+        assert!(lines[6].starts_with("verify: 1005 rows"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

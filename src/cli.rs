@@ -100,12 +100,27 @@ pub enum Command {
     },
     /// A flag's changes, oldest first, as before -> after lines.
     History { flag: String },
-    /// Measure batch evaluation: a fresh store (all sticky misses), then the same keys again
-    /// (all hits). Uses its own temporary database, not --db.
-    Bench {
+    /// Measure throughput and latency on a temporary database (not --db).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Batch evaluation: a fresh store (all sticky misses), then the same keys again (hits).
+    Eval {
         /// Context keys per pass.
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
+        /// Directory for the temporary database [default: the system's temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Audit queries: fill the log with this many evaluation rows, then time the queries
+    /// reviewers run and a full chain verification.
+    Audit {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
         /// Directory for the temporary database [default: the system's temporary directory].
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -268,15 +283,23 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         .unwrap_or_else(os_user);
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    if let Command::Bench { keys, dir } = &cli.command {
-        let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
-        crate::bench::run(*keys, &dir, &mut out)?;
+    if let Command::Bench(command) = &cli.command {
+        match command {
+            BenchCommand::Eval { keys, dir } => {
+                let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
+                crate::bench::run(*keys, &dir, &mut out)?;
+            }
+            BenchCommand::Audit { rows, dir } => {
+                let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
+                crate::bench::run_audit(*rows, &dir, &mut out)?;
+            }
+        }
         out.flush().map_err(stdout_error)?;
         return Ok(Outcome::Success);
     }
     let mut store = Store::open(&cli.db)?;
     let outcome = match cli.command {
-        Command::Bench { .. } => unreachable!("handled before the store is opened"),
+        Command::Bench(_) => unreachable!("handled before the store is opened"),
         Command::Import {
             file,
             replace,
