@@ -318,7 +318,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::History { flag } => history(&store, &mut out, &flag),
         Command::Run { input, output } => run_job(&mut store, &mut out, &actor, &input, &output),
-    }?;
+    }
+    .map_err(|e| e.at_database(store.path()))?;
     out.flush().map_err(stdout_error)?;
     Ok(outcome)
 }

@@ -116,6 +116,14 @@ pub enum Error {
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
 
+    /// A database error with the file it happened in: "database or disk is full",
+    /// "database disk image is malformed", "database is locked" name no file by themselves.
+    #[error("{path}: {source}")]
+    AtDatabase {
+        path: String,
+        source: rusqlite::Error,
+    },
+
     #[error("migrating {path} failed: {source}")]
     Migration {
         path: String,
@@ -131,6 +139,17 @@ fn did_you_mean(suggestion: &Option<String>) -> String {
 }
 
 impl Error {
+    /// Names the database file in a bare SQLite error.
+    pub fn at_database(self, path: &str) -> Error {
+        match self {
+            Error::Database(source) => Error::AtDatabase {
+                path: path.to_string(),
+                source,
+            },
+            other => other,
+        }
+    }
+
     pub fn in_file(self, path: &str) -> Error {
         Error::InFile {
             path: path.to_string(),

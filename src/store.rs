@@ -8,12 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rusqlite::config::DbConfig;
-use rusqlite::{
-    CachedStatement, Connection, ErrorCode, OptionalExtension, ToSql, Transaction,
-    TransactionBehavior,
-};
+use rusqlite::{CachedStatement, Connection, ErrorCode, OptionalExtension, ToSql};
 use serde_json::json;
 
 use crate::audit::{AuditQuery, AuditRow, Field, GENESIS_HASH, row_hash, timestamp};
@@ -26,8 +23,11 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// How long a connection waits for another process's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a writer keeps retrying a busy database before reporting it.
+const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// Prepared statements kept per connection (see `insert_rows`).
 const STATEMENT_CACHE: usize = 128;
@@ -90,6 +90,7 @@ pub struct AssignmentRow {
 pub struct Store {
     conn: Connection,
     path: String,
+    clock: Box<dyn Fn() -> DateTime<Utc>>,
 }
 
 impl Store {
@@ -101,7 +102,7 @@ impl Store {
             path: display.clone(),
             source,
         })?;
-        Store::init(conn, display)
+        Store::init(conn, display.clone()).map_err(|e| e.at_database(&display))
     }
 
     /// A private database in memory, for tests and experiments.
@@ -145,7 +146,11 @@ impl Store {
         if migrated != Some(latest) {
             migrate(&mut conn, &path, latest)?;
         }
-        Ok(Store { conn, path })
+        Ok(Store {
+            conn,
+            path,
+            clock: Box::new(Utc::now),
+        })
     }
 
     pub fn path(&self) -> &str {
@@ -192,6 +197,7 @@ impl Store {
         dry_run: bool,
         edit: impl FnOnce(&FlagSet) -> Result<FlagSet>,
     ) -> Result<Vec<Change>> {
+        let ts = self.now();
         let tx = self.write_transaction()?;
         let current = load_flags(&tx)?;
         let next = edit(&current)?;
@@ -200,7 +206,7 @@ impl Store {
         if dry_run || changes.is_empty() {
             return Ok(changes);
         }
-        write_changes(&tx, &changes, actor, via)?;
+        write_changes(&tx, &changes, actor, via, &ts)?;
         tx.commit()?;
         Ok(changes)
     }
@@ -214,10 +220,11 @@ impl Store {
         actor: &str,
     ) -> Result<Vec<Evaluation>> {
         let keys = [context.to_string()];
+        let ts = self.now();
         let tx = self.write_transaction()?;
         let flags = load_flags(&tx)?;
         let mut results =
-            EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &keys, actor, &now())?;
+            EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &keys, actor, &ts)?;
         tx.commit()?;
         Ok(results.pop().unwrap_or_default())
     }
@@ -245,12 +252,13 @@ impl Store {
                 return Ok(report);
             }
             let started = Instant::now();
+            let ts = self.now();
             let tx = self.write_transaction()?;
             // Flags are re-read for every chunk so that a kill switch thrown during a long run
             // takes effect within one chunk.
             let flags = load_flags(&tx)?;
             let results =
-                EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &chunk, actor, &now())?;
+                EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &chunk, actor, &ts)?;
             tx.commit()?;
             report.batch_latencies.push(started.elapsed());
             for (key, evaluations) in chunk.iter().zip(&results) {
@@ -308,6 +316,7 @@ impl Store {
         context: Option<&str>,
         actor: &str,
     ) -> Result<usize> {
+        let ts = self.now();
         let tx = self.write_transaction()?;
         let flags = load_flags(&tx)?;
         if !flags.contains(flag) {
@@ -327,7 +336,7 @@ impl Store {
         append_audit(
             &tx,
             &[AuditEntry {
-                ts: &now(),
+                ts: &ts,
                 kind: "change",
                 actor,
                 action: Some("reset_assignments"),
@@ -457,10 +466,39 @@ impl Store {
         Ok(())
     }
 
-    fn write_transaction(&mut self) -> Result<Transaction<'_>> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    /// Takes the write lock (`BEGIN IMMEDIATE`). Waiting is first SQLite's busy timeout; a
+    /// writer still busy after it is retried with growing pauses for up to a minute, so a burst
+    /// of contention from many pipeline workers slows them down instead of failing them.
+    fn write_transaction(&mut self) -> Result<WriteTransaction<'_>> {
+        let deadline = Instant::now() + BUSY_RETRY_BUDGET;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match self.conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => {
+                    return Ok(WriteTransaction {
+                        conn: &self.conn,
+                        finished: false,
+                    });
+                }
+                Err(e)
+                    if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Replaces the clock that timestamps rows (tests use it to turn time back).
+    pub fn set_clock(&mut self, clock: impl Fn() -> DateTime<Utc> + 'static) {
+        self.clock = Box::new(clock);
+    }
+
+    fn now(&self) -> String {
+        timestamp((self.clock)())
     }
 }
 
@@ -511,8 +549,37 @@ fn migrate(conn: &mut Connection, path: &str, latest: i64) -> Result<()> {
     }
 }
 
-fn now() -> String {
-    timestamp(Utc::now())
+/// An open write transaction: committed by [`WriteTransaction::commit`], rolled back if
+/// dropped, so an error anywhere leaves the database as it was.
+struct WriteTransaction<'c> {
+    conn: &'c Connection,
+    finished: bool,
+}
+
+impl WriteTransaction<'_> {
+    fn commit(mut self) -> Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTransaction<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTransaction<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Nothing useful can be done with a failed rollback: SQLite rolls back an
+            // unfinished transaction itself when the connection closes.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 fn load_flags(conn: &Connection) -> Result<FlagSet> {
@@ -543,8 +610,13 @@ fn load_flags(conn: &Connection) -> Result<FlagSet> {
 
 /// Writes flag rows, then dependency edges, then deletions, so that every foreign key holds
 /// after each statement whatever order the changes came in.
-fn write_changes(tx: &Transaction, changes: &[Change], actor: &str, via: &str) -> Result<()> {
-    let ts = now();
+fn write_changes(
+    tx: &Connection,
+    changes: &[Change],
+    actor: &str,
+    via: &str,
+    ts: &str,
+) -> Result<()> {
     for change in changes {
         match change {
             Change::Create(flag) => {
@@ -603,7 +675,7 @@ fn write_changes(tx: &Transaction, changes: &[Change], actor: &str, via: &str) -
         append_audit(
             tx,
             &[AuditEntry {
-                ts: &ts,
+                ts,
                 kind: "change",
                 actor,
                 action: Some(change.action()),
@@ -708,7 +780,7 @@ impl<'a> EvaluationPlan<'a> {
     /// keys are written at the end, several rows per statement.
     fn evaluate_keys(
         &self,
-        tx: &Transaction,
+        tx: &Connection,
         keys: &[String],
         actor: &str,
         ts: &str,
@@ -791,7 +863,7 @@ struct AuditEntry<'a> {
 
 /// Appends rows to the audit log, extending its hash chain from the last row. Runs inside the
 /// caller's write transaction, so no other writer can interleave rows.
-fn append_audit(tx: &Transaction, entries: &[AuditEntry]) -> Result<()> {
+fn append_audit(tx: &Connection, entries: &[AuditEntry]) -> Result<()> {
     let tail: Option<(i64, String)> = tx
         .prepare_cached("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -853,12 +925,7 @@ const ROWS_PER_INSERT: usize = 64;
 
 /// Inserts `values` (row-major, `columns` per row) with as few statements as possible.
 /// `insert` is a constant `INSERT INTO table (columns)` prefix, never user input.
-fn insert_rows(
-    tx: &Transaction,
-    insert: &str,
-    columns: usize,
-    values: &[&dyn ToSql],
-) -> Result<()> {
+fn insert_rows(tx: &Connection, insert: &str, columns: usize, values: &[&dyn ToSql]) -> Result<()> {
     for group in values.chunks(ROWS_PER_INSERT * columns) {
         let row = format!("({})", vec!["?"; columns].join(", "));
         let rows = vec![row; group.len() / columns].join(", ");
