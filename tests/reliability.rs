@@ -1,0 +1,546 @@
+//! Concurrency, crashes, a full disk, damaged files and a clock that goes backwards.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+use serde_json::Value;
+
+const FLAGS: &str = r#"{"flags": [
+    {"name": "ingest"},
+    {"name": "dedupe", "rollout_pct": 70, "requires": ["ingest"]},
+    {"name": "enrich", "rollout_pct": 50, "requires": ["dedupe"], "sticky": "all"},
+    {"name": "shadow", "rollout_pct": 30, "sticky": "none"}
+]}"#;
+
+fn binary() -> std::path::PathBuf {
+    assert_cmd::cargo::cargo_bin("flagstore")
+}
+
+fn count(env: &Env, sql: &str) -> i64 {
+    env.sql().query_row(sql, [], |row| row.get(0)).unwrap()
+}
+
+fn keys_file(env: &Env, name: &str, count: usize) -> std::path::PathBuf {
+    let keys: String = (0..count).map(|i| format!("key-{i}\n")).collect();
+    env.write(name, keys)
+}
+
+/// Every assignment was written together with the evaluation row that made it.
+fn every_assignment_is_audited(env: &Env) {
+    assert_eq!(
+        count(
+            env,
+            "SELECT count(*) FROM assignments a WHERE NOT EXISTS (
+                 SELECT 1 FROM audit_log l
+                  WHERE l.kind = 'evaluation' AND l.context_key = a.context_key
+                    AND EXISTS (SELECT 1 FROM json_each(l.detail, '$.assigned') WHERE value = a.flag))"
+        ),
+        0,
+        "an assignment without its audit row"
+    );
+}
+
+fn integrity_ok(env: &Env) {
+    let result: String = env
+        .sql()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(result, "ok");
+}
+
+#[test]
+fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let keys = keys_file(&env, "keys.txt", 5_000);
+    let workers: Vec<_> = (1..=4)
+        .map(|worker| {
+            Command::new(binary())
+                .args([
+                    "--db",
+                    env.db.to_str().unwrap(),
+                    "--actor",
+                    &format!("worker-{worker}"),
+                ])
+                .args(["eval", "--all", "--contexts-file", keys.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for rollout in ["20", "90"] {
+        std::thread::sleep(Duration::from_millis(150));
+        env.ok(&["flag", "set", "enrich", "--rollout", rollout]);
+        env.ok(&["flag", "set", "dedupe", "--rollout", rollout]);
+    }
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap().lines().count(),
+            5_000
+        );
+    }
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"
+        ),
+        4 * 5_000 * 4
+    );
+    for worker in 1..=4 {
+        assert_eq!(
+            count(
+                &env,
+                &format!("SELECT count(*) FROM audit_log WHERE actor = 'worker-{worker}'")
+            ),
+            5_000 * 4
+        );
+    }
+    // Once an assignment was stored, every later evaluation of that flag and key gave its
+    // decision (unless a requirement was off by then).
+    assert_eq!(
+        count(
+            &env,
+            "WITH stored AS (
+                 SELECT a.flag, a.context_key, a.decision,
+                        (SELECT min(l.id) FROM audit_log l
+                          WHERE l.kind = 'evaluation' AND l.context_key = a.context_key
+                            AND EXISTS (SELECT 1 FROM json_each(l.detail, '$.assigned') WHERE value = a.flag)) AS stored_at
+                   FROM assignments a)
+             SELECT count(*) FROM stored s JOIN audit_log l
+                 ON l.kind = 'evaluation' AND l.flag = s.flag AND l.context_key = s.context_key
+              WHERE l.id > s.stored_at AND l.result <> s.decision AND l.source <> 'dependency'"
+        ),
+        0,
+        "a process saw a different decision than the stored assignment"
+    );
+    every_assignment_is_audited(&env);
+    env.ok(&["audit", "verify"]);
+}
+
+#[test]
+fn a_writer_held_up_past_the_busy_timeout_retries_and_succeeds() {
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let holder = env.sql();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(3_000));
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    let output = Command::new(binary())
+        .args([
+            "--db",
+            env.db.to_str().unwrap(),
+            "eval",
+            "ingest",
+            "--context",
+            "k",
+        ])
+        .output()
+        .unwrap();
+    releaser.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), "true\n");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_900),
+        "it did wait for the lock"
+    );
+}
+
+#[test]
+fn readers_do_not_block_writers_and_keep_their_snapshot() {
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let reader = env.sql();
+    reader.execute_batch("BEGIN").unwrap();
+    let before: i64 = reader
+        .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+        .unwrap();
+    let started = Instant::now();
+    env.ok(&["eval", "--all", "--context", "k"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the writer waited for a reader"
+    );
+    let during: i64 = reader
+        .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(during, before, "the reader's snapshot moved");
+    reader.execute_batch("COMMIT").unwrap();
+    assert_eq!(count(&env, "SELECT count(*) FROM audit_log"), before + 4);
+}
+
+/// A small deterministic generator, so a failing crash iteration can be replayed by seed.
+struct Random(u64);
+
+impl Random {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+fn crash_iterations() -> usize {
+    std::env::var("FLAGSTORE_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+#[test]
+fn a_batch_killed_at_random_moments_leaves_a_sound_store() {
+    let seed = std::env::var("FLAGSTORE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    let mut random = Random(seed);
+    let reference = Env::new();
+    reference.import_json(FLAGS);
+    let keys = keys_file(&reference, "keys.txt", 20_000);
+    let expected = reference.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+
+    let env = Env::new();
+    env.import_json(FLAGS);
+    for iteration in 0..crash_iterations() {
+        let mut child = Command::new(binary())
+            .args([
+                "--db",
+                env.db.to_str().unwrap(),
+                "eval",
+                "--all",
+                "--contexts-file",
+            ])
+            .arg(&keys)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20 + random.below(400)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        integrity_ok(&env);
+        every_assignment_is_audited(&env);
+        let evaluations = count(
+            &env,
+            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'",
+        );
+        assert_eq!(
+            evaluations % 4,
+            0,
+            "seed {seed} iteration {iteration}: half an evaluation"
+        );
+    }
+    let evaluated = count(
+        &env,
+        "SELECT count(DISTINCT context_key) FROM audit_log WHERE kind = 'evaluation'",
+    );
+    assert!(
+        evaluated > 0 && evaluated < 20_000,
+        "the kills did not land mid-batch: {evaluated} keys done"
+    );
+    env.ok(&["audit", "verify"]);
+    let rerun = env.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+    assert_eq!(
+        rerun, expected,
+        "answers changed after crashes (seed {seed})"
+    );
+}
+
+#[test]
+fn an_import_killed_at_random_moments_is_all_or_nothing() {
+    let seed = std::env::var("FLAGSTORE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x1e5);
+    let mut random = Random(seed);
+    let env = Env::new();
+    let flags: Vec<Value> = (0..3_000)
+        .map(|i| {
+            let requires: Vec<String> = if i > 0 { vec![format!("f{:04}", i - 1)] } else { vec![] };
+            serde_json::json!({"name": format!("f{i:04}"), "rollout_pct": i % 101, "requires": requires})
+        })
+        .collect();
+    let file = env.write(
+        "big.json",
+        serde_json::json!({ "flags": flags }).to_string(),
+    );
+    let mut interrupted = 0;
+    for iteration in 0..crash_iterations() {
+        let mut child = Command::new(binary())
+            .args(["--db", env.db.to_str().unwrap(), "import", "--replace"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(random.below(150)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        integrity_ok(&env);
+        let stored = count(&env, "SELECT count(*) FROM flags");
+        assert!(
+            stored == 0 || stored == 3_000,
+            "seed {seed} iteration {iteration}: {stored} flags"
+        );
+        let changes = count(&env, "SELECT count(*) FROM audit_log WHERE kind = 'change'");
+        assert!(
+            changes == 0 || changes == 3_000,
+            "seed {seed} iteration {iteration}: {changes} change rows"
+        );
+        if stored == 0 {
+            interrupted += 1;
+        }
+        if stored == 3_000 {
+            // Start again from an empty store so the next kill lands on a real import.
+            std::fs::remove_file(&env.db).unwrap();
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", env.db.display()));
+            }
+        }
+    }
+    assert!(
+        interrupted > 0,
+        "no kill landed before the import committed: the test proved nothing"
+    );
+}
+
+/// A tiny tmpfs mounted for one test and unmounted when dropped. Needs root, as CI has.
+struct TinyDisk {
+    dir: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    fn mount(kib: u32) -> TinyDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs for the disk-full test needs root (CI runs as root)"
+        );
+        TinyDisk { dir }
+    }
+
+    fn resize(&self, kib: u32) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={kib}k")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_works_again_with_space() {
+    let disk = TinyDisk::mount(12 * 1024);
+    let env = Env::new();
+    let db = disk.dir.path().join("flags.db");
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(binary())
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let stdin = stdin.to_string();
+        // The command may stop reading early (that is the point of a full disk).
+        let feeder = std::thread::spawn(move || {
+            let _ = input.write_all(stdin.as_bytes());
+        });
+        let output = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        output
+    };
+    let flags = env.write("flags.json", FLAGS);
+    assert!(
+        run(&["import", flags.to_str().unwrap()], "")
+            .status
+            .success()
+    );
+    let keys: String = (0..50_000).map(|i| format!("key-{i}\n")).collect();
+    let full = run(&["eval", "--all", "--contexts-file", "-"], &keys);
+    assert_eq!(full.status.code(), Some(2));
+    let stderr = String::from_utf8(full.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        format!("flagstore: {}: database or disk is full\n", db.display())
+    );
+    let written = String::from_utf8(full.stdout).unwrap().lines().count();
+    assert!(
+        written > 0 && written < 50_000 && written.is_multiple_of(2_000),
+        "{written} lines"
+    );
+
+    // What was acknowledged is all there, and only that: whole transactions of 2,000 keys.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let evaluations: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(evaluations, written as i64 * 4);
+    let refused = run(&["flag", "set", "ingest", "--rollout", "5"], "");
+    if !refused.status.success() {
+        let enabled: f64 = conn
+            .query_row(
+                "SELECT rollout_pct FROM flags WHERE name = 'ingest'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(enabled, 100.0, "a refused write changed the flag");
+    }
+    drop(conn);
+
+    disk.resize(64 * 1024);
+    let some_keys: String = keys.lines().take(3_000).map(|k| format!("{k}\n")).collect();
+    let again = run(&["eval", "--all", "--contexts-file", "-"], &some_keys);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let verify = run(&["audit", "verify"], "");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+fn checkpointed_store() -> (Env, Vec<u8>) {
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let keys = keys_file(&env, "keys.txt", 3_000);
+    env.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+    env.sql()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let bytes = std::fs::read(&env.db).unwrap();
+    (env, bytes)
+}
+
+#[test]
+fn a_truncated_database_is_refused_untouched() {
+    let (env, bytes) = checkpointed_store();
+    let truncated = &bytes[..bytes.len() / 2];
+    std::fs::write(&env.db, truncated).unwrap();
+    let message = env.fails(&["audit", "verify"]);
+    assert!(
+        message.starts_with(&format!("flagstore: {}: ", env.db.display())),
+        "{message}"
+    );
+    assert!(message.contains("malformed"), "{message}");
+    assert_eq!(
+        std::fs::read(&env.db).unwrap(),
+        truncated,
+        "the file was modified"
+    );
+}
+
+#[test]
+fn a_damaged_page_is_reported_not_repaired() {
+    let (env, mut bytes) = checkpointed_store();
+    let page = 4096;
+    let middle = (bytes.len() / page / 2) * page;
+    bytes[middle..middle + page].fill(0xA5);
+    std::fs::write(&env.db, &bytes).unwrap();
+    let message = env.fails(&["audit", "verify"]);
+    assert!(
+        message.starts_with(&format!("flagstore: {}: ", env.db.display())),
+        "{message}"
+    );
+    assert!(message.contains("malformed"), "{message}");
+    assert_eq!(
+        std::fs::read(&env.db).unwrap(),
+        bytes,
+        "the file was modified"
+    );
+}
+
+#[test]
+fn ids_order_the_log_when_the_clock_goes_backwards() {
+    use chrono::{TimeZone, Utc};
+    use flagstore::audit::{AuditQuery, parse_time_bound};
+    use flagstore::{Flag, FlagSet, Selection, Store};
+
+    let mut store = Store::open_in_memory().unwrap();
+    let later = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    let earlier = Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap();
+    store.set_clock(move || later);
+    store
+        .modify("ops", "import", false, |_| {
+            Ok([Flag::new("f")].into_iter().collect::<FlagSet>())
+        })
+        .unwrap();
+    store.set_clock(move || earlier);
+    store.evaluate(&Selection::All, "k", "ops").unwrap();
+
+    let mut rows = Vec::new();
+    let all = AuditQuery {
+        ascending: true,
+        ..AuditQuery::default()
+    };
+    store
+        .query_audit(&all, |row| {
+            rows.push((row.id, row.ts));
+            Ok::<(), flagstore::Error>(())
+        })
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (1, "2026-11-23T12:00:00.000Z".to_string()),
+            (2, "2026-11-23T11:00:00.000Z".to_string())
+        ]
+    );
+    let window = AuditQuery {
+        since: Some(parse_time_bound("2026-11-23T11:00:00Z", false).unwrap()),
+        until: Some(parse_time_bound("2026-11-23T12:00:00Z", true).unwrap()),
+        ..all.clone()
+    };
+    let mut in_window = 0;
+    store
+        .query_audit(&window, |_| {
+            in_window += 1;
+            Ok::<(), flagstore::Error>(())
+        })
+        .unwrap();
+    assert_eq!(
+        in_window, 2,
+        "a range query lost a row written while the clock was back"
+    );
+    assert_eq!(flagstore::audit::verify(&store, None).unwrap().rows, 2);
+}
