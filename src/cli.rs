@@ -468,9 +468,8 @@ fn flag_command(
             let Some(record) = store.flag(&name)? else {
                 return Err(store.unknown_flag(&name)?);
             };
-            let required_by = store.flags()?.dependents_of(&name);
             let mut shown = serde_json::to_value(&record.flag).expect("a flag serializes");
-            shown["required_by"] = json!(required_by);
+            shown["required_by"] = json!(record.required_by);
             shown["created_at"] = json!(record.created_at);
             shown["updated_at"] = json!(record.updated_at);
             format!("{}\n", serde_json::to_string_pretty(&shown).expect("json"))

@@ -68,10 +68,11 @@ pub struct BatchReport {
     pub batch_latencies: Vec<Duration>,
 }
 
-/// A flag with its bookkeeping times.
+/// A flag with the flags that require it and its bookkeeping times.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlagRecord {
     pub flag: Flag,
+    pub required_by: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -173,6 +174,7 @@ impl Store {
         )?;
         Ok(Some(FlagRecord {
             flag: flag.clone(),
+            required_by: flags.dependents_of(name),
             created_at,
             updated_at,
         }))

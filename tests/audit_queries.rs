@@ -280,3 +280,18 @@ fn explain_at_a_past_time_uses_the_definitions_then() {
         "recorded decision:  none: no evaluation of this flag for this context by then\n"
     ));
 }
+
+#[test]
+fn explain_at_names_an_unreadable_change_row() {
+    let (env, boundary) = store_with_log();
+    env.sql()
+        .execute_batch(
+            "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET detail = 'not json' WHERE id = 2;",
+        )
+        .unwrap();
+    let message = env.fails(&["explain", "enrich", "--context", "a", "--at", &boundary]);
+    assert!(
+        message.starts_with("flagstore: audit row 2 cannot be read: "),
+        "{message}"
+    );
+}

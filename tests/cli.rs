@@ -322,6 +322,44 @@ fn a_database_from_a_newer_flagstore_is_refused() {
 }
 
 #[test]
+fn unwritable_paths_are_named() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let missing_dir = env.dir.path().join("no-such-dir");
+    let message = env.fails(&[
+        "export",
+        "-o",
+        missing_dir.join("out.json").to_str().unwrap(),
+    ]);
+    assert!(
+        message.starts_with(&format!(
+            "flagstore: cannot write {}",
+            missing_dir.join("out.json").display()
+        )),
+        "{message}"
+    );
+    let message = env
+        .cmd()
+        .args([
+            "--db",
+            missing_dir.join("flags.db").to_str().unwrap(),
+            "flag",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(message.status.code(), Some(2));
+    let stderr = String::from_utf8(message.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!(
+            "flagstore: cannot open database {}",
+            missing_dir.join("flags.db").display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let env = Env::new();
     env.cmd().args(["eval", "x"]).assert().code(2);
