@@ -452,22 +452,25 @@ fn checkpointed_store() -> (Env, Vec<u8>) {
     (env, bytes)
 }
 
-#[test]
-fn a_truncated_database_is_refused_untouched() {
-    let (env, bytes) = checkpointed_store();
-    let truncated = &bytes[..bytes.len() / 2];
-    std::fs::write(&env.db, truncated).unwrap();
+/// Writes `damaged` over the database and checks that a command reading all of it fails
+/// with one line naming the file, and leaves the file exactly as damaged.
+fn refused_untouched(env: &Env, damaged: &[u8]) {
+    std::fs::write(&env.db, damaged).unwrap();
     let message = env.fails(&["audit", "verify"]);
-    assert!(
-        message.starts_with(&format!("flagstore: {}: ", env.db.display())),
-        "{message}"
-    );
+    let named = format!("flagstore: {}: ", env.db.display());
+    assert!(message.starts_with(&named), "{message}");
     assert!(message.contains("malformed"), "{message}");
     assert_eq!(
         std::fs::read(&env.db).unwrap(),
-        truncated,
+        damaged,
         "the file was modified"
     );
+}
+
+#[test]
+fn a_truncated_database_is_refused_untouched() {
+    let (env, bytes) = checkpointed_store();
+    refused_untouched(&env, &bytes[..bytes.len() / 2]);
 }
 
 #[test]
@@ -476,18 +479,7 @@ fn a_damaged_page_is_reported_not_repaired() {
     let page = 4096;
     let middle = (bytes.len() / page / 2) * page;
     bytes[middle..middle + page].fill(0xA5);
-    std::fs::write(&env.db, &bytes).unwrap();
-    let message = env.fails(&["audit", "verify"]);
-    assert!(
-        message.starts_with(&format!("flagstore: {}: ", env.db.display())),
-        "{message}"
-    );
-    assert!(message.contains("malformed"), "{message}");
-    assert_eq!(
-        std::fs::read(&env.db).unwrap(),
-        bytes,
-        "the file was modified"
-    );
+    refused_untouched(&env, &bytes);
 }
 
 #[test]
