@@ -697,7 +697,7 @@ fn write_changes(
 struct EvaluationPlan<'a> {
     flags: &'a FlagSet,
     requested: Vec<&'a str>,
-    /// Existing flags whose assignment the evaluation may consult.
+    /// Enabled flags whose assignment the evaluation may consult.
     lookups: Vec<&'a str>,
     /// One query per [`FLAGS_PER_LOOKUP`] of `lookups`, fetching a key's assignments for all
     /// of them in one statement instead of one statement per flag.
@@ -725,10 +725,12 @@ fn lookup_sql(flags: usize) -> String {
 impl<'a> EvaluationPlan<'a> {
     fn new(flags: &'a FlagSet, selection: &'a Selection) -> EvaluationPlan<'a> {
         let requested = selection.names(flags);
+        // A disabled flag is decided before its assignment is consulted (the kill switch wins),
+        // so only enabled flags are looked up.
         let lookups: Vec<&str> = flags
             .closure(requested.iter().copied())
             .into_iter()
-            .filter(|name| flags.contains(name))
+            .filter(|name| flags.get(name).is_some_and(|flag| flag.enabled))
             .collect();
         let lookup_sql = lookups
             .chunks(FLAGS_PER_LOOKUP)
@@ -840,14 +842,25 @@ impl<'a> EvaluationPlan<'a> {
     }
 }
 
-/// The evaluation row's `detail`: the bucket, and the assignments this evaluation stored.
+/// The evaluation row's `detail`: `{"bucket":N|null,"assigned":[flags]}`, the bucket and
+/// the flags whose assignment this evaluation stored. Written directly: it runs for every
+/// row of a batch.
 fn evaluation_detail(evaluation: &Evaluation) -> String {
-    let assigned: Vec<&str> = evaluation
-        .new_assignments
-        .iter()
-        .map(|a| a.flag.as_str())
-        .collect();
-    json!({ "bucket": evaluation.decision.bucket, "assigned": assigned }).to_string()
+    let mut detail = String::with_capacity(48);
+    detail.push_str("{\"bucket\":");
+    match evaluation.decision.bucket {
+        Some(bucket) => detail.push_str(itoa::Buffer::new().format(bucket)),
+        None => detail.push_str("null"),
+    }
+    detail.push_str(",\"assigned\":[");
+    for (i, assignment) in evaluation.new_assignments.iter().enumerate() {
+        if i > 0 {
+            detail.push(',');
+        }
+        detail.push_str(&serde_json::to_string(&assignment.flag).expect("a string serializes"));
+    }
+    detail.push_str("]}");
+    detail
 }
 
 struct AuditEntry<'a> {
