@@ -123,6 +123,13 @@ impl Store {
             },
             _ => Error::Database(e),
         })?;
+        if migrated.is_none() && has_tables(&conn)? {
+            // Some other application's database: adding our tables to it would be a surprise.
+            return Err(Error::NotADatabase {
+                path,
+                detail: "it is an SQLite database with tables of its own".to_string(),
+            });
+        }
         let latest = LATEST_SCHEMA_VERSION;
         if let Some(found) = migrated.filter(|v| *v > latest) {
             return Err(Error::NewerSchema {
@@ -503,6 +510,14 @@ impl Store {
     fn now(&self) -> String {
         timestamp((self.clock)())
     }
+}
+
+fn has_tables(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table')",
+        [],
+        |row| row.get(0),
+    )
 }
 
 /// The schema version refinery recorded, or `None` for a database it never migrated.

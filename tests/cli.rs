@@ -299,6 +299,25 @@ fn a_file_that_is_not_sqlite_is_refused_untouched() {
 }
 
 #[test]
+fn another_applications_sqlite_database_is_refused_untouched() {
+    let env = Env::new();
+    env.sql()
+        .execute_batch(
+            "CREATE TABLE invoices (id INTEGER PRIMARY KEY); INSERT INTO invoices VALUES (7);",
+        )
+        .unwrap();
+    let before = std::fs::read(&env.db).unwrap();
+    assert_eq!(
+        env.fails(&["flag", "list"]),
+        format!(
+            "flagstore: {} is not a flagstore database: it is an SQLite database with tables of its own",
+            env.db.display()
+        )
+    );
+    assert_eq!(std::fs::read(&env.db).unwrap(), before);
+}
+
+#[test]
 fn a_database_from_a_newer_flagstore_is_refused() {
     let env = Env::new();
     env.import_json(PIPELINE);
