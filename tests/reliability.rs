@@ -198,19 +198,21 @@ impl Random {
     }
 }
 
-fn crash_iterations() -> usize {
-    std::env::var("FLAGSTORE_CRASH_ITERATIONS")
+/// A number from the environment, for running the crash loops longer or replaying one.
+fn from_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+        .unwrap_or(default)
+}
+
+fn crash_iterations() -> usize {
+    from_env("FLAGSTORE_CRASH_ITERATIONS", 20)
 }
 
 #[test]
 fn a_batch_killed_at_random_moments_leaves_a_sound_store() {
-    let seed = std::env::var("FLAGSTORE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed);
+    let seed = from_env("FLAGSTORE_CRASH_SEED", 0x5eed);
     let mut random = Random(seed);
     let reference = Env::new();
     reference.import_json(FLAGS);
@@ -265,10 +267,7 @@ fn a_batch_killed_at_random_moments_leaves_a_sound_store() {
 
 #[test]
 fn an_import_killed_at_random_moments_is_all_or_nothing() {
-    let seed = std::env::var("FLAGSTORE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x1e5);
+    let seed = from_env("FLAGSTORE_CRASH_SEED", 0x1e5);
     let mut random = Random(seed);
     let env = Env::new();
     let flags: Vec<Value> = (0..3_000)
