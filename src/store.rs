@@ -372,7 +372,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let flags = load_flags(&tx)?;
         let selection = Selection::Flags(vec![flag.to_string()]);
-        let plan = EvaluationPlan::new(&flags, &selection);
+        let plan = EvaluationPlan::showing_all_assignments(&flags, &selection);
         let mut stored = HashMap::new();
         plan.fetch_assignments(&mut plan.lookup_statements(&tx)?, context, &mut stored)?;
         drop(plan);
@@ -739,14 +739,27 @@ fn lookup_sql(flags: usize) -> String {
 }
 
 impl<'a> EvaluationPlan<'a> {
+    /// A plan for evaluating: a disabled flag is decided before its assignment is consulted
+    /// (the kill switch wins), so only enabled flags are looked up.
     fn new(flags: &'a FlagSet, selection: &'a Selection) -> EvaluationPlan<'a> {
+        EvaluationPlan::looking_up(flags, selection, |flag| flag.enabled)
+    }
+
+    /// A plan for explaining, which shows every stored assignment, relevant or not.
+    fn showing_all_assignments(flags: &'a FlagSet, selection: &'a Selection) -> EvaluationPlan<'a> {
+        EvaluationPlan::looking_up(flags, selection, |_| true)
+    }
+
+    fn looking_up(
+        flags: &'a FlagSet,
+        selection: &'a Selection,
+        consulted: impl Fn(&Flag) -> bool,
+    ) -> EvaluationPlan<'a> {
         let requested = selection.names(flags);
-        // A disabled flag is decided before its assignment is consulted (the kill switch wins),
-        // so only enabled flags are looked up.
         let lookups: Vec<&str> = flags
             .closure(requested.iter().copied())
             .into_iter()
-            .filter(|name| flags.get(name).is_some_and(|flag| flag.enabled))
+            .filter(|name| flags.get(name).is_some_and(&consulted))
             .collect();
         let lookup_sql = lookups
             .chunks(FLAGS_PER_LOOKUP)

@@ -295,3 +295,18 @@ fn explain_at_names_an_unreadable_change_row() {
         "{message}"
     );
 }
+
+#[test]
+fn explain_shows_the_stored_assignment_of_a_disabled_flag() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f", "sticky": "all"}]}"#);
+    env.ok(&["eval", "f", "--context", "k"]);
+    env.ok(&["flag", "disable", "f"]);
+    let text = env.ok(&["explain", "f", "--context", "k"]);
+    assert!(text.contains("  2 enabled:        no\n"), "{text}");
+    assert!(text.contains("  4 assignment:     on since "), "{text}");
+    assert!(
+        text.ends_with("  answer:           false (disabled)\n"),
+        "{text}"
+    );
+}
