@@ -9,7 +9,7 @@ use crate::audit::AuditQuery;
 use crate::cli::write_batch_line;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy};
-use crate::store::{BATCH_KEYS, BatchReport, Selection, Store};
+use crate::store::{BatchReport, Selection, Store, keys_per_transaction};
 
 /// A pipeline-like flag set: a chain of dependencies, partial rollouts, one kill switch. The
 /// partial rollouts store every decision, so the second pass is all sticky hits.
@@ -79,7 +79,8 @@ fn run_in(store: &mut Store, path: &Path, keys: u64, out: &mut impl Write) -> Re
     let flag_count = bench_flags().len();
     writeln!(
         out,
-        "{keys} keys x {flag_count} flags, {BATCH_KEYS} keys per transaction, database {}",
+        "{keys} keys x {flag_count} flags, {} keys per transaction, database {}",
+        keys_per_transaction(flag_count),
         path.display()
     )
     .map_err(write_error)?;
