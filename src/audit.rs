@@ -152,7 +152,7 @@ pub fn decision_before(
 
 /// A column value as the hash encodes it.
 #[derive(Debug, Clone, Copy)]
-pub enum Field<'a> {
+enum Field<'a> {
     Null,
     Integer(i64),
     Text(&'a str),
@@ -177,7 +177,7 @@ impl From<Option<i64>> for Field<'_> {
 }
 
 /// The hash of a row whose columns (id through detail, in table order) are `fields`.
-pub fn row_hash(prev_hash: &str, fields: &[Field]) -> String {
+fn row_hash(prev_hash: &str, fields: &[Field]) -> String {
     // Runs for every audit row a batch writes, so numbers and hex are formatted without
     // allocating.
     let mut digits = itoa::Buffer::new();
@@ -211,20 +211,55 @@ pub fn row_hash(prev_hash: &str, fields: &[Field]) -> String {
 impl AuditRow {
     /// The hash this row should carry, given the chain before it.
     pub fn expected_hash(&self, prev_hash: &str) -> String {
+        let entry = Entry {
+            ts: &self.ts,
+            kind: &self.kind,
+            actor: &self.actor,
+            action: self.action.as_deref(),
+            flag: &self.flag,
+            context_key: self.context_key.as_deref(),
+            result: self.result,
+            source: self.source.as_deref(),
+            reason: &self.reason,
+            detail: &self.detail,
+        };
+        entry.hash(self.id, prev_hash)
+    }
+}
+
+/// The columns of an audit row that its writer supplies: all but `id` and the two hashes.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub ts: &'a str,
+    pub kind: &'a str,
+    pub actor: &'a str,
+    pub action: Option<&'a str>,
+    pub flag: &'a str,
+    pub context_key: Option<&'a str>,
+    pub result: Option<i64>,
+    pub source: Option<&'a str>,
+    pub reason: &'a str,
+    pub detail: &'a str,
+}
+
+impl Entry<'_> {
+    /// The row's `hash` once it is stored as row `id` after a row whose hash is `prev_hash`.
+    /// The one place that fixes which columns are hashed, and in which order.
+    pub fn hash(&self, id: i64, prev_hash: &str) -> String {
         row_hash(
             prev_hash,
             &[
-                Field::Integer(self.id),
-                self.ts.as_str().into(),
-                self.kind.as_str().into(),
-                self.actor.as_str().into(),
-                self.action.as_deref().into(),
-                self.flag.as_str().into(),
-                self.context_key.as_deref().into(),
+                Field::Integer(id),
+                self.ts.into(),
+                self.kind.into(),
+                self.actor.into(),
+                self.action.into(),
+                self.flag.into(),
+                self.context_key.into(),
                 self.result.into(),
-                self.source.as_deref().into(),
-                self.reason.as_str().into(),
-                self.detail.as_str().into(),
+                self.source.into(),
+                self.reason.into(),
+                self.detail.into(),
             ],
         )
     }

@@ -13,7 +13,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{CachedStatement, Connection, ErrorCode, OptionalExtension, ToSql};
 use serde_json::json;
 
-use crate::audit::{AuditQuery, AuditRow, Field, GENESIS_HASH, row_hash, timestamp};
+use crate::audit::{AuditQuery, AuditRow, Entry, GENESIS_HASH, timestamp};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation, StoredAssignment};
@@ -247,10 +247,9 @@ impl Store {
     }
 
     /// Evaluates the selected flags for every key, about [`BATCH_EVALUATIONS`] evaluations
-    /// per transaction. Keys
-    /// are read before the write lock is taken, so a slow producer never holds other writers
-    /// up; results are handed to `emit` only once their transaction has committed, so nothing
-    /// is reported that was not persisted.
+    /// per transaction. Keys are read before the write lock is taken, so a slow producer never
+    /// holds other writers up; results are handed to `emit` only once their transaction has
+    /// committed, so nothing is reported that was not persisted.
     pub fn evaluate_batch(
         &mut self,
         selection: &Selection,
@@ -359,7 +358,7 @@ impl Store {
         };
         append_audit(
             &tx,
-            &[AuditEntry {
+            &[Entry {
                 ts: &ts,
                 kind: "change",
                 actor,
@@ -389,7 +388,6 @@ impl Store {
         let plan = EvaluationPlan::showing_all_assignments(&flags, &selection);
         let mut stored = HashMap::new();
         plan.fetch_assignments(&mut plan.lookup_statements(&tx)?, context, &mut stored)?;
-        drop(plan);
         Ok((flags, stored))
     }
 
@@ -694,6 +692,7 @@ fn write_changes(
             insert.execute((change.flag_name(), required))?;
         }
     }
+    let mut texts = Vec::with_capacity(changes.len());
     for change in changes {
         let mut detail = json!({ "before": change.before(), "after": change.after() });
         if let Change::Delete(flag) = change {
@@ -704,23 +703,25 @@ fn write_changes(
                 .execute([&flag.name])?;
             detail["assignments_deleted"] = json!(cleared);
         }
-        append_audit(
-            tx,
-            &[AuditEntry {
-                ts,
-                kind: "change",
-                actor,
-                action: Some(change.action()),
-                flag: change.flag_name(),
-                context_key: None,
-                result: None,
-                source: None,
-                reason: &format!("{via}: {}", change.summary()),
-                detail: &detail.to_string(),
-            }],
-        )?;
+        texts.push((format!("{via}: {}", change.summary()), detail.to_string()));
     }
-    Ok(())
+    let entries: Vec<Entry> = changes
+        .iter()
+        .zip(&texts)
+        .map(|(change, (reason, detail))| Entry {
+            ts,
+            kind: "change",
+            actor,
+            action: Some(change.action()),
+            flag: change.flag_name(),
+            context_key: None,
+            result: None,
+            source: None,
+            reason,
+            detail,
+        })
+        .collect();
+    append_audit(tx, &entries)
 }
 
 /// What a set of evaluations needs to know once per flag definition, not once per key.
@@ -866,14 +867,14 @@ impl<'a> EvaluationPlan<'a> {
         for ((key, evaluations), details) in keys.iter().zip(&results).zip(&details) {
             for (evaluation, detail) in evaluations.iter().zip(details) {
                 let decision = &evaluation.decision;
-                entries.push(AuditEntry {
+                entries.push(Entry {
                     ts,
                     kind: "evaluation",
                     actor,
                     action: None,
                     flag: &evaluation.flag,
                     context_key: Some(key),
-                    result: Some(decision.enabled),
+                    result: Some(i64::from(decision.enabled)),
                     source: Some(decision.source.as_str()),
                     reason: &decision.reason,
                     detail,
@@ -906,22 +907,9 @@ fn evaluation_detail(evaluation: &Evaluation) -> String {
     detail
 }
 
-struct AuditEntry<'a> {
-    ts: &'a str,
-    kind: &'a str,
-    actor: &'a str,
-    action: Option<&'a str>,
-    flag: &'a str,
-    context_key: Option<&'a str>,
-    result: Option<bool>,
-    source: Option<&'a str>,
-    reason: &'a str,
-    detail: &'a str,
-}
-
 /// Appends rows to the audit log, extending its hash chain from the last row. Runs inside the
 /// caller's write transaction, so no other writer can interleave rows.
-fn append_audit(tx: &Connection, entries: &[AuditEntry]) -> Result<()> {
+fn append_audit(tx: &Connection, entries: &[Entry]) -> Result<()> {
     let tail: Option<(i64, String)> = tx
         .prepare_cached("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -930,22 +918,7 @@ fn append_audit(tx: &Connection, entries: &[AuditEntry]) -> Result<()> {
     let mut links: Vec<(i64, String, String)> = Vec::with_capacity(entries.len());
     for entry in entries {
         id += 1;
-        let hash = row_hash(
-            &prev_hash,
-            &[
-                Field::Integer(id),
-                entry.ts.into(),
-                entry.kind.into(),
-                entry.actor.into(),
-                entry.action.into(),
-                entry.flag.into(),
-                entry.context_key.into(),
-                entry.result.map(i64::from).into(),
-                entry.source.into(),
-                entry.reason.into(),
-                entry.detail.into(),
-            ],
-        );
+        let hash = entry.hash(id, &prev_hash);
         links.push((id, std::mem::replace(&mut prev_hash, hash.clone()), hash));
     }
     let mut values: Vec<&dyn ToSql> = Vec::with_capacity(entries.len() * 13);
