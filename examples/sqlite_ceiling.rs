@@ -1,0 +1,211 @@
+//! How fast SQLite alone can take the rows a batch evaluation writes, with no evaluation,
+//! hashing or lookups: the ceiling the schema puts on `flagstore bench eval`.
+//!
+//! `cargo run --release --example sqlite_ceiling -- [KEYS] [ROUNDS] [DIR]`
+//!
+//! Each variant fills a fresh store (migrated by flagstore) with KEYS keys x 5 flags of
+//! evaluation rows shaped like the real ones (same columns, value lengths, 64 rows per INSERT,
+//! 1,000 keys per BEGIN IMMEDIATE ... COMMIT), first with the 4 assignments a fresh key stores,
+//! then audit rows alone as on a second pass. Variants run in turn, ROUNDS times, and the
+//! medians are printed. Only `as built` is what flagstore promises; the others show what each
+//! relaxation of the schema or of durability would buy.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rusqlite::{Connection, ToSql, params_from_iter};
+
+const FLAGS: [&str; 5] = ["ingest", "dedupe", "enrich", "export_v2", "legacy_export"];
+const ASSIGNED_PER_KEY: usize = 4;
+const KEYS_PER_TRANSACTION: usize = 1_000;
+const ROWS_PER_INSERT: usize = 64;
+const TS: &str = "2026-11-23T20:45:37.123Z";
+const HASH: &str = "9775efa881c6c9bf5b7a39f0f82cea3c56b318bb1ac96432d5cb7e5e465e179a";
+
+struct Variant {
+    name: &'static str,
+    setup: &'static str,
+    /// A key's evaluations share one audit row (not what the schema promises reviewers:
+    /// this shows what that would buy).
+    one_row_per_key: bool,
+}
+
+/// The `detail` of a row holding all of a key's evaluations.
+const ONE_ROW_DETAIL: &str = r#"{"ingest":[1,"rollout",42],"dedupe":[1,"rollout",42],"enrich":[1,"rollout",42],"export_v2":[0,"rollout",42],"legacy_export":[0,"disabled",null]}"#;
+
+const VARIANTS: [Variant; 5] = [
+    Variant {
+        name: "as built",
+        setup: "",
+        one_row_per_key: false,
+    },
+    Variant {
+        name: "no context index",
+        setup: "DROP INDEX audit_log_context;",
+        one_row_per_key: false,
+    },
+    Variant {
+        name: "no audit indexes",
+        setup: "DROP INDEX audit_log_context; DROP INDEX audit_log_flag;",
+        one_row_per_key: false,
+    },
+    Variant {
+        name: "synchronous=NORMAL",
+        setup: "PRAGMA synchronous = NORMAL;",
+        one_row_per_key: false,
+    },
+    Variant {
+        name: "one row per key",
+        setup: "",
+        one_row_per_key: true,
+    },
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let keys: usize = args.next().map_or(Ok(200_000), |a| a.parse())?;
+    let rounds: usize = args.next().map_or(Ok(3), |a| a.parse())?;
+    let dir = args.next().map_or(std::env::temp_dir(), Into::into);
+    let mut fresh = vec![Vec::new(); VARIANTS.len()];
+    let mut hits = vec![Vec::new(); VARIANTS.len()];
+    for _ in 0..rounds {
+        for (i, variant) in VARIANTS.iter().enumerate() {
+            let (f, h) = fill(&dir, variant, keys)?;
+            fresh[i].push(f);
+            hits[i].push(h);
+        }
+    }
+    println!(
+        "{keys} keys x {} flags, {rounds} round(s), medians of evaluations per second",
+        FLAGS.len()
+    );
+    println!(
+        "{:<20} {:>22} {:>22}",
+        "variant", "fresh (+ assignments)", "hits (audit alone)"
+    );
+    for (i, variant) in VARIANTS.iter().enumerate() {
+        println!(
+            "{:<20} {:>22.0} {:>22.0}",
+            variant.name,
+            median(&mut fresh[i]),
+            median(&mut hits[i])
+        );
+    }
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Fills a fresh store twice over and returns evaluation rows per second for each pass.
+fn fill(dir: &Path, variant: &Variant, keys: usize) -> rusqlite::Result<(f64, f64)> {
+    let path = dir.join(format!("flagstore-ceiling-{}.db", std::process::id()));
+    // The store is created and migrated by flagstore itself, so the schema is the real one.
+    drop(flagstore::Store::open(&path).expect("a fresh store opens"));
+    let conn = Connection::open(&path)?;
+    // The pragmas flagstore sets on every connection that matter to writing.
+    conn.execute_batch(
+        "PRAGMA cache_size = -16384; PRAGMA temp_store = memory; \
+         PRAGMA wal_autocheckpoint = 10000; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.execute_batch(
+        "INSERT INTO flags (name, enabled, rollout_pct, sticky, created_at, updated_at) \
+         VALUES ('ingest', 1, 100, 'on_only', '', ''), ('dedupe', 1, 100, 'on_only', '', ''), \
+         ('enrich', 1, 50, 'all', '', ''), ('export_v2', 1, 12.5, 'all', '', ''), \
+         ('legacy_export', 0, 100, 'on_only', '', '');",
+    )?;
+    conn.execute_batch(variant.setup)?;
+    let mut last_id = 0;
+    let fresh = insert_pass(&conn, variant, keys, &mut last_id, true)?;
+    let hits = insert_pass(&conn, variant, keys, &mut last_id, false)?;
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    Ok((fresh, hits))
+}
+
+fn insert_pass(
+    conn: &Connection,
+    variant: &Variant,
+    keys: usize,
+    id: &mut i64,
+    assign: bool,
+) -> rusqlite::Result<f64> {
+    let audit_sql = multi_row_insert(
+        "INSERT OR ROLLBACK INTO audit_log (id, ts, kind, actor, action, flag, context_key, \
+         result, source, reason, detail, prev_hash, hash)",
+        13,
+    );
+    let assignment_sql = multi_row_insert(
+        "INSERT OR ROLLBACK INTO assignments \
+         (flag, context_key, decision, bucket, rollout_pct, assigned_at)",
+        6,
+    );
+    let started = Instant::now();
+    for first_key in (0..keys).step_by(KEYS_PER_TRANSACTION) {
+        let names: Vec<String> = (first_key..keys.min(first_key + KEYS_PER_TRANSACTION))
+            .map(|k| format!("tenant-{k:09}"))
+            .collect();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        if assign {
+            let mut insert = conn.prepare_cached(&assignment_sql[ASSIGNED_PER_KEY])?;
+            for key in &names {
+                let mut values: Vec<&dyn ToSql> = Vec::new();
+                for flag in &FLAGS[..ASSIGNED_PER_KEY] {
+                    values.extend([flag as &dyn ToSql, key, &true, &42, &50.0, &TS]);
+                }
+                insert.execute(params_from_iter(values))?;
+            }
+        }
+        let (flags, detail) = if variant.one_row_per_key {
+            (&["*"][..], ONE_ROW_DETAIL)
+        } else {
+            (&FLAGS[..], r#"{"bucket":42,"assigned":["enrich"]}"#)
+        };
+        let rows: Vec<(i64, &str, &String)> = names
+            .iter()
+            .flat_map(|key| flags.iter().map(move |flag| (flag, key)))
+            .map(|(flag, key)| {
+                *id += 1;
+                (*id, *flag, key)
+            })
+            .collect();
+        for group in rows.chunks(ROWS_PER_INSERT) {
+            let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 13);
+            for (id, flag, key) in group {
+                values.extend([
+                    id as &dyn ToSql,
+                    &TS,
+                    &"evaluation",
+                    &"bench",
+                    &None::<&str>,
+                    flag,
+                    *key,
+                    &1,
+                    &"rollout",
+                    &"rollout: bucket 42 < 50",
+                    &detail,
+                    &HASH,
+                    &HASH,
+                ]);
+            }
+            conn.prepare_cached(&audit_sql[group.len()])?
+                .execute(params_from_iter(values))?;
+        }
+        conn.execute_batch("COMMIT")?;
+    }
+    Ok((keys * FLAGS.len()) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `insert` with 0..=ROWS_PER_INSERT rows of `columns` parameters, indexed by row count.
+fn multi_row_insert(insert: &str, columns: usize) -> Vec<String> {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    (0..=ROWS_PER_INSERT)
+        .map(|rows| format!("{insert} VALUES {}", vec![row.as_str(); rows].join(", ")))
+        .collect()
+}
