@@ -8,12 +8,12 @@
 //! 1,000 keys per BEGIN IMMEDIATE ... COMMIT), first with the 4 assignments a fresh key stores,
 //! then audit rows alone as on a second pass. Variants run in turn, ROUNDS times, and the
 //! medians are printed. Only `as built` is what flagstore promises; the others show what each
-//! relaxation of the schema or of durability would buy.
+//! relaxation of the schema or of durability would buy (see `Rows`).
 
 use std::path::Path;
 use std::time::Instant;
 
-use rusqlite::{Connection, ToSql, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, ToSql, params_from_iter};
 
 const FLAGS: [&str; 5] = ["ingest", "dedupe", "enrich", "export_v2", "legacy_export"];
 const ASSIGNED_PER_KEY: usize = 4;
@@ -25,39 +25,63 @@ const HASH: &str = "9775efa881c6c9bf5b7a39f0f82cea3c56b318bb1ac96432d5cb7e5e465e
 struct Variant {
     name: &'static str,
     setup: &'static str,
-    /// A key's evaluations share one audit row (not what the schema promises reviewers:
-    /// this shows what that would buy).
-    one_row_per_key: bool,
+    rows: Rows,
 }
 
-/// The `detail` of a row holding all of a key's evaluations.
-const ONE_ROW_DETAIL: &str = r#"{"ingest":[1,"rollout",42],"dedupe":[1,"rollout",42],"enrich":[1,"rollout",42],"export_v2":[0,"rollout",42],"legacy_export":[0,"disabled",null]}"#;
+/// What one audit row holds.
+enum Rows {
+    /// One `audit_log` row per evaluation: what the schema promises reviewers.
+    PerEvaluation,
+    /// One `audit_log` row holding all of a key's evaluations in `detail`.
+    PerKey,
+    /// One row per evaluation in `compact_log` (see COMPACT_SCHEMA): numbers where the schema
+    /// has text, contexts stored once, reason and detail left to be derived, 32-byte hashes.
+    Compact,
+}
 
-const VARIANTS: [Variant; 5] = [
+/// `detail` of a row per evaluation, and of a row holding all of a key's evaluations.
+const PER_EVALUATION_DETAIL: &str = r#"{"bucket":42,"assigned":["enrich"]}"#;
+const PER_KEY_DETAIL: &str = r#"{"ingest":[1,"rollout",42],"dedupe":[1,"rollout",42],"enrich":[1,"rollout",42],"export_v2":[0,"rollout",42],"legacy_export":[0,"disabled",null]}"#;
+
+const COMPACT_SCHEMA: &str = "
+    CREATE TABLE contexts (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+    CREATE TABLE compact_log (
+        id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, flag_id INTEGER NOT NULL,
+        context_id INTEGER NOT NULL, result INTEGER, source INTEGER, bucket INTEGER,
+        prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
+    CREATE INDEX compact_log_flag ON compact_log (flag_id, id);
+    CREATE INDEX compact_log_context ON compact_log (context_id, id);";
+
+const VARIANTS: [Variant; 6] = [
     Variant {
         name: "as built",
         setup: "",
-        one_row_per_key: false,
+        rows: Rows::PerEvaluation,
     },
     Variant {
         name: "no context index",
         setup: "DROP INDEX audit_log_context;",
-        one_row_per_key: false,
+        rows: Rows::PerEvaluation,
     },
     Variant {
         name: "no audit indexes",
         setup: "DROP INDEX audit_log_context; DROP INDEX audit_log_flag;",
-        one_row_per_key: false,
+        rows: Rows::PerEvaluation,
     },
     Variant {
         name: "synchronous=NORMAL",
         setup: "PRAGMA synchronous = NORMAL;",
-        one_row_per_key: false,
+        rows: Rows::PerEvaluation,
+    },
+    Variant {
+        name: "compact rows",
+        setup: COMPACT_SCHEMA,
+        rows: Rows::Compact,
     },
     Variant {
         name: "one row per key",
         setup: "",
-        one_row_per_key: true,
+        rows: Rows::PerKey,
     },
 ];
 
@@ -141,6 +165,11 @@ fn insert_pass(
          result, source, reason, detail, prev_hash, hash)",
         13,
     );
+    let compact_sql = multi_row_insert(
+        "INSERT OR ROLLBACK INTO compact_log (id, ts, flag_id, context_id, result, source, \
+         bucket, prev_hash, hash)",
+        9,
+    );
     let assignment_sql = multi_row_insert(
         "INSERT OR ROLLBACK INTO assignments \
          (flag, context_key, decision, bucket, rollout_pct, assigned_at)",
@@ -162,44 +191,106 @@ fn insert_pass(
                 insert.execute(params_from_iter(values))?;
             }
         }
-        let (flags, detail) = if variant.one_row_per_key {
-            (&["*"][..], ONE_ROW_DETAIL)
-        } else {
-            (&FLAGS[..], r#"{"bucket":42,"assigned":["enrich"]}"#)
-        };
-        let rows: Vec<(i64, &str, &String)> = names
-            .iter()
-            .flat_map(|key| flags.iter().map(move |flag| (flag, key)))
-            .map(|(flag, key)| {
-                *id += 1;
-                (*id, *flag, key)
-            })
-            .collect();
-        for group in rows.chunks(ROWS_PER_INSERT) {
-            let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 13);
-            for (id, flag, key) in group {
-                values.extend([
-                    id as &dyn ToSql,
-                    &TS,
-                    &"evaluation",
-                    &"bench",
-                    &None::<&str>,
-                    flag,
-                    *key,
-                    &1,
-                    &"rollout",
-                    &"rollout: bucket 42 < 50",
-                    &detail,
-                    &HASH,
-                    &HASH,
-                ]);
+        match variant.rows {
+            Rows::PerEvaluation => {
+                insert_audit_rows(conn, &audit_sql, &names, &FLAGS, PER_EVALUATION_DETAIL, id)?
             }
-            conn.prepare_cached(&audit_sql[group.len()])?
-                .execute(params_from_iter(values))?;
+            Rows::PerKey => {
+                insert_audit_rows(conn, &audit_sql, &names, &["*"], PER_KEY_DETAIL, id)?
+            }
+            Rows::Compact => insert_compact_rows(conn, &compact_sql, &names, id)?,
         }
         conn.execute_batch("COMMIT")?;
     }
     Ok((keys * FLAGS.len()) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Audit rows for each of `names` and each of `flags`, ROWS_PER_INSERT per INSERT.
+fn insert_audit_rows(
+    conn: &Connection,
+    audit_sql: &[String],
+    names: &[String],
+    flags: &[&str],
+    detail: &str,
+    id: &mut i64,
+) -> rusqlite::Result<()> {
+    let rows: Vec<(i64, &str, &String)> = names
+        .iter()
+        .flat_map(|key| flags.iter().map(move |flag| (*flag, key)))
+        .map(|(flag, key)| {
+            *id += 1;
+            (*id, flag, key)
+        })
+        .collect();
+    for group in rows.chunks(ROWS_PER_INSERT) {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 13);
+        for (id, flag, key) in group {
+            values.extend([
+                id as &dyn ToSql,
+                &TS,
+                &"evaluation",
+                &"bench",
+                &None::<&str>,
+                flag,
+                *key,
+                &1,
+                &"rollout",
+                &"rollout: bucket 42 < 50",
+                &detail,
+                &HASH,
+                &HASH,
+            ]);
+        }
+        conn.prepare_cached(&audit_sql[group.len()])?
+            .execute(params_from_iter(values))?;
+    }
+    Ok(())
+}
+
+/// Compact rows for each of `names` and each flag, with each context stored once.
+fn insert_compact_rows(
+    conn: &Connection,
+    compact_sql: &[String],
+    names: &[String],
+    id: &mut i64,
+) -> rusqlite::Result<()> {
+    let hash = [0x97u8; 32];
+    let mut rows: Vec<(i64, i64, i64)> = Vec::with_capacity(names.len() * FLAGS.len());
+    for key in names {
+        let known = conn
+            .prepare_cached("SELECT id FROM contexts WHERE key = ?1")?
+            .query_row([key], |row| row.get(0))
+            .optional()?;
+        let context_id: i64 = match known {
+            Some(context_id) => context_id,
+            None => conn
+                .prepare_cached("INSERT INTO contexts (key) VALUES (?1) RETURNING id")?
+                .query_row([key], |row| row.get(0))?,
+        };
+        for flag_id in 0..FLAGS.len() as i64 {
+            *id += 1;
+            rows.push((*id, flag_id, context_id));
+        }
+    }
+    for group in rows.chunks(ROWS_PER_INSERT) {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 9);
+        for (id, flag_id, context_id) in group {
+            values.extend([
+                id as &dyn ToSql,
+                &1_795_000_000_123i64,
+                flag_id,
+                context_id,
+                &1,
+                &2,
+                &42,
+                &hash,
+                &hash,
+            ]);
+        }
+        conn.prepare_cached(&compact_sql[group.len()])?
+            .execute(params_from_iter(values))?;
+    }
+    Ok(())
 }
 
 /// `insert` with 0..=ROWS_PER_INSERT rows of `columns` parameters, indexed by row count.
