@@ -10,7 +10,9 @@
 //! medians are printed. Only `as built` is what flagstore promises; the others show what each
 //! relaxation of the schema or of durability would buy (see `Rows`).
 
+use std::error::Error;
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params_from_iter};
@@ -85,10 +87,33 @@ const VARIANTS: [Variant; 6] = [
     },
 ];
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sqlite_ceiling: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The positional argument `name`, a count of at least 1, or `default` when it is absent.
+fn count_arg(arg: Option<String>, name: &str, default: usize) -> Result<usize, String> {
+    match arg {
+        None => Ok(default),
+        Some(text) => match text.parse() {
+            Ok(count) if count > 0 => Ok(count),
+            _ => Err(format!(
+                "{name} must be a whole number of at least 1, not {text:?}"
+            )),
+        },
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let keys: usize = args.next().map_or(Ok(200_000), |a| a.parse())?;
-    let rounds: usize = args.next().map_or(Ok(3), |a| a.parse())?;
+    let keys = count_arg(args.next(), "KEYS", 200_000)?;
+    let rounds = count_arg(args.next(), "ROUNDS", 3)?;
     let dir = args.next().map_or(std::env::temp_dir(), Into::into);
     let mut fresh = vec![Vec::new(); VARIANTS.len()];
     let mut hits = vec![Vec::new(); VARIANTS.len()];
@@ -123,12 +148,24 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Fills a fresh store twice over and returns evaluation rows per second for each pass.
-fn fill(dir: &Path, variant: &Variant, keys: usize) -> rusqlite::Result<(f64, f64)> {
+/// Fills a fresh store twice over and returns evaluation rows per second for each pass. The
+/// store is removed afterwards, whether or not the passes succeed.
+fn fill(dir: &Path, variant: &Variant, keys: usize) -> Result<(f64, f64), Box<dyn Error>> {
     let path = dir.join(format!("flagstore-ceiling-{}.db", std::process::id()));
+    let passes = fill_at(&path, variant, keys);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        // Best effort: a file that was never created is the usual reason this fails.
+        let _ = std::fs::remove_file(file);
+    }
+    passes
+}
+
+fn fill_at(path: &Path, variant: &Variant, keys: usize) -> Result<(f64, f64), Box<dyn Error>> {
     // The store is created and migrated by flagstore itself, so the schema is the real one.
-    drop(flagstore::Store::open(&path).expect("a fresh store opens"));
-    let conn = Connection::open(&path)?;
+    drop(flagstore::Store::open(path)?);
+    let conn = Connection::open(path)?;
     // The pragmas flagstore sets on every connection that matter to writing.
     conn.execute_batch(
         "PRAGMA cache_size = -16384; PRAGMA temp_store = memory; \
@@ -144,12 +181,6 @@ fn fill(dir: &Path, variant: &Variant, keys: usize) -> rusqlite::Result<(f64, f6
     let mut last_id = 0;
     let fresh = insert_pass(&conn, variant, keys, &mut last_id, true)?;
     let hits = insert_pass(&conn, variant, keys, &mut last_id, false)?;
-    drop(conn);
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
     Ok((fresh, hits))
 }
 
