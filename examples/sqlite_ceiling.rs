@@ -3,10 +3,11 @@
 //!
 //! `cargo run --release --example sqlite_ceiling -- [KEYS] [ROUNDS] [DIR]`
 //!
-//! Each variant fills a fresh store (migrated by flagstore) with KEYS keys x 5 flags of
-//! evaluation rows shaped like the real ones (same columns, value lengths, 64 rows per INSERT,
-//! 1,000 keys per BEGIN IMMEDIATE ... COMMIT), first with the 4 assignments a fresh key stores,
-//! then audit rows alone as on a second pass. Variants run in turn, ROUNDS times, and the
+//! Each variant fills a fresh store holding `flagstore bench`'s flags (created and migrated by
+//! flagstore, so the schema is the real one) with KEYS keys x those flags of evaluation rows
+//! shaped like the real ones (same columns, value lengths, 64 rows per INSERT, as many keys
+//! per BEGIN IMMEDIATE ... COMMIT as a batch), first with the assignment every enabled flag
+//! stores for a fresh key, then audit rows alone as on a second pass. Variants run in turn, ROUNDS times, and the
 //! medians are printed. Only `as built` is what flagstore promises; the others show what each
 //! relaxation of the schema or of durability would buy (see `Rows`).
 
@@ -15,11 +16,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use flagstore::bench::{bench_flags, with_temporary_store};
+use flagstore::store::keys_per_transaction;
 use rusqlite::{Connection, OptionalExtension, ToSql, params_from_iter};
 
-const FLAGS: [&str; 5] = ["ingest", "dedupe", "enrich", "export_v2", "legacy_export"];
-const ASSIGNED_PER_KEY: usize = 4;
-const KEYS_PER_TRANSACTION: usize = 1_000;
+/// Rows per multi-row INSERT, as `store.rs` writes them.
 const ROWS_PER_INSERT: usize = 64;
 const TS: &str = "2026-11-23T20:45:37.123Z";
 const HASH: &str = "9775efa881c6c9bf5b7a39f0f82cea3c56b318bb1ac96432d5cb7e5e465e179a";
@@ -115,18 +116,21 @@ fn run() -> Result<(), Box<dyn Error>> {
     let keys = count_arg(args.next(), "KEYS", 200_000)?;
     let rounds = count_arg(args.next(), "ROUNDS", 3)?;
     let dir = args.next().map_or(std::env::temp_dir(), Into::into);
+    let workload = Workload::of_bench();
     let mut fresh = vec![Vec::new(); VARIANTS.len()];
     let mut hits = vec![Vec::new(); VARIANTS.len()];
     for _ in 0..rounds {
         for (i, variant) in VARIANTS.iter().enumerate() {
-            let (f, h) = fill(&dir, variant, keys)?;
+            let (f, h) = fill(&dir, &workload, variant, keys)?;
             fresh[i].push(f);
             hits[i].push(h);
         }
     }
     println!(
-        "{keys} keys x {} flags, {rounds} round(s), medians of evaluations per second",
-        FLAGS.len()
+        "{keys} keys x {} flags, {} keys per transaction, {rounds} round(s), \
+         medians of evaluations per second",
+        workload.flags.len(),
+        workload.keys_per_transaction
     );
     println!(
         "{:<20} {:>22} {:>22}",
@@ -148,44 +152,60 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Fills a fresh store twice over and returns evaluation rows per second for each pass. The
-/// store is removed afterwards, whether or not the passes succeed.
-fn fill(dir: &Path, variant: &Variant, keys: usize) -> Result<(f64, f64), Box<dyn Error>> {
-    let path = dir.join(format!("flagstore-ceiling-{}.db", std::process::id()));
-    let passes = fill_at(&path, variant, keys);
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        // Best effort: a file that was never created is the usual reason this fails.
-        let _ = std::fs::remove_file(file);
-    }
-    passes
+/// What a batch over `bench_flags` writes per key.
+struct Workload {
+    flags: Vec<String>,
+    /// Flags whose decision a fresh key stores: every enabled one (their rollouts are 100% with
+    /// sticky `on_only`, or `all`).
+    assigned: Vec<String>,
+    keys_per_transaction: usize,
 }
 
-fn fill_at(path: &Path, variant: &Variant, keys: usize) -> Result<(f64, f64), Box<dyn Error>> {
-    // The store is created and migrated by flagstore itself, so the schema is the real one.
-    drop(flagstore::Store::open(path)?);
-    let conn = Connection::open(path)?;
-    // The pragmas flagstore sets on every connection that matter to writing.
-    conn.execute_batch(
-        "PRAGMA cache_size = -16384; PRAGMA temp_store = memory; \
-         PRAGMA wal_autocheckpoint = 10000; PRAGMA foreign_keys = ON;",
-    )?;
-    conn.execute_batch(
-        "INSERT INTO flags (name, enabled, rollout_pct, sticky, created_at, updated_at) \
-         VALUES ('ingest', 1, 100, 'on_only', '', ''), ('dedupe', 1, 100, 'on_only', '', ''), \
-         ('enrich', 1, 50, 'all', '', ''), ('export_v2', 1, 12.5, 'all', '', ''), \
-         ('legacy_export', 0, 100, 'on_only', '', '');",
-    )?;
-    conn.execute_batch(variant.setup)?;
-    let mut last_id = 0;
-    let fresh = insert_pass(&conn, variant, keys, &mut last_id, true)?;
-    let hits = insert_pass(&conn, variant, keys, &mut last_id, false)?;
-    Ok((fresh, hits))
+impl Workload {
+    fn of_bench() -> Workload {
+        let flags = bench_flags();
+        Workload {
+            flags: flags.names().map(str::to_string).collect(),
+            assigned: flags
+                .iter()
+                .filter(|flag| flag.enabled)
+                .map(|flag| flag.name.clone())
+                .collect(),
+            keys_per_transaction: keys_per_transaction(flags.len()),
+        }
+    }
+}
+
+/// Fills a fresh store twice over and returns evaluations per second for each pass.
+fn fill(
+    dir: &Path,
+    workload: &Workload,
+    variant: &Variant,
+    keys: usize,
+) -> flagstore::Result<(f64, f64)> {
+    let mut passes = (0.0, 0.0);
+    with_temporary_store(dir, |_, path| {
+        let conn = Connection::open(path)?;
+        // The pragmas flagstore sets on every connection that matter to writing.
+        conn.execute_batch(
+            "PRAGMA cache_size = -16384; PRAGMA temp_store = memory; \
+             PRAGMA wal_autocheckpoint = 10000; PRAGMA foreign_keys = ON;",
+        )?;
+        conn.execute_batch(variant.setup)?;
+        let mut last_id: i64 =
+            conn.query_row("SELECT max(id) FROM audit_log", [], |row| row.get(0))?;
+        passes = (
+            insert_pass(&conn, workload, variant, keys, &mut last_id, true)?,
+            insert_pass(&conn, workload, variant, keys, &mut last_id, false)?,
+        );
+        Ok(())
+    })?;
+    Ok(passes)
 }
 
 fn insert_pass(
     conn: &Connection,
+    workload: &Workload,
     variant: &Variant,
     keys: usize,
     id: &mut i64,
@@ -207,16 +227,18 @@ fn insert_pass(
         6,
     );
     let started = Instant::now();
-    for first_key in (0..keys).step_by(KEYS_PER_TRANSACTION) {
-        let names: Vec<String> = (first_key..keys.min(first_key + KEYS_PER_TRANSACTION))
+    let flags: Vec<&str> = workload.flags.iter().map(String::as_str).collect();
+    let per_transaction = workload.keys_per_transaction;
+    for first_key in (0..keys).step_by(per_transaction) {
+        let names: Vec<String> = (first_key..keys.min(first_key + per_transaction))
             .map(|k| format!("tenant-{k:09}"))
             .collect();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         if assign {
-            let mut insert = conn.prepare_cached(&assignment_sql[ASSIGNED_PER_KEY])?;
+            let mut insert = conn.prepare_cached(&assignment_sql[workload.assigned.len()])?;
             for key in &names {
                 let mut values: Vec<&dyn ToSql> = Vec::new();
-                for flag in &FLAGS[..ASSIGNED_PER_KEY] {
+                for flag in &workload.assigned {
                     values.extend([flag as &dyn ToSql, key, &true, &42, &50.0, &TS]);
                 }
                 insert.execute(params_from_iter(values))?;
@@ -224,16 +246,18 @@ fn insert_pass(
         }
         match variant.rows {
             Rows::PerEvaluation => {
-                insert_audit_rows(conn, &audit_sql, &names, &FLAGS, PER_EVALUATION_DETAIL, id)?
+                insert_audit_rows(conn, &audit_sql, &names, &flags, PER_EVALUATION_DETAIL, id)?
             }
             Rows::PerKey => {
                 insert_audit_rows(conn, &audit_sql, &names, &["*"], PER_KEY_DETAIL, id)?
             }
-            Rows::Compact => insert_compact_rows(conn, &compact_sql, &names, id)?,
+            Rows::Compact => {
+                insert_compact_rows(conn, &compact_sql, &names, workload.flags.len(), id)?
+            }
         }
         conn.execute_batch("COMMIT")?;
     }
-    Ok((keys * FLAGS.len()) as f64 / started.elapsed().as_secs_f64())
+    Ok((keys * workload.flags.len()) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Audit rows for each of `names` and each of `flags`, ROWS_PER_INSERT per INSERT.
@@ -278,15 +302,16 @@ fn insert_audit_rows(
     Ok(())
 }
 
-/// Compact rows for each of `names` and each flag, with each context stored once.
+/// Compact rows for each of `names` and each of `flags` flags, with each context stored once.
 fn insert_compact_rows(
     conn: &Connection,
     compact_sql: &[String],
     names: &[String],
+    flags: usize,
     id: &mut i64,
 ) -> rusqlite::Result<()> {
     let hash = [0x97u8; 32];
-    let mut rows: Vec<(i64, i64, i64)> = Vec::with_capacity(names.len() * FLAGS.len());
+    let mut rows: Vec<(i64, i64, i64)> = Vec::with_capacity(names.len() * flags);
     for key in names {
         let known = conn
             .prepare_cached("SELECT id FROM contexts WHERE key = ?1")?
@@ -298,7 +323,7 @@ fn insert_compact_rows(
                 .prepare_cached("INSERT INTO contexts (key) VALUES (?1) RETURNING id")?
                 .query_row([key], |row| row.get(0))?,
         };
-        for flag_id in 0..FLAGS.len() as i64 {
+        for flag_id in 0..flags as i64 {
             *id += 1;
             rows.push((*id, flag_id, context_id));
         }

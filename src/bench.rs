@@ -46,7 +46,9 @@ pub fn run_audit(rows: u64, dir: &Path, out: &mut impl Write) -> Result<()> {
     with_temporary_store(dir, |store, path| run_audit_in(store, path, rows, out))
 }
 
-fn with_temporary_store(
+/// Runs `bench` on a fresh store under `dir` holding [`bench_flags`], and removes the store
+/// (with its WAL and shared-memory files) afterwards, whether or not `bench` succeeded.
+pub fn with_temporary_store(
     dir: &Path,
     bench: impl FnOnce(&mut Store, &Path) -> Result<()>,
 ) -> Result<()> {
