@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::audit::AuditQuery;
-use crate::cli::write_batch_line;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy};
+use crate::output::write_batch_line;
 use crate::store::{BatchReport, Selection, Store, keys_per_transaction};
 
 /// A pipeline-like flag set: a chain of dependencies, partial rollouts, one kill switch. The
@@ -198,7 +198,7 @@ fn run_audit_in(store: &mut Store, path: &Path, rows: u64, out: &mut impl Write)
         .map_err(write_error)?;
     }
     let started = Instant::now();
-    let verified = crate::audit::verify(store, None)?;
+    let verified = store.verify_audit(None)?;
     let seconds = started.elapsed().as_secs_f64();
     writeln!(
         out,

@@ -13,6 +13,7 @@ pub mod document;
 pub mod error;
 pub mod eval;
 pub mod flag;
+pub mod output;
 pub mod store;
 
 pub use error::{Error, Result};

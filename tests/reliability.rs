@@ -535,5 +535,5 @@ fn ids_order_the_log_when_the_clock_goes_backwards() {
         in_window, 2,
         "a range query lost a row written while the clock was back"
     );
-    assert_eq!(flagstore::audit::verify(&store, None).unwrap().rows, 2);
+    assert_eq!(store.verify_audit(None).unwrap().rows, 2);
 }

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation, StoredAssignment};
 use crate::flag::{Flag, FlagSet};
 
+mod review;
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }

@@ -1,0 +1,140 @@
+//! `flagstore eval`: evaluate flags for one context key, or for every key of a file.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, IsTerminal, Write};
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::{Outcome, stdout_error};
+use crate::contexts::ContextKeys;
+use crate::document::display_path;
+use crate::error::{Error, Result};
+use crate::eval::Evaluation;
+use crate::output::write_batch_line;
+use crate::store::{Selection, Store};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Flags to evaluate.
+    #[arg(required_unless_present = "all")]
+    pub flags: Vec<String>,
+    /// Evaluate every flag.
+    #[arg(long, conflicts_with = "flags")]
+    pub all: bool,
+    /// The context key (a tenant, batch or record id).
+    #[arg(long, required_unless_present = "contexts_file")]
+    pub context: Option<String>,
+    /// Evaluate for every key of this file (`-` for stdin), one per line; prints JSON Lines.
+    #[arg(long, value_name = "FILE", conflicts_with = "context")]
+    pub contexts_file: Option<String>,
+    /// Print the decision with its reason and source as JSON.
+    #[arg(long, conflicts_with = "contexts_file")]
+    pub json: bool,
+    /// Print nothing; exit 0 when the flag is on, 1 when it is off.
+    #[arg(short, long, conflicts_with_all = ["json", "contexts_file", "all"])]
+    pub quiet: bool,
+    /// With --contexts-file: no progress bar (it is only drawn when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn run(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    args: EvalArgs,
+) -> Result<Outcome> {
+    let selection = if args.all {
+        Selection::All
+    } else {
+        Selection::Flags(args.flags.clone())
+    };
+    if let Some(file) = &args.contexts_file {
+        let progress = !args.no_progress && io::stderr().is_terminal();
+        return eval_contexts_file(store, out, actor, &selection, file, progress);
+    }
+    let context = args
+        .context
+        .as_deref()
+        .expect("clap requires --context without --contexts-file");
+    let evaluations = store.evaluate(&selection, context, actor)?;
+    let single = !args.all && args.flags.len() == 1;
+    if args.quiet {
+        let on = evaluations.iter().all(|e| e.decision.enabled);
+        return Ok(if on { Outcome::Success } else { Outcome::Off });
+    }
+    let text = if args.json {
+        let detailed: Vec<serde_json::Value> = evaluations
+            .iter()
+            .map(|e| {
+                json!({
+                    "flag": e.flag,
+                    "context": context,
+                    "enabled": e.decision.enabled,
+                    "reason": e.decision.reason,
+                    "source": e.decision.source,
+                })
+            })
+            .collect();
+        if single {
+            detailed[0].to_string()
+        } else {
+            serde_json::Value::from(detailed).to_string()
+        }
+    } else if single {
+        evaluations[0].decision.enabled.to_string()
+    } else {
+        serde_json::to_string(&decision_map(&evaluations)).expect("json")
+    };
+    writeln!(out, "{text}").map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+/// `{"flag": decision, ...}` in flag name order.
+pub(super) fn decision_map(evaluations: &[Evaluation]) -> BTreeMap<&str, bool> {
+    evaluations
+        .iter()
+        .map(|e| (e.flag.as_str(), e.decision.enabled))
+        .collect()
+}
+
+fn eval_contexts_file(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    selection: &Selection,
+    file: &str,
+    show_progress: bool,
+) -> Result<Outcome> {
+    let name = display_path(file);
+    let keys: Box<dyn Iterator<Item = Result<String>>> = if file == "-" {
+        Box::new(ContextKeys::new(io::stdin().lock(), name))
+    } else {
+        let opened = File::open(file).map_err(|source| Error::Read {
+            path: file.to_string(),
+            source,
+        })?;
+        Box::new(ContextKeys::new(BufReader::new(opened), name))
+    };
+    let progress = if show_progress {
+        let bar = ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {human_pos} keys  {per_sec}  {elapsed}")
+                .expect("a valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let outcome = store.evaluate_batch(selection, actor, keys, |key, evaluations| {
+        progress.inc(1);
+        write_batch_line(out, key, evaluations).map_err(stdout_error)
+    });
+    progress.finish_and_clear();
+    outcome?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,101 @@
+//! `flagstore import`: create or update flags from a JSON file, all or nothing.
+
+use std::io::Write;
+
+use clap::Args;
+
+use super::{Outcome, stdout_error};
+use crate::change::Change;
+use crate::document::{Document, display_path};
+use crate::error::Result;
+use crate::flag::FlagSet;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  flagstore import flags.json
+  flagstore import --dry-run flags.json
+  producer | flagstore import --replace -")]
+pub struct ImportArgs {
+    /// The flags file (`-` for stdin): {"flags": [{"name", "enabled"?, "rollout_pct"?,
+    /// "requires"?, "sticky"?}]}.
+    pub file: String,
+    /// Also delete flags that the file does not list.
+    #[arg(long)]
+    pub replace: bool,
+    /// Validate and report what would change, writing nothing (and creating no database).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    args: &ImportArgs,
+) -> Result<Outcome> {
+    let document = Document::read(&args.file)?;
+    let via = if args.replace {
+        "import --replace"
+    } else {
+        "import"
+    };
+    let changes = import_document(
+        store,
+        actor,
+        via,
+        &document,
+        display_path(&args.file),
+        args.replace,
+        args.dry_run,
+    )?;
+    let unchanged = document.flags.len()
+        - changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Delete(_)))
+            .count();
+    let count = |action: &str| changes.iter().filter(|c| c.action() == action).count();
+    let mut report = String::new();
+    for change in &changes {
+        report.push_str(&format!("{}: {}\n", change.flag_name(), change.summary()));
+    }
+    report.push_str(&format!(
+        "{} created, {} updated, {} deleted, {} unchanged{}\n",
+        count("create"),
+        count("update"),
+        count("delete"),
+        unchanged,
+        if args.dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    ));
+    out.write_all(report.as_bytes()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
+/// Upserts a document's flags (with `replace`, also deleting the flags it does not list) as one
+/// atomic write. Validation errors name the file.
+pub(super) fn import_document(
+    store: &mut Store,
+    actor: &str,
+    via: &str,
+    document: &Document,
+    path: &str,
+    replace: bool,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
+    store.modify(actor, via, dry_run, |current| {
+        let mut next = if replace {
+            FlagSet::new()
+        } else {
+            current.clone()
+        };
+        for flag in &document.flags {
+            next.insert(flag.clone());
+        }
+        next.validate().map_err(|e| e.in_file(path))?;
+        Ok(next)
+    })
+}
