@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::config::DbConfig;
-use rusqlite::{CachedStatement, Connection, ErrorCode, OptionalExtension, ToSql};
+use rusqlite::{
+    CachedStatement, Connection, ErrorCode, OptionalExtension, ToSql, TransactionBehavior,
+};
 use serde_json::json;
 
 use crate::audit::{AuditQuery, AuditRow, Entry, GENESIS_HASH, timestamp};
@@ -102,6 +104,7 @@ pub struct Store {
     conn: Connection,
     path: String,
     clock: Box<dyn Fn() -> DateTime<Utc>>,
+    lock_wait: Duration,
 }
 
 impl Store {
@@ -126,28 +129,14 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // The first read is what fails on a file that is not a database; nothing has been
         // written yet at that point, so the file is left exactly as it was.
-        let migrated = schema_version(&conn).map_err(|e| match e.sqlite_error_code() {
+        let schema = schema_state(&conn).map_err(|e| match e.sqlite_error_code() {
             Some(ErrorCode::NotADatabase) => Error::NotADatabase {
                 path: path.clone(),
                 detail: e.to_string(),
             },
             _ => Error::Database(e),
         })?;
-        if migrated.is_none() && has_tables(&conn)? {
-            // Some other application's database: adding our tables to it would be a surprise.
-            return Err(Error::NotADatabase {
-                path,
-                detail: "it is an SQLite database with tables of its own".to_string(),
-            });
-        }
-        let latest = LATEST_SCHEMA_VERSION;
-        if let Some(found) = migrated.filter(|v| *v > latest) {
-            return Err(Error::NewerSchema {
-                path,
-                found,
-                supported: latest,
-            });
-        }
+        schema.check(&path)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         // Multi-row inserts use one statement per row count; keep them all prepared.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -160,14 +149,17 @@ impl Store {
         // which also lets a batch rewrite its hot pages in the WAL before they are copied.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
-        conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))?;
-        if migrated != Some(latest) {
-            migrate(&mut conn, &path, latest)?;
+        retry_while_busy(BUSY_RETRY_BUDGET, || {
+            conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
+        })?;
+        if schema != SchemaState::Current {
+            migrate(&mut conn, &path)?;
         }
         Ok(Store {
             conn,
             path,
             clock: Box::new(Utc::now),
+            lock_wait: BUSY_RETRY_BUDGET,
         })
     }
 
@@ -494,26 +486,19 @@ impl Store {
     /// writer still busy after it is retried with growing pauses for up to a minute, so a burst
     /// of contention from many pipeline workers slows them down instead of failing them.
     fn write_transaction(&self) -> Result<WriteTransaction<'_>> {
-        let deadline = Instant::now() + BUSY_RETRY_BUDGET;
-        let mut pause = Duration::from_millis(25);
-        loop {
-            match self.conn.execute_batch("BEGIN IMMEDIATE") {
-                Ok(()) => {
-                    return Ok(WriteTransaction {
-                        conn: &self.conn,
-                        finished: false,
-                    });
-                }
-                Err(e)
-                    if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
-                        && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retry_while_busy(self.lock_wait, || {
+            self.conn.execute_batch("BEGIN IMMEDIATE")
+        })?;
+        Ok(WriteTransaction {
+            conn: &self.conn,
+            finished: false,
+        })
+    }
+
+    /// How long a writer keeps retrying a busy database before it reports "database is
+    /// locked" ([`BUSY_RETRY_BUDGET`] unless changed).
+    pub fn set_lock_wait(&mut self, budget: Duration) {
+        self.lock_wait = budget;
     }
 
     /// Replaces the clock that timestamps rows (tests use it to turn time back).
@@ -526,30 +511,63 @@ impl Store {
     }
 }
 
-fn has_tables(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table')",
-        [],
-        |row| row.get(0),
-    )
+/// What a database holds, as far as flagstore is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaState {
+    /// No tables, or only the empty history table of a first migration that was interrupted
+    /// (refinery creates it in a transaction of its own before the schema's).
+    Empty,
+    /// Migrated, to this version, by an older flagstore.
+    Older(i64),
+    Current,
+    Newer(i64),
+    /// Some other application's tables: adding ours to them would be a surprise.
+    Foreign,
 }
 
-/// The schema version refinery recorded, or `None` for a database it never migrated.
-fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    let has_history: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master \
-         WHERE type = 'table' AND name = 'refinery_schema_history')",
+impl SchemaState {
+    fn check(self, path: &str) -> Result<()> {
+        match self {
+            SchemaState::Newer(found) => Err(Error::NewerSchema {
+                path: path.to_string(),
+                found,
+                supported: LATEST_SCHEMA_VERSION,
+            }),
+            SchemaState::Foreign => Err(Error::NotADatabase {
+                path: path.to_string(),
+                detail: "it is an SQLite database with tables of its own".to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn schema_state(conn: &Connection) -> rusqlite::Result<SchemaState> {
+    let (tables, has_history): (i64, bool) = conn.query_row(
+        "SELECT count(*), coalesce(max(name = 'refinery_schema_history'), 0) \
+           FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
         [],
-        |row| row.get(0),
+        |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     if !has_history {
-        return Ok(None);
+        return Ok(if tables == 0 {
+            SchemaState::Empty
+        } else {
+            SchemaState::Foreign
+        });
     }
-    conn.query_row(
+    let version: Option<i64> = conn.query_row(
         "SELECT max(version) FROM refinery_schema_history",
         [],
         |row| row.get(0),
-    )
+    )?;
+    Ok(match version {
+        None if tables == 1 => SchemaState::Empty,
+        None => SchemaState::Foreign,
+        Some(v) if v < LATEST_SCHEMA_VERSION => SchemaState::Older(v),
+        Some(v) if v == LATEST_SCHEMA_VERSION => SchemaState::Current,
+        Some(v) => SchemaState::Newer(v),
+    })
 }
 
 /// The newest migration under `migrations/`. A constant, because building refinery's runner
@@ -557,28 +575,59 @@ fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
 /// it equal to the embedded migrations.
 const LATEST_SCHEMA_VERSION: i64 = 1;
 
-/// Runs the pending migrations in one transaction. Two processes may race to migrate a new
-/// file; the loser's transaction fails, and it then finds the schema already up to date.
-fn migrate(conn: &mut Connection, path: &str, latest: i64) -> Result<()> {
-    const ATTEMPTS: u32 = 5;
-    let mut attempt = 0;
+/// Runs `attempt` again, with growing pauses, while the database is busy, for up to
+/// `budget`: a burst of contention from many pipeline workers slows them down
+/// instead of failing them.
+fn retry_while_busy<T>(
+    budget: Duration,
+    mut attempt: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = Instant::now() + budget;
+    let mut pause = Duration::from_millis(25);
     loop {
-        let outcome = embedded::migrations::runner().set_grouped(true).run(conn);
-        let Err(source) = outcome else {
-            return Ok(());
-        };
-        attempt += 1;
-        if schema_version(conn)? == Some(latest) {
-            return Ok(());
+        match attempt() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            outcome => return outcome,
         }
-        if attempt == ATTEMPTS {
-            return Err(Error::Migration {
-                path: path.to_string(),
-                source,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
     }
+}
+
+/// Brings the schema up to date. refinery's transactions take the write lock as they begin
+/// (IMMEDIATE), so concurrent first openers queue for it instead of failing on a lock upgrade,
+/// and all migrations apply in one transaction with their history rows (grouped), so a kill
+/// leaves the old schema or the new one. An opener that lost the race finds the schema current
+/// when it gets the lock, and refinery then has nothing to do.
+fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
+    let deadline = Instant::now() + BUSY_RETRY_BUDGET;
+    let outcome = loop {
+        let state = schema_state(conn)?;
+        state.check(path)?;
+        if state == SchemaState::Current {
+            break Ok(());
+        }
+        match embedded::migrations::runner().set_grouped(true).run(conn) {
+            Ok(_) => break Ok(()),
+            Err(source) if Instant::now() >= deadline => {
+                break Err(Error::Migration {
+                    path: path.to_string(),
+                    source,
+                });
+            }
+            // Busy past the timeout, or beaten to it: look again.
+            Err(_) => std::thread::sleep(Duration::from_millis(25)),
+        }
+    };
+    conn.set_transaction_behavior(TransactionBehavior::Deferred);
+    outcome
 }
 
 /// An open write transaction: committed by [`WriteTransaction::commit`], rolled back if

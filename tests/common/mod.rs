@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
 
 use assert_cmd::Command;
 use rusqlite::Connection;
@@ -22,14 +23,18 @@ impl Env {
 
     /// `flagstore --db <this env's db>` acting as "tester" (through $FLAGSTORE_ACTOR, so that
     /// `audit` queries are not filtered by actor), isolated from the caller's environment.
-    pub fn cmd(&self) -> Command {
-        let mut cmd = Command::cargo_bin("flagstore").expect("binary is built");
+    pub fn std_cmd(&self) -> StdCommand {
+        let mut cmd = StdCommand::new(assert_cmd::cargo::cargo_bin("flagstore"));
         cmd.env_remove("FLAGSTORE_DB")
             .env("FLAGSTORE_ACTOR", "tester")
             .current_dir(self.dir.path())
             .arg("--db")
             .arg(&self.db);
         cmd
+    }
+
+    pub fn cmd(&self) -> Command {
+        Command::from_std(self.std_cmd())
     }
 
     /// Runs `flagstore ARGS`, asserting success, and returns stdout.
@@ -80,6 +85,36 @@ impl Env {
     pub fn sql(&self) -> Connection {
         Connection::open(&self.db).expect("open db")
     }
+
+    /// The single integer `sql` selects, read with plain SQL.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.sql()
+            .query_row(sql, [], |row| row.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Starts `flagstore ARGS` without waiting for it, stdout and stderr captured.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.std_cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flagstore starts")
+    }
+}
+
+/// Waits for a spawned command, asserts that it succeeded and returns its stdout.
+pub fn succeeded(child: Child) -> String {
+    let output = child.wait_with_output().expect("waits");
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 stdout")
 }
 
 pub fn snapshot(db: &Path) -> Vec<String> {
