@@ -102,6 +102,12 @@ pub enum Error {
     #[error("audit row {id} cannot be read: {why}")]
     UnreadableAuditRow { id: i64, why: String },
 
+    #[error("{path}: database disk image is malformed: {problem}")]
+    Damaged { path: String, problem: String },
+
+    #[error("{path}: {problem}")]
+    Inconsistent { path: String, problem: String },
+
     #[error(
         "invalid time {value:?}: expected RFC 3339 (2026-11-23T20:45:00Z) or a date (2026-11-23)"
     )]

@@ -486,13 +486,51 @@ fn a_truncated_database_is_refused_untouched() {
     refused_untouched(&env, &bytes[..bytes.len() / 2]);
 }
 
+/// Every table and index of the schema (and the schema itself, page 1) by its root page.
+fn btree_roots(env: &Env) -> Vec<(String, usize)> {
+    let conn = env.sql();
+    let mut statement = conn
+        .prepare("SELECT name, rootpage FROM sqlite_master WHERE rootpage > 0 ORDER BY rootpage")
+        .unwrap();
+    let mut roots: Vec<(String, usize)> = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as usize)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    roots.insert(0, ("sqlite_master".to_string(), 1));
+    roots
+}
+
 #[test]
-fn a_damaged_page_is_reported_not_repaired() {
-    let (env, mut bytes) = checkpointed_store();
+fn a_damaged_page_of_any_table_or_index_is_reported_not_repaired() {
+    let (env, bytes) = checkpointed_store();
+    let roots = btree_roots(&env);
+    assert!(roots.len() >= 11, "{roots:?}");
     let page = 4096;
-    let middle = (bytes.len() / page / 2) * page;
-    bytes[middle..middle + page].fill(0xA5);
-    refused_untouched(&env, &bytes);
+    for (name, root) in roots {
+        let mut damaged = bytes.clone();
+        let start = (root - 1) * page;
+        // Page 1 starts with the file header; damage its B-tree part only.
+        let start = if root == 1 { start + 100 } else { start };
+        damaged[start..root * page].fill(0xA5);
+        for command in [&["audit", "verify"][..], &["check"][..]] {
+            std::fs::write(&env.db, &damaged).unwrap();
+            let message = env.fails(command);
+            assert!(
+                message.starts_with(&format!("flagstore: {}", env.db.display())),
+                "{name} {command:?}: {message}"
+            );
+            assert!(
+                message.contains("malformed") || message.contains("not a database"),
+                "{name} {command:?}: {message}"
+            );
+            assert_eq!(
+                std::fs::read(&env.db).unwrap(),
+                damaged,
+                "{name} {command:?}: the file was modified"
+            );
+        }
+    }
 }
 
 #[test]
@@ -611,4 +649,45 @@ fn a_writer_busy_past_its_retry_budget_reports_the_lock_and_writes_nothing() {
     );
     holder.execute_batch("ROLLBACK").unwrap();
     assert_eq!(env.count("SELECT count(*) FROM audit_log"), 1);
+}
+
+#[test]
+fn check_passes_a_sound_store_and_names_broken_references() {
+    let (env, _) = checkpointed_store();
+    let report = env.ok(&["check"]);
+    assert!(
+        report.starts_with("store checked: pages and indexes sound, foreign keys hold, "),
+        "{report}"
+    );
+    let assignments = env.count("SELECT count(*) FROM assignments");
+    assert!(
+        report.contains(&format!(" {assignments} assignments ")),
+        "{report}"
+    );
+
+    env.sql()
+        .execute(
+            "INSERT INTO assignments VALUES ('ingest', 'forged', 1, 3, 100, '2026-01-01T00:00:00.000Z')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(
+        env.fails(&["check"]),
+        format!(
+            "flagstore: {}: the assignment of flag \"ingest\" for context \"forged\" has no \
+             evaluation row that stored it",
+            env.db.display()
+        )
+    );
+    env.sql()
+        .execute_batch(
+            "DELETE FROM assignments WHERE context_key = 'forged';
+             PRAGMA foreign_keys = OFF; DELETE FROM flags WHERE name = 'ingest';",
+        )
+        .unwrap();
+    let message = env.fails(&["check"]);
+    assert!(
+        message.contains("refers to a missing row of flags"),
+        "{message}"
+    );
 }

@@ -93,6 +93,7 @@ fn audit_command(store: &Store, out: &mut impl Write, command: &AuditCommand) ->
                 (None, Some(path)) => Some(read_checkpoint(path)?),
                 (None, None) => None,
             };
+            store.check_pages(true)?;
             let verified = store.verify_audit(checkpoint.as_ref())?;
             format!(
                 "audit log verified: {} rows, head {}\n",

@@ -5,6 +5,7 @@
 mod assignments;
 mod audit;
 mod bench;
+mod check;
 mod eval;
 mod explain;
 mod export;
@@ -72,6 +73,8 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// A flag's changes, oldest first, as before -> after lines.
     History(history::HistoryArgs),
+    /// Check the whole store: pages, indexes, references and the audit chain.
+    Check(check::CheckArgs),
     /// Measure throughput and latency on a temporary database (not --db).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Audit(args) => audit::run(&store, &mut out, &args, cli.actor.as_deref()),
         Command::Explain(args) => explain::run(&mut store, &mut out, &args),
         Command::History(args) => history::run(&store, &mut out, &args),
+        Command::Check(_) => check::run(&store, &mut out),
         Command::Run(args) => run::run(&mut store, &mut out, &actor, &args),
     }
     .map_err(|e| e.at_database(store.path()))?;
