@@ -319,20 +319,19 @@ mod tests {
 
     #[test]
     fn encoding_is_pinned() {
-        // Recomputed independently with Python's hashlib from the README's description.
+        // Literals from Python's hashlib, following the README's description:
+        // hashlib.sha256(b"0" * 64 + "I1;NT2:é".encode()).hexdigest()
         assert_eq!(
             row_hash(
                 GENESIS_HASH,
                 &[Field::Integer(1), Field::Null, Field::Text("é")]
             ),
-            {
-                let mut input = GENESIS_HASH.as_bytes().to_vec();
-                input.extend_from_slice("I1;NT2:é".as_bytes());
-                Sha256::digest(&input)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            }
+            "789d390a28c6ffee82fea740bdbec098d15b7cab58b493e4b24877a14c7d30d5"
+        );
+        // The whole row of `row(1, GENESIS_HASH)`, every column encoded as the README says.
+        assert_eq!(
+            row(1, GENESIS_HASH).hash,
+            "fbe92c500e22171c135ba1b93c13e40d4388c17be231b6aaa479ba770e645493"
         );
     }
 

@@ -31,10 +31,6 @@ fn batch(env: &Env, input: impl Into<Vec<u8>>, flags: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-fn count(env: &Env, sql: &str) -> i64 {
-    env.sql().query_row(sql, [], |row| row.get(0)).unwrap()
-}
-
 #[test]
 fn empty_input_evaluates_nothing() {
     let env = Env::new();
@@ -42,10 +38,7 @@ fn empty_input_evaluates_nothing() {
     assert!(batch(&env, "", &[]).is_empty());
     assert!(batch(&env, "\n\r\n\n", &[]).is_empty());
     assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"
-        ),
+        env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"),
         0
     );
 }
@@ -102,10 +95,7 @@ fn keys_spanning_several_transactions_stay_in_order_and_are_all_audited() {
         .collect();
     assert_eq!(contexts, keys);
     assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"
-        ),
+        env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"),
         9_000
     );
     // Every ON decision of enrich (on_only) is stored, and its dependencies with it.
@@ -114,17 +104,11 @@ fn keys_spanning_several_transactions_stay_in_order_and_are_all_audited() {
         .filter(|l| l["flags"]["enrich"] == true)
         .count() as i64;
     assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM assignments WHERE flag = 'enrich'"
-        ),
+        env.count("SELECT count(*) FROM assignments WHERE flag = 'enrich'"),
         on
     );
     assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM assignments WHERE flag = 'ingest'"
-        ),
+        env.count("SELECT count(*) FROM assignments WHERE flag = 'ingest'"),
         4_500
     );
 }

@@ -1,6 +1,8 @@
 //! Property tests: for any flags and keys, the store's answers agree with a plain
 //! re-implementation of the documented evaluation order, and sticky policies behave as stated.
 
+mod common;
+
 use std::collections::HashMap;
 
 use flagstore::{Flag, FlagSet, Selection, StickyPolicy, Store};
@@ -97,6 +99,7 @@ fn evaluate_one(store: &mut Store, flag: &str, key: &str) -> bool {
 }
 
 proptest! {
+    #![proptest_config(common::proptest_config(256))]
     #[test]
     fn pure_evaluator_agrees_with_the_reference(flags in flags(), keys in keys()) {
         let set: FlagSet = flags.iter().cloned().collect();

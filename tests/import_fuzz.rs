@@ -2,6 +2,8 @@
 //! never a panic; either a clean error that leaves the store as it was, or a store that
 //! round-trips through export byte for byte.
 
+mod common;
+
 use flagstore::document::Document;
 use flagstore::{FlagSet, Store};
 use proptest::prelude::*;
@@ -81,7 +83,7 @@ fn export(store: &Store) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3_000))]
+    #![proptest_config(common::proptest_config(3_000))]
 
     #[test]
     fn import_never_panics_and_either_refuses_cleanly_or_round_trips(text in document()) {
@@ -104,6 +106,13 @@ proptest! {
                 prop_assert_eq!(store.audit_len().unwrap(), 0);
             }
             Ok(_) => {
+                // Every flag the document defined is stored as the document defined it.
+                let document = Document::parse(&text, "fuzz.json").unwrap();
+                let stored = store.flags().unwrap();
+                prop_assert_eq!(stored.len(), document.flags.len());
+                for flag in document.flag_set().iter() {
+                    prop_assert_eq!(stored.get(&flag.name), Some(flag));
+                }
                 let exported = export(&store);
                 let mut again = Store::open_in_memory().unwrap();
                 let document = Document::parse(&exported, "export.json").unwrap();

@@ -20,10 +20,6 @@ fn binary() -> std::path::PathBuf {
     assert_cmd::cargo::cargo_bin("flagstore")
 }
 
-fn count(env: &Env, sql: &str) -> i64 {
-    env.sql().query_row(sql, [], |row| row.get(0)).unwrap()
-}
-
 fn keys_file(env: &Env, name: &str, count: usize) -> std::path::PathBuf {
     let keys: String = (0..count).map(|i| format!("key-{i}\n")).collect();
     env.write(name, keys)
@@ -32,9 +28,7 @@ fn keys_file(env: &Env, name: &str, count: usize) -> std::path::PathBuf {
 /// Every assignment was written together with the evaluation row that made it.
 fn every_assignment_is_audited(env: &Env) {
     assert_eq!(
-        count(
-            env,
-            "SELECT count(*) FROM assignments a WHERE NOT EXISTS (
+        env.count("SELECT count(*) FROM assignments a WHERE NOT EXISTS (
                  SELECT 1 FROM audit_log l
                   WHERE l.kind = 'evaluation' AND l.context_key = a.context_key
                     AND EXISTS (SELECT 1 FROM json_each(l.detail, '$.assigned') WHERE value = a.flag))"
@@ -72,14 +66,22 @@ fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
                 .spawn()
                 .unwrap()
         })
+        // Collected on threads of their own, so that a full stdout pipe never stalls them.
+        .map(|child| std::thread::spawn(move || child.wait_with_output().unwrap()))
         .collect();
-    for rollout in ["20", "90"] {
-        std::thread::sleep(Duration::from_millis(150));
+    // Each change waits until the workers have made progress since the last, so that it
+    // lands while they run; the assertion after the run checks that it did.
+    for (rollout, progress) in [("20", 10_000), ("90", 30_000)] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'") < progress {
+            assert!(Instant::now() < deadline, "the workers made no progress");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         env.ok(&["flag", "set", "enrich", "--rollout", rollout]);
         env.ok(&["flag", "set", "dedupe", "--rollout", rollout]);
     }
     for worker in workers {
-        let output = worker.wait_with_output().unwrap();
+        let output = worker.join().unwrap();
         assert!(
             output.status.success(),
             "{}",
@@ -91,27 +93,29 @@ fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
         );
     }
     assert_eq!(
-        count(
-            &env,
-            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"
-        ),
+        env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"),
         4 * 5_000 * 4
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_log c WHERE c.kind = 'change' AND c.action = 'update'
+                AND EXISTS (SELECT 1 FROM audit_log e WHERE e.kind = 'evaluation' AND e.id > c.id)"
+        ),
+        4,
+        "a rollout change landed after the workers had finished"
     );
     for worker in 1..=4 {
         assert_eq!(
-            count(
-                &env,
-                &format!("SELECT count(*) FROM audit_log WHERE actor = 'worker-{worker}'")
-            ),
+            env.count(&format!(
+                "SELECT count(*) FROM audit_log WHERE actor = 'worker-{worker}'"
+            )),
             5_000 * 4
         );
     }
     // Once an assignment was stored, every later evaluation of that flag and key gave its
     // decision (unless a requirement was off by then).
     assert_eq!(
-        count(
-            &env,
-            "WITH stored AS (
+        env.count("WITH stored AS (
                  SELECT a.flag, a.context_key, a.decision,
                         (SELECT min(l.id) FROM audit_log l
                           WHERE l.kind = 'evaluation' AND l.context_key = a.context_key
@@ -150,6 +154,8 @@ fn a_writer_held_up_past_the_busy_timeout_retries_and_succeeds() {
         ])
         .output()
         .unwrap();
+    // Measured before joining the releaser, which itself takes 3 s.
+    let waited = started.elapsed();
     releaser.join().unwrap();
     assert!(
         output.status.success(),
@@ -158,8 +164,8 @@ fn a_writer_held_up_past_the_busy_timeout_retries_and_succeeds() {
     );
     assert_eq!(String::from_utf8(output.stdout).unwrap(), "true\n");
     assert!(
-        started.elapsed() >= Duration::from_millis(2_900),
-        "it did wait for the lock"
+        waited >= Duration::from_millis(2_900),
+        "it answered after {waited:?}, before the lock was released"
     );
 }
 
@@ -172,18 +178,15 @@ fn readers_do_not_block_writers_and_keep_their_snapshot() {
     let before: i64 = reader
         .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
         .unwrap();
-    let started = Instant::now();
+    // The reader's transaction stays open until after the write: a writer blocked by readers
+    // could only fail here (after its retry budget), never succeed.
     env.ok(&["eval", "--all", "--context", "k"]);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "the writer waited for a reader"
-    );
     let during: i64 = reader
         .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
         .unwrap();
     assert_eq!(during, before, "the reader's snapshot moved");
     reader.execute_batch("COMMIT").unwrap();
-    assert_eq!(count(&env, "SELECT count(*) FROM audit_log"), before + 4);
+    assert_eq!(env.count("SELECT count(*) FROM audit_log"), before + 4);
 }
 
 /// A small deterministic generator, so a failing crash iteration can be replayed by seed.
@@ -239,20 +242,15 @@ fn a_batch_killed_at_random_moments_leaves_a_sound_store() {
         child.wait().unwrap();
         integrity_ok(&env);
         every_assignment_is_audited(&env);
-        let evaluations = count(
-            &env,
-            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'",
-        );
+        let evaluations = env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'");
         assert_eq!(
             evaluations % 4,
             0,
             "seed {seed} iteration {iteration}: half an evaluation"
         );
     }
-    let evaluated = count(
-        &env,
-        "SELECT count(DISTINCT context_key) FROM audit_log WHERE kind = 'evaluation'",
-    );
+    let evaluated =
+        env.count("SELECT count(DISTINCT context_key) FROM audit_log WHERE kind = 'evaluation'");
     assert!(
         evaluated > 0 && evaluated < 20_000,
         "the kills did not land mid-batch: {evaluated} keys done"
@@ -424,18 +422,34 @@ fn a_full_disk_fails_cleanly_and_works_again_with_space() {
         )
         .unwrap();
     assert_eq!(evaluations, written as i64 * 4);
-    let refused = run(&["flag", "set", "ingest", "--rollout", "5"], "");
-    if !refused.status.success() {
-        let enabled: f64 = conn
-            .query_row(
-                "SELECT rollout_pct FROM flags WHERE name = 'ingest'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(enabled, 100.0, "a refused write changed the flag");
-    }
+    // Take whatever room the failed batch left, so the next write cannot fit either.
+    let filler = disk.dir.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write_all(&[0u8; 4096]).is_ok() {}
+    drop(file);
+    let before = common::snapshot(&db);
+    // Far larger than any room SQLite kept in its files: a small write may still fit there.
+    let many: Vec<Value> = (0..20_000)
+        .map(|i| serde_json::json!({"name": format!("bulk-{i:05}"), "rollout_pct": 5}))
+        .collect();
+    let many = env.write(
+        "many.json",
+        serde_json::json!({ "flags": many }).to_string(),
+    );
+    let refused = run(&["import", many.to_str().unwrap()], "");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a write on a full disk: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     drop(conn);
+    assert_eq!(
+        common::snapshot(&db),
+        before,
+        "a refused write changed the store"
+    );
+    std::fs::remove_file(&filler).unwrap();
 
     disk.resize(64 * 1024);
     let some_keys: String = keys.lines().take(3_000).map(|k| format!("{k}\n")).collect();
@@ -689,5 +703,39 @@ fn check_passes_a_sound_store_and_names_broken_references() {
     assert!(
         message.contains("refers to a missing row of flags"),
         "{message}"
+    );
+}
+
+#[test]
+fn an_export_that_cannot_be_written_keeps_the_old_file() {
+    let disk = TinyDisk::mount(1024);
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let target = disk.dir.path().join("flags.json");
+    std::fs::write(&target, "the previous export\n").unwrap();
+    let filler = disk.dir.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write_all(&[0u8; 4096]).is_ok() {}
+    drop(file);
+    let message = env.fails(&["export", "-o", target.to_str().unwrap()]);
+    assert_eq!(
+        message,
+        format!(
+            "flagstore: cannot write {}: No space left on device (os error 28)",
+            target.display()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "the previous export\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(disk.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        2,
+        "a temporary file was left: {leftovers:?}"
     );
 }

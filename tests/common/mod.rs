@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as StdCommand, Stdio};
 
 use assert_cmd::Command;
+use proptest::test_runner::{
+    Config as ProptestConfig, FailurePersistence, FileFailurePersistence, PersistedSeed,
+};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 use tempfile::TempDir;
@@ -148,3 +151,43 @@ pub const PIPELINE: &str = r#"{
     {"name": "legacy", "enabled": false}
   ]
 }"#;
+
+/// proptest's configuration for this suite. Saved failure seeds (`tests/*.proptest-regressions`)
+/// are always replayed; under CI (`$CI` set) a new failure is reported but not written back, so
+/// a CI run never rewrites a tracked file.
+pub fn proptest_config(cases: u32) -> ProptestConfig {
+    let mut config = ProptestConfig::with_cases(cases);
+    if std::env::var_os("CI").is_some() {
+        config.failure_persistence = Some(Box::new(ReplayOnly(FileFailurePersistence::default())));
+    }
+    config
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ReplayOnly(FileFailurePersistence);
+
+impl FailurePersistence for ReplayOnly {
+    fn load_persisted_failures2(&self, source_file: Option<&'static str>) -> Vec<PersistedSeed> {
+        self.0.load_persisted_failures2(source_file)
+    }
+
+    fn save_persisted_failure2(
+        &mut self,
+        _source_file: Option<&'static str>,
+        _seed: PersistedSeed,
+        _shrunken_value: &dyn std::fmt::Debug,
+    ) {
+    }
+
+    fn box_clone(&self) -> Box<dyn FailurePersistence> {
+        Box::new(self.clone())
+    }
+
+    fn eq(&self, other: &dyn FailurePersistence) -> bool {
+        other.as_any().downcast_ref::<ReplayOnly>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
