@@ -49,30 +49,38 @@ impl Change {
             Change::Create(flag) => format!("created {}", describe(flag)),
             Change::Delete(flag) => format!("deleted {}", describe(flag)),
             Change::Update { before, after } => {
-                let mut fields = Vec::new();
-                if before.enabled != after.enabled {
-                    fields.push(format!("enabled {} -> {}", before.enabled, after.enabled));
-                }
-                if before.rollout_pct != after.rollout_pct {
-                    fields.push(format!(
-                        "rollout_pct {} -> {}",
-                        before.rollout_pct, after.rollout_pct
-                    ));
-                }
-                if before.requires != after.requires {
-                    fields.push(format!(
-                        "requires [{}] -> [{}]",
-                        before.requires.join(", "),
-                        after.requires.join(", ")
-                    ));
-                }
-                if before.sticky != after.sticky {
-                    fields.push(format!("sticky {} -> {}", before.sticky, after.sticky));
-                }
+                let fields: Vec<String> = differences(before, after)
+                    .into_iter()
+                    .map(|(field, before, after)| format!("{field} {before} -> {after}"))
+                    .collect();
                 format!("updated {}", fields.join(", "))
             }
         }
     }
+}
+
+/// The fields in which two definitions of a flag differ: (field, value in `a`, value in `b`),
+/// values as people read them.
+pub fn differences(a: &Flag, b: &Flag) -> Vec<(&'static str, String, String)> {
+    let mut fields = Vec::new();
+    if a.enabled != b.enabled {
+        fields.push(("enabled", a.enabled.to_string(), b.enabled.to_string()));
+    }
+    if a.rollout_pct != b.rollout_pct {
+        fields.push((
+            "rollout_pct",
+            a.rollout_pct.to_string(),
+            b.rollout_pct.to_string(),
+        ));
+    }
+    if a.requires != b.requires {
+        let list = |flag: &Flag| format!("[{}]", flag.requires.join(", "));
+        fields.push(("requires", list(a), list(b)));
+    }
+    if a.sticky != b.sticky {
+        fields.push(("sticky", a.sticky.to_string(), b.sticky.to_string()));
+    }
+    fields
 }
 
 fn describe(flag: &Flag) -> String {

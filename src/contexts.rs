@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Yields the context keys of a line-oriented input: `\n` or `\r\n` line ends, a UTF-8 byte
-/// order mark at the start tolerated, blank lines skipped. A line that is not UTF-8 is an error
+/// order mark at the start tolerated, blank lines (empty or only spaces and tabs) skipped. A line that is not UTF-8 is an error
 /// naming its line number, since guessing at a key would assign some other context.
 pub struct ContextKeys<R> {
     input: R,
@@ -46,7 +46,7 @@ impl<R: BufRead> ContextKeys<R> {
             }
             line = line.strip_suffix(b"\n").unwrap_or(line);
             line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             return match std::str::from_utf8(line) {

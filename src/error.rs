@@ -3,6 +3,8 @@
 
 use std::io;
 
+use rusqlite::ErrorCode;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,18 @@ pub enum Error {
         name: String,
         suggestion: Option<String>,
     },
+
+    #[error(
+        "unknown flag {name:?}{}; create a flag with `flagstore flag create`",
+        did_you_mean(suggestion)
+    )]
+    NoSuchFlagToSet {
+        name: String,
+        suggestion: Option<String>,
+    },
+
+    #[error("flag {name:?} already exists; change it with `flagstore flag set`")]
+    FlagExists { name: String },
 
     #[error("flag {name:?} appears twice (entries {first} and {second})")]
     DuplicateName {
@@ -113,6 +127,26 @@ pub enum Error {
     )]
     InvalidTime { value: String },
 
+    #[error(
+        "{path}: no such database (create one with `flagstore init` or `flagstore import FILE`, or name another with --db)"
+    )]
+    NoDatabase { path: String },
+
+    #[error("{message}")]
+    Usage { message: String },
+
+    #[error("{path} is a directory; --db names a database file")]
+    IsDirectory { path: String },
+
+    #[error("{path} already exists")]
+    AlreadyExists { path: String },
+
+    #[error("{path}: the database is read-only for this user ({source})")]
+    ReadOnly {
+        path: String,
+        source: rusqlite::Error,
+    },
+
     #[error("cannot open database {path}: {source}")]
     Open {
         path: String,
@@ -148,6 +182,12 @@ impl Error {
     /// Names the database file in a bare SQLite error.
     pub fn at_database(self, path: &str) -> Error {
         match self {
+            Error::Database(source) if source.sqlite_error_code() == Some(ErrorCode::ReadOnly) => {
+                Error::ReadOnly {
+                    path: path.to_string(),
+                    source,
+                }
+            }
             Error::Database(source) => Error::AtDatabase {
                 path: path.to_string(),
                 source,

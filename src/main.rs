@@ -6,7 +6,15 @@ use flagstore::Error;
 use flagstore::cli::{self, Cli, Outcome};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed.
+        Err(usage) if !usage.use_stderr() => usage.exit(),
+        Err(usage) => {
+            eprintln!("flagstore: {}", cli::usage_error_line(&usage));
+            return ExitCode::from(2);
+        }
+    };
     match cli::run(cli) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Off) => ExitCode::from(1),

@@ -32,3 +32,13 @@ pub fn write_batch_line(
     }
     out.write_all(b"}}\n")
 }
+
+/// A percentage as JSON the way every output writes it: whole numbers without a fraction
+/// (`50`, not `50.0`), as in the export format and as Rust prints them in tables.
+pub fn percentage(pct: f64) -> serde_json::Value {
+    if pct.fract() == 0.0 && pct.is_finite() {
+        serde_json::Value::from(pct as u64)
+    } else {
+        serde_json::Value::from(pct)
+    }
+}

@@ -162,8 +162,11 @@ fn every_format_carries_every_column() {
     let table = env.ok(&["audit", "--limit", "2"]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines[0].starts_with("ID  TS"), "{table}");
-    let reason_column = lines[0].find("REASON").unwrap();
+    assert!(
+        lines[0].starts_with("id  ts                        kind        actor   action  flag"),
+        "{table}"
+    );
+    let reason_column = lines[0].find("reason").unwrap();
     assert_eq!(&lines[1][reason_column..], "disabled");
 }
 

@@ -355,8 +355,7 @@ fn unwritable_paths_are_named() {
         .args([
             "--db",
             missing_dir.join("flags.db").to_str().unwrap(),
-            "flag",
-            "list",
+            "init",
         ])
         .output()
         .unwrap();
@@ -390,15 +389,29 @@ fn flag_list_and_show() {
     env.import_json(PIPELINE);
     assert_eq!(
         env.ok(&["flag", "list"]),
-        "NAME    ENABLED  ROLLOUT  STICKY   REQUIRES\n\
-         dedupe  true     100      on_only  ingest\n\
-         enrich  true     50       on_only  dedupe\n\
-         ingest  true     100      on_only  \n\
-         legacy  false    100      on_only  \n"
+        "name    enabled  rollout_pct  sticky   requires\n\
+         dedupe  true     100          on_only  ingest\n\
+         enrich  true     50           on_only  dedupe\n\
+         ingest  true     100          on_only\n\
+         legacy  false    100          on_only\n"
     );
     let list = json(&env.ok(&["flag", "list", "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 4);
-    let shown = json(&env.ok(&["flag", "show", "dedupe"]));
+    assert_eq!(
+        env.ok(&["flag", "show", "legacy"])
+            .lines()
+            .take(6)
+            .collect::<Vec<_>>(),
+        [
+            "name:        legacy",
+            "enabled:     false",
+            "rollout_pct: 100",
+            "requires:",
+            "required_by:",
+            "sticky:      on_only"
+        ]
+    );
+    let shown = json(&env.ok(&["flag", "show", "dedupe", "--json"]));
     assert_eq!(shown["requires"], serde_json::json!(["ingest"]));
     assert_eq!(shown["required_by"], serde_json::json!(["enrich"]));
     assert!(shown["created_at"].as_str().unwrap().ends_with('Z'));
@@ -409,13 +422,13 @@ fn flag_list_and_show() {
 }
 
 #[test]
-fn flag_set_creates_and_updates() {
+fn flag_create_creates_and_flag_set_updates() {
     let env = Env::new();
     env.import_json(PIPELINE);
     assert_eq!(
         env.ok(&[
             "flag",
-            "set",
+            "create",
             "new",
             "--rollout",
             "12.5",
@@ -452,7 +465,7 @@ fn flag_set_refuses_bad_values_and_leaves_the_store_alone() {
         ),
         (
             vec!["--rollout", "NaN"],
-            "flag \"ingest\": rollout_pct NaN is outside 0-100",
+            "invalid value 'NaN' for '--rollout <PCT>': must be a number from 0 to 100 (see --help)",
         ),
         (
             vec!["--sticky", "sometimes"],
@@ -476,7 +489,7 @@ fn flag_set_refuses_bad_values_and_leaves_the_store_alone() {
         assert_eq!(env.fails(&full), format!("flagstore: {expected}"));
     }
     assert_eq!(
-        env.fails(&["flag", "set", "bad\u{1b}name"]),
+        env.fails(&["flag", "create", "bad\u{1b}name"]),
         "flagstore: invalid flag name \"bad\\u{1b}name\": it contains the control character U+001B"
     );
     env.cmd()
@@ -651,7 +664,7 @@ fn contexts_file_streams_json_lines_in_input_order() {
         .iter()
         .map(|l| l["context"].as_str().unwrap())
         .collect();
-    assert_eq!(contexts, ["zeta", "alpha", "  ", "beta"]);
+    assert_eq!(contexts, ["zeta", "alpha", "beta"]);
     for line in &lines {
         let key = line["context"].as_str().unwrap();
         let single = env.ok(&["eval", "enrich", "--context", key]);
@@ -703,20 +716,30 @@ fn assignments_list_and_reset() {
     let table = env.ok(&["assignments", "list", "--flag", "f"]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
-    assert!(lines[0].starts_with("FLAG  CONTEXT  DECISION  BUCKET  ROLLOUT  ASSIGNED_AT"));
-    // Python: int(hashlib.md5(b"f:k1").hexdigest(), 16) % 100 == 29.
     assert!(
-        lines[1].starts_with("f     k1       true      29      100"),
+        lines[0].starts_with("flag  context_key  decision  bucket  rollout_pct  assigned_at"),
         "{table}"
     );
-    let listed: Vec<Value> = env
-        .ok(&["assignments", "list", "--context", "k2", "--json"])
-        .lines()
-        .map(json)
-        .collect();
-    assert_eq!(listed.len(), 2);
+    // Python: int(hashlib.md5(b"f:k1").hexdigest(), 16) % 100 == 29.
+    assert!(
+        lines[1].starts_with("f     k1           true      29      100"),
+        "{table}"
+    );
+    let listed = json(&env.ok(&["assignments", "list", "--context", "k2", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
     assert_eq!(listed[0]["flag"], "f");
     assert_eq!(listed[0]["decision"], true);
+    assert_eq!(listed[0]["rollout_pct"].to_string(), "100");
+    let lines = env.ok(&[
+        "assignments",
+        "list",
+        "--context",
+        "k2",
+        "--format",
+        "jsonl",
+    ]);
+    let lines: Vec<Value> = lines.lines().map(json).collect();
+    assert_eq!(lines, listed.as_array().unwrap().clone());
 
     assert_eq!(
         env.ok(&["assignments", "reset", "--flag", "f", "--context", "k1"]),
@@ -727,7 +750,10 @@ fn assignments_list_and_reset() {
         "cleared 2 assignments of flag g\n"
     );
     assert_eq!(
-        env.ok(&["assignments", "list", "--json"]).lines().count(),
+        json(&env.ok(&["assignments", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
         1
     );
     let reason: String = env

@@ -49,7 +49,7 @@ fn like_wildcards_in_filters_match_only_themselves() {
     for key in ["%", "_", "a%b", "ab"] {
         env.ok(&["eval", "f", "--context", key]);
     }
-    let listed = env.ok(&["assignments", "list", "--context", "%", "--json"]);
+    let listed = env.ok(&["assignments", "list", "--context", "%", "--format", "jsonl"]);
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert_eq!(
         serde_json::from_str::<Value>(listed.trim()).unwrap()["context"],
@@ -60,7 +60,9 @@ fn like_wildcards_in_filters_match_only_themselves() {
         "cleared 1 assignment of flag f\n"
     );
     assert_eq!(
-        env.ok(&["assignments", "list", "--json"]).lines().count(),
+        env.ok(&["assignments", "list", "--format", "jsonl"])
+            .lines()
+            .count(),
         3
     );
 }

@@ -2,94 +2,124 @@
 
 use std::io::Write;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{Outcome, stdout_error, table};
+use super::{ActorOption, DbOption, Format, Globals, Outcome, stdout_error, table, write_json};
 use crate::error::Result;
-use crate::store::Store;
+use crate::output::percentage;
+use crate::store::AssignmentRow;
 
 #[derive(Debug, Subcommand)]
 pub enum AssignmentsCommand {
-    /// List stored assignments.
-    List {
-        #[arg(long)]
-        flag: Option<String>,
-        #[arg(long)]
-        context: Option<String>,
-        /// Print JSON Lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    /// List stored assignments, by flag then context key.
+    #[command(after_help = "Examples:
+  flagstore assignments list --flag enrich
+  flagstore assignments list --context tenant:acme --json")]
+    List(ListArgs),
     /// Forget stored assignments so the next evaluation decides afresh (audited).
-    Reset {
-        #[arg(long)]
-        flag: String,
-        #[arg(long)]
-        context: Option<String>,
-    },
+    #[command(after_help = "Examples:
+  flagstore assignments reset --flag enrich
+  flagstore assignments reset --flag enrich --context tenant:acme")]
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this flag's assignments.
+    #[arg(long)]
+    pub flag: Option<String>,
+    /// Only this context key's assignments.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Print one JSON array (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(flatten)]
+    pub db: DbOption,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The flag whose assignments to forget.
+    #[arg(long)]
+    pub flag: String,
+    /// Only this context key's assignment [default: every context's].
+    #[arg(long)]
+    pub context: Option<String>,
+    #[command(flatten)]
+    pub db: DbOption,
+    #[command(flatten)]
+    pub actor: ActorOption,
 }
 
 pub fn run(
-    store: &mut Store,
+    globals: &Globals,
     out: &mut impl Write,
-    actor: &str,
     command: AssignmentsCommand,
 ) -> Result<Outcome> {
-    let text = match command {
-        AssignmentsCommand::List {
-            flag,
-            context,
-            json,
-        } => {
-            let rows = store.assignments(flag.as_deref(), context.as_deref())?;
-            if json {
-                rows.iter()
-                    .map(|a| {
-                        let line = json!({
-                            "flag": a.flag,
-                            "context": a.context_key,
-                            "decision": a.decision,
-                            "bucket": a.bucket,
-                            "rollout_pct": a.rollout_pct,
-                            "assigned_at": a.assigned_at,
-                        });
-                        format!("{line}\n")
-                    })
-                    .collect()
-            } else {
-                let rows = rows
-                    .into_iter()
-                    .map(|a| {
-                        vec![
-                            a.flag,
-                            a.context_key,
-                            a.decision.to_string(),
-                            a.bucket.to_string(),
-                            a.rollout_pct.to_string(),
-                            a.assigned_at,
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "FLAG",
-                        "CONTEXT",
-                        "DECISION",
-                        "BUCKET",
-                        "ROLLOUT",
-                        "ASSIGNED_AT",
-                    ],
-                    rows,
-                )
+    match command {
+        AssignmentsCommand::List(args) => {
+            let rows = globals.with_store(&args.db, |store| {
+                store.assignments(args.flag.as_deref(), args.context.as_deref())
+            })?;
+            let format = if args.json { Format::Json } else { args.format };
+            match format {
+                Format::Table => {
+                    let text = table(
+                        &[
+                            "flag",
+                            "context_key",
+                            "decision",
+                            "bucket",
+                            "rollout_pct",
+                            "assigned_at",
+                        ],
+                        rows.into_iter().map(table_row).collect(),
+                    );
+                    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+                }
+                format => write_json(out, format, rows.iter().map(json_row))?,
             }
         }
-        AssignmentsCommand::Reset { flag, context } => {
-            let cleared = store.reset_assignments(&flag, context.as_deref(), actor)?;
+        AssignmentsCommand::Reset(args) => {
+            let actor = globals.writer(&args.actor);
+            let cleared = globals.with_store(&args.db, |store| {
+                store.reset_assignments(&args.flag, args.context.as_deref(), &actor)
+            })?;
             let plural = if cleared == 1 { "" } else { "s" };
-            format!("cleared {cleared} assignment{plural} of flag {flag}\n")
+            writeln!(
+                out,
+                "cleared {cleared} assignment{plural} of flag {}",
+                args.flag
+            )
+            .map_err(stdout_error)?;
         }
-    };
-    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    }
     Ok(Outcome::Success)
+}
+
+fn table_row(a: AssignmentRow) -> Vec<String> {
+    vec![
+        a.flag,
+        a.context_key,
+        a.decision.to_string(),
+        a.bucket.to_string(),
+        a.rollout_pct.to_string(),
+        a.assigned_at,
+    ]
+}
+
+fn json_row(a: &AssignmentRow) -> serde_json::Value {
+    json!({
+        "flag": a.flag,
+        "context": a.context_key,
+        "decision": a.decision,
+        "bucket": a.bucket,
+        "rollout_pct": percentage(a.rollout_pct),
+        "assigned_at": a.assigned_at,
+    })
 }

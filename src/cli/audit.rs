@@ -6,13 +6,20 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{Outcome, stdout_error, table, write_file_atomically};
+use super::{ActorOption, DbOption, Globals, Outcome, stdout_error, table};
 use crate::audit::{AuditQuery, AuditRow, Checkpoint, parse_time_bound};
 use crate::error::{Error, Result};
+use crate::file::write_atomically;
 use crate::store::Store;
 
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:
+  flagstore audit --flag enrich --context tenant:acme --kind evaluation
+  flagstore audit --kind change --actor alice --since 2026-11-01
+  flagstore audit --asc --limit 0 --format csv > audit.csv"
+)]
 pub struct AuditArgs {
     #[command(subcommand)]
     pub command: Option<AuditCommand>,
@@ -32,60 +39,72 @@ pub struct AuditArgs {
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
     /// At most this many rows; 0 for no limit.
-    #[arg(long, default_value_t = 100)]
-    pub limit: i64,
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        allow_negative_numbers = true
+    )]
+    pub limit: u32,
     /// Oldest first instead of newest first.
     #[arg(long)]
     pub asc: bool,
     /// Continue after the row with this id (printed on stderr when a page is full).
     #[arg(long, value_name = "ID")]
     pub cursor: Option<i64>,
-    /// Output format.
+    /// Output format: table (escaped for a terminal), json (one array), jsonl or csv; json,
+    /// jsonl and csv carry every column verbatim.
     #[arg(long, default_value = "table", value_parser = ["table", "json", "jsonl", "csv"])]
     pub format: String,
+    #[command(flatten)]
+    pub db: DbOption,
+    #[command(flatten)]
+    pub actor: ActorOption,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain; exit 0 with the row count and head hash when it holds, 2 naming
-    /// the first row that does not verify.
-    Verify {
-        /// Also require this hash (a head printed earlier) to be in the chain.
-        #[arg(long, value_name = "HASH", conflicts_with = "checkpoint")]
-        expect_head: Option<String>,
-        /// Also require the row recorded in this checkpoint file to be in the chain.
-        #[arg(long, value_name = "FILE")]
-        checkpoint: Option<PathBuf>,
-    },
+    /// Check that the file's pages are sound (SQLite's quick_check) and walk the hash chain;
+    /// exit 0 with the row count and head hash when it holds, 2 naming the first row that
+    /// does not verify.
+    #[command(after_help = "Examples:
+  flagstore audit verify
+  flagstore audit verify --checkpoint anchor.json
+  flagstore audit verify --expect-head 3f1c...e9")]
+    Verify(VerifyArgs),
     /// Write the current head (row id and hash) as a checkpoint file, to keep elsewhere.
-    Checkpoint {
-        /// Write to this file instead of stdout.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-    },
+    #[command(after_help = "Examples:
+  flagstore audit checkpoint -o anchor.json
+  flagstore audit checkpoint | ssh vault 'cat >> flagstore-anchors.jsonl'")]
+    Checkpoint(CheckpointArgs),
 }
 
-/// Runs an `audit` subcommand, or a query when none is given. `actor` is the global
-/// `--actor` option, which filters queries.
-pub fn run(
-    store: &Store,
-    out: &mut impl Write,
-    args: &AuditArgs,
-    actor: Option<&str>,
-) -> Result<Outcome> {
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Also require this hash (a head printed earlier) to be in the chain.
+    #[arg(long, value_name = "HASH", conflicts_with = "checkpoint")]
+    pub expect_head: Option<String>,
+    /// Also require the row recorded in this checkpoint file to be in the chain.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbOption,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// Write to this file (atomically) instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbOption,
+}
+
+/// Runs an `audit` subcommand, or a query when none is given.
+pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<Outcome> {
     match &args.command {
-        Some(command) => audit_command(store, out, command),
-        None => audit_query(store, out, args, actor),
-    }
-}
-
-fn audit_command(store: &Store, out: &mut impl Write, command: &AuditCommand) -> Result<Outcome> {
-    let text = match command {
-        AuditCommand::Verify {
-            expect_head,
-            checkpoint,
-        } => {
-            let checkpoint = match (expect_head, checkpoint) {
+        Some(AuditCommand::Verify(verify)) => globals.with_store(&verify.db, |store| {
+            let checkpoint = match (&verify.expect_head, &verify.checkpoint) {
                 (Some(hash), _) => Some(Checkpoint {
                     id: None,
                     hash: hash.clone(),
@@ -95,37 +114,100 @@ fn audit_command(store: &Store, out: &mut impl Write, command: &AuditCommand) ->
             };
             store.check_pages(true)?;
             let verified = store.verify_audit(checkpoint.as_ref())?;
-            format!(
-                "audit log verified: {} rows, head {}\n",
+            writeln!(
+                out,
+                "audit log verified: {} rows, head {}",
                 verified.rows, verified.head
             )
-        }
-        AuditCommand::Checkpoint { output } => {
+            .map_err(stdout_error)?;
+            Ok(Outcome::Success)
+        }),
+        Some(AuditCommand::Checkpoint(checkpoint)) => globals.with_store(&checkpoint.db, |store| {
             let verified = store.verify_audit(None)?;
-            let checkpoint = Checkpoint {
+            let anchor = Checkpoint {
                 id: Some(verified.rows),
                 hash: verified.head,
             };
-            let json = format!("{}\n", serde_json::to_string(&checkpoint).expect("json"));
-            match output {
-                Some(path) => {
-                    write_file_atomically(path, json.as_bytes())?;
-                    String::new()
-                }
-                None => json,
+            let json = format!("{}\n", serde_json::to_string(&anchor).expect("json"));
+            match &checkpoint.output {
+                Some(path) => write_atomically(path, json.as_bytes())?,
+                None => out.write_all(json.as_bytes()).map_err(stdout_error)?,
             }
+            Ok(Outcome::Success)
+        }),
+        None => {
+            let actor = globals.actor_filter(&args.actor);
+            let next_page = globals.with_store(&args.db, |store| {
+                audit_query(store, out, args, actor.as_deref())
+            })?;
+            if let Some(cursor) = next_page {
+                let rows = if args.limit == 1 { "row" } else { "rows" };
+                eprintln!(
+                    "flagstore: {} {rows} shown; the next page: {}",
+                    args.limit,
+                    next_page_command(globals, args, cursor)
+                );
+            }
+            Ok(Outcome::Success)
         }
-    };
-    out.write_all(text.as_bytes()).map_err(stdout_error)?;
-    Ok(Outcome::Success)
+    }
 }
 
+/// The command line that prints the page after `cursor`: this one with `--cursor` moved.
+fn next_page_command(globals: &Globals, args: &AuditArgs, cursor: i64) -> String {
+    let mut words = vec!["flagstore".to_string(), "audit".to_string()];
+    let mut option = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            words.push(format!("--{name}"));
+            words.push(shell_quoted(&value));
+        }
+    };
+    option(
+        "db",
+        args.db
+            .path
+            .clone()
+            .or_else(|| globals.db.path.clone())
+            .map(|p| p.display().to_string()),
+    );
+    option("flag", args.flag.clone());
+    option("context", args.context.clone());
+    option("kind", args.kind.clone());
+    option("actor", globals.actor_filter(&args.actor));
+    option("since", args.since.clone());
+    option("until", args.until.clone());
+    option("limit", Some(args.limit.to_string()));
+    if args.format != "table" {
+        option("format", Some(args.format.clone()));
+    }
+    if args.asc {
+        words.push("--asc".to_string());
+    }
+    words.push("--cursor".to_string());
+    words.push(cursor.to_string());
+    words.join(" ")
+}
+
+/// `value` as one word for a POSIX shell.
+fn shell_quoted(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
+}
+
+/// Prints the rows `args` select; returns the cursor of the next page when this one is full.
 fn audit_query(
     store: &Store,
     out: &mut impl Write,
     args: &AuditArgs,
     actor: Option<&str>,
-) -> Result<Outcome> {
+) -> Result<Option<i64>> {
     let bound = |value: &Option<String>, until| {
         value
             .as_deref()
@@ -139,7 +221,7 @@ fn audit_query(
         actor: actor.map(str::to_string),
         since: bound(&args.since, false)?,
         until: bound(&args.until, true)?,
-        limit: (args.limit > 0).then_some(args.limit),
+        limit: (args.limit > 0).then_some(i64::from(args.limit)),
         ascending: args.asc,
         cursor: args.cursor,
     };
@@ -158,7 +240,16 @@ fn audit_query(
                 Ok::<(), Error>(())
             })?;
             let headers = [
-                "ID", "TS", "KIND", "ACTOR", "FLAG", "CONTEXT", "RESULT", "WHY", "REASON",
+                "id",
+                "ts",
+                "kind",
+                "actor",
+                "action",
+                "flag",
+                "context_key",
+                "result",
+                "source",
+                "reason",
             ];
             out.write_all(table(&headers, rows).as_bytes())
                 .map_err(stdout_error)?;
@@ -199,12 +290,7 @@ fn audit_query(
             }
         }
     }
-    if let (Some(limit), Some(last_id)) = (query.limit, last_id)
-        && rows_written == limit
-    {
-        eprintln!("flagstore: {limit} rows shown; the next page: --cursor {last_id}");
-    }
-    Ok(Outcome::Success)
+    Ok(last_id.filter(|_| query.limit == Some(rows_written)))
 }
 
 const AUDIT_COLUMNS: [&str; 13] = [
@@ -228,18 +314,17 @@ fn csv_error(error: csv::Error) -> Error {
 }
 
 fn audit_table_row(row: &AuditRow) -> Vec<String> {
+    let optional = |value: &Option<String>| value.clone().unwrap_or_default();
     vec![
         row.id.to_string(),
         row.ts.clone(),
         row.kind.clone(),
         row.actor.clone(),
+        optional(&row.action),
         row.flag.clone(),
-        row.context_key.clone().unwrap_or_default(),
+        optional(&row.context_key),
         row.result.map_or(String::new(), |r| (r == 1).to_string()),
-        row.source
-            .clone()
-            .or_else(|| row.action.clone())
-            .unwrap_or_default(),
+        optional(&row.source),
         row.reason.clone(),
     ]
 }

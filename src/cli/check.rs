@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{Outcome, stdout_error};
+use super::{DbOption, Globals, Outcome, stdout_error};
 use crate::error::Result;
 use crate::store::Store;
 
@@ -21,9 +21,16 @@ Examples:
   flagstore check
   flagstore --db /backups/flagstore.db check"
 )]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub db: DbOption,
+}
 
-pub fn run(store: &Store, out: &mut impl Write) -> Result<Outcome> {
+pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<Outcome> {
+    globals.with_store(&args.db, |store| check(store, out))
+}
+
+fn check(store: &Store, out: &mut impl Write) -> Result<Outcome> {
     store.check_pages(false)?;
     let assignments = store.check_references()?;
     let verified = store.verify_audit(None)?;

@@ -6,10 +6,10 @@ use std::io::{self, BufReader, IsTerminal, Write};
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde_json::json;
 
-use super::{Outcome, stdout_error};
+use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
 use crate::contexts::ContextKeys;
 use crate::document::display_path;
 use crate::error::{Error, Result};
@@ -18,9 +18,12 @@ use crate::output::write_batch_line;
 use crate::store::{Selection, Store};
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  flagstore eval enrich --context tenant:acme
+  flagstore eval ingest enrich --context batch-7 -q && run-stage
+  producer | flagstore eval --all --contexts-file - > decisions.jsonl")]
 pub struct EvalArgs {
-    /// Flags to evaluate.
-    #[arg(required_unless_present = "all")]
+    /// Flags to evaluate (or --all).
     pub flags: Vec<String>,
     /// Evaluate every flag.
     #[arg(long, conflicts_with = "flags")]
@@ -31,37 +34,70 @@ pub struct EvalArgs {
     /// Evaluate for every key of this file (`-` for stdin), one per line; prints JSON Lines.
     #[arg(long, value_name = "FILE", conflicts_with = "context")]
     pub contexts_file: Option<String>,
-    /// Print the decision with its reason and source as JSON.
+    /// Print the decision with its reason and source as JSON (an array for several flags).
     #[arg(long, conflicts_with = "contexts_file")]
     pub json: bool,
-    /// Print nothing; exit 0 when the flag is on, 1 when it is off.
+    /// Print nothing; exit 0 when every flag is on, 1 when one is off.
     #[arg(short, long, conflicts_with_all = ["json", "contexts_file", "all"])]
     pub quiet: bool,
     /// With --contexts-file: no progress bar (it is only drawn when stderr is a terminal).
-    #[arg(long)]
+    #[arg(long, requires = "contexts_file")]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub db: DbOption,
+    #[command(flatten)]
+    pub actor: ActorOption,
 }
 
-pub fn run(
-    store: &mut Store,
-    out: &mut impl Write,
-    actor: &str,
-    args: EvalArgs,
-) -> Result<Outcome> {
+pub fn run(globals: &Globals, out: &mut impl Write, args: EvalArgs) -> Result<Outcome> {
     let selection = if args.all {
         Selection::All
+    } else if args.flags.is_empty() {
+        return Err(Error::Usage {
+            message: "name the flags to evaluate, or use --all".to_string(),
+        });
     } else {
         Selection::Flags(args.flags.clone())
     };
-    if let Some(file) = &args.contexts_file {
-        let progress = !args.no_progress && io::stderr().is_terminal();
-        return eval_contexts_file(store, out, actor, &selection, file, progress);
+    let actor = globals.writer(&args.actor);
+    globals.with_store(&args.db, |store| {
+        warn_of_unknown_flags(store, &args.flags)?;
+        match &args.contexts_file {
+            Some(file) => {
+                let progress = !args.no_progress && io::stderr().is_terminal();
+                eval_contexts_file(store, out, &actor, &selection, file, progress)
+            }
+            None => eval_context(store, out, &actor, &selection, &args),
+        }
+    })
+}
+
+/// Asking for a flag that does not exist answers false, as the prototype did, but a
+/// misspelt name deserves a word on stderr.
+fn warn_of_unknown_flags(store: &Store, names: &[String]) -> Result<()> {
+    let flags = store.flags()?;
+    for name in names.iter().filter(|name| !flags.contains(name)) {
+        let unknown = Error::UnknownFlag {
+            name: name.clone(),
+            suggestion: flags.nearest_name(name),
+        };
+        eprintln!("flagstore: warning: {unknown}");
     }
+    Ok(())
+}
+
+fn eval_context(
+    store: &mut Store,
+    out: &mut impl Write,
+    actor: &str,
+    selection: &Selection,
+    args: &EvalArgs,
+) -> Result<Outcome> {
     let context = args
         .context
         .as_deref()
         .expect("clap requires --context without --contexts-file");
-    let evaluations = store.evaluate(&selection, context, actor)?;
+    let evaluations = store.evaluate(selection, context, actor)?;
     let single = !args.all && args.flags.len() == 1;
     if args.quiet {
         let on = evaluations.iter().all(|e| e.decision.enabled);
@@ -122,8 +158,14 @@ fn eval_contexts_file(
     };
     let progress = if show_progress {
         let bar = ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {human_pos} keys  {per_sec}  {elapsed}")
-                .expect("a valid template"),
+            ProgressStyle::with_template("{spinner} {human_pos} keys  {rate} keys/s  {elapsed}")
+                .expect("a valid template")
+                .with_key(
+                    "rate",
+                    |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}", state.per_sec());
+                    },
+                ),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
         bar

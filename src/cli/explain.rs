@@ -5,7 +5,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{Outcome, stdout_error};
+use super::{DbOption, Globals, Outcome, stdout_error};
 use crate::audit::parse_time_bound;
 use crate::error::Result;
 use crate::eval::{self, Explanation, in_rollout};
@@ -20,10 +20,14 @@ pub struct ExplainArgs {
     /// and the decision recorded nearest before it.
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
+    #[command(flatten)]
+    pub db: DbOption,
 }
 
-pub fn run(store: &mut Store, out: &mut impl Write, args: &ExplainArgs) -> Result<Outcome> {
-    explain(store, out, &args.flag, &args.context, args.at.as_deref())
+pub fn run(globals: &Globals, out: &mut impl Write, args: &ExplainArgs) -> Result<Outcome> {
+    globals.with_store(&args.db, |store| {
+        explain(store, out, &args.flag, &args.context, args.at.as_deref())
+    })
 }
 
 fn explain(

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Outcome, stdout_error, write_file_atomically};
+use super::{DbOption, Globals, Outcome, stdout_error};
 use crate::document::Document;
 use crate::error::Result;
-use crate::store::Store;
+use crate::file::write_atomically;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -18,12 +18,15 @@ pub struct ExportArgs {
     /// Write to this file (atomically: a failed write keeps the old file) instead of stdout.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbOption,
 }
 
-pub fn run(store: &Store, out: &mut impl Write, args: &ExportArgs) -> Result<Outcome> {
-    let json = Document::from_flags(&store.flags()?).to_json();
+pub fn run(globals: &Globals, out: &mut impl Write, args: &ExportArgs) -> Result<Outcome> {
+    let flags = globals.with_store(&args.db, |store| store.flags())?;
+    let json = Document::from_flags(&flags).to_json();
     match &args.output {
-        Some(path) => write_file_atomically(path, json.as_bytes())?,
+        Some(path) => write_atomically(path, json.as_bytes())?,
         None => out.write_all(json.as_bytes()).map_err(stdout_error)?,
     }
     Ok(Outcome::Success)

@@ -3,10 +3,10 @@
 use std::io::Write;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Subcommand};
+use clap::{ArgAction, Args, Subcommand};
 use serde_json::json;
 
-use super::{Outcome, stdout_error, table};
+use super::{ActorOption, DbOption, Globals, Outcome, escaped, stdout_error, table};
 use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy, validate_name};
@@ -14,48 +14,109 @@ use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum FlagCommand {
+    /// Create a flag (defaults: enabled, rollout 100, no requirements, sticky on_only).
+    #[command(after_help = "Examples:
+  flagstore flag create enrich --rollout 10 --requires dedupe
+  flagstore flag create shadow_write --enabled false --sticky none")]
+    Create(DefineArgs),
     /// List every flag.
-    List {
-        /// Print JSON (the export format's flag objects) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    #[command(after_help = "Examples:
+  flagstore flag list
+  flagstore flag list --json")]
+    List(ListArgs),
     /// Show one flag with its timestamps and the flags that require it.
-    Show { name: String },
-    /// Create a flag, or change the given fields of an existing one.
-    Set {
-        name: String,
-        /// true or false.
-        #[arg(long, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
-        enabled: Option<bool>,
-        /// Rollout percentage, 0-100; fractions allowed.
-        #[arg(long, value_name = "PCT", allow_negative_numbers = true)]
-        rollout: Option<f64>,
-        /// Comma-separated flags this one requires; an empty value clears them.
-        #[arg(long, value_name = "FLAGS")]
-        requires: Option<String>,
-        /// Which decisions to store: on_only, all or none.
-        #[arg(long, value_name = "POLICY")]
-        sticky: Option<String>,
-    },
-    /// Turn a flag on (its rollout and dependencies still apply).
-    Enable { name: String },
+    #[command(after_help = "Examples:
+  flagstore flag show enrich
+  flagstore flag show enrich --json")]
+    Show(ShowArgs),
+    /// Change the given fields of an existing flag.
+    #[command(after_help = "Examples:
+  flagstore flag set enrich --rollout 25
+  flagstore flag set enrich --requires ingest,dedupe --sticky all
+  flagstore flag set enrich --requires \"\"     # no requirements")]
+    Set(DefineArgs),
+    /// Turn a flag on (its rollout and requirements still apply).
+    #[command(after_help = "Examples:
+  flagstore flag enable enrich")]
+    Enable(NameArgs),
     /// Turn a flag off for everyone: the kill switch.
-    Disable { name: String },
+    #[command(after_help = "Examples:
+  flagstore flag disable enrich")]
+    Disable(NameArgs),
     /// Delete a flag and its assignments; refused while other flags require it.
-    Delete { name: String },
+    #[command(after_help = "Examples:
+  flagstore flag delete legacy_export")]
+    Delete(NameArgs),
 }
 
-pub fn run(
-    store: &mut Store,
-    out: &mut impl Write,
-    actor: &str,
-    command: FlagCommand,
-) -> Result<Outcome> {
+#[derive(Debug, Args)]
+pub struct DefineArgs {
+    /// The flag's name.
+    pub name: String,
+    /// true or false.
+    #[arg(long, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub enabled: Option<bool>,
+    /// Rollout percentage, a number from 0 to 100; fractions allowed.
+    #[arg(long, value_name = "PCT", allow_negative_numbers = true, value_parser = percentage)]
+    pub rollout: Option<f64>,
+    /// Comma-separated flags this one requires; an empty value clears them.
+    #[arg(long, value_name = "FLAGS")]
+    pub requires: Option<String>,
+    /// Which decisions to store: on_only, all or none.
+    #[arg(long, value_name = "POLICY")]
+    pub sticky: Option<String>,
+    #[command(flatten)]
+    pub db: DbOption,
+    #[command(flatten)]
+    pub actor: ActorOption,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print one JSON array of the export format's flag objects instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DbOption,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The flag's name.
+    pub name: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DbOption,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The flag's name.
+    pub name: String,
+    #[command(flatten)]
+    pub db: DbOption,
+    #[command(flatten)]
+    pub actor: ActorOption,
+}
+
+/// A rollout percentage from the command line; the range is checked with the other rules
+/// when the flag is written, so that it names the flag.
+fn percentage(value: &str) -> std::result::Result<f64, String> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|pct| pct.is_finite())
+        .ok_or_else(|| "must be a number from 0 to 100".to_string())
+}
+
+pub fn run(globals: &Globals, out: &mut impl Write, command: FlagCommand) -> Result<Outcome> {
     let text = match command {
-        FlagCommand::List { json } => {
-            let flags = store.flags()?;
-            if json {
+        FlagCommand::List(args) => {
+            let flags = globals.with_store(&args.db, |store| store.flags())?;
+            if args.json {
                 let list: Vec<&Flag> = flags.iter().collect();
                 format!(
                     "{}\n",
@@ -65,84 +126,140 @@ pub fn run(
                 flag_table(&flags)
             }
         }
-        FlagCommand::Show { name } => {
-            let Some(record) = store.flag(&name)? else {
-                return Err(store.unknown_flag(&name)?);
+        FlagCommand::Show(args) => globals.with_store(&args.db, |store| {
+            let Some(record) = store.flag(&args.name)? else {
+                return Err(store.unknown_flag(&args.name)?);
             };
-            let mut shown = serde_json::to_value(&record.flag).expect("a flag serializes");
-            shown["required_by"] = json!(record.required_by);
-            shown["created_at"] = json!(record.created_at);
-            shown["updated_at"] = json!(record.updated_at);
-            format!("{}\n", serde_json::to_string_pretty(&shown).expect("json"))
-        }
-        FlagCommand::Set {
-            name,
-            enabled,
-            rollout,
-            requires,
-            sticky,
-        } => {
-            validate_name(&name)?;
-            let sticky: Option<StickyPolicy> = sticky.map(|s| s.parse()).transpose()?;
-            let requires = requires.map(|list| split_names(&list));
-            let changes = store.modify(actor, "flag set", false, |current| {
-                let mut flag = current
-                    .get(&name)
-                    .cloned()
-                    .unwrap_or_else(|| Flag::new(&name));
-                if let Some(enabled) = enabled {
-                    flag.enabled = enabled;
-                }
-                if let Some(rollout) = rollout {
-                    flag.rollout_pct = rollout;
-                }
-                if let Some(requires) = requires {
-                    flag.requires = requires;
-                }
-                if let Some(sticky) = sticky {
-                    flag.sticky = sticky;
-                }
-                let mut next = current.clone();
-                next.insert(flag);
-                Ok(next)
+            Ok(if args.json {
+                let mut shown = serde_json::to_value(&record.flag).expect("a flag serializes");
+                shown["required_by"] = json!(record.required_by);
+                shown["created_at"] = json!(record.created_at);
+                shown["updated_at"] = json!(record.updated_at);
+                format!("{}\n", serde_json::to_string_pretty(&shown).expect("json"))
+            } else {
+                let flag = &record.flag;
+                let fields = [
+                    ("name", flag.name.clone()),
+                    ("enabled", flag.enabled.to_string()),
+                    ("rollout_pct", flag.rollout_pct.to_string()),
+                    ("requires", flag.requires.join(", ")),
+                    ("required_by", record.required_by.join(", ")),
+                    ("sticky", flag.sticky.to_string()),
+                    ("created_at", record.created_at.clone()),
+                    ("updated_at", record.updated_at.clone()),
+                ];
+                fields
+                    .iter()
+                    .map(|(field, value)| {
+                        format!("{:<13}{}\n", format!("{field}:"), escaped(value))
+                    })
+                    .map(|line| line.trim_end().to_string() + "\n")
+                    .collect()
+            })
+        })?,
+        FlagCommand::Create(args) => define(globals, &args, Definition::Create)?,
+        FlagCommand::Set(args) => define(globals, &args, Definition::Update)?,
+        FlagCommand::Enable(args) => set_enabled(globals, &args, true)?,
+        FlagCommand::Disable(args) => set_enabled(globals, &args, false)?,
+        FlagCommand::Delete(args) => {
+            let name = &args.name;
+            let changes = globals.with_store(&args.db, |store| {
+                store.modify(
+                    &globals.writer(&args.actor),
+                    "flag delete",
+                    false,
+                    |current| {
+                        existing(current, name)?;
+                        let dependents = current.dependents_of(name);
+                        if !dependents.is_empty() {
+                            return Err(Error::RequiredBy {
+                                flag: name.clone(),
+                                dependents,
+                            });
+                        }
+                        let mut next = current.clone();
+                        next.remove(name);
+                        Ok(next)
+                    },
+                )
             })?;
-            describe_changes(&name, &changes)
-        }
-        FlagCommand::Enable { name } => set_enabled(store, actor, &name, true)?,
-        FlagCommand::Disable { name } => set_enabled(store, actor, &name, false)?,
-        FlagCommand::Delete { name } => {
-            let changes = store.modify(actor, "flag delete", false, |current| {
-                existing(current, &name)?;
-                let dependents = current.dependents_of(&name);
-                if !dependents.is_empty() {
-                    return Err(Error::RequiredBy {
-                        flag: name.clone(),
-                        dependents,
-                    });
-                }
-                let mut next = current.clone();
-                next.remove(&name);
-                Ok(next)
-            })?;
-            describe_changes(&name, &changes)
+            describe_changes(name, &changes)
         }
     };
     out.write_all(text.as_bytes()).map_err(stdout_error)?;
     Ok(Outcome::Success)
 }
 
-fn set_enabled(store: &mut Store, actor: &str, name: &str, enabled: bool) -> Result<String> {
+/// Whether `flag create` or `flag set` is defining the flag.
+#[derive(Clone, Copy, PartialEq)]
+enum Definition {
+    Create,
+    Update,
+}
+
+fn define(globals: &Globals, args: &DefineArgs, definition: Definition) -> Result<String> {
+    let name = &args.name;
+    validate_name(name)?;
+    let sticky: Option<StickyPolicy> = args.sticky.as_deref().map(str::parse).transpose()?;
+    let requires = args.requires.as_deref().map(split_names);
+    let via = match definition {
+        Definition::Create => "flag create",
+        Definition::Update => "flag set",
+    };
+    let write = |store: &mut Store| {
+        store.modify(&globals.writer(&args.actor), via, false, |current| {
+            let mut flag = match (definition, current.get(name)) {
+                (Definition::Create, None) => Flag::new(name),
+                (Definition::Create, Some(_)) => {
+                    return Err(Error::FlagExists { name: name.clone() });
+                }
+                (Definition::Update, Some(flag)) => flag.clone(),
+                (Definition::Update, None) => {
+                    return Err(Error::NoSuchFlagToSet {
+                        name: name.clone(),
+                        suggestion: current.nearest_name(name),
+                    });
+                }
+            };
+            if let Some(enabled) = args.enabled {
+                flag.enabled = enabled;
+            }
+            if let Some(rollout) = args.rollout {
+                flag.rollout_pct = rollout;
+            }
+            if let Some(requires) = &requires {
+                flag.requires = requires.clone();
+            }
+            if let Some(sticky) = sticky {
+                flag.sticky = sticky;
+            }
+            let mut next = current.clone();
+            next.insert(flag);
+            Ok(next)
+        })
+    };
+    let changes = match definition {
+        Definition::Create => globals.with_store_or_create(&args.db, write)?,
+        Definition::Update => globals.with_store(&args.db, write)?,
+    };
+    Ok(describe_changes(name, &changes))
+}
+
+fn set_enabled(globals: &Globals, args: &NameArgs, enabled: bool) -> Result<String> {
+    let name = &args.name;
     let via = if enabled {
         "flag enable"
     } else {
         "flag disable"
     };
-    let changes = store.modify(actor, via, false, |current| {
-        let mut flag = existing(current, name)?.clone();
-        flag.enabled = enabled;
-        let mut next = current.clone();
-        next.insert(flag);
-        Ok(next)
+    let changes = globals.with_store(&args.db, |store| {
+        store.modify(&globals.writer(&args.actor), via, false, |current| {
+            let mut flag = existing(current, name)?.clone();
+            flag.enabled = enabled;
+            let mut next = current.clone();
+            next.insert(flag);
+            Ok(next)
+        })
     })?;
     Ok(describe_changes(name, &changes))
 }
@@ -185,5 +302,8 @@ fn flag_table(flags: &FlagSet) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "ENABLED", "ROLLOUT", "STICKY", "REQUIRES"], rows)
+    table(
+        &["name", "enabled", "rollout_pct", "sticky", "requires"],
+        rows,
+    )
 }

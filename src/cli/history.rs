@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{Outcome, stdout_error};
+use super::{DbOption, Globals, Outcome, stdout_error};
 use crate::audit::AuditQuery;
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -15,9 +15,15 @@ use crate::store::Store;
 pub struct HistoryArgs {
     /// The flag whose changes to list (it may since have been deleted).
     pub flag: String,
+    #[command(flatten)]
+    pub db: DbOption,
 }
 
-pub fn run(store: &Store, out: &mut impl Write, args: &HistoryArgs) -> Result<Outcome> {
+pub fn run(globals: &Globals, out: &mut impl Write, args: &HistoryArgs) -> Result<Outcome> {
+    globals.with_store(&args.db, |store| history(store, out, args))
+}
+
+fn history(store: &Store, out: &mut impl Write, args: &HistoryArgs) -> Result<Outcome> {
     let changes = AuditQuery {
         flag: Some(args.flag.clone()),
         kind: Some("change".to_string()),

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{Outcome, stdout_error};
+use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
 use crate::change::Change;
 use crate::document::{Document, display_path};
 use crate::error::Result;
@@ -26,15 +26,34 @@ pub struct ImportArgs {
     /// Validate and report what would change, writing nothing (and creating no database).
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub db: DbOption,
+    #[command(flatten)]
+    pub actor: ActorOption,
 }
 
-pub fn run(
+pub fn run(globals: &Globals, out: &mut impl Write, args: &ImportArgs) -> Result<Outcome> {
+    let document = Document::read(&args.file)?;
+    let actor = globals.writer(&args.actor);
+    if args.dry_run && !globals.database(&args.db).exists() {
+        // What would change in a store that does not exist yet, without creating one.
+        let mut empty = Store::open_in_memory()?;
+        return report(&mut empty, out, &actor, args, &document);
+    }
+    globals.with_store_or_create(&args.db, |store| {
+        report(store, out, &actor, args, &document)
+    })
+}
+
+/// Imports `document` (or with --dry-run, works out what importing would change) and prints
+/// one line per changed flag and a summary.
+fn report(
     store: &mut Store,
     out: &mut impl Write,
     actor: &str,
     args: &ImportArgs,
+    document: &Document,
 ) -> Result<Outcome> {
-    let document = Document::read(&args.file)?;
     let via = if args.replace {
         "import --replace"
     } else {
@@ -44,7 +63,7 @@ pub fn run(
         store,
         actor,
         via,
-        &document,
+        document,
         display_path(&args.file),
         args.replace,
         args.dry_run,
@@ -77,7 +96,7 @@ pub fn run(
 
 /// Upserts a document's flags (with `replace`, also deleting the flags it does not list) as one
 /// atomic write. Validation errors name the file.
-pub(super) fn import_document(
+fn import_document(
     store: &mut Store,
     actor: &str,
     via: &str,

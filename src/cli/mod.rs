@@ -4,58 +4,85 @@
 
 mod assignments;
 mod audit;
+mod backup;
 mod bench;
 mod check;
+mod completions;
 mod eval;
 mod explain;
 mod export;
 mod flag;
 mod history;
 mod import;
+mod init;
 mod run;
 
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
 use crate::store::Store;
+
+const DB_HELP: &str = "The database file [default: $FLAGSTORE_DB, else ./flagstore.db]";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "flagstore",
     version,
     args_override_self = true,
-    about = "Feature flags for data pipelines: sticky rollouts and an audit trail in one SQLite file"
+    about = "Feature flags for data pipelines: sticky rollouts and an audit trail in one SQLite file",
+    after_help = "Examples:
+  flagstore run --input examples/pipeline.json --output out.json
+  flagstore eval enrich --context tenant:acme
+  flagstore --db /srv/flags.db audit --flag enrich"
 )]
 pub struct Cli {
-    /// SQLite database file; created and migrated on first use.
-    #[arg(
-        long,
-        global = true,
-        env = "FLAGSTORE_DB",
-        default_value = "flagstore.db"
-    )]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub db: DbOption,
 
-    /// Who is acting, recorded in the audit log [default: $FLAGSTORE_ACTOR, else the OS
-    /// user]. For `audit` queries: show only rows by this actor.
-    #[arg(long, global = true)]
-    pub actor: Option<String>,
+    #[command(flatten)]
+    pub actor: ActorOption,
 
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `--db`, accepted before the command and after it by the commands that use a database.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DbOption {
+    #[arg(id = "db", long = "db", value_name = "PATH", help = DB_HELP)]
+    pub path: Option<PathBuf>,
+}
+
+/// `--actor`, accepted before the command and after it by the commands that record or filter
+/// by who acted.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ActorOption {
+    /// Who is acting, recorded in the audit log [default: $FLAGSTORE_ACTOR, else the OS user].
+    /// For `audit` queries: show only rows by this actor.
+    #[arg(id = "actor", long = "actor", value_name = "NAME", value_parser = non_empty)]
+    pub name: Option<String>,
+}
+
+fn non_empty(value: &str) -> std::result::Result<String, String> {
+    if value.is_empty() {
+        Err("must not be empty".to_string())
+    } else {
+        Ok(value.to_string())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create an empty store (a database file holding no flags yet).
+    Init(init::InitArgs),
     /// Create or update flags from a JSON file (`-` for stdin), all or nothing.
     Import(import::ImportArgs),
     /// Write every flag as JSON, sorted by name, in the format `import` reads.
     Export(export::ExportArgs),
-    /// List, show and change flags.
+    /// Create, list, show and change flags.
     #[command(subcommand)]
     Flag(flag::FlagCommand),
     /// Evaluate flags for a context key, or for every key of a file.
@@ -63,8 +90,8 @@ pub enum Command {
     /// List or reset sticky assignments.
     #[command(subcommand)]
     Assignments(assignments::AssignmentsCommand),
-    /// The prototype's job: import a flags file, evaluate its flags for its context_key and
-    /// write the results.
+    /// The prototype's job: evaluate a flags file's flags for its context_key and write the
+    /// results, creating the flags the store lacks.
     Run(run::RunArgs),
     /// Query the audit log (newest first), or verify and anchor its hash chain.
     Audit(audit::AuditArgs),
@@ -75,9 +102,13 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Check the whole store: pages, indexes, references and the audit chain.
     Check(check::CheckArgs),
+    /// Write a consistent copy of the store to one file, while other commands keep running.
+    Backup(backup::BackupArgs),
     /// Measure throughput and latency on a temporary database (not --db).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script: `flagstore completions bash > /etc/bash_completion.d/flagstore`.
+    Completions(completions::CompletionsArgs),
 }
 
 /// How a successful command ends: `Off` is exit status 1 under `eval -q`.
@@ -87,43 +118,104 @@ pub enum Outcome {
     Off,
 }
 
-/// Runs a parsed command line against the store it names.
+/// What every command may need from the options given before it: the database and the actor.
+pub struct Globals {
+    db: DbOption,
+    actor: ActorOption,
+}
+
+impl Globals {
+    /// The database: `--db` after the command, else before it, else $FLAGSTORE_DB, else
+    /// `./flagstore.db`.
+    fn database(&self, local: &DbOption) -> PathBuf {
+        local
+            .path
+            .clone()
+            .or_else(|| self.db.path.clone())
+            .or_else(|| std::env::var_os("FLAGSTORE_DB").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("flagstore.db"))
+    }
+
+    /// Runs `work` on the store of a command that defines flags: created when it does not
+    /// exist. Database errors name the file.
+    fn with_store_or_create<T>(
+        &self,
+        local: &DbOption,
+        work: impl FnOnce(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        let mut store = Store::open(&self.database(local))?;
+        work(&mut store).map_err(|e| e.at_database(store.path()))
+    }
+
+    /// Runs `work` on the store of a command that reads or evaluates: it must exist.
+    fn with_store<T>(
+        &self,
+        local: &DbOption,
+        work: impl FnOnce(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        let mut store = Store::open_existing(&self.database(local))?;
+        work(&mut store).map_err(|e| e.at_database(store.path()))
+    }
+
+    /// Who writes: `--actor`, else $FLAGSTORE_ACTOR, else the OS user.
+    fn writer(&self, local: &ActorOption) -> String {
+        self.actor_filter(local)
+            .or_else(|| {
+                std::env::var("FLAGSTORE_ACTOR")
+                    .ok()
+                    .filter(|a| !a.is_empty())
+            })
+            .unwrap_or_else(os_user)
+    }
+
+    /// The actor to filter audit rows by: only an explicit `--actor`, since an exported
+    /// $FLAGSTORE_ACTOR would silently hide other people's rows.
+    fn actor_filter(&self, local: &ActorOption) -> Option<String> {
+        local.name.clone().or_else(|| self.actor.name.clone())
+    }
+}
+
+/// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<Outcome> {
-    // The environment's actor applies to writes only: as an audit filter it would silently
-    // hide other people's rows.
-    let actor = cli
-        .actor
-        .clone()
-        .or_else(|| {
-            std::env::var("FLAGSTORE_ACTOR")
-                .ok()
-                .filter(|a| !a.is_empty())
-        })
-        .unwrap_or_else(os_user);
+    let globals = Globals {
+        db: cli.db,
+        actor: cli.actor,
+    };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    if let Command::Bench(command) = &cli.command {
-        let outcome = bench::run(&mut out, command)?;
-        out.flush().map_err(stdout_error)?;
-        return Ok(outcome);
-    }
-    let mut store = Store::open(&cli.db)?;
     let outcome = match cli.command {
-        Command::Bench(_) => unreachable!("handled before the store is opened"),
-        Command::Import(args) => import::run(&mut store, &mut out, &actor, &args),
-        Command::Export(args) => export::run(&store, &mut out, &args),
-        Command::Flag(command) => flag::run(&mut store, &mut out, &actor, command),
-        Command::Eval(args) => eval::run(&mut store, &mut out, &actor, args),
-        Command::Assignments(command) => assignments::run(&mut store, &mut out, &actor, command),
-        Command::Audit(args) => audit::run(&store, &mut out, &args, cli.actor.as_deref()),
-        Command::Explain(args) => explain::run(&mut store, &mut out, &args),
-        Command::History(args) => history::run(&store, &mut out, &args),
-        Command::Check(_) => check::run(&store, &mut out),
-        Command::Run(args) => run::run(&mut store, &mut out, &actor, &args),
-    }
-    .map_err(|e| e.at_database(store.path()))?;
+        Command::Init(args) => init::run(&globals, &mut out, &args),
+        Command::Import(args) => import::run(&globals, &mut out, &args),
+        Command::Export(args) => export::run(&globals, &mut out, &args),
+        Command::Flag(command) => flag::run(&globals, &mut out, command),
+        Command::Eval(args) => eval::run(&globals, &mut out, args),
+        Command::Assignments(command) => assignments::run(&globals, &mut out, command),
+        Command::Run(args) => run::run(&globals, &mut out, &args),
+        Command::Audit(args) => audit::run(&globals, &mut out, &args),
+        Command::Explain(args) => explain::run(&globals, &mut out, &args),
+        Command::History(args) => history::run(&globals, &mut out, &args),
+        Command::Check(args) => check::run(&globals, &mut out, &args),
+        Command::Backup(args) => backup::run(&globals, &mut out, &args),
+        Command::Bench(command) => bench::run(&mut out, &command),
+        Command::Completions(args) => completions::run(&mut out, &args),
+    }?;
     out.flush().map_err(stdout_error)?;
     Ok(outcome)
+}
+
+/// A command-line mistake as the one line every error gets: clap's message, any tip it has
+/// (a similar command, how to pass a value starting with `-`), and where to read more.
+pub fn usage_error_line(usage: &clap::Error) -> String {
+    let rendered = usage.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid command line");
+    let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
+        line.push_str("; ");
+        line.push_str(tip);
+    }
+    line.push_str(" (see --help)");
+    line
 }
 
 /// The login name: from the environment when it is set (cheap), else from the OS user
@@ -144,28 +236,73 @@ fn stdout_error(source: io::Error) -> Error {
     }
 }
 
-/// Writes through a temporary file in the same directory and renames it into place, so a
-/// reader never sees half a file and a failed write leaves the old one.
-fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let write_error = |source| Error::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(".tmp-{}", std::process::id()));
-    let temporary = PathBuf::from(temporary);
-    let written = File::create(&temporary)
-        .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
-        .and_then(|()| std::fs::rename(&temporary, path));
-    if written.is_err() {
-        // Best effort: the write error is the one worth reporting.
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written.map_err(write_error)
+/// Output formats of the commands that list rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people; control characters escaped.
+    Table,
+    /// One JSON array.
+    Json,
+    /// JSON Lines: one object per line.
+    Jsonl,
 }
 
-/// Left-aligned columns separated by two spaces, the last one unpadded.
+/// Writes `items` as one JSON array, one item per line (`Format::Json`), or as JSON Lines.
+fn write_json(
+    out: &mut impl Write,
+    format: Format,
+    items: impl Iterator<Item = serde_json::Value>,
+) -> Result<()> {
+    let array = format == Format::Json;
+    let mut text = String::new();
+    for (i, item) in items.enumerate() {
+        if array {
+            text.push_str(if i == 0 { "[\n" } else { ",\n" });
+        }
+        text.push_str(&item.to_string());
+        if !array {
+            text.push('\n');
+        }
+    }
+    if array {
+        text.push_str(if text.is_empty() { "[]\n" } else { "\n]\n" });
+    }
+    out.write_all(text.as_bytes()).map_err(stdout_error)
+}
+
+/// `text` made safe for a terminal: control characters and bidirectional-text overrides are
+/// shown as escapes (`\n`, `\u{1b}`, `\u{202e}`), so a context key cannot forge a row or
+/// recolour the screen. A backslash is doubled, so an escape is never ambiguous.
+fn escaped(text: &str) -> String {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(|c| unsafe_char(c) || c == '\\') {
+        return text.to_string();
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => shown.push_str("\\\\"),
+            '\n' => shown.push_str("\\n"),
+            '\r' => shown.push_str("\\r"),
+            '\t' => shown.push_str("\\t"),
+            '\0' => shown.push_str("\\0"),
+            c if unsafe_char(c) => shown.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => shown.push(c),
+        }
+    }
+    shown
+}
+
+/// Left-aligned columns separated by two spaces, without trailing spaces; every cell escaped
+/// for the terminal.
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escaped(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -175,17 +312,46 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let header_row = headers.iter().map(|h| h.to_string()).collect();
     let mut text = String::new();
     for row in std::iter::once(header_row).chain(rows) {
-        let last = row.len() - 1;
-        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            if i == last {
-                text.push_str(cell);
-            } else {
-                let padding = width - cell.chars().count();
-                text.push_str(cell);
-                text.push_str(&" ".repeat(padding + 2));
-            }
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            line.push_str(cell);
+            line.push_str(&" ".repeat(width - cell.chars().count() + 2));
         }
+        text.push_str(line.trim_end());
         text.push('\n');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn escaping_leaves_ordinary_text_alone_and_shows_controls() {
+        assert_eq!(escaped("tenant:acme é 中"), "tenant:acme é 中");
+        assert_eq!(
+            escaped("a\nb\u{1b}[31m\0\u{202e}c\\"),
+            "a\\nb\\u{1b}[31m\\0\\u{202e}c\\\\"
+        );
+    }
+
+    #[test]
+    fn tables_have_no_trailing_spaces() {
+        let text = table(
+            &["a", "b"],
+            vec![
+                vec!["x".into(), String::new()],
+                vec!["yy".into(), "z".into()],
+            ],
+        );
+        assert_eq!(text, "a   b\nx\nyy  z\n");
+    }
 }

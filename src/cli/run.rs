@@ -1,73 +1,139 @@
-//! `flagstore run`: the prototype's job: import a flags file, evaluate its flags for its
-//! context_key and write the results.
+//! `flagstore run`: the prototype's job: evaluate a flags file's flags for its context_key and
+//! write the results. The store is the audited source of truth: the file may add flags the
+//! store lacks, but it never overrides what operators set.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
 
 use super::eval::decision_map;
-use super::import::import_document;
-use super::{Outcome, stdout_error, write_file_atomically};
+use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
+use crate::change::differences;
 use crate::document::{DEFAULT_CONTEXT_KEY, Document, display_path};
 use crate::error::Result;
-use crate::store::{Selection, Store};
+use crate::file::PendingFile;
+use crate::flag::FlagSet;
+use crate::store::Selection;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Flags the store lacks are created from the file; for a flag the store
+already has, the store's definition is used, and a warning names each difference and the
+command that would apply the file. Nothing is written unless the results are.
+
+Examples:
+  flagstore run --input examples/pipeline.json --output out.json
+  flagstore run --input flags.json --output -"
+)]
 pub struct RunArgs {
     /// Flags file; its optional "context_key" (default "default") is the context evaluated.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub input: String,
-    /// Where to write the results JSON (also printed to stdout).
-    #[arg(long)]
+    /// Where to write the results JSON (also printed to stdout); `-` for stdout only.
+    #[arg(long, value_name = "FILE")]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub db: DbOption,
+    #[command(flatten)]
+    pub actor: ActorOption,
 }
 
-pub fn run(
-    store: &mut Store,
-    out: &mut impl Write,
-    actor: &str,
-    args: &RunArgs,
-) -> Result<Outcome> {
-    run_job(store, out, actor, &args.input, &args.output)
-}
-
-fn run_job(
-    store: &mut Store,
-    out: &mut impl Write,
-    actor: &str,
-    input: &str,
-    output: &Path,
-) -> Result<Outcome> {
-    let document = Document::read(input)?;
-    let changes = import_document(
-        store,
-        actor,
-        "run",
-        &document,
-        display_path(input),
-        false,
-        false,
-    )?;
+pub fn run(globals: &Globals, out: &mut impl Write, args: &RunArgs) -> Result<Outcome> {
+    let document = Document::read(&args.input)?;
+    let input = display_path(&args.input);
     let context = document
         .context_key
         .as_deref()
         .unwrap_or(DEFAULT_CONTEXT_KEY);
-    let names = document.flags.iter().map(|f| f.name.clone()).collect();
-    let evaluations = store.evaluate(&Selection::Flags(names), context, actor)?;
-    let enabled = evaluations.iter().filter(|e| e.decision.enabled).count();
-    let result = json!({
-        "evaluations": decision_map(&evaluations),
-        "stats": {
-            "total": evaluations.len(),
-            "enabled": enabled,
-            "disabled": evaluations.len() - enabled,
-        },
-        "audit_entries": changes.len() + evaluations.len(),
-    });
-    let text = format!("{}\n", serde_json::to_string_pretty(&result).expect("json"));
-    write_file_atomically(output, text.as_bytes())?;
+    let names: Vec<String> = document.flags.iter().map(|f| f.name.clone()).collect();
+    let to_stdout_only = args.output.as_os_str() == "-";
+    // Created before anything is evaluated, so an output that cannot be written refuses the
+    // run before the store changes.
+    let pending = (!to_stdout_only)
+        .then(|| PendingFile::create(&args.output))
+        .transpose()?;
+    let mut text = String::new();
+    globals.with_store_or_create(&args.db, |store| {
+        store.modify_and_evaluate(
+            &globals.writer(&args.actor),
+            "run",
+            |current| {
+                warn_of_differences(current, &document, input);
+                let mut next = current.clone();
+                for flag in document.flags.iter().filter(|f| !current.contains(&f.name)) {
+                    next.insert(flag.clone());
+                }
+                next.validate().map_err(|e| e.in_file(input))?;
+                Ok(next)
+            },
+            &Selection::Flags(names.clone()),
+            context,
+            |flags, changes, evaluations| {
+                text = results(flags, &names, changes.len(), evaluations);
+                match &pending {
+                    Some(pending) => std::fs::write(pending.path(), &text).map_err(|source| {
+                        crate::error::Error::Write {
+                            path: args.output.display().to_string(),
+                            source,
+                        }
+                    }),
+                    None => Ok(()),
+                }
+            },
+        )
+    })?;
+    if let Some(pending) = pending {
+        pending.persist()?;
+    }
     out.write_all(text.as_bytes()).map_err(stdout_error)?;
     Ok(Outcome::Success)
+}
+
+/// The prototype's result document. `stats` counts the file's flags by their `enabled`
+/// setting (as the store has it), as the prototype did, not by their decisions.
+fn results(
+    flags: &FlagSet,
+    names: &[String],
+    changes: usize,
+    evaluations: &[crate::eval::Evaluation],
+) -> String {
+    let enabled = names
+        .iter()
+        .filter(|name| flags.get(name).is_some_and(|f| f.enabled))
+        .count();
+    let result = json!({
+        "evaluations": decision_map(evaluations),
+        "stats": {
+            "total": names.len(),
+            "enabled": enabled,
+            "disabled": names.len() - enabled,
+        },
+        "audit_entries": changes + evaluations.len(),
+    });
+    format!("{}\n", serde_json::to_string_pretty(&result).expect("json"))
+}
+
+/// One warning per flag the store defines otherwise than the file, naming the differences.
+fn warn_of_differences(store: &FlagSet, document: &Document, input: &str) {
+    for in_file in document.flag_set().iter() {
+        let Some(stored) = store.get(&in_file.name) else {
+            continue;
+        };
+        let fields = differences(in_file, stored);
+        if fields.is_empty() {
+            continue;
+        }
+        let says = |pick: fn(&(&str, String, String)) -> String| {
+            fields.iter().map(pick).collect::<Vec<_>>().join(" and ")
+        };
+        eprintln!(
+            "flagstore: warning: flag {:?}: {input} says {}, the store has {}; the store's \
+             definition was used (apply the file with: flagstore import {input})",
+            in_file.name,
+            says(|(field, file, _)| format!("{field} {file}")),
+            says(|(_, _, stored)| stored.clone()),
+        );
+    }
 }

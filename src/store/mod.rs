@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rusqlite::config::DbConfig;
+use rusqlite::backup::Backup;
 use rusqlite::{
-    CachedStatement, Connection, ErrorCode, OptionalExtension, ToSql, TransactionBehavior,
+    CachedStatement, Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql,
+    TransactionBehavior,
 };
 use serde_json::json;
 
@@ -19,6 +20,7 @@ use crate::audit::{AuditQuery, AuditRow, Entry, GENESIS_HASH, timestamp};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation, StoredAssignment};
+use crate::file::PendingFile;
 use crate::flag::{Flag, FlagSet};
 
 mod review;
@@ -27,8 +29,20 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// How long one attempt waits for another process's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one attempt waits for another process's lock, in polls of [`BUSY_POLL`].
+const BUSY_POLLS: i32 = 2_000;
+
+/// How often a waiting connection tries the lock again. SQLite's own busy timeout backs off to
+/// 100 ms sleeps, and batch workers that take the lock again within a few milliseconds of
+/// releasing it then starve a waiting operator: a kill switch thrown during a batch waited
+/// until every batch had finished. Polling every millisecond catches the gaps between their
+/// transactions.
+const BUSY_POLL: Duration = Duration::from_millis(1);
+
+fn wait_for_lock(attempts_so_far: i32) -> bool {
+    std::thread::sleep(BUSY_POLL);
+    attempts_so_far < BUSY_POLLS
+}
 
 /// How long a writer keeps retrying a busy database before reporting it.
 const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(60);
@@ -111,8 +125,42 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     /// A file that is not SQLite, or was migrated by a newer flagstore, is refused untouched.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, OpenFlags::SQLITE_OPEN_CREATE)
+    }
+
+    /// Opens the database at `path`, refusing to create one: for commands that only read or
+    /// evaluate, where a mistyped path must not silently give an empty store. A file this user
+    /// cannot write is opened read-only, so reviewers can read it; writes then fail naming it.
+    pub fn open_existing(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Err(Error::NoDatabase {
+                path: path.display().to_string(),
+            });
+        }
+        Store::open_with(path, OpenFlags::empty())
+    }
+
+    /// Creates a new, empty store at `path`; an existing file is refused, whatever it holds.
+    pub fn create(path: &Path) -> Result<Store> {
+        if path.exists() {
+            return Err(Error::AlreadyExists {
+                path: path.display().to_string(),
+            });
+        }
+        Store::open(path)
+    }
+
+    fn open_with(path: &Path, create: OpenFlags) -> Result<Store> {
         let display = path.display().to_string();
-        let conn = Connection::open(path).map_err(|source| Error::Open {
+        if path.is_dir() {
+            return Err(Error::IsDirectory { path: display });
+        }
+        // Without CREATE, SQLite opens a file it may not write read-only.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | create;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Open {
             path: display.clone(),
             source,
         })?;
@@ -126,7 +174,7 @@ impl Store {
     }
 
     fn init(mut conn: Connection, path: String) -> Result<Store> {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.busy_handler(Some(wait_for_lock))?;
         // The first read is what fails on a file that is not a database; nothing has been
         // written yet at that point, so the file is left exactly as it was.
         let schema = schema_state(&conn).map_err(|e| match e.sqlite_error_code() {
@@ -143,11 +191,11 @@ impl Store {
         conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
         // Multi-row inserts keep a statement journal; as a file it cost a tenth of batch time.
         conn.pragma_update(None, "temp_store", "memory")?;
-        // A CLI evaluation is one short process: checkpointing the WAL into the database as
-        // each one exits would add a database write and fsync to every evaluation. The WAL is
-        // checkpointed as it grows instead, every WAL_CHECKPOINT_PAGES pages (about 40 MB),
-        // which also lets a batch rewrite its hot pages in the WAL before they are copied.
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        // While connections are open the WAL is checkpointed as it grows, every
+        // WAL_CHECKPOINT_PAGES pages (about 40 MB), which lets a batch rewrite its hot pages in
+        // the WAL before they are copied. The last connection to close checkpoints the rest
+        // and removes the WAL (SQLite's default), so that when no flagstore runs, all state
+        // is in the one database file and a plain copy of it is complete.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
         retry_while_busy(BUSY_RETRY_BUDGET, || {
             conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
@@ -220,6 +268,52 @@ impl Store {
         write_changes(&tx, &changes, actor, via, &ts)?;
         tx.commit()?;
         Ok(changes)
+    }
+
+    /// Applies `edit` as [`Store::modify`] does, then evaluates `selection` for `context`
+    /// against the flags as edited, all in one transaction. `confirm` sees the result before it
+    /// commits; an error from it (say, the output file cannot be written) rolls everything
+    /// back, so a refused run leaves the store as it was.
+    pub fn modify_and_evaluate(
+        &mut self,
+        actor: &str,
+        via: &str,
+        edit: impl FnOnce(&FlagSet) -> Result<FlagSet>,
+        selection: &Selection,
+        context: &str,
+        confirm: impl FnOnce(&FlagSet, &[Change], &[Evaluation]) -> Result<()>,
+    ) -> Result<(Vec<Change>, Vec<Evaluation>)> {
+        let tx = self.write_transaction()?;
+        let ts = self.now();
+        let current = load_flags(&tx)?;
+        let next = edit(&current)?;
+        next.validate()?;
+        let changes = change::diff(&current, &next);
+        write_changes(&tx, &changes, actor, via, &ts)?;
+        let keys = [context.to_string()];
+        let evaluations = EvaluationPlan::new(&next, selection)
+            .evaluate_keys(&tx, &keys, actor, &ts)?
+            .pop()
+            .unwrap_or_default();
+        confirm(&next, &changes, &evaluations)?;
+        tx.commit()?;
+        Ok((changes, evaluations))
+    }
+
+    /// Writes a consistent copy of the whole store to `destination` with SQLite's online
+    /// backup API: every page in one step, so from one read snapshot while writers carry on.
+    /// The copy goes to a temporary file beside `destination` and is renamed into place, and
+    /// it is left in rollback-journal mode: one self-contained file.
+    pub fn backup_to(&self, destination: &Path) -> Result<()> {
+        let pending = PendingFile::create(destination)?;
+        let copied = (|| -> rusqlite::Result<()> {
+            let mut copy = Connection::open(pending.path())?;
+            Backup::new(&self.conn, &mut copy)?.step(-1)?;
+            copy.pragma_update_and_check(None, "journal_mode", "delete", |_| Ok(()))?;
+            copy.close().map_err(|(_, e)| e)
+        })();
+        copied?;
+        pending.persist()
     }
 
     /// Evaluates the selected flags for one context key, storing sticky decisions and one

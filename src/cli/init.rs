@@ -1,0 +1,25 @@
+//! `flagstore init`: create an empty store.
+
+use std::io::Write;
+
+use clap::Args;
+
+use super::{DbOption, Globals, Outcome, stdout_error};
+use crate::error::Result;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  flagstore init
+  flagstore init --db /srv/pipeline/flags.db")]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub db: DbOption,
+}
+
+pub fn run(globals: &Globals, out: &mut impl Write, args: &InitArgs) -> Result<Outcome> {
+    let path = globals.database(&args.db);
+    let store = Store::create(&path)?;
+    writeln!(out, "created {}", store.path()).map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,73 @@
+//! Files written whole or not at all.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A file being written beside its destination, renamed into place by [`PendingFile::persist`]
+/// and removed if dropped before that: a reader never sees half a file, and a failed write
+/// leaves the old one.
+pub struct PendingFile {
+    destination: PathBuf,
+    temporary: PathBuf,
+    persisted: bool,
+}
+
+impl PendingFile {
+    /// Creates the temporary file, so a destination that cannot be written fails here, before
+    /// any other work.
+    pub fn create(destination: &Path) -> Result<PendingFile> {
+        let mut temporary = destination.as_os_str().to_owned();
+        temporary.push(format!(".tmp-{}", std::process::id()));
+        let pending = PendingFile {
+            destination: destination.to_path_buf(),
+            temporary: PathBuf::from(temporary),
+            persisted: false,
+        };
+        File::create(&pending.temporary).map_err(|e| pending.error(e))?;
+        Ok(pending)
+    }
+
+    /// A pending file holding `contents`, flushed to disk.
+    pub fn with_contents(destination: &Path, contents: &[u8]) -> Result<PendingFile> {
+        let pending = PendingFile::create(destination)?;
+        File::create(&pending.temporary)
+            .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
+            .map_err(|e| pending.error(e))?;
+        Ok(pending)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.temporary
+    }
+
+    /// Renames the file into place.
+    pub fn persist(mut self) -> Result<()> {
+        std::fs::rename(&self.temporary, &self.destination).map_err(|e| self.error(e))?;
+        self.persisted = true;
+        Ok(())
+    }
+
+    fn error(&self, source: io::Error) -> Error {
+        Error::Write {
+            path: self.destination.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            // Best effort: the error that stopped the write is the one worth reporting.
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// Writes `contents` to `path` atomically (see [`PendingFile`]).
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    PendingFile::with_contents(path, contents)?.persist()
+}

@@ -1,0 +1,286 @@
+//! What a new user trips over: a copy that holds nothing, silent overrides, silent empty
+//! stores, half-done failures and errors that do not say what to do.
+
+mod common;
+
+use common::{Env, PIPELINE, snapshot};
+use serde_json::Value;
+
+fn pipeline_example() -> String {
+    format!("{}/examples/pipeline.json", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn verified_rows(message: &str) -> &str {
+    message
+        .strip_prefix("audit log verified: ")
+        .and_then(|rest| rest.split(" rows").next())
+        .unwrap_or_else(|| panic!("{message}"))
+}
+
+#[test]
+fn a_plain_copy_of_the_database_file_holds_everything_once_flagstore_exits() {
+    let env = Env::new();
+    let out = env.dir.path().join("out.json");
+    env.ok(&[
+        "run",
+        "--input",
+        &pipeline_example(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let original = env.ok(&["audit", "verify"]);
+    let copy = env.dir.path().join("copy.db");
+    std::fs::copy(&env.db, &copy).unwrap();
+    let copied = env.ok(&["--db", copy.to_str().unwrap(), "audit", "verify"]);
+    assert_ne!(verified_rows(&original), "0");
+    assert_eq!(copied, original);
+}
+
+#[test]
+fn backup_writes_a_consistent_single_file_copy() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.ok(&["eval", "--all", "--context", "k"]);
+    let target = env.dir.path().join("backup.db");
+    let message = env.ok(&["backup", "-o", target.to_str().unwrap()]);
+    assert_eq!(
+        message,
+        format!("backed up {} to {}\n", env.db.display(), target.display())
+    );
+    assert_eq!(snapshot(&target), env.snapshot());
+    for suffix in ["-wal", "-shm"] {
+        assert!(!env.dir.path().join(format!("backup.db{suffix}")).exists());
+    }
+    let missing_dir = env.dir.path().join("no/such/dir/b.db");
+    let refused = env.fails(&["backup", "-o", missing_dir.to_str().unwrap()]);
+    assert!(
+        refused.starts_with(&format!(
+            "flagstore: cannot write {}",
+            missing_dir.display()
+        )),
+        "{refused}"
+    );
+}
+
+#[test]
+fn run_creates_missing_flags_but_never_overrides_the_store() {
+    let env = Env::new();
+    let out = env.dir.path().join("out.json");
+    let run = || {
+        env.cmd()
+            .args([
+                "run",
+                "--input",
+                &pipeline_example(),
+                "--output",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(run().status.success());
+    env.ok(&["flag", "disable", "enrich"]);
+    let output = run();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        format!(
+            "flagstore: warning: flag \"enrich\": {} says enabled true, the store has false; \
+             the store's definition was used (apply the file with: flagstore import {})\n",
+            pipeline_example(),
+            pipeline_example()
+        )
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["evaluations"]["enrich"], false);
+    let now =
+        serde_json::from_str::<Value>(&env.ok(&["eval", "enrich", "--context", "x", "--json"]))
+            .unwrap();
+    assert_eq!(now["source"], "disabled");
+}
+
+#[test]
+fn run_stats_are_the_prototypes() {
+    let env = Env::new();
+    let out = env.dir.path().join("out.json");
+    let result: Value = serde_json::from_str(&env.ok(&[
+        "run",
+        "--input",
+        &pipeline_example(),
+        "--output",
+        out.to_str().unwrap(),
+    ]))
+    .unwrap();
+    // The Python prototype prints these for examples/pipeline.json.
+    assert_eq!(
+        result["stats"],
+        serde_json::json!({"total": 6, "enabled": 5, "disabled": 1})
+    );
+}
+
+#[test]
+fn a_failed_run_leaves_the_store_unchanged() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let before = env.snapshot();
+    let input = env.write("pipeline.json", PIPELINE);
+    let nowhere = env.dir.path().join("missing-dir/out.json");
+    let message = env.fails(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert!(
+        message.starts_with(&format!("flagstore: cannot write {}", nowhere.display())),
+        "{message}"
+    );
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn reading_commands_refuse_a_database_that_does_not_exist() {
+    let env = Env::new();
+    for command in [
+        &["eval", "f", "--context", "k"][..],
+        &["export"],
+        &["flag", "list"],
+        &["flag", "show", "f"],
+        &["audit"],
+        &["audit", "verify"],
+        &["explain", "f", "--context", "k"],
+        &["history", "f"],
+        &["assignments", "list"],
+        &["check"],
+    ] {
+        assert_eq!(
+            env.fails(command),
+            format!(
+                "flagstore: {}: no such database (create one with `flagstore init` or \
+                 `flagstore import FILE`, or name another with --db)",
+                env.db.display()
+            ),
+            "{command:?}"
+        );
+        assert!(!env.db.exists(), "{command:?} created the file");
+    }
+    let flags = env.write("flags.json", PIPELINE);
+    let dry = env.ok(&["import", "--dry-run", flags.to_str().unwrap()]);
+    assert_eq!(
+        dry.lines().last(),
+        Some("4 created, 0 updated, 0 deleted, 0 unchanged (dry run: nothing written)")
+    );
+    assert!(!env.db.exists(), "a dry run created the file");
+    assert_eq!(env.ok(&["init"]), format!("created {}\n", env.db.display()));
+    assert_eq!(env.ok(&["flag", "list", "--json"]), "[]\n");
+    assert_eq!(
+        env.fails(&["init"]),
+        format!("flagstore: {} already exists", env.db.display())
+    );
+}
+
+#[test]
+fn a_directory_given_as_the_database_is_named_as_one() {
+    let env = Env::new();
+    let dir = env.dir.path().to_str().unwrap();
+    let flags = env.write("flags.json", PIPELINE);
+    let import = ["--db", dir, "import", flags.to_str().unwrap()];
+    for command in [&["--db", dir, "flag", "list"][..], &import] {
+        assert_eq!(
+            env.fails(command),
+            format!("flagstore: {dir} is a directory; --db names a database file"),
+        );
+    }
+}
+
+#[test]
+fn eval_of_an_unknown_flag_answers_false_and_warns() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let output = env
+        .cmd()
+        .args(["eval", "enrch", "--context", "k"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), "false\n");
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        "flagstore: warning: unknown flag \"enrch\" (did you mean \"enrich\"?)\n"
+    );
+}
+
+#[test]
+fn flag_set_changes_only_existing_flags_and_flag_create_creates() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let before = env.snapshot();
+    assert_eq!(
+        env.fails(&["flag", "set", "enrch", "--rollout", "5"]),
+        "flagstore: unknown flag \"enrch\" (did you mean \"enrich\"?); create a flag with `flagstore flag create`"
+    );
+    assert_eq!(env.snapshot(), before);
+    assert_eq!(
+        env.ok(&[
+            "flag",
+            "create",
+            "shadow",
+            "--rollout",
+            "5",
+            "--requires",
+            "ingest"
+        ]),
+        "shadow: created enabled true, rollout_pct 5, requires [ingest], sticky on_only\n"
+    );
+    assert_eq!(
+        env.fails(&["flag", "create", "shadow"]),
+        "flagstore: flag \"shadow\" already exists; change it with `flagstore flag set`"
+    );
+}
+
+#[test]
+fn bad_option_values_are_named() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let message = env.fails(&["flag", "set", "enrich", "--rollout", "50%"]);
+    assert!(
+        message
+            .contains("invalid value '50%' for '--rollout <PCT>': must be a number from 0 to 100"),
+        "{message}"
+    );
+    let message = env.fails(&["audit", "--limit", "-1"]);
+    assert!(
+        message.contains("invalid value '-1' for '--limit <N>'"),
+        "{message}"
+    );
+    let message = env.fails(&["--actor", "", "flag", "disable", "enrich"]);
+    assert!(
+        message.contains("invalid value '' for '--actor <NAME>': must not be empty"),
+        "{message}"
+    );
+    let keys = env.write("keys.txt", "a\n");
+    let message = env.fails(&["eval", "--contexts-file", keys.to_str().unwrap()]);
+    assert!(
+        message.contains("name the flags to evaluate, or use --all"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_contexts_line_of_only_whitespace_is_skipped() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let keys = env.write("keys.txt", "a\n \t \nb\n");
+    let output = env.ok(&["eval", "ingest", "--contexts-file", keys.to_str().unwrap()]);
+    let contexts: Vec<String> = output
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["context"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(contexts, ["a", "b"]);
+}
