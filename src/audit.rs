@@ -17,7 +17,7 @@
 //! [`GENESIS_HASH`].
 
 use chrono::{DateTime, DurationRound, NaiveDate, SecondsFormat, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -279,11 +279,42 @@ impl ChainVerifier {
 /// A point of the chain to hold the log to: the row `id` must exist and carry `hash`. Written
 /// by `flagstore audit checkpoint` and kept away from the database, it exposes rows deleted from
 /// the end, which a chain alone cannot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Checkpoint {
     /// `None` when only the hash is known (`--expect-head`).
     pub id: Option<i64>,
     pub hash: String,
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint file's text, `{"id": N, "hash": "64 hex digits"}`, saying in words
+    /// what is wrong with anything else.
+    pub fn parse(text: &str) -> std::result::Result<Checkpoint, String> {
+        const SHAPE: &str = r#"expected {"id": N, "hash": "64 hex digits"} as written by `flagstore audit checkpoint`"#;
+        let value: serde_json::Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
+            .map_err(|e| format!("{e}; {SHAPE}"))?;
+        let id = value.get("id").and_then(serde_json::Value::as_i64);
+        let hash = value.get("hash").and_then(serde_json::Value::as_str);
+        match (value.as_object().map(|o| o.len()), id, hash) {
+            (Some(2), Some(id), Some(hash))
+                if id > 0 && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Ok(Checkpoint {
+                    id: Some(id),
+                    hash: hash.to_ascii_lowercase(),
+                })
+            }
+            _ => Err(format!("got {}; {SHAPE}", preview(&value.to_string()))),
+        }
+    }
+}
+
+fn preview(text: &str) -> String {
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text.to_string()
+    }
 }
 
 /// The outcome of a successful verification.

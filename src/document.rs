@@ -4,18 +4,18 @@
 use std::collections::HashMap;
 use std::io::Read;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::flag::{Flag, FlagSet, validate_name, validate_rollout};
+use crate::flag::{Flag, FlagSet, StickyPolicy, validate_name};
 
 /// The prototype's `run` job evaluates for this key when a file names none.
 pub const DEFAULT_CONTEXT_KEY: &str = "default";
 
 /// A parsed flags file. Unknown fields are refused: a misspelt `"rollout"` silently falling back
 /// to a 100% rollout is the kind of mistake this tool exists to prevent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Document {
     pub flags: Vec<Flag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -23,26 +23,78 @@ pub struct Document {
 }
 
 impl Document {
-    /// Parses and checks a file's own content (names, percentages, duplicates); whether its
-    /// `requires` resolve depends on the store it is imported into.
+    /// Parses and checks a file's own content (field types, names, percentages, duplicates);
+    /// whether its `requires` resolve depends on the store it is imported into. Errors name the
+    /// entry, the flag and the field in words, e.g. `flags[1] ("enrich"): rollout_pct must be
+    /// a number from 0 to 100, got the string "50"`. A leading UTF-8 byte order mark is ignored.
     pub fn parse(text: &str, path: &str) -> Result<Document> {
-        let document: Document = serde_json::from_str(text).map_err(|e| malformed(&e, path))?;
-        let mut first_entry: HashMap<&str, usize> = HashMap::new();
-        for (index, flag) in document.flags.iter().enumerate() {
-            let entry = index + 1;
-            validate_name(&flag.name)
-                .and_then(|()| validate_rollout(&flag.name, flag.rollout_pct))
-                .map_err(|e| e.in_file(&format!("{path}: entry {entry}")))?;
-            if let Some(first) = first_entry.insert(&flag.name, entry) {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let value: Value = serde_json::from_str(text).map_err(|e| malformed(&e, path))?;
+        let bad = |at: &str, why: String| Error::BadDocument {
+            path: path.to_string(),
+            at: at.to_string(),
+            why,
+        };
+        let Value::Object(top) = value else {
+            return Err(bad(
+                "the file",
+                format!(
+                    "must be an object like {{\"flags\": [...]}}, got {}",
+                    describe(&value)
+                ),
+            ));
+        };
+        let mut flags = None;
+        let mut context_key = None;
+        for (field, value) in top {
+            match field.as_str() {
+                "flags" => flags = Some(value),
+                "context_key" => match value {
+                    Value::String(key) => context_key = Some(key),
+                    other => {
+                        return Err(bad(
+                            "context_key",
+                            format!("must be a string, got {}", describe(&other)),
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(bad(
+                        &format!("{field:?}"),
+                        "is not a field of a flags file (expected flags and context_key)"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+        let entries = match flags {
+            Some(Value::Array(entries)) => entries,
+            Some(other) => {
+                return Err(bad(
+                    "flags",
+                    format!("must be a list of flag objects, got {}", describe(&other)),
+                ));
+            }
+            None => return Err(bad("the file", "has no \"flags\" list".to_string())),
+        };
+        let mut parsed = Vec::with_capacity(entries.len());
+        let mut first_index: HashMap<String, usize> = HashMap::new();
+        for (index, entry) in entries.into_iter().enumerate() {
+            let flag = parse_flag(index, entry).map_err(|(at, why)| bad(&at, why))?;
+            if let Some(first) = first_index.insert(flag.name.clone(), index) {
                 return Err(Error::DuplicateName {
-                    name: flag.name.clone(),
+                    name: flag.name,
                     first,
-                    second: entry,
+                    second: index,
                 }
                 .in_file(path));
             }
+            parsed.push(flag);
         }
-        Ok(document)
+        Ok(Document {
+            flags: parsed,
+            context_key,
+        })
     }
 
     /// Reads and parses `path`, or standard input when it is `-`.
@@ -91,6 +143,95 @@ pub fn read_input(path: &str) -> Result<String> {
         Ok(text)
     } else {
         std::fs::read_to_string(path).map_err(read_error)
+    }
+}
+
+/// One entry of the `flags` list, or (where, why) it is refused.
+fn parse_flag(index: usize, entry: Value) -> std::result::Result<Flag, (String, String)> {
+    let entry_at = format!("flags[{index}]");
+    let Value::Object(fields) = entry else {
+        return Err((
+            entry_at,
+            format!(
+                "a flag must be an object like {{\"name\": \"ingest\"}}, got {}",
+                describe(&entry)
+            ),
+        ));
+    };
+    let name = match fields.get("name") {
+        Some(Value::String(name)) => name.clone(),
+        Some(other) => {
+            return Err((
+                entry_at,
+                format!("name must be a string, got {}", describe(other)),
+            ));
+        }
+        None => return Err((entry_at, "has no name".to_string())),
+    };
+    validate_name(&name).map_err(|e| (entry_at.clone(), e.to_string()))?;
+    let at = format!("{entry_at} ({name:?})");
+    let mut flag = Flag::new(name);
+    for (field, value) in fields {
+        let wrong = |expected: &str| {
+            (
+                at.clone(),
+                format!("{field} must be {expected}, got {}", describe(&value)),
+            )
+        };
+        match field.as_str() {
+            "name" => {}
+            "enabled" => flag.enabled = value.as_bool().ok_or_else(|| wrong("true or false"))?,
+            "rollout_pct" => {
+                flag.rollout_pct = value
+                    .as_f64()
+                    .filter(|pct| (0.0..=100.0).contains(pct))
+                    .ok_or_else(|| wrong("a number from 0 to 100"))?;
+            }
+            "requires" => {
+                let names = value.as_array().and_then(|list| {
+                    list.iter()
+                        .map(|name| name.as_str().map(str::to_string))
+                        .collect::<Option<Vec<String>>>()
+                });
+                flag.requires = names.ok_or_else(|| wrong("a list of flag names"))?;
+            }
+            "sticky" => {
+                flag.sticky = value
+                    .as_str()
+                    .and_then(|policy| policy.parse::<StickyPolicy>().ok())
+                    .ok_or_else(|| wrong("one of \"on_only\", \"all\" or \"none\""))?;
+            }
+            _ => {
+                return Err((
+                    at,
+                    format!(
+                        "{field:?} is not a field of a flag (expected name, enabled, \
+                         rollout_pct, requires and sticky)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(flag)
+}
+
+/// A JSON value as an error message names what was found instead.
+fn describe(value: &Value) -> String {
+    let shown = |value: &Value| {
+        let text = value.to_string();
+        if text.chars().count() > 40 {
+            format!("{}…", text.chars().take(40).collect::<String>())
+        } else {
+            text
+        }
+    };
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(_) => format!("the boolean {value}"),
+        Value::Number(_) => format!("the number {value}"),
+        Value::String(_) => format!("the string {}", shown(value)),
+        Value::Array(_) => format!("the list {}", shown(value)),
+        Value::Object(_) => format!("the object {}", shown(value)),
     }
 }
 
@@ -151,32 +292,78 @@ mod tests {
     }
 
     #[test]
-    fn bad_fields_are_named() {
-        assert!(error(r#"{"flags": [{"enabled": true}]}"#).contains("missing field `name`"));
-        assert_eq!(
-            error(r#"{"flags": [{"name": "a"}, {"name": ""}]}"#),
-            "f.json: entry 2: invalid flag name \"\": it is empty"
-        );
-        assert!(
-            error(r#"{"flags": [{"name": "a", "rollout_pct": "50"}]}"#)
-                .contains("invalid type: string \"50\", expected f64")
-        );
-        assert_eq!(
-            error(r#"{"flags": [{"name": "a", "rollout_pct": 101}]}"#),
-            "f.json: entry 1: flag \"a\": rollout_pct 101 is outside 0-100"
-        );
-        assert!(
-            error(r#"{"flags": [{"name": "a", "sticky": "forever"}]}"#)
-                .contains("unknown variant `forever`")
-        );
-        assert!(error(r#"{"flags": [{"name": "a", "rollout": 5}]}"#).contains("unknown field"));
+    fn bad_fields_are_named_in_plain_words() {
+        for (text, expected) in [
+            (r#"{"flags": [{"enabled": true}]}"#, "flags[0]: has no name"),
+            (
+                r#"{"flags": [{"name": "a"}, {"name": ""}]}"#,
+                "flags[1]: invalid flag name \"\": it is empty",
+            ),
+            (
+                r#"{"flags": [{"name": "a"}, {"name": "enrich", "rollout_pct": "50"}]}"#,
+                "flags[1] (\"enrich\"): rollout_pct must be a number from 0 to 100, got the string \"50\"",
+            ),
+            (
+                r#"{"flags": [{"name": "a", "rollout_pct": 101}]}"#,
+                "flags[0] (\"a\"): rollout_pct must be a number from 0 to 100, got the number 101",
+            ),
+            (
+                r#"{"flags": [{"name": "a", "enabled": "yes"}]}"#,
+                "flags[0] (\"a\"): enabled must be true or false, got the string \"yes\"",
+            ),
+            (
+                r#"{"flags": [{"name": "a", "requires": "b"}]}"#,
+                "flags[0] (\"a\"): requires must be a list of flag names, got the string \"b\"",
+            ),
+            (
+                r#"{"flags": [{"name": "a", "requires": ["b", 3]}]}"#,
+                "flags[0] (\"a\"): requires must be a list of flag names, got the list [\"b\",3]",
+            ),
+            (
+                r#"{"flags": [{"name": "a", "sticky": "forever"}]}"#,
+                "flags[0] (\"a\"): sticky must be one of \"on_only\", \"all\" or \"none\", got the string \"forever\"",
+            ),
+            (
+                r#"{"flags": [{"name": "a", "rollout": 5}]}"#,
+                "flags[0] (\"a\"): \"rollout\" is not a field of a flag (expected name, enabled, rollout_pct, requires and sticky)",
+            ),
+            (
+                r#"{"flags": [["a", true, 50]]}"#,
+                "flags[0]: a flag must be an object like {\"name\": \"ingest\"}, got the list [\"a\",true,50]",
+            ),
+            (
+                r#"[{"name": "a"}]"#,
+                "the file: must be an object like {\"flags\": [...]}, got the list [{\"name\":\"a\"}]",
+            ),
+            (
+                r#"{"flags": {"name": "a"}}"#,
+                "flags: must be a list of flag objects, got the object {\"name\":\"a\"}",
+            ),
+            (r#"{}"#, "the file: has no \"flags\" list"),
+            (
+                r#"{"flags": [], "context_key": 7}"#,
+                "context_key: must be a string, got the number 7",
+            ),
+            (
+                r#"{"flags": [], "flag": []}"#,
+                "\"flag\": is not a field of a flags file (expected flags and context_key)",
+            ),
+        ] {
+            assert_eq!(error(text), format!("f.json: {expected}"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let doc = Document::parse("\u{feff}{\"flags\": [{\"name\": \"a\"}]}", "f.json").unwrap();
+        assert_eq!(doc.flags, [Flag::new("a")]);
     }
 
     #[test]
     fn duplicate_names_name_both_entries() {
         assert_eq!(
             error(r#"{"flags": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}"#),
-            "f.json: flag \"a\" appears twice (entries 1 and 3)"
+            "f.json: flag \"a\" appears twice (flags[0] and flags[2])"
         );
     }
 

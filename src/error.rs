@@ -58,7 +58,14 @@ pub enum Error {
     #[error("flag {name:?} already exists; change it with `flagstore flag set`")]
     FlagExists { name: String },
 
-    #[error("flag {name:?} appears twice (entries {first} and {second})")]
+    #[error("{path}: {at}: {why}")]
+    BadDocument {
+        path: String,
+        at: String,
+        why: String,
+    },
+
+    #[error("flag {name:?} appears twice (flags[{first}] and flags[{second}])")]
     DuplicateName {
         name: String,
         first: usize,

@@ -186,13 +186,23 @@ fn deleted_last_rows_are_caught_by_a_checkpoint_or_expected_head() {
 #[test]
 fn a_bad_checkpoint_file_is_named() {
     let env = store_with_history();
-    let bad = env.write("checkpoint.json", "not json");
-    let message = env.fails(&["audit", "verify", "--checkpoint", bad.to_str().unwrap()]);
-    assert!(
-        message.starts_with(&format!(
-            "flagstore: {}: not a checkpoint file: ",
-            bad.display()
-        )),
-        "{message}"
-    );
+    let shape =
+        r#"expected {"id": N, "hash": "64 hex digits"} as written by `flagstore audit checkpoint`"#;
+    for (contents, why) in [
+        (
+            "not json",
+            format!("expected ident at line 1 column 2; {shape}"),
+        ),
+        (r#"[1, "abc"]"#, format!(r#"got [1,"abc"]; {shape}"#)),
+        (
+            r#"{"id": 3, "hash": "abc"}"#,
+            format!(r#"got {{"id":3,"hash":"abc"}}; {shape}"#),
+        ),
+    ] {
+        let bad = env.write("checkpoint.json", contents);
+        assert_eq!(
+            env.fails(&["audit", "verify", "--checkpoint", bad.to_str().unwrap()]),
+            format!("flagstore: {}: not a checkpoint file: {why}", bad.display())
+        );
+    }
 }

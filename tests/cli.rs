@@ -188,15 +188,15 @@ fn malformed_json_is_refused_with_line_and_column() {
 fn missing_and_empty_names_are_refused() {
     refused_import(
         r#"{"flags": [{"enabled": true}]}"#,
-        "FILE: line 1, column 28: missing field `name`",
+        "FILE: flags[0]: has no name",
     );
     refused_import(
         r#"{"flags": [{"name": "ok"}, {"name": ""}]}"#,
-        "FILE: entry 2: invalid flag name \"\": it is empty",
+        "FILE: flags[1]: invalid flag name \"\": it is empty",
     );
     refused_import(
         r#"{"flags": [{"name": "tab\there"}]}"#,
-        "FILE: entry 1: invalid flag name \"tab\\there\": it contains the control character U+0009",
+        "FILE: flags[0]: invalid flag name \"tab\\there\": it contains the control character U+0009",
     );
 }
 
@@ -204,7 +204,7 @@ fn missing_and_empty_names_are_refused() {
 fn duplicate_names_are_refused() {
     refused_import(
         r#"{"flags": [{"name": "x"}, {"name": "x", "enabled": false}]}"#,
-        "FILE: flag \"x\" appears twice (entries 1 and 2)",
+        "FILE: flag \"x\" appears twice (flags[0] and flags[1])",
     );
 }
 
@@ -212,15 +212,15 @@ fn duplicate_names_are_refused() {
 fn bad_rollouts_are_refused() {
     refused_import(
         r#"{"flags": [{"name": "x", "rollout_pct": 100.5}]}"#,
-        "FILE: entry 1: flag \"x\": rollout_pct 100.5 is outside 0-100",
+        "FILE: flags[0] (\"x\"): rollout_pct must be a number from 0 to 100, got the number 100.5",
     );
     refused_import(
         r#"{"flags": [{"name": "x", "rollout_pct": -1}]}"#,
-        "FILE: entry 1: flag \"x\": rollout_pct -1 is outside 0-100",
+        "FILE: flags[0] (\"x\"): rollout_pct must be a number from 0 to 100, got the number -1",
     );
     refused_import(
         r#"{"flags": [{"name": "x", "rollout_pct": "50"}]}"#,
-        "FILE: line 1, column 44: invalid type: string \"50\", expected f64",
+        "FILE: flags[0] (\"x\"): rollout_pct must be a number from 0 to 100, got the string \"50\"",
     );
 }
 
@@ -249,11 +249,11 @@ fn self_dependencies_and_cycles_are_refused() {
 fn unknown_fields_and_sticky_policies_are_refused() {
     refused_import(
         r#"{"flags": [{"name": "x", "sticky": "forever"}]}"#,
-        "FILE: line 1, column 44: unknown variant `forever`, expected one of `on_only`, `all`, `none`",
+        "FILE: flags[0] (\"x\"): sticky must be one of \"on_only\", \"all\" or \"none\", got the string \"forever\"",
     );
     refused_import(
         r#"{"flags": [{"name": "x", "rollout": 5}]}"#,
-        "FILE: line 1, column 34: unknown field `rollout`, expected one of `name`, `enabled`, `rollout_pct`, `requires`, `sticky`",
+        "FILE: flags[0] (\"x\"): \"rollout\" is not a field of a flag (expected name, enabled, rollout_pct, requires and sticky)",
     );
 }
 

@@ -284,3 +284,112 @@ fn a_contexts_line_of_only_whitespace_is_skipped() {
         .collect();
     assert_eq!(contexts, ["a", "b"]);
 }
+
+/// Runs the binary as the unprivileged user `nobody` (needs root, as CI has).
+fn as_nobody(db: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(assert_cmd::cargo::cargo_bin("flagstore"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("FLAGSTORE_ACTOR", "reviewer")
+        .output()
+        .expect("setpriv runs")
+}
+
+#[test]
+fn a_reviewer_who_can_only_read_the_file_runs_every_read_command() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: switching to an unprivileged user needs root");
+        return;
+    }
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.ok(&["eval", "--all", "--context", "k"]);
+    let checkpoint = env.dir.path().join("anchor.json");
+    env.ok(&["audit", "checkpoint", "-o", checkpoint.to_str().unwrap()]);
+    // The reviewer may read the directory and the files, and write neither.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in [&env.db, &checkpoint] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let before = env.snapshot();
+    let verified = env.ok(&["audit", "verify"]);
+    for command in [
+        &["audit", "verify"][..],
+        &[
+            "audit",
+            "verify",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ],
+        &["audit", "--limit", "0"],
+        &["export"],
+        &["flag", "list"],
+        &["flag", "show", "enrich"],
+        &["explain", "enrich", "--context", "k"],
+        &["history", "enrich"],
+        &["assignments", "list"],
+        &["check"],
+    ] {
+        let output = as_nobody(&env.db, command);
+        assert!(
+            output.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if command == ["audit", "verify"] {
+            assert_eq!(String::from_utf8(output.stdout).unwrap(), verified);
+        }
+    }
+    for command in [
+        &["eval", "enrich", "--context", "k"][..],
+        &["flag", "disable", "enrich"],
+    ] {
+        let output = as_nobody(&env.db, command);
+        assert_eq!(output.status.code(), Some(2), "{command:?}");
+        assert_eq!(
+            String::from_utf8(output.stderr).unwrap(),
+            format!(
+                "flagstore: {}: the database is read-only for this user (attempt to write a \
+                 readonly database)\n",
+                env.db.display()
+            )
+        );
+    }
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn explain_history_and_run_print_json_on_request() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.ok(&["flag", "set", "enrich", "--rollout", "10"]);
+    env.ok(&["eval", "enrich", "--context", "a"]);
+    let explained: Value =
+        serde_json::from_str(&env.ok(&["explain", "enrich", "--context", "a", "--json"])).unwrap();
+    // Python: int(hashlib.md5(b"enrich:a").hexdigest(), 16) % 100 == 45.
+    assert_eq!(explained["bucket"], 45);
+    assert_eq!(explained["in_rollout"], false);
+    assert_eq!(explained["assignment"], Value::Null);
+    assert_eq!(explained["requirements"][0]["flag"], "dedupe");
+    assert_eq!(
+        explained["answer"],
+        serde_json::json!({"enabled": false, "reason": "rollout: bucket 45 >= 10", "source": "rollout"})
+    );
+    let history: Value = serde_json::from_str(&env.ok(&["history", "enrich", "--json"])).unwrap();
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1]["action"], "update");
+    assert_eq!(history[1]["before"]["rollout_pct"], 50);
+    assert_eq!(history[1]["after"]["rollout_pct"], 10);
+
+    let input = env.write("pipeline.json", PIPELINE);
+    let printed = env.ok(&["run", "--input", input.to_str().unwrap(), "--output", "-"]);
+    let result: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(result["stats"]["total"], 4);
+    assert!(!env.dir.path().join("-").exists());
+}

@@ -132,7 +132,7 @@ fn names_outside_the_rules_are_refused() {
     assert_eq!(
         message,
         format!(
-            "flagstore: {}: entry 1: invalid flag name \"{}…\": it has 1048576 characters, more than 128",
+            "flagstore: {}: flags[0]: invalid flag name \"{}…\": it has 1048576 characters, more than 128",
             file.display(),
             "n".repeat(40)
         )

@@ -220,10 +220,15 @@ fn a_batch_killed_at_random_moments_leaves_a_sound_store() {
     let reference = Env::new();
     reference.import_json(FLAGS);
     let keys = keys_file(&reference, "keys.txt", 20_000);
+    let started = Instant::now();
     let expected = reference.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+    // Kill moments are scaled to what a whole run takes on this machine now, so they land
+    // mid-batch on a fast machine and on a loaded one alike.
+    let whole_run = started.elapsed().as_millis() as u64;
 
     let env = Env::new();
     env.import_json(FLAGS);
+    let mut interrupted = 0;
     for iteration in 0..crash_iterations() {
         let mut child = Command::new(binary())
             .args([
@@ -237,7 +242,13 @@ fn a_batch_killed_at_random_moments_leaves_a_sound_store() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(20 + random.below(400)));
+        // The run commits 20 transactions; this lands in the first few.
+        std::thread::sleep(Duration::from_millis(
+            whole_run / 40 + random.below(whole_run / 4),
+        ));
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         integrity_ok(&env);
@@ -252,8 +263,8 @@ fn a_batch_killed_at_random_moments_leaves_a_sound_store() {
     let evaluated =
         env.count("SELECT count(DISTINCT context_key) FROM audit_log WHERE kind = 'evaluation'");
     assert!(
-        evaluated > 0 && evaluated < 20_000,
-        "the kills did not land mid-batch: {evaluated} keys done"
+        evaluated > 0 && interrupted > 0,
+        "the kills did not land mid-batch: {interrupted} runs interrupted, {evaluated} keys done"
     );
     env.ok(&["audit", "verify"]);
     let rerun = env.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);

@@ -374,8 +374,8 @@ fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         path: path.display().to_string(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| Error::BadCheckpoint {
+    Checkpoint::parse(&text).map_err(|why| Error::BadCheckpoint {
         path: path.display().to_string(),
-        why: e.to_string(),
+        why,
     })
 }

@@ -11,6 +11,9 @@ use crate::error::Result;
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Batch evaluation: a fresh store (all sticky misses), then the same keys again (hits).
+    #[command(after_help = "Examples:
+  flagstore bench eval --keys 1000000
+  flagstore bench eval --keys 200000 --dir /dev/shm")]
     Eval {
         /// Context keys per pass.
         #[arg(long, default_value_t = 1_000_000)]
@@ -21,7 +24,11 @@ pub enum BenchCommand {
     },
     /// Audit queries: fill the log with this many evaluation rows, then time the queries
     /// reviewers run and a full chain verification.
+    #[command(after_help = "Examples:
+  flagstore bench audit --rows 10000000
+  flagstore bench audit --rows 100000 --dir /dev/shm")]
     Audit {
+        /// Evaluation rows to fill the log with.
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
         /// Directory for the temporary database [default: the system's temporary directory].

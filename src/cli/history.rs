@@ -4,7 +4,9 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{DbOption, Globals, Outcome, stdout_error};
+use serde_json::json;
+
+use super::{DbOption, Format, Globals, Outcome, escaped, stdout_error, write_json};
 use crate::audit::AuditQuery;
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -15,6 +17,9 @@ use crate::store::Store;
 pub struct HistoryArgs {
     /// The flag whose changes to list (it may since have been deleted).
     pub flag: String,
+    /// Print one JSON array of the changes, each with its full before and after state.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub db: DbOption,
 }
@@ -30,14 +35,41 @@ fn history(store: &Store, out: &mut impl Write, args: &HistoryArgs) -> Result<Ou
         ascending: true,
         ..AuditQuery::default()
     };
-    let mut lines = String::new();
+    let mut rows = Vec::new();
     store.query_audit(&changes, |row| {
-        lines.push_str(&format!("{}  {}  {}\n", row.ts, row.actor, row.reason));
+        rows.push(row);
         Ok::<(), Error>(())
     })?;
-    if lines.is_empty() {
+    if rows.is_empty() {
         return Err(store.unknown_flag(&args.flag)?);
     }
+    if args.json {
+        let changes = rows.iter().map(|row| {
+            let detail: serde_json::Value =
+                serde_json::from_str(&row.detail).unwrap_or(serde_json::Value::Null);
+            json!({
+                "audit_id": row.id,
+                "ts": row.ts,
+                "actor": row.actor,
+                "action": row.action,
+                "reason": row.reason,
+                "before": detail["before"],
+                "after": detail["after"],
+            })
+        });
+        return write_json(out, Format::Json, changes).map(|()| Outcome::Success);
+    }
+    let lines: String = rows
+        .iter()
+        .map(|row| {
+            format!(
+                "{}  {}  {}\n",
+                row.ts,
+                escaped(&row.actor),
+                escaped(&row.reason)
+            )
+        })
+        .collect();
     out.write_all(lines.as_bytes()).map_err(stdout_error)?;
     Ok(Outcome::Success)
 }

@@ -334,6 +334,32 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every argument of every command is described, and every command that does something
+    /// ends its help with examples.
+    #[test]
+    fn help_describes_every_argument_and_shows_examples() {
+        fn visit(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && !["help", "version"].contains(&arg.get_id().as_str())
+                {
+                    missing.push(format!("{path} {}: no help", arg.get_id()));
+                }
+            }
+            let examples = command
+                .get_after_help()
+                .is_some_and(|text| text.to_string().contains("Examples:"));
+            if !command.has_subcommands() && !examples && path != "flagstore help" {
+                missing.push(format!("{path}: no examples"));
+            }
+            for sub in command.get_subcommands() {
+                visit(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        visit(&Cli::command(), "flagstore", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
     #[test]
     fn escaping_leaves_ordinary_text_alone_and_shows_controls() {
         assert_eq!(escaped("tenant:acme é 中"), "tenant:acme é 中");

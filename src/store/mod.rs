@@ -137,7 +137,45 @@ impl Store {
                 path: path.display().to_string(),
             });
         }
-        Store::open_with(path, OpenFlags::empty())
+        let opened = Store::open_with(path, OpenFlags::empty());
+        match opened {
+            Err(Error::ReadOnly { .. }) if Store::is_snapshot_only(path) => {
+                Store::open_immutable(path)
+            }
+            opened => opened,
+        }
+    }
+
+    /// Whether `path` can only be read as a snapshot: this user cannot write the file, and no
+    /// flagstore has it open (the last connection to close removes the WAL). SQLite then cannot
+    /// create the shared-memory file it reads a WAL database with, and reads the file as
+    /// immutable instead.
+    fn is_snapshot_only(path: &Path) -> bool {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::OpenOptions::new().write(true).open(path).is_err() && !Path::new(&wal).exists()
+    }
+
+    fn open_immutable(path: &Path) -> Result<Store> {
+        let display = path.display().to_string();
+        let mut uri = String::from("file:");
+        for byte in path.as_os_str().as_encoded_bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                    uri.push(char::from(*byte));
+                }
+                _ => uri.push_str(&format!("%{byte:02X}")),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&uri, flags).map_err(|source| Error::Open {
+            path: display.clone(),
+            source,
+        })?;
+        Store::init(conn, display.clone()).map_err(|e| e.at_database(&display))
     }
 
     /// Creates a new, empty store at `path`; an existing file is refused, whatever it holds.
@@ -197,9 +235,14 @@ impl Store {
         // and removes the WAL (SQLite's default), so that when no flagstore runs, all state
         // is in the one database file and a plain copy of it is complete.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
-        retry_while_busy(BUSY_RETRY_BUDGET, || {
-            conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
-        })?;
+        // Asked first, because setting it, even to what it is, is a write, which a reviewer
+        // with read-only access to the file cannot make.
+        let journal: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+        if journal != "wal" {
+            retry_while_busy(BUSY_RETRY_BUDGET, || {
+                conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
+            })?;
+        }
         if schema != SchemaState::Current {
             migrate(&mut conn, &path)?;
         }
