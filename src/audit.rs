@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 /// The `prev_hash` of row 1: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One `audit_log` row, as stored.
+/// One `audit_log` row, as stored; or, read through [`AuditQuery`], one decision of a
+/// decision record, with its flag, result, source and reason filled in from the record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRow {
     pub id: i64,
@@ -33,11 +34,13 @@ pub struct AuditRow {
     pub kind: String,
     pub actor: String,
     pub action: Option<String>,
-    pub flag: String,
+    /// `None` only on a decision record as stored.
+    pub flag: Option<String>,
     pub context_key: Option<String>,
     pub result: Option<i64>,
     pub source: Option<String>,
-    pub reason: String,
+    /// `None` only on a decision record as stored.
+    pub reason: Option<String>,
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
@@ -161,11 +164,11 @@ impl AuditRow {
             kind: &self.kind,
             actor: &self.actor,
             action: self.action.as_deref(),
-            flag: &self.flag,
+            flag: self.flag.as_deref(),
             context_key: self.context_key.as_deref(),
             result: self.result,
             source: self.source.as_deref(),
-            reason: &self.reason,
+            reason: self.reason.as_deref(),
             detail: &self.detail,
         };
         entry.hash(self.id, prev_hash)
@@ -179,11 +182,11 @@ pub struct Entry<'a> {
     pub kind: &'a str,
     pub actor: &'a str,
     pub action: Option<&'a str>,
-    pub flag: &'a str,
+    pub flag: Option<&'a str>,
     pub context_key: Option<&'a str>,
     pub result: Option<i64>,
     pub source: Option<&'a str>,
-    pub reason: &'a str,
+    pub reason: Option<&'a str>,
     pub detail: &'a str,
 }
 
@@ -335,11 +338,11 @@ mod tests {
             kind: "evaluation".to_string(),
             actor: "ops".to_string(),
             action: None,
-            flag: "enrich".to_string(),
+            flag: Some("enrich".to_string()),
             context_key: Some("tenant:é".to_string()),
             result: Some(1),
             source: Some("rollout".to_string()),
-            reason: "rollout: bucket 3 < 50".to_string(),
+            reason: Some("rollout: bucket 3 < 50".to_string()),
             detail: "{}".to_string(),
             prev_hash: prev_hash.to_string(),
             hash: String::new(),

@@ -73,8 +73,8 @@ fn write_error(source: io::Error) -> Error {
     }
 }
 
-fn generated_keys(count: u64) -> impl Iterator<Item = Result<String>> {
-    (0..count).map(|i| Ok(format!("tenant-{i:09}")))
+fn generated_keys(range: std::ops::Range<u64>) -> impl Iterator<Item = Result<String>> {
+    range.map(|i| Ok(format!("tenant-{i:09}")))
 }
 
 fn run_in(store: &mut Store, path: &Path, keys: u64, out: &mut impl Write) -> Result<()> {
@@ -98,7 +98,7 @@ fn run_in(store: &mut Store, path: &Path, keys: u64, out: &mut impl Write) -> Re
         let report = store.evaluate_batch(
             &Selection::All,
             "bench",
-            generated_keys(keys),
+            generated_keys(0..keys),
             |key, evaluations| write_batch_line(&mut sink, key, evaluations).map_err(write_error),
         )?;
         let elapsed = started.elapsed();
@@ -111,39 +111,56 @@ fn run_in(store: &mut Store, path: &Path, keys: u64, out: &mut impl Write) -> Re
     Ok(())
 }
 
-fn run_audit_in(store: &mut Store, path: &Path, rows: u64, out: &mut impl Write) -> Result<()> {
-    let keys = rows.div_ceil(bench_flags().len() as u64);
+/// A flag asked for in one request of [`RARE_EVERY`], for the sparse end of the audit queries.
+const RARE_FLAG: &str = "rare_stage";
+const RARE_EVERY: u64 = 1_000;
+
+fn run_audit_in(store: &mut Store, path: &Path, requests: u64, out: &mut impl Write) -> Result<()> {
+    store.modify("bench", "bench", false, |flags| {
+        let mut flags = flags.clone();
+        flags.insert(Flag::new(RARE_FLAG));
+        Ok(flags)
+    })?;
+    let busy = Selection::Flags(bench_flags().names().map(str::to_string).collect());
+    let rare = Selection::Flags(vec![RARE_FLAG.to_string()]);
     let started = Instant::now();
-    let report =
+    let mut done = 0;
+    while done < requests {
+        let batch = (RARE_EVERY - 1).min(requests - done);
         store.evaluate_batch(
-            &Selection::All,
+            &busy,
             "bench",
-            generated_keys(keys),
+            generated_keys(done..done + batch),
             |_, _| Ok(()),
         )?;
+        done += batch;
+        if done < requests {
+            store.evaluate(&rare, &format!("tenant-{done:09}"), "bench")?;
+            done += 1;
+        }
+    }
+    let rows = store.audit_len()?;
     writeln!(
         out,
-        "filled {} audit rows ({} keys x {} flags) in {:.1} s, database {}",
-        store.audit_len()?,
-        report.keys,
+        "filled {rows} audit rows ({requests} requests, each of {} flags but one in {RARE_EVERY} \
+         of {RARE_FLAG} alone) in {:.1} s, database {}",
         bench_flags().len(),
         started.elapsed().as_secs_f64(),
         path.display()
     )
     .map_err(write_error)?;
-    let middle_key = format!("tenant-{:09}", keys / 2);
+    let middle_key = format!("tenant-{:09}", requests / 2);
     let newest = AuditQuery {
         limit: Some(100),
         ..AuditQuery::default()
     };
+    let flag = |name: &str| AuditQuery {
+        flag: Some(name.to_string()),
+        ..newest.clone()
+    };
     let queries = [
-        (
-            "newest 100 rows of one flag",
-            AuditQuery {
-                flag: Some("enrich".to_string()),
-                ..newest.clone()
-            },
-        ),
+        ("newest 100 decisions of a busy flag", flag("enrich")),
+        ("newest 100 decisions of a rare flag", flag(RARE_FLAG)),
         (
             "newest 100 rows of one context",
             AuditQuery {
@@ -152,20 +169,18 @@ fn run_audit_in(store: &mut Store, path: &Path, rows: u64, out: &mut impl Write)
             },
         ),
         (
-            "one flag, page from the log's middle",
+            "busy flag, page from the log's middle",
             AuditQuery {
-                flag: Some("enrich".to_string()),
-                cursor: Some(store.audit_len()? / 2),
-                ..newest.clone()
+                cursor: Some(rows / 2),
+                ..flag("enrich")
             },
         ),
         (
             "one flag and context, since a date",
             AuditQuery {
-                flag: Some("enrich".to_string()),
                 context: Some(middle_key),
                 since: Some("2000-01-01T00:00:00.000Z".to_string()),
-                ..newest.clone()
+                ..flag("enrich")
             },
         ),
     ];
@@ -277,15 +292,20 @@ mod tests {
         run_audit(1_000, dir.path(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 7, "{text}");
-        // 200 keys x 5 flags, after the 5 change rows that created the flags.
+        assert_eq!(lines.len(), 8, "{text}");
+        // 1,000 decision records after the 6 change rows that created the flags.
         assert!(
-            lines[0].starts_with("filled 1005 audit rows (200 keys x 5 flags)"),
+            lines[0].starts_with("filled 1006 audit rows (1000 requests, each of 5 flags but one in 1000 of rare_stage alone)"),
             "{text}"
         );
-        assert!(lines[2].starts_with("newest 100 rows of one flag") && lines[2].contains(" 100 "));
-        assert!(lines[3].starts_with("newest 100 rows of one context") && lines[3].contains(" 5 "));
-        assert!(lines[6].starts_with("verify: 1005 rows"));
+        let shown = |line: &str| line.split_whitespace().rev().nth(2).unwrap().to_string();
+        assert!(lines[2].starts_with("newest 100 decisions of a busy flag"));
+        assert_eq!(shown(lines[2]), "100", "{text}");
+        // Its creation and its one decision.
+        assert_eq!(shown(lines[3]), "2", "{text}");
+        assert!(lines[4].starts_with("newest 100 rows of one context"));
+        assert_eq!(shown(lines[4]), "5", "{text}");
+        assert!(lines[7].starts_with("verify: 1006 rows"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -67,6 +67,21 @@ pub struct Decision {
     pub reason: String,
     /// The rollout bucket, when the decision came from hashing or a stored assignment.
     pub bucket: Option<u8>,
+    /// What the reason is made of, kept so that an audit record can store the facts and the
+    /// reason be rendered again from them (see `record`).
+    pub facts: Facts,
+}
+
+/// The facts behind a decision's reason, beyond its source and bucket.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Facts {
+    /// Dependency: the requirement that was off, then its own failed requirement and so on,
+    /// down to the flag whose own step (disabled, unknown, rollout or sticky) decided.
+    pub failed_requirements: Vec<String>,
+    /// Rollout: the percentage the bucket was compared with.
+    pub rollout_pct: Option<f64>,
+    /// Sticky: when the stored decision was made.
+    pub since: Option<String>,
 }
 
 impl Decision {
@@ -76,6 +91,7 @@ impl Decision {
             source,
             reason,
             bucket: None,
+            facts: Facts::default(),
         }
     }
 }
@@ -118,15 +134,36 @@ pub fn evaluate(
     stored: &HashMap<String, StoredAssignment>,
     requested: &[&str],
 ) -> Vec<Evaluation> {
+    evaluate_context(flags, context, stored, requested).evaluations
+}
+
+/// Everything one evaluation request decided for one context: the requested flags, and the
+/// flags decided on the way (requirements), which an audit record keeps so that each reason
+/// can be rendered from stored facts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContextEvaluation {
+    pub evaluations: Vec<Evaluation>,
+    /// Flags decided only as requirements, in the order they were first decided.
+    pub requirements: Vec<(String, Decision)>,
+}
+
+/// [`evaluate`], also returning the requirements decided on the way.
+pub fn evaluate_context(
+    flags: &FlagSet,
+    context: &str,
+    stored: &HashMap<String, StoredAssignment>,
+    requested: &[&str],
+) -> ContextEvaluation {
     let mut evaluator = ContextEvaluator {
         flags,
         context,
         stored,
         decided: HashMap::new(),
+        decided_order: Vec::new(),
         path: Vec::new(),
         new_assignments: Vec::new(),
     };
-    requested
+    let evaluations: Vec<Evaluation> = requested
         .iter()
         .map(|name| {
             let decision = evaluator.decide(name);
@@ -136,7 +173,20 @@ pub fn evaluate(
                 new_assignments: std::mem::take(&mut evaluator.new_assignments),
             }
         })
-        .collect()
+        .collect();
+    let requirements = evaluator
+        .decided_order
+        .into_iter()
+        .filter(|name| !requested.contains(&name.as_str()))
+        .map(|name| {
+            let decision = evaluator.decided[&name].clone();
+            (name, decision)
+        })
+        .collect();
+    ContextEvaluation {
+        evaluations,
+        requirements,
+    }
 }
 
 struct ContextEvaluator<'a> {
@@ -145,6 +195,8 @@ struct ContextEvaluator<'a> {
     stored: &'a HashMap<String, StoredAssignment>,
     /// Decisions already made for this context, so shared dependencies are decided once.
     decided: HashMap<String, Decision>,
+    /// The keys of `decided` in the order they were decided.
+    decided_order: Vec<String>,
     /// The flags whose requirements are being checked, outermost first: a flag met again on
     /// this path is a cycle.
     path: Vec<String>,
@@ -168,6 +220,7 @@ impl ContextEvaluator<'_> {
         // A decision reached through a cycle depends on where the walk entered it.
         if decision.source != Source::Cycle {
             self.decided.insert(name.to_string(), decision.clone());
+            self.decided_order.push(name.to_string());
         }
         decision
     }
@@ -191,7 +244,12 @@ impl ContextEvaluator<'_> {
                 Source::Cycle => Source::Cycle,
                 _ => Source::Dependency,
             };
-            return Decision::off(source, format!("requires {required}: {}", decision.reason));
+            let mut off =
+                Decision::off(source, format!("requires {required}: {}", decision.reason));
+            off.facts.failed_requirements = std::iter::once(required.clone())
+                .chain(decision.facts.failed_requirements)
+                .collect();
+            return off;
         }
         if let Some(stored) = self.stored.get(name) {
             return Decision {
@@ -203,6 +261,10 @@ impl ContextEvaluator<'_> {
                     stored.assigned_at
                 ),
                 bucket: Some(stored.bucket),
+                facts: Facts {
+                    since: Some(stored.assigned_at.clone()),
+                    ..Facts::default()
+                },
             };
         }
         let bucket = bucket(name, self.context);
@@ -221,6 +283,10 @@ impl ContextEvaluator<'_> {
             source: Source::Rollout,
             reason: format!("rollout: bucket {bucket} {comparison} {}", flag.rollout_pct),
             bucket: Some(bucket),
+            facts: Facts {
+                rollout_pct: Some(flag.rollout_pct),
+                ..Facts::default()
+            },
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod file;
 pub mod flag;
 pub mod output;
+pub mod record;
 pub mod store;
 
 pub use error::{Error, Result};

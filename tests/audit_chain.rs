@@ -34,7 +34,8 @@ fn tamper(env: &Env, sql: &str) {
 fn an_untouched_log_verifies_and_python_agrees() {
     let env = store_with_history();
     let count = rows(&env);
-    assert_eq!(count, 4 + 1 + 4 + 1 + 1);
+    // 4 creations, 1 change, a decision record per evaluation request, 1 reset.
+    assert_eq!(count, 4 + 1 + 1 + 1 + 1);
     let verified = env.ok(&["audit", "verify"]);
     assert!(
         verified.starts_with(&format!("audit log verified: {count} rows, head ")),
@@ -70,15 +71,28 @@ fn the_triggers_refuse_update_and_delete() {
 }
 
 #[test]
-fn an_edited_row_is_named() {
+fn an_edited_row_is_named_by_flagstore_and_by_the_script() {
     let env = store_with_history();
+    // Row 6 is the decision record of `eval --all`: turn one of its decisions around.
     tamper(
         &env,
-        "UPDATE audit_log SET result = 1 - result WHERE id = 6;",
+        "UPDATE audit_log SET detail = replace(detail, '\"result\":1', '\"result\":0') WHERE id = 6;",
     );
     assert_eq!(
         env.fails(&["audit", "verify"]),
         "flagstore: audit log does not verify at row 6: hash does not match the row's contents (the row was edited)"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_audit_chain.py");
+    let python = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&env.db)
+        .output()
+        .unwrap();
+    assert!(!python.status.success());
+    assert!(
+        String::from_utf8_lossy(&python.stderr).contains("row 6: hash does not match"),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
     );
 }
 
@@ -102,7 +116,7 @@ fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
                     context_key: r.get(6)?,
                     result: r.get(7)?,
                     source: r.get(8)?,
-                    reason: "forged".to_string(),
+                    reason: Some("forged".to_string()),
                     detail: r.get(10)?,
                     prev_hash: r.get(11)?,
                     hash: String::new(),

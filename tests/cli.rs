@@ -326,7 +326,7 @@ fn a_database_from_a_newer_flagstore_is_refused() {
     assert_eq!(
         message,
         format!(
-            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to 1)",
+            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to 2)",
             env.db.display()
         )
     );
@@ -633,17 +633,18 @@ fn sticky_on_survives_a_lowered_rollout() {
 }
 
 #[test]
-fn each_returned_decision_is_one_audit_row() {
+fn each_request_writes_one_decision_record_and_reviewers_see_each_decision() {
     let env = Env::new();
     env.import_json(PIPELINE);
     let changes = env.count("SELECT count(*) FROM audit_log");
     env.ok(&["eval", "enrich", "--context", "k"]);
     env.ok(&["eval", "--all", "--context", "k"]);
-    assert_eq!(env.count("SELECT count(*) FROM audit_log") - changes, 1 + 4);
+    assert_eq!(env.count("SELECT count(*) FROM audit_log") - changes, 2);
+    assert_eq!(env.count("SELECT count(*) FROM audit_evaluations"), 1 + 4);
     let (flag, context, result, source): (String, String, i64, String) = env
         .sql()
         .query_row(
-            "SELECT flag, context_key, result, source FROM audit_log WHERE kind = 'evaluation' ORDER BY id LIMIT 1",
+            "SELECT flag, context_key, result, source FROM audit_evaluations ORDER BY audit_id LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
@@ -800,10 +801,10 @@ fn run_imports_evaluates_and_writes_the_result() {
         })
     );
     assert_eq!(
-        env.count("SELECT count(*) FROM audit_log WHERE context_key = 'batch-7'"),
+        env.count("SELECT count(*) FROM audit_evaluations WHERE context_key = 'batch-7'"),
         2
     );
-    // A second run changes no flag, so it only adds its two evaluations.
+    // A second run changes no flag, so it only adds its two decisions (in one record).
     let again = env.ok(&[
         "run",
         "--input",
@@ -837,7 +838,9 @@ fn run_uses_the_default_context_and_the_shipped_example_works() {
         output.to_str().unwrap(),
     ]);
     assert_eq!(
-        env.count("SELECT count(*) FROM audit_log WHERE flag = 'x' AND context_key = 'default'"),
+        env.count(
+            "SELECT count(*) FROM audit_evaluations WHERE flag = 'x' AND context_key = 'default'"
+        ),
         1
     );
 }

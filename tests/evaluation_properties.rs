@@ -167,3 +167,54 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(common::proptest_config(64))]
+
+    /// What a reviewer reads in plain SQL (the audit_evaluations view over decision records)
+    /// is exactly what the evaluations returned: flag, result, source and reason wording,
+    /// sticky hits, dependencies and unknown flags included.
+    #[test]
+    fn the_reviewers_view_equals_the_decisions_returned(
+        flags in flags(),
+        keys in keys(),
+        lowered in rollout(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("view.db");
+        let mut store = Store::open(&path).unwrap();
+        store
+            .modify("proptest", "import", false, |_| Ok(flags.iter().cloned().collect::<FlagSet>()))
+            .unwrap();
+        let mut requested: Vec<String> = flags.iter().map(|f| f.name.clone()).collect();
+        requested.push("ghost".to_string());
+        let selection = Selection::Flags(requested);
+        let mut returned = Vec::new();
+        for round in 0..2 {
+            if round == 1 {
+                // Move every rollout so the second round mixes sticky hits with new decisions.
+                store
+                    .modify("proptest", "import", false, |current| {
+                        Ok(current.iter().cloned().map(|f| Flag { rollout_pct: lowered, ..f }).collect::<FlagSet>())
+                    })
+                    .unwrap();
+            }
+            for key in &keys {
+                for e in store.evaluate(&selection, key, "proptest").unwrap() {
+                    let d = e.decision;
+                    returned.push((key.clone(), e.flag, i64::from(d.enabled), d.source.as_str().to_string(), d.reason));
+                }
+            }
+        }
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mut statement = conn
+            .prepare("SELECT context_key, flag, result, source, reason FROM audit_evaluations ORDER BY audit_id")
+            .unwrap();
+        let viewed: Vec<(String, String, i64, String, String)> = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        prop_assert_eq!(viewed, returned);
+    }
+}

@@ -290,7 +290,7 @@ fn audit_query(
             }
         }
     }
-    Ok(last_id.filter(|_| query.limit == Some(rows_written)))
+    Ok(last_id.filter(|_| query.limit.is_some_and(|limit| rows_written >= limit)))
 }
 
 const AUDIT_COLUMNS: [&str; 13] = [
@@ -321,11 +321,11 @@ fn audit_table_row(row: &AuditRow) -> Vec<String> {
         row.kind.clone(),
         row.actor.clone(),
         optional(&row.action),
-        row.flag.clone(),
+        optional(&row.flag),
         optional(&row.context_key),
         row.result.map_or(String::new(), |r| (r == 1).to_string()),
         optional(&row.source),
-        row.reason.clone(),
+        optional(&row.reason),
     ]
 }
 
@@ -337,11 +337,11 @@ fn audit_csv_record(row: &AuditRow) -> Vec<String> {
         row.kind.clone(),
         row.actor.clone(),
         optional(&row.action),
-        row.flag.clone(),
+        optional(&row.flag),
         optional(&row.context_key),
         row.result.map_or(String::new(), |r| r.to_string()),
         optional(&row.source),
-        row.reason.clone(),
+        optional(&row.reason),
         row.detail.clone(),
         row.prev_hash.clone(),
         row.hash.clone(),

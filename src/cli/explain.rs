@@ -66,7 +66,7 @@ fn explain(store: &mut Store, args: &ExplainArgs) -> Result<String> {
             row.id,
             row.ts,
             row.result == Some(1),
-            row.reason
+            row.reason.as_deref().unwrap_or_default()
         ),
         None => "none: no evaluation of this flag for this context by then".to_string(),
     };

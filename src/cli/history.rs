@@ -66,7 +66,7 @@ fn history(store: &Store, out: &mut impl Write, args: &HistoryArgs) -> Result<Ou
                 "{}  {}  {}\n",
                 row.ts,
                 escaped(&row.actor),
-                escaped(&row.reason)
+                escaped(row.reason.as_deref().unwrap_or_default())
             )
         })
         .collect();

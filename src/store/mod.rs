@@ -16,13 +16,15 @@ use rusqlite::{
 };
 use serde_json::json;
 
-use crate::audit::{AuditQuery, AuditRow, Entry, GENESIS_HASH, timestamp};
+use crate::audit::{Entry, GENESIS_HASH, timestamp};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation, StoredAssignment};
 use crate::file::PendingFile;
 use crate::flag::{Flag, FlagSet};
+use crate::record;
 
+mod query;
 mod review;
 
 mod embedded {
@@ -494,11 +496,11 @@ impl Store {
                 kind: "change",
                 actor,
                 action: Some("reset_assignments"),
-                flag,
+                flag: Some(flag),
                 context_key: context,
                 result: None,
                 source: None,
-                reason: &format!("assignments reset: cleared {cleared} {scope}"),
+                reason: Some(&format!("assignments reset: cleared {cleared} {scope}")),
                 detail: &json!({ "cleared": cleared, "context_key": context }).to_string(),
             }],
         )?;
@@ -527,96 +529,6 @@ impl Store {
         Ok(self
             .conn
             .query_row("SELECT count(*) FROM audit_log", [], |row| row.get(0))?)
-    }
-
-    /// Calls `visit` with every audit row in id order, streaming, so a log of any size can be
-    /// verified in constant memory. Stops at the first error `visit` returns.
-    pub fn for_each_audit_row<E: From<Error>>(
-        &self,
-        visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), E> {
-        let everything = AuditQuery {
-            ascending: true,
-            ..AuditQuery::default()
-        };
-        self.query_audit(&everything, visit)
-    }
-
-    /// Streams the audit rows `query` selects, in id order (newest first unless
-    /// `query.ascending`). Paging is by id (keyset), so a page deep in a large log costs the
-    /// same as the first; the indexes on (flag, id) and (context_key, id) serve the filters
-    /// reviewers use most.
-    pub fn query_audit<E: From<Error>>(
-        &self,
-        query: &AuditQuery,
-        mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), E> {
-        // The SQL text is assembled from constant fragments only; every value is bound.
-        let mut conditions: Vec<&str> = Vec::new();
-        let mut params: Vec<&dyn ToSql> = Vec::new();
-        let filters: [(&str, Option<&dyn ToSql>); 7] = [
-            ("flag = ?", query.flag.as_ref().map(|v| v as &dyn ToSql)),
-            (
-                "context_key = ?",
-                query.context.as_ref().map(|v| v as &dyn ToSql),
-            ),
-            ("kind = ?", query.kind.as_ref().map(|v| v as &dyn ToSql)),
-            ("actor = ?", query.actor.as_ref().map(|v| v as &dyn ToSql)),
-            ("ts >= ?", query.since.as_ref().map(|v| v as &dyn ToSql)),
-            ("ts < ?", query.until.as_ref().map(|v| v as &dyn ToSql)),
-            (
-                if query.ascending { "id > ?" } else { "id < ?" },
-                query.cursor.as_ref().map(|v| v as &dyn ToSql),
-            ),
-        ];
-        for (condition, value) in filters {
-            if let Some(value) = value {
-                conditions.push(condition);
-                params.push(value);
-            }
-        }
-        let mut sql = String::from(
-            "SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, \
-             detail, prev_hash, hash FROM audit_log",
-        );
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(if query.ascending {
-            " ORDER BY id ASC"
-        } else {
-            " ORDER BY id DESC"
-        });
-        if let Some(limit) = &query.limit {
-            sql.push_str(" LIMIT ?");
-            params.push(limit);
-        }
-        let mut statement = self.conn.prepare(&sql).map_err(Error::from)?;
-        let mut rows = statement
-            .query(rusqlite::params_from_iter(params))
-            .map_err(Error::from)?;
-        while let Some(row) = rows.next().map_err(Error::from)? {
-            let read = || -> rusqlite::Result<AuditRow> {
-                Ok(AuditRow {
-                    id: row.get(0)?,
-                    ts: row.get(1)?,
-                    kind: row.get(2)?,
-                    actor: row.get(3)?,
-                    action: row.get(4)?,
-                    flag: row.get(5)?,
-                    context_key: row.get(6)?,
-                    result: row.get(7)?,
-                    source: row.get(8)?,
-                    reason: row.get(9)?,
-                    detail: row.get(10)?,
-                    prev_hash: row.get(11)?,
-                    hash: row.get(12)?,
-                })
-            };
-            visit(read().map_err(Error::from)?)?;
-        }
-        Ok(())
     }
 
     /// Takes the write lock (`BEGIN IMMEDIATE`). Waiting is first SQLite's busy timeout; a
@@ -710,7 +622,7 @@ fn schema_state(conn: &Connection) -> rusqlite::Result<SchemaState> {
 /// The newest migration under `migrations/`. A constant, because building refinery's runner
 /// parses every migration's name with a regex: most of a short process's start-up. A test keeps
 /// it equal to the embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 1;
+const LATEST_SCHEMA_VERSION: i64 = 2;
 
 /// Runs `attempt` again, with growing pauses, while the database is busy, for up to
 /// `budget`: a burst of contention from many pipeline workers slows them down
@@ -901,15 +813,15 @@ fn write_changes(
             kind: "change",
             actor,
             action: Some(change.action()),
-            flag: change.flag_name(),
+            flag: Some(change.flag_name()),
             context_key: None,
             result: None,
             source: None,
-            reason,
+            reason: Some(reason),
             detail,
         })
         .collect();
-    append_audit(tx, &entries)
+    append_audit(tx, &entries).map(|_| ())
 }
 
 /// What a set of evaluations needs to know once per flag definition, not once per key.
@@ -1012,8 +924,9 @@ impl<'a> EvaluationPlan<'a> {
     }
 
     /// Evaluates every key within the caller's transaction: each key's new assignments are
-    /// written before the next key is looked up (a key may repeat), and the audit rows of all
-    /// keys are written at the end, several rows per statement.
+    /// written before the next key is looked up (a key may repeat), and the decision records of
+    /// all keys (one per key) at the end, several rows per statement, with one
+    /// `audit_flag_ranges` row per requested flag covering them.
     fn evaluate_keys(
         &self,
         tx: &Connection,
@@ -1024,11 +937,16 @@ impl<'a> EvaluationPlan<'a> {
         let mut lookups = self.lookup_statements(tx)?;
         let mut stored = HashMap::new();
         let mut results = Vec::with_capacity(keys.len());
+        let mut details = Vec::with_capacity(keys.len());
         for key in keys {
             self.fetch_assignments(&mut lookups, key, &mut stored)?;
-            let evaluations = eval::evaluate(self.flags, key, &stored, &self.requested);
+            let evaluation = eval::evaluate_context(self.flags, key, &stored, &self.requested);
             let mut values: Vec<&dyn ToSql> = Vec::new();
-            for assignment in evaluations.iter().flat_map(|e| &e.new_assignments) {
+            for assignment in evaluation
+                .evaluations
+                .iter()
+                .flat_map(|e| &e.new_assignments)
+            {
                 values.extend([
                     &assignment.flag as &dyn ToSql,
                     key,
@@ -1045,64 +963,53 @@ impl<'a> EvaluationPlan<'a> {
                 6,
                 &values,
             )?;
-            results.push(evaluations);
+            details.push(record::encode(&evaluation));
+            results.push(evaluation.evaluations);
         }
-        let details: Vec<Vec<String>> = results
+        if self.requested.is_empty() || keys.is_empty() {
+            return Ok(results);
+        }
+        let entries: Vec<Entry> = keys
             .iter()
-            .map(|evaluations| evaluations.iter().map(evaluation_detail).collect())
+            .zip(&details)
+            .map(|(key, detail)| Entry {
+                ts,
+                kind: "evaluation",
+                actor,
+                action: None,
+                flag: None,
+                context_key: Some(key),
+                result: None,
+                source: None,
+                reason: None,
+                detail,
+            })
             .collect();
-        let mut entries = Vec::new();
-        for ((key, evaluations), details) in keys.iter().zip(&results).zip(&details) {
-            for (evaluation, detail) in evaluations.iter().zip(details) {
-                let decision = &evaluation.decision;
-                entries.push(Entry {
-                    ts,
-                    kind: "evaluation",
-                    actor,
-                    action: None,
-                    flag: &evaluation.flag,
-                    context_key: Some(key),
-                    result: Some(i64::from(decision.enabled)),
-                    source: Some(decision.source.as_str()),
-                    reason: &decision.reason,
-                    detail,
-                });
-            }
+        let first_id = append_audit(tx, &entries)?;
+        let last_id = first_id + keys.len() as i64 - 1;
+        let mut flags = self.requested.clone();
+        flags.sort_unstable();
+        flags.dedup();
+        let mut range = tx.prepare_cached(
+            "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES (?1, ?2, ?3)",
+        )?;
+        for flag in flags {
+            range.execute((flag, first_id, last_id))?;
         }
-        append_audit(tx, &entries)?;
         Ok(results)
     }
 }
 
-/// The evaluation row's `detail`: `{"bucket":N|null,"assigned":[flags]}`, the bucket and
-/// the flags whose assignment this evaluation stored. Written directly: it runs for every
-/// row of a batch.
-fn evaluation_detail(evaluation: &Evaluation) -> String {
-    let mut detail = String::with_capacity(48);
-    detail.push_str("{\"bucket\":");
-    match evaluation.decision.bucket {
-        Some(bucket) => detail.push_str(itoa::Buffer::new().format(bucket)),
-        None => detail.push_str("null"),
-    }
-    detail.push_str(",\"assigned\":[");
-    for (i, assignment) in evaluation.new_assignments.iter().enumerate() {
-        if i > 0 {
-            detail.push(',');
-        }
-        detail.push_str(&serde_json::to_string(&assignment.flag).expect("a string serializes"));
-    }
-    detail.push_str("]}");
-    detail
-}
-
-/// Appends rows to the audit log, extending its hash chain from the last row. Runs inside the
-/// caller's write transaction, so no other writer can interleave rows.
-fn append_audit(tx: &Connection, entries: &[Entry]) -> Result<()> {
+/// Appends rows to the audit log, extending its hash chain from the last row, and returns the
+/// id of the first. Runs inside the caller's write transaction, so no other writer can
+/// interleave rows.
+fn append_audit(tx: &Connection, entries: &[Entry]) -> Result<i64> {
     let tail: Option<(i64, String)> = tx
         .prepare_cached("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let (mut id, mut prev_hash) = tail.unwrap_or((0, GENESIS_HASH.to_string()));
+    let first_id = id + 1;
     let mut links: Vec<(i64, String, String)> = Vec::with_capacity(entries.len());
     for entry in entries {
         id += 1;
@@ -1135,7 +1042,8 @@ fn append_audit(tx: &Connection, entries: &[Entry]) -> Result<()> {
          result, source, reason, detail, prev_hash, hash)",
         13,
         &values,
-    )
+    )?;
+    Ok(first_id)
 }
 
 /// Rows per INSERT statement when writing many: a statement's fixed cost is several times that

@@ -30,7 +30,9 @@ impl Store {
                     flags.insert(after);
                 }
                 Some("delete") => {
-                    flags.remove(&row.flag);
+                    if let Some(flag) = &row.flag {
+                        flags.remove(flag);
+                    }
                 }
                 _ => {}
             }
@@ -107,8 +109,12 @@ impl Store {
                      SELECT 1 FROM audit_log l
                       WHERE l.context_key = a.context_key AND l.kind = 'evaluation'
                         AND l.ts = a.assigned_at
-                        AND EXISTS (SELECT 1 FROM json_each(l.detail, '$.assigned')
-                                     WHERE value = a.flag))
+                        AND (EXISTS (SELECT 1 FROM json_each(l.detail, '$.decisions') d
+                                      WHERE json_extract(d.value, '$.flag') = a.flag
+                                        AND json_extract(d.value, '$.assigned') = 1)
+                             -- a schema-1 evaluation row lists what it stored
+                             OR EXISTS (SELECT 1 FROM json_each(l.detail, '$.assigned')
+                                         WHERE value = a.flag)))
                  LIMIT 1",
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?)),

@@ -1,0 +1,268 @@
+//! Decision records: the audit row an evaluation request writes for one context key, holding
+//! every decision the request made for it.
+//!
+//! The row's `detail` is JSON, `{"requested": N, "decisions": [...]}`: the first N decisions
+//! are the flags the caller asked for, in the order asked; the rest are requirements decided on
+//! the way. Each decision stores what cannot be derived, not its reason text:
+//!
+//! - always `flag`, `result` (1 on, 0 off) and `source`;
+//! - `bucket` for rollout and sticky decisions; `rollout_pct` (as text, exactly as the reason
+//!   prints it) for rollout decisions; `since` for sticky ones;
+//! - `requires`, for a dependency decision: the requirement that was off, its own failed
+//!   requirement and so on, down to the flag whose own step decided, which is in the record;
+//! - `reason`, for a dependency cycle only (possible only in a database edited by hand);
+//! - `assigned: 1` where this request stored the flag's assignment.
+//!
+//! The reason text is rendered from those facts by [`decode`] and, identically, by the
+//! `audit_evaluations` view in SQL.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::eval::{ContextEvaluation, Decision, Source};
+
+/// One requested decision read back from a record, with its reason rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedDecision {
+    pub flag: String,
+    pub enabled: bool,
+    pub source: String,
+    pub reason: String,
+}
+
+/// The `detail` of the record of `evaluation`. Written by hand: it runs for every key of a batch.
+pub fn encode(evaluation: &ContextEvaluation) -> String {
+    let mut assigned: HashSet<&str> = evaluation
+        .evaluations
+        .iter()
+        .flat_map(|e| &e.new_assignments)
+        .map(|a| a.flag.as_str())
+        .collect();
+    let mut detail = String::with_capacity(64 + 96 * evaluation.evaluations.len());
+    detail.push_str("{\"requested\":");
+    detail.push_str(itoa::Buffer::new().format(evaluation.evaluations.len()));
+    detail.push_str(",\"decisions\":[");
+    let requested = evaluation
+        .evaluations
+        .iter()
+        .map(|e| (e.flag.as_str(), &e.decision));
+    let requirements = evaluation
+        .requirements
+        .iter()
+        .map(|(flag, decision)| (flag.as_str(), decision));
+    for (i, (flag, decision)) in requested.chain(requirements).enumerate() {
+        if i > 0 {
+            detail.push(',');
+        }
+        push_decision(&mut detail, flag, decision, assigned.remove(flag));
+    }
+    detail.push_str("]}");
+    detail
+}
+
+fn push_decision(detail: &mut String, flag: &str, decision: &Decision, assigned: bool) {
+    detail.push_str("{\"flag\":");
+    push_string(detail, flag);
+    detail.push_str(if decision.enabled {
+        ",\"result\":1,\"source\":\""
+    } else {
+        ",\"result\":0,\"source\":\""
+    });
+    detail.push_str(decision.source.as_str());
+    detail.push('"');
+    if let Some(bucket) = decision.bucket {
+        detail.push_str(",\"bucket\":");
+        detail.push_str(itoa::Buffer::new().format(bucket));
+    }
+    let facts = &decision.facts;
+    if let Some(pct) = facts.rollout_pct {
+        detail.push_str(",\"rollout_pct\":\"");
+        detail.push_str(&pct.to_string());
+        detail.push('"');
+    }
+    if let Some(since) = &facts.since {
+        detail.push_str(",\"since\":");
+        push_string(detail, since);
+    }
+    if decision.source == Source::Dependency {
+        detail.push_str(",\"requires\":[");
+        for (i, required) in facts.failed_requirements.iter().enumerate() {
+            if i > 0 {
+                detail.push(',');
+            }
+            push_string(detail, required);
+        }
+        detail.push(']');
+    }
+    if decision.source == Source::Cycle {
+        detail.push_str(",\"reason\":");
+        push_string(detail, &decision.reason);
+    }
+    if assigned {
+        detail.push_str(",\"assigned\":1");
+    }
+    detail.push('}');
+}
+
+fn push_string(detail: &mut String, text: &str) {
+    detail.push_str(&serde_json::to_string(text).expect("a string serializes"));
+}
+
+/// The requested decisions of a record, with their reasons, or why the detail is not a record.
+pub fn decode(detail: &str) -> Result<Vec<RecordedDecision>, String> {
+    let value: Value = serde_json::from_str(detail).map_err(|e| e.to_string())?;
+    let requested = value["requested"]
+        .as_u64()
+        .ok_or("no \"requested\" count")? as usize;
+    let decisions = value["decisions"]
+        .as_array()
+        .ok_or("no \"decisions\" list")?;
+    if requested > decisions.len() {
+        return Err(format!(
+            "{requested} requested but {} decisions",
+            decisions.len()
+        ));
+    }
+    decisions[..requested]
+        .iter()
+        .map(|decision| {
+            Ok(RecordedDecision {
+                flag: text(decision, "flag")?.to_string(),
+                enabled: decision["result"].as_i64() == Some(1),
+                source: text(decision, "source")?.to_string(),
+                reason: reason(decision, decisions)?,
+            })
+        })
+        .collect()
+}
+
+fn text<'a>(decision: &'a Value, field: &str) -> Result<&'a str, String> {
+    decision[field]
+        .as_str()
+        .ok_or_else(|| format!("a decision without {field:?}"))
+}
+
+/// The reason as the evaluator words it, from the stored facts.
+fn reason(decision: &Value, all: &[Value]) -> Result<String, String> {
+    let on = decision["result"].as_i64() == Some(1);
+    let on_off = if on { "on" } else { "off" };
+    Ok(match text(decision, "source")? {
+        "unknown" => "unknown flag".to_string(),
+        "disabled" => "disabled".to_string(),
+        "cycle" => text(decision, "reason")?.to_string(),
+        "rollout" => format!(
+            "rollout: bucket {} {} {}",
+            decision["bucket"]
+                .as_u64()
+                .ok_or("a rollout without bucket")?,
+            if on { "<" } else { ">=" },
+            text(decision, "rollout_pct")?
+        ),
+        "sticky" => format!("sticky: {on_off} since {}", text(decision, "since")?),
+        "dependency" => {
+            let chain: Vec<&str> = decision["requires"]
+                .as_array()
+                .ok_or("a dependency without requires")?
+                .iter()
+                .map(|name| name.as_str().ok_or("a requirement that is not a name"))
+                .collect::<Result<_, _>>()?;
+            let last = chain.last().ok_or("a dependency with no requirement")?;
+            let decided = all
+                .iter()
+                .find(|d| d["flag"].as_str() == Some(last))
+                .ok_or_else(|| format!("requirement {last:?} is not in the record"))?;
+            let prefix: String = chain.iter().map(|f| format!("requires {f}: ")).collect();
+            prefix + &reason(decided, all)?
+        }
+        other => return Err(format!("unknown source {other:?}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::eval::{StoredAssignment, evaluate_context};
+    use crate::flag::{Flag, FlagSet, StickyPolicy};
+
+    fn flags() -> FlagSet {
+        let flag = |name: &str, enabled: bool, pct: f64, requires: &[&str]| Flag {
+            name: name.to_string(),
+            enabled,
+            rollout_pct: pct,
+            requires: requires.iter().map(|r| r.to_string()).collect(),
+            sticky: StickyPolicy::All,
+        };
+        [
+            flag("ingest", true, 100.0, &[]),
+            flag("dedupe", false, 100.0, &["ingest"]),
+            flag("enrich", true, 12.5, &["dedupe"]),
+            flag("export", true, 33.3, &["ingest"]),
+            flag("shadow", true, 0.5, &[]),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn every_reason_renders_as_the_evaluator_words_it() {
+        let flags = flags();
+        let mut stored = HashMap::new();
+        stored.insert(
+            "export".to_string(),
+            StoredAssignment {
+                decision: true,
+                bucket: 7,
+                rollout_pct: 50.0,
+                assigned_at: "2026-11-01T00:00:00.000Z".to_string(),
+            },
+        );
+        let requested = ["enrich", "export", "shadow", "ghost", "enrich"];
+        let evaluation = evaluate_context(&flags, "tenant:é", &stored, &requested);
+        let decoded = decode(&encode(&evaluation)).unwrap();
+        let expected: Vec<RecordedDecision> = evaluation
+            .evaluations
+            .iter()
+            .map(|e| RecordedDecision {
+                flag: e.flag.clone(),
+                enabled: e.decision.enabled,
+                source: e.decision.source.as_str().to_string(),
+                reason: e.decision.reason.clone(),
+            })
+            .collect();
+        assert_eq!(decoded, expected);
+        assert_eq!(decoded[0].reason, "requires dedupe: disabled");
+        assert_eq!(
+            decoded[1].reason,
+            "sticky: on since 2026-11-01T00:00:00.000Z"
+        );
+        assert_eq!(decoded[3].reason, "unknown flag");
+    }
+
+    #[test]
+    fn the_detail_holds_facts_not_reasons() {
+        let flags = flags();
+        let evaluation = evaluate_context(&flags, "k", &HashMap::new(), &["enrich", "ingest"]);
+        // Python: int(hashlib.md5(b"ingest:k").hexdigest(), 16) % 100 == 15.
+        assert_eq!(
+            encode(&evaluation),
+            "{\"requested\":2,\"decisions\":[\
+             {\"flag\":\"enrich\",\"result\":0,\"source\":\"dependency\",\"requires\":[\"dedupe\"]},\
+             {\"flag\":\"ingest\",\"result\":1,\"source\":\"rollout\",\"bucket\":15,\"rollout_pct\":\"100\",\"assigned\":1},\
+             {\"flag\":\"dedupe\",\"result\":0,\"source\":\"disabled\"}]}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_detail_is_named_not_misread() {
+        assert!(decode("{}").is_err());
+        assert!(decode("{\"requested\":2,\"decisions\":[]}").is_err());
+        assert!(
+            decode("{\"requested\":1,\"decisions\":[{\"flag\":\"f\",\"result\":0,\"source\":\"dependency\",\"requires\":[\"x\"]}]}")
+                .unwrap_err()
+                .contains("\"x\" is not in the record")
+        );
+    }
+}
