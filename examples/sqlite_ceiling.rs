@@ -4,10 +4,11 @@
 //! `cargo run --release --example sqlite_ceiling -- [KEYS] [ROUNDS] [DIR]`
 //!
 //! Each variant fills a fresh store holding `flagstore bench`'s flags (created and migrated by
-//! flagstore, so the schema is the real one) with KEYS keys x those flags of evaluation rows
-//! shaped like the real ones (same columns, value lengths, 64 rows per INSERT, as many keys
-//! per BEGIN IMMEDIATE ... COMMIT as a batch), first with the assignment every enabled flag
-//! stores for a fresh key, then audit rows alone as on a second pass. Variants run in turn, ROUNDS times, and the
+//! flagstore, so the schema is the real one) with KEYS keys' decision records shaped like the
+//! real ones (one row per key, same columns and detail length, 64 rows per INSERT, as many keys
+//! per BEGIN IMMEDIATE ... COMMIT as a batch, one `audit_flag_ranges` row per flag and
+//! transaction), first with the assignment every enabled flag stores for a fresh key, then
+//! audit rows alone as on a second pass. Variants run in turn, ROUNDS times, and the
 //! medians are printed. Only `as built` is what flagstore promises; the others show what each
 //! relaxation of the schema or of durability would buy (see `Rows`).
 
@@ -33,10 +34,10 @@ struct Variant {
 
 /// What one audit row holds.
 enum Rows {
-    /// One `audit_log` row per evaluation: what the schema promises reviewers.
+    /// One decision record per key, as flagstore writes them: what the schema promises.
+    Records,
+    /// One `audit_log` row per evaluation, as schema 1 wrote them.
     PerEvaluation,
-    /// One `audit_log` row holding all of a key's evaluations in `detail`.
-    PerKey,
     /// One row per evaluation in `compact_log` (see COMPACT_SCHEMA): numbers where the schema
     /// has text, contexts stored once, reason and detail left to be derived, 32-byte hashes.
     Compact,
@@ -44,7 +45,8 @@ enum Rows {
 
 /// `detail` of a row per evaluation, and of a row holding all of a key's evaluations.
 const PER_EVALUATION_DETAIL: &str = r#"{"bucket":42,"assigned":["enrich"]}"#;
-const PER_KEY_DETAIL: &str = r#"{"ingest":[1,"rollout",42],"dedupe":[1,"rollout",42],"enrich":[1,"rollout",42],"export_v2":[0,"rollout",42],"legacy_export":[0,"disabled",null]}"#;
+/// A decision record of `bench_flags` for a fresh key, as `record::encode` writes it.
+const RECORD_DETAIL: &str = r#"{"requested":5,"decisions":[{"flag":"dedupe","result":1,"source":"rollout","bucket":42,"rollout_pct":"100","assigned":1},{"flag":"enrich","result":1,"source":"rollout","bucket":42,"rollout_pct":"50","assigned":1},{"flag":"export_v2","result":0,"source":"rollout","bucket":42,"rollout_pct":"12.5","assigned":1},{"flag":"ingest","result":1,"source":"rollout","bucket":42,"rollout_pct":"100","assigned":1},{"flag":"legacy_export","result":0,"source":"disabled"}]}"#;
 
 const COMPACT_SCHEMA: &str = "
     CREATE TABLE contexts (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
@@ -55,36 +57,31 @@ const COMPACT_SCHEMA: &str = "
     CREATE INDEX compact_log_flag ON compact_log (flag_id, id);
     CREATE INDEX compact_log_context ON compact_log (context_id, id);";
 
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 5] = [
     Variant {
         name: "as built",
         setup: "",
-        rows: Rows::PerEvaluation,
+        rows: Rows::Records,
     },
     Variant {
         name: "no context index",
         setup: "DROP INDEX audit_log_context;",
-        rows: Rows::PerEvaluation,
-    },
-    Variant {
-        name: "no audit indexes",
-        setup: "DROP INDEX audit_log_context; DROP INDEX audit_log_flag;",
-        rows: Rows::PerEvaluation,
+        rows: Rows::Records,
     },
     Variant {
         name: "synchronous=NORMAL",
         setup: "PRAGMA synchronous = NORMAL;",
+        rows: Rows::Records,
+    },
+    Variant {
+        name: "row per evaluation",
+        setup: "",
         rows: Rows::PerEvaluation,
     },
     Variant {
         name: "compact rows",
         setup: COMPACT_SCHEMA,
         rows: Rows::Compact,
-    },
-    Variant {
-        name: "one row per key",
-        setup: "",
-        rows: Rows::PerKey,
     },
 ];
 
@@ -245,11 +242,24 @@ fn insert_pass(
             }
         }
         match variant.rows {
-            Rows::PerEvaluation => {
-                insert_audit_rows(conn, &audit_sql, &names, &flags, PER_EVALUATION_DETAIL, id)?
-            }
-            Rows::PerKey => {
-                insert_audit_rows(conn, &audit_sql, &names, &["*"], PER_KEY_DETAIL, id)?
+            Rows::PerEvaluation => insert_audit_rows(
+                conn,
+                &audit_sql,
+                &names,
+                &flags,
+                Some("rollout: bucket 42 < 50"),
+                PER_EVALUATION_DETAIL,
+                id,
+            )?,
+            Rows::Records => {
+                let first_id = *id + 1;
+                insert_audit_rows(conn, &audit_sql, &names, &[], None, RECORD_DETAIL, id)?;
+                let mut range = conn.prepare_cached(
+                    "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES (?1, ?2, ?3)",
+                )?;
+                for flag in &flags {
+                    range.execute((flag, first_id, *id))?;
+                }
             }
             Rows::Compact => {
                 insert_compact_rows(conn, &compact_sql, &names, workload.flags.len(), id)?
@@ -260,18 +270,25 @@ fn insert_pass(
     Ok((keys * workload.flags.len()) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Audit rows for each of `names` and each of `flags`, ROWS_PER_INSERT per INSERT.
+/// Audit rows for each of `names` and each of `flags`, or one per name (a decision record)
+/// when `flags` is empty, ROWS_PER_INSERT per INSERT.
 fn insert_audit_rows(
     conn: &Connection,
     audit_sql: &[String],
     names: &[String],
     flags: &[&str],
+    reason: Option<&str>,
     detail: &str,
     id: &mut i64,
 ) -> rusqlite::Result<()> {
-    let rows: Vec<(i64, &str, &String)> = names
+    let per_key: Vec<Option<&str>> = if flags.is_empty() {
+        vec![None]
+    } else {
+        flags.iter().copied().map(Some).collect()
+    };
+    let rows: Vec<(i64, Option<&str>, &String)> = names
         .iter()
-        .flat_map(|key| flags.iter().map(move |flag| (*flag, key)))
+        .flat_map(|key| per_key.iter().map(move |flag| (*flag, key)))
         .map(|(flag, key)| {
             *id += 1;
             (*id, flag, key)
@@ -288,9 +305,9 @@ fn insert_audit_rows(
                 &None::<&str>,
                 flag,
                 *key,
-                &1,
-                &"rollout",
-                &"rollout: bucket 42 < 50",
+                if flag.is_some() { &Some(1) } else { &None::<i64> },
+                if flag.is_some() { &Some("rollout") } else { &None::<&str> },
+                &reason,
                 &detail,
                 &HASH,
                 &HASH,

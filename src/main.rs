@@ -5,6 +5,11 @@ use clap::Parser;
 use flagstore::Error;
 use flagstore::cli::{self, Cli, Outcome};
 
+// A batch allocates and frees small strings for every decision; glibc's allocator was a sixth
+// of batch time in perf, mimalloc a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
