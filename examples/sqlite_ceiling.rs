@@ -305,8 +305,16 @@ fn insert_audit_rows(
                 &None::<&str>,
                 flag,
                 *key,
-                if flag.is_some() { &Some(1) } else { &None::<i64> },
-                if flag.is_some() { &Some("rollout") } else { &None::<&str> },
+                if flag.is_some() {
+                    &Some(1)
+                } else {
+                    &None::<i64>
+                },
+                if flag.is_some() {
+                    &Some("rollout")
+                } else {
+                    &None::<&str>
+                },
                 &reason,
                 &detail,
                 &HASH,

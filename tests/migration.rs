@@ -116,3 +116,51 @@ fn the_chain_continues_across_the_migration_and_old_and_new_rows_read_alike() {
     // dedupe was disabled in the fixture, so enrich is off for a new context, by dependency.
     assert_eq!(enrich[0]["reason"], "requires dedupe: disabled");
 }
+
+/// The reviewer queries the README prints, run by Python's own sqlite3 module (no flagstore
+/// code) on a log holding schema-1 rows and decision records.
+#[test]
+fn the_readmes_reviewer_queries_run_with_stock_sqlite() {
+    let env = v1_store();
+    env.ok(&["eval", "enrich", "--context", "tenant:acme"]);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("Every query\nbelow runs with a stock `sqlite3`")
+        .nth(1)
+        .expect("the README's reviewer queries");
+    let queries: Vec<String> = section
+        .lines()
+        .skip(1)
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .collect::<Vec<_>>()
+        .split(|line| line.is_empty())
+        .map(|block| block.iter().map(|l| l.trim()).collect::<Vec<_>>().join("\n"))
+        .filter(|query| !query.is_empty())
+        .collect();
+    assert_eq!(queries.len(), 4, "{queries:#?}");
+    let script = "import json, sqlite3, sys\n\
+                  db = sqlite3.connect(sys.argv[1])\n\
+                  print(json.dumps([db.execute(q).fetchall() for q in json.loads(sys.argv[2])]))";
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&env.db)
+        .arg(serde_json::to_string(&queries).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<Vec<Value>> = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(!results[0].is_empty(), "changes of enrich: {results:?}");
+    // tenant:acme got enrich in the schema-1 fixture and again now, in a decision record.
+    let decisions = &results[1];
+    assert!(decisions.len() >= 2, "{results:?}");
+    assert_eq!(
+        decisions.last().unwrap()[3],
+        "requires dedupe: disabled",
+        "{results:?}"
+    );
+}
