@@ -135,7 +135,13 @@ fn the_readmes_reviewer_queries_run_with_stock_sqlite() {
         .take_while(|line| line.is_empty() || line.starts_with("    "))
         .collect::<Vec<_>>()
         .split(|line| line.is_empty())
-        .map(|block| block.iter().map(|l| l.trim()).collect::<Vec<_>>().join("\n"))
+        .map(|block| {
+            block
+                .iter()
+                .map(|l| l.trim())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
         .filter(|query| !query.is_empty())
         .collect();
     assert_eq!(queries.len(), 4, "{queries:#?}");
