@@ -20,7 +20,7 @@ use chrono::{DateTime, DurationRound, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, shortened};
 
 /// The `prev_hash` of row 1: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -307,16 +307,11 @@ impl Checkpoint {
                     hash: hash.to_ascii_lowercase(),
                 })
             }
-            _ => Err(format!("got {}; {SHAPE}", preview(&value.to_string()))),
+            _ => Err(format!(
+                "got {}; {SHAPE}",
+                shortened(&value.to_string(), 60)
+            )),
         }
-    }
-}
-
-fn preview(text: &str) -> String {
-    if text.chars().count() > 60 {
-        format!("{}…", text.chars().take(60).collect::<String>())
-    } else {
-        text.to_string()
     }
 }
 
@@ -349,6 +344,30 @@ mod tests {
         };
         row.hash = row.expected_hash(prev_hash);
         row
+    }
+
+    #[test]
+    fn a_checkpoint_names_a_row_that_can_exist() {
+        let hash = "ab".repeat(32);
+        let parsed = Checkpoint::parse(&format!(
+            r#"{{"id": 1, "hash": "{}"}}"#,
+            hash.to_uppercase()
+        ));
+        assert_eq!(
+            parsed,
+            Ok(Checkpoint {
+                id: Some(1),
+                hash: hash.clone()
+            })
+        );
+        for bad in [
+            format!(r#"{{"id": 0, "hash": "{hash}"}}"#),
+            format!(r#"{{"id": 1, "hash": "{}"}}"#, &hash[1..]),
+            format!(r#"{{"id": 1, "hash": "{}zz"}}"#, &hash[2..]),
+            format!(r#"{{"id": 1, "hash": "{hash}", "extra": 1}}"#),
+        ] {
+            assert!(Checkpoint::parse(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

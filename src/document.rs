@@ -7,7 +7,7 @@ use std::io::Read;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, shortened};
 use crate::flag::{Flag, FlagSet, StickyPolicy, validate_name};
 
 /// The prototype's `run` job evaluates for this key when a file names none.
@@ -217,14 +217,7 @@ fn parse_flag(index: usize, entry: Value) -> std::result::Result<Flag, (String, 
 
 /// A JSON value as an error message names what was found instead.
 fn describe(value: &Value) -> String {
-    let shown = |value: &Value| {
-        let text = value.to_string();
-        if text.chars().count() > 40 {
-            format!("{}…", text.chars().take(40).collect::<String>())
-        } else {
-            text
-        }
-    };
+    let shown = |value: &Value| shortened(&value.to_string(), 40);
     match value {
         Value::Null => "null".to_string(),
         Value::Bool(_) => format!("the boolean {value}"),

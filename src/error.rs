@@ -178,6 +178,15 @@ pub enum Error {
     },
 }
 
+/// `text` cut to its first `shown` characters, with `…` where something was cut: an error
+/// message stays one readable line whatever it quotes.
+pub fn shortened(text: &str, shown: usize) -> String {
+    match text.char_indices().nth(shown) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 fn did_you_mean(suggestion: &Option<String>) -> String {
     match suggestion {
         Some(name) => format!(" (did you mean {name:?}?)"),
@@ -208,5 +217,18 @@ impl Error {
             path: path.to_string(),
             source: Box::new(self),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortened_cuts_only_what_is_longer() {
+        assert_eq!(shortened("abc", 3), "abc");
+        assert_eq!(shortened("abcd", 3), "abc…");
+        assert_eq!(shortened("éé", 1), "é…");
+        assert_eq!(shortened("", 0), "");
     }
 }

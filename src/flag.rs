@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, shortened};
 
 /// Longest accepted flag name, in characters (not bytes), so that non-ASCII names get the same room.
 pub const MAX_NAME_CHARS: usize = 128;
@@ -148,11 +148,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
 
 /// A name shortened for an error message, so a megabyte-long name still gives a one-line error.
 fn preview(name: &str) -> String {
-    const SHOWN: usize = 40;
-    match name.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("{}…", &name[..cut]),
-        None => name.to_string(),
-    }
+    shortened(name, 40)
 }
 
 pub fn validate_rollout(flag: &str, pct: f64) -> Result<(), Error> {
