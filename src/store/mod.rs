@@ -303,15 +303,10 @@ impl Store {
     ) -> Result<Vec<Change>> {
         let tx = self.write_transaction()?;
         let ts = self.now();
-        let current = load_flags(&tx)?;
-        let next = edit(&current)?;
-        next.validate()?;
-        let changes = change::diff(&current, &next);
-        if dry_run || changes.is_empty() {
-            return Ok(changes);
+        let (_, changes) = edit_flags(&tx, edit, (!dry_run).then_some((actor, via, ts.as_str())))?;
+        if !dry_run && !changes.is_empty() {
+            tx.commit()?;
         }
-        write_changes(&tx, &changes, actor, via, &ts)?;
-        tx.commit()?;
         Ok(changes)
     }
 
@@ -330,11 +325,7 @@ impl Store {
     ) -> Result<(Vec<Change>, Vec<Evaluation>)> {
         let tx = self.write_transaction()?;
         let ts = self.now();
-        let current = load_flags(&tx)?;
-        let next = edit(&current)?;
-        next.validate()?;
-        let changes = change::diff(&current, &next);
-        write_changes(&tx, &changes, actor, via, &ts)?;
+        let (next, changes) = edit_flags(&tx, edit, Some((actor, via, ts.as_str())))?;
         let keys = [context.to_string()];
         let evaluations = EvaluationPlan::new(&next, selection)
             .evaluate_keys(&tx, &keys, actor, &ts)?
@@ -736,6 +727,24 @@ fn load_flags(conn: &Connection) -> Result<FlagSet> {
         });
     }
     Ok(flags)
+}
+
+/// Applies `edit` to the flags as they are in `tx`, checks the result and works out the
+/// changes; with `write` (actor, via, timestamp) also writes them, audited. Returns the flags
+/// as edited and the changes.
+fn edit_flags(
+    tx: &Connection,
+    edit: impl FnOnce(&FlagSet) -> Result<FlagSet>,
+    write: Option<(&str, &str, &str)>,
+) -> Result<(FlagSet, Vec<Change>)> {
+    let current = load_flags(tx)?;
+    let next = edit(&current)?;
+    next.validate()?;
+    let changes = change::diff(&current, &next);
+    if let Some((actor, via, ts)) = write {
+        write_changes(tx, &changes, actor, via, ts)?;
+    }
+    Ok((next, changes))
 }
 
 /// Writes flag rows, then dependency edges, then deletions, so that every foreign key holds
