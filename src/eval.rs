@@ -4,7 +4,6 @@
 //! the same code serves SQLite today and other backends later, and it can be property-tested.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use md5::{Digest, Md5};
 use serde::Serialize;
@@ -50,12 +49,6 @@ impl Source {
             Source::Sticky => "sticky",
             Source::Rollout => "rollout",
         }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
