@@ -64,15 +64,28 @@ fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
         .collect();
     // Each change waits until the workers have made progress since the last, so that it
     // lands while they run; the assertion after the run checks that it did.
-    for (rollout, progress) in [("20", 1_000), ("90", 3_000)] {
+    // The changes are made in this process, through the library, so that no process start-up
+    // delays them while the workers run on.
+    let mut operator = flagstore::Store::open(&env.db).unwrap();
+    for (rollout, progress) in [(20.0, 1_000), (90.0, 2_000)] {
         let deadline = Instant::now() + Duration::from_secs(60);
         while env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'") < progress {
             assert!(Instant::now() < deadline, "the workers made no progress");
             std::thread::sleep(Duration::from_millis(10));
         }
-        env.ok(&["flag", "set", "enrich", "--rollout", rollout]);
-        env.ok(&["flag", "set", "dedupe", "--rollout", rollout]);
+        for flag in ["enrich", "dedupe"] {
+            operator
+                .modify("tester", "flag set", false, |current| {
+                    let mut next = current.clone();
+                    let mut changed = current.get(flag).unwrap().clone();
+                    changed.rollout_pct = rollout;
+                    next.insert(changed);
+                    Ok(next)
+                })
+                .unwrap();
+        }
     }
+    drop(operator);
     for worker in workers {
         let output = worker.join().unwrap();
         assert!(
