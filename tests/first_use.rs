@@ -393,3 +393,23 @@ fn explain_history_and_run_print_json_on_request() {
     assert_eq!(result["stats"]["total"], 4);
     assert!(!env.dir.path().join("-").exists());
 }
+
+#[test]
+fn completions_are_generated_for_each_shell_and_an_unknown_one_is_refused() {
+    let env = Env::new();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef flagstore"),
+        ("fish", "complete -c flagstore"),
+    ] {
+        let script = env.ok(&["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("backup"), "{shell} lacks a subcommand");
+    }
+    let message = env.fails(&["completions", "tcsh"]);
+    assert!(
+        message.starts_with("flagstore: invalid value 'tcsh' for '<SHELL>'"),
+        "{message}"
+    );
+    assert!(!env.db.exists());
+}
