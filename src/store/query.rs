@@ -123,12 +123,13 @@ impl Store {
             .map(read_row)
             .transpose()
             .map_err(Error::from)?;
-        let ranges = if query.kind.as_deref() == Some("change") {
-            Vec::new()
-        } else {
-            self.flag_ranges(flag, query).map_err(Error::from)?
-        };
-        let mut ranges = ranges.into_iter();
+        // Read one range at a time: a flag asked for in every request has a range per
+        // transaction, and a page needs only the newest few.
+        let (mut ranges_statement, ranges_params) = self.flag_ranges(flag, query)?;
+        let mut ranges = ranges_statement
+            .query(rusqlite::params_from_iter(&ranges_params))
+            .map_err(Error::from)?;
+        let with_records = query.kind.as_deref() != Some("change");
         let mut records: VecDeque<AuditRow> = VecDeque::new();
         let before = |a: &AuditRow, b: &AuditRow| {
             if query.ascending {
@@ -139,9 +140,13 @@ impl Store {
         };
         loop {
             if records.is_empty()
-                && let Some((first_id, last_id)) = ranges.next()
+                && with_records
+                && let Some(range) = ranges.next().map_err(Error::from)?
             {
-                let scope = Scope::Records { first_id, last_id };
+                let scope = Scope::Records {
+                    first_id: range.get(0).map_err(Error::from)?,
+                    last_id: range.get(1).map_err(Error::from)?,
+                };
                 self.scan(query, scope, &mut |row| {
                     records.push_back(row);
                     Ok::<bool, Error>(true)
@@ -172,33 +177,37 @@ impl Store {
         }
     }
 
-    /// The id ranges of the transactions that recorded decisions of `flag`, in the query's
-    /// order, from where its cursor points.
-    fn flag_ranges(&self, flag: &str, query: &AuditQuery) -> rusqlite::Result<Vec<(i64, i64)>> {
+    /// The statement and parameters listing the id ranges of the transactions that recorded
+    /// decisions of `flag` (first_id, last_id), in the query's order, from where its cursor
+    /// points.
+    fn flag_ranges(
+        &self,
+        flag: &str,
+        query: &AuditQuery,
+    ) -> Result<(rusqlite::CachedStatement<'_>, Vec<Box<dyn ToSql>>)> {
         let sql = match (query.ascending, query.cursor.is_some()) {
             (false, false) => {
-                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 ORDER BY last_id DESC"
+                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 \
+                 ORDER BY last_id DESC"
             }
             (false, true) => {
-                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 AND first_id < ?2 ORDER BY last_id DESC"
+                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 \
+                 AND first_id < ?2 ORDER BY last_id DESC"
             }
             (true, false) => {
-                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 ORDER BY last_id"
+                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 \
+                 ORDER BY last_id"
             }
             (true, true) => {
-                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 AND last_id > ?2 ORDER BY last_id"
+                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 \
+                 AND last_id > ?2 ORDER BY last_id"
             }
         };
-        let mut params: Vec<&dyn ToSql> = vec![&flag];
-        if let Some(cursor) = &query.cursor {
-            params.push(cursor);
+        let mut params: Vec<Box<dyn ToSql>> = vec![Box::new(flag.to_string())];
+        if let Some(cursor) = query.cursor {
+            params.push(Box::new(cursor));
         }
-        self.conn
-            .prepare_cached(sql)?
-            .query_map(rusqlite::params_from_iter(params), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect()
+        Ok((self.conn.prepare_cached(sql)?, params))
     }
 
     /// The statement and parameters reading `scope` under `query`'s filters (all but `flag`,
