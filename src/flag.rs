@@ -335,6 +335,29 @@ mod tests {
     }
 
     #[test]
+    fn a_set_is_empty_until_a_flag_is_inserted() {
+        let mut flags = FlagSet::new();
+        assert!(flags.is_empty());
+        flags.insert(Flag::new("a"));
+        assert!(!flags.is_empty());
+    }
+
+    #[test]
+    fn the_nearest_name_allows_more_typos_in_longer_names() {
+        let flags: FlagSet = [Flag::new("customer_enrichment_stage"), Flag::new("ab")]
+            .into_iter()
+            .collect();
+        // 3 edits in a 22-character name: within a third of its length.
+        assert_eq!(
+            flags.nearest_name("custmer_enrchment_stag").as_deref(),
+            Some("customer_enrichment_stage")
+        );
+        // Short names allow 2 edits, and no more.
+        assert_eq!(flags.nearest_name("xy").as_deref(), Some("ab"));
+        assert_eq!(flags.nearest_name("xyz"), None);
+    }
+
+    #[test]
     fn names_follow_the_documented_rules() {
         assert!(validate_name("stage.enrich").is_ok());
         assert!(validate_name("flag with spaces").is_ok());
