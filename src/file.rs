@@ -30,13 +30,11 @@ impl PendingFile {
         Ok(pending)
     }
 
-    /// A pending file holding `contents`, flushed to disk.
-    pub fn with_contents(destination: &Path, contents: &[u8]) -> Result<PendingFile> {
-        let pending = PendingFile::create(destination)?;
-        File::create(&pending.temporary)
+    /// Replaces what the pending file holds with `contents`, flushed to disk.
+    pub fn write(&self, contents: &[u8]) -> Result<()> {
+        File::create(&self.temporary)
             .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
-            .map_err(|e| pending.error(e))?;
-        Ok(pending)
+            .map_err(|e| self.error(e))
     }
 
     pub fn path(&self) -> &Path {
@@ -69,5 +67,7 @@ impl Drop for PendingFile {
 
 /// Writes `contents` to `path` atomically (see [`PendingFile`]).
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    PendingFile::with_contents(path, contents)?.persist()
+    let pending = PendingFile::create(path)?;
+    pending.write(contents)?;
+    pending.persist()
 }

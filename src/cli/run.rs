@@ -73,12 +73,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &RunArgs) -> Result<Ou
             |flags, changes, evaluations| {
                 text = results(flags, &names, changes.len(), evaluations);
                 match &pending {
-                    Some(pending) => std::fs::write(pending.path(), &text).map_err(|source| {
-                        crate::error::Error::Write {
-                            path: args.output.display().to_string(),
-                            source,
-                        }
-                    }),
+                    Some(pending) => pending.write(text.as_bytes()),
                     None => Ok(()),
                 }
             },
