@@ -310,6 +310,29 @@ fn another_applications_sqlite_database_is_refused_untouched() {
     assert_eq!(std::fs::read(&env.db).unwrap(), before);
 }
 
+/// Another application migrated by refinery, with an empty history: not a half-created
+/// store of ours, since it has tables of its own.
+#[test]
+fn another_refinery_users_database_is_refused_untouched() {
+    let env = Env::new();
+    env.sql()
+        .execute_batch(
+            "CREATE TABLE refinery_schema_history (version INT4 PRIMARY KEY, name VARCHAR(255),
+                 applied_on VARCHAR(255), checksum VARCHAR(255));
+             CREATE TABLE invoices (id INTEGER PRIMARY KEY);",
+        )
+        .unwrap();
+    let before = std::fs::read(&env.db).unwrap();
+    assert_eq!(
+        env.fails(&["flag", "list"]),
+        format!(
+            "flagstore: {} is not a flagstore database: it is an SQLite database with tables of its own",
+            env.db.display()
+        )
+    );
+    assert_eq!(std::fs::read(&env.db).unwrap(), before);
+}
+
 #[test]
 fn a_database_from_a_newer_flagstore_is_refused() {
     let env = Env::new();

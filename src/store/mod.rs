@@ -90,7 +90,6 @@ impl Selection {
 /// What a batch evaluation did, for throughput and latency reports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BatchReport {
-    pub keys: u64,
     pub evaluations: u64,
     /// Wall time of each transaction, from taking the write lock to the commit.
     pub batch_latencies: Vec<Duration>,
@@ -411,7 +410,6 @@ impl Store {
                 emit(key, evaluations)?;
                 report.evaluations += evaluations.len() as u64;
             }
-            report.keys += chunk.len() as u64;
         }
     }
 
