@@ -19,11 +19,10 @@ fn v1_store() -> Env {
     env
 }
 
-fn python_verify(env: &Env) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_audit_chain.py");
+/// Runs `python3 ARGS`, asserts that it succeeded and returns its stdout.
+fn python(args: &[&std::ffi::OsStr]) -> String {
     let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&env.db)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -32,6 +31,11 @@ fn python_verify(env: &Env) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+fn python_verify(env: &Env) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_audit_chain.py");
+    python(&[script.as_ref(), env.db.as_os_str()])
 }
 
 #[test]
@@ -148,18 +152,14 @@ fn the_readmes_reviewer_queries_run_with_stock_sqlite() {
     let script = "import json, sqlite3, sys\n\
                   db = sqlite3.connect(sys.argv[1])\n\
                   print(json.dumps([db.execute(q).fetchall() for q in json.loads(sys.argv[2])]))";
-    let output = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(&env.db)
-        .arg(serde_json::to_string(&queries).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Vec<Vec<Value>> = serde_json::from_slice(&output.stdout).unwrap();
+    let queries = serde_json::to_string(&queries).unwrap();
+    let output = python(&[
+        "-c".as_ref(),
+        script.as_ref(),
+        env.db.as_os_str(),
+        queries.as_ref(),
+    ]);
+    let results: Vec<Vec<Value>> = serde_json::from_str(&output).unwrap();
     assert!(!results[0].is_empty(), "changes of enrich: {results:?}");
     // tenant:acme got enrich in the schema-1 fixture and again now, in a decision record.
     let decisions = &results[1];

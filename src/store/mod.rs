@@ -172,11 +172,7 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&uri, flags).map_err(|source| Error::Open {
-            path: display.clone(),
-            source,
-        })?;
-        Store::init(conn, display.clone()).map_err(|e| e.at_database(&display))
+        Store::connect(&uri, display, flags)
     }
 
     /// Creates a new, empty store at `path`; an existing file is refused, whatever it holds.
@@ -199,7 +195,13 @@ impl Store {
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | create;
-        let conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Open {
+        Store::connect(path, display, flags)
+    }
+
+    /// Opens `target` (a path or URI) with `flags` and initialises the store; errors name
+    /// the database as `display`.
+    fn connect(target: impl AsRef<Path>, display: String, flags: OpenFlags) -> Result<Store> {
+        let conn = Connection::open_with_flags(target, flags).map_err(|source| Error::Open {
             path: display.clone(),
             source,
         })?;
