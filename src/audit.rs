@@ -159,7 +159,12 @@ fn row_hash(prev_hash: &str, fields: &[Field]) -> String {
 impl AuditRow {
     /// The hash this row should carry, given the chain before it.
     pub fn expected_hash(&self, prev_hash: &str) -> String {
-        let entry = Entry {
+        self.entry().hash(self.id, prev_hash)
+    }
+
+    /// The row's hashed columns, borrowed.
+    pub fn entry(&self) -> Entry<'_> {
+        Entry {
             ts: &self.ts,
             kind: &self.kind,
             actor: &self.actor,
@@ -170,8 +175,7 @@ impl AuditRow {
             source: self.source.as_deref(),
             reason: self.reason.as_deref(),
             detail: &self.detail,
-        };
-        entry.hash(self.id, prev_hash)
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::audit::AuditQuery;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy};
 use crate::output::write_batch_line;
-use crate::store::{BatchReport, Selection, Store, keys_per_transaction};
+use crate::store::{BatchReport, Location, ScratchSchema, Selection, Store, keys_per_transaction};
 
 /// A pipeline-like flag set: a chain of dependencies, partial rollouts, one kill switch. The
 /// partial rollouts store every decision, so the second pass is all sticky hits.
@@ -35,28 +35,54 @@ pub fn bench_flags() -> FlagSet {
     .collect()
 }
 
-/// Runs both passes over `keys` generated keys in a fresh database under `dir`, which is
-/// removed afterwards, and prints one line per pass.
-pub fn run(keys: u64, dir: &Path, out: &mut impl Write) -> Result<()> {
-    with_temporary_store(dir, |store, path| run_in(store, path, keys, out))
+/// Where a bench keeps its throw-away store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scratch {
+    /// An SQLite file in this directory.
+    Directory(PathBuf),
+    /// A new schema in the PostgreSQL database at this URL.
+    Postgres(String),
+}
+
+/// Runs both passes over `keys` generated keys in a fresh store, which is removed afterwards,
+/// and prints one line per pass.
+pub fn run(keys: u64, scratch: &Scratch, out: &mut impl Write) -> Result<()> {
+    in_scratch_store(scratch, |store| run_in(store, keys, out))
 }
 
 /// Fills a fresh log with `rows` evaluation rows and prints the median time of each query.
-pub fn run_audit(rows: u64, dir: &Path, out: &mut impl Write) -> Result<()> {
-    with_temporary_store(dir, |store, path| run_audit_in(store, path, rows, out))
+pub fn run_audit(rows: u64, scratch: &Scratch, out: &mut impl Write) -> Result<()> {
+    in_scratch_store(scratch, |store| run_audit_in(store, rows, out))
 }
 
-/// Runs `bench` on a fresh store under `dir` holding [`bench_flags`], and removes the store
-/// (with its WAL and shared-memory files) afterwards, whether or not `bench` succeeded.
+/// Runs `bench` on a fresh store holding [`bench_flags`] and removes the store afterwards,
+/// whether or not `bench` succeeded.
+fn in_scratch_store(scratch: &Scratch, bench: impl FnOnce(&mut Store) -> Result<()>) -> Result<()> {
+    match scratch {
+        Scratch::Directory(dir) => with_temporary_store(dir, |store, _| bench(store)),
+        Scratch::Postgres(url) => {
+            let schema = ScratchSchema::create(url, "flagstore_bench")?;
+            let store = Store::open(&Location::Postgres(schema.url().to_string()));
+            bench(&mut seeded(store)?)
+        }
+    }
+}
+
+fn seeded(store: Result<Store>) -> Result<Store> {
+    let mut store = store?;
+    store.modify("bench", "bench", false, |_| Ok(bench_flags()))?;
+    Ok(store)
+}
+
+/// Runs `bench` on a fresh SQLite store under `dir` holding [`bench_flags`], and removes the
+/// store (with its WAL and shared-memory files) afterwards, whether or not `bench` succeeded.
 pub fn with_temporary_store(
     dir: &Path,
     bench: impl FnOnce(&mut Store, &Path) -> Result<()>,
 ) -> Result<()> {
     let path = dir.join(format!("flagstore-bench-{}.db", std::process::id()));
-    let result = Store::open(&path).and_then(|mut store| {
-        store.modify("bench", "bench", false, |_| Ok(bench_flags()))?;
-        bench(&mut store, &path)
-    });
+    let result = seeded(Store::open(&Location::Sqlite(path.clone())))
+        .and_then(|mut store| bench(&mut store, &path));
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.clone().into_os_string();
         file.push(suffix);
@@ -77,13 +103,13 @@ fn generated_keys(range: std::ops::Range<u64>) -> impl Iterator<Item = Result<St
     range.map(|i| Ok(format!("tenant-{i:09}")))
 }
 
-fn run_in(store: &mut Store, path: &Path, keys: u64, out: &mut impl Write) -> Result<()> {
+fn run_in(store: &mut Store, keys: u64, out: &mut impl Write) -> Result<()> {
     let flag_count = bench_flags().len();
     writeln!(
         out,
         "{keys} keys x {flag_count} flags, {} keys per transaction, database {}",
         keys_per_transaction(flag_count),
-        path.display()
+        store.path()
     )
     .map_err(write_error)?;
     writeln!(
@@ -115,7 +141,7 @@ fn run_in(store: &mut Store, path: &Path, keys: u64, out: &mut impl Write) -> Re
 const RARE_FLAG: &str = "rare_stage";
 const RARE_EVERY: u64 = 1_000;
 
-fn run_audit_in(store: &mut Store, path: &Path, requests: u64, out: &mut impl Write) -> Result<()> {
+fn run_audit_in(store: &mut Store, requests: u64, out: &mut impl Write) -> Result<()> {
     store.modify("bench", "bench", false, |flags| {
         let mut flags = flags.clone();
         flags.insert(Flag::new(RARE_FLAG));
@@ -146,7 +172,7 @@ fn run_audit_in(store: &mut Store, path: &Path, requests: u64, out: &mut impl Wr
          of {RARE_FLAG} alone) in {:.1} s, database {}",
         bench_flags().len(),
         started.elapsed().as_secs_f64(),
-        path.display()
+        store.path()
     )
     .map_err(write_error)?;
     let middle_key = format!("tenant-{:09}", requests / 2);
@@ -274,7 +300,7 @@ mod tests {
     fn bench_runs_and_reports_both_passes() {
         let dir = tempfile::tempdir().unwrap();
         let mut out = Vec::new();
-        run(300, dir.path(), &mut out).unwrap();
+        run(300, &Scratch::Directory(dir.path().to_path_buf()), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5, "{text}");
@@ -289,7 +315,12 @@ mod tests {
     fn audit_bench_fills_the_log_and_times_each_query() {
         let dir = tempfile::tempdir().unwrap();
         let mut out = Vec::new();
-        run_audit(1_000, dir.path(), &mut out).unwrap();
+        run_audit(
+            1_000,
+            &Scratch::Directory(dir.path().to_path_buf()),
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 8, "{text}");

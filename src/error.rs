@@ -171,6 +171,21 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
+    /// Names the server and database, never the password.
+    #[error("{server}: {}", crate::store::describe_postgres_error(source))]
+    Postgres {
+        server: String,
+        source: postgres::Error,
+    },
+
+    #[error("{url}: not a PostgreSQL URL: {why}")]
+    BadUrl { url: String, why: String },
+
+    #[error(
+        "{path} is not empty ({holds}); copy into a new SQLite file or an empty PostgreSQL schema"
+    )]
+    NotEmpty { path: String, holds: String },
+
     #[error("migrating {path} failed: {source}")]
     Migration {
         path: String,

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{Backend, Env};
+
 use std::collections::HashMap;
 
 use flagstore::{Flag, FlagSet, Selection, StickyPolicy, Store};
@@ -175,46 +177,107 @@ proptest! {
     /// is exactly what the evaluations returned: flag, result, source and reason wording,
     /// sticky hits, dependencies and unknown flags included.
     #[test]
-    fn the_reviewers_view_equals_the_decisions_returned(
+    fn the_reviewers_view_equals_the_decisions_returned_on_sqlite(
         flags in flags(),
         keys in keys(),
         lowered in rollout(),
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("view.db");
-        let mut store = Store::open(&path).unwrap();
-        store
-            .modify("proptest", "import", false, |_| Ok(flags.iter().cloned().collect::<FlagSet>()))
-            .unwrap();
-        let mut requested: Vec<String> = flags.iter().map(|f| f.name.clone()).collect();
-        requested.push("ghost".to_string());
-        let selection = Selection::Flags(requested);
-        let mut returned = Vec::new();
-        for round in 0..2 {
-            if round == 1 {
-                // Move every rollout so the second round mixes sticky hits with new decisions.
-                store
-                    .modify("proptest", "import", false, |current| {
-                        Ok(current.iter().cloned().map(|f| Flag { rollout_pct: lowered, ..f }).collect::<FlagSet>())
-                    })
-                    .unwrap();
-            }
-            for key in &keys {
-                for e in store.evaluate(&selection, key, "proptest").unwrap() {
-                    let d = e.decision;
-                    returned.push((key.clone(), e.flag, i64::from(d.enabled), d.source.as_str().to_string(), d.reason));
-                }
+        view_equals_decisions(&flags, &keys, lowered)?;
+    }
+
+    /// The same on PostgreSQL, whose view is its own SQL (skipped without a server).
+    #[test]
+    fn the_reviewers_view_equals_the_decisions_returned_on_postgres(
+        flags in flags(),
+        keys in keys(),
+        lowered in rollout(),
+    ) {
+        if common::use_postgres() {
+            view_equals_decisions(&flags, &keys, lowered)?;
+        }
+    }
+}
+
+type ViewRow = (String, String, i64, String, String);
+
+/// Evaluates `flags` for `keys` twice (moving every rollout to `lowered` in between, so the
+/// second round mixes sticky hits with new decisions) and checks that `audit_evaluations`
+/// shows exactly the decisions returned.
+fn view_equals_decisions(
+    flags: &[Flag],
+    keys: &[String],
+    lowered: f64,
+) -> Result<(), TestCaseError> {
+    let env = Env::new();
+    let mut store = env.open_store();
+    store
+        .modify("proptest", "import", false, |_| {
+            Ok(flags.iter().cloned().collect::<FlagSet>())
+        })
+        .unwrap();
+    let mut requested: Vec<String> = flags.iter().map(|f| f.name.clone()).collect();
+    requested.push("ghost".to_string());
+    let selection = Selection::Flags(requested);
+    let mut returned: Vec<ViewRow> = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            store
+                .modify("proptest", "import", false, |current| {
+                    Ok(current
+                        .iter()
+                        .cloned()
+                        .map(|f| Flag {
+                            rollout_pct: lowered,
+                            ..f
+                        })
+                        .collect::<FlagSet>())
+                })
+                .unwrap();
+        }
+        for key in keys {
+            for e in store.evaluate(&selection, key, "proptest").unwrap() {
+                let d = e.decision;
+                returned.push((
+                    key.clone(),
+                    e.flag,
+                    i64::from(d.enabled),
+                    d.source.as_str().to_string(),
+                    d.reason,
+                ));
             }
         }
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        let mut statement = conn
-            .prepare("SELECT context_key, flag, result, source, reason FROM audit_evaluations ORDER BY audit_id")
-            .unwrap();
-        let viewed: Vec<(String, String, i64, String, String)> = statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+    }
+    const VIEWED: &str = "SELECT context_key, flag, result, source, reason FROM audit_evaluations";
+    let mut viewed: Vec<ViewRow> = match env.backend {
+        Backend::Sqlite => env
+            .sql()
+            .prepare(VIEWED)
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .unwrap()
             .collect::<Result<_, _>>()
-            .unwrap();
-        prop_assert_eq!(viewed, returned);
-    }
+            .unwrap(),
+        Backend::Postgres => env
+            .postgres()
+            .query(VIEWED, &[])
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    i64::from(r.get::<_, i32>(2)),
+                    r.get(3),
+                    r.get(4),
+                )
+            })
+            .collect(),
+    };
+    // The order of one request's decisions is not part of the view's contract.
+    viewed.sort();
+    returned.sort();
+    prop_assert_eq!(viewed, returned);
+    Ok(())
 }

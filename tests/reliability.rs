@@ -66,7 +66,7 @@ fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
     // lands while they run; the assertion after the run checks that it did.
     // The changes are made in this process, through the library, so that no process start-up
     // delays them while the workers run on.
-    let mut operator = flagstore::Store::open(&env.db).unwrap();
+    let mut operator = env.open_store();
     for (rollout, progress) in [(20.0, 1_000), (90.0, 2_000)] {
         let deadline = Instant::now() + Duration::from_secs(60);
         while env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'") < progress {
@@ -663,10 +663,10 @@ fn a_store_whose_first_migration_was_interrupted_is_finished_not_refused() {
 
 #[test]
 fn a_writer_busy_past_its_retry_budget_reports_the_lock_and_writes_nothing() {
-    use flagstore::{Flag, FlagSet, Selection, Store};
+    use flagstore::{Flag, FlagSet, Selection};
 
     let env = Env::new();
-    let mut store = Store::open(&env.db).unwrap();
+    let mut store = env.open_store();
     store
         .modify("ops", "import", false, |_| {
             Ok([Flag::new("f")].into_iter().collect::<FlagSet>())

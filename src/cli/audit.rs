@@ -112,7 +112,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<
                 (None, Some(path)) => Some(read_checkpoint(path)?),
                 (None, None) => None,
             };
-            store.check_pages(true)?;
+            store.check_storage(true)?;
             let verified = store.verify_audit(checkpoint.as_ref())?;
             writeln!(
                 out,

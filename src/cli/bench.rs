@@ -3,24 +3,26 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::Outcome;
-use crate::error::Result;
+use crate::bench::Scratch;
+use crate::error::{Error, Result};
+use crate::store::Location;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Batch evaluation: a fresh store (all sticky misses), then the same keys again (hits).
     #[command(after_help = "Examples:
   flagstore bench eval --keys 1000000
-  flagstore bench eval --keys 200000 --dir /dev/shm")]
+  flagstore bench eval --keys 200000 --dir /dev/shm
+  flagstore bench eval --keys 200000 --db postgres://postgres@localhost/test")]
     Eval {
         /// Context keys per pass.
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
-        /// Directory for the temporary database [default: the system's temporary directory].
-        #[arg(long)]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        scratch: ScratchArgs,
     },
     /// Audit queries: fill the log with this many evaluation rows, then time the queries
     /// reviewers run and a full chain verification.
@@ -31,21 +33,47 @@ pub enum BenchCommand {
         /// Evaluation rows to fill the log with.
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
-        /// Directory for the temporary database [default: the system's temporary directory].
-        #[arg(long)]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        scratch: ScratchArgs,
     },
+}
+
+/// Where a bench's throw-away store goes.
+#[derive(Debug, Args)]
+pub struct ScratchArgs {
+    /// Directory for the temporary SQLite database [default: the system's temporary directory].
+    #[arg(long, conflicts_with = "postgres")]
+    dir: Option<PathBuf>,
+    /// Bench PostgreSQL instead: a postgres:// URL of a database in which the bench creates a
+    /// scratch schema, dropped afterwards.
+    #[arg(long = "db", id = "postgres", value_name = "URL")]
+    postgres: Option<String>,
+}
+
+impl ScratchArgs {
+    fn scratch(&self) -> Result<Scratch> {
+        match (&self.postgres, &self.dir) {
+            (Some(url), _) => match Location::parse(url.as_ref()) {
+                Location::Postgres(url) => Ok(Scratch::Postgres(url)),
+                Location::Sqlite(_) => Err(Error::Usage {
+                    message: format!(
+                        "bench --db takes a postgres:// URL, not {url:?}; an SQLite bench uses a \
+                         temporary file (choose its directory with --dir)"
+                    ),
+                }),
+            },
+            (None, dir) => Ok(Scratch::Directory(
+                dir.clone().unwrap_or_else(std::env::temp_dir),
+            )),
+        }
+    }
 }
 
 pub fn run(out: &mut impl Write, command: &BenchCommand) -> Result<Outcome> {
     match command {
-        BenchCommand::Eval { keys, dir } => {
-            let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
-            crate::bench::run(*keys, &dir, out)?;
-        }
-        BenchCommand::Audit { rows, dir } => {
-            let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
-            crate::bench::run_audit(*rows, &dir, out)?;
+        BenchCommand::Eval { keys, scratch } => crate::bench::run(*keys, &scratch.scratch()?, out)?,
+        BenchCommand::Audit { rows, scratch } => {
+            crate::bench::run_audit(*rows, &scratch.scratch()?, out)?
         }
     }
     Ok(Outcome::Success)

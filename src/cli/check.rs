@@ -31,13 +31,13 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<
 }
 
 fn check(store: &Store, out: &mut impl Write) -> Result<Outcome> {
-    store.check_pages(false)?;
+    let storage = store.check_storage(false)?;
     let assignments = store.check_references()?;
     let verified = store.verify_audit(None)?;
     writeln!(
         out,
-        "store checked: pages and indexes sound, foreign keys hold, {assignments} assignments \
-         each with the evaluation that stored it; audit log verified: {} rows, head {}",
+        "store checked: {storage}, foreign keys hold, {assignments} assignments each with the \
+         evaluation that stored it; audit log verified: {} rows, head {}",
         verified.rows, verified.head
     )
     .map_err(stdout_error)?;

@@ -7,7 +7,7 @@ use clap::Args;
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
 use crate::change::Change;
 use crate::document::{Document, display_path};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::flag::FlagSet;
 use crate::store::Store;
 
@@ -35,10 +35,16 @@ pub struct ImportArgs {
 pub fn run(globals: &Globals, out: &mut impl Write, args: &ImportArgs) -> Result<Outcome> {
     let document = Document::read(&args.file)?;
     let actor = globals.writer(&args.actor);
-    if args.dry_run && !globals.database(&args.db).exists() {
-        // What would change in a store that does not exist yet, without creating one.
-        let mut empty = Store::open_in_memory()?;
-        return report(&mut empty, out, &actor, args, &document);
+    if args.dry_run {
+        return match globals.with_store(&args.db, |store| {
+            report(store, out, &actor, args, &document)
+        }) {
+            // What would change in a store that does not exist yet, without creating one.
+            Err(Error::NoDatabase { .. }) => {
+                report(&mut Store::open_in_memory()?, out, &actor, args, &document)
+            }
+            reported => reported,
+        };
     }
     globals.with_store_or_create(&args.db, |store| {
         report(store, out, &actor, args, &document)

@@ -18,8 +18,7 @@ pub struct InitArgs {
 }
 
 pub fn run(globals: &Globals, out: &mut impl Write, args: &InitArgs) -> Result<Outcome> {
-    let path = globals.database(&args.db);
-    let store = Store::create(&path)?;
+    let store = Store::create(&globals.database(&args.db))?;
     writeln!(out, "created {}", store.path()).map_err(stdout_error)?;
     Ok(Outcome::Success)
 }

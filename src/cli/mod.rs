@@ -17,15 +17,16 @@ mod import;
 mod init;
 mod run;
 
+use std::ffi::OsString;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Location, Store};
 
-const DB_HELP: &str = "The database file [default: $FLAGSTORE_DB, else ./flagstore.db]";
+const DB_HELP: &str = "The store: an SQLite file, or a postgres:// URL \
+                       [default: $FLAGSTORE_DB, else ./flagstore.db]";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,8 +53,8 @@ pub struct Cli {
 /// `--db`, accepted before the command and after it by the commands that use a database.
 #[derive(Debug, Clone, Default, Args)]
 pub struct DbOption {
-    #[arg(id = "db", long = "db", value_name = "PATH", help = DB_HELP)]
-    pub path: Option<PathBuf>,
+    #[arg(id = "db", long = "db", value_name = "PATH|URL", help = DB_HELP)]
+    pub path: Option<OsString>,
 }
 
 /// `--actor`, accepted before the command and after it by the commands that record or filter
@@ -127,13 +128,14 @@ pub struct Globals {
 impl Globals {
     /// The database: `--db` after the command, else before it, else $FLAGSTORE_DB, else
     /// `./flagstore.db`.
-    fn database(&self, local: &DbOption) -> PathBuf {
-        local
+    fn database(&self, local: &DbOption) -> Location {
+        let given = local
             .path
             .clone()
             .or_else(|| self.db.path.clone())
-            .or_else(|| std::env::var_os("FLAGSTORE_DB").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("flagstore.db"))
+            .or_else(|| std::env::var_os("FLAGSTORE_DB"))
+            .unwrap_or_else(|| OsString::from("flagstore.db"));
+        Location::parse(&given)
     }
 
     /// Runs `work` on the store of a command that defines flags: created when it does not

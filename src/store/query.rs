@@ -1,34 +1,141 @@
 //! Reading the audit log as reviewers see it: one row per change and one per flag decision,
 //! whether the decision was stored as a schema-1 row of its own or inside a decision record.
+//!
+//! Rows are read in pages by id (keyset), inside one read transaction, so a scan of any length
+//! holds one snapshot, costs the same deep in a large log as at its start, and never keeps a
+//! statement open while the caller works: both backends read it the same way.
 
 use std::collections::VecDeque;
 
-use rusqlite::{Row, ToSql};
-
-use super::Store;
+use super::{Scan, Scope, Store, Transaction};
 use crate::audit::{AuditQuery, AuditRow};
 use crate::error::{Error, Result};
 use crate::record;
 
-const COLUMNS: &str = "SELECT id, ts, kind, actor, action, flag, context_key, result, source, \
-                       reason, detail, prev_hash, hash FROM audit_log";
+/// Rows per page when streaming the whole log (verification, copies).
+const PAGE_ROWS: usize = 5_000;
 
-/// Which rows a scan reads, beyond the query's own filters.
-#[derive(Clone, Copy)]
-enum Scope<'a> {
-    Everything,
-    /// Rows whose `flag` column is this flag: changes and schema-1 evaluations.
-    FlagColumn(&'a str),
-    /// Decision records with ids in this range.
-    Records {
-        first_id: i64,
-        last_id: i64,
-    },
+/// Flag ranges read at a time: a flag asked for in every request has a range per transaction,
+/// and a page of decisions usually needs only the newest few.
+const RANGES_PER_READ: usize = 16;
+
+/// A value bound to a scan's SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Param<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+/// The SQL of one page of `scan`, with `placeholder(n)` for the n-th parameter (1-based), and
+/// its parameters. The text is assembled from constant fragments only; every value is bound.
+pub(super) fn scan_sql<'a>(
+    scan: &Scan<'a>,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<Param<'a>>) {
+    let query = scan.query;
+    let mut conditions: Vec<&str> = Vec::new();
+    let mut params: Vec<Param> = Vec::new();
+    match scan.scope {
+        Scope::Everything => {}
+        Scope::FlagColumn(flag) => {
+            conditions.push("flag = ");
+            params.push(Param::Text(flag));
+        }
+        Scope::Records { first_id, last_id } => {
+            conditions.push("flag IS NULL AND id >= ");
+            params.push(Param::Int(first_id));
+            conditions.push("id <= ");
+            params.push(Param::Int(last_id));
+        }
+    }
+    let text = |value: &'a Option<String>| value.as_deref().map(Param::Text);
+    let filters = [
+        ("context_key = ", text(&query.context)),
+        ("kind = ", text(&query.kind)),
+        ("actor = ", text(&query.actor)),
+        ("ts >= ", text(&query.since)),
+        ("ts < ", text(&query.until)),
+        (
+            if query.ascending { "id > " } else { "id < " },
+            scan.cursor.map(Param::Int),
+        ),
+    ];
+    for (condition, value) in filters {
+        if let Some(value) = value {
+            conditions.push(condition);
+            params.push(value);
+        }
+    }
+    let mut sql = String::from(
+        "SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, \
+         detail, prev_hash, hash FROM audit_log",
+    );
+    for (n, condition) in conditions.iter().enumerate() {
+        sql.push_str(if n == 0 { " WHERE " } else { " AND " });
+        sql.push_str(condition);
+        sql.push_str(&placeholder(n + 1));
+    }
+    sql.push_str(if query.ascending {
+        " ORDER BY id ASC LIMIT "
+    } else {
+        " ORDER BY id DESC LIMIT "
+    });
+    sql.push_str(&scan.limit.to_string());
+    (sql, params)
+}
+
+/// The rows of one scope under a query, read a page at a time.
+pub(super) struct Pages<'q> {
+    scan: Scan<'q>,
+    buffered: VecDeque<AuditRow>,
+    exhausted: bool,
+}
+
+impl<'q> Pages<'q> {
+    pub(super) fn new(query: &'q AuditQuery, scope: Scope<'q>, limit: usize) -> Pages<'q> {
+        Pages {
+            scan: Scan {
+                query,
+                scope,
+                cursor: query.cursor,
+                limit,
+            },
+            buffered: VecDeque::new(),
+            exhausted: false,
+        }
+    }
+
+    /// The next page of rows; empty at the end.
+    pub(super) fn next_page(&mut self, tx: &Transaction) -> Result<Vec<AuditRow>> {
+        if self.exhausted {
+            return Ok(Vec::new());
+        }
+        let page = tx.audit_page(&self.scan)?;
+        self.exhausted = page.len() < self.scan.limit;
+        if let Some(last) = page.last() {
+            self.scan.cursor = Some(last.id);
+        }
+        Ok(page)
+    }
+
+    fn peek(&mut self, tx: &Transaction) -> Result<Option<&AuditRow>> {
+        if self.buffered.is_empty() {
+            let page = self.next_page(tx)?;
+            self.buffered.extend(page);
+        }
+        Ok(self.buffered.front())
+    }
+
+    fn next(&mut self, tx: &Transaction) -> Result<Option<AuditRow>> {
+        self.peek(tx)?;
+        Ok(self.buffered.pop_front())
+    }
 }
 
 impl Store {
-    /// Calls `visit` with every audit row as stored, in id order, streaming, so a log of any
-    /// size can be verified in constant memory. Stops at the first error `visit` returns.
+    /// Calls `visit` with every audit row as stored, in id order, streaming from one snapshot,
+    /// so a log of any size can be verified in constant memory. Stops at the first error
+    /// `visit` returns.
     pub fn for_each_audit_row<E: From<Error>>(
         &self,
         mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
@@ -37,13 +144,10 @@ impl Store {
             ascending: true,
             ..AuditQuery::default()
         };
-        let mut statement = self.prepare_scan(&everything, Scope::Everything)?;
-        let mut rows = statement
-            .0
-            .query(rusqlite::params_from_iter(&statement.1))
-            .map_err(Error::from)?;
-        while let Some(row) = rows.next().map_err(Error::from)? {
-            visit(read_row(row).map_err(Error::from)?)?;
+        let tx = self.read_transaction()?;
+        let mut rows = Pages::new(&everything, Scope::Everything, PAGE_ROWS);
+        while let Some(row) = rows.next(&tx)? {
+            visit(row)?;
         }
         Ok(())
     }
@@ -54,15 +158,19 @@ impl Store {
     /// the decision's flag, result, source and reason). `query.limit` counts those rows; a page
     /// ends at a record's end, so `cursor` (a row id) always continues where a page stopped.
     ///
-    /// Paging is by id (keyset), so a page deep in a large log costs the same as the first. A
-    /// flag's decision records are found through `audit_flag_ranges` (one row per transaction
-    /// and flag), its changes through the index on (flag, id); a context's rows through the
-    /// index on (context_key, id).
+    /// A flag's decision records are found through `audit_flag_ranges` (one row per
+    /// transaction and flag), its changes through the index on (flag, id); a context's rows
+    /// through the index on (context_key, id).
     pub fn query_audit<E: From<Error>>(
         &self,
         query: &AuditQuery,
         mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
+        let tx = self.read_transaction()?;
+        // Rows read per page: enough for the page asked for when each row is one decision.
+        let page = query.limit.map_or(PAGE_ROWS, |limit| {
+            (limit.max(0) as usize + 1).min(PAGE_ROWS)
+        });
         let mut shown: i64 = 0;
         let mut show = |row: AuditRow| -> std::result::Result<bool, E> {
             if query.limit.is_some_and(|limit| shown >= limit) {
@@ -81,207 +189,68 @@ impl Store {
         };
         // A context's rows are few and indexed: its scan filters by flag itself.
         match (query.flag.as_deref(), &query.context) {
-            (Some(flag), None) => self.scan_flag(query, flag, &mut show),
-            _ => self.scan(query, Scope::Everything, &mut show),
-        }
-    }
-
-    /// Rows in `scope` that pass `query`'s filters, in its order, until `show` says stop.
-    fn scan<E: From<Error>>(
-        &self,
-        query: &AuditQuery,
-        scope: Scope,
-        show: &mut impl FnMut(AuditRow) -> std::result::Result<bool, E>,
-    ) -> std::result::Result<(), E> {
-        let (mut statement, params) = self.prepare_scan(query, scope)?;
-        let mut rows = statement
-            .query(rusqlite::params_from_iter(&params))
-            .map_err(Error::from)?;
-        while let Some(row) = rows.next().map_err(Error::from)? {
-            if !show(read_row(row).map_err(Error::from)?)? {
-                break;
+            (Some(flag), None) => scan_flag(&tx, query, flag, page, &mut show),
+            _ => {
+                let mut rows = Pages::new(query, Scope::Everything, page);
+                while let Some(row) = rows.next(&tx)? {
+                    if !show(row)? {
+                        break;
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
-    }
-
-    /// A flag's rows: its changes and schema-1 evaluations (one index scan) merged by id with
-    /// the decision records of the transactions that were asked for it (one range at a time).
-    fn scan_flag<E: From<Error>>(
-        &self,
-        query: &AuditQuery,
-        flag: &str,
-        show: &mut impl FnMut(AuditRow) -> std::result::Result<bool, E>,
-    ) -> std::result::Result<(), E> {
-        let (mut by_column, params) = self.prepare_scan(query, Scope::FlagColumn(flag))?;
-        let mut column_rows = by_column
-            .query(rusqlite::params_from_iter(&params))
-            .map_err(Error::from)?;
-        let mut next_by_column = column_rows
-            .next()
-            .map_err(Error::from)?
-            .map(read_row)
-            .transpose()
-            .map_err(Error::from)?;
-        // Read one range at a time: a flag asked for in every request has a range per
-        // transaction, and a page needs only the newest few.
-        let (mut ranges_statement, ranges_params) = self.flag_ranges(flag, query)?;
-        let mut ranges = ranges_statement
-            .query(rusqlite::params_from_iter(&ranges_params))
-            .map_err(Error::from)?;
-        let with_records = query.kind.as_deref() != Some("change");
-        let mut records: VecDeque<AuditRow> = VecDeque::new();
-        let before = |a: &AuditRow, b: &AuditRow| {
-            if query.ascending {
-                a.id < b.id
-            } else {
-                a.id > b.id
-            }
-        };
-        loop {
-            if records.is_empty()
-                && with_records
-                && let Some(range) = ranges.next().map_err(Error::from)?
-            {
-                let scope = Scope::Records {
-                    first_id: range.get(0).map_err(Error::from)?,
-                    last_id: range.get(1).map_err(Error::from)?,
-                };
-                self.scan(query, scope, &mut |row| {
-                    records.push_back(row);
-                    Ok::<bool, Error>(true)
-                })?;
-                continue;
-            }
-            let take_column = match (&next_by_column, records.front()) {
-                (None, None) => return Ok(()),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(a), Some(b)) => before(a, b),
-            };
-            let row = if take_column {
-                let row = next_by_column.take().expect("checked above");
-                next_by_column = column_rows
-                    .next()
-                    .map_err(Error::from)?
-                    .map(read_row)
-                    .transpose()
-                    .map_err(Error::from)?;
-                row
-            } else {
-                records.pop_front().expect("checked above")
-            };
-            if !show(row)? {
-                return Ok(());
-            }
-        }
-    }
-
-    /// The statement and parameters listing the id ranges of the transactions that recorded
-    /// decisions of `flag` (first_id, last_id), in the query's order, from where its cursor
-    /// points.
-    fn flag_ranges(
-        &self,
-        flag: &str,
-        query: &AuditQuery,
-    ) -> Result<(rusqlite::CachedStatement<'_>, Vec<Box<dyn ToSql>>)> {
-        let sql = match (query.ascending, query.cursor.is_some()) {
-            (false, false) => {
-                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 \
-                 ORDER BY last_id DESC"
-            }
-            (false, true) => {
-                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 \
-                 AND first_id < ?2 ORDER BY last_id DESC"
-            }
-            (true, false) => {
-                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 \
-                 ORDER BY last_id"
-            }
-            (true, true) => {
-                "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = ?1 \
-                 AND last_id > ?2 ORDER BY last_id"
-            }
-        };
-        let mut params: Vec<Box<dyn ToSql>> = vec![Box::new(flag.to_string())];
-        if let Some(cursor) = query.cursor {
-            params.push(Box::new(cursor));
-        }
-        Ok((self.conn.prepare_cached(sql)?, params))
-    }
-
-    /// The statement and parameters reading `scope` under `query`'s filters (all but `flag`,
-    /// which decision records answer inside their detail, and `limit`, which counts decisions).
-    /// The SQL text is assembled from constant fragments only; every value is bound.
-    fn prepare_scan(
-        &self,
-        query: &AuditQuery,
-        scope: Scope,
-    ) -> Result<(rusqlite::CachedStatement<'_>, Vec<Box<dyn ToSql + '_>>)> {
-        let mut conditions: Vec<&str> = Vec::new();
-        let mut params: Vec<Box<dyn ToSql>> = Vec::new();
-        match scope {
-            Scope::Everything => {}
-            Scope::FlagColumn(flag) => {
-                conditions.push("flag = ?");
-                params.push(Box::new(flag.to_string()));
-            }
-            Scope::Records { first_id, last_id } => {
-                conditions.push("id BETWEEN ? AND ? AND flag IS NULL");
-                params.push(Box::new(first_id));
-                params.push(Box::new(last_id));
-            }
-        }
-        let filters: [(&str, Option<Box<dyn ToSql>>); 6] = [
-            (
-                "context_key = ?",
-                query.context.clone().map(|v| Box::new(v) as _),
-            ),
-            ("kind = ?", query.kind.clone().map(|v| Box::new(v) as _)),
-            ("actor = ?", query.actor.clone().map(|v| Box::new(v) as _)),
-            ("ts >= ?", query.since.clone().map(|v| Box::new(v) as _)),
-            ("ts < ?", query.until.clone().map(|v| Box::new(v) as _)),
-            (
-                if query.ascending { "id > ?" } else { "id < ?" },
-                query.cursor.map(|v| Box::new(v) as _),
-            ),
-        ];
-        for (condition, value) in filters {
-            if let Some(value) = value {
-                conditions.push(condition);
-                params.push(value);
-            }
-        }
-        let mut sql = String::from(COLUMNS);
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(if query.ascending {
-            " ORDER BY id ASC"
-        } else {
-            " ORDER BY id DESC"
-        });
-        Ok((self.conn.prepare_cached(&sql)?, params))
     }
 }
 
-fn read_row(row: &Row) -> rusqlite::Result<AuditRow> {
-    Ok(AuditRow {
-        id: row.get(0)?,
-        ts: row.get(1)?,
-        kind: row.get(2)?,
-        actor: row.get(3)?,
-        action: row.get(4)?,
-        flag: row.get(5)?,
-        context_key: row.get(6)?,
-        result: row.get(7)?,
-        source: row.get(8)?,
-        reason: row.get(9)?,
-        detail: row.get(10)?,
-        prev_hash: row.get(11)?,
-        hash: row.get(12)?,
-    })
+/// A flag's rows: its changes and schema-1 evaluations (one index scan) merged by id with the
+/// decision records of the transactions that were asked for it (a few ranges at a time).
+fn scan_flag<E: From<Error>>(
+    tx: &Transaction,
+    query: &AuditQuery,
+    flag: &str,
+    page: usize,
+    show: &mut impl FnMut(AuditRow) -> std::result::Result<bool, E>,
+) -> std::result::Result<(), E> {
+    let mut by_column = Pages::new(query, Scope::FlagColumn(flag), page);
+    let with_records = query.kind.as_deref() != Some("change");
+    let mut ranges: VecDeque<(i64, i64)> = VecDeque::new();
+    let mut ranges_cursor = query.cursor;
+    let mut ranges_exhausted = !with_records;
+    let mut records: VecDeque<AuditRow> = VecDeque::new();
+    loop {
+        if records.is_empty() && ranges.is_empty() && !ranges_exhausted {
+            let read = tx.flag_ranges(flag, query.ascending, ranges_cursor, RANGES_PER_READ)?;
+            ranges_exhausted = read.len() < RANGES_PER_READ;
+            if let Some(&(first_id, last_id)) = read.last() {
+                ranges_cursor = Some(if query.ascending { last_id } else { first_id });
+            }
+            ranges.extend(read);
+        }
+        if records.is_empty()
+            && let Some((first_id, last_id)) = ranges.pop_front()
+        {
+            let mut in_range = Pages::new(query, Scope::Records { first_id, last_id }, PAGE_ROWS);
+            while let Some(row) = in_range.next(tx)? {
+                records.push_back(row);
+            }
+            continue;
+        }
+        let take_column = match (by_column.peek(tx)?, records.front()) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(a), Some(b)) => (a.id < b.id) == query.ascending,
+        };
+        let row = if take_column {
+            by_column.next(tx)?.expect("peeked above")
+        } else {
+            records.pop_front().expect("checked above")
+        };
+        if !show(row)? {
+            return Ok(());
+        }
+    }
 }
 
 /// What a stored row shows a reviewer: itself, or for a decision record each requested

@@ -4,8 +4,6 @@ use crate::audit::{AuditQuery, AuditRow, ChainVerifier, Checkpoint, Verified};
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet};
 
-use rusqlite::OptionalExtension;
-
 use super::Store;
 
 impl Store {
@@ -64,71 +62,35 @@ impl Store {
         Ok(found)
     }
 
-    /// Checks that every page of the file is readable and well formed (`quick`: SQLite's
-    /// `quick_check`, linear in the file size), and without `quick` also that every index
-    /// holds exactly its table's rows (`integrity_check`, slower). Reads only.
-    pub fn check_pages(&self, quick: bool) -> Result<()> {
-        let pragma = if quick {
-            "PRAGMA quick_check(1)"
-        } else {
-            "PRAGMA integrity_check(1)"
-        };
-        let verdict: String = self.conn.query_row(pragma, [], |row| row.get(0))?;
-        if verdict == "ok" {
-            return Ok(());
-        }
-        Err(Error::Damaged {
-            path: self.path.clone(),
-            problem: verdict,
-        })
+    /// Checks that the stored data is well formed: on SQLite every page of the file (`quick`:
+    /// `quick_check`, linear in the file size) and without `quick` also that every index holds
+    /// exactly its table's rows (`integrity_check`, slower). Reads only. Returns what was
+    /// checked, in words.
+    pub fn check_storage(&self, quick: bool) -> Result<&'static str> {
+        self.backend.check_storage(quick)
     }
 
-    /// Checks what SQLite cannot: every foreign key holds (a file edited with foreign keys
-    /// off), and every stored assignment has the evaluation row that stored it, written in the
-    /// same transaction. Returns the number of assignments checked.
+    /// Checks what the database cannot: every foreign key holds (an SQLite file edited with
+    /// foreign keys off), and every stored assignment has the evaluation row that stored it,
+    /// written in the same transaction. Returns the number of assignments checked.
     pub fn check_references(&self) -> Result<i64> {
+        let tx = self.read_transaction()?;
         let inconsistent = |problem: String| Error::Inconsistent {
-            path: self.path.clone(),
+            path: self.path().to_string(),
             problem,
         };
-        let broken: Option<(String, i64, String)> = self
-            .conn
-            .query_row("PRAGMA foreign_key_check", [], |row| {
-                Ok((row.get(0)?, row.get(1).unwrap_or_default(), row.get(2)?))
-            })
-            .optional()?;
-        if let Some((table, row, parent)) = broken {
+        if let Some((table, row, parent)) = tx.broken_reference()? {
             return Err(inconsistent(format!(
                 "{table} row {row} refers to a missing row of {parent}"
             )));
         }
-        let unaudited: Option<(String, String)> = self
-            .conn
-            .query_row(
-                "SELECT a.flag, a.context_key FROM assignments a WHERE NOT EXISTS (
-                     SELECT 1 FROM audit_log l
-                      WHERE l.context_key = a.context_key AND l.kind = 'evaluation'
-                        AND l.ts = a.assigned_at
-                        AND (EXISTS (SELECT 1 FROM json_each(l.detail, '$.decisions') d
-                                      WHERE json_extract(d.value, '$.flag') = a.flag
-                                        AND json_extract(d.value, '$.assigned') = 1)
-                             -- a schema-1 evaluation row lists what it stored
-                             OR EXISTS (SELECT 1 FROM json_each(l.detail, '$.assigned')
-                                         WHERE value = a.flag)))
-                 LIMIT 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        if let Some((flag, context)) = unaudited {
+        if let Some((flag, context)) = tx.unaudited_assignment()? {
             return Err(inconsistent(format!(
                 "the assignment of flag {flag:?} for context {context:?} has no evaluation row \
                  that stored it"
             )));
         }
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM assignments", [], |row| row.get(0))?)
+        tx.assignment_count()
     }
 
     /// Verifies the whole audit log of `store`, and that it still contains `checkpoint`.

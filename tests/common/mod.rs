@@ -1,10 +1,15 @@
 //! Helpers for driving the real `flagstore` binary against a throw-away database.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as StdCommand, Stdio};
+use std::sync::Once;
 
 use assert_cmd::Command;
+use flagstore::store::{Location, ScratchSchema};
 use proptest::test_runner::{
     Config as ProptestConfig, FailurePersistence, FileFailurePersistence, PersistedSeed,
 };
@@ -12,27 +17,131 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use tempfile::TempDir;
 
+/// Which backend the tests of this thread run against (see [`contract_tests!`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+thread_local! {
+    static BACKEND: Cell<Backend> = const { Cell::new(Backend::Sqlite) };
+}
+
+/// The variable holding the URL of a PostgreSQL database the tests may create schemas in.
+pub const POSTGRES_VARIABLE: &str = "FLAGSTORE_TEST_POSTGRES";
+
+/// Whether this thread's test runs on PostgreSQL: when `$FLAGSTORE_TEST_POSTGRES` holds a URL
+/// it does (every [`Env`] this thread makes gets a schema of its own there). When it is unset
+/// the test is skipped, and the first skip in a test binary says so on the terminal (written
+/// past the test harness's capture, which would hide it for a passing test).
+pub fn use_postgres() -> bool {
+    if postgres_url().is_some() {
+        BACKEND.with(|backend| backend.set(Backend::Postgres));
+        return true;
+    }
+    static SAID: Once = Once::new();
+    SAID.call_once(|| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: {POSTGRES_VARIABLE} is unset: the PostgreSQL runs of the contract tests are \
+             skipped (they pass without checking anything); .ci/run sets it"
+        );
+    });
+    false
+}
+
+fn postgres_url() -> Option<String> {
+    std::env::var(POSTGRES_VARIABLE)
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// Generates, for each named test function, a test running it on SQLite (`sqlite::name`) and
+/// one running it on PostgreSQL (`postgres::name`, skipped without a server): the contract
+/// suite both backends must pass.
+#[macro_export]
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name()
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if super::common::use_postgres() {
+                        super::$name()
+                    }
+                }
+            )*
+        }
+    };
+}
+
 pub struct Env {
     pub dir: TempDir,
+    /// The SQLite file; on PostgreSQL, a path nothing is written to.
     pub db: PathBuf,
+    /// What `--db` is given: the SQLite file's path or the scratch schema's URL.
+    pub location: OsString,
+    pub backend: Backend,
+    schema: Option<ScratchSchema>,
 }
 
 impl Env {
+    /// A throw-away store on this thread's backend: an SQLite file in a temporary directory,
+    /// or a new schema on the PostgreSQL server, dropped with the `Env`.
     pub fn new() -> Env {
         let dir = tempfile::tempdir().expect("temporary directory");
         let db = dir.path().join("flags.db");
-        Env { dir, db }
+        let backend = BACKEND.with(Cell::get);
+        let schema = (backend == Backend::Postgres).then(|| {
+            let url = postgres_url().expect("use_postgres checked the variable");
+            ScratchSchema::create(&url, "flagstore_test")
+                .unwrap_or_else(|e| panic!("scratch schema on {POSTGRES_VARIABLE}: {e}"))
+        });
+        let location = match &schema {
+            Some(schema) => OsString::from(schema.url()),
+            None => db.clone().into_os_string(),
+        };
+        Env {
+            dir,
+            db,
+            location,
+            backend,
+            schema,
+        }
     }
 
-    /// `flagstore --db <this env's db>` acting as "tester" (through $FLAGSTORE_ACTOR, so that
-    /// `audit` queries are not filtered by actor), isolated from the caller's environment.
+    /// The store, opened in this process through the library.
+    pub fn open_store(&self) -> flagstore::Store {
+        flagstore::Store::open(&Location::parse(&self.location)).expect("store opens")
+    }
+
+    /// The store's name as flagstore prints it: the path, or the URL without password or
+    /// parameters.
+    pub fn shown(&self) -> String {
+        match &self.schema {
+            Some(schema) => flagstore::store::redacted_url(schema.url()),
+            None => self.db.display().to_string(),
+        }
+    }
+
+    /// `flagstore --db <this env's store>` acting as "tester" (through $FLAGSTORE_ACTOR, so
+    /// that `audit` queries are not filtered by actor), isolated from the caller's environment.
     pub fn std_cmd(&self) -> StdCommand {
         let mut cmd = StdCommand::new(assert_cmd::cargo::cargo_bin("flagstore"));
         cmd.env_remove("FLAGSTORE_DB")
             .env("FLAGSTORE_ACTOR", "tester")
             .current_dir(self.dir.path())
             .arg("--db")
-            .arg(&self.db);
+            .arg(&self.location);
         cmd
     }
 
@@ -82,18 +191,57 @@ impl Env {
 
     /// Every row of every table, to prove a refused write changed nothing.
     pub fn snapshot(&self) -> Vec<String> {
-        snapshot(&self.db)
+        match &self.schema {
+            None => snapshot(&self.db),
+            Some(_) => {
+                let mut client = self.postgres();
+                let mut rows = Vec::new();
+                for table in TABLES {
+                    for row in client
+                        .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+                        .expect("table exists")
+                    {
+                        rows.push(format!("{table}: {}", row.get::<_, String>(0)));
+                    }
+                }
+                rows
+            }
+        }
     }
 
+    /// A plain SQLite connection to the store, for tests of what is particular to SQLite.
     pub fn sql(&self) -> Connection {
+        assert_eq!(
+            self.backend,
+            Backend::Sqlite,
+            "this test reads SQLite directly: it belongs outside contract_tests!"
+        );
         Connection::open(&self.db).expect("open db")
     }
 
-    /// The single integer `sql` selects, read with plain SQL.
+    /// A plain PostgreSQL connection to the store's schema.
+    pub fn postgres(&self) -> postgres::Client {
+        let schema = self.schema.as_ref().expect("a PostgreSQL env");
+        postgres::Client::connect(schema.url(), postgres::NoTls).expect("connect")
+    }
+
+    /// The single integer `sql` selects, read with plain SQL on either backend.
     pub fn count(&self, sql: &str) -> i64 {
-        self.sql()
-            .query_row(sql, [], |row| row.get(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        match &self.schema {
+            None => self
+                .sql()
+                .query_row(sql, [], |row| row.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Some(_) => {
+                let row = self
+                    .postgres()
+                    .query_one(sql, &[])
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                row.try_get::<_, i64>(0)
+                    .or_else(|_| row.try_get::<_, i32>(0).map(i64::from))
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
     }
 
     /// Starts `flagstore ARGS` without waiting for it, stdout and stderr captured.
@@ -120,16 +268,19 @@ pub fn succeeded(child: Child) -> String {
     String::from_utf8(output.stdout).expect("utf-8 stdout")
 }
 
+const TABLES: [&str; 6] = [
+    "flags",
+    "flag_dependencies",
+    "assignments",
+    "audit_log",
+    "audit_flag_ranges",
+    "refinery_schema_history",
+];
+
 pub fn snapshot(db: &Path) -> Vec<String> {
     let conn = Connection::open(db).expect("open db");
     let mut rows = Vec::new();
-    for table in [
-        "flags",
-        "flag_dependencies",
-        "assignments",
-        "audit_log",
-        "refinery_schema_history",
-    ] {
+    for table in TABLES {
         let mut statement = conn
             .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
             .expect("table exists");

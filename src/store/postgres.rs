@@ -1,0 +1,667 @@
+//! The PostgreSQL backend: one store shared by workers on many machines.
+//!
+//! Writers serialize on one transaction-scoped advisory lock per store (the key covers the
+//! schema, so stores in different schemas of one database do not wait for each other). That is
+//! the same writer lock SQLite's `BEGIN IMMEDIATE` gives, so both backends decide and record
+//! exactly alike: under it a key's assignments are read, decided and inserted with nothing in
+//! between, audit ids are taken from the chain's head (no sequence, so no gaps) and the chain
+//! never forks. Transactions run at READ COMMITTED, so every statement after the lock sees
+//! everything committed before it. Reads take a REPEATABLE READ snapshot and no lock.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls};
+
+use super::sqlite::SchemaState;
+use super::{AssignmentRef, AssignmentRow, Backend, ChainedEntry, Scan};
+use crate::audit::AuditRow;
+use crate::error::{Error, Result};
+use crate::eval::StoredAssignment;
+use crate::flag::{Flag, FlagSet};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
+/// can tell whose locks these are. The second half is a hash of the schema's name for the
+/// writer lock, and of it prefixed with [`MIGRATION_LOCK_SALT`] for the migration lock.
+const LOCK_CLASS: i32 = 0x666c_6167;
+const MIGRATION_LOCK_SALT: &str = "migration:";
+
+/// `url` without its password or query parameters, as every message shows it.
+pub fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (user, host) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next(), host),
+        None => (None, rest),
+    };
+    match user {
+        Some(user) => format!("{scheme}://{user}@{host}"),
+        None => format!("{scheme}://{host}"),
+    }
+}
+
+/// A PostgreSQL error as one line: the server's message without its DETAIL/HINT lines, or the
+/// client's reason and its cause.
+pub fn describe(error: &postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return db.message().to_string();
+    }
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+    .replace('\n', " ")
+}
+
+pub(super) struct Postgres {
+    client: RefCell<Client>,
+    name: String,
+}
+
+impl Postgres {
+    /// Connects to `url`. With `create`, an empty schema is given flagstore's tables; without,
+    /// it is refused as holding no store.
+    pub(super) fn open(url: &str, create: bool) -> Result<Postgres> {
+        let name = redacted_url(url);
+        let fail = |source: postgres::Error| Error::Postgres {
+            server: name.clone(),
+            source,
+        };
+        let config = postgres::Config::from_str(url).map_err(|source| Error::BadUrl {
+            url: name.clone(),
+            why: describe(&source),
+        })?;
+        let mut client = config.connect(NoTls).map_err(fail)?;
+        let state = schema_state(&mut client).map_err(fail)?;
+        state.check(&name, "a PostgreSQL schema")?;
+        if state == SchemaState::Empty && !create {
+            return Err(Error::NoDatabase { path: name });
+        }
+        if state != SchemaState::Current {
+            migrate(&mut client, &name)?;
+        }
+        Ok(Postgres {
+            client: RefCell::new(client),
+            name,
+        })
+    }
+
+    /// Connects to `url` and creates a store there, refusing a schema that holds one already.
+    pub(super) fn create(url: &str) -> Result<Postgres> {
+        let name = redacted_url(url);
+        let mut client = postgres::Config::from_str(url)
+            .map_err(|source| Error::BadUrl {
+                url: name.clone(),
+                why: describe(&source),
+            })?
+            .connect(NoTls)
+            .map_err(|source| Error::Postgres {
+                server: name.clone(),
+                source,
+            })?;
+        let state = schema_state(&mut client).map_err(|source| Error::Postgres {
+            server: name.clone(),
+            source,
+        })?;
+        drop(client);
+        if state != SchemaState::Empty {
+            return Err(Error::AlreadyExists { path: name });
+        }
+        Postgres::open(url, true)
+    }
+
+    fn fail(&self, source: postgres::Error) -> Error {
+        Error::Postgres {
+            server: self.name.clone(),
+            source,
+        }
+    }
+
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        self.client
+            .borrow_mut()
+            .execute(sql, params)
+            .map_err(|e| self.fail(e))
+    }
+
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<postgres::Row>> {
+        self.client
+            .borrow_mut()
+            .query(sql, params)
+            .map_err(|e| self.fail(e))
+    }
+
+    fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<postgres::Row>> {
+        self.client
+            .borrow_mut()
+            .query_opt(sql, params)
+            .map_err(|e| self.fail(e))
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        self.client
+            .borrow_mut()
+            .batch_execute(sql)
+            .map_err(|e| self.fail(e))
+    }
+}
+
+fn schema_state(client: &mut Client) -> std::result::Result<SchemaState, postgres::Error> {
+    let row = client.query_one(
+        "SELECT count(*), coalesce(bool_or(table_name = 'refinery_schema_history'), false) \
+           FROM information_schema.tables \
+          WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+        &[],
+    )?;
+    let (tables, has_history): (i64, bool) = (row.get(0), row.get(1));
+    let history = if has_history {
+        let version: Option<i32> = client
+            .query_one("SELECT max(version) FROM refinery_schema_history", &[])?
+            .get(0);
+        Some(version.map(i64::from))
+    } else {
+        None
+    };
+    Ok(SchemaState::from_tables(tables, history))
+}
+
+/// Brings the schema up to date under a session advisory lock, so that of several processes
+/// opening a new store at once one migrates and the others find the schema current. refinery
+/// applies every migration and its history rows in one transaction (grouped).
+fn migrate(client: &mut Client, name: &str) -> Result<()> {
+    let fail = |source: postgres::Error| Error::Postgres {
+        server: name.to_string(),
+        source,
+    };
+    let lock = format!(
+        "SELECT pg_advisory_lock({LOCK_CLASS}, hashtext('{MIGRATION_LOCK_SALT}' || current_schema()))"
+    );
+    client.batch_execute(&lock).map_err(fail)?;
+    let outcome = (|| {
+        let state = schema_state(client).map_err(fail)?;
+        state.check(name, "a PostgreSQL schema")?;
+        if state == SchemaState::Current {
+            return Ok(());
+        }
+        embedded::migrations::runner()
+            .set_grouped(true)
+            .run(client)
+            .map(|_| ())
+            .map_err(|source| Error::Migration {
+                path: name.to_string(),
+                source,
+            })
+    })();
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_unlock({LOCK_CLASS}, hashtext('{MIGRATION_LOCK_SALT}' || current_schema()))"
+        ))
+        .map_err(fail)?;
+    outcome
+}
+
+fn read_audit_row(row: &postgres::Row) -> AuditRow {
+    AuditRow {
+        id: row.get(0),
+        ts: row.get(1),
+        kind: row.get(2),
+        actor: row.get(3),
+        action: row.get(4),
+        flag: row.get(5),
+        context_key: row.get(6),
+        result: row.get::<_, Option<i32>>(7).map(i64::from),
+        source: row.get(8),
+        reason: row.get(9),
+        detail: row.get(10),
+        prev_hash: row.get(11),
+        hash: row.get(12),
+    }
+}
+
+fn bucket_of(value: i32) -> u8 {
+    // The column's CHECK keeps it within 0-99.
+    u8::try_from(value).unwrap_or(u8::MAX)
+}
+
+impl Backend for Postgres {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn begin_write(&self, lock_wait: Duration) -> Result<()> {
+        self.batch(&format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; \
+             SET LOCAL lock_timeout = {}; \
+             SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext(current_schema()))",
+            lock_wait.as_millis().max(1)
+        ))
+        .map_err(|e| {
+            self.rollback();
+            e
+        })
+    }
+
+    fn begin_read(&self) -> Result<()> {
+        self.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    }
+
+    fn commit(&self) -> Result<()> {
+        self.batch("COMMIT")
+    }
+
+    fn rollback(&self) {
+        // A failed rollback means the connection is gone, and the server has rolled back.
+        let _ = self.client.borrow_mut().batch_execute("ROLLBACK");
+    }
+
+    fn load_flags(&self) -> Result<FlagSet> {
+        let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for edge in self.query(
+            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires",
+            &[],
+        )? {
+            requires.entry(edge.get(0)).or_default().push(edge.get(1));
+        }
+        let mut flags = FlagSet::new();
+        for row in self.query("SELECT name, enabled, rollout_pct, sticky FROM flags", &[])? {
+            let name: String = row.get(0);
+            let sticky: &str = row.get(3);
+            flags.insert(Flag {
+                requires: requires.remove(&name).unwrap_or_default(),
+                enabled: row.get::<_, i32>(1) == 1,
+                rollout_pct: row.get(2),
+                sticky: sticky.parse()?,
+                name,
+            });
+        }
+        Ok(flags)
+    }
+
+    fn flag_times(&self, name: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .query_opt(
+                "SELECT created_at, updated_at FROM flags WHERE name = $1",
+                &[&name],
+            )?
+            .map(|row| (row.get(0), row.get(1))))
+    }
+
+    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO flags (name, enabled, rollout_pct, sticky, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &flag.name,
+                &i32::from(flag.enabled),
+                &flag.rollout_pct,
+                &flag.sticky.as_str(),
+                &created_at,
+                &updated_at,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
+        self.execute(
+            "UPDATE flags SET enabled = $2, rollout_pct = $3, sticky = $4, updated_at = $5 \
+             WHERE name = $1",
+            &[
+                &flag.name,
+                &i32::from(flag.enabled),
+                &flag.rollout_pct,
+                &flag.sticky.as_str(),
+                &ts,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
+        self.execute("DELETE FROM flag_dependencies WHERE flag = $1", &[&flag])?;
+        self.execute(
+            "INSERT INTO flag_dependencies (flag, requires) SELECT $1, unnest($2::text[])",
+            &[&flag, &requires],
+        )
+        .map(|_| ())
+    }
+
+    fn delete_flag(&self, name: &str) -> Result<usize> {
+        let cleared = self.execute("DELETE FROM assignments WHERE flag = $1", &[&name])?;
+        self.execute("DELETE FROM flags WHERE name = $1", &[&name])?;
+        Ok(cleared as usize)
+    }
+
+    fn fetch_assignments(
+        &self,
+        flags: &[&str],
+        keys: &[&str],
+        found: &mut dyn FnMut(&str, String, StoredAssignment),
+    ) -> Result<()> {
+        // One statement for the whole chunk: a round trip per key would cost more than the
+        // evaluation itself.
+        let rows = self.query(
+            "SELECT context_key, flag, decision, bucket, rollout_pct, assigned_at \
+               FROM assignments WHERE flag = ANY($1) AND context_key = ANY($2)",
+            &[&flags, &keys],
+        )?;
+        for row in rows {
+            let assignment = StoredAssignment {
+                decision: row.get::<_, i32>(2) == 1,
+                bucket: bucket_of(row.get(3)),
+                rollout_pct: row.get(4),
+                assigned_at: row.get(5),
+            };
+            found(row.get(0), row.get(1), assignment);
+        }
+        Ok(())
+    }
+
+    fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()> {
+        let flags: Vec<&str> = rows.iter().map(|a| a.flag).collect();
+        let keys: Vec<&str> = rows.iter().map(|a| a.context_key).collect();
+        let decisions: Vec<i32> = rows.iter().map(|a| i32::from(a.decision)).collect();
+        let buckets: Vec<i32> = rows.iter().map(|a| i32::from(a.bucket)).collect();
+        let rollouts: Vec<f64> = rows.iter().map(|a| a.rollout_pct).collect();
+        let times: Vec<&str> = rows.iter().map(|a| a.assigned_at).collect();
+        self.execute(
+            "INSERT INTO assignments (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], \
+                                  $5::float8[], $6::text[])",
+            &[&flags, &keys, &decisions, &buckets, &rollouts, &times],
+        )
+        .map(|_| ())
+    }
+
+    fn for_each_assignment(
+        &self,
+        flag: Option<&str>,
+        context: Option<&str>,
+        visit: &mut dyn FnMut(AssignmentRow) -> Result<()>,
+    ) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        let rows = client
+            .query_raw(
+                "SELECT flag, context_key, decision, bucket, rollout_pct, assigned_at \
+                   FROM assignments \
+                  WHERE ($1::text IS NULL OR flag = $1) AND ($2::text IS NULL OR context_key = $2) \
+                  ORDER BY flag, context_key",
+                [&flag as &(dyn ToSql + Sync), &context],
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut rows = rows;
+        use postgres::fallible_iterator::FallibleIterator;
+        while let Some(row) = rows.next().map_err(|e| self.fail(e))? {
+            visit(AssignmentRow {
+                flag: row.get(0),
+                context_key: row.get(1),
+                decision: row.get::<_, i32>(2) == 1,
+                bucket: bucket_of(row.get(3)),
+                rollout_pct: row.get(4),
+                assigned_at: row.get(5),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize> {
+        Ok(self.execute(
+            "DELETE FROM assignments WHERE flag = $1 AND ($2::text IS NULL OR context_key = $2)",
+            &[&flag, &context],
+        )? as usize)
+    }
+
+    fn audit_tail(&self) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .query_opt(
+                "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1",
+                &[],
+            )?
+            .map(|row| (row.get(0), row.get(1))))
+    }
+
+    fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
+        let column = |f: for<'r> fn(&'r ChainedEntry<'r>) -> Option<&'r str>| -> Vec<Option<&str>> {
+            rows.iter().map(f).collect()
+        };
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let results: Vec<Option<i32>> = rows
+            .iter()
+            .map(|r| r.entry.result.map(|v| i32::from(v == 1)))
+            .collect();
+        self.execute(
+            "INSERT INTO audit_log (id, ts, kind, actor, action, flag, context_key, result, \
+                                    source, reason, detail, prev_hash, hash) \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                  $6::text[], $7::text[], $8::int[], $9::text[], $10::text[], \
+                                  $11::text[], $12::text[], $13::text[])",
+            &[
+                &ids,
+                &column(|r| Some(r.entry.ts)),
+                &column(|r| Some(r.entry.kind)),
+                &column(|r| Some(r.entry.actor)),
+                &column(|r| r.entry.action),
+                &column(|r| r.entry.flag),
+                &column(|r| r.entry.context_key),
+                &results,
+                &column(|r| r.entry.source),
+                &column(|r| r.entry.reason),
+                &column(|r| Some(r.entry.detail)),
+                &column(|r| Some(r.prev_hash)),
+                &column(|r| Some(r.hash)),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()> {
+        self.execute(
+            "INSERT INTO audit_flag_ranges (flag, first_id, last_id) \
+             SELECT unnest($1::text[]), $2, $3",
+            &[&flags, &first_id, &last_id],
+        )
+        .map(|_| ())
+    }
+
+    fn flag_ranges(
+        &self,
+        flag: &str,
+        ascending: bool,
+        cursor: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, i64)>> {
+        let sql = if ascending {
+            "SELECT first_id, last_id FROM audit_flag_ranges \
+             WHERE flag = $1 AND last_id > $2 ORDER BY last_id LIMIT $3"
+        } else {
+            "SELECT first_id, last_id FROM audit_flag_ranges \
+             WHERE flag = $1 AND first_id < $2 ORDER BY last_id DESC LIMIT $3"
+        };
+        let bound = cursor.unwrap_or(if ascending { i64::MIN } else { i64::MAX });
+        Ok(self
+            .query(sql, &[&flag, &bound, &(limit as i64)])?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
+    }
+
+    fn all_flag_ranges(&self) -> Result<Vec<(String, i64, i64)>> {
+        Ok(self
+            .query(
+                "SELECT flag, first_id, last_id FROM audit_flag_ranges ORDER BY flag, last_id",
+                &[],
+            )?
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+
+    fn audit_page(&self, scan: &Scan) -> Result<Vec<AuditRow>> {
+        let (sql, params) = super::query::scan_sql(scan, |n| format!("${n}"));
+        let values: Vec<Box<dyn ToSql + Sync>> = params
+            .iter()
+            .map(|p| match p {
+                super::query::Param::Int(v) => Box::new(*v) as Box<dyn ToSql + Sync>,
+                super::query::Param::Text(v) => Box::new(v.to_string()),
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(AsRef::as_ref).collect();
+        Ok(self
+            .query(&sql, &refs)?
+            .iter()
+            .map(read_audit_row)
+            .collect())
+    }
+
+    fn audit_len(&self) -> Result<i64> {
+        Ok(self
+            .query("SELECT count(*) FROM audit_log", &[])?
+            .first()
+            .map_or(0, |row| row.get(0)))
+    }
+
+    fn check_storage(&self, _quick: bool) -> Result<&'static str> {
+        // PostgreSQL guards its own pages (with data checksums, when the cluster has them);
+        // a client cannot check them without the amcheck extension and superuser rights.
+        Ok("pages left to PostgreSQL")
+    }
+
+    fn broken_reference(&self) -> Result<Option<(String, String, String)>> {
+        // PostgreSQL enforces foreign keys on every write; only a superuser disabling its
+        // triggers could break one, and the audit chain records no such thing to check.
+        Ok(None)
+    }
+
+    fn unaudited_assignment(&self) -> Result<Option<(String, String)>> {
+        Ok(self
+            .query_opt(
+                "SELECT a.flag, a.context_key FROM assignments a WHERE NOT EXISTS (
+                     SELECT 1 FROM audit_log l
+                      WHERE l.context_key = a.context_key AND l.kind = 'evaluation'
+                        AND l.ts = a.assigned_at
+                        AND (EXISTS (SELECT 1 FROM jsonb_array_elements(
+                                         CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
+                                         WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
+                                      WHERE d ->> 'flag' = a.flag AND d ->> 'assigned' = '1')
+                             -- a schema-1 evaluation row (copied from SQLite) lists what it stored
+                             OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(
+                                         CASE jsonb_typeof(l.detail::jsonb -> 'assigned')
+                                         WHEN 'array' THEN l.detail::jsonb -> 'assigned' END) s
+                                         WHERE s = a.flag)))
+                 LIMIT 1",
+                &[],
+            )?
+            .map(|row| (row.get(0), row.get(1))))
+    }
+
+    fn assignment_count(&self) -> Result<i64> {
+        Ok(self
+            .query("SELECT count(*) FROM assignments", &[])?
+            .first()
+            .map_or(0, |row| row.get(0)))
+    }
+
+    fn backup_to(&self, _destination: &Path) -> Option<Result<()>> {
+        None
+    }
+}
+
+/// A schema of its own on a PostgreSQL server, for one bench run or one test, dropped with
+/// everything in it when this is dropped.
+pub struct ScratchSchema {
+    admin: Client,
+    schema: String,
+    url: String,
+}
+
+impl ScratchSchema {
+    /// Creates a new schema named `prefix` plus a unique suffix in the database `url` names.
+    pub fn create(url: &str, prefix: &str) -> Result<ScratchSchema> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static CREATED: AtomicU32 = AtomicU32::new(0);
+        let name = redacted_url(url);
+        let config = postgres::Config::from_str(url).map_err(|source| Error::BadUrl {
+            url: name.clone(),
+            why: describe(&source),
+        })?;
+        let mut admin = config.connect(NoTls).map_err(|source| Error::Postgres {
+            server: name.clone(),
+            source,
+        })?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema = format!(
+            "{prefix}_{}_{}_{nanos}",
+            std::process::id(),
+            CREATED.fetch_add(1, Ordering::Relaxed)
+        );
+        admin
+            .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .map_err(|source| Error::Postgres {
+                server: name.clone(),
+                source,
+            })?;
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+        Ok(ScratchSchema { admin, schema, url })
+    }
+
+    /// The URL of the scratch schema (the given URL with its `search_path`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ScratchSchema {
+    fn drop(&mut self) {
+        // Best effort: a leftover schema is visible by its prefix and harmless.
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.schema));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_password_or_parameters() {
+        assert_eq!(
+            redacted_url(
+                "postgres://alice:s3cr@t@db.example:5433/flags?sslmode=require&password=x"
+            ),
+            "postgres://alice@db.example:5433/flags"
+        );
+        assert_eq!(
+            redacted_url("postgresql://db.example/flags"),
+            "postgresql://db.example/flags"
+        );
+        assert_eq!(
+            redacted_url("postgres://bob@/flags"),
+            "postgres://bob@/flags"
+        );
+    }
+
+    #[test]
+    fn latest_schema_version_matches_the_embedded_migrations() {
+        let newest = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .max();
+        assert_eq!(newest, Some(super::super::LATEST_SCHEMA_VERSION));
+    }
+}

@@ -1,0 +1,726 @@
+//! The SQLite backend: one database file, the embedded default.
+//!
+//! The writer lock is SQLite's own: every write transaction is `BEGIN IMMEDIATE`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::backup::Backup;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, TransactionBehavior};
+
+use super::{AssignmentRef, AssignmentRow, Backend, ChainedEntry, LATEST_SCHEMA_VERSION, Scan};
+use crate::audit::AuditRow;
+use crate::error::{Error, Result};
+use crate::eval::StoredAssignment;
+use crate::file::PendingFile;
+use crate::flag::{Flag, FlagSet};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/sqlite");
+}
+
+/// How long one attempt waits for another process's lock, in polls of [`BUSY_POLL`].
+const BUSY_POLLS: i32 = 2_000;
+
+/// How often a waiting connection tries the lock again. SQLite's own busy timeout backs off to
+/// 100 ms sleeps, and batch workers that take the lock again within a few milliseconds of
+/// releasing it then starve a waiting operator: a kill switch thrown during a batch waited
+/// until every batch had finished. Polling every millisecond catches the gaps between their
+/// transactions.
+const BUSY_POLL: Duration = Duration::from_millis(1);
+
+fn wait_for_lock(attempts_so_far: i32) -> bool {
+    std::thread::sleep(BUSY_POLL);
+    attempts_so_far < BUSY_POLLS
+}
+
+/// Prepared statements kept per connection (see `insert_rows`).
+const STATEMENT_CACHE: usize = 128;
+
+/// SQLite page cache, in KiB as a negative `cache_size` (SQLite's convention): large enough to
+/// hold the hot B-tree pages of a batch, small enough for a flat 64 MB process.
+const PAGE_CACHE_KIB: i64 = -16_384;
+
+/// WAL size, in pages, at which a commit checkpoints it into the database file.
+const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// Flags per assignment lookup statement, well inside SQLite's limit of 500 compound terms.
+const FLAGS_PER_LOOKUP: usize = 64;
+
+/// Rows per INSERT statement when writing many: a statement's fixed cost is several times that
+/// of inserting one small row, so batching rows is most of the speed of batch evaluation.
+const ROWS_PER_INSERT: usize = 64;
+
+pub(super) struct Sqlite {
+    conn: Connection,
+    path: String,
+}
+
+impl Sqlite {
+    pub(super) fn open(path: &Path) -> Result<Sqlite> {
+        Sqlite::open_with(path, OpenFlags::SQLITE_OPEN_CREATE)
+    }
+
+    pub(super) fn open_existing(path: &Path) -> Result<Sqlite> {
+        if !path.exists() {
+            return Err(Error::NoDatabase {
+                path: path.display().to_string(),
+            });
+        }
+        match Sqlite::open_with(path, OpenFlags::empty()) {
+            Err(Error::ReadOnly { .. }) if Sqlite::is_snapshot_only(path) => {
+                Sqlite::open_immutable(path)
+            }
+            opened => opened,
+        }
+    }
+
+    /// Whether `path` can only be read as a snapshot: this user cannot write the file, and no
+    /// flagstore has it open (the last connection to close removes the WAL). SQLite then cannot
+    /// create the shared-memory file it reads a WAL database with, and reads the file as
+    /// immutable instead.
+    fn is_snapshot_only(path: &Path) -> bool {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::OpenOptions::new().write(true).open(path).is_err() && !Path::new(&wal).exists()
+    }
+
+    fn open_immutable(path: &Path) -> Result<Sqlite> {
+        let display = path.display().to_string();
+        let mut uri = String::from("file:");
+        for byte in path.as_os_str().as_encoded_bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                    uri.push(char::from(*byte));
+                }
+                _ => uri.push_str(&format!("%{byte:02X}")),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Sqlite::connect(&uri, display, flags)
+    }
+
+    fn open_with(path: &Path, create: OpenFlags) -> Result<Sqlite> {
+        let display = path.display().to_string();
+        if path.is_dir() {
+            return Err(Error::IsDirectory { path: display });
+        }
+        // Without CREATE, SQLite opens a file it may not write read-only.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | create;
+        Sqlite::connect(path, display, flags)
+    }
+
+    /// Opens `target` (a path or URI) with `flags` and initialises the store; errors name
+    /// the database as `display`.
+    fn connect(target: impl AsRef<Path>, display: String, flags: OpenFlags) -> Result<Sqlite> {
+        let conn = Connection::open_with_flags(target, flags).map_err(|source| Error::Open {
+            path: display.clone(),
+            source,
+        })?;
+        Sqlite::init(conn, display.clone()).map_err(|e| e.at_database(&display))
+    }
+
+    pub(super) fn in_memory() -> Result<Sqlite> {
+        Sqlite::init(Connection::open_in_memory()?, ":memory:".to_string())
+    }
+
+    fn init(mut conn: Connection, path: String) -> Result<Sqlite> {
+        conn.busy_handler(Some(wait_for_lock))?;
+        // The first read is what fails on a file that is not a database; nothing has been
+        // written yet at that point, so the file is left exactly as it was.
+        let schema = schema_state(&conn).map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => Error::NotADatabase {
+                path: path.clone(),
+                detail: e.to_string(),
+            },
+            _ => Error::Database(e),
+        })?;
+        schema.check(&path, SQLITE_KIND)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // Multi-row inserts use one statement per row count; keep them all prepared.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
+        // Multi-row inserts keep a statement journal; as a file it cost a tenth of batch time.
+        conn.pragma_update(None, "temp_store", "memory")?;
+        // While connections are open the WAL is checkpointed as it grows, every
+        // WAL_CHECKPOINT_PAGES pages (about 40 MB), which lets a batch rewrite its hot pages in
+        // the WAL before they are copied. The last connection to close checkpoints the rest
+        // and removes the WAL (SQLite's default), so that when no flagstore runs, all state
+        // is in the one database file and a plain copy of it is complete.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        // Asked first, because setting it, even to what it is, is a write, which a reviewer
+        // with read-only access to the file cannot make.
+        let journal: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+        if journal != "wal" {
+            retry_while_busy(super::BUSY_RETRY_BUDGET, || {
+                conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
+            })?;
+        }
+        if schema != SchemaState::Current {
+            migrate(&mut conn, &path)?;
+        }
+        Ok(Sqlite { conn, path })
+    }
+
+    fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
+    }
+
+    /// Inserts `values` (row-major, `columns` per row) with as few statements as possible.
+    /// `insert` is a constant `INSERT INTO table (columns)` prefix, never user input.
+    fn insert_rows(&self, insert: &str, columns: usize, values: &[&dyn ToSql]) -> Result<()> {
+        for group in values.chunks(ROWS_PER_INSERT * columns) {
+            let row = format!("({})", vec!["?"; columns].join(", "));
+            let rows = vec![row; group.len() / columns].join(", ");
+            self.conn
+                .prepare_cached(&format!("{insert} VALUES {rows}"))?
+                .execute(rusqlite::params_from_iter(group))?;
+        }
+        Ok(())
+    }
+}
+
+/// `SELECT` of the assignments of one context (`?1`) for `flags` flags (`?2`, `?3`, ...): a
+/// UNION ALL of primary-key lookups, so each term is one index seek.
+fn lookup_sql(flags: usize) -> String {
+    (0..flags)
+        .map(|i| {
+            format!(
+                "SELECT flag, decision, bucket, rollout_pct, assigned_at FROM assignments \
+                 WHERE flag = ?{} AND context_key = ?1",
+                i + 2
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+impl Backend for Sqlite {
+    fn name(&self) -> &str {
+        &self.path
+    }
+
+    fn begin_write(&self, lock_wait: Duration) -> Result<()> {
+        Ok(retry_while_busy(lock_wait, || {
+            self.conn.execute_batch("BEGIN IMMEDIATE")
+        })?)
+    }
+
+    fn begin_read(&self) -> Result<()> {
+        Ok(self.conn.execute_batch("BEGIN")?)
+    }
+
+    fn commit(&self) -> Result<()> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    fn rollback(&self) {
+        // Nothing useful can be done with a failed rollback: SQLite rolls back an unfinished
+        // transaction itself when the connection closes.
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    fn load_flags(&self) -> Result<FlagSet> {
+        let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut edges = self.conn.prepare_cached(
+            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires",
+        )?;
+        for edge in edges.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
+            let (flag, required): (String, String) = edge?;
+            requires.entry(flag).or_default().push(required);
+        }
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT name, enabled, rollout_pct, sticky FROM flags")?;
+        let mut rows = statement.query([])?;
+        let mut flags = FlagSet::new();
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            let sticky: String = row.get(3)?;
+            flags.insert(Flag {
+                requires: requires.remove(&name).unwrap_or_default(),
+                enabled: row.get(1)?,
+                rollout_pct: row.get(2)?,
+                sticky: sticky.parse()?,
+                name,
+            });
+        }
+        Ok(flags)
+    }
+
+    fn flag_times(&self, name: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT created_at, updated_at FROM flags WHERE name = ?1")?
+            .query_row([name], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?)
+    }
+
+    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO flags (name, enabled, rollout_pct, sticky, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            (
+                &flag.name,
+                flag.enabled,
+                flag.rollout_pct,
+                flag.sticky.as_str(),
+                created_at,
+                updated_at,
+            ),
+        )
+        .map(|_| ())
+    }
+
+    fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
+        self.execute(
+            "UPDATE flags SET enabled = ?2, rollout_pct = ?3, sticky = ?4, updated_at = ?5 \
+             WHERE name = ?1",
+            (
+                &flag.name,
+                flag.enabled,
+                flag.rollout_pct,
+                flag.sticky.as_str(),
+                ts,
+            ),
+        )
+        .map(|_| ())
+    }
+
+    fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
+        self.execute("DELETE FROM flag_dependencies WHERE flag = ?1", [flag])?;
+        for required in requires {
+            self.execute(
+                "INSERT INTO flag_dependencies (flag, requires) VALUES (?1, ?2)",
+                (flag, required),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn delete_flag(&self, name: &str) -> Result<usize> {
+        let cleared = self.execute("DELETE FROM assignments WHERE flag = ?1", [name])?;
+        self.execute("DELETE FROM flags WHERE name = ?1", [name])?;
+        Ok(cleared)
+    }
+
+    fn fetch_assignments(
+        &self,
+        flags: &[&str],
+        keys: &[&str],
+        found: &mut dyn FnMut(&str, String, StoredAssignment),
+    ) -> Result<()> {
+        let chunks: Vec<&[&str]> = flags.chunks(FLAGS_PER_LOOKUP).collect();
+        let mut statements = chunks
+            .iter()
+            .map(|chunk| self.conn.prepare_cached(&lookup_sql(chunk.len())))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for key in keys {
+            for (lookup, chunk) in statements.iter_mut().zip(&chunks) {
+                let params = std::iter::once(key).chain(chunk.iter());
+                let mut rows = lookup.query(rusqlite::params_from_iter(params))?;
+                while let Some(row) = rows.next()? {
+                    let assignment = StoredAssignment {
+                        decision: row.get(1)?,
+                        bucket: row.get(2)?,
+                        rollout_pct: row.get(3)?,
+                        assigned_at: row.get(4)?,
+                    };
+                    found(key, row.get(0)?, assignment);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()> {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 6);
+        for row in rows {
+            values.extend([
+                &row.flag as &dyn ToSql,
+                &row.context_key,
+                &row.decision,
+                &row.bucket,
+                &row.rollout_pct,
+                &row.assigned_at,
+            ]);
+        }
+        self.insert_rows(
+            "INSERT INTO assignments \
+             (flag, context_key, decision, bucket, rollout_pct, assigned_at)",
+            6,
+            &values,
+        )
+    }
+
+    fn for_each_assignment(
+        &self,
+        flag: Option<&str>,
+        context: Option<&str>,
+        visit: &mut dyn FnMut(AssignmentRow) -> Result<()>,
+    ) -> Result<()> {
+        // One statement per filter combination: those with a flag use the primary key; a
+        // context alone scans, which is fine for an operator's occasional look.
+        let sql = match (flag, context) {
+            (None, None) => "ORDER BY flag, context_key",
+            (Some(_), None) => "WHERE flag = ?1 ORDER BY context_key",
+            (None, Some(_)) => "WHERE context_key = ?2 ORDER BY flag",
+            (Some(_), Some(_)) => "WHERE flag = ?1 AND context_key = ?2",
+        };
+        let mut statement = self.conn.prepare(&format!(
+            "SELECT flag, context_key, decision, bucket, rollout_pct, assigned_at \
+             FROM assignments {sql}"
+        ))?;
+        for (index, value) in [(1, flag), (2, context)] {
+            if let Some(value) = value {
+                statement.raw_bind_parameter(index, value)?;
+            }
+        }
+        let mut rows = statement.raw_query();
+        while let Some(row) = rows.next()? {
+            visit(AssignmentRow {
+                flag: row.get(0)?,
+                context_key: row.get(1)?,
+                decision: row.get(2)?,
+                bucket: row.get(3)?,
+                rollout_pct: row.get(4)?,
+                assigned_at: row.get(5)?,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize> {
+        self.execute(
+            "DELETE FROM assignments WHERE flag = ?1 AND (?2 IS NULL OR context_key = ?2)",
+            (flag, context),
+        )
+    }
+
+    fn audit_tail(&self) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")?
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?)
+    }
+
+    fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 13);
+        for row in rows {
+            let entry = &row.entry;
+            values.extend([
+                &row.id as &dyn ToSql,
+                &entry.ts,
+                &entry.kind,
+                &entry.actor,
+                &entry.action,
+                &entry.flag,
+                &entry.context_key,
+                &entry.result,
+                &entry.source,
+                &entry.reason,
+                &entry.detail,
+                &row.prev_hash,
+                &row.hash,
+            ]);
+        }
+        self.insert_rows(
+            // OR ROLLBACK: a failed audit insert aborts the whole transaction anyway, and
+            // saying so spares SQLite the statement journal it keeps for a multi-row insert
+            // that may abort.
+            "INSERT OR ROLLBACK INTO audit_log (id, ts, kind, actor, action, flag, context_key, \
+             result, source, reason, detail, prev_hash, hash)",
+            13,
+            &values,
+        )
+    }
+
+    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()> {
+        for flag in flags {
+            self.execute(
+                "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES (?1, ?2, ?3)",
+                (flag, first_id, last_id),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn flag_ranges(
+        &self,
+        flag: &str,
+        ascending: bool,
+        cursor: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, i64)>> {
+        let sql = if ascending {
+            "SELECT first_id, last_id FROM audit_flag_ranges \
+             WHERE flag = ?1 AND last_id > ?2 ORDER BY last_id LIMIT ?3"
+        } else {
+            "SELECT first_id, last_id FROM audit_flag_ranges \
+             WHERE flag = ?1 AND first_id < ?2 ORDER BY last_id DESC LIMIT ?3"
+        };
+        let bound = cursor.unwrap_or(if ascending { i64::MIN } else { i64::MAX });
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let ranges = statement.query_map((flag, bound, limit as i64), |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+        Ok(ranges.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn all_flag_ranges(&self) -> Result<Vec<(String, i64, i64)>> {
+        let mut statement = self.conn.prepare(
+            "SELECT flag, first_id, last_id FROM audit_flag_ranges ORDER BY flag, last_id",
+        )?;
+        let ranges = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(ranges.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn audit_page(&self, scan: &Scan) -> Result<Vec<AuditRow>> {
+        let (sql, params) = super::query::scan_sql(scan, |_| "?".to_string());
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let values = params.iter().map(|p| match p {
+            super::query::Param::Int(v) => rusqlite::types::Value::Integer(*v),
+            super::query::Param::Text(v) => rusqlite::types::Value::Text(v.to_string()),
+        });
+        let rows = statement.query_map(rusqlite::params_from_iter(values), |row| {
+            Ok(AuditRow {
+                id: row.get(0)?,
+                ts: row.get(1)?,
+                kind: row.get(2)?,
+                actor: row.get(3)?,
+                action: row.get(4)?,
+                flag: row.get(5)?,
+                context_key: row.get(6)?,
+                result: row.get(7)?,
+                source: row.get(8)?,
+                reason: row.get(9)?,
+                detail: row.get(10)?,
+                prev_hash: row.get(11)?,
+                hash: row.get(12)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn audit_len(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM audit_log", [], |row| row.get(0))?)
+    }
+
+    fn check_storage(&self, quick: bool) -> Result<&'static str> {
+        let pragma = if quick {
+            "PRAGMA quick_check(1)"
+        } else {
+            "PRAGMA integrity_check(1)"
+        };
+        let verdict: String = self.conn.query_row(pragma, [], |row| row.get(0))?;
+        if verdict != "ok" {
+            return Err(Error::Damaged {
+                path: self.path.clone(),
+                problem: verdict,
+            });
+        }
+        Ok("pages and indexes sound")
+    }
+
+    fn broken_reference(&self) -> Result<Option<(String, String, String)>> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA foreign_key_check", [], |row| {
+                let rowid: Option<i64> = row.get(1)?;
+                Ok((
+                    row.get(0)?,
+                    rowid.map_or("?".to_string(), |r| r.to_string()),
+                    row.get(2)?,
+                ))
+            })
+            .optional()?)
+    }
+
+    fn unaudited_assignment(&self) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT a.flag, a.context_key FROM assignments a WHERE NOT EXISTS (
+                     SELECT 1 FROM audit_log l
+                      WHERE l.context_key = a.context_key AND l.kind = 'evaluation'
+                        AND l.ts = a.assigned_at
+                        AND (EXISTS (SELECT 1 FROM json_each(l.detail, '$.decisions') d
+                                      WHERE json_extract(d.value, '$.flag') = a.flag
+                                        AND json_extract(d.value, '$.assigned') = 1)
+                             -- a schema-1 evaluation row lists what it stored
+                             OR EXISTS (SELECT 1 FROM json_each(l.detail, '$.assigned')
+                                         WHERE value = a.flag)))
+                 LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn assignment_count(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM assignments", [], |row| row.get(0))?)
+    }
+
+    /// SQLite's online backup API: every page in one step, so from one read snapshot while
+    /// writers carry on. The copy is left in rollback-journal mode: one self-contained file.
+    fn backup_to(&self, destination: &Path) -> Option<Result<()>> {
+        Some((|| {
+            let pending = PendingFile::create(destination)?;
+            let copied = (|| -> rusqlite::Result<()> {
+                let mut copy = Connection::open(pending.path())?;
+                Backup::new(&self.conn, &mut copy)?.step(-1)?;
+                copy.pragma_update_and_check(None, "journal_mode", "delete", |_| Ok(()))?;
+                copy.close().map_err(|(_, e)| e)
+            })();
+            copied?;
+            pending.persist()
+        })())
+    }
+}
+
+/// What a database holds, as far as flagstore is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SchemaState {
+    /// No tables, or only the empty history table of a first migration that was interrupted
+    /// (refinery creates it in a transaction of its own before the schema's).
+    Empty,
+    /// Migrated, to this version, by an older flagstore.
+    Older(i64),
+    Current,
+    Newer(i64),
+    /// Some other application's tables: adding ours to them would be a surprise.
+    Foreign,
+}
+
+impl SchemaState {
+    /// From the number of tables and the newest version in refinery's history table, if there
+    /// is one.
+    pub(super) fn from_tables(tables: i64, history: Option<Option<i64>>) -> SchemaState {
+        match history {
+            None if tables == 0 => SchemaState::Empty,
+            None => SchemaState::Foreign,
+            Some(None) if tables == 1 => SchemaState::Empty,
+            Some(None) => SchemaState::Foreign,
+            Some(Some(v)) if v < LATEST_SCHEMA_VERSION => SchemaState::Older(v),
+            Some(Some(v)) if v == LATEST_SCHEMA_VERSION => SchemaState::Current,
+            Some(Some(v)) => SchemaState::Newer(v),
+        }
+    }
+
+    pub(super) fn check(self, path: &str, kind: &str) -> Result<()> {
+        match self {
+            SchemaState::Newer(found) => Err(Error::NewerSchema {
+                path: path.to_string(),
+                found,
+                supported: LATEST_SCHEMA_VERSION,
+            }),
+            SchemaState::Foreign => Err(Error::NotADatabase {
+                path: path.to_string(),
+                detail: format!("it is {kind} with tables of its own"),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn schema_state(conn: &Connection) -> rusqlite::Result<SchemaState> {
+    let (tables, has_history): (i64, bool) = conn.query_row(
+        "SELECT count(*), coalesce(max(name = 'refinery_schema_history'), 0) \
+           FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let history = if has_history {
+        Some(conn.query_row(
+            "SELECT max(version) FROM refinery_schema_history",
+            [],
+            |row| row.get(0),
+        )?)
+    } else {
+        None
+    };
+    Ok(SchemaState::from_tables(tables, history))
+}
+
+const SQLITE_KIND: &str = "an SQLite database";
+
+/// Runs `attempt` again, with growing pauses, while the database is busy, for up to
+/// `budget`: a burst of contention from many pipeline workers slows them down
+/// instead of failing them.
+fn retry_while_busy<T>(
+    budget: Duration,
+    mut attempt: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = Instant::now() + budget;
+    let mut pause = Duration::from_millis(25);
+    loop {
+        match attempt() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Brings the schema up to date. refinery's transactions take the write lock as they begin
+/// (IMMEDIATE), so concurrent first openers queue for it instead of failing on a lock upgrade,
+/// and all migrations apply in one transaction with their history rows (grouped), so a kill
+/// leaves the old schema or the new one. An opener that lost the race finds the schema current
+/// when it gets the lock, and refinery then has nothing to do.
+fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
+    let deadline = Instant::now() + super::BUSY_RETRY_BUDGET;
+    let outcome = loop {
+        let state = schema_state(conn)?;
+        state.check(path, SQLITE_KIND)?;
+        if state == SchemaState::Current {
+            break Ok(());
+        }
+        match embedded::migrations::runner().set_grouped(true).run(conn) {
+            Ok(_) => break Ok(()),
+            Err(source) if Instant::now() >= deadline => {
+                break Err(Error::Migration {
+                    path: path.to_string(),
+                    source,
+                });
+            }
+            // Busy past the timeout, or beaten to it: look again.
+            Err(_) => std::thread::sleep(Duration::from_millis(25)),
+        }
+    };
+    conn.set_transaction_behavior(TransactionBehavior::Deferred);
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_schema_version_matches_the_embedded_migrations() {
+        let newest = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .max();
+        assert_eq!(newest, Some(LATEST_SCHEMA_VERSION));
+    }
+}
