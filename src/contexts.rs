@@ -49,13 +49,21 @@ impl<R: BufRead> ContextKeys<R> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            let refused = |why: String| Error::BadContextLine {
+                path: self.source_name.clone(),
+                line: self.line_number,
+                why,
+            };
+            // PostgreSQL text cannot hold a NUL byte, so neither backend takes one.
+            if let Some(at) = line.iter().position(|&byte| byte == 0) {
+                return Err(refused(format!("contains a NUL byte (byte {})", at + 1)));
+            }
             return match std::str::from_utf8(line) {
                 Ok(key) => Ok(Some(key.to_string())),
-                Err(e) => Err(Error::BadContextLine {
-                    path: self.source_name.clone(),
-                    line: self.line_number,
-                    why: format!("not valid UTF-8 (byte {})", e.valid_up_to() + 1),
-                }),
+                Err(e) => Err(refused(format!(
+                    "not valid UTF-8 (byte {})",
+                    e.valid_up_to() + 1
+                ))),
             };
         }
     }

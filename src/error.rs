@@ -186,7 +186,7 @@ pub enum Error {
     )]
     NotEmpty { path: String, holds: String },
 
-    #[error("migrating {path} failed: {source}")]
+    #[error("migrating {path} failed: {}", migration_failure(source))]
     Migration {
         path: String,
         source: refinery::Error,
@@ -199,6 +199,14 @@ pub fn shortened(text: &str, shown: usize) -> String {
     match text.char_indices().nth(shown) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),
+    }
+}
+
+/// refinery's error with its cause (the database's own message), on one line.
+fn migration_failure(error: &refinery::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {}", cause.to_string().replace('\n', " ")),
+        None => error.to_string(),
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Env, PIPELINE};
+use common::{Backend, Env, PIPELINE};
 
 /// A store with some history: changes, evaluations, a reset.
 fn store_with_history() -> Env {
@@ -17,19 +17,14 @@ fn store_with_history() -> Env {
 }
 
 fn rows(env: &Env) -> i64 {
-    env.sql()
-        .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
-        .unwrap()
+    env.count("SELECT count(*) FROM audit_log")
 }
 
 fn tamper(env: &Env, sql: &str) {
-    env.sql()
-        .execute_batch(&format!(
-            "DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete; {sql}"
-        ))
-        .unwrap();
+    env.tamper(sql);
 }
 
+/// SQLite only: the Python script reads SQLite files.
 #[test]
 fn an_untouched_log_verifies_and_python_agrees() {
     let env = store_with_history();
@@ -56,20 +51,25 @@ fn an_untouched_log_verifies_and_python_agrees() {
     assert_eq!(String::from_utf8(python.stdout).unwrap(), verified);
 }
 
-#[test]
 fn the_triggers_refuse_update_and_delete() {
     let env = store_with_history();
-    let conn = env.sql();
-    let update = conn
-        .execute("UPDATE audit_log SET result = 0 WHERE id = 5", [])
-        .unwrap_err();
-    assert!(update.to_string().contains("append-only"), "{update}");
-    let delete = conn
-        .execute("DELETE FROM audit_log WHERE id = 5", [])
-        .unwrap_err();
-    assert!(delete.to_string().contains("append-only"), "{delete}");
+    let before = env.snapshot();
+    let mut refused = vec![
+        "UPDATE audit_log SET actor = 'mallory' WHERE id = 5",
+        "DELETE FROM audit_log WHERE id = 5",
+        "DELETE FROM audit_log",
+    ];
+    if env.backend == Backend::Postgres {
+        refused.push("TRUNCATE audit_log");
+    }
+    for sql in refused {
+        let error = env.execute(sql).unwrap_err();
+        assert!(error.contains("append-only"), "{sql}: {error}");
+    }
+    assert_eq!(env.snapshot(), before);
 }
 
+/// SQLite only: the Python script reads SQLite files.
 #[test]
 fn an_edited_row_is_named_by_flagstore_and_by_the_script() {
     let env = store_with_history();
@@ -96,6 +96,7 @@ fn an_edited_row_is_named_by_flagstore_and_by_the_script() {
     );
 }
 
+/// SQLite only: reads the row to forge with rusqlite.
 #[test]
 fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
     let env = store_with_history();
@@ -137,7 +138,6 @@ fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
     assert!(message.ends_with("(broken link)"), "{message}");
 }
 
-#[test]
 fn a_deleted_middle_row_is_named() {
     let env = store_with_history();
     tamper(&env, "DELETE FROM audit_log WHERE id = 4;");
@@ -147,7 +147,6 @@ fn a_deleted_middle_row_is_named() {
     );
 }
 
-#[test]
 fn deleted_last_rows_are_caught_by_a_checkpoint_or_expected_head() {
     let env = store_with_history();
     let checkpoint = env.dir.path().join("checkpoint.json");
@@ -197,7 +196,6 @@ fn deleted_last_rows_are_caught_by_a_checkpoint_or_expected_head() {
     );
 }
 
-#[test]
 fn a_bad_checkpoint_file_is_named() {
     let env = store_with_history();
     let shape =
@@ -219,4 +217,11 @@ fn a_bad_checkpoint_file_is_named() {
             format!("flagstore: {}: not a checkpoint file: {why}", bad.display())
         );
     }
+}
+
+contract_tests! {
+    the_triggers_refuse_update_and_delete,
+    a_deleted_middle_row_is_named,
+    deleted_last_rows_are_caught_by_a_checkpoint_or_expected_head,
+    a_bad_checkpoint_file_is_named,
 }

@@ -31,10 +31,7 @@ fn store_with_log() -> (Env, String) {
         .success(); // row 6
     env.ok(&["eval", "enrich", "--context", "b"]); // row 7
     env.ok(&["eval", "enrich", "legacy", "--context", "a"]); // row 8: enrich, legacy
-    let boundary: String = env
-        .sql()
-        .query_row("SELECT ts FROM audit_log WHERE id = 6", [], |r| r.get(0))
-        .unwrap();
+    let boundary = env.text("SELECT ts FROM audit_log WHERE id = 6");
     (env, boundary)
 }
 
@@ -51,7 +48,6 @@ fn ids(env: &Env, args: &[&str]) -> Vec<i64> {
         .collect()
 }
 
-#[test]
 fn newest_first_by_default_and_oldest_first_on_request() {
     let (env, _) = store_with_log();
     assert_eq!(ids(&env, &[]), ALL_DESC);
@@ -61,7 +57,6 @@ fn newest_first_by_default_and_oldest_first_on_request() {
     assert_eq!(ids(&env, &["--limit", "5"]), [8, 8, 7, 6, 5, 5, 5, 5]);
 }
 
-#[test]
 fn filters_combine() {
     let (env, boundary) = store_with_log();
     assert_eq!(ids(&env, &["--flag", "enrich"]), [8, 7, 6, 5, 2]);
@@ -84,7 +79,6 @@ fn filters_combine() {
     assert!(ids(&env, &["--flag", "nothing"]).is_empty());
 }
 
-#[test]
 fn keyset_paging_visits_every_row_once() {
     let (env, _) = store_with_log();
     for order in [vec![], vec!["--asc"]] {
@@ -121,7 +115,6 @@ fn keyset_paging_visits_every_row_once() {
     }
 }
 
-#[test]
 fn every_format_carries_every_column() {
     let (env, _) = store_with_log();
     let columns = [
@@ -181,7 +174,6 @@ fn every_format_carries_every_column() {
     assert_eq!(&lines[1][reason_column..], "disabled");
 }
 
-#[test]
 fn bad_query_values_are_refused() {
     let (env, _) = store_with_log();
     assert_eq!(
@@ -198,7 +190,6 @@ fn bad_query_values_are_refused() {
         .code(2);
 }
 
-#[test]
 fn history_lists_changes_as_before_and_after() {
     let (env, _) = store_with_log();
     env.ok(&["flag", "disable", "enrich"]);
@@ -216,7 +207,6 @@ fn history_lists_changes_as_before_and_after() {
     );
 }
 
-#[test]
 fn explain_now_shows_every_step_and_writes_nothing() {
     let (env, _) = store_with_log();
     let before = env.snapshot();
@@ -251,7 +241,6 @@ fn explain_now_shows_every_step_and_writes_nothing() {
     );
 }
 
-#[test]
 fn explain_at_a_past_time_uses_the_definitions_then() {
     let (env, boundary) = store_with_log();
     let text = env.ok(&["explain", "enrich", "--context", "a", "--at", &boundary]);
@@ -260,10 +249,7 @@ fn explain_at_a_past_time_uses_the_definitions_then() {
         "at the change itself: {text}"
     );
     // Just before the rollout change, the definition had 50%.
-    let earlier: String = env
-        .sql()
-        .query_row("SELECT ts FROM audit_log WHERE id = 5", [], |r| r.get(0))
-        .unwrap();
+    let earlier = env.text("SELECT ts FROM audit_log WHERE id = 5");
     let text = env.ok(&["explain", "enrich", "--context", "a", "--at", &earlier]);
     assert!(text.contains("as of "), "{text}");
     assert!(
@@ -285,14 +271,9 @@ fn explain_at_a_past_time_uses_the_definitions_then() {
     ));
 }
 
-#[test]
 fn explain_at_names_an_unreadable_change_row() {
     let (env, boundary) = store_with_log();
-    env.sql()
-        .execute_batch(
-            "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET detail = 'not json' WHERE id = 2;",
-        )
-        .unwrap();
+    env.tamper("UPDATE audit_log SET detail = 'not json' WHERE id = 2");
     let message = env.fails(&["explain", "enrich", "--context", "a", "--at", &boundary]);
     assert!(
         message.starts_with("flagstore: audit row 2 cannot be read: "),
@@ -300,7 +281,6 @@ fn explain_at_names_an_unreadable_change_row() {
     );
 }
 
-#[test]
 fn explain_shows_the_stored_assignment_of_a_disabled_flag() {
     let env = Env::new();
     env.import_json(r#"{"flags": [{"name": "f", "sticky": "all"}]}"#);
@@ -313,4 +293,17 @@ fn explain_shows_the_stored_assignment_of_a_disabled_flag() {
         text.ends_with("  answer:           false (disabled)\n"),
         "{text}"
     );
+}
+
+contract_tests! {
+    newest_first_by_default_and_oldest_first_on_request,
+    filters_combine,
+    keyset_paging_visits_every_row_once,
+    every_format_carries_every_column,
+    bad_query_values_are_refused,
+    history_lists_changes_as_before_and_after,
+    explain_now_shows_every_step_and_writes_nothing,
+    explain_at_a_past_time_uses_the_definitions_then,
+    explain_at_names_an_unreadable_change_row,
+    explain_shows_the_stored_assignment_of_a_disabled_flag,
 }

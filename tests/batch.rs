@@ -31,7 +31,6 @@ fn batch(env: &Env, input: impl Into<Vec<u8>>, flags: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-#[test]
 fn empty_input_evaluates_nothing() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -43,7 +42,6 @@ fn empty_input_evaluates_nothing() {
     );
 }
 
-#[test]
 fn a_ten_thousand_character_key_is_kept_whole() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -51,18 +49,10 @@ fn a_ten_thousand_character_key_is_kept_whole() {
     let lines = batch(&env, format!("{key}\r\n"), &["ingest"]);
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["context"].as_str().unwrap(), key);
-    let stored: String = env
-        .sql()
-        .query_row(
-            "SELECT context_key FROM assignments WHERE flag = 'ingest'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored = env.text("SELECT context_key FROM assignments WHERE flag = 'ingest'");
     assert_eq!(stored, key);
 }
 
-#[test]
 fn batch_results_equal_single_evaluations_on_a_separate_store() {
     let batch_env = Env::new();
     let single_env = Env::new();
@@ -83,7 +73,6 @@ fn batch_results_equal_single_evaluations_on_a_separate_store() {
     }
 }
 
-#[test]
 fn keys_spanning_several_transactions_stay_in_order_and_are_all_audited() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -115,29 +104,16 @@ fn keys_spanning_several_transactions_stay_in_order_and_are_all_audited() {
     );
 }
 
-#[test]
 fn a_key_repeated_within_one_transaction_is_served_its_stored_decision() {
     let env = Env::new();
     env.import_json(r#"{"flags": [{"name": "f", "rollout_pct": 50, "sticky": "all"}]}"#);
     let lines = batch(&env, "same\nother\nsame\n", &[]);
     assert_eq!(lines[0]["flags"], lines[2]["flags"]);
-    let sources: Vec<String> = {
-        let conn = env.sql();
-        let mut statement = conn
-            .prepare(
-                "SELECT source FROM audit_evaluations WHERE context_key = 'same' ORDER BY audit_id",
-            )
-            .unwrap();
-        statement
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let sources = env
+        .texts("SELECT source FROM audit_evaluations WHERE context_key = 'same' ORDER BY audit_id");
     assert_eq!(sources, ["rollout", "sticky"]);
 }
 
-#[test]
 fn no_progress_is_accepted_and_output_is_unchanged() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -155,7 +131,6 @@ fn no_progress_is_accepted_and_output_is_unchanged() {
     assert!(output.stderr.is_empty());
 }
 
-#[test]
 fn a_missing_contexts_file_is_named() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -163,4 +138,14 @@ fn a_missing_contexts_file_is_named() {
         env.fails(&["eval", "--all", "--contexts-file", "nope.txt"]),
         "flagstore: cannot read nope.txt: No such file or directory (os error 2)"
     );
+}
+
+contract_tests! {
+    empty_input_evaluates_nothing,
+    a_ten_thousand_character_key_is_kept_whole,
+    batch_results_equal_single_evaluations_on_a_separate_store,
+    keys_spanning_several_transactions_stay_in_order_and_are_all_audited,
+    a_key_repeated_within_one_transaction_is_served_its_stored_decision,
+    no_progress_is_accepted_and_output_is_unchanged,
+    a_missing_contexts_file_is_named,
 }

@@ -11,7 +11,6 @@ fn json(text: &str) -> Value {
 
 // ---- import and export ----------------------------------------------------------------------
 
-#[test]
 fn import_reports_changes_and_is_idempotent() {
     let env = Env::new();
     let report = env.import_json(PIPELINE);
@@ -33,23 +32,23 @@ fn import_reports_changes_and_is_idempotent() {
     );
 }
 
-#[test]
 fn import_writes_one_audited_change_per_flag_with_before_and_after() {
     let env = Env::new();
     env.import_json(PIPELINE);
     env.import_json(r#"{"flags": [{"name": "legacy", "enabled": true}]}"#);
-    let (actor, action, reason, detail): (String, String, String, String) = env
-        .sql()
-        .query_row(
-            "SELECT actor, action, reason, detail FROM audit_log WHERE kind = 'change' ORDER BY id DESC",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
+    let newest = env.text(
+        "SELECT actor || '|' || action || '|' || reason || '|' || detail FROM audit_log \
+         WHERE kind = 'change' ORDER BY id DESC LIMIT 1",
+    );
+    let [actor, action, reason, detail]: [&str; 4] = newest
+        .splitn(4, '|')
+        .collect::<Vec<_>>()
+        .try_into()
         .unwrap();
     assert_eq!(actor, "tester");
     assert_eq!(action, "update");
     assert_eq!(reason, "import: updated enabled false -> true");
-    let detail = json(&detail);
+    let detail = json(detail);
     assert_eq!(detail["before"]["enabled"], false);
     assert_eq!(detail["after"]["enabled"], true);
     assert_eq!(detail["after"]["sticky"], "on_only");
@@ -59,7 +58,6 @@ fn import_writes_one_audited_change_per_flag_with_before_and_after() {
     );
 }
 
-#[test]
 fn dry_run_reports_but_writes_nothing() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -78,7 +76,6 @@ fn dry_run_reports_but_writes_nothing() {
     assert_eq!(env.snapshot(), before);
 }
 
-#[test]
 fn replace_deletes_flags_missing_from_the_file_with_their_assignments() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -95,18 +92,11 @@ fn replace_deletes_flags_missing_from_the_file_with_their_assignments() {
     );
     assert_eq!(env.count("SELECT count(*) FROM flags"), 1);
     assert_eq!(env.count("SELECT count(*) FROM assignments"), 0);
-    let deleted: String = env
-        .sql()
-        .query_row(
-            "SELECT detail FROM audit_log WHERE action = 'delete' AND flag = 'ingest'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let deleted =
+        env.text("SELECT detail FROM audit_log WHERE action = 'delete' AND flag = 'ingest'");
     assert_eq!(json(&deleted)["assignments_deleted"], 1);
 }
 
-#[test]
 fn import_reads_stdin() {
     let env = Env::new();
     env.cmd()
@@ -117,7 +107,6 @@ fn import_reads_stdin() {
     assert_eq!(env.count("SELECT count(*) FROM flags"), 4);
 }
 
-#[test]
 fn export_import_export_is_byte_identical() {
     let env = Env::new();
     env.import_json(
@@ -175,7 +164,6 @@ fn refused_import(contents: &str, expected: &str) {
     );
 }
 
-#[test]
 fn malformed_json_is_refused_with_line_and_column() {
     refused_import(
         "{\"flags\": [\n  {\"name\": \"a\"\n  {\"name\": \"b\"}\n]}",
@@ -184,7 +172,6 @@ fn malformed_json_is_refused_with_line_and_column() {
     refused_import("", "FILE: line 1, column 0: EOF while parsing a value");
 }
 
-#[test]
 fn missing_and_empty_names_are_refused() {
     refused_import(
         r#"{"flags": [{"enabled": true}]}"#,
@@ -200,7 +187,6 @@ fn missing_and_empty_names_are_refused() {
     );
 }
 
-#[test]
 fn duplicate_names_are_refused() {
     refused_import(
         r#"{"flags": [{"name": "x"}, {"name": "x", "enabled": false}]}"#,
@@ -208,7 +194,6 @@ fn duplicate_names_are_refused() {
     );
 }
 
-#[test]
 fn bad_rollouts_are_refused() {
     refused_import(
         r#"{"flags": [{"name": "x", "rollout_pct": 100.5}]}"#,
@@ -224,7 +209,6 @@ fn bad_rollouts_are_refused() {
     );
 }
 
-#[test]
 fn unknown_requirements_suggest_the_nearest_name() {
     refused_import(
         r#"{"flags": [{"name": "export", "requires": ["dedup"]}]}"#,
@@ -232,7 +216,6 @@ fn unknown_requirements_suggest_the_nearest_name() {
     );
 }
 
-#[test]
 fn self_dependencies_and_cycles_are_refused() {
     refused_import(
         r#"{"flags": [{"name": "x", "requires": ["x"]}]}"#,
@@ -245,7 +228,6 @@ fn self_dependencies_and_cycles_are_refused() {
     );
 }
 
-#[test]
 fn unknown_fields_and_sticky_policies_are_refused() {
     refused_import(
         r#"{"flags": [{"name": "x", "sticky": "forever"}]}"#,
@@ -257,7 +239,6 @@ fn unknown_fields_and_sticky_policies_are_refused() {
     );
 }
 
-#[test]
 fn an_import_with_one_bad_flag_applies_none_of_them() {
     refused_import(
         r#"{"flags": [{"name": "fine"}, {"name": "ingest", "rollout_pct": 5}, {"name": "bad", "requires": ["nothing-like-it"]}]}"#,
@@ -265,7 +246,6 @@ fn an_import_with_one_bad_flag_applies_none_of_them() {
     );
 }
 
-#[test]
 fn unreadable_file_is_named() {
     let env = Env::new();
     let message = env.fails(&["import", "no-such.json"]);
@@ -275,6 +255,7 @@ fn unreadable_file_is_named() {
     );
 }
 
+/// SQLite only: what a non-SQLite file does is particular to SQLite.
 #[test]
 fn a_file_that_is_not_sqlite_is_refused_untouched() {
     let env = Env::new();
@@ -307,6 +288,7 @@ fn refused_as_foreign(schema: &str) {
     assert_eq!(std::fs::read(&env.db).unwrap(), before);
 }
 
+/// SQLite only: another application's SQLite file (tests/postgres.rs has PostgreSQL's).
 #[test]
 fn another_applications_sqlite_database_is_refused_untouched() {
     refused_as_foreign(
@@ -316,6 +298,7 @@ fn another_applications_sqlite_database_is_refused_untouched() {
 
 /// Another application migrated by refinery, with an empty history: not a half-created
 /// store of ours, since it has tables of its own.
+/// SQLite only: another refinery user's SQLite file (tests/postgres.rs has PostgreSQL's).
 #[test]
 fn another_refinery_users_database_is_refused_untouched() {
     refused_as_foreign(
@@ -325,6 +308,7 @@ fn another_refinery_users_database_is_refused_untouched() {
     );
 }
 
+/// SQLite only: edits refinery's history in the file (tests/postgres.rs has PostgreSQL's).
 #[test]
 fn a_database_from_a_newer_flagstore_is_refused() {
     let env = Env::new();
@@ -348,7 +332,6 @@ fn a_database_from_a_newer_flagstore_is_refused() {
     assert_eq!(env.snapshot(), before);
 }
 
-#[test]
 fn unwritable_paths_are_named() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -385,7 +368,6 @@ fn unwritable_paths_are_named() {
     );
 }
 
-#[test]
 fn usage_errors_exit_2() {
     let env = Env::new();
     env.cmd().args(["eval", "x"]).assert().code(2);
@@ -398,7 +380,6 @@ fn usage_errors_exit_2() {
 
 // ---- flag commands ---------------------------------------------------------------------------
 
-#[test]
 fn flag_list_and_show() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -436,7 +417,6 @@ fn flag_list_and_show() {
     );
 }
 
-#[test]
 fn flag_create_creates_and_flag_set_updates() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -464,7 +444,6 @@ fn flag_create_creates_and_flag_set_updates() {
     );
 }
 
-#[test]
 fn flag_set_refuses_bad_values_and_leaves_the_store_alone() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -514,7 +493,6 @@ fn flag_set_refuses_bad_values_and_leaves_the_store_alone() {
     assert_eq!(env.snapshot(), before);
 }
 
-#[test]
 fn enable_disable_and_delete() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -557,7 +535,6 @@ fn enable_disable_and_delete() {
 
 // ---- evaluation ------------------------------------------------------------------------------
 
-#[test]
 fn eval_prints_true_or_false_and_json_on_request() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -574,7 +551,6 @@ fn eval_prints_true_or_false_and_json_on_request() {
     assert_eq!(unknown["source"], "unknown");
 }
 
-#[test]
 fn quiet_eval_speaks_through_the_exit_status() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -595,7 +571,6 @@ fn quiet_eval_speaks_through_the_exit_status() {
         .stdout("");
 }
 
-#[test]
 fn eval_all_prints_every_flag() {
     let env = Env::new();
     env.import_json(r#"{"flags": [{"name": "a"}, {"name": "b", "enabled": false}, {"name": "c", "rollout_pct": 0}]}"#);
@@ -609,7 +584,6 @@ fn eval_all_prints_every_flag() {
     );
 }
 
-#[test]
 fn kill_switch_and_dependencies_beat_sticky_assignments() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -629,7 +603,6 @@ fn kill_switch_and_dependencies_beat_sticky_assignments() {
     );
 }
 
-#[test]
 fn sticky_on_survives_a_lowered_rollout() {
     let env = Env::new();
     env.import_json(r#"{"flags": [{"name": "f", "rollout_pct": 100}]}"#);
@@ -647,7 +620,6 @@ fn sticky_on_survives_a_lowered_rollout() {
     assert_eq!(env.ok(&["eval", "f", "--context", "late"]), "false\n");
 }
 
-#[test]
 fn each_request_writes_one_decision_record_and_reviewers_see_each_decision() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -656,20 +628,14 @@ fn each_request_writes_one_decision_record_and_reviewers_see_each_decision() {
     env.ok(&["eval", "--all", "--context", "k"]);
     assert_eq!(env.count("SELECT count(*) FROM audit_log") - changes, 2);
     assert_eq!(env.count("SELECT count(*) FROM audit_evaluations"), 1 + 4);
-    let (flag, context, result, source): (String, String, i64, String) = env
-        .sql()
-        .query_row(
-            "SELECT flag, context_key, result, source FROM audit_evaluations ORDER BY audit_id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .unwrap();
-    assert_eq!((flag.as_str(), context.as_str()), ("enrich", "k"));
+    let first = env.text(
+        "SELECT flag || '|' || context_key || '|' || result || '|' || source \
+         FROM audit_evaluations ORDER BY audit_id LIMIT 1",
+    );
     // Python: int(hashlib.md5(b"enrich:k").hexdigest(), 16) % 100 == 87, not below 50.
-    assert_eq!((result, source.as_str()), (0, "rollout"));
+    assert_eq!(first, "enrich|k|0|rollout");
 }
 
-#[test]
 fn contexts_file_streams_json_lines_in_input_order() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -700,7 +666,6 @@ fn contexts_file_streams_json_lines_in_input_order() {
     );
 }
 
-#[test]
 fn contexts_file_with_invalid_utf8_names_the_line() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -722,7 +687,6 @@ fn contexts_file_with_invalid_utf8_names_the_line() {
 
 // ---- assignments -----------------------------------------------------------------------------
 
-#[test]
 fn assignments_list_and_reset() {
     let env = Env::new();
     env.import_json(r#"{"flags": [{"name": "f"}, {"name": "g"}]}"#);
@@ -772,14 +736,9 @@ fn assignments_list_and_reset() {
             .len(),
         1
     );
-    let reason: String = env
-        .sql()
-        .query_row(
-            "SELECT reason FROM audit_log WHERE action = 'reset_assignments' ORDER BY id LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let reason = env.text(
+        "SELECT reason FROM audit_log WHERE action = 'reset_assignments' ORDER BY id LIMIT 1",
+    );
     assert_eq!(reason, "assignments reset: cleared 1 for context \"k1\"");
     let before = env.snapshot();
     assert_eq!(
@@ -791,7 +750,6 @@ fn assignments_list_and_reset() {
 
 // ---- the prototype's job ---------------------------------------------------------------------
 
-#[test]
 fn run_imports_evaluates_and_writes_the_result() {
     let env = Env::new();
     let input = env.write(
@@ -830,7 +788,6 @@ fn run_imports_evaluates_and_writes_the_result() {
     assert_eq!(json(&again)["audit_entries"], 2);
 }
 
-#[test]
 fn run_uses_the_default_context_and_the_shipped_example_works() {
     let env = Env::new();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pipeline.json");
@@ -862,6 +819,7 @@ fn run_uses_the_default_context_and_the_shipped_example_works() {
 
 // ---- concurrency -----------------------------------------------------------------------------
 
+/// SQLite only: holds SQLite's write lock by hand (tests/postgres.rs races processes on PostgreSQL).
 #[test]
 fn concurrent_first_evaluations_agree_and_store_one_assignment() {
     let env = Env::new();
@@ -896,7 +854,6 @@ fn concurrent_first_evaluations_agree_and_store_one_assignment() {
 
 // ---- behaviour pinned after mutants survived ---------------------------------------------
 
-#[test]
 fn a_two_flag_cycle_is_refused() {
     let env = Env::new();
     let file = env.write(
@@ -912,7 +869,6 @@ fn a_two_flag_cycle_is_refused() {
     );
 }
 
-#[test]
 fn quiet_eval_of_several_flags_is_on_only_when_every_flag_is() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -927,7 +883,6 @@ fn quiet_eval_of_several_flags_is_on_only_when_every_flag_is() {
     assert_eq!(code(&["legacy", "ingest"]), Some(1));
 }
 
-#[test]
 fn json_for_several_flags_is_an_array_of_every_decision() {
     // Python: int(hashlib.md5(b"ingest:k").hexdigest(), 16) % 100 == 15.
     let env = Env::new();
@@ -943,7 +898,6 @@ fn json_for_several_flags_is_an_array_of_every_decision() {
     );
 }
 
-#[test]
 fn sticky_decisions_hold_for_more_flags_than_one_lookup_statement_covers() {
     let env = Env::new();
     let flags: Vec<Value> = (0..70)
@@ -967,7 +921,6 @@ fn sticky_decisions_hold_for_more_flags_than_one_lookup_statement_covers() {
     assert_eq!(sources, vec!["sticky"; 70], "{again}");
 }
 
-#[test]
 fn the_database_comes_from_flagstore_db_or_defaults_to_the_working_directory() {
     let env = Env::new();
     let bare = || {
@@ -994,7 +947,6 @@ fn the_database_comes_from_flagstore_db_or_defaults_to_the_working_directory() {
     assert!(default.exists());
 }
 
-#[test]
 fn audit_limit_zero_means_every_row() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -1007,7 +959,6 @@ fn audit_limit_zero_means_every_row() {
     assert_eq!(page.lines().count(), 100);
 }
 
-#[test]
 fn a_missing_checkpoint_file_is_named() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -1017,7 +968,6 @@ fn a_missing_checkpoint_file_is_named() {
     );
 }
 
-#[test]
 fn a_reader_that_stops_early_is_not_an_error() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -1032,4 +982,47 @@ fn a_reader_that_stops_early_is_not_an_error() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
+
+contract_tests! {
+    import_reports_changes_and_is_idempotent,
+    import_writes_one_audited_change_per_flag_with_before_and_after,
+    dry_run_reports_but_writes_nothing,
+    replace_deletes_flags_missing_from_the_file_with_their_assignments,
+    import_reads_stdin,
+    export_import_export_is_byte_identical,
+    malformed_json_is_refused_with_line_and_column,
+    missing_and_empty_names_are_refused,
+    duplicate_names_are_refused,
+    bad_rollouts_are_refused,
+    unknown_requirements_suggest_the_nearest_name,
+    self_dependencies_and_cycles_are_refused,
+    unknown_fields_and_sticky_policies_are_refused,
+    an_import_with_one_bad_flag_applies_none_of_them,
+    unreadable_file_is_named,
+    unwritable_paths_are_named,
+    usage_errors_exit_2,
+    flag_list_and_show,
+    flag_create_creates_and_flag_set_updates,
+    flag_set_refuses_bad_values_and_leaves_the_store_alone,
+    enable_disable_and_delete,
+    eval_prints_true_or_false_and_json_on_request,
+    quiet_eval_speaks_through_the_exit_status,
+    eval_all_prints_every_flag,
+    kill_switch_and_dependencies_beat_sticky_assignments,
+    sticky_on_survives_a_lowered_rollout,
+    each_request_writes_one_decision_record_and_reviewers_see_each_decision,
+    contexts_file_streams_json_lines_in_input_order,
+    contexts_file_with_invalid_utf8_names_the_line,
+    assignments_list_and_reset,
+    run_imports_evaluates_and_writes_the_result,
+    run_uses_the_default_context_and_the_shipped_example_works,
+    a_two_flag_cycle_is_refused,
+    quiet_eval_of_several_flags_is_on_only_when_every_flag_is,
+    json_for_several_flags_is_an_array_of_every_decision,
+    sticky_decisions_hold_for_more_flags_than_one_lookup_statement_covers,
+    the_database_comes_from_flagstore_db_or_defaults_to_the_working_directory,
+    audit_limit_zero_means_every_row,
+    a_missing_checkpoint_file_is_named,
+    a_reader_that_stops_early_is_not_an_error,
 }

@@ -24,14 +24,23 @@ CREATE TABLE flag_dependencies (
 CREATE INDEX flag_dependencies_requires ON flag_dependencies (requires);
 
 -- The first stored rollout decision of a context for a flag, served again on later evaluations.
+-- A B-tree entry holds at most about 2.7 kB, and context keys may be far longer (SQLite takes
+-- 1 MB keys), so the key is indexed by its SHA-256 (context_hash, derived by the server).
+-- convert_to is only STABLE, because it depends on the database's encoding, which never
+-- changes for a database: the wrapper is truly IMMUTABLE, as a generated column needs.
+CREATE FUNCTION context_hash(context_key TEXT) RETURNS BYTEA
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN sha256(convert_to(context_key, 'UTF8'));
+
 CREATE TABLE assignments (
-    flag        TEXT NOT NULL REFERENCES flags (name) ON DELETE CASCADE,
-    context_key TEXT NOT NULL,
-    decision    INTEGER NOT NULL CHECK (decision IN (0, 1)),
-    bucket      INTEGER NOT NULL CHECK (bucket BETWEEN 0 AND 99),
-    rollout_pct DOUBLE PRECISION NOT NULL,
-    assigned_at TEXT NOT NULL,
-    PRIMARY KEY (flag, context_key)
+    flag         TEXT NOT NULL REFERENCES flags (name) ON DELETE CASCADE,
+    context_key  TEXT NOT NULL,
+    decision     INTEGER NOT NULL CHECK (decision IN (0, 1)),
+    bucket       INTEGER NOT NULL CHECK (bucket BETWEEN 0 AND 99),
+    rollout_pct  DOUBLE PRECISION NOT NULL,
+    assigned_at  TEXT NOT NULL,
+    context_hash BYTEA NOT NULL GENERATED ALWAYS AS (context_hash(context_key)) STORED,
+    PRIMARY KEY (flag, context_hash)
 );
 
 -- Append-only record of every evaluation request and every write; see README.md. The id is
@@ -56,7 +65,9 @@ CREATE TABLE audit_log (
 );
 
 CREATE INDEX audit_log_flag ON audit_log (flag, id) WHERE flag IS NOT NULL;
-CREATE INDEX audit_log_context ON audit_log (context_key, id);
+-- A hash index stores only a hash of the key, so it takes keys of any length; a context's rows
+-- are few, and sorting them by id is cheap.
+CREATE INDEX audit_log_context ON audit_log USING hash (context_key);
 
 -- Append-only for every role but the table's owner, who can drop triggers (README.md).
 CREATE FUNCTION audit_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -246,10 +246,8 @@ impl Backend for Postgres {
              SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext(current_schema()))",
             lock_wait.as_millis().max(1)
         ))
-        .map_err(|e| {
-            self.rollback();
-            e
-        })
+        // A lock timeout leaves the transaction aborted; end it so the connection is usable.
+        .inspect_err(|_| self.rollback())
     }
 
     fn begin_read(&self) -> Result<()> {
@@ -353,7 +351,9 @@ impl Backend for Postgres {
         // evaluation itself.
         let rows = self.query(
             "SELECT context_key, flag, decision, bucket, rollout_pct, assigned_at \
-               FROM assignments WHERE flag = ANY($1) AND context_key = ANY($2)",
+               FROM assignments \
+              WHERE flag = ANY($1) AND context_key = ANY($2) \
+                AND context_hash = ANY(ARRAY(SELECT context_hash(k) FROM unnest($2::text[]) k))",
             &[&flags, &keys],
         )?;
         for row in rows {
@@ -396,7 +396,7 @@ impl Backend for Postgres {
                 "SELECT flag, context_key, decision, bucket, rollout_pct, assigned_at \
                    FROM assignments \
                   WHERE ($1::text IS NULL OR flag = $1) AND ($2::text IS NULL OR context_key = $2) \
-                  ORDER BY flag, context_key",
+                  ORDER BY flag COLLATE \"C\", context_key COLLATE \"C\"",
                 [&flag as &(dyn ToSql + Sync), &context],
             )
             .map_err(|e| self.fail(e))?;

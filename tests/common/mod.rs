@@ -244,6 +244,65 @@ impl Env {
         }
     }
 
+    /// The single text value `sql` selects, on either backend.
+    pub fn text(&self, sql: &str) -> String {
+        let mut values = self.texts(sql);
+        assert_eq!(values.len(), 1, "{sql}: {values:?}");
+        values.remove(0)
+    }
+
+    /// The text values of the first column of every row `sql` selects, on either backend.
+    pub fn texts(&self, sql: &str) -> Vec<String> {
+        match &self.schema {
+            None => self
+                .sql()
+                .prepare(sql)
+                .and_then(|mut statement| {
+                    statement
+                        .query_map([], |row| row.get(0))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Some(_) => self
+                .postgres()
+                .query(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(|row| row.get(0))
+                .collect(),
+        }
+    }
+
+    /// Runs `sql` (statements separated by `;`) as plain SQL on either backend; the error is
+    /// the database's message.
+    pub fn execute(&self, sql: &str) -> Result<(), String> {
+        match &self.schema {
+            None => self.sql().execute_batch(sql).map_err(|e| e.to_string()),
+            Some(_) => self
+                .postgres()
+                .batch_execute(sql)
+                .map_err(|e| format!("{e}: {}", e.as_db_error().map_or("", |d| d.message()))),
+        }
+    }
+
+    /// Runs `sql` with the audit log's append-only triggers out of the way, as an attacker
+    /// with direct access to the database would: dropped from an SQLite file, disabled by
+    /// PostgreSQL's table owner.
+    pub fn tamper(&self, sql: &str) {
+        let bypassed = match self.backend {
+            Backend::Sqlite => format!(
+                "DROP TRIGGER IF EXISTS audit_log_no_update; \
+                 DROP TRIGGER IF EXISTS audit_log_no_delete; {sql}"
+            ),
+            Backend::Postgres => format!(
+                "ALTER TABLE audit_log DISABLE TRIGGER USER; {sql}; \
+                 ALTER TABLE audit_log ENABLE TRIGGER USER"
+            ),
+        };
+        self.execute(&bypassed)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// Starts `flagstore ARGS` without waiting for it, stdout and stderr captured.
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.std_cmd()
