@@ -8,6 +8,7 @@ mod backup;
 mod bench;
 mod check;
 mod completions;
+mod copy;
 mod eval;
 mod explain;
 mod export;
@@ -105,6 +106,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Write a consistent copy of the store to one file, while other commands keep running.
     Backup(backup::BackupArgs),
+    /// Copy a whole store into a new one, between SQLite and PostgreSQL either way.
+    Copy(copy::CopyArgs),
     /// Measure throughput and latency on a temporary database (not --db).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -198,6 +201,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::History(args) => history::run(&globals, &mut out, &args),
         Command::Check(args) => check::run(&globals, &mut out, &args),
         Command::Backup(args) => backup::run(&globals, &mut out, &args),
+        Command::Copy(args) => copy::run(&globals, &mut out, &args),
         Command::Bench(command) => bench::run(&mut out, &command),
         Command::Completions(args) => completions::run(&mut out, &args),
     }?;

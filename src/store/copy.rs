@@ -111,14 +111,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Copies this whole store to `destination`: a new SQLite file (written beside its path
+    /// and renamed into place once complete), or an existing empty store.
+    pub fn copy_to_location(&self, destination: &Location) -> Result<CopyReport> {
+        match destination {
+            Location::Sqlite(path) if !path.exists() => to_new_sqlite_file(self, path),
+            _ => self.copy_to(&Store::open(destination)?),
+        }
+    }
+}
+
 /// Writes `store` as a new SQLite file at `destination`, by way of a temporary file beside it
-/// that is renamed into place once complete: the backup of a store with no file of its own.
-pub(super) fn to_new_sqlite_file(store: &Store, destination: &Path) -> Result<()> {
+/// that is renamed into place once complete.
+pub(super) fn to_new_sqlite_file(store: &Store, destination: &Path) -> Result<CopyReport> {
     let pending = PendingFile::create(destination)?;
-    {
+    let report = {
         // PendingFile creates the file empty, which SQLite takes as a new database.
         let copy = Store::open(&Location::Sqlite(pending.path().to_path_buf()))?;
-        store.copy_to(&copy)?;
-    }
-    pending.persist()
+        store.copy_to(&copy)?
+    };
+    pending.persist()?;
+    Ok(report)
 }

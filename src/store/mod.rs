@@ -439,7 +439,7 @@ impl Store {
         if let Some(done) = self.backend.backup_to(destination) {
             return done;
         }
-        copy::to_new_sqlite_file(self, destination)
+        copy::to_new_sqlite_file(self, destination).map(|_| ())
     }
 
     /// Evaluates the selected flags for one context key, storing sticky decisions and one

@@ -111,6 +111,7 @@ impl Postgres {
             source,
         })?;
         drop(client);
+        state.check(&name, "a PostgreSQL schema")?;
         if state != SchemaState::Empty {
             return Err(Error::AlreadyExists { path: name });
         }

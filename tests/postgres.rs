@@ -1,0 +1,204 @@
+//! What is particular to PostgreSQL: connection errors, schemas flagstore must not touch,
+//! copies to and from SQLite, and many processes sharing one store. Skipped, saying so, when
+//! `$FLAGSTORE_TEST_POSTGRES` is unset (the contract suite covers every command on both).
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{Env, PIPELINE, succeeded, use_postgres};
+
+/// `flagstore ARGS --db URL` in a scratch directory, expected to fail with one line.
+fn fails_with(url: &str, args: &[&str]) -> String {
+    let env = Env::new();
+    let output = env.cmd().args(args).arg("--db").arg(url).output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn connection_errors_name_the_server_and_database_never_the_password() {
+    if !use_postgres() {
+        return;
+    }
+    let refused = fails_with(
+        "postgres://alice:hunter2@127.0.0.1:1/flags",
+        &["flag", "list"],
+    );
+    assert!(
+        refused.starts_with(
+            "flagstore: postgres://alice@127.0.0.1:1/flags: error connecting to server: "
+        ),
+        "{refused}"
+    );
+    let base = std::env::var(common::POSTGRES_VARIABLE).unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let missing = fails_with(
+        &format!("{server}/no_such_database_here"),
+        &["flag", "list"],
+    );
+    assert!(
+        missing
+            .contains("/no_such_database_here: database \"no_such_database_here\" does not exist"),
+        "{missing}"
+    );
+    let bad = fails_with(
+        "postgres://alice:hunter2@127.0.0.1:notaport/x",
+        &["flag", "list"],
+    );
+    assert!(bad.contains("not a PostgreSQL URL"), "{bad}");
+    for message in [refused, missing, bad] {
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}
+
+#[test]
+fn a_schema_with_other_tables_or_a_newer_flagstores_is_refused_untouched() {
+    if !use_postgres() {
+        return;
+    }
+    let foreign = Env::new();
+    foreign.execute("CREATE TABLE invoices (id int)").unwrap();
+    let message = foreign.fails(&["flag", "list"]);
+    assert_eq!(
+        message,
+        format!(
+            "flagstore: {} is not a flagstore database: it is a PostgreSQL schema with tables of its own",
+            foreign.shown()
+        )
+    );
+    assert_eq!(foreign.count("SELECT count(*) FROM invoices"), 0);
+    assert_eq!(
+        foreign.count(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+        ),
+        1
+    );
+
+    let newer = Env::new();
+    newer.import_json(PIPELINE);
+    newer
+        .execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+        )
+        .unwrap();
+    let before = newer.snapshot();
+    assert_eq!(
+        newer.fails(&["eval", "ingest", "--context", "k"]),
+        format!(
+            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to 2)",
+            newer.shown()
+        )
+    );
+    assert_eq!(newer.snapshot(), before);
+}
+
+#[test]
+fn a_store_copied_to_postgres_and_back_keeps_every_row_and_its_head() {
+    if !use_postgres() {
+        return;
+    }
+    let postgres = Env::new();
+    let sqlite = postgres.dir.path().join("original.db");
+    let original = |args: &[&str]| {
+        let mut full = vec!["--db", sqlite.to_str().unwrap()];
+        full.extend(args);
+        postgres.ok(&full)
+    };
+    original(&[
+        "import",
+        postgres.write("flags.json", PIPELINE).to_str().unwrap(),
+    ]);
+    original(&["eval", "--all", "--context", "tenant:ü"]);
+    original(&["flag", "set", "enrich", "--rollout", "25"]);
+    original(&["eval", "enrich", "legacy", "--context", "other"]);
+    let head = original(&["audit", "verify"]);
+
+    let copied = original(&["copy", "--to", postgres.location.to_str().unwrap()]);
+    assert!(copied.contains(": 4 flags, "), "{copied}");
+    assert_eq!(postgres.ok(&["audit", "verify"]), head);
+    for listing in [
+        &["export"][..],
+        &["assignments", "list"],
+        &["audit", "--format", "jsonl"],
+    ] {
+        assert_eq!(postgres.ok(listing), original(listing), "{listing:?}");
+    }
+
+    let back = postgres.dir.path().join("back.db");
+    postgres.ok(&["copy", "--to", back.to_str().unwrap()]);
+    let mut verify = vec!["--db", back.to_str().unwrap(), "check"];
+    let checked = postgres.ok(&verify);
+    assert!(
+        checked.ends_with(&head["audit log verified: ".len()..]),
+        "{checked}"
+    );
+    verify[2] = "export";
+    assert_eq!(postgres.ok(&verify), original(&["export"]));
+
+    // A store that is not empty is refused, and left as it was.
+    let before = postgres.snapshot();
+    let message = postgres.fails(&[
+        "copy",
+        "--from",
+        sqlite.to_str().unwrap(),
+        "--to",
+        postgres.location.to_str().unwrap(),
+    ]);
+    assert!(message.contains("is not empty (4 flags, "), "{message}");
+    assert_eq!(postgres.snapshot(), before);
+}
+
+/// Four batch workers on the same keys, as on four machines, while an operator moves the
+/// rollouts: every worker succeeds, all print the same decisions (the first stored one wins),
+/// one assignment per (flag, key), and one unbroken chain.
+#[test]
+fn concurrent_batches_and_rollout_changes_share_one_store() {
+    if !use_postgres() {
+        return;
+    }
+    const KEYS: usize = 20_000;
+    let env = Env::new();
+    env.import_json(
+        r#"{"flags": [{"name": "a", "rollout_pct": 50, "sticky": "all"},
+                      {"name": "b", "rollout_pct": 30, "sticky": "all", "requires": ["a"]}]}"#,
+    );
+    let keys: String = (0..KEYS).map(|i| format!("tenant-{i}\n")).collect();
+    let keys_file = env.write("keys.txt", keys);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            env.std_cmd()
+                .args(["eval", "--all", "--contexts-file"])
+                .arg(&keys_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for rollout in ["10", "90", "40", "60"] {
+        env.ok(&["flag", "set", "a", "--rollout", rollout]);
+    }
+    let outputs: Vec<String> = workers.into_iter().map(succeeded).collect();
+    for output in &outputs[1..] {
+        assert!(output == &outputs[0], "workers disagree");
+    }
+    assert_eq!(outputs[0].lines().count(), KEYS);
+    // Every key has a's decision stored once; b's where a was on.
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignments WHERE flag = 'a'"),
+        KEYS as i64
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"),
+        4 * KEYS as i64
+    );
+    // Ids are gapless: taken from the chain's head under the writer lock.
+    assert_eq!(env.count("SELECT max(id) - count(*) FROM audit_log"), 0);
+    env.ok(&["audit", "verify"]);
+}
