@@ -202,3 +202,73 @@ fn concurrent_batches_and_rollout_changes_share_one_store() {
     assert_eq!(env.count("SELECT max(id) - count(*) FROM audit_log"), 0);
     env.ok(&["audit", "verify"]);
 }
+
+/// The server ends a batch's connection mid-run: the batch exits 2 with one line, every
+/// transaction that committed stays whole (records, assignments, chain), and a rerun finishes
+/// the job with the same answers for the keys already decided.
+#[test]
+fn a_connection_lost_mid_batch_keeps_what_committed_and_a_rerun_completes() {
+    if !use_postgres() {
+        return;
+    }
+    const KEYS: usize = 40_000;
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "a", "rollout_pct": 50, "sticky": "all"}]}"#);
+    let keys: String = (0..KEYS).map(|i| format!("k{i}\n")).collect();
+    let keys_file = env.write("keys.txt", keys);
+    let name = format!("flagstore_lost_{}", std::process::id());
+    let url = format!("{}&application_name={name}", env.location.to_str().unwrap());
+    let batch = |url: &str| {
+        env.std_cmd()
+            .arg("--db")
+            .arg(url)
+            .args(["eval", "a", "--contexts-file"])
+            .arg(&keys_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = batch(&url);
+    while env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'") == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    env.execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+    ))
+    .unwrap();
+    let lost = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&lost.stderr);
+    assert_eq!(lost.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("flagstore: {}: ", env.shown())),
+        "{stderr}"
+    );
+    let recorded = env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'");
+    assert!(
+        recorded < KEYS as i64,
+        "the batch finished before it was cut off"
+    );
+    // Whole transactions only: every record's assignment, and nothing else.
+    assert_eq!(recorded % 5_000, 0, "{recorded} records");
+    assert_eq!(env.count("SELECT count(*) FROM assignments"), recorded);
+    env.ok(&["check"]);
+    let printed: Vec<String> = String::from_utf8(lost.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+
+    let rerun = succeeded(batch(env.location.to_str().unwrap()));
+    assert_eq!(rerun.lines().count(), KEYS);
+    assert!(
+        rerun
+            .lines()
+            .zip(&printed)
+            .all(|(again, before)| again == before)
+    );
+    assert_eq!(env.count("SELECT count(*) FROM assignments"), KEYS as i64);
+    env.ok(&["check"]);
+}

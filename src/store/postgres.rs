@@ -74,10 +74,14 @@ impl Postgres {
             server: name.clone(),
             source,
         };
-        let config = postgres::Config::from_str(url).map_err(|source| Error::BadUrl {
+        let mut config = postgres::Config::from_str(url).map_err(|source| Error::BadUrl {
             url: name.clone(),
             why: describe(&source),
         })?;
+        // So a DBA can tell flagstore's sessions apart in pg_stat_activity.
+        if config.get_application_name().is_none() {
+            config.application_name("flagstore");
+        }
         let mut client = config.connect(NoTls).map_err(fail)?;
         let state = schema_state(&mut client).map_err(fail)?;
         state.check(&name, "a PostgreSQL schema")?;
@@ -547,20 +551,27 @@ impl Backend for Postgres {
     fn unaudited_assignment(&self) -> Result<Option<(String, String)>> {
         Ok(self
             .query_opt(
-                "SELECT a.flag, a.context_key FROM assignments a WHERE NOT EXISTS (
-                     SELECT 1 FROM audit_log l
-                      WHERE l.context_key = a.context_key AND l.kind = 'evaluation'
-                        AND l.ts = a.assigned_at
-                        AND (EXISTS (SELECT 1 FROM jsonb_array_elements(
-                                         CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
-                                         WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
-                                      WHERE d ->> 'flag' = a.flag AND d ->> 'assigned' = '1')
-                             -- a schema-1 evaluation row (copied from SQLite) lists what it stored
-                             OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(
-                                         CASE jsonb_typeof(l.detail::jsonb -> 'assigned')
-                                         WHEN 'array' THEN l.detail::jsonb -> 'assigned' END) s
-                                         WHERE s = a.flag)))
-                 LIMIT 1",
+                // Every (flag, context, time) a record says it stored, parsed once per record
+                // and set-subtracted: as NOT EXISTS the planner looked each assignment up in
+                // turn, 7 minutes for 100,000.
+                "WITH stored AS (
+                     SELECT d ->> 'flag' AS flag, l.context_key, l.ts FROM audit_log l
+                      CROSS JOIN LATERAL jsonb_array_elements(
+                            CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
+                            WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
+                      WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1'
+                     UNION ALL
+                     -- a schema-1 evaluation row (copied from SQLite) lists what it stored
+                     SELECT s, l.context_key, l.ts FROM audit_log l
+                      CROSS JOIN LATERAL jsonb_array_elements_text(
+                            CASE jsonb_typeof(l.detail::jsonb -> 'assigned')
+                            WHEN 'array' THEN l.detail::jsonb -> 'assigned' END) s
+                      WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL)
+                 SELECT flag, context_key FROM (
+                     SELECT flag, context_key, assigned_at FROM assignments
+                     EXCEPT
+                     SELECT flag, context_key, ts FROM stored) unaudited
+                  LIMIT 1",
                 &[],
             )?
             .map(|row| (row.get(0), row.get(1))))
