@@ -84,6 +84,29 @@ pub(super) fn scan_sql<'a>(
     (sql, params)
 }
 
+/// The SQL listing a flag's ranges after a cursor (parameters: flag, cursor bound, limit), with
+/// `placeholder(n)` for the n-th parameter: ascending, the ranges ending past the cursor;
+/// descending, those starting before it; in order of `last_id`.
+pub(super) fn flag_ranges_sql(ascending: bool, placeholder: impl Fn(usize) -> String) -> String {
+    let (condition, order) = if ascending {
+        ("last_id >", "")
+    } else {
+        ("first_id <", " DESC")
+    };
+    format!(
+        "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = {} AND {condition} {} \
+         ORDER BY last_id{order} LIMIT {}",
+        placeholder(1),
+        placeholder(2),
+        placeholder(3)
+    )
+}
+
+/// The cursor bound [`flag_ranges_sql`] is given: no cursor reads from the start.
+pub(super) fn flag_ranges_bound(ascending: bool, cursor: Option<i64>) -> i64 {
+    cursor.unwrap_or(if ascending { i64::MIN } else { i64::MAX })
+}
+
 /// The rows of one scope under a query, read a page at a time.
 pub(super) struct Pages<'q> {
     scan: Scan<'q>,

@@ -459,15 +459,9 @@ impl Backend for Sqlite {
         cursor: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, i64)>> {
-        let sql = if ascending {
-            "SELECT first_id, last_id FROM audit_flag_ranges \
-             WHERE flag = ?1 AND last_id > ?2 ORDER BY last_id LIMIT ?3"
-        } else {
-            "SELECT first_id, last_id FROM audit_flag_ranges \
-             WHERE flag = ?1 AND first_id < ?2 ORDER BY last_id DESC LIMIT ?3"
-        };
-        let bound = cursor.unwrap_or(if ascending { i64::MIN } else { i64::MAX });
-        let mut statement = self.conn.prepare_cached(sql)?;
+        let sql = super::query::flag_ranges_sql(ascending, |n| format!("?{n}"));
+        let bound = super::query::flag_ranges_bound(ascending, cursor);
+        let mut statement = self.conn.prepare_cached(&sql)?;
         let ranges = statement.query_map((flag, bound, limit as i64), |row| {
             Ok((row.get(0)?, row.get(1)?))
         })?;
