@@ -178,6 +178,15 @@ pub enum Error {
         source: postgres::Error,
     },
 
+    #[error("a token named {name:?} exists already (names are never reused; pick another)")]
+    TokenExists { name: String },
+
+    #[error("no active token named {name:?} (see `flagstore token list`)")]
+    UnknownToken { name: String },
+
+    #[error("cannot serve on {address}: {source}")]
+    Listen { address: String, source: io::Error },
+
     #[error("{url}: not a PostgreSQL URL: {why}")]
     BadUrl { url: String, why: String },
 

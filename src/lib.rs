@@ -16,7 +16,9 @@ pub mod file;
 pub mod flag;
 pub mod output;
 pub mod record;
+pub mod serve;
 pub mod store;
+pub mod token;
 
 pub use error::{Error, Result};
 pub use eval::{Decision, Evaluation, Source, bucket};

@@ -53,12 +53,12 @@ CREATE TABLE audit_log (
     actor       TEXT NOT NULL,
     action      TEXT CHECK ((kind = 'change') = (action IS NOT NULL)),
     -- NULL only on a decision record, whose decisions name their flags.
-    flag        TEXT CHECK (flag IS NOT NULL OR kind = 'evaluation'),
+    flag        TEXT CONSTRAINT audit_log_flag_check CHECK (flag IS NOT NULL OR kind = 'evaluation'),
     context_key TEXT,
     result      INTEGER CHECK (result IN (0, 1)),
     source      TEXT CHECK (source IN ('sticky', 'rollout', 'disabled', 'dependency', 'unknown',
                                        'cycle')),
-    reason      TEXT CHECK (reason IS NOT NULL OR flag IS NULL),
+    reason      TEXT CONSTRAINT audit_log_reason_check CHECK (reason IS NOT NULL OR flag IS NULL),
     detail      TEXT NOT NULL DEFAULT '{}',
     prev_hash   TEXT NOT NULL CHECK (length(prev_hash) = 64),
     hash        TEXT NOT NULL CHECK (length(hash) = 64)

@@ -17,6 +17,8 @@ mod history;
 mod import;
 mod init;
 mod run;
+mod serve;
+mod token;
 
 use std::ffi::OsString;
 use std::io::{self, BufWriter, Write};
@@ -108,6 +110,11 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Copy a whole store into a new one, between SQLite and PostgreSQL either way.
     Copy(copy::CopyArgs),
+    /// Serve evaluations over HTTP with the OpenFeature remote evaluation protocol (OFREP).
+    Serve(serve::ServeArgs),
+    /// Create, list and revoke the API tokens `serve` accepts.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Measure throughput and latency on a temporary database (not --db).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -158,8 +165,13 @@ impl Globals {
         local: &DbOption,
         work: impl FnOnce(&mut Store) -> Result<T>,
     ) -> Result<T> {
-        let mut store = Store::open_existing(&self.database(local))?;
+        let mut store = self.open_existing(local)?;
         work(&mut store).map_err(|e| e.at_database(store.path()))
+    }
+
+    /// The store of a command that reads or evaluates, which must exist.
+    fn open_existing(&self, local: &DbOption) -> Result<Store> {
+        Store::open_existing(&self.database(local))
     }
 
     /// Who writes: `--actor`, else $FLAGSTORE_ACTOR, else the OS user.
@@ -202,6 +214,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Check(args) => check::run(&globals, &mut out, &args),
         Command::Backup(args) => backup::run(&globals, &mut out, &args),
         Command::Copy(args) => copy::run(&globals, &mut out, &args),
+        Command::Serve(args) => serve::run(&globals, &mut out, &args),
+        Command::Token(command) => token::run(&globals, &mut out, command),
         Command::Bench(command) => bench::run(&mut out, &command),
         Command::Completions(args) => completions::run(&mut out, &args),
     }?;

@@ -98,6 +98,9 @@ impl Store {
             audit_rows += page.len() as u64;
             head = page.last().map(|row| row.hash.clone());
         }
+        for token in source.list_tokens()? {
+            target.insert_token(&token)?;
+        }
         for (flag, first_id, last_id) in source.all_flag_ranges()? {
             target.insert_flag_ranges(&[&flag], first_id, last_id)?;
         }

@@ -51,7 +51,7 @@ pub fn keys_per_transaction(flags: usize) -> usize {
 /// The newest schema version, the same row shape on both backends. A constant, because
 /// building refinery's runner parses every migration's name with a regex: most of a short
 /// process's start-up. Tests keep it equal to each backend's embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 2;
+const LATEST_SCHEMA_VERSION: i64 = 3;
 
 /// Where a store lives: `--db` or `$FLAGSTORE_DB`, a `postgres://` or `postgresql://` URL, or
 /// else the path of an SQLite file.
@@ -98,6 +98,14 @@ impl Selection {
     }
 }
 
+/// One evaluation request of many answered together ([`Store::evaluate_requests`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub selection: &'a Selection,
+    pub context: &'a str,
+    pub actor: &'a str,
+}
+
 /// What a batch evaluation did, for throughput and latency reports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BatchReport {
@@ -124,6 +132,15 @@ pub struct AssignmentRow {
     pub bucket: u8,
     pub rollout_pct: f64,
     pub assigned_at: String,
+}
+
+/// An API token of `flagstore serve`, as stored: only the SHA-256 of its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub name: String,
+    pub sha256: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
 }
 
 /// An assignment about to be stored, borrowed from a decision or from a row being copied.
@@ -196,7 +213,7 @@ struct Scan<'a> {
 /// What a storage engine does, one step at a time. Every method but `begin_*` runs inside a
 /// transaction the caller began. Implementations keep their own connection state; methods take
 /// `&self` so a [`Transaction`] guard can hold the backend while steps run.
-trait Backend {
+trait Backend: Send {
     /// The database as messages name it: a path, or a URL without its password.
     fn name(&self) -> &str;
 
@@ -264,6 +281,14 @@ trait Backend {
     fn unaudited_assignment(&self) -> Result<Option<(String, String)>>;
     fn assignment_count(&self) -> Result<i64>;
 
+    /// Every API token, active and revoked, by name.
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    fn insert_token(&self, token: &TokenRecord) -> Result<()>;
+    /// Marks an active token revoked; false when there is no active token of that name.
+    fn revoke_token(&self, name: &str, ts: &str) -> Result<bool>;
+    /// The name of the active token whose text has this SHA-256.
+    fn find_token(&self, sha256: &str) -> Result<Option<String>>;
+
     /// Writes a copy of the whole store as one SQLite file, from one snapshot; `None` when the
     /// backend has no such copy of its own (the caller copies row by row instead).
     fn backup_to(&self, destination: &Path) -> Option<Result<()>>;
@@ -301,7 +326,7 @@ impl Drop for Transaction<'_> {
 
 pub struct Store {
     backend: Box<dyn Backend>,
-    clock: Box<dyn Fn() -> DateTime<Utc>>,
+    clock: Box<dyn Fn() -> DateTime<Utc> + Send>,
     lock_wait: Duration,
 }
 
@@ -504,6 +529,49 @@ impl Store {
         }
     }
 
+    /// Evaluates many requests, each for one context and by its own actor, in one transaction:
+    /// the group commit of `flagstore serve`, where one writer answers many connections with
+    /// one fsync. Requests with the same selection and actor are evaluated together, a key
+    /// repeated among them seeing what an earlier one stored. A request naming a single flag
+    /// that does not exist is not evaluated (`None`): there is no decision to record. Returns
+    /// the flags as they were in the transaction, too.
+    pub fn evaluate_requests(
+        &mut self,
+        requests: &[Request],
+    ) -> Result<(FlagSet, Vec<Option<Vec<Evaluation>>>)> {
+        let tx = self.write_transaction()?;
+        let ts = self.now();
+        let flags = tx.load_flags()?;
+        let mut results: Vec<Option<Vec<Evaluation>>> = vec![None; requests.len()];
+        let mut groups: Vec<(&Selection, &str, Vec<usize>)> = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            if let Selection::Flags(names) = request.selection
+                && names.iter().any(|name| !flags.contains(name))
+            {
+                continue;
+            }
+            match groups.iter_mut().find(|(selection, actor, _)| {
+                *selection == request.selection && *actor == request.actor
+            }) {
+                Some((_, _, members)) => members.push(index),
+                None => groups.push((request.selection, request.actor, vec![index])),
+            }
+        }
+        for (selection, actor, members) in groups {
+            let keys: Vec<String> = members
+                .iter()
+                .map(|&i| requests[i].context.to_string())
+                .collect();
+            let evaluated =
+                EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &keys, actor, &ts)?;
+            for (index, evaluations) in members.into_iter().zip(evaluated) {
+                results[index] = Some(evaluations);
+            }
+        }
+        tx.commit()?;
+        Ok((flags, results))
+    }
+
     /// Stored assignments, optionally for one flag and/or one context, ordered by flag then
     /// context key.
     pub fn assignments(
@@ -579,6 +647,51 @@ impl Store {
         Ok((flags, stored))
     }
 
+    /// Stores a new API token (only its SHA-256) under `name`, audited as a change by `actor`.
+    /// A name in use, even by a revoked token, is refused: the audit log names tokens, so a
+    /// name must mean one token forever.
+    pub fn create_token(&mut self, name: &str, sha256: &str, actor: &str) -> Result<()> {
+        crate::flag::validate_name(name)?;
+        let tx = self.write_transaction()?;
+        if tx.list_tokens()?.iter().any(|t| t.name == name) {
+            return Err(Error::TokenExists {
+                name: name.to_string(),
+            });
+        }
+        let ts = self.now();
+        tx.insert_token(&TokenRecord {
+            name: name.to_string(),
+            sha256: sha256.to_string(),
+            created_at: ts.clone(),
+            revoked_at: None,
+        })?;
+        append_token_change(&tx, "token_create", name, actor, &ts)?;
+        tx.commit()
+    }
+
+    /// Revokes the active token `name`, audited as a change by `actor`.
+    pub fn revoke_token(&mut self, name: &str, actor: &str) -> Result<()> {
+        let tx = self.write_transaction()?;
+        let ts = self.now();
+        if !tx.revoke_token(name, &ts)? {
+            return Err(Error::UnknownToken {
+                name: name.to_string(),
+            });
+        }
+        append_token_change(&tx, "token_revoke", name, actor, &ts)?;
+        tx.commit()
+    }
+
+    /// Every API token, active and revoked, by name.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.backend.list_tokens()
+    }
+
+    /// The name of the active token whose text has the SHA-256 `sha256`.
+    pub fn token_name(&self, sha256: &str) -> Result<Option<String>> {
+        self.backend.find_token(sha256)
+    }
+
     /// Number of rows in the audit log.
     pub fn audit_len(&self) -> Result<i64> {
         self.backend.audit_len()
@@ -610,7 +723,7 @@ impl Store {
     }
 
     /// Replaces the clock that timestamps rows (tests use it to turn time back).
-    pub fn set_clock(&mut self, clock: impl Fn() -> DateTime<Utc> + 'static) {
+    pub fn set_clock(&mut self, clock: impl Fn() -> DateTime<Utc> + Send + 'static) {
         self.clock = Box::new(clock);
     }
 
@@ -813,6 +926,37 @@ impl<'a> EvaluationPlan<'a> {
         tx.insert_flag_ranges(&flags, first_id, first_id + keys.len() as i64 - 1)?;
         Ok(results)
     }
+}
+
+/// The change row of a token created or revoked: it names the token, never its text.
+fn append_token_change(
+    tx: &Transaction,
+    action: &str,
+    name: &str,
+    actor: &str,
+    ts: &str,
+) -> Result<()> {
+    let done = if action == "token_create" {
+        "created"
+    } else {
+        "revoked"
+    };
+    append_audit(
+        tx,
+        &[Entry {
+            ts,
+            kind: "change",
+            actor,
+            action: Some(action),
+            flag: None,
+            context_key: None,
+            result: None,
+            source: None,
+            reason: Some(&format!("token {name:?} {done}")),
+            detail: &json!({ "token": name }).to_string(),
+        }],
+    )
+    .map(|_| ())
 }
 
 /// Appends rows to the audit log, extending its hash chain from the last row, and returns the

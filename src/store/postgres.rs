@@ -17,7 +17,7 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
 use super::sqlite::SchemaState;
-use super::{AssignmentRef, AssignmentRow, Backend, ChainedEntry, Scan};
+use super::{AssignmentRef, AssignmentRow, Backend, ChainedEntry, Scan, TokenRecord};
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
 use crate::eval::StoredAssignment;
@@ -576,6 +576,53 @@ impl Backend for Postgres {
             .query("SELECT count(*) FROM assignments", &[])?
             .first()
             .map_or(0, |row| row.get(0)))
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        Ok(self
+            .query(
+                "SELECT name, token_sha256, created_at, revoked_at FROM api_tokens \
+                 ORDER BY name COLLATE \"C\"",
+                &[],
+            )?
+            .iter()
+            .map(|row| TokenRecord {
+                name: row.get(0),
+                sha256: row.get(1),
+                created_at: row.get(2),
+                revoked_at: row.get(3),
+            })
+            .collect())
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<()> {
+        self.execute(
+            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4)",
+            &[
+                &token.name,
+                &token.sha256,
+                &token.created_at,
+                &token.revoked_at,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn revoke_token(&self, name: &str, ts: &str) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
+            &[&name, &ts],
+        )? == 1)
+    }
+
+    fn find_token(&self, sha256: &str) -> Result<Option<String>> {
+        Ok(self
+            .query_opt(
+                "SELECT name FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+                &[&sha256],
+            )?
+            .map(|row| row.get(0)))
     }
 
     fn backup_to(&self, _destination: &Path) -> Option<Result<()>> {

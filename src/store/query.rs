@@ -279,8 +279,9 @@ fn scan_flag<E: From<Error>>(
 /// What a stored row shows a reviewer: itself, or for a decision record each requested
 /// decision (only `flag`'s, when the query names one).
 fn expand(row: AuditRow, flag: Option<&str>) -> Result<Vec<AuditRow>> {
-    if let Some(own) = &row.flag {
-        let shown = flag.is_none_or(|f| f == own);
+    // A change (a token's names no flag) or a schema-1 evaluation: the row itself.
+    if row.kind == "change" || row.flag.is_some() {
+        let shown = flag.is_none_or(|f| row.flag.as_deref() == Some(f));
         return Ok(if shown { vec![row] } else { Vec::new() });
     }
     let decisions = record::decode(&row.detail).map_err(|why| Error::UnreadableAuditRow {

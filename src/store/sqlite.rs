@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, TransactionBehavior};
 
-use super::{AssignmentRef, AssignmentRow, Backend, ChainedEntry, LATEST_SCHEMA_VERSION, Scan};
+use super::{
+    AssignmentRef, AssignmentRow, Backend, ChainedEntry, LATEST_SCHEMA_VERSION, Scan, TokenRecord,
+};
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
 use crate::eval::StoredAssignment;
@@ -564,6 +566,52 @@ impl Backend for Sqlite {
         Ok(self
             .conn
             .query_row("SELECT count(*) FROM assignments", [], |row| row.get(0))?)
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT name, token_sha256, created_at, revoked_at FROM api_tokens ORDER BY name",
+        )?;
+        let tokens = statement.query_map([], |row| {
+            Ok(TokenRecord {
+                name: row.get(0)?,
+                sha256: row.get(1)?,
+                created_at: row.get(2)?,
+                revoked_at: row.get(3)?,
+            })
+        })?;
+        Ok(tokens.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<()> {
+        self.execute(
+            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+            (
+                &token.name,
+                &token.sha256,
+                &token.created_at,
+                &token.revoked_at,
+            ),
+        )
+        .map(|_| ())
+    }
+
+    fn revoke_token(&self, name: &str, ts: &str) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            (name, ts),
+        )? == 1)
+    }
+
+    fn find_token(&self, sha256: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT name FROM api_tokens WHERE token_sha256 = ?1 AND revoked_at IS NULL",
+            )?
+            .query_row([sha256], |row| row.get(0))
+            .optional()?)
     }
 
     /// SQLite's online backup API: every page in one step, so from one read snapshot while

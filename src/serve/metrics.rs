@@ -1,0 +1,141 @@
+//! `GET /metrics`: Prometheus text for responses, evaluations and commit latency.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the commit latency buckets, in seconds.
+const COMMIT_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+];
+
+#[derive(Default)]
+pub(super) struct Metrics {
+    responses: Mutex<BTreeMap<u16, u64>>,
+    evaluations: AtomicU64,
+    commits: Mutex<Commits>,
+}
+
+#[derive(Default)]
+struct Commits {
+    /// Commits at or under each bound of [`COMMIT_BUCKETS`] (not cumulative here).
+    in_bucket: [u64; COMMIT_BUCKETS.len()],
+    count: u64,
+    seconds: f64,
+    requests: u64,
+}
+
+impl Metrics {
+    pub(super) fn count_response(&self, status: u16) {
+        if let Ok(mut responses) = self.responses.lock() {
+            *responses.entry(status).or_default() += 1;
+        }
+    }
+
+    pub(super) fn count_evaluations(&self, decisions: usize) {
+        self.evaluations
+            .fetch_add(decisions as u64, Ordering::Relaxed);
+    }
+
+    /// One group commit of `requests` requests that took `elapsed`.
+    pub(super) fn record_commit(&self, elapsed: Duration, requests: usize) {
+        let seconds = elapsed.as_secs_f64();
+        if let Ok(mut commits) = self.commits.lock() {
+            if let Some(bucket) = COMMIT_BUCKETS.iter().position(|&bound| seconds <= bound) {
+                commits.in_bucket[bucket] += 1;
+            }
+            commits.count += 1;
+            commits.seconds += seconds;
+            commits.requests += requests as u64;
+        }
+    }
+
+    /// The Prometheus text exposition of everything counted so far.
+    pub(super) fn render(&self) -> String {
+        let mut text = String::new();
+        text.push_str(
+            "# HELP flagstore_http_responses_total HTTP responses sent, by status code.\n\
+             # TYPE flagstore_http_responses_total counter\n",
+        );
+        if let Ok(responses) = self.responses.lock() {
+            for (code, count) in responses.iter() {
+                let _ = writeln!(
+                    text,
+                    "flagstore_http_responses_total{{code=\"{code}\"}} {count}"
+                );
+            }
+        }
+        let _ = write!(
+            text,
+            "# HELP flagstore_evaluations_total Flag decisions returned and recorded.\n\
+             # TYPE flagstore_evaluations_total counter\n\
+             flagstore_evaluations_total {}\n",
+            self.evaluations.load(Ordering::Relaxed)
+        );
+        if let Ok(commits) = self.commits.lock() {
+            text.push_str(
+                "# HELP flagstore_commit_seconds Time of one group commit: the write \
+                 transaction answering every request queued when it began.\n\
+                 # TYPE flagstore_commit_seconds histogram\n",
+            );
+            let mut cumulative = 0;
+            for (bound, count) in COMMIT_BUCKETS.iter().zip(commits.in_bucket) {
+                cumulative += count;
+                let _ = writeln!(
+                    text,
+                    "flagstore_commit_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = write!(
+                text,
+                "flagstore_commit_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+                 flagstore_commit_seconds_sum {seconds}\n\
+                 flagstore_commit_seconds_count {count}\n\
+                 # HELP flagstore_commit_requests_total Requests answered by group commits.\n\
+                 # TYPE flagstore_commit_requests_total counter\n\
+                 flagstore_commit_requests_total {requests}\n",
+                count = commits.count,
+                seconds = commits.seconds,
+                requests = commits.requests,
+            );
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_counts_add_up() {
+        let metrics = Metrics::default();
+        metrics.record_commit(Duration::from_micros(300), 4);
+        metrics.record_commit(Duration::from_millis(3), 1);
+        metrics.record_commit(Duration::from_secs(2), 2);
+        metrics.count_response(200);
+        metrics.count_response(200);
+        metrics.count_response(401);
+        metrics.count_evaluations(5);
+        let text = metrics.render();
+        for line in [
+            "flagstore_http_responses_total{code=\"200\"} 2",
+            "flagstore_http_responses_total{code=\"401\"} 1",
+            "flagstore_evaluations_total 5",
+            "flagstore_commit_seconds_bucket{le=\"0.0005\"} 1",
+            "flagstore_commit_seconds_bucket{le=\"0.002\"} 1",
+            "flagstore_commit_seconds_bucket{le=\"0.005\"} 2",
+            "flagstore_commit_seconds_bucket{le=\"1\"} 2",
+            "flagstore_commit_seconds_bucket{le=\"+Inf\"} 3",
+            "flagstore_commit_seconds_count 3",
+            "flagstore_commit_requests_total 7",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+}

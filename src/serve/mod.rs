@@ -1,0 +1,282 @@
+//! `flagstore serve`: flag evaluations over HTTP with the OpenFeature remote evaluation
+//! protocol (OFREP), recorded exactly as the CLI records them.
+//!
+//! One writer thread owns the store. HTTP handlers (on tokio) queue their requests to it and
+//! wait; it takes every request queued at that moment, evaluates them in one transaction
+//! ([`Store::evaluate_requests`]) and answers each only after the commit. So every decision is
+//! durable before its response is sent, and many concurrent requests share one fsync (group
+//! commit).
+
+mod metrics;
+mod ofrep;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::eval::Evaluation;
+use crate::flag::FlagSet;
+use crate::store::{Request, Selection, Store};
+use metrics::Metrics;
+
+/// Requests evaluated in one transaction at most: enough to amortise a commit over many
+/// connections, few enough that the first of them is not kept waiting long.
+const MAX_GROUP: usize = 512;
+
+/// Requests waiting for the writer before handlers wait to queue (backpressure).
+const QUEUE: usize = 4_096;
+
+/// How long a token revocation may take to reach a running server.
+const TOKEN_REFRESH: Duration = Duration::from_secs(1);
+
+/// The actor of evaluations made without authentication (`--no-auth`).
+pub const ANONYMOUS_ACTOR: &str = "serve (no auth)";
+
+/// How the server is started.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// Accept requests without a token. Only on a loopback address.
+    pub no_auth: bool,
+}
+
+/// What a handler asks the writer.
+enum Job {
+    Evaluate {
+        selection: Selection,
+        context: String,
+        /// SHA-256 of the presented token; `None` under `--no-auth`.
+        token_sha256: Option<String>,
+        reply: oneshot::Sender<Answer>,
+    },
+    Health {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The writer's answer to one evaluation request.
+enum Answer {
+    Evaluated {
+        flags: Arc<FlagSet>,
+        evaluations: Vec<Evaluation>,
+    },
+    FlagNotFound,
+    Unauthorized,
+    Failed(String),
+}
+
+/// State shared by the handlers.
+struct Shared {
+    jobs: mpsc::Sender<Job>,
+    metrics: Metrics,
+    no_auth: bool,
+}
+
+/// Runs the server on `store` until SIGTERM or SIGINT: then it stops accepting connections,
+/// answers the requests in flight, commits, and returns. `ready` is told the bound address
+/// (useful with port 0) before the first request is accepted.
+pub fn serve(store: Store, config: &ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    if config.no_auth && !config.listen.ip().is_loopback() {
+        return Err(Error::Usage {
+            message: format!(
+                "--no-auth serves only a loopback address (127.0.0.1 or ::1), not {}",
+                config.listen.ip()
+            ),
+        });
+    }
+    if !config.no_auth && !store.tokens()?.iter().any(|t| t.revoked_at.is_none()) {
+        return Err(Error::Usage {
+            message: "no active API token: create one with `flagstore token create NAME` \
+                      (or serve --no-auth on a loopback address)"
+                .to_string(),
+        });
+    }
+    let listener = std::net::TcpListener::bind(config.listen).map_err(|source| Error::Listen {
+        address: config.listen.to_string(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| Error::Listen {
+            address: config.listen.to_string(),
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| Error::Listen {
+        address: config.listen.to_string(),
+        source,
+    })?;
+
+    let (jobs, queue) = mpsc::channel(QUEUE);
+    let shared = Arc::new(Shared {
+        jobs,
+        metrics: Metrics::default(),
+        no_auth: config.no_auth,
+    });
+    let writer = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("flagstore-writer".to_string())
+            .spawn(move || write_loop(store, queue, &shared.metrics, shared.no_auth))
+            .map_err(|e| Error::Usage {
+                message: format!("cannot start the writer thread: {e}"),
+            })?
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage {
+            message: format!("cannot start the HTTP runtime: {e}"),
+        })?;
+    let served = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        ready(address);
+        axum::serve(listener, ofrep::router(shared))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    // The router, and with it the last sender, is gone: the writer answers what is queued and
+    // returns.
+    drop(runtime);
+    let written = writer.join().map_err(|_| Error::Usage {
+        message: "the writer thread panicked".to_string(),
+    })?;
+    served.map_err(|source| Error::Listen {
+        address: address.to_string(),
+        source,
+    })?;
+    written
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        // Without a handler the default action (exit) stands, which is still a stop.
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}
+
+/// The writer: takes every job queued, evaluates them in one transaction, answers each after
+/// the commit. Returns when every handler is gone and the queue is empty.
+fn write_loop(
+    mut store: Store,
+    mut queue: mpsc::Receiver<Job>,
+    metrics: &Metrics,
+    no_auth: bool,
+) -> Result<()> {
+    let mut tokens = Tokens::default();
+    while let Some(first) = queue.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut pending = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Health { reply } => {
+                    let _ = reply.send(store.flags().map(|_| ()).map_err(|e| e.to_string()));
+                }
+                Job::Evaluate {
+                    selection,
+                    context,
+                    token_sha256,
+                    reply,
+                } => {
+                    let actor = match (&token_sha256, no_auth) {
+                        (_, true) => Some(ANONYMOUS_ACTOR.to_string()),
+                        (Some(sha), false) => tokens.name(&store, sha),
+                        (None, false) => None,
+                    };
+                    match actor {
+                        Some(actor) => pending.push((selection, context, actor, reply)),
+                        None => {
+                            let _ = reply.send(Answer::Unauthorized);
+                        }
+                    }
+                }
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let requests: Vec<Request> = pending
+            .iter()
+            .map(|(selection, context, actor, _)| Request {
+                selection,
+                context,
+                actor,
+            })
+            .collect();
+        let started = Instant::now();
+        let outcome = store.evaluate_requests(&requests);
+        metrics.record_commit(started.elapsed(), pending.len());
+        match outcome {
+            Ok((flags, results)) => {
+                let flags = Arc::new(flags);
+                for ((_, _, _, reply), result) in pending.into_iter().zip(results) {
+                    let answer = match result {
+                        Some(evaluations) => {
+                            metrics.count_evaluations(evaluations.len());
+                            Answer::Evaluated {
+                                flags: Arc::clone(&flags),
+                                evaluations,
+                            }
+                        }
+                        None => Answer::FlagNotFound,
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for (_, _, _, reply) in pending {
+                    let _ = reply.send(Answer::Failed(message.clone()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Active tokens by SHA-256, re-read from the store at most every [`TOKEN_REFRESH`], so a
+/// revocation reaches a running server within it.
+#[derive(Default)]
+struct Tokens {
+    by_sha256: HashMap<String, String>,
+    read_at: Option<Instant>,
+}
+
+impl Tokens {
+    fn name(&mut self, store: &Store, sha256: &str) -> Option<String> {
+        if self.read_at.is_none_or(|at| at.elapsed() >= TOKEN_REFRESH) {
+            // A failed read keeps the last list: the evaluation's own transaction reports a
+            // store that is down.
+            if let Ok(tokens) = store.tokens() {
+                self.by_sha256 = tokens
+                    .into_iter()
+                    .filter(|t| t.revoked_at.is_none())
+                    .map(|t| (t.sha256, t.name))
+                    .collect();
+                self.read_at = Some(Instant::now());
+            }
+        }
+        self.by_sha256.get(sha256).cloned()
+    }
+}

@@ -1,0 +1,338 @@
+//! The HTTP routes: OFREP's single and bulk evaluation, health and metrics.
+//!
+//! Reasons, from flagstore's source of a decision to OpenFeature's reason codes: `rollout`
+//! (hashed into the rollout now) and `sticky` (the stored first decision) are SPLIT,
+//! `disabled` is DISABLED, `dependency` (a required flag is off) is TARGETING_MATCH, anything
+//! else UNKNOWN. `metadata` carries flagstore's own `source` and reason text.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::{Answer, Job, Shared};
+use crate::eval::{Evaluation, Source};
+use crate::flag::FlagSet;
+use crate::store::Selection;
+use crate::token;
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_flag))
+        .route("/ofrep/v1/evaluate/flags", post(evaluate_all))
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            count_response,
+        ))
+        .with_state(shared)
+}
+
+async fn count_response(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    shared.metrics.count_response(response.status().as_u16());
+    response
+}
+
+fn ofrep_reason(source: Source) -> &'static str {
+    match source {
+        Source::Rollout | Source::Sticky => "SPLIT",
+        Source::Disabled => "DISABLED",
+        Source::Dependency => "TARGETING_MATCH",
+        Source::Unknown | Source::Cycle => "UNKNOWN",
+    }
+}
+
+fn decision_json(evaluation: &Evaluation) -> Value {
+    let decision = &evaluation.decision;
+    json!({
+        "key": evaluation.flag,
+        "value": decision.enabled,
+        "variant": if decision.enabled { "on" } else { "off" },
+        "reason": ofrep_reason(decision.source),
+        "metadata": {
+            "source": decision.source.as_str(),
+            "reason": decision.reason,
+        },
+    })
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// An OFREP error body; `key` is left out for the bulk endpoint, as the spec shapes it.
+fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Response {
+    let mut body = json!({ "errorCode": code, "errorDetails": details });
+    if let Some(key) = key {
+        body["key"] = json!(key);
+    }
+    json_response(status, &body)
+}
+
+fn unauthorized(details: &str) -> Response {
+    let mut response = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({ "errorDetails": details }),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The token presented as `Authorization: Bearer TOKEN` or `X-API-Key: TOKEN`.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    bearer
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|value| value.to_str().ok())
+        })
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// The context key of a request body: `context.targetingKey`, or the OFREP error code and
+/// details that refuse it.
+fn targeting_key(body: &[u8]) -> Result<String, (&'static str, String)> {
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| ("PARSE_ERROR", format!("the body is not JSON: {e}")))?;
+    match request
+        .get("context")
+        .and_then(|context| context.get("targetingKey"))
+    {
+        None | Some(Value::Null) => Err((
+            "TARGETING_KEY_MISSING",
+            "context.targetingKey is required: it is the context key decisions stick to"
+                .to_string(),
+        )),
+        Some(Value::String(key)) if key.contains('\0') => Err((
+            "INVALID_CONTEXT",
+            "context.targetingKey contains a NUL character".to_string(),
+        )),
+        Some(Value::String(key)) => Ok(key.clone()),
+        Some(other) => Err((
+            "INVALID_CONTEXT",
+            format!("context.targetingKey must be a string, not {other}"),
+        )),
+    }
+}
+
+/// Authenticates, queues the request to the writer and waits for its committed answer.
+async fn ask(
+    shared: &Shared,
+    headers: &HeaderMap,
+    selection: Selection,
+    context: String,
+) -> Result<Answer, Response> {
+    let token_sha256 = match (shared.no_auth, presented_token(headers)) {
+        (true, _) => None,
+        (false, Some(token)) => Some(token::sha256_hex(token)),
+        (false, None) => {
+            return Err(unauthorized(
+                "a token is required: Authorization: Bearer TOKEN or X-API-Key: TOKEN",
+            ));
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = Job::Evaluate {
+        selection,
+        context,
+        token_sha256,
+        reply,
+    };
+    if shared.jobs.send(job).await.is_err() {
+        return Ok(Answer::Failed("the server is stopping".to_string()));
+    }
+    Ok(answer
+        .await
+        .unwrap_or_else(|_| Answer::Failed("the writer stopped".to_string())))
+}
+
+async fn evaluate_flag(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let context = match targeting_key(&body) {
+        Ok(context) => context,
+        Err((code, details)) => return error(StatusCode::BAD_REQUEST, Some(&key), code, &details),
+    };
+    let selection = Selection::Flags(vec![key.clone()]);
+    match ask(&shared, &headers, selection, context).await {
+        Err(response) => response,
+        Ok(Answer::Evaluated { evaluations, .. }) => match evaluations.first() {
+            Some(evaluation) => json_response(StatusCode::OK, &decision_json(evaluation)),
+            None => internal("no decision was made"),
+        },
+        Ok(Answer::FlagNotFound) => error(
+            StatusCode::NOT_FOUND,
+            Some(&key),
+            "FLAG_NOT_FOUND",
+            &format!("flag {key:?} does not exist"),
+        ),
+        Ok(Answer::Unauthorized) => unauthorized("the token is not an active flagstore token"),
+        Ok(Answer::Failed(message)) => internal(&message),
+    }
+}
+
+async fn evaluate_all(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let context = match targeting_key(&body) {
+        Ok(context) => context,
+        Err((code, details)) => return error(StatusCode::BAD_REQUEST, None, code, &details),
+    };
+    match ask(&shared, &headers, Selection::All, context.clone()).await {
+        Err(response) => response,
+        Ok(Answer::Evaluated { flags, evaluations }) => {
+            let body =
+                json!({ "flags": evaluations.iter().map(decision_json).collect::<Vec<_>>() });
+            let etag = etag(&flags, &context, &body);
+            if if_none_match(&headers, &etag) {
+                return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+            }
+            let mut response = json_response(StatusCode::OK, &body);
+            if let Ok(value) = HeaderValue::from_str(&etag) {
+                response.headers_mut().insert(header::ETAG, value);
+            }
+            response
+        }
+        Ok(Answer::FlagNotFound) => internal("no flags were selected"),
+        Ok(Answer::Unauthorized) => unauthorized("the token is not an active flagstore token"),
+        Ok(Answer::Failed(message)) => internal(&message),
+    }
+}
+
+/// A strong ETag over the flag definitions in force, the context key and the decisions: any
+/// change to one of them changes it.
+fn etag(flags: &FlagSet, context: &str, body: &Value) -> String {
+    let definitions: Vec<_> = flags.iter().collect();
+    let covered = json!({ "flags": definitions, "context": context, "decisions": body });
+    format!("\"{}\"", &token::sha256_hex(&covered.to_string())[..32])
+}
+
+/// Whether `If-None-Match` lists `etag` (weak or strong) or is `*`.
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|tag| tag.trim())
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+fn internal(details: &str) -> Response {
+    json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &json!({ "errorDetails": details }),
+    )
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let reachable = match shared.jobs.send(Job::Health { reply }).await {
+        Ok(()) => answer
+            .await
+            .unwrap_or_else(|_| Err("the writer stopped".to_string())),
+        Err(_) => Err("the server is stopping".to_string()),
+    };
+    match reachable {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(message) => (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_either_header_and_bearer_wins() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_token(&headers), None);
+        headers.insert("x-api-key", HeaderValue::from_static("fst_key"));
+        assert_eq!(presented_token(&headers), Some("fst_key"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer fst_bearer"),
+        );
+        assert_eq!(presented_token(&headers), Some("fst_bearer"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented_token(&headers), Some("fst_key"));
+    }
+
+    #[test]
+    fn the_targeting_key_is_required_and_must_be_text() {
+        assert_eq!(
+            targeting_key(br#"{"context": {"targetingKey": "t:1", "plan": "pro"}}"#),
+            Ok("t:1".to_string())
+        );
+        for (body, code) in [
+            (&b"not json"[..], "PARSE_ERROR"),
+            (b"", "PARSE_ERROR"),
+            (b"{}", "TARGETING_KEY_MISSING"),
+            (br#"{"context": {}}"#, "TARGETING_KEY_MISSING"),
+            (br#"{"context": {"targetingKey": 7}}"#, "INVALID_CONTEXT"),
+            (
+                br#"{"context": {"targetingKey": "a\u0000b"}}"#,
+                "INVALID_CONTEXT",
+            ),
+        ] {
+            assert_eq!(targeting_key(body).unwrap_err().0, code, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_takes_lists_weak_tags_and_star() {
+        let mut headers = HeaderMap::new();
+        assert!(!if_none_match(&headers, "\"a\""));
+        headers.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"b\", W/\"a\""),
+        );
+        assert!(if_none_match(&headers, "\"a\""));
+        assert!(!if_none_match(&headers, "\"c\""));
+        headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(if_none_match(&headers, "\"c\""));
+    }
+}

@@ -1,0 +1,44 @@
+//! API tokens of `flagstore serve`: random text shown once, stored only as its SHA-256.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// A token's text starts with this, so a leaked one is recognisable in logs and by secret
+/// scanners.
+pub const PREFIX: &str = "fst_";
+
+/// A new token: [`PREFIX`] and 32 random bytes from the operating system, in hex.
+pub fn generate() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Usage {
+        message: format!("no random bytes from the operating system for a token: {e}"),
+    })?;
+    Ok(format!("{PREFIX}{}", hex(&bytes)))
+}
+
+/// The SHA-256 of a token's text, in lowercase hex: what the store keeps and looks up.
+pub fn sha256_hex(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_hashed_as_sha256() {
+        let (a, b) = (generate().unwrap(), generate().unwrap());
+        assert_ne!(a, b);
+        assert!(a.starts_with(PREFIX) && a.len() == PREFIX.len() + 64, "{a}");
+        // Python: hashlib.sha256(b"fst_x").hexdigest()
+        assert_eq!(
+            sha256_hex("fst_x"),
+            "cf9e8eeb30e429cfd4503bdd1967880e192b79ac0cc810b5d9be1b1bad870022"
+        );
+    }
+}
