@@ -72,7 +72,7 @@ enum Answer {
 /// State shared by the handlers.
 struct Shared {
     jobs: mpsc::Sender<Job>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     no_auth: bool,
 }
 
@@ -111,16 +111,18 @@ pub fn serve(store: Store, config: &ServeConfig, ready: impl FnOnce(SocketAddr))
     })?;
 
     let (jobs, queue) = mpsc::channel(QUEUE);
+    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         jobs,
-        metrics: Metrics::default(),
+        metrics: Arc::clone(&metrics),
         no_auth: config.no_auth,
     });
+    // The writer holds no sender (so not `shared`): it stops once the handlers are gone.
     let writer = {
-        let shared = Arc::clone(&shared);
+        let no_auth = config.no_auth;
         std::thread::Builder::new()
             .name("flagstore-writer".to_string())
-            .spawn(move || write_loop(store, queue, &shared.metrics, shared.no_auth))
+            .spawn(move || write_loop(store, queue, &metrics, no_auth))
             .map_err(|e| Error::Usage {
                 message: format!("cannot start the writer thread: {e}"),
             })?

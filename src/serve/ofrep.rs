@@ -215,7 +215,7 @@ async fn evaluate_all(
         Ok(Answer::Evaluated { flags, evaluations }) => {
             let body =
                 json!({ "flags": evaluations.iter().map(decision_json).collect::<Vec<_>>() });
-            let etag = etag(&flags, &context, &body);
+            let etag = etag(&flags, &context, &evaluations);
             if if_none_match(&headers, &etag) {
                 return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
             }
@@ -231,11 +231,25 @@ async fn evaluate_all(
     }
 }
 
-/// A strong ETag over the flag definitions in force, the context key and the decisions: any
-/// change to one of them changes it.
-fn etag(flags: &FlagSet, context: &str, body: &Value) -> String {
+/// A strong ETag over the flag definitions in force, the context key and the decisions (each
+/// flag's value, variant and reason): any change to one of them changes it. The metadata is
+/// left out: a repeated request turns "rollout: bucket 20 < 50" into "sticky: on since ...",
+/// but the client's cached answer is as valid as it was.
+fn etag(flags: &FlagSet, context: &str, evaluations: &[Evaluation]) -> String {
     let definitions: Vec<_> = flags.iter().collect();
-    let covered = json!({ "flags": definitions, "context": context, "decisions": body });
+    let decisions: Vec<Value> = evaluations
+        .iter()
+        .map(|e| {
+            let decision = decision_json(e);
+            json!([
+                decision["key"],
+                decision["value"],
+                decision["variant"],
+                decision["reason"]
+            ])
+        })
+        .collect();
+    let covered = json!({ "flags": definitions, "context": context, "decisions": decisions });
     format!("\"{}\"", &token::sha256_hex(&covered.to_string())[..32])
 }
 

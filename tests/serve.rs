@@ -1,0 +1,486 @@
+//! `flagstore serve` over real HTTP on loopback: OFREP's shapes, auth, ETags, agreement with
+//! the CLI, concurrency, and stopping (SIGTERM drains; SIGKILL loses only unanswered requests).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, PIPELINE};
+use serde_json::{Value, json};
+
+/// A running `flagstore serve`, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(env: &Env, extra: &[&str]) -> Server {
+        let mut child = env
+            .std_cmd()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+struct Reply {
+    status: u16,
+    content_type: Option<String>,
+    etag: Option<String>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut request = agent().post(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.send(body).unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (content_type, etag) = (header("content-type"), header("etag"));
+    Reply {
+        status: response.status().as_u16(),
+        content_type,
+        etag,
+        body: response.body_mut().read_to_string().unwrap(),
+    }
+}
+
+fn context(key: &str) -> String {
+    json!({ "context": { "targetingKey": key, "plan": "pro" } }).to_string()
+}
+
+/// A store holding PIPELINE and a token named "worker"; returns the token.
+fn store_with_token(env: &Env) -> String {
+    env.import_json(PIPELINE);
+    env.ok(&["token", "create", "worker"]).trim().to_string()
+}
+
+fn one(server: &Server, flag: &str, token: &str, key: &str) -> Reply {
+    let bearer = format!("Bearer {token}");
+    post(
+        &format!("{}/ofrep/v1/evaluate/flags/{flag}", server.url),
+        &[("Authorization", &bearer)],
+        &context(key),
+    )
+}
+
+fn evaluations_recorded(env: &Env) -> i64 {
+    env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'")
+}
+
+fn single_evaluations_have_ofrep_shapes_and_are_recorded_under_the_token_name() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    let reply = one(&server, "enrich", &token, "tenant:acme");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.content_type.as_deref(), Some("application/json"));
+    // Python: int(hashlib.md5(b"enrich:tenant:acme").hexdigest(), 16) % 100 == 20, < 50.
+    assert_eq!(
+        reply.json(),
+        json!({"key": "enrich", "value": true, "variant": "on", "reason": "SPLIT",
+               "metadata": {"source": "rollout", "reason": "rollout: bucket 20 < 50"}})
+    );
+    let again = one(&server, "enrich", &token, "tenant:acme").json();
+    assert_eq!(again["metadata"]["source"], "sticky");
+    assert_eq!(again["value"], true);
+    let disabled = one(&server, "legacy", &token, "tenant:acme").json();
+    assert_eq!(
+        (
+            &disabled["value"],
+            &disabled["variant"],
+            &disabled["reason"]
+        ),
+        (&json!(false), &json!("off"), &json!("DISABLED"))
+    );
+    let audit = env.ok(&["audit", "--format", "jsonl", "--limit", "1"]);
+    let newest: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
+    assert_eq!(newest["actor"], "worker");
+    assert_eq!(newest["flag"], "legacy");
+    assert_eq!(evaluations_recorded(&env), 3);
+}
+
+fn bad_requests_get_ofrep_errors_and_record_nothing() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    let key = [("X-API-Key", token.as_str())];
+    let single = format!("{}/ofrep/v1/evaluate/flags/enrich", server.url);
+    let bulk = format!("{}/ofrep/v1/evaluate/flags", server.url);
+    for (url, body, code, with_key) in [
+        (&single, "not json", "PARSE_ERROR", true),
+        (&single, "{}", "TARGETING_KEY_MISSING", true),
+        (
+            &single,
+            r#"{"context": {"targetingKey": 5}}"#,
+            "INVALID_CONTEXT",
+            true,
+        ),
+        (&bulk, "{", "PARSE_ERROR", false),
+        (&bulk, r#"{"context": {}}"#, "TARGETING_KEY_MISSING", false),
+    ] {
+        let reply = post(url, &key, body);
+        assert_eq!(reply.status, 400, "{body}: {}", reply.body);
+        let error = reply.json();
+        assert_eq!(error["errorCode"], code, "{body}");
+        assert!(
+            error["errorDetails"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+        assert_eq!(error.get("key").is_some(), with_key, "{body}: {error}");
+        if with_key {
+            assert_eq!(error["key"], "enrich");
+        }
+    }
+    let missing = post(
+        &format!("{}/ofrep/v1/evaluate/flags/enrich_v9", server.url),
+        &key,
+        &context("k"),
+    );
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json(),
+        json!({"key": "enrich_v9", "errorCode": "FLAG_NOT_FOUND",
+               "errorDetails": "flag \"enrich_v9\" does not exist"})
+    );
+    assert_eq!(evaluations_recorded(&env), 0);
+}
+
+fn requests_without_an_active_token_are_refused() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    let url = format!("{}/ofrep/v1/evaluate/flags/enrich", server.url);
+    let bearer_wrong = format!("Bearer {token}x");
+    for headers in [
+        &[][..],
+        &[("Authorization", bearer_wrong.as_str())],
+        &[("X-API-Key", "fst_not_a_token")],
+        &[("Authorization", "Basic d29ya2VyOg==")],
+    ] {
+        let reply = post(&url, headers, &context("k"));
+        assert_eq!(reply.status, 401, "{headers:?}");
+    }
+    assert_eq!(
+        post(&url, &[("X-API-Key", &token)], &context("k")).status,
+        200
+    );
+    env.ok(&["token", "revoke", "worker"]);
+    // The server re-reads its tokens within a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while post(&url, &[("X-API-Key", &token)], &context("k")).status != 401 {
+        assert!(Instant::now() < deadline, "a revoked token still works");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log WHERE action = 'token_revoke'"),
+        1
+    );
+}
+
+fn bulk_evaluations_carry_an_etag_that_if_none_match_answers_with_304() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    let url = format!("{}/ofrep/v1/evaluate/flags", server.url);
+    let key = [("X-API-Key", token.as_str())];
+    let first = post(&url, &key, &context("tenant:acme"));
+    assert_eq!(first.status, 200);
+    let flags = first.json()["flags"].as_array().unwrap().clone();
+    let names: Vec<&str> = flags.iter().map(|f| f["key"].as_str().unwrap()).collect();
+    assert_eq!(names, ["dedupe", "enrich", "ingest", "legacy"]);
+    let etag = first.etag.clone().expect("an ETag");
+    let unchanged = post(
+        &url,
+        &[key[0], ("If-None-Match", &etag)],
+        &context("tenant:acme"),
+    );
+    assert_eq!((unchanged.status, unchanged.body.as_str()), (304, ""));
+    assert_eq!(unchanged.etag.as_deref(), Some(etag.as_str()));
+    let other_context = post(
+        &url,
+        &[key[0], ("If-None-Match", &etag)],
+        &context("tenant:b"),
+    );
+    assert_eq!(other_context.status, 200);
+    env.ok(&["flag", "set", "enrich", "--rollout", "75"]);
+    let changed = post(
+        &url,
+        &[key[0], ("If-None-Match", &etag)],
+        &context("tenant:acme"),
+    );
+    assert_eq!(changed.status, 200, "a changed flag keeps the ETag");
+    assert_ne!(changed.etag, Some(etag));
+    // Every answer, 304 included, is a recorded decision (README: Serve).
+    assert_eq!(evaluations_recorded(&env), 4);
+}
+
+fn http_and_the_cli_give_one_context_the_same_sticky_answers() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    let over_http: Vec<bool> = (0..20)
+        .map(|i| one(&server, "enrich", &token, &format!("h{i}")).json()["value"] == true)
+        .collect();
+    env.ok(&["flag", "set", "enrich", "--rollout", "0"]);
+    for (i, was) in over_http.iter().enumerate() {
+        let cli = env
+            .cmd()
+            .args(["eval", "enrich", "--context", &format!("h{i}")])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&cli.stdout).trim() == "true",
+            *was,
+            "h{i}"
+        );
+    }
+    env.ok(&["flag", "set", "enrich", "--rollout", "100"]);
+    let cli_first = env.ok(&["eval", "enrich", "--context", "c1"]);
+    env.ok(&["flag", "set", "enrich", "--rollout", "0"]);
+    let http_then = one(&server, "enrich", &token, "c1").json();
+    assert_eq!(cli_first.trim(), "true");
+    assert_eq!(http_then["value"], true);
+    assert_eq!(http_then["metadata"]["source"], "sticky");
+}
+
+fn concurrent_clients_on_the_same_keys_agree() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    env.ok(&["flag", "set", "enrich", "--sticky", "all"]);
+    let server = Server::start(&env, &[]);
+    let answers: Vec<Vec<Value>> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..50)
+                        .map(|i| {
+                            one(&server, "enrich", &token, &format!("k{i}")).json()["value"].clone()
+                        })
+                        .collect::<Vec<Value>>()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for client in &answers[1..] {
+        assert_eq!(client, &answers[0]);
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignments WHERE flag = 'enrich'"),
+        50
+    );
+    assert_eq!(evaluations_recorded(&env), 8 * 50);
+    env.ok(&["audit", "verify"]);
+}
+
+/// Requests in flight when SIGTERM arrives are answered; the server exits 0.
+fn sigterm_answers_what_is_in_flight_and_exits_0() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let mut server = Server::start(&env, &[]);
+    let answered = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let (server, token) = (&server, &token);
+                scope.spawn(move || {
+                    let mut answered = 0;
+                    for i in 0..200 {
+                        let bearer = format!("Bearer {token}");
+                        let request = agent()
+                            .post(format!("{}/ofrep/v1/evaluate/flags/ingest", server.url))
+                            .header("Authorization", &bearer)
+                            .send(context(&format!("c{c}-{i}")));
+                        match request {
+                            Ok(response) if response.status() == 200 => answered += 1,
+                            Ok(response) => panic!("status {}", response.status()),
+                            // Refused once the server stopped accepting.
+                            Err(_) => break,
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(150));
+        server.signal("TERM");
+        clients.into_iter().map(|c| c.join().unwrap()).sum::<i64>()
+    });
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(answered > 0);
+    assert_eq!(evaluations_recorded(&env), answered);
+}
+
+/// A server killed under load loses only the requests it had not answered: every answer a
+/// client received is in the audit log, the chain verifies, and a new server goes on.
+fn sigkill_under_load_keeps_every_answered_decision() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    let answered: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let (server, token) = (&server, &token);
+                scope.spawn(move || {
+                    let mut keys = Vec::new();
+                    for i in 0..1_000 {
+                        let key = format!("c{c}-{i}");
+                        let bearer = format!("Bearer {token}");
+                        match agent()
+                            .post(format!("{}/ofrep/v1/evaluate/flags/ingest", server.url))
+                            .header("Authorization", &bearer)
+                            .send(context(&key))
+                        {
+                            Ok(response) if response.status() == 200 => keys.push(key),
+                            _ => break,
+                        }
+                    }
+                    keys
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        server.signal("KILL");
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    assert!(!answered.is_empty());
+    drop(server);
+    let recorded: std::collections::HashSet<String> = env
+        .texts("SELECT context_key FROM audit_log WHERE kind = 'evaluation'")
+        .into_iter()
+        .collect();
+    for key in &answered {
+        assert!(
+            recorded.contains(key),
+            "{key} was answered but not recorded"
+        );
+    }
+    env.ok(&["audit", "verify"]);
+    let again = Server::start(&env, &[]);
+    assert_eq!(one(&again, "ingest", &token, "after").status, 200);
+}
+
+fn health_and_metrics_answer() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    one(&server, "enrich", &token, "k");
+    let health = agent()
+        .get(format!("{}/healthz", server.url))
+        .call()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = agent()
+        .get(format!("{}/metrics", server.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    // The evaluation and the health check.
+    assert!(
+        metrics.contains("flagstore_http_responses_total{code=\"200\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flagstore_evaluations_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flagstore_commit_seconds_count 1"),
+        "{metrics}"
+    );
+}
+
+fn the_server_refuses_to_start_without_a_token_and_no_auth_only_on_loopback() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    assert_eq!(
+        env.fails(&["serve", "--listen", "127.0.0.1:0"]),
+        "flagstore: no active API token: create one with `flagstore token create NAME` (or serve --no-auth on a loopback address)"
+    );
+    assert_eq!(
+        env.fails(&["serve", "--listen", "0.0.0.0:0", "--no-auth"]),
+        "flagstore: --no-auth serves only a loopback address (127.0.0.1 or ::1), not 0.0.0.0"
+    );
+    let server = Server::start(&env, &["--no-auth"]);
+    let reply = post(
+        &format!("{}/ofrep/v1/evaluate/flags/ingest", server.url),
+        &[],
+        &context("k"),
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        env.text("SELECT actor FROM audit_log WHERE kind = 'evaluation'"),
+        "serve (no auth)"
+    );
+}
+
+contract_tests! {
+    single_evaluations_have_ofrep_shapes_and_are_recorded_under_the_token_name,
+    bad_requests_get_ofrep_errors_and_record_nothing,
+    requests_without_an_active_token_are_refused,
+    bulk_evaluations_carry_an_etag_that_if_none_match_answers_with_304,
+    http_and_the_cli_give_one_context_the_same_sticky_answers,
+    concurrent_clients_on_the_same_keys_agree,
+    sigterm_answers_what_is_in_flight_and_exits_0,
+    sigkill_under_load_keeps_every_answered_decision,
+    health_and_metrics_answer,
+    the_server_refuses_to_start_without_a_token_and_no_auth_only_on_loopback,
+}
