@@ -2,6 +2,7 @@
 //! so anyone can reproduce the figures the README quotes.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,8 @@ use crate::audit::AuditQuery;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy};
 use crate::output::write_batch_line;
+use crate::serve::load::{self, LoadReport};
+use crate::serve::{ServeConfig, serve_until};
 use crate::store::{BatchReport, Location, ScratchSchema, Selection, Store, keys_per_transaction};
 
 /// A pipeline-like flag set: a chain of dependencies, partial rollouts, one kill switch. The
@@ -58,14 +61,170 @@ pub fn run_audit(rows: u64, scratch: &Scratch, out: &mut impl Write) -> Result<(
 /// Runs `bench` on a fresh store holding [`bench_flags`] and removes the store afterwards,
 /// whether or not `bench` succeeded.
 fn in_scratch_store(scratch: &Scratch, bench: impl FnOnce(&mut Store) -> Result<()>) -> Result<()> {
+    in_scratch_location(scratch, |store, _| bench(store))
+}
+
+/// [`in_scratch_store`], also telling `bench` where the store is, so it can open more
+/// connections to it.
+fn in_scratch_location(
+    scratch: &Scratch,
+    bench: impl FnOnce(&mut Store, &Location) -> Result<()>,
+) -> Result<()> {
     match scratch {
-        Scratch::Directory(dir) => with_temporary_store(dir, |store, _| bench(store)),
+        Scratch::Directory(dir) => with_temporary_store(dir, |store, path| {
+            bench(store, &Location::Sqlite(path.to_path_buf()))
+        }),
         Scratch::Postgres(url) => {
             let schema = ScratchSchema::create(url, "flagstore_bench")?;
-            let store = Store::open(&Location::Postgres(schema.url().to_string()));
-            bench(&mut seeded(store)?)
+            let location = Location::Postgres(schema.url().to_string());
+            bench(&mut seeded(Store::open(&location))?, &location)
         }
     }
+}
+
+/// The flag every `bench serve` request asks for: it requires two others, so a fresh context
+/// stores three decisions and a repeated one reads three.
+const SERVED_FLAG: &str = "enrich";
+
+/// `bench serve`: `requests` single-flag OFREP requests over `connections` keep-alive
+/// connections, first to a handler that does no store work (this machine's HTTP ceiling),
+/// then to `flagstore serve` with a new context per request (sticky misses), then with the
+/// same contexts again (hits). Server and load generator share this process and its cores.
+pub fn run_serve(
+    requests: u64,
+    connections: usize,
+    scratch: &Scratch,
+    out: &mut impl Write,
+) -> Result<()> {
+    in_scratch_location(scratch, |store, location| {
+        writeln!(
+            out,
+            "{requests} requests of flag {SERVED_FLAG} over {connections} keep-alive connections, \
+             database {}",
+            store.path()
+        )
+        .map_err(write_error)?;
+        writeln!(
+            out,
+            "{:<22} {:>9} {:>9} {:>10} {:>10} {:>10} {:>8}",
+            "pass", "requests", "seconds", "requests/s", "p50", "p99", "failed"
+        )
+        .map_err(write_error)?;
+        let path = format!("/ofrep/v1/evaluate/flags/{SERVED_FLAG}");
+        let body = |i: u64| format!(r#"{{"context":{{"targetingKey":"tenant-{i:09}"}}}}"#);
+        let ceiling = with_server(ServerKind::Ceiling, |address| {
+            load::run(address, connections, requests, &path, body)
+        })?;
+        writeln!(out, "{}", load_line("ceiling (no store)", &ceiling)).map_err(write_error)?;
+        let config = ServeConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            no_auth: true,
+        };
+        let passes = with_server(
+            ServerKind::Flagstore(Store::open(location)?, config),
+            |address| {
+                let fresh = load::run(address, connections, requests, &path, body)?;
+                let again = load::run(address, connections, requests, &path, body)?;
+                Ok((fresh, again))
+            },
+        )?;
+        writeln!(out, "{}", load_line("fresh (misses)", &passes.0)).map_err(write_error)?;
+        writeln!(out, "{}", load_line("again (hits)", &passes.1)).map_err(write_error)?;
+        let rss = peak_rss_kib().map_or("unknown".to_string(), |kib| {
+            format!("{:.1} MB", kib as f64 / 1024.0)
+        });
+        writeln!(out, "peak RSS {rss} (server and load generator)").map_err(write_error)?;
+        Ok(())
+    })
+}
+
+enum ServerKind {
+    /// A handler answering every request with the same decision, touching no store.
+    Ceiling,
+    Flagstore(Store, ServeConfig),
+}
+
+/// Starts a server on a free loopback port in a thread of its own, runs `load` against its
+/// address, then stops it and waits for it.
+fn with_server<T>(
+    kind: ServerKind,
+    load: impl FnOnce(SocketAddr) -> std::io::Result<T>,
+) -> Result<T> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready, address) = std::sync::mpsc::channel();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let server = std::thread::spawn(move || match kind {
+        ServerKind::Flagstore(store, config) => serve_until(
+            store,
+            &config,
+            |address| {
+                let _ = ready.send(address);
+            },
+            shutdown,
+        ),
+        ServerKind::Ceiling => serve_ceiling(ready, shutdown),
+    });
+    let loaded = match address.recv() {
+        Ok(address) => load(address).map_err(|source| Error::Write {
+            path: "the load generator's connections".to_string(),
+            source,
+        }),
+        // The server failed before it listened: its own error says why.
+        Err(_) => Err(Error::Usage {
+            message: "the bench server did not start".to_string(),
+        }),
+    };
+    let _ = stop.send(());
+    let served = server.join().map_err(|_| Error::Usage {
+        message: "the bench server panicked".to_string(),
+    })?;
+    served.and(loaded)
+}
+
+fn serve_ceiling(
+    ready: std::sync::mpsc::Sender<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    use axum::routing::post;
+    const DECISION: &str = r#"{"key":"enrich","value":true,"variant":"on","reason":"SPLIT","metadata":{"source":"rollout","reason":"rollout: bucket 20 < 50"}}"#;
+    let failed = |source: std::io::Error| Error::Listen {
+        address: "127.0.0.1:0".to_string(),
+        source,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(failed)?;
+        let _ = ready.send(listener.local_addr().map_err(failed)?);
+        let router = axum::Router::new().route(
+            "/ofrep/v1/evaluate/flags/{key}",
+            post(|| async { ([("content-type", "application/json")], DECISION) }),
+        );
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(failed)
+    })
+}
+
+fn load_line(pass: &str, report: &LoadReport) -> String {
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    format!(
+        "{:<22} {:>9} {:>9.2} {:>10.0} {:>10} {:>10} {:>8}",
+        pass,
+        report.requests,
+        report.elapsed.as_secs_f64(),
+        report.per_second(),
+        ms(report.percentile(50)),
+        ms(report.percentile(99)),
+        report.failures
+    )
 }
 
 fn seeded(store: Result<Store>) -> Result<Store> {

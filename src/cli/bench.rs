@@ -36,6 +36,21 @@ pub enum BenchCommand {
         #[command(flatten)]
         scratch: ScratchArgs,
     },
+    /// `flagstore serve` under load: single-flag OFREP requests over keep-alive connections,
+    /// beside a handler that does no store work (the HTTP ceiling).
+    #[command(after_help = "Examples:
+  flagstore bench serve --requests 200000 --connections 64
+  flagstore bench serve --requests 1000000 --db postgres://postgres@localhost/test")]
+    Serve {
+        /// Requests per pass.
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[command(flatten)]
+        scratch: ScratchArgs,
+    },
 }
 
 /// Where a bench's throw-away store goes.
@@ -75,6 +90,11 @@ pub fn run(out: &mut impl Write, command: &BenchCommand) -> Result<Outcome> {
         BenchCommand::Audit { rows, scratch } => {
             crate::bench::run_audit(*rows, &scratch.scratch()?, out)?
         }
+        BenchCommand::Serve {
+            requests,
+            connections,
+            scratch,
+        } => crate::bench::run_serve(*requests, (*connections).max(1), &scratch.scratch()?, out)?,
     }
     Ok(Outcome::Success)
 }

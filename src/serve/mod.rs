@@ -7,6 +7,7 @@
 //! durable before its response is sent, and many concurrent requests share one fsync (group
 //! commit).
 
+pub mod load;
 mod metrics;
 mod ofrep;
 
@@ -80,6 +81,16 @@ struct Shared {
 /// answers the requests in flight, commits, and returns. `ready` is told the bound address
 /// (useful with port 0) before the first request is accepted.
 pub fn serve(store: Store, config: &ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    serve_until(store, config, ready, shutdown_signal())
+}
+
+/// [`serve`], stopping when `shutdown` completes instead of on a signal.
+pub fn serve_until(
+    store: Store,
+    config: &ServeConfig,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     if config.no_auth && !config.listen.ip().is_loopback() {
         return Err(Error::Usage {
             message: format!(
@@ -137,7 +148,7 @@ pub fn serve(store: Store, config: &ServeConfig, ready: impl FnOnce(SocketAddr))
         let listener = tokio::net::TcpListener::from_std(listener)?;
         ready(address);
         axum::serve(listener, ofrep::router(shared))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await
     });
     // The router, and with it the last sender, is gone: the writer answers what is queued and
