@@ -221,8 +221,8 @@ fn load_line(pass: &str, report: &LoadReport) -> String {
         report.requests,
         report.elapsed.as_secs_f64(),
         report.per_second(),
-        ms(report.percentile(50)),
-        ms(report.percentile(99)),
+        ms(report.p50),
+        ms(report.p99),
         report.failures
     )
 }
@@ -467,6 +467,33 @@ mod tests {
         assert!(lines[3].starts_with("again (hits)") && lines[3].contains(" 1500 "));
         assert!(lines[4].starts_with("peak RSS"));
         // The database is cleaned up.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn serve_bench_runs_every_pass_and_every_request_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        run_serve(
+            400,
+            8,
+            &Scratch::Directory(dir.path().to_path_buf()),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        for (line, pass) in
+            lines[2..5]
+                .iter()
+                .zip(["ceiling (no store)", "fresh (misses)", "again (hits)"])
+        {
+            assert!(line.starts_with(pass), "{text}");
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields[fields.len() - 1], "0", "failed requests: {line}");
+            assert!(line.contains(" 400 "), "{line}");
+        }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
