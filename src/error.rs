@@ -178,6 +178,9 @@ pub enum Error {
         source: postgres::Error,
     },
 
+    #[error("invalid token name {name:?}: {why}")]
+    InvalidTokenName { name: String, why: String },
+
     #[error("a token named {name:?} exists already (names are never reused; pick another)")]
     TokenExists { name: String },
 

@@ -1026,3 +1026,13 @@ contract_tests! {
     a_missing_checkpoint_file_is_named,
     a_reader_that_stops_early_is_not_an_error,
 }
+
+/// Not a contract test: the bench never touches `--db`'s store.
+#[test]
+fn bench_db_takes_only_a_postgres_url() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["bench", "eval", "--keys", "10", "--db", "flags.db"]),
+        "flagstore: bench --db takes a postgres:// URL, not \"flags.db\"; an SQLite bench uses a temporary file (choose its directory with --dir)"
+    );
+}

@@ -425,7 +425,41 @@ fn the_server_refuses_to_start_without_a_token_and_no_auth_only_on_loopback() {
     );
 }
 
+fn token_mistakes_are_refused_and_change_nothing() {
+    let env = Env::new();
+    store_with_token(&env);
+    let before = env.snapshot();
+    assert_eq!(
+        env.fails(&["token", "create", "worker"]),
+        "flagstore: a token named \"worker\" exists already (names are never reused; pick another)"
+    );
+    assert_eq!(
+        env.fails(&["token", "revoke", "wroker"]),
+        "flagstore: no active token named \"wroker\" (see `flagstore token list`)"
+    );
+    assert!(env.fails(&["token", "create", "bad\u{7}name"]).starts_with(
+        "flagstore: invalid token name \"bad\\u{7}name\": it contains the control character U+0007"
+    ),);
+    assert_eq!(env.snapshot(), before);
+    env.ok(&["token", "revoke", "worker"]);
+    assert_eq!(
+        env.fails(&["token", "revoke", "worker"]),
+        "flagstore: no active token named \"worker\" (see `flagstore token list`)"
+    );
+    let listed = env.ok(&["token", "list"]);
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("worker  revoked  "),
+        "{listed}"
+    );
+    assert!(!listed.contains("fst_"), "{listed}");
+}
+
 contract_tests! {
+    token_mistakes_are_refused_and_change_nothing,
     single_evaluations_have_ofrep_shapes_and_are_recorded_under_the_token_name,
     bad_requests_get_ofrep_errors_and_record_nothing,
     requests_without_an_active_token_are_refused,

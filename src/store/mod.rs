@@ -651,7 +651,11 @@ impl Store {
     /// A name in use, even by a revoked token, is refused: the audit log names tokens, so a
     /// name must mean one token forever.
     pub fn create_token(&mut self, name: &str, sha256: &str, actor: &str) -> Result<()> {
-        crate::flag::validate_name(name)?;
+        // Token names follow the rules of flag names: printable, at most 128 characters.
+        crate::flag::validate_name(name).map_err(|error| match error {
+            Error::InvalidName { name, why } => Error::InvalidTokenName { name, why },
+            other => other,
+        })?;
         let tx = self.write_transaction()?;
         if tx.list_tokens()?.iter().any(|t| t.name == name) {
             return Err(Error::TokenExists {
