@@ -50,7 +50,17 @@ fn connection_errors_name_the_server_and_database_never_the_password() {
         &["flag", "list"],
     );
     assert!(bad.contains("not a PostgreSQL URL"), "{bad}");
-    for message in [refused, missing, bad] {
+    // This server trusts local connections, so an unknown role is the credential it refuses.
+    let host = server.rsplit_once('@').map_or(server, |(_, host)| host);
+    let stranger = fails_with(
+        &format!("postgres://no_such_role:hunter2@{host}/test"),
+        &["flag", "list"],
+    );
+    assert!(
+        stranger.contains(": role \"no_such_role\" does not exist"),
+        "{stranger}"
+    );
+    for message in [refused, missing, bad, stranger] {
         assert!(!message.contains("hunter2"), "{message}");
     }
 }
