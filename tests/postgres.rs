@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::{Env, PIPELINE, succeeded, use_postgres};
 
 /// `flagstore ARGS --db URL` in a scratch directory, expected to fail with one line.
@@ -181,14 +179,12 @@ fn concurrent_batches_and_rollout_changes_share_one_store() {
     let keys_file = env.write("keys.txt", keys);
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            env.std_cmd()
-                .args(["eval", "--all", "--contexts-file"])
-                .arg(&keys_file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            env.spawn(&[
+                "eval",
+                "--all",
+                "--contexts-file",
+                keys_file.to_str().unwrap(),
+            ])
         })
         .collect();
     for rollout in ["10", "90", "40", "60"] {
@@ -229,16 +225,15 @@ fn a_connection_lost_mid_batch_keeps_what_committed_and_a_rerun_completes() {
     let name = format!("flagstore_lost_{}", std::process::id());
     let url = format!("{}&application_name={name}", env.location.to_str().unwrap());
     let batch = |url: &str| {
-        env.std_cmd()
-            .arg("--db")
-            .arg(url)
-            .args(["eval", "a", "--contexts-file"])
-            .arg(&keys_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        // The last --db given wins.
+        env.spawn(&[
+            "--db",
+            url,
+            "eval",
+            "a",
+            "--contexts-file",
+            keys_file.to_str().unwrap(),
+        ])
     };
     let first = batch(&url);
     while env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'") == 0 {
