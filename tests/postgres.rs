@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Env, PIPELINE, succeeded, use_postgres};
+use common::{Env, PIPELINE, Server, succeeded, use_postgres};
 
 /// `flagstore ARGS --db URL` in a scratch directory, expected to fail with one line.
 fn fails_with(url: &str, args: &[&str]) -> String {
@@ -276,4 +276,52 @@ fn a_connection_lost_mid_batch_keeps_what_committed_and_a_rerun_completes() {
     );
     assert_eq!(env.count("SELECT count(*) FROM assignments"), KEYS as i64);
     env.ok(&["check"]);
+}
+
+/// `serve` outlives its database connection: after the server ends it (a restart, an
+/// administrator), the next request is answered on a new connection.
+#[test]
+fn serve_reconnects_after_postgres_drops_its_connection() {
+    if !use_postgres() {
+        return;
+    }
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let token = env.ok(&["token", "create", "worker"]).trim().to_string();
+    let name = format!("flagstore_serve_{}", std::process::id());
+    let url = format!("{}&application_name={name}", env.location.to_str().unwrap());
+    let server = Server::start(&env, &["--db", &url]);
+    let ask = |key: &str| {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .arg(format!("{}/ofrep/v1/evaluate/flags/ingest", server.url))
+            .args(["-H", &format!("X-API-Key: {token}")])
+            .args([
+                "-d",
+                &format!(r#"{{"context": {{"targetingKey": "{key}"}}}}"#),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(ask("before"), "200");
+    env.execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+    ))
+    .unwrap();
+    assert_eq!(ask("after"), "200");
+    // And /healthz, the first thing to ask after a restart.
+    env.execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+    ))
+    .unwrap();
+    let health = std::process::Command::new("curl")
+        .args(["-s", &format!("{}/healthz", server.url)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"),
+        2
+    );
 }

@@ -204,7 +204,14 @@ fn write_loop(
         for job in jobs {
             match job {
                 Job::Health { reply } => {
-                    let _ = reply.send(store.flags().map(|_| ()).map_err(|e| e.to_string()));
+                    let reachable = store.flags().or_else(|error| {
+                        if store.reconnect_if_lost().unwrap_or(false) {
+                            store.flags()
+                        } else {
+                            Err(error)
+                        }
+                    });
+                    let _ = reply.send(reachable.map(|_| ()).map_err(|e| e.to_string()));
                 }
                 Job::Evaluate {
                     selection,
@@ -238,7 +245,12 @@ fn write_loop(
             })
             .collect();
         let started = Instant::now();
-        let outcome = store.evaluate_requests(&requests);
+        let mut outcome = store.evaluate_requests(&requests);
+        // A PostgreSQL restart closes the connection: nothing of the failed transaction was
+        // committed, so the group is tried once more on a new connection.
+        if outcome.is_err() && store.reconnect_if_lost().unwrap_or(false) {
+            outcome = store.evaluate_requests(&requests);
+        }
         metrics.record_commit(started.elapsed(), pending.len());
         match outcome {
             Ok((flags, results)) => {

@@ -289,6 +289,10 @@ trait Backend: Send {
     /// The name of the active token whose text has this SHA-256.
     fn find_token(&self, sha256: &str) -> Result<Option<String>>;
 
+    /// Opens a new connection if the server closed this one (a restart, a terminated backend);
+    /// true if it did. Never true for SQLite, which has no connection to lose.
+    fn reconnect_if_lost(&self) -> Result<bool>;
+
     /// Writes a copy of the whole store as one SQLite file, from one snapshot; `None` when the
     /// backend has no such copy of its own (the caller copies row by row instead).
     fn backup_to(&self, destination: &Path) -> Option<Result<()>>;
@@ -694,6 +698,13 @@ impl Store {
     /// The name of the active token whose text has the SHA-256 `sha256`.
     pub fn token_name(&self, sha256: &str) -> Result<Option<String>> {
         self.backend.find_token(sha256)
+    }
+
+    /// Opens a new connection if the database server closed this one, as a restart of
+    /// PostgreSQL does; returns whether it did, so a long-running caller (`serve`) can retry
+    /// what failed instead of failing every request from then on.
+    pub fn reconnect_if_lost(&self) -> Result<bool> {
+        self.backend.reconnect_if_lost()
     }
 
     /// Number of rows in the audit log.

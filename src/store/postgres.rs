@@ -63,6 +63,8 @@ pub fn describe(error: &postgres::Error) -> String {
 pub(super) struct Postgres {
     client: RefCell<Client>,
     name: String,
+    /// The URL as given, password included, to connect again after a lost connection.
+    url: String,
 }
 
 impl Postgres {
@@ -94,6 +96,7 @@ impl Postgres {
         Ok(Postgres {
             client: RefCell::new(client),
             name,
+            url: url.to_string(),
         })
     }
 
@@ -623,6 +626,15 @@ impl Backend for Postgres {
                 &[&sha256],
             )?
             .map(|row| row.get(0)))
+    }
+
+    fn reconnect_if_lost(&self) -> Result<bool> {
+        if !self.client.borrow().is_closed() {
+            return Ok(false);
+        }
+        let fresh = Postgres::open(&self.url, false)?;
+        self.client.replace(fresh.client.into_inner());
+        Ok(true)
     }
 
     fn backup_to(&self, _destination: &Path) -> Option<Result<()>> {

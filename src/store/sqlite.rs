@@ -614,6 +614,10 @@ impl Backend for Sqlite {
             .optional()?)
     }
 
+    fn reconnect_if_lost(&self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// SQLite's online backup API: every page in one step, so from one read snapshot while
     /// writers carry on. The copy is left in rollback-journal mode: one self-contained file.
     fn backup_to(&self, destination: &Path) -> Option<Result<()>> {
