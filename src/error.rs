@@ -178,6 +178,9 @@ pub enum Error {
         source: postgres::Error,
     },
 
+    #[error("unknown token role {value:?} (expected viewer, operator or admin)")]
+    UnknownRole { value: String },
+
     #[error("invalid token name {name:?}: {why}")]
     InvalidTokenName { name: String, why: String },
 

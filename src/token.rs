@@ -22,6 +22,42 @@ pub fn sha256_hex(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
 
+/// What a token may do. Each role may do everything the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Role {
+    /// Evaluate flags (OFREP) and read flags, the audit log and explanations.
+    Viewer,
+    /// Also change flags: the kill switch, rollouts.
+    Operator,
+    /// Also create and revoke tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Role> {
+        match text {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(Error::UnknownRole {
+                value: other.to_string(),
+            }),
+        }
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -452,7 +452,7 @@ fn token_mistakes_are_refused_and_change_nothing() {
             .lines()
             .nth(1)
             .unwrap()
-            .starts_with("worker  revoked  "),
+            .starts_with("worker  viewer  revoked  "),
         "{listed}"
     );
     assert!(!listed.contains("fst_"), "{listed}");

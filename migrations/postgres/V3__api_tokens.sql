@@ -5,6 +5,8 @@
 CREATE TABLE api_tokens (
     name         TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 128),
     token_sha256 TEXT NOT NULL UNIQUE CHECK (length(token_sha256) = 64),
+    -- viewer: evaluate and read; operator: also change flags; admin: also manage tokens.
+    role         TEXT NOT NULL CHECK (role = 'viewer' OR role = 'operator' OR role = 'admin'),
     created_at   TEXT NOT NULL,
     revoked_at   TEXT
 );

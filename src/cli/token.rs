@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error, table};
 use crate::error::Result;
-use crate::token;
+use crate::token::{self, Role};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -16,9 +16,10 @@ pub enum TokenCommand {
 
 Examples:
   flagstore token create billing-worker
+  flagstore token create night-operator --role operator
   export FLAGSTORE_TOKEN=$(flagstore token create reporting)"
     )]
-    Create(NameArgs),
+    Create(CreateArgs),
     /// List tokens (names and times; the tokens themselves are not kept).
     #[command(after_help = "Examples:
   flagstore token list")]
@@ -40,6 +41,16 @@ pub struct NameArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub token: NameArgs,
+    /// What the token may do: viewer (evaluate, read), operator (also change flags), admin
+    /// (also manage tokens).
+    #[arg(long, value_enum, default_value_t = Role::Viewer)]
+    pub role: Role,
+}
+
+#[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
     pub db: DbOption,
@@ -47,11 +58,11 @@ pub struct ListArgs {
 
 pub fn run(globals: &Globals, out: &mut impl Write, command: TokenCommand) -> Result<Outcome> {
     match command {
-        TokenCommand::Create(args) => {
+        TokenCommand::Create(CreateArgs { token: args, role }) => {
             let actor = globals.writer(&args.actor);
             let secret = token::generate()?;
             globals.with_store_or_create(&args.db, |store| {
-                store.create_token(&args.name, &token::sha256_hex(&secret), &actor)
+                store.create_token(&args.name, &token::sha256_hex(&secret), role, &actor)
             })?;
             writeln!(out, "{secret}").map_err(stdout_error)?;
         }
@@ -67,13 +78,17 @@ pub fn run(globals: &Globals, out: &mut impl Write, command: TokenCommand) -> Re
                     };
                     vec![
                         t.name,
+                        t.role.as_str().to_string(),
                         status.to_string(),
                         t.created_at,
                         t.revoked_at.unwrap_or_default(),
                     ]
                 })
                 .collect();
-            let text = table(&["name", "status", "created_at", "revoked_at"], rows);
+            let text = table(
+                &["name", "role", "status", "created_at", "revoked_at"],
+                rows,
+            );
             out.write_all(text.as_bytes()).map_err(stdout_error)?;
         }
         TokenCommand::Revoke(args) => {

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation, NewAssignment, StoredAssignment};
 use crate::flag::{Flag, FlagSet};
 use crate::record;
+use crate::token::Role;
 
 mod copy;
 mod postgres;
@@ -139,6 +140,7 @@ pub struct AssignmentRow {
 pub struct TokenRecord {
     pub name: String,
     pub sha256: String,
+    pub role: Role,
     pub created_at: String,
     pub revoked_at: Option<String>,
 }
@@ -286,8 +288,6 @@ trait Backend: Send {
     fn insert_token(&self, token: &TokenRecord) -> Result<()>;
     /// Marks an active token revoked; false when there is no active token of that name.
     fn revoke_token(&self, name: &str, ts: &str) -> Result<bool>;
-    /// The name of the active token whose text has this SHA-256.
-    fn find_token(&self, sha256: &str) -> Result<Option<String>>;
 
     /// Opens a new connection if the server closed this one (a restart, a terminated backend);
     /// true if it did. Never true for SQLite, which has no connection to lose.
@@ -654,7 +654,13 @@ impl Store {
     /// Stores a new API token (only its SHA-256) under `name`, audited as a change by `actor`.
     /// A name in use, even by a revoked token, is refused: the audit log names tokens, so a
     /// name must mean one token forever.
-    pub fn create_token(&mut self, name: &str, sha256: &str, actor: &str) -> Result<()> {
+    pub fn create_token(
+        &mut self,
+        name: &str,
+        sha256: &str,
+        role: Role,
+        actor: &str,
+    ) -> Result<()> {
         // Token names follow the rules of flag names: printable, at most 128 characters.
         crate::flag::validate_name(name).map_err(|error| match error {
             Error::InvalidName { name, why } => Error::InvalidTokenName { name, why },
@@ -670,10 +676,11 @@ impl Store {
         tx.insert_token(&TokenRecord {
             name: name.to_string(),
             sha256: sha256.to_string(),
+            role,
             created_at: ts.clone(),
             revoked_at: None,
         })?;
-        append_token_change(&tx, "token_create", name, actor, &ts)?;
+        append_token_change(&tx, "token_create", name, Some(role), actor, &ts)?;
         tx.commit()
     }
 
@@ -686,18 +693,13 @@ impl Store {
                 name: name.to_string(),
             });
         }
-        append_token_change(&tx, "token_revoke", name, actor, &ts)?;
+        append_token_change(&tx, "token_revoke", name, None, actor, &ts)?;
         tx.commit()
     }
 
     /// Every API token, active and revoked, by name.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
         self.backend.list_tokens()
-    }
-
-    /// The name of the active token whose text has the SHA-256 `sha256`.
-    pub fn token_name(&self, sha256: &str) -> Result<Option<String>> {
-        self.backend.find_token(sha256)
     }
 
     /// Opens a new connection if the database server closed this one, as a restart of
@@ -948,14 +950,18 @@ fn append_token_change(
     tx: &Transaction,
     action: &str,
     name: &str,
+    role: Option<Role>,
     actor: &str,
     ts: &str,
 ) -> Result<()> {
-    let done = if action == "token_create" {
-        "created"
-    } else {
-        "revoked"
+    let done = match role {
+        Some(role) => format!("created with role {}", role.as_str()),
+        None => "revoked".to_string(),
     };
+    let mut detail = json!({ "token": name });
+    if let Some(role) = role {
+        detail["role"] = json!(role.as_str());
+    }
     append_audit(
         tx,
         &[Entry {
@@ -968,7 +974,7 @@ fn append_token_change(
             result: None,
             source: None,
             reason: Some(&format!("token {name:?} {done}")),
-            detail: &json!({ "token": name }).to_string(),
+            detail: &detail.to_string(),
         }],
     )
     .map(|_| ())

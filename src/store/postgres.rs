@@ -582,31 +582,34 @@ impl Backend for Postgres {
     }
 
     fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        Ok(self
-            .query(
-                "SELECT name, token_sha256, created_at, revoked_at FROM api_tokens \
-                 ORDER BY name COLLATE \"C\"",
-                &[],
-            )?
-            .iter()
-            .map(|row| TokenRecord {
+        self.query(
+            "SELECT name, token_sha256, created_at, revoked_at, role FROM api_tokens \
+             ORDER BY name COLLATE \"C\"",
+            &[],
+        )?
+        .iter()
+        .map(|row| {
+            Ok(TokenRecord {
                 name: row.get(0),
                 sha256: row.get(1),
+                role: row.get::<_, &str>(4).parse()?,
                 created_at: row.get(2),
                 revoked_at: row.get(3),
             })
-            .collect())
+        })
+        .collect()
     }
 
     fn insert_token(&self, token: &TokenRecord) -> Result<()> {
         self.execute(
-            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at, role) \
+             VALUES ($1, $2, $3, $4, $5)",
             &[
                 &token.name,
                 &token.sha256,
                 &token.created_at,
                 &token.revoked_at,
+                &token.role.as_str(),
             ],
         )
         .map(|_| ())
@@ -617,15 +620,6 @@ impl Backend for Postgres {
             "UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
             &[&name, &ts],
         )? == 1)
-    }
-
-    fn find_token(&self, sha256: &str) -> Result<Option<String>> {
-        Ok(self
-            .query_opt(
-                "SELECT name FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
-                &[&sha256],
-            )?
-            .map(|row| row.get(0)))
     }
 
     fn reconnect_if_lost(&self) -> Result<bool> {

@@ -570,28 +570,33 @@ impl Backend for Sqlite {
 
     fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         let mut statement = self.conn.prepare_cached(
-            "SELECT name, token_sha256, created_at, revoked_at FROM api_tokens ORDER BY name",
+            "SELECT name, token_sha256, created_at, revoked_at, role FROM api_tokens ORDER BY name",
         )?;
-        let tokens = statement.query_map([], |row| {
-            Ok(TokenRecord {
+        let mut rows = statement.query([])?;
+        let mut tokens = Vec::new();
+        while let Some(row) = rows.next()? {
+            let role: String = row.get(4)?;
+            tokens.push(TokenRecord {
                 name: row.get(0)?,
                 sha256: row.get(1)?,
+                role: role.parse()?,
                 created_at: row.get(2)?,
                 revoked_at: row.get(3)?,
-            })
-        })?;
-        Ok(tokens.collect::<rusqlite::Result<_>>()?)
+            });
+        }
+        Ok(tokens)
     }
 
     fn insert_token(&self, token: &TokenRecord) -> Result<()> {
         self.execute(
-            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at) \
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at, role) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             (
                 &token.name,
                 &token.sha256,
                 &token.created_at,
                 &token.revoked_at,
+                token.role.as_str(),
             ),
         )
         .map(|_| ())
@@ -602,16 +607,6 @@ impl Backend for Sqlite {
             "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
             (name, ts),
         )? == 1)
-    }
-
-    fn find_token(&self, sha256: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT name FROM api_tokens WHERE token_sha256 = ?1 AND revoked_at IS NULL",
-            )?
-            .query_row([sha256], |row| row.get(0))
-            .optional()?)
     }
 
     fn reconnect_if_lost(&self) -> Result<bool> {
