@@ -162,6 +162,28 @@ impl AuditRow {
         self.entry().hash(self.id, prev_hash)
     }
 
+    /// Every column, with `detail` as the JSON it holds: the row as `audit --format json`
+    /// and the admin API show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let detail = serde_json::from_str(&self.detail)
+            .unwrap_or_else(|_| serde_json::Value::String(self.detail.clone()));
+        serde_json::json!({
+            "id": self.id,
+            "ts": self.ts,
+            "kind": self.kind,
+            "actor": self.actor,
+            "action": self.action,
+            "flag": self.flag,
+            "context_key": self.context_key,
+            "result": self.result,
+            "source": self.source,
+            "reason": self.reason,
+            "detail": detail,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        })
+    }
+
     /// The row's hashed columns, borrowed.
     pub fn entry(&self) -> Entry<'_> {
         Entry {

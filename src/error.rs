@@ -178,6 +178,15 @@ pub enum Error {
         source: postgres::Error,
     },
 
+    #[error(
+        "flag {flag:?} changed since version {expected} (now version {current}); read it again and redo the change"
+    )]
+    StaleVersion {
+        flag: String,
+        expected: i64,
+        current: i64,
+    },
+
     #[error("unknown token role {value:?} (expected viewer, operator or admin)")]
     UnknownRole { value: String },
 

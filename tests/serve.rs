@@ -458,7 +458,196 @@ fn token_mistakes_are_refused_and_change_nothing() {
     assert!(!listed.contains("fst_"), "{listed}");
 }
 
+fn get(url: &str, token: &str) -> Reply {
+    let mut response = agent().get(url).header("X-API-Key", token).call().unwrap();
+    let etag = response
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string());
+    Reply {
+        status: response.status().as_u16(),
+        content_type: None,
+        etag,
+        body: response.body_mut().read_to_string().unwrap(),
+    }
+}
+
+fn patch(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut request = agent().patch(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.send(body).unwrap();
+    let etag = response
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string());
+    Reply {
+        status: response.status().as_u16(),
+        content_type: None,
+        etag,
+        body: response.body_mut().read_to_string().unwrap(),
+    }
+}
+
+fn the_admin_api_reads_flags_history_and_the_audit_log_without_writing() {
+    let env = Env::new();
+    let viewer = store_with_token(&env);
+    env.ok(&["flag", "set", "enrich", "--rollout", "75"]);
+    for i in 0..5 {
+        env.ok(&["eval", "--all", "--context", &format!("k{i}")]);
+    }
+    let server = Server::start(&env, &[]);
+    let before = env.snapshot();
+    let api = format!("{}/api/admin/v1", server.url);
+
+    let flags = get(&format!("{api}/flags"), &viewer).json();
+    let names: Vec<&str> = flags["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dedupe", "enrich", "ingest", "legacy"]);
+
+    let enrich = get(&format!("{api}/flags/enrich"), &viewer);
+    assert_eq!(enrich.status, 200);
+    let body = enrich.json();
+    assert_eq!(body["rollout_pct"], 75.0);
+    assert_eq!(body["requires"], json!(["dedupe"]));
+    let history = body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1]["action"], "update");
+    assert_eq!(history[1]["detail"]["after"]["rollout_pct"], 75.0);
+    assert_eq!(body["version"], history[1]["id"]);
+    assert_eq!(enrich.etag, Some(format!("\"{}\"", body["version"])));
+    assert_eq!(get(&format!("{api}/flags/enrihc"), &viewer).status, 404);
+
+    // Keyset paging: pages of 7 decisions end at a record's end and never overlap.
+    let mut seen = Vec::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let url = match cursor {
+            Some(c) => format!("{api}/audit?kind=evaluation&limit=7&cursor={c}"),
+            None => format!("{api}/audit?kind=evaluation&limit=7"),
+        };
+        let page = get(&url, &viewer).json();
+        for row in page["rows"].as_array().unwrap() {
+            seen.push((
+                row["id"].as_i64().unwrap(),
+                row["flag"].as_str().unwrap().to_string(),
+            ));
+        }
+        match page["next_cursor"].as_i64() {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5 * 4);
+    let cli: Vec<(i64, String)> = env
+        .ok(&[
+            "audit",
+            "--kind",
+            "evaluation",
+            "--format",
+            "jsonl",
+            "--limit",
+            "0",
+        ])
+        .lines()
+        .map(|l| {
+            let row: Value = serde_json::from_str(l).unwrap();
+            (
+                row["id"].as_i64().unwrap(),
+                row["flag"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, cli);
+    for bad in ["limit=0", "order=sideways", "since=yesterday", "colour=red"] {
+        let reply = get(&format!("{api}/audit?{bad}"), &viewer);
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+    }
+    assert_eq!(get(&format!("{api}/flags"), "fst_nope").status, 401);
+    assert_eq!(env.snapshot(), before, "reads wrote to the store");
+}
+
+fn flag_changes_need_an_operator_and_the_current_version() {
+    let env = Env::new();
+    let viewer = store_with_token(&env);
+    let operator = env
+        .ok(&["token", "create", "night-shift", "--role", "operator"])
+        .trim()
+        .to_string();
+    let server = Server::start(&env, &[]);
+    let url = format!("{}/api/admin/v1/flags/enrich", server.url);
+    let version = get(&url, &viewer).etag.unwrap();
+    let kill = r#"{"enabled": false}"#;
+    let as_viewer = patch(
+        &url,
+        &[("X-API-Key", &viewer), ("If-Match", &version)],
+        kill,
+    );
+    assert_eq!(as_viewer.status, 403, "{}", as_viewer.body);
+    let before = env.snapshot();
+    assert_eq!(patch(&url, &[("X-API-Key", &operator)], kill).status, 428);
+    assert_eq!(
+        patch(
+            &url,
+            &[("X-API-Key", &operator), ("If-Match", &version)],
+            r#"{"rollout_pct": 101}"#
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        patch(
+            &url,
+            &[("X-API-Key", &operator), ("If-Match", &version)],
+            r#"{"colour": 1}"#
+        )
+        .status,
+        400
+    );
+    assert_eq!(env.snapshot(), before);
+
+    let done = patch(
+        &url,
+        &[("X-API-Key", &operator), ("If-Match", &version)],
+        kill,
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["enabled"], false);
+    assert_ne!(done.etag.as_ref(), Some(&version));
+    let newest = env.text(
+        "SELECT actor || ' ' || reason FROM audit_log WHERE kind = 'change' ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(
+        newest,
+        "night-shift api: updated enabled true -> false"
+    );
+    // The same change again, from the view before it: refused, not overwritten.
+    let stale = patch(
+        &url,
+        &[("X-API-Key", &operator), ("If-Match", &version)],
+        r#"{"enabled": true}"#,
+    );
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    assert!(
+        stale.json()["errorDetails"]
+            .as_str()
+            .unwrap()
+            .contains("changed since version")
+    );
+    assert_eq!(
+        env.ok(&["eval", "enrich", "--context", "k"]).trim(),
+        "false"
+    );
+}
+
 contract_tests! {
+    the_admin_api_reads_flags_history_and_the_audit_log_without_writing,
+    flag_changes_need_an_operator_and_the_current_version,
     token_mistakes_are_refused_and_change_nothing,
     single_evaluations_have_ofrep_shapes_and_are_recorded_under_the_token_name,
     bad_requests_get_ofrep_errors_and_record_nothing,

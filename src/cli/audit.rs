@@ -4,7 +4,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error, table};
 use crate::audit::{AuditQuery, AuditRow, Checkpoint, parse_time_bound};
@@ -267,7 +266,7 @@ fn audit_query(
                 };
                 first = false;
                 out.write_all(separator).map_err(stdout_error)?;
-                serde_json::to_writer(&mut *out, &audit_row_json(&row))
+                serde_json::to_writer(&mut *out, &AuditRow::to_json(&row))
                     .map_err(|e| stdout_error(e.into()))?;
                 if !json_array {
                     out.write_all(b"\n").map_err(stdout_error)?;
@@ -327,27 +326,6 @@ fn audit_csv_record(row: &AuditRow) -> Vec<String> {
         row.prev_hash.clone(),
         row.hash.clone(),
     ]
-}
-
-/// Every column, with `detail` as the JSON it holds.
-fn audit_row_json(row: &AuditRow) -> serde_json::Value {
-    let detail = serde_json::from_str(&row.detail)
-        .unwrap_or_else(|_| serde_json::Value::String(row.detail.clone()));
-    json!({
-        "id": row.id,
-        "ts": row.ts,
-        "kind": row.kind,
-        "actor": row.actor,
-        "action": row.action,
-        "flag": row.flag,
-        "context_key": row.context_key,
-        "result": row.result,
-        "source": row.source,
-        "reason": row.reason,
-        "detail": detail,
-        "prev_hash": row.prev_hash,
-        "hash": row.hash,
-    })
 }
 
 fn read_checkpoint(path: &Path) -> Result<Checkpoint> {

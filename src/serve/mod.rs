@@ -7,6 +7,7 @@
 //! durable before its response is sent, and many concurrent requests share one fsync (group
 //! commit).
 
+mod admin;
 pub mod load;
 mod metrics;
 mod ofrep;
@@ -22,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::eval::Evaluation;
 use crate::flag::FlagSet;
 use crate::store::{Request, Selection, Store};
+use crate::token::Role;
 use metrics::Metrics;
 
 /// Requests evaluated in one transaction at most: enough to amortise a commit over many
@@ -57,7 +59,17 @@ enum Job {
     Health {
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// An admin API call: `work` runs on the writer's store as the token's name, if the
+    /// token's role is at least `needed`.
+    Admin {
+        token_sha256: String,
+        needed: Role,
+        work: AdminWork,
+        reply: oneshot::Sender<Result<admin::Reply, admin::Refusal>>,
+    },
 }
+
+type AdminWork = Box<dyn FnOnce(&mut Store, &str) -> Result<admin::Reply, admin::Refusal> + Send>;
 
 /// The writer's answer to one evaluation request.
 enum Answer {
@@ -213,6 +225,19 @@ fn write_loop(
                     });
                     let _ = reply.send(reachable.map(|_| ()).map_err(|e| e.to_string()));
                 }
+                Job::Admin {
+                    token_sha256,
+                    needed,
+                    work,
+                    reply,
+                } => {
+                    let answer = match tokens.lookup(&store, &token_sha256) {
+                        None => Err(admin::Refusal::Unauthorized),
+                        Some((_, role)) if role < needed => Err(admin::Refusal::Forbidden(needed)),
+                        Some((name, _)) => work(&mut store, &name),
+                    };
+                    let _ = reply.send(answer);
+                }
                 Job::Evaluate {
                     selection,
                     context,
@@ -221,7 +246,7 @@ fn write_loop(
                 } => {
                     let actor = match (&token_sha256, no_auth) {
                         (_, true) => Some(ANONYMOUS_ACTOR.to_string()),
-                        (Some(sha), false) => tokens.name(&store, sha),
+                        (Some(sha), false) => tokens.lookup(&store, sha).map(|(name, _)| name),
                         (None, false) => None,
                     };
                     match actor {
@@ -284,12 +309,13 @@ fn write_loop(
 /// revocation reaches a running server within it.
 #[derive(Default)]
 struct Tokens {
-    by_sha256: HashMap<String, String>,
+    /// Name and role of each active token.
+    by_sha256: HashMap<String, (String, Role)>,
     read_at: Option<Instant>,
 }
 
 impl Tokens {
-    fn name(&mut self, store: &Store, sha256: &str) -> Option<String> {
+    fn lookup(&mut self, store: &Store, sha256: &str) -> Option<(String, Role)> {
         if self.read_at.is_none_or(|at| at.elapsed() >= TOKEN_REFRESH) {
             // A failed read keeps the last list: the evaluation's own transaction reports a
             // store that is down.
@@ -297,7 +323,7 @@ impl Tokens {
                 self.by_sha256 = tokens
                     .into_iter()
                     .filter(|t| t.revoked_at.is_none())
-                    .map(|t| (t.sha256, t.name))
+                    .map(|t| (t.sha256, (t.name, t.role)))
                     .collect();
                 self.read_at = Some(Instant::now());
             }

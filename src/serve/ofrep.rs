@@ -28,6 +28,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/ofrep/v1/evaluate/flags", post(evaluate_all))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
+        .merge(super::admin::routes())
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             count_response,
@@ -68,7 +69,7 @@ fn decision_json(evaluation: &Evaluation) -> Value {
     })
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [(
@@ -89,7 +90,7 @@ fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Re
     json_response(status, &body)
 }
 
-fn unauthorized(details: &str) -> Response {
+pub(super) fn unauthorized(details: &str) -> Response {
     let mut response = json_response(
         StatusCode::UNAUTHORIZED,
         &json!({ "errorDetails": details }),
@@ -101,7 +102,7 @@ fn unauthorized(details: &str) -> Response {
 }
 
 /// The token presented as `Authorization: Bearer TOKEN` or `X-API-Key: TOKEN`.
-fn presented_token(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn presented_token(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

@@ -435,6 +435,50 @@ impl Store {
         Ok(changes)
     }
 
+    /// The version of a flag: the id of its newest change row (0 if it has none). Every write
+    /// to a flag adds a change row, so a version names one state of the flag.
+    pub fn flag_version(&self, name: &str) -> Result<i64> {
+        let tx = self.read_transaction()?;
+        last_change_id(&tx, name)
+    }
+
+    /// Applies `edit` to flag `name` as [`Store::modify`] does, but only if the flag is still
+    /// at `expected_version` ([`Store::flag_version`]), checked under the write lock: an editor
+    /// working from a stale view is refused, not silently overwritten. Returns the changes and
+    /// the flag's new version.
+    pub fn modify_flag_at_version(
+        &mut self,
+        name: &str,
+        expected_version: i64,
+        actor: &str,
+        via: &str,
+        edit: impl FnOnce(&Flag) -> Result<Flag>,
+    ) -> Result<(Vec<Change>, i64)> {
+        let tx = self.write_transaction()?;
+        let current = last_change_id(&tx, name)?;
+        if current != expected_version {
+            return Err(Error::StaleVersion {
+                flag: name.to_string(),
+                expected: expected_version,
+                current,
+            });
+        }
+        let ts = self.now();
+        let edit_one = |flags: &FlagSet| -> Result<FlagSet> {
+            let flag = flags.get(name).ok_or_else(|| Error::UnknownFlag {
+                name: name.to_string(),
+                suggestion: flags.nearest_name(name),
+            })?;
+            let mut edited = flags.clone();
+            edited.insert(edit(flag)?);
+            Ok(edited)
+        };
+        let (_, changes) = edit_flags(&tx, edit_one, Some((actor, via, ts.as_str())))?;
+        let version = last_change_id(&tx, name)?;
+        tx.commit()?;
+        Ok((changes, version))
+    }
+
     /// Applies `edit` as [`Store::modify`] does, then evaluates `selection` for `context`
     /// against the flags as edited, all in one transaction. `confirm` sees the result before it
     /// commits; an error from it (say, the output file cannot be written) rolls everything
@@ -943,6 +987,21 @@ impl<'a> EvaluationPlan<'a> {
         tx.insert_flag_ranges(&flags, first_id, first_id + keys.len() as i64 - 1)?;
         Ok(results)
     }
+}
+
+/// The id of the newest change row of flag `name`, or 0.
+fn last_change_id(tx: &Transaction, name: &str) -> Result<i64> {
+    let changes = crate::audit::AuditQuery {
+        kind: Some("change".to_string()),
+        ..crate::audit::AuditQuery::default()
+    };
+    let newest = tx.audit_page(&Scan {
+        query: &changes,
+        scope: Scope::FlagColumn(name),
+        cursor: None,
+        limit: 1,
+    })?;
+    Ok(newest.first().map_or(0, |row| row.id))
 }
 
 /// The change row of a token created or revoked: it names the token, never its text.

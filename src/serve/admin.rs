@@ -1,0 +1,307 @@
+//! `/api/admin/v1`: flags, their history and the audit log as JSON, and flag changes guarded
+//! by version, for operators' tools and the web UI. Bearer or X-API-Key tokens only; reads
+//! append nothing to the audit log.
+//!
+//! A flag's version is the id of its newest change row; `GET .../flags/{name}` returns it as
+//! `version` and as the `ETag`, and `PATCH` must send it back as `If-Match`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ofrep::{json_response, presented_token, unauthorized};
+use super::{Job, Shared};
+use crate::audit::{AuditQuery, parse_time_bound};
+use crate::error::Error;
+use crate::flag::Flag;
+use crate::store::Store;
+use crate::token::{self, Role};
+
+/// Audit rows per page when the caller names no limit, and the most it may ask for.
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1_000;
+
+/// A successful answer: a JSON body and, for a flag, its version as the ETag.
+pub(super) struct Reply {
+    body: Value,
+    version: Option<i64>,
+}
+
+/// Why an admin call was not done.
+pub(super) enum Refusal {
+    Unauthorized,
+    Forbidden(Role),
+    NotFound(String),
+    BadRequest(String),
+    PreconditionRequired,
+    Conflict(String),
+    Failed(String),
+}
+
+impl From<Error> for Refusal {
+    fn from(error: Error) -> Refusal {
+        match error {
+            Error::UnknownFlag { .. } => Refusal::NotFound(error.to_string()),
+            Error::StaleVersion { .. } => Refusal::Conflict(error.to_string()),
+            Error::RolloutOutOfRange { .. } | Error::InvalidTime { .. } => {
+                Refusal::BadRequest(error.to_string())
+            }
+            other => Refusal::Failed(other.to_string()),
+        }
+    }
+}
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/admin/v1/flags", get(list_flags))
+        .route(
+            "/api/admin/v1/flags/{name}",
+            get(show_flag).patch(change_flag),
+        )
+        .route("/api/admin/v1/audit", get(audit))
+}
+
+/// Runs `work` on the writer's store if the presented token's role is at least `needed`.
+async fn call(
+    shared: &Shared,
+    headers: &HeaderMap,
+    needed: Role,
+    work: impl FnOnce(&mut Store, &str) -> Result<Reply, Refusal> + Send + 'static,
+) -> Response {
+    let Some(token) = presented_token(headers) else {
+        return unauthorized(
+            "a token is required: Authorization: Bearer TOKEN or X-API-Key: TOKEN",
+        );
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = Job::Admin {
+        token_sha256: token::sha256_hex(token),
+        needed,
+        work: Box::new(work),
+        reply,
+    };
+    let answer = match shared.jobs.send(job).await {
+        Ok(()) => answer
+            .await
+            .unwrap_or_else(|_| Err(Refusal::Failed("the writer stopped".to_string()))),
+        Err(_) => Err(Refusal::Failed("the server is stopping".to_string())),
+    };
+    match answer {
+        Ok(Reply { body, version }) => {
+            let mut response = json_response(StatusCode::OK, &body);
+            if let Some(etag) =
+                version.and_then(|v| HeaderValue::from_str(&format!("\"{v}\"")).ok())
+            {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            response
+        }
+        Err(refusal) => {
+            let (status, details) = match refusal {
+                Refusal::Unauthorized => {
+                    return unauthorized("the token is not an active flagstore token");
+                }
+                Refusal::Forbidden(role) => (
+                    StatusCode::FORBIDDEN,
+                    format!("this needs a token with role {} or above", role.as_str()),
+                ),
+                Refusal::NotFound(details) => (StatusCode::NOT_FOUND, details),
+                Refusal::BadRequest(details) => (StatusCode::BAD_REQUEST, details),
+                Refusal::PreconditionRequired => (
+                    StatusCode::PRECONDITION_REQUIRED,
+                    "send the flag's version as If-Match (its ETag from GET)".to_string(),
+                ),
+                Refusal::Conflict(details) => (StatusCode::PRECONDITION_FAILED, details),
+                Refusal::Failed(details) => (StatusCode::INTERNAL_SERVER_ERROR, details),
+            };
+            json_response(status, &json!({ "errorDetails": details }))
+        }
+    }
+}
+
+fn flag_json(store: &Store, name: &str) -> Result<Option<(Value, i64)>, Refusal> {
+    let Some(record) = store.flag(name)? else {
+        return Ok(None);
+    };
+    let version = store.flag_version(name)?;
+    let mut body =
+        serde_json::to_value(&record.flag).map_err(|e| Refusal::Failed(e.to_string()))?;
+    body["required_by"] = json!(record.required_by);
+    body["created_at"] = json!(record.created_at);
+    body["updated_at"] = json!(record.updated_at);
+    body["version"] = json!(version);
+    Ok(Some((body, version)))
+}
+
+async fn list_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    call(&shared, &headers, Role::Viewer, |store, _| {
+        let names: Vec<String> = store.flags()?.names().map(str::to_string).collect();
+        let mut flags = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some((flag, _)) = flag_json(store, &name)? {
+                flags.push(flag);
+            }
+        }
+        Ok(Reply {
+            body: json!({ "flags": flags }),
+            version: None,
+        })
+    })
+    .await
+}
+
+async fn show_flag(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    call(&shared, &headers, Role::Viewer, move |store, _| {
+        let Some((mut body, version)) = flag_json(store, &name)? else {
+            return Err(Refusal::NotFound(store.unknown_flag(&name)?.to_string()));
+        };
+        let changes = AuditQuery {
+            flag: Some(name.clone()),
+            kind: Some("change".to_string()),
+            ascending: true,
+            ..AuditQuery::default()
+        };
+        let mut history = Vec::new();
+        store.query_audit(&changes, |row| {
+            history.push(row.to_json());
+            Ok::<(), Error>(())
+        })?;
+        body["history"] = json!(history);
+        Ok(Reply {
+            body,
+            version: Some(version),
+        })
+    })
+    .await
+}
+
+/// What `PATCH .../flags/{name}` may change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagPatch {
+    enabled: Option<bool>,
+    rollout_pct: Option<f64>,
+}
+
+async fn change_flag(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let expected: Option<Result<i64, String>> = headers.get(header::IF_MATCH).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .map(|tag| tag.trim().trim_start_matches("W/").trim_matches('"'))
+            .and_then(|tag| tag.parse().ok())
+            .ok_or_else(|| "If-Match must be a flag version, as its ETag gives it".to_string())
+    });
+    let patch: Result<FlagPatch, String> =
+        serde_json::from_slice(&body).map_err(|e| format!("the body is not a flag change: {e}"));
+    call(&shared, &headers, Role::Operator, move |store, actor| {
+        let expected = expected
+            .ok_or(Refusal::PreconditionRequired)?
+            .map_err(Refusal::BadRequest)?;
+        let patch = patch.map_err(Refusal::BadRequest)?;
+        let (_, version) = store.modify_flag_at_version(&name, expected, actor, "api", |flag| {
+            if let Some(pct) = patch.rollout_pct {
+                crate::flag::validate_rollout(&flag.name, pct)?;
+            }
+            Ok(Flag {
+                enabled: patch.enabled.unwrap_or(flag.enabled),
+                rollout_pct: patch.rollout_pct.unwrap_or(flag.rollout_pct),
+                ..flag.clone()
+            })
+        })?;
+        let (body, _) = flag_json(store, &name)?
+            .ok_or_else(|| Refusal::NotFound(format!("flag {name:?} does not exist")))?;
+        Ok(Reply {
+            body,
+            version: Some(version),
+        })
+    })
+    .await
+}
+
+/// The filters of `GET .../audit`, as the CLI's `audit` takes them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    flag: Option<String>,
+    context: Option<String>,
+    actor: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<i64>,
+    order: Option<String>,
+}
+
+async fn audit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    call(&shared, &headers, Role::Viewer, move |store, _| {
+        let Query(params) = params.map_err(|e| Refusal::BadRequest(e.body_text()))?;
+        let bound = |value: &Option<String>, until: bool| {
+            value
+                .as_deref()
+                .map(|v| parse_time_bound(v, until))
+                .transpose()
+        };
+        let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Refusal::BadRequest(format!(
+                "limit {limit} is outside 1-{MAX_PAGE}"
+            )));
+        }
+        let ascending = match params.order.as_deref() {
+            None | Some("desc") => false,
+            Some("asc") => true,
+            Some(other) => {
+                return Err(Refusal::BadRequest(format!(
+                    "order {other:?} is neither asc nor desc"
+                )));
+            }
+        };
+        let query = AuditQuery {
+            flag: params.flag,
+            context: params.context,
+            kind: params.kind,
+            actor: params.actor,
+            since: bound(&params.since, false)?,
+            until: bound(&params.until, true)?,
+            limit: Some(limit),
+            ascending,
+            cursor: params.cursor,
+        };
+        let mut rows = Vec::new();
+        let mut last_id = None;
+        store.query_audit(&query, |row| {
+            last_id = Some(row.id);
+            rows.push(row.to_json());
+            Ok::<(), Error>(())
+        })?;
+        // A full page may have more after it; the cursor continues after its last record.
+        let next_cursor = last_id.filter(|_| rows.len() as i64 >= limit);
+        Ok(Reply {
+            body: json!({ "rows": rows, "next_cursor": next_cursor }),
+            version: None,
+        })
+    })
+    .await
+}
