@@ -591,6 +591,19 @@ fn flag_changes_need_an_operator_and_the_current_version() {
     assert_eq!(as_viewer.status, 403, "{}", as_viewer.body);
     let before = env.snapshot();
     assert_eq!(patch(&url, &[("X-API-Key", &operator)], kill).status, 428);
+    let unknown = format!("{}/api/admin/v1/flags/enrihc", server.url);
+    let missing = patch(
+        &unknown,
+        &[("X-API-Key", &operator), ("If-Match", &version)],
+        kill,
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert!(
+        missing.json()["errorDetails"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"enrich\"")
+    );
     assert_eq!(
         patch(
             &url,
@@ -622,10 +635,7 @@ fn flag_changes_need_an_operator_and_the_current_version() {
     let newest = env.text(
         "SELECT actor || ' ' || reason FROM audit_log WHERE kind = 'change' ORDER BY id DESC LIMIT 1",
     );
-    assert_eq!(
-        newest,
-        "night-shift api: updated enabled true -> false"
-    );
+    assert_eq!(newest, "night-shift api: updated enabled true -> false");
     // The same change again, from the view before it: refused, not overwritten.
     let stale = patch(
         &url,

@@ -455,6 +455,13 @@ impl Store {
         edit: impl FnOnce(&Flag) -> Result<Flag>,
     ) -> Result<(Vec<Change>, i64)> {
         let tx = self.write_transaction()?;
+        let flags = tx.load_flags()?;
+        if !flags.contains(name) {
+            return Err(Error::UnknownFlag {
+                name: name.to_string(),
+                suggestion: flags.nearest_name(name),
+            });
+        }
         let current = last_change_id(&tx, name)?;
         if current != expected_version {
             return Err(Error::StaleVersion {
@@ -465,12 +472,10 @@ impl Store {
         }
         let ts = self.now();
         let edit_one = |flags: &FlagSet| -> Result<FlagSet> {
-            let flag = flags.get(name).ok_or_else(|| Error::UnknownFlag {
-                name: name.to_string(),
-                suggestion: flags.nearest_name(name),
-            })?;
             let mut edited = flags.clone();
-            edited.insert(edit(flag)?);
+            if let Some(flag) = flags.get(name) {
+                edited.insert(edit(flag)?);
+            }
             Ok(edited)
         };
         let (_, changes) = edit_flags(&tx, edit_one, Some((actor, via, ts.as_str())))?;
