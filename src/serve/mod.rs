@@ -166,20 +166,22 @@ pub fn serve_until(
     // The router, and with it the last sender, is gone: the writer answers what is queued and
     // returns.
     drop(runtime);
-    let written = writer.join().map_err(|_| Error::Usage {
+    writer.join().map_err(|_| Error::Usage {
         message: "the writer thread panicked".to_string(),
     })?;
     served.map_err(|source| Error::Listen {
         address: address.to_string(),
         source,
-    })?;
-    written
+    })
 }
 
 async fn shutdown_signal() {
     let interrupt = async {
-        // Without a handler the default action (exit) stands, which is still a stop.
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No handler could be installed: SIGINT keeps its default action (exit), and
+            // this branch must not end the server by itself.
+            std::future::pending::<()>().await;
+        }
     };
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -197,12 +199,7 @@ async fn shutdown_signal() {
 
 /// The writer: takes every job queued, evaluates them in one transaction, answers each after
 /// the commit. Returns when every handler is gone and the queue is empty.
-fn write_loop(
-    mut store: Store,
-    mut queue: mpsc::Receiver<Job>,
-    metrics: &Metrics,
-    no_auth: bool,
-) -> Result<()> {
+fn write_loop(mut store: Store, mut queue: mpsc::Receiver<Job>, metrics: &Metrics, no_auth: bool) {
     let mut tokens = Tokens::default();
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
@@ -302,7 +299,6 @@ fn write_loop(
             }
         }
     }
-    Ok(())
 }
 
 /// Active tokens by SHA-256, re-read from the store at most every [`TOKEN_REFRESH`], so a
