@@ -28,12 +28,7 @@ impl Reply {
     }
 }
 
-fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let mut request = agent().post(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.send(body).unwrap();
+fn reply(mut response: ureq::http::Response<ureq::Body>) -> Reply {
     let header = |name: &str| {
         response
             .headers()
@@ -47,6 +42,29 @@ fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         etag,
         body: response.body_mut().read_to_string().unwrap(),
     }
+}
+
+fn with_body(
+    mut request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    reply(request.send(body).unwrap())
+}
+
+fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    with_body(agent().post(url), headers, body)
+}
+
+fn patch(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    with_body(agent().patch(url), headers, body)
+}
+
+fn get(url: &str, token: &str) -> Reply {
+    reply(agent().get(url).header("X-API-Key", token).call().unwrap())
 }
 
 fn context(key: &str) -> String {
@@ -456,38 +474,6 @@ fn token_mistakes_are_refused_and_change_nothing() {
         "{listed}"
     );
     assert!(!listed.contains("fst_"), "{listed}");
-}
-
-fn get(url: &str, token: &str) -> Reply {
-    let mut response = agent().get(url).header("X-API-Key", token).call().unwrap();
-    let etag = response
-        .headers()
-        .get("etag")
-        .map(|v| v.to_str().unwrap().to_string());
-    Reply {
-        status: response.status().as_u16(),
-        content_type: None,
-        etag,
-        body: response.body_mut().read_to_string().unwrap(),
-    }
-}
-
-fn patch(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let mut request = agent().patch(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.send(body).unwrap();
-    let etag = response
-        .headers()
-        .get("etag")
-        .map(|v| v.to_str().unwrap().to_string());
-    Reply {
-        status: response.status().as_u16(),
-        content_type: None,
-        etag,
-        body: response.body_mut().read_to_string().unwrap(),
-    }
 }
 
 fn the_admin_api_reads_flags_history_and_the_audit_log_without_writing() {
