@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Env, succeeded};
+use flagstore::store::keys_per_transaction;
 use serde_json::Value;
 
 const FLAGS: &str = r#"{"flags": [
@@ -43,36 +44,58 @@ fn integrity_ok(env: &Env) {
 fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
     let env = Env::new();
     env.import_json(FLAGS);
-    let keys = keys_file(&env, "keys.txt", 5_000);
+    // The workers read their keys from stdin, which this test feeds a transaction's worth at
+    // a time: each rollout change is made while the workers evaluate the keys just fed, and
+    // the last keys are fed only once it has committed, so the changes land in the middle of
+    // the run on every machine (timing alone let a fast run finish before the last change).
+    let per_transaction = keys_per_transaction(4);
     let workers: Vec<_> = (1..=4)
         .map(|worker| {
-            Command::new(binary())
+            let mut child = Command::new(binary())
                 .args([
                     "--db",
                     env.db.to_str().unwrap(),
                     "--actor",
                     &format!("worker-{worker}"),
                 ])
-                .args(["eval", "--all", "--contexts-file", keys.to_str().unwrap()])
+                .args(["eval", "--all", "--contexts-file", "-"])
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
-                .unwrap()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            // Collected on a thread of its own, so that a full stdout pipe never stalls it.
+            (
+                stdin,
+                std::thread::spawn(move || child.wait_with_output().unwrap()),
+            )
         })
-        // Collected on threads of their own, so that a full stdout pipe never stalls them.
-        .map(|child| std::thread::spawn(move || child.wait_with_output().unwrap()))
         .collect();
-    // Each change waits until the workers have made progress since the last, so that it
-    // lands while they run; the assertion after the run checks that it did.
-    // The changes are made in this process, through the library, so that no process start-up
-    // delays them while the workers run on.
-    let mut operator = env.open_store();
-    for (rollout, progress) in [(20.0, 1_000), (90.0, 2_000)] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'") < progress {
-            assert!(Instant::now() < deadline, "the workers made no progress");
-            std::thread::sleep(Duration::from_millis(10));
+    let (mut inputs, outputs): (Vec<_>, Vec<_>) = workers.into_iter().unzip();
+    let mut fed = 0;
+    let mut feed = |inputs: &mut Vec<std::process::ChildStdin>, transactions: usize| {
+        let keys: String = (fed..fed + transactions * per_transaction)
+            .map(|i| format!("key-{i}\n"))
+            .collect();
+        for input in inputs.iter_mut() {
+            input.write_all(keys.as_bytes()).unwrap();
         }
+        fed += transactions * per_transaction;
+        fed
+    };
+    // Some decisions are stored before the first change.
+    let first = feed(&mut inputs, 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'") < 4 * first as i64 {
+        assert!(Instant::now() < deadline, "the workers made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The changes are made in this process, through the library, so that they contend for
+    // the write lock with the workers' transactions rather than wait for a process start.
+    let mut operator = env.open_store();
+    for rollout in [20.0, 90.0] {
+        feed(&mut inputs, 1);
         for flag in ["enrich", "dedupe"] {
             operator
                 .modify("tester", "flag set", false, |current| {
@@ -86,8 +109,10 @@ fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
         }
     }
     drop(operator);
-    for worker in workers {
-        let output = worker.join().unwrap();
+    let keys = feed(&mut inputs, 1);
+    drop(inputs);
+    for output in outputs {
+        let output = output.join().unwrap();
         assert!(
             output.status.success(),
             "{}",
@@ -95,16 +120,16 @@ fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
         );
         assert_eq!(
             String::from_utf8(output.stdout).unwrap().lines().count(),
-            5_000
+            keys
         );
     }
     assert_eq!(
         env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"),
-        4 * 5_000
+        4 * keys as i64
     );
     assert_eq!(
         env.count("SELECT count(*) FROM audit_evaluations"),
-        4 * 5_000 * 4
+        4 * keys as i64 * 4
     );
     assert_eq!(
         env.count(
@@ -119,7 +144,7 @@ fn concurrent_batches_and_rollout_changes_never_split_a_decision() {
             env.count(&format!(
                 "SELECT count(*) FROM audit_evaluations WHERE actor = 'worker-{worker}'"
             )),
-            5_000 * 4
+            keys as i64 * 4
         );
     }
     // Once an assignment was stored, every later evaluation of that flag and key gave its
