@@ -12,6 +12,7 @@ pub mod contexts;
 pub mod document;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod file;
 pub mod flag;
 pub mod output;

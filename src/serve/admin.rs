@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ofrep::{json_response, presented_token, unauthorized};
-use super::{Job, Shared};
+use super::{Refusal, Shared, as_caller};
 use crate::audit::{AuditQuery, parse_time_bound};
 use crate::error::Error;
 use crate::flag::Flag;
@@ -29,33 +29,9 @@ const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1_000;
 
 /// A successful answer: a JSON body and, for a flag, its version as the ETag.
-pub(super) struct Reply {
+struct Reply {
     body: Value,
     version: Option<i64>,
-}
-
-/// Why an admin call was not done.
-pub(super) enum Refusal {
-    Unauthorized,
-    Forbidden(Role),
-    NotFound(String),
-    BadRequest(String),
-    PreconditionRequired,
-    Conflict(String),
-    Failed(String),
-}
-
-impl From<Error> for Refusal {
-    fn from(error: Error) -> Refusal {
-        match error {
-            Error::UnknownFlag { .. } => Refusal::NotFound(error.to_string()),
-            Error::StaleVersion { .. } => Refusal::Conflict(error.to_string()),
-            Error::RolloutOutOfRange { .. } | Error::InvalidTime { .. } => {
-                Refusal::BadRequest(error.to_string())
-            }
-            other => Refusal::Failed(other.to_string()),
-        }
-    }
 }
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
@@ -80,19 +56,13 @@ async fn call(
             "a token is required: Authorization: Bearer TOKEN or X-API-Key: TOKEN",
         );
     };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let job = Job::Admin {
-        token_sha256: token::sha256_hex(token),
+    let answer = as_caller(
+        shared,
+        token::sha256_hex(token),
         needed,
-        work: Box::new(work),
-        reply,
-    };
-    let answer = match shared.jobs.send(job).await {
-        Ok(()) => answer
-            .await
-            .unwrap_or_else(|_| Err(Refusal::Failed("the writer stopped".to_string()))),
-        Err(_) => Err(Refusal::Failed("the server is stopping".to_string())),
-    };
+        move |store, caller| work(store, &caller.name),
+    )
+    .await;
     match answer {
         Ok(Reply { body, version }) => {
             let mut response = json_response(StatusCode::OK, &body);

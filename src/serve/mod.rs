@@ -59,17 +59,74 @@ enum Job {
     Health {
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// An admin API call: `work` runs on the writer's store as the token's name, if the
-    /// token's role is at least `needed`.
-    Admin {
+    /// Work done as the holder of a token (an admin API call, a web page): `work` runs on
+    /// the writer's store with the token's name and role, or `None` for a token that is not
+    /// active, and answers on a channel of its own.
+    AsCaller {
         token_sha256: String,
-        needed: Role,
-        work: AdminWork,
-        reply: oneshot::Sender<Result<admin::Reply, admin::Refusal>>,
+        work: CallerWork,
     },
 }
 
-type AdminWork = Box<dyn FnOnce(&mut Store, &str) -> Result<admin::Reply, admin::Refusal> + Send>;
+type CallerWork = Box<dyn FnOnce(&mut Store, Option<&Caller>) + Send>;
+
+/// Who presented an active token.
+#[derive(Debug, Clone)]
+struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Why work asked of the writer was not done.
+#[derive(Debug)]
+enum Refusal {
+    Unauthorized,
+    Forbidden(Role),
+    NotFound(String),
+    BadRequest(String),
+    PreconditionRequired,
+    Conflict(String),
+    Failed(String),
+}
+
+impl From<Error> for Refusal {
+    fn from(error: Error) -> Refusal {
+        match error {
+            Error::UnknownFlag { .. } => Refusal::NotFound(error.to_string()),
+            Error::StaleVersion { .. } => Refusal::Conflict(error.to_string()),
+            Error::RolloutOutOfRange { .. } | Error::InvalidTime { .. } => {
+                Refusal::BadRequest(error.to_string())
+            }
+            other => Refusal::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Runs `work` on the writer's store as the holder of the token with this SHA-256, if its
+/// role is at least `needed`.
+async fn as_caller<T: Send + 'static>(
+    shared: &Shared,
+    token_sha256: String,
+    needed: Role,
+    work: impl FnOnce(&mut Store, &Caller) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let (reply, answer) = oneshot::channel();
+    let work: CallerWork = Box::new(move |store, caller| {
+        let answer = match caller {
+            None => Err(Refusal::Unauthorized),
+            Some(caller) if caller.role < needed => Err(Refusal::Forbidden(needed)),
+            Some(caller) => work(store, caller),
+        };
+        let _ = reply.send(answer);
+    });
+    let job = Job::AsCaller { token_sha256, work };
+    match shared.jobs.send(job).await {
+        Ok(()) => answer
+            .await
+            .unwrap_or_else(|_| Err(Refusal::Failed("the writer stopped".to_string()))),
+        Err(_) => Err(Refusal::Failed("the server is stopping".to_string())),
+    }
+}
 
 /// The writer's answer to one evaluation request.
 enum Answer {
@@ -222,18 +279,9 @@ fn write_loop(mut store: Store, mut queue: mpsc::Receiver<Job>, metrics: &Metric
                     });
                     let _ = reply.send(reachable.map(|_| ()).map_err(|e| e.to_string()));
                 }
-                Job::Admin {
-                    token_sha256,
-                    needed,
-                    work,
-                    reply,
-                } => {
-                    let answer = match tokens.lookup(&store, &token_sha256) {
-                        None => Err(admin::Refusal::Unauthorized),
-                        Some((_, role)) if role < needed => Err(admin::Refusal::Forbidden(needed)),
-                        Some((name, _)) => work(&mut store, &name),
-                    };
-                    let _ = reply.send(answer);
+                Job::AsCaller { token_sha256, work } => {
+                    let caller = tokens.lookup(&store, &token_sha256);
+                    work(&mut store, caller.as_ref());
                 }
                 Job::Evaluate {
                     selection,
@@ -243,7 +291,7 @@ fn write_loop(mut store: Store, mut queue: mpsc::Receiver<Job>, metrics: &Metric
                 } => {
                     let actor = match (&token_sha256, no_auth) {
                         (_, true) => Some(ANONYMOUS_ACTOR.to_string()),
-                        (Some(sha), false) => tokens.lookup(&store, sha).map(|(name, _)| name),
+                        (Some(sha), false) => tokens.lookup(&store, sha).map(|caller| caller.name),
                         (None, false) => None,
                     };
                     match actor {
@@ -306,12 +354,12 @@ fn write_loop(mut store: Store, mut queue: mpsc::Receiver<Job>, metrics: &Metric
 #[derive(Default)]
 struct Tokens {
     /// Name and role of each active token.
-    by_sha256: HashMap<String, (String, Role)>,
+    by_sha256: HashMap<String, Caller>,
     read_at: Option<Instant>,
 }
 
 impl Tokens {
-    fn lookup(&mut self, store: &Store, sha256: &str) -> Option<(String, Role)> {
+    fn lookup(&mut self, store: &Store, sha256: &str) -> Option<Caller> {
         if self.read_at.is_none_or(|at| at.elapsed() >= TOKEN_REFRESH) {
             // A failed read keeps the last list: the evaluation's own transaction reports a
             // store that is down.
@@ -319,7 +367,13 @@ impl Tokens {
                 self.by_sha256 = tokens
                     .into_iter()
                     .filter(|t| t.revoked_at.is_none())
-                    .map(|t| (t.sha256, (t.name, t.role)))
+                    .map(|t| {
+                        let caller = Caller {
+                            name: t.name,
+                            role: t.role,
+                        };
+                        (t.sha256, caller)
+                    })
                     .collect();
                 self.read_at = Some(Instant::now());
             }
