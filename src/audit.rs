@@ -98,6 +98,23 @@ pub fn timestamp(instant: DateTime<Utc>) -> String {
     instant.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// The columns of `audit_log`, in order: the header of CSV exports.
+pub const COLUMNS: [&str; 13] = [
+    "id",
+    "ts",
+    "kind",
+    "actor",
+    "action",
+    "flag",
+    "context_key",
+    "result",
+    "source",
+    "reason",
+    "detail",
+    "prev_hash",
+    "hash",
+];
+
 /// A column value as the hash encodes it.
 #[derive(Debug, Clone, Copy)]
 enum Field<'a> {
@@ -160,6 +177,26 @@ impl AuditRow {
     /// The hash this row should carry, given the chain before it.
     pub fn expected_hash(&self, prev_hash: &str) -> String {
         self.entry().hash(self.id, prev_hash)
+    }
+
+    /// The row as CSV exports write it, one field per [`COLUMNS`] entry.
+    pub fn csv_record(&self) -> Vec<String> {
+        let optional = |value: &Option<String>| value.clone().unwrap_or_default();
+        vec![
+            self.id.to_string(),
+            self.ts.clone(),
+            self.kind.clone(),
+            self.actor.clone(),
+            optional(&self.action),
+            optional(&self.flag),
+            optional(&self.context_key),
+            self.result.map_or(String::new(), |r| r.to_string()),
+            optional(&self.source),
+            optional(&self.reason),
+            self.detail.clone(),
+            self.prev_hash.clone(),
+            self.hash.clone(),
+        ]
     }
 
     /// Every column, with `detail` as the JSON it holds: the row as `audit --format json`

@@ -217,6 +217,21 @@ impl FlagSet {
             .collect()
     }
 
+    /// Names of the flags that require `name` directly or through others, in name order:
+    /// the flags its kill switch turns off with it.
+    pub fn all_dependents_of(&self, name: &str) -> Vec<String> {
+        let mut found = BTreeSet::new();
+        let mut pending = vec![name.to_string()];
+        while let Some(next) = pending.pop() {
+            for dependent in self.dependents_of(&next) {
+                if found.insert(dependent.clone()) {
+                    pending.push(dependent);
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
     /// `names` and everything they require, transitively, in name order. Unknown names are kept
     /// so that a caller asking for them still gets an "unknown flag" answer.
     pub fn closure<'a>(&'a self, names: impl IntoIterator<Item = &'a str>) -> BTreeSet<&'a str> {
@@ -340,6 +355,22 @@ mod tests {
         assert!(flags.is_empty());
         flags.insert(Flag::new("a"));
         assert!(!flags.is_empty());
+    }
+
+    #[test]
+    fn all_dependents_are_the_flags_that_require_one_directly_or_through_others() {
+        let flags: FlagSet = [
+            flag("base", &[]),
+            flag("middle", &["base"]),
+            flag("top", &["middle"]),
+            flag("also", &["base", "top"]),
+            flag("apart", &[]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(flags.all_dependents_of("base"), ["also", "middle", "top"]);
+        assert_eq!(flags.all_dependents_of("top"), ["also"]);
+        assert!(flags.all_dependents_of("apart").is_empty());
     }
 
     #[test]

@@ -10,11 +10,16 @@ pub const PREFIX: &str = "fst_";
 
 /// A new token: [`PREFIX`] and 32 random bytes from the operating system, in hex.
 pub fn generate() -> Result<String> {
+    Ok(format!("{PREFIX}{}", random_hex()?))
+}
+
+/// 32 random bytes from the operating system, in hex: a secret nobody can guess.
+pub fn random_hex() -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| Error::Usage {
-        message: format!("no random bytes from the operating system for a token: {e}"),
+        message: format!("no random bytes from the operating system: {e}"),
     })?;
-    Ok(format!("{PREFIX}{}", hex(&bytes)))
+    Ok(hex(&bytes))
 }
 
 /// The SHA-256 of a token's text, in lowercase hex: what the store keeps and looks up.

@@ -239,15 +239,15 @@ fn audit_query(
                 Ok::<(), Error>(())
             })?;
             // Every column but detail and the hashes, which only fit the other formats.
-            out.write_all(table(&AUDIT_COLUMNS[..10], rows).as_bytes())
+            out.write_all(table(&crate::audit::COLUMNS[..10], rows).as_bytes())
                 .map_err(stdout_error)?;
         }
         "csv" => {
             let mut csv = csv::Writer::from_writer(&mut *out);
-            csv.write_record(AUDIT_COLUMNS).map_err(csv_error)?;
+            csv.write_record(crate::audit::COLUMNS).map_err(csv_error)?;
             store.query_audit(&query, |row| {
                 seen(&row);
-                csv.write_record(audit_csv_record(&row)).map_err(csv_error)
+                csv.write_record(row.csv_record()).map_err(csv_error)
             })?;
             csv.flush().map_err(stdout_error)?;
         }
@@ -281,51 +281,16 @@ fn audit_query(
     Ok(last_id.filter(|_| query.limit.is_some_and(|limit| rows_written >= limit)))
 }
 
-const AUDIT_COLUMNS: [&str; 13] = [
-    "id",
-    "ts",
-    "kind",
-    "actor",
-    "action",
-    "flag",
-    "context_key",
-    "result",
-    "source",
-    "reason",
-    "detail",
-    "prev_hash",
-    "hash",
-];
-
 fn csv_error(error: csv::Error) -> Error {
     stdout_error(io::Error::other(error))
 }
 
 /// The CSV record's first ten columns, with the result as people read it.
 fn audit_table_row(row: &AuditRow) -> Vec<String> {
-    let mut cells = audit_csv_record(row);
+    let mut cells = row.csv_record();
     cells.truncate(10);
     cells[7] = row.result.map_or(String::new(), |r| (r == 1).to_string());
     cells
-}
-
-fn audit_csv_record(row: &AuditRow) -> Vec<String> {
-    let optional = |value: &Option<String>| value.clone().unwrap_or_default();
-    vec![
-        row.id.to_string(),
-        row.ts.clone(),
-        row.kind.clone(),
-        row.actor.clone(),
-        optional(&row.action),
-        optional(&row.flag),
-        optional(&row.context_key),
-        row.result.map_or(String::new(), |r| r.to_string()),
-        optional(&row.source),
-        optional(&row.reason),
-        row.detail.clone(),
-        row.prev_hash.clone(),
-        row.hash.clone(),
-    ]
 }
 
 fn read_checkpoint(path: &Path) -> Result<Checkpoint> {

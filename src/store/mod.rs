@@ -124,6 +124,16 @@ pub struct FlagRecord {
     pub updated_at: String,
 }
 
+/// A flag's stored assignments, counted for an operator about to change it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AssignmentTally {
+    pub on: i64,
+    pub off: i64,
+    /// Assignments whose stored decision differs from what their bucket gives under the
+    /// rollout the tally was asked about: the contexts a sticky assignment keeps from it.
+    pub kept_from_rollout: i64,
+}
+
 /// A row of the `assignments` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssignmentRow {
@@ -197,6 +207,11 @@ enum Scope<'a> {
     FlagColumn(&'a str),
     /// Decision records with ids in this range.
     Records {
+        first_id: i64,
+        last_id: i64,
+    },
+    /// Every row with an id in this range.
+    Ids {
         first_id: i64,
         last_id: i64,
     },
@@ -282,6 +297,9 @@ trait Backend: Send {
     /// An assignment, `(flag, context_key)`, with no evaluation row that stored it.
     fn unaudited_assignment(&self) -> Result<Option<(String, String)>>;
     fn assignment_count(&self) -> Result<i64>;
+    /// Of `flag`'s stored assignments: how many are on, how many off, and how many were
+    /// decided otherwise than a hash under `rollout_pct` would decide them now.
+    fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally>;
 
     /// Every API token, active and revoked, by name.
     fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
@@ -639,6 +657,14 @@ impl Store {
                 Ok(())
             })?;
         Ok(rows)
+    }
+
+    /// Counts `flag`'s stored assignments, on and off, and how many of them a rollout of
+    /// `rollout_pct` would decide otherwise if they were decided afresh (they are not: they
+    /// are sticky). Reads only.
+    pub fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally> {
+        let tx = self.read_transaction()?;
+        tx.assignment_tally(flag, rollout_pct)
     }
 
     /// Forgets the stored assignments of `flag` (for one context, or all), so the next

@@ -17,7 +17,9 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
 use super::sqlite::SchemaState;
-use super::{AssignmentRef, AssignmentRow, Backend, ChainedEntry, Scan, TokenRecord};
+use super::{
+    AssignmentRef, AssignmentRow, AssignmentTally, Backend, ChainedEntry, Scan, TokenRecord,
+};
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
 use crate::eval::StoredAssignment;
@@ -579,6 +581,20 @@ impl Backend for Postgres {
             .query("SELECT count(*) FROM assignments", &[])?
             .first()
             .map_or(0, |row| row.get(0)))
+    }
+
+    fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally> {
+        let rows = self.query(
+            &super::query::tally_sql(|n| format!("${n}")),
+            &[&flag, &rollout_pct],
+        )?;
+        Ok(rows
+            .first()
+            .map_or_else(AssignmentTally::default, |row| AssignmentTally {
+                on: row.get(0),
+                off: row.get(1),
+                kept_from_rollout: row.get(2),
+            }))
     }
 
     fn list_tokens(&self) -> Result<Vec<TokenRecord>> {

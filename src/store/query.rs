@@ -47,6 +47,12 @@ pub(super) fn scan_sql<'a>(
             conditions.push("id <= ");
             params.push(Param::Int(last_id));
         }
+        Scope::Ids { first_id, last_id } => {
+            conditions.push("id >= ");
+            params.push(Param::Int(first_id));
+            conditions.push("id <= ");
+            params.push(Param::Int(last_id));
+        }
     }
     let text = |value: &'a Option<String>| value.as_deref().map(Param::Text);
     let filters = [
@@ -82,6 +88,19 @@ pub(super) fn scan_sql<'a>(
     });
     sql.push_str(&scan.limit.to_string());
     (sql, params)
+}
+
+/// The SQL counting a flag's assignments (parameters: flag, rollout_pct): on, off, and those
+/// whose decision differs from their bucket's under that rollout.
+pub(super) fn tally_sql(placeholder: impl Fn(usize) -> String) -> String {
+    format!(
+        "SELECT count(*) FILTER (WHERE decision = 1), count(*) FILTER (WHERE decision = 0), \
+                count(*) FILTER (WHERE decision <> \
+                    CASE WHEN bucket < CAST({} AS DOUBLE PRECISION) THEN 1 ELSE 0 END) \
+         FROM assignments WHERE flag = {}",
+        placeholder(2),
+        placeholder(1)
+    )
 }
 
 /// The SQL listing a flag's ranges after a cursor (parameters: flag, cursor bound, limit), with
@@ -173,6 +192,22 @@ impl Store {
             visit(row)?;
         }
         Ok(())
+    }
+
+    /// The audit rows with ids from `first_id` to `last_id`, as stored (a decision record is
+    /// one row, not one per decision): what a reviewer re-hashes to check them.
+    pub fn stored_audit_rows(&self, first_id: i64, last_id: i64) -> Result<Vec<AuditRow>> {
+        let everything = AuditQuery {
+            ascending: true,
+            ..AuditQuery::default()
+        };
+        let tx = self.read_transaction()?;
+        let mut pages = Pages::new(&everything, Scope::Ids { first_id, last_id }, PAGE_ROWS);
+        let mut rows = Vec::new();
+        while let Some(row) = pages.next(&tx)? {
+            rows.push(row);
+        }
+        Ok(rows)
     }
 
     /// Streams what `query` selects, in id order (newest first unless `query.ascending`): a

@@ -9,7 +9,8 @@ use rusqlite::backup::Backup;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, TransactionBehavior};
 
 use super::{
-    AssignmentRef, AssignmentRow, Backend, ChainedEntry, LATEST_SCHEMA_VERSION, Scan, TokenRecord,
+    AssignmentRef, AssignmentRow, AssignmentTally, Backend, ChainedEntry, LATEST_SCHEMA_VERSION,
+    Scan, TokenRecord,
 };
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
@@ -566,6 +567,20 @@ impl Backend for Sqlite {
         Ok(self
             .conn
             .query_row("SELECT count(*) FROM assignments", [], |row| row.get(0))?)
+    }
+
+    fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally> {
+        let sql = super::query::tally_sql(|n| format!("?{n}"));
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        Ok(
+            statement.query_row(rusqlite::params![flag, rollout_pct], |row| {
+                Ok(AssignmentTally {
+                    on: row.get(0)?,
+                    off: row.get(1)?,
+                    kept_from_rollout: row.get(2)?,
+                })
+            })?,
+        )
     }
 
     fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
