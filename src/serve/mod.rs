@@ -11,6 +11,7 @@ mod admin;
 pub mod load;
 mod metrics;
 mod ofrep;
+mod web;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -144,6 +145,7 @@ struct Shared {
     jobs: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
     no_auth: bool,
+    sessions: web::Sessions,
 }
 
 /// Runs the server on `store` until SIGTERM or SIGINT: then it stops accepting connections,
@@ -196,6 +198,7 @@ pub fn serve_until(
         jobs,
         metrics: Arc::clone(&metrics),
         no_auth: config.no_auth,
+        sessions: web::Sessions::default(),
     });
     // The writer holds no sender (so not `shared`): it stops once the handlers are gone.
     let writer = {

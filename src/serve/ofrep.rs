@@ -29,6 +29,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .merge(super::admin::routes())
+        .merge(super::web::routes())
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             count_response,

@@ -1,0 +1,671 @@
+//! The web UI over real HTTP on loopback, as a browser without JavaScript uses it: sign-in
+//! sessions, roles, CSRF and Origin checks, the kill switch with its confirmation, rollouts,
+//! a concurrent edit refused, escaping of hostile names, and the audit pages.
+
+mod common;
+
+use common::{Env, PIPELINE, Server};
+use flagstore::audit::GENESIS_HASH;
+
+/// A browser: one cookie jar entry (the session), no redirects followed, so each step's
+/// status and `Location` can be checked.
+struct Browser {
+    base: String,
+    session: Option<String>,
+    agent: ureq::Agent,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    csp: Option<String>,
+    body: String,
+}
+
+impl Page {
+    /// The value of the first hidden field `name` in the page.
+    fn field(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no field {name} in {}", self.body))
+            + marker.len();
+        let end = start + self.body[start..].find('"').unwrap();
+        self.body[start..end].to_string()
+    }
+}
+
+impl Browser {
+    fn new(server: &Server) -> Browser {
+        Browser {
+            base: server.url.clone(),
+            session: None,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .build()
+                .into(),
+        }
+    }
+
+    fn page(&self, mut response: ureq::http::Response<ureq::Body>) -> Page {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let (location, set_cookie, csp) = (
+            header("location"),
+            header("set-cookie"),
+            header("content-security-policy"),
+        );
+        Page {
+            status: response.status().as_u16(),
+            location,
+            set_cookie,
+            csp,
+            body: response.body_mut().read_to_string().unwrap(),
+        }
+    }
+
+    fn get(&self, path: &str) -> Page {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(session) = &self.session {
+            request = request.header("Cookie", session);
+        }
+        self.page(request.call().unwrap())
+    }
+
+    /// A form POST from this server's own page (its Origin), unless `origin` says otherwise.
+    fn post_from(&self, origin: Option<&str>, path: &str, form: &[(&str, &str)]) -> Page {
+        let body: Vec<String> = form
+            .iter()
+            .map(|(name, value)| format!("{name}={}", encode(value)))
+            .collect();
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/x-www-form-urlencoded");
+        if let Some(origin) = origin {
+            request = request.header("Origin", origin);
+        }
+        if let Some(session) = &self.session {
+            request = request.header("Cookie", session);
+        }
+        self.page(request.send(body.join("&")).unwrap())
+    }
+
+    fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.post_from(Some(&self.base.clone()), path, form)
+    }
+
+    fn sign_in(&mut self, token: &str) -> Page {
+        let page = self.post("/ui/sign-in", &[("token", token)]);
+        self.session = page
+            .set_cookie
+            .as_deref()
+            .and_then(|cookie| cookie.split(';').next())
+            .map(str::to_string);
+        page
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A store holding PIPELINE and tokens "ops" (operator) and "reader" (viewer).
+fn store_with_tokens(env: &Env) -> (String, String) {
+    env.import_json(PIPELINE);
+    let operator = env.ok(&["token", "create", "ops", "--role", "operator"]);
+    let viewer = env.ok(&["token", "create", "reader"]);
+    (operator.trim().to_string(), viewer.trim().to_string())
+}
+
+fn change_rows(env: &Env) -> i64 {
+    env.count("SELECT count(*) FROM audit_log WHERE kind = 'change'")
+}
+
+fn sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+
+    let anonymous = browser.get("/ui/flags");
+    assert_eq!(anonymous.status, 303);
+    assert_eq!(anonymous.location.as_deref(), Some("/ui/sign-in"));
+
+    let wrong = browser.sign_in("fst_not-a-token");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.set_cookie.is_none());
+    assert!(wrong.body.contains("not an active flagstore token"));
+
+    let signed_in = browser.sign_in(&operator);
+    assert_eq!(signed_in.status, 303);
+    let cookie = signed_in.set_cookie.unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(&operator),
+        "the cookie must not carry the token"
+    );
+
+    let flags = browser.get("/ui/flags");
+    assert_eq!(flags.status, 200);
+    assert!(
+        flags
+            .body
+            .contains("Signed in as <strong>ops</strong> (operator)")
+    );
+    for flag in ["ingest", "dedupe", "enrich", "legacy"] {
+        assert!(flags.body.contains(&format!("href=\"/ui/flags/{flag}\"")));
+    }
+    assert_eq!(
+        flags.csp.as_deref(),
+        Some(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        )
+    );
+    assert!(
+        !flags.body.contains("<script>") && !flags.body.contains(" style="),
+        "no inline script or style"
+    );
+
+    let csrf = flags.field("csrf");
+    assert_eq!(browser.post("/ui/sign-out", &[("csrf", &csrf)]).status, 303);
+    assert_eq!(browser.get("/ui/flags").status, 303, "signed out");
+}
+
+fn a_viewer_reads_but_cannot_change_a_flag() {
+    let env = Env::new();
+    let (_, viewer) = store_with_tokens(&env);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&viewer);
+
+    let page = browser.get("/ui/flags/ingest");
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("Turn off (kill switch)"));
+    let csrf = browser.get("/ui/flags").field("csrf");
+    let version = env.open_store().flag_version("ingest").unwrap().to_string();
+    let before = change_rows(&env);
+    let refused = browser.post(
+        "/ui/flags/ingest/enabled",
+        &[("csrf", &csrf), ("version", &version), ("enabled", "false")],
+    );
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("role operator"), "{}", refused.body);
+    assert_eq!(change_rows(&env), before);
+    assert!(
+        env.open_store()
+            .flags()
+            .unwrap()
+            .get("ingest")
+            .unwrap()
+            .enabled
+    );
+}
+
+fn forms_need_this_sessions_csrf_token_and_this_origin() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&operator);
+    let page = browser.get("/ui/flags/legacy");
+    let (csrf, version) = (page.field("csrf"), page.field("version"));
+    let before = change_rows(&env);
+    let forged_csrf = "0".repeat(64);
+    let forged = browser.post(
+        "/ui/flags/legacy/enabled",
+        &[
+            ("csrf", &forged_csrf),
+            ("version", &version),
+            ("enabled", "true"),
+        ],
+    );
+    assert_eq!(forged.status, 403);
+    assert!(forged.body.contains("security token"), "{}", forged.body);
+    let valid = [
+        ("csrf", csrf.as_str()),
+        ("version", &version),
+        ("enabled", "true"),
+    ];
+    let cross_site = browser.post_from(
+        Some("http://evil.example"),
+        "/ui/flags/legacy/enabled",
+        &valid,
+    );
+    assert_eq!(cross_site.status, 403);
+    assert!(cross_site.body.contains("Origin"), "{}", cross_site.body);
+    let no_origin = browser.post_from(None, "/ui/flags/legacy/enabled", &valid);
+    assert_eq!(no_origin.status, 403);
+    assert_eq!(change_rows(&env), before, "nothing refused was written");
+    assert!(
+        !env.open_store()
+            .flags()
+            .unwrap()
+            .get("legacy")
+            .unwrap()
+            .enabled
+    );
+}
+
+fn the_kill_switch_names_its_dependents_then_writes_one_change_as_the_operator() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    env.ok(&["eval", "ingest", "--context", "k1"]);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&operator);
+    let page = browser.get("/ui/flags/ingest");
+    assert!(page.body.contains("Turn off (kill switch)"));
+    assert!(page.body.contains("1 contexts stored on"), "{}", page.body);
+    let (csrf, version) = (page.field("csrf"), page.field("version"));
+    let before = change_rows(&env);
+
+    let off = [
+        ("csrf", csrf.as_str()),
+        ("version", &version),
+        ("enabled", "false"),
+    ];
+    let confirm = browser.post("/ui/flags/ingest/enabled", &off);
+    assert_eq!(confirm.status, 200);
+    assert!(
+        confirm
+            .body
+            .contains("Turn off ingest and its 2 dependents")
+    );
+    for dependent in ["dedupe", "enrich"] {
+        assert!(
+            confirm.body.contains(&format!(">{dependent}</a>")),
+            "{dependent}"
+        );
+    }
+    assert_eq!(
+        change_rows(&env),
+        before,
+        "asking to confirm writes nothing"
+    );
+
+    let confirmed = [
+        ("csrf", csrf.as_str()),
+        ("version", &version),
+        ("enabled", "false"),
+        ("confirm", "yes"),
+    ];
+    let done = browser.post("/ui/flags/ingest/enabled", &confirmed);
+    assert_eq!(done.status, 303);
+    assert_eq!(done.location.as_deref(), Some("/ui/flags/ingest"));
+    assert_eq!(change_rows(&env), before + 1, "exactly one change row");
+    assert_eq!(
+        env.text(
+            "SELECT actor || ' ' || reason FROM audit_log WHERE kind = 'change' ORDER BY id DESC LIMIT 1"
+        ),
+        "ops web: updated enabled true -> false"
+    );
+    assert_eq!(
+        env.ok(&["eval", "enrich", "--context", "k1"]).trim(),
+        "false"
+    );
+
+    let page = browser.get("/ui/flags/ingest");
+    assert!(page.body.contains("Off: the kill switch is thrown"));
+    let on = [
+        ("csrf", csrf.as_str()),
+        ("version", &page.field("version")),
+        ("enabled", "true"),
+    ];
+    assert_eq!(browser.post("/ui/flags/ingest/enabled", &on).status, 303);
+    assert!(
+        env.open_store()
+            .flags()
+            .unwrap()
+            .get("ingest")
+            .unwrap()
+            .enabled
+    );
+    assert_eq!(change_rows(&env), before + 2);
+}
+
+fn a_rollout_is_changed_previewed_and_checked() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let keys: String = (0..200).map(|i| format!("key-{i}\n")).collect();
+    let file = env.write("keys.txt", keys);
+    env.ok(&["eval", "enrich", "--contexts-file", file.to_str().unwrap()]);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&operator);
+
+    // Stored decisions the bucket would decide otherwise at 20%: enrich (on_only, 50%) stored
+    // only its on decisions, and those with a bucket from 20 to 49 would now be off.
+    let expected = env.count(
+        "SELECT count(*) FROM assignments WHERE flag = 'enrich' AND decision <> CASE WHEN bucket < 20 THEN 1 ELSE 0 END",
+    );
+    assert!(expected > 0, "200 keys give some buckets from 20 to 49");
+    let preview = browser.get("/ui/flags/enrich?preview=20");
+    assert!(
+        preview.body.contains(&format!(
+            "of the {} stored contexts,\n{expected} would be decided otherwise",
+            env.count("SELECT count(*) FROM assignments WHERE flag = 'enrich'")
+        )),
+        "{}",
+        preview.body
+    );
+    let bad_preview = browser.get("/ui/flags/enrich?preview=120");
+    assert_eq!(bad_preview.status, 400);
+    assert!(bad_preview.body.contains("enrich"), "{}", bad_preview.body);
+
+    let page = browser.get("/ui/flags/enrich");
+    assert!(page.body.contains("data-slider="), "the slider's field");
+    let (csrf, version) = (page.field("csrf"), page.field("version"));
+    let before = change_rows(&env);
+    for bad in ["abc", "101", "-1", "NaN"] {
+        let refused = browser.post(
+            "/ui/flags/enrich/rollout",
+            &[("csrf", &csrf), ("version", &version), ("rollout_pct", bad)],
+        );
+        assert_eq!(refused.status, 400, "{bad}");
+        assert!(refused.body.contains("enrich"), "{bad}: {}", refused.body);
+    }
+    assert_eq!(change_rows(&env), before);
+    let saved = browser.post(
+        "/ui/flags/enrich/rollout",
+        &[
+            ("csrf", &csrf),
+            ("version", &version),
+            ("rollout_pct", "12.5"),
+        ],
+    );
+    assert_eq!(saved.status, 303);
+    assert_eq!(
+        env.open_store()
+            .flags()
+            .unwrap()
+            .get("enrich")
+            .unwrap()
+            .rollout_pct,
+        12.5
+    );
+    assert_eq!(change_rows(&env), before + 1);
+    assert!(
+        browser
+            .get("/ui/flags/enrich")
+            .body
+            .contains("rollout_pct 50 -&#62; 12.5")
+    );
+}
+
+fn an_edit_made_since_the_page_was_loaded_is_refused_not_overwritten() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&operator);
+    let page = browser.get("/ui/flags/enrich");
+    env.ok(&["flag", "set", "enrich", "--rollout", "30"]);
+    let stale = browser.post(
+        "/ui/flags/enrich/rollout",
+        &[
+            ("csrf", &page.field("csrf")),
+            ("version", &page.field("version")),
+            ("rollout_pct", "90"),
+        ],
+    );
+    assert_eq!(stale.status, 409);
+    assert!(stale.body.contains("enrich"), "{}", stale.body);
+    assert_eq!(
+        env.open_store()
+            .flags()
+            .unwrap()
+            .get("enrich")
+            .unwrap()
+            .rollout_pct,
+        30.0
+    );
+}
+
+fn html_in_flag_names_and_context_keys_is_shown_as_text() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let hostile_flag = "<script>alert(1)</script>";
+    let hostile_key = "<img src=x onerror=alert(2)>";
+    env.import_json(&format!(
+        r#"{{"flags": [{{"name": {hostile_flag:?}, "requires": ["ingest"]}}]}}"#
+    ));
+    env.ok(&["eval", hostile_flag, "--context", hostile_key]);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&operator);
+    let flag_path = format!("/ui/flags/{}", encode(hostile_flag));
+    for path in [
+        "/ui/flags".to_string(),
+        flag_path,
+        "/ui/graph".to_string(),
+        "/ui/audit".to_string(),
+        format!("/ui/context?key={}", encode(hostile_key)),
+        format!(
+            "/ui/explain?flag={}&context={}",
+            encode(hostile_flag),
+            encode(hostile_key)
+        ),
+    ] {
+        let page = browser.get(&path);
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(
+            !page.body.contains("<script>alert") && !page.body.contains("<img src=x"),
+            "{path} shows markup unescaped"
+        );
+        assert!(
+            page.body
+                .contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+                || page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{path} does not show the name as text"
+        );
+    }
+}
+
+fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
+    let env = Env::new();
+    let (_, viewer) = store_with_tokens(&env);
+    let keys: String = (0..30).map(|i| format!("key-{i}\n")).collect();
+    let file = env.write("keys.txt", keys);
+    env.ok(&["eval", "--all", "--contexts-file", file.to_str().unwrap()]);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&viewer);
+    let rows_before = env.count("SELECT count(*) FROM audit_log");
+
+    let first = browser.get("/ui/audit?limit=10&flag=enrich");
+    assert_eq!(first.status, 200);
+    let older = first
+        .body
+        .split("href=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|href| href.contains("cursor="))
+        .expect("an older page")
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    let second = browser.get(&older);
+    assert_eq!(second.status, 200);
+    let ids = |page: &Page| -> Vec<i64> {
+        page.body
+            .split("<tr>\n<td>")
+            .skip(1)
+            .map(|s| s.split('<').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let (a, b) = (ids(&first), ids(&second));
+    assert_eq!(a.len(), 10);
+    assert!(
+        a.last() > b.first(),
+        "the older page continues after the first"
+    );
+
+    // The stored rows behind the page re-hash to their hashes: what the browser checks.
+    let start = first.body.find("data-rows=\"").unwrap() + "data-rows=\"".len();
+    let end = start + first.body[start..].find('"').unwrap();
+    let json = first.body[start..end]
+        .replace("&#34;", "\"")
+        .replace("&#60;", "<")
+        .replace("&#62;", ">")
+        .replace("&#39;", "'")
+        .replace("&#38;", "&");
+    let stored: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(stored.len(), 10, "one stored row per decision record shown");
+    for row in &stored {
+        let entry = flagstore::audit::Entry {
+            ts: row["ts"].as_str().unwrap(),
+            kind: row["kind"].as_str().unwrap(),
+            actor: row["actor"].as_str().unwrap(),
+            action: row["action"].as_str(),
+            flag: row["flag"].as_str(),
+            context_key: row["context_key"].as_str(),
+            result: row["result"].as_i64(),
+            source: row["source"].as_str(),
+            reason: row["reason"].as_str(),
+            detail: row["detail"].as_str().unwrap(),
+        };
+        assert_eq!(
+            entry.hash(
+                row["id"].as_i64().unwrap(),
+                row["prev_hash"].as_str().unwrap()
+            ),
+            row["hash"].as_str().unwrap()
+        );
+        assert_ne!(row["prev_hash"], GENESIS_HASH);
+    }
+
+    for format in ["csv", "jsonl"] {
+        let export = browser.get(&format!("/ui/audit/export?format={format}&flag=enrich"));
+        assert_eq!(export.status, 200);
+        assert_eq!(
+            export.body,
+            env.ok(&[
+                "audit", "--flag", "enrich", "--format", format, "--limit", "0"
+            ]),
+            "{format}"
+        );
+    }
+    assert_eq!(browser.get("/ui/audit/export?format=xml").status, 400);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log"),
+        rows_before,
+        "reads append nothing"
+    );
+}
+
+fn a_pasted_checkpoint_opens_its_row_and_is_compared() {
+    let env = Env::new();
+    let (_, viewer) = store_with_tokens(&env);
+    let checkpoint = env.ok(&["audit", "checkpoint"]);
+    env.ok(&["eval", "ingest", "--context", "later"]);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&viewer);
+    let id = serde_json::from_str::<serde_json::Value>(&checkpoint).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let page = browser.get(&format!(
+        "/ui/audit?checkpoint={}",
+        encode(checkpoint.trim())
+    ));
+    assert!(
+        page.body
+            .contains(&format!("for row {id}, as the checkpoint says")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(&format!("data-checkpoint-id=\"{id}\"")));
+    let wrong = format!(r#"{{"id": {id}, "hash": "{}"}}"#, "f".repeat(64));
+    let page = browser.get(&format!("/ui/audit?checkpoint={}", encode(&wrong)));
+    assert!(
+        page.body.contains(&format!(
+            "Row {id} is stored with hash {}, not the checkpoint",
+            checkpoint_hash(&checkpoint)
+        )),
+        "{}",
+        page.body
+    );
+    let garbage = browser.get("/ui/audit?checkpoint=hello");
+    assert!(garbage.body.contains("The checkpoint was not read"));
+}
+
+fn checkpoint_hash(checkpoint: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(checkpoint).unwrap()["hash"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn explain_at_a_past_time_shows_the_cli_steps_and_links_the_recorded_row() {
+    let env = Env::new();
+    let (_, viewer) = store_with_tokens(&env);
+    env.ok(&["eval", "enrich", "--context", "tenant:acme"]);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&viewer);
+    let at = "2100-01-01";
+    let page = browser.get(&format!(
+        "/ui/explain?flag=enrich&context=tenant%3Aacme&at={at}"
+    ));
+    assert_eq!(page.status, 200);
+    let cli = env.ok(&["explain", "enrich", "--context", "tenant:acme", "--at", at]);
+    let shown = cli
+        .replace('&', "&#38;")
+        .replace('"', "&#34;")
+        .replace('<', "&#60;")
+        .replace('>', "&#62;");
+    assert!(page.body.contains(&shown), "{}\n---\n{shown}", page.body);
+    assert!(page.body.contains("The recorded decision in the audit log"));
+}
+
+fn a_revoked_token_ends_its_sessions() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let server = Server::start(&env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&operator);
+    assert_eq!(browser.get("/ui/flags").status, 200);
+    env.ok(&["token", "revoke", "ops"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = browser.get("/ui/flags");
+        if page.status == 303 {
+            assert_eq!(page.location.as_deref(), Some("/ui/sign-in"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still signed in");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+contract_tests! {
+    sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing,
+    a_viewer_reads_but_cannot_change_a_flag,
+    forms_need_this_sessions_csrf_token_and_this_origin,
+    the_kill_switch_names_its_dependents_then_writes_one_change_as_the_operator,
+    a_rollout_is_changed_previewed_and_checked,
+    an_edit_made_since_the_page_was_loaded_is_refused_not_overwritten,
+    html_in_flag_names_and_context_keys_is_shown_as_text,
+    the_audit_page_pages_verifies_and_exports_what_the_cli_prints,
+    a_pasted_checkpoint_opens_its_row_and_is_compared,
+    explain_at_a_past_time_shows_the_cli_steps_and_links_the_recorded_row,
+    a_revoked_token_ends_its_sessions,
+}
