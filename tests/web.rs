@@ -178,7 +178,8 @@ fn sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing() {
         flags.csp.as_deref(),
         Some(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
+             report-uri /ui/csp-report"
         )
     );
     assert!(

@@ -15,6 +15,7 @@ const COMMIT_BUCKETS: [f64; 10] = [
 pub(super) struct Metrics {
     responses: Mutex<BTreeMap<u16, u64>>,
     evaluations: AtomicU64,
+    csp_violations: AtomicU64,
     commits: Mutex<Commits>,
 }
 
@@ -37,6 +38,10 @@ impl Metrics {
     pub(super) fn count_evaluations(&self, decisions: usize) {
         self.evaluations
             .fetch_add(decisions as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn count_csp_violation(&self) {
+        self.csp_violations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One group commit of `requests` requests that took `elapsed`.
@@ -73,6 +78,14 @@ impl Metrics {
              # TYPE flagstore_evaluations_total counter\n\
              flagstore_evaluations_total {}\n",
             self.evaluations.load(Ordering::Relaxed)
+        );
+        let _ = write!(
+            text,
+            "# HELP flagstore_csp_violations_total Content-Security-Policy violations browsers \
+             reported from the web UI's pages.\n\
+             # TYPE flagstore_csp_violations_total counter\n\
+             flagstore_csp_violations_total {}\n",
+            self.csp_violations.load(Ordering::Relaxed)
         );
         if let Ok(commits) = self.commits.lock() {
             text.push_str(
@@ -119,11 +132,13 @@ mod tests {
         metrics.count_response(200);
         metrics.count_response(401);
         metrics.count_evaluations(5);
+        metrics.count_csp_violation();
         let text = metrics.render();
         for line in [
             "flagstore_http_responses_total{code=\"200\"} 2",
             "flagstore_http_responses_total{code=\"401\"} 1",
             "flagstore_evaluations_total 5",
+            "flagstore_csp_violations_total 1",
             "flagstore_commit_seconds_bucket{le=\"0.0005\"} 1",
             "flagstore_commit_seconds_bucket{le=\"0.002\"} 1",
             "flagstore_commit_seconds_bucket{le=\"0.005\"} 2",

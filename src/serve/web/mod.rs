@@ -40,10 +40,14 @@ const SESSION_COOKIE: &str = "flagstore_session";
 /// How long a session lasts after sign-in, however active.
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 
-/// No inline script or style anywhere, so an injected one never runs.
+/// No inline script or style anywhere, so an injected one never runs. Browsers report
+/// violations to [`CSP_REPORTS`], counted in `/metrics`.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
-     base-uri 'none'";
+     base-uri 'none'; report-uri /ui/csp-report";
+const CSP_REPORTS: &str = "/ui/csp-report";
+/// The most of a violation report logged.
+const REPORT_LOGGED: usize = 2_000;
 
 /// Signed-in browsers, by session id.
 #[derive(Default)]
@@ -105,6 +109,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/ui/sign-in", get(sign_in_page).post(sign_in))
         .route("/ui/sign-out", post(sign_out))
         .route("/ui/assets/{name}", get(asset))
+        .route(CSP_REPORTS, post(csp_report))
         .merge(flags::routes())
         .merge(audit::routes())
         .layer(middleware::from_fn(same_origin_posts))
@@ -132,7 +137,10 @@ async fn security_headers(request: Request, next: Next) -> Response {
 /// Refuses a POST whose `Origin` (or, without one, `Referer`) is not this server: a form on
 /// another site cannot act for a signed-in operator, even before its CSRF token is checked.
 async fn same_origin_posts(request: Request, next: Next) -> Response {
-    if request.method() == Method::POST && !from_this_origin(request.headers()) {
+    // Violation reports come from the browser itself, without this page's Origin; they
+    // change nothing but a counter.
+    let is_report = request.uri().path() == CSP_REPORTS;
+    if request.method() == Method::POST && !is_report && !from_this_origin(request.headers()) {
         return problem(
             StatusCode::FORBIDDEN,
             None,
@@ -175,6 +183,19 @@ async fn asset(Path(name): Path<String>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// A browser's report of a Content-Security-Policy violation: counted, and logged to stderr
+/// (a page that breaks its own policy is a defect, and an injection attempt is news).
+async fn csp_report(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> StatusCode {
+    shared.metrics.count_csp_violation();
+    let report = String::from_utf8_lossy(&body);
+    let shown: String = report.chars().take(REPORT_LOGGED).collect();
+    eprintln!(
+        "flagstore: a browser reported a Content-Security-Policy violation: {}",
+        shown.replace('\n', " ")
+    );
+    StatusCode::NO_CONTENT
 }
 
 /// The session id in the request's cookie, if any.
