@@ -565,6 +565,19 @@ fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
         );
     }
     assert_eq!(browser.get("/ui/audit/export?format=xml").status, 400);
+    let bad_time = browser.get("/ui/audit?since=last%20tuesday");
+    assert_eq!(bad_time.status, 400);
+    assert!(bad_time.body.contains("last tuesday"), "{}", bad_time.body);
+    let bad_limit = browser.get("/ui/audit?limit=0");
+    assert_eq!(bad_limit.status, 400);
+    assert!(
+        bad_limit.body.contains("outside 1-500"),
+        "{}",
+        bad_limit.body
+    );
+    let unknown = browser.get("/ui/flags/enrichh");
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body.contains("enrichh") && unknown.body.contains("enrich"));
     assert_eq!(
         env.count("SELECT count(*) FROM audit_log"),
         rows_before,
