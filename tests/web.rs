@@ -327,6 +327,15 @@ fn the_kill_switch_names_its_dependents_then_writes_one_change_as_the_operator()
 
     let page = browser.get("/ui/flags/ingest");
     assert!(page.body.contains("Off: the kill switch is thrown"));
+    let newest = env.count("SELECT max(id) FROM audit_log WHERE kind = 'change'");
+    assert!(
+        page.body.contains(&format!(
+            "href=\"/ui/audit?flag=ingest&amp;cursor={}\">{newest}</a>",
+            newest + 1
+        )),
+        "the history links its change row: {}",
+        page.body
+    );
     let on = [
         ("csrf", csrf.as_str()),
         ("version", &page.field("version")),

@@ -157,6 +157,9 @@ struct FlagPage {
     tally: AssignmentTally,
     preview: Option<Preview>,
     history: Vec<HistoryRow>,
+    /// The audit page filtered to this flag (a `cursor` is appended per history row).
+    audit_href: String,
+    explain_href: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +220,8 @@ fn flag_page(
     })?;
     let flag = record.flag;
     Ok(FlagPage {
+        audit_href: format!("/ui/audit?flag={}", encoded(name)),
+        explain_href: format!("/ui/explain?flag={}", encoded(name)),
         chrome: Some(chrome),
         link: FlagLink::new(&flag.name),
         rollout: percent(flag.rollout_pct),
