@@ -283,36 +283,73 @@ enum Outcome {
     Confirm(ConfirmPage),
 }
 
+/// A form that changes one flag; its CSRF token is checked before anything else.
+trait FlagForm: Send + 'static {
+    fn csrf(&self) -> &str;
+}
+
+impl FlagForm for EnabledForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl FlagForm for RolloutForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// Runs `work` with a flag form as an operator, then answers as [`answer`] does. `what`
+/// names the form in the message for one that is incomplete.
+async fn operate<F: FlagForm>(
+    shared: &Shared,
+    headers: &HeaderMap,
+    name: String,
+    form: Result<Form<F>, axum::extract::rejection::FormRejection>,
+    what: &str,
+    work: impl FnOnce(&mut Store, Chrome, &str, F) -> Result<Outcome, Refusal> + Send + 'static,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            None,
+            &format!("The {what} form was incomplete: reload the flag's page and try again."),
+        );
+    };
+    let csrf = form.csrf().to_string();
+    let flag_href = FlagLink::new(&name).href;
+    let done = as_visitor(
+        shared,
+        headers,
+        Role::Operator,
+        Some(&csrf),
+        move |store, chrome| work(store, chrome, &name, form),
+    )
+    .await;
+    answer(done, &flag_href)
+}
+
 async fn set_enabled(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     form: Result<Form<EnabledForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            None,
-            "The kill switch form was incomplete: reload the flag's page and try again.",
-        );
-    };
-    let csrf = form.csrf.clone();
-    let flag_href = FlagLink::new(&name).href;
-    let done = as_visitor(
+    operate(
         &shared,
         &headers,
-        Role::Operator,
-        Some(&csrf),
-        move |store, chrome| {
-            let confirmed = form.confirm == "yes";
-            if !form.enabled && !confirmed {
-                let flags = store.flags()?;
-                let dependents = flags.all_dependents_of(&name);
+        name,
+        form,
+        "kill switch",
+        |store, chrome, name, form| {
+            if !form.enabled && form.confirm != "yes" {
+                let dependents = store.flags()?.all_dependents_of(name);
                 if !dependents.is_empty() {
-                    return confirmation(store, chrome, &name, form.version, &dependents);
+                    return confirmation(store, chrome, name, form.version, &dependents);
                 }
             }
-            change(store, &chrome, &name, form.version, |flag| {
+            change(store, &chrome, name, form.version, |flag| {
                 Ok(Flag {
                     enabled: form.enabled,
                     ..flag.clone()
@@ -320,8 +357,7 @@ async fn set_enabled(
             })
         },
     )
-    .await;
-    answer(done, &flag_href)
+    .await
 }
 
 fn confirmation(
@@ -364,23 +400,15 @@ async fn set_rollout(
     headers: HeaderMap,
     form: Result<Form<RolloutForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            None,
-            "The rollout form was incomplete: reload the flag's page and try again.",
-        );
-    };
-    let csrf = form.csrf.clone();
-    let flag_href = FlagLink::new(&name).href;
-    let done = as_visitor(
+    operate(
         &shared,
         &headers,
-        Role::Operator,
-        Some(&csrf),
-        move |store, chrome| {
-            let pct = parse_rollout(&name, &form.rollout_pct)?;
-            change(store, &chrome, &name, form.version, |flag| {
+        name,
+        form,
+        "rollout",
+        |store, chrome, name, form| {
+            let pct = parse_rollout(name, &form.rollout_pct)?;
+            change(store, &chrome, name, form.version, |flag| {
                 Ok(Flag {
                     rollout_pct: pct,
                     ..flag.clone()
@@ -388,8 +416,7 @@ async fn set_rollout(
             })
         },
     )
-    .await;
-    answer(done, &flag_href)
+    .await
 }
 
 /// Applies `edit` to the flag as the visitor, if it is still at `version`: one audited change
