@@ -223,8 +223,12 @@ async fn operators_and_reviewers_use_every_page_in_chromium() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let listed = text_of(&client, "#flag-table tbody").await;
-        if !listed.contains("legacy") {
+        // htmx may swap the table between finding it and reading it: that read is retried.
+        let listed = match client.find(Locator::Css("#flag-table tbody")).await {
+            Ok(table) => table.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if !listed.is_empty() && !listed.contains("legacy") {
             assert!(listed.contains("enrich"), "{listed}");
             break;
         }
