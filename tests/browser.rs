@@ -263,14 +263,7 @@ async fn operators_and_reviewers_use_every_page_in_chromium() {
         "ops"
     );
     click(&client, "form[action$='/enabled'] button").await;
-    assert!(
-        env.open_store()
-            .flags()
-            .unwrap()
-            .get("ingest")
-            .unwrap()
-            .enabled
-    );
+    assert!(env.flag("ingest").enabled);
 
     // A rollout through the number field; app.js adds the slider beside it.
     client

@@ -125,6 +125,14 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
+/// A server on `env`'s store and a browser signed in to it with `token`.
+fn signed_in(env: &Env, token: &str) -> (Server, Browser) {
+    let server = Server::start(env, &[]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(token);
+    (server, browser)
+}
+
 /// A store holding PIPELINE and tokens "ops" (operator) and "reader" (viewer).
 fn store_with_tokens(env: &Env) -> (String, String) {
     env.import_json(PIPELINE);
@@ -195,9 +203,7 @@ fn sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing() {
 fn a_viewer_reads_but_cannot_change_a_flag() {
     let env = Env::new();
     let (_, viewer) = store_with_tokens(&env);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&viewer);
+    let (_server, browser) = signed_in(&env, &viewer);
 
     let page = browser.get("/ui/flags/ingest");
     assert_eq!(page.status, 200);
@@ -212,22 +218,13 @@ fn a_viewer_reads_but_cannot_change_a_flag() {
     assert_eq!(refused.status, 403);
     assert!(refused.body.contains("role operator"), "{}", refused.body);
     assert_eq!(change_rows(&env), before);
-    assert!(
-        env.open_store()
-            .flags()
-            .unwrap()
-            .get("ingest")
-            .unwrap()
-            .enabled
-    );
+    assert!(env.flag("ingest").enabled);
 }
 
 fn forms_need_this_sessions_csrf_token_and_this_origin() {
     let env = Env::new();
     let (operator, _) = store_with_tokens(&env);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&operator);
+    let (_server, browser) = signed_in(&env, &operator);
     let page = browser.get("/ui/flags/legacy");
     let (csrf, version) = (page.field("csrf"), page.field("version"));
     let before = change_rows(&env);
@@ -257,23 +254,14 @@ fn forms_need_this_sessions_csrf_token_and_this_origin() {
     let no_origin = browser.post_from(None, "/ui/flags/legacy/enabled", &valid);
     assert_eq!(no_origin.status, 403);
     assert_eq!(change_rows(&env), before, "nothing refused was written");
-    assert!(
-        !env.open_store()
-            .flags()
-            .unwrap()
-            .get("legacy")
-            .unwrap()
-            .enabled
-    );
+    assert!(!env.flag("legacy").enabled);
 }
 
 fn the_kill_switch_names_its_dependents_then_writes_one_change_as_the_operator() {
     let env = Env::new();
     let (operator, _) = store_with_tokens(&env);
     env.ok(&["eval", "ingest", "--context", "k1"]);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&operator);
+    let (_server, browser) = signed_in(&env, &operator);
     let page = browser.get("/ui/flags/ingest");
     assert!(page.body.contains("Turn off (kill switch)"));
     assert!(page.body.contains("1 contexts stored on"), "{}", page.body);
@@ -342,14 +330,7 @@ fn the_kill_switch_names_its_dependents_then_writes_one_change_as_the_operator()
         ("enabled", "true"),
     ];
     assert_eq!(browser.post("/ui/flags/ingest/enabled", &on).status, 303);
-    assert!(
-        env.open_store()
-            .flags()
-            .unwrap()
-            .get("ingest")
-            .unwrap()
-            .enabled
-    );
+    assert!(env.flag("ingest").enabled);
     assert_eq!(change_rows(&env), before + 2);
 }
 
@@ -359,9 +340,7 @@ fn a_rollout_is_changed_previewed_and_checked() {
     let keys: String = (0..200).map(|i| format!("key-{i}\n")).collect();
     let file = env.write("keys.txt", keys);
     env.ok(&["eval", "enrich", "--contexts-file", file.to_str().unwrap()]);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&operator);
+    let (_server, browser) = signed_in(&env, &operator);
 
     // Stored decisions the bucket would decide otherwise at 20%: enrich (on_only, 50%) stored
     // only its on decisions, and those with a bucket from 20 to 49 would now be off.
@@ -404,15 +383,7 @@ fn a_rollout_is_changed_previewed_and_checked() {
         ],
     );
     assert_eq!(saved.status, 303);
-    assert_eq!(
-        env.open_store()
-            .flags()
-            .unwrap()
-            .get("enrich")
-            .unwrap()
-            .rollout_pct,
-        12.5
-    );
+    assert_eq!(env.flag("enrich").rollout_pct, 12.5);
     assert_eq!(change_rows(&env), before + 1);
     assert!(
         browser
@@ -425,9 +396,7 @@ fn a_rollout_is_changed_previewed_and_checked() {
 fn an_edit_made_since_the_page_was_loaded_is_refused_not_overwritten() {
     let env = Env::new();
     let (operator, _) = store_with_tokens(&env);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&operator);
+    let (_server, browser) = signed_in(&env, &operator);
     let page = browser.get("/ui/flags/enrich");
     env.ok(&["flag", "set", "enrich", "--rollout", "30"]);
     let stale = browser.post(
@@ -440,15 +409,7 @@ fn an_edit_made_since_the_page_was_loaded_is_refused_not_overwritten() {
     );
     assert_eq!(stale.status, 409);
     assert!(stale.body.contains("enrich"), "{}", stale.body);
-    assert_eq!(
-        env.open_store()
-            .flags()
-            .unwrap()
-            .get("enrich")
-            .unwrap()
-            .rollout_pct,
-        30.0
-    );
+    assert_eq!(env.flag("enrich").rollout_pct, 30.0);
 }
 
 fn html_in_flag_names_and_context_keys_is_shown_as_text() {
@@ -460,9 +421,7 @@ fn html_in_flag_names_and_context_keys_is_shown_as_text() {
         r#"{{"flags": [{{"name": {hostile_flag:?}, "requires": ["ingest"]}}]}}"#
     ));
     env.ok(&["eval", hostile_flag, "--context", hostile_key]);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&operator);
+    let (_server, browser) = signed_in(&env, &operator);
     let flag_path = format!("/ui/flags/{}", encode(hostile_flag));
     for path in [
         "/ui/flags".to_string(),
@@ -497,9 +456,7 @@ fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
     let keys: String = (0..30).map(|i| format!("key-{i}\n")).collect();
     let file = env.write("keys.txt", keys);
     env.ok(&["eval", "--all", "--contexts-file", file.to_str().unwrap()]);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&viewer);
+    let (_server, browser) = signed_in(&env, &viewer);
     let rows_before = env.count("SELECT count(*) FROM audit_log");
 
     let first = browser.get("/ui/audit?limit=10&flag=enrich");
@@ -599,9 +556,7 @@ fn a_pasted_checkpoint_opens_its_row_and_is_compared() {
     let (_, viewer) = store_with_tokens(&env);
     let checkpoint = env.ok(&["audit", "checkpoint"]);
     env.ok(&["eval", "ingest", "--context", "later"]);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&viewer);
+    let (_server, browser) = signed_in(&env, &viewer);
     let id = serde_json::from_str::<serde_json::Value>(&checkpoint).unwrap()["id"]
         .as_i64()
         .unwrap();
@@ -641,9 +596,7 @@ fn explain_at_a_past_time_shows_the_cli_steps_and_links_the_recorded_row() {
     let env = Env::new();
     let (_, viewer) = store_with_tokens(&env);
     env.ok(&["eval", "enrich", "--context", "tenant:acme"]);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&viewer);
+    let (_server, browser) = signed_in(&env, &viewer);
     let at = "2100-01-01";
     let page = browser.get(&format!(
         "/ui/explain?flag=enrich&context=tenant%3Aacme&at={at}"
@@ -662,9 +615,7 @@ fn explain_at_a_past_time_shows_the_cli_steps_and_links_the_recorded_row() {
 fn a_revoked_token_ends_its_sessions() {
     let env = Env::new();
     let (operator, _) = store_with_tokens(&env);
-    let server = Server::start(&env, &[]);
-    let mut browser = Browser::new(&server);
-    browser.sign_in(&operator);
+    let (_server, browser) = signed_in(&env, &operator);
     assert_eq!(browser.get("/ui/flags").status, 200);
     env.ok(&["token", "revoke", "ops"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

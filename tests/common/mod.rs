@@ -124,6 +124,15 @@ impl Env {
         flagstore::Store::open(&Location::parse(&self.location)).expect("store opens")
     }
 
+    /// The stored definition of flag `name`, which must exist.
+    pub fn flag(&self, name: &str) -> flagstore::Flag {
+        let flags = self.open_store().flags().expect("flags read");
+        flags
+            .get(name)
+            .unwrap_or_else(|| panic!("no flag {name:?}"))
+            .clone()
+    }
+
     /// The store's name as flagstore prints it: the path, or the URL without password or
     /// parameters.
     pub fn shown(&self) -> String {
