@@ -97,10 +97,13 @@ async fn call(
 }
 
 fn flag_json(store: &Store, name: &str) -> Result<Option<(Value, i64)>, Refusal> {
+    // The version is read before the definition: a change another process commits between
+    // the two reads then leaves an older version beside the newer state, so an edit made from
+    // it is refused rather than applied to a state its author never saw.
+    let version = store.flag_version(name)?;
     let Some(record) = store.flag(name)? else {
         return Ok(None);
     };
-    let version = store.flag_version(name)?;
     let mut body =
         serde_json::to_value(&record.flag).map_err(|e| Refusal::Failed(e.to_string()))?;
     body["required_by"] = json!(record.required_by);

@@ -191,6 +191,8 @@ fn flag_page(
     name: &str,
     preview: &str,
 ) -> Result<FlagPage, Refusal> {
+    // Read before the definition, as the admin API's flag_json does and for the same reason.
+    let version = store.flag_version(name)?;
     let Some(record) = store.flag(name)? else {
         return Err(store.unknown_flag(name)?.into());
     };
@@ -233,7 +235,7 @@ fn flag_page(
             .collect(),
         created_at: record.created_at,
         updated_at: record.updated_at,
-        version: store.flag_version(name)?,
+        version,
         tally: store.assignment_tally(name, flag.rollout_pct)?,
         preview,
         history,
