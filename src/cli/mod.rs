@@ -227,9 +227,22 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 /// (a similar command, how to pass a value starting with `-`), and where to read more.
 pub fn usage_error_line(usage: &clap::Error) -> String {
     let rendered = usage.render().to_string();
-    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .peekable();
     let first = lines.next().unwrap_or("invalid command line");
     let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    // "the following required arguments were not provided:" lists them on the next lines.
+    if line.ends_with(':') {
+        let listed: Vec<&str> = std::iter::from_fn(|| {
+            lines.next_if(|l| !l.starts_with("Usage:") && !l.starts_with("tip: "))
+        })
+        .collect();
+        line.push(' ');
+        line.push_str(&listed.join(", "));
+    }
     for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
         line.push_str("; ");
         line.push_str(tip);
