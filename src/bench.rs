@@ -18,11 +18,10 @@ use crate::store::{BatchReport, Location, ScratchSchema, Selection, Store, keys_
 /// partial rollouts store every decision, so the second pass is all sticky hits.
 pub fn bench_flags() -> FlagSet {
     let flag = |name: &str, rollout_pct: f64, requires: &[&str], sticky: StickyPolicy| Flag {
-        name: name.to_string(),
-        enabled: true,
         rollout_pct,
         requires: requires.iter().map(|r| r.to_string()).collect(),
         sticky,
+        ..Flag::new(name)
     };
     [
         flag("ingest", 100.0, &[], StickyPolicy::OnOnly),

@@ -80,16 +80,28 @@ pub fn differences(a: &Flag, b: &Flag) -> Vec<(&'static str, String, String)> {
     if a.sticky != b.sticky {
         fields.push(("sticky", a.sticky.to_string(), b.sticky.to_string()));
     }
+    if a.stale_exempt != b.stale_exempt {
+        fields.push((
+            "stale_exempt",
+            a.stale_exempt.to_string(),
+            b.stale_exempt.to_string(),
+        ));
+    }
     fields
 }
 
 fn describe(flag: &Flag) -> String {
     format!(
-        "enabled {}, rollout_pct {}, requires [{}], sticky {}",
+        "enabled {}, rollout_pct {}, requires [{}], sticky {}{}",
         flag.enabled,
         flag.rollout_pct,
         flag.requires.join(", "),
-        flag.sticky
+        flag.sticky,
+        if flag.stale_exempt {
+            ", stale_exempt"
+        } else {
+            ""
+        }
     )
 }
 

@@ -1,5 +1,6 @@
 //! The JSON file format shared with the Python prototype:
-//! `{"flags": [{"name", "enabled"?, "rollout_pct"?, "requires"?, "sticky"?}], "context_key"?}`.
+//! `{"flags": [{"name", "enabled"?, "rollout_pct"?, "requires"?, "sticky"?, "stale_exempt"?}],
+//! "context_key"?}`.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -201,12 +202,15 @@ fn parse_flag(index: usize, entry: Value) -> std::result::Result<Flag, (String, 
                     .and_then(|policy| policy.parse::<StickyPolicy>().ok())
                     .ok_or_else(|| wrong("one of \"on_only\", \"all\" or \"none\""))?;
             }
+            "stale_exempt" => {
+                flag.stale_exempt = value.as_bool().ok_or_else(|| wrong("true or false"))?;
+            }
             _ => {
                 return Err((
                     at,
                     format!(
                         "{field:?} is not a field of a flag (expected name, enabled, \
-                         rollout_pct, requires and sticky)"
+                         rollout_pct, requires, sticky and stale_exempt)"
                     ),
                 ));
             }
@@ -318,7 +322,7 @@ mod tests {
             ),
             (
                 r#"{"flags": [{"name": "a", "rollout": 5}]}"#,
-                "flags[0] (\"a\"): \"rollout\" is not a field of a flag (expected name, enabled, rollout_pct, requires and sticky)",
+                "flags[0] (\"a\"): \"rollout\" is not a field of a flag (expected name, enabled, rollout_pct, requires, sticky and stale_exempt)",
             ),
             (
                 r#"{"flags": [["a", true, 50]]}"#,

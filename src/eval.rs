@@ -336,11 +336,11 @@ mod tests {
 
     fn flag(name: &str, enabled: bool, pct: f64, requires: &[&str]) -> Flag {
         Flag {
-            name: name.to_string(),
             enabled,
             rollout_pct: pct,
             requires: requires.iter().map(|r| r.to_string()).collect(),
             sticky: StickyPolicy::OnOnly,
+            ..Flag::new(name)
         }
     }
 

@@ -82,6 +82,15 @@ pub struct Flag {
     pub requires: Vec<String>,
     #[serde(default)]
     pub sticky: StickyPolicy,
+    /// Never listed as stale (see `Store::stale_flags`): a permanent kill switch, say, that
+    /// is meant to stay on for everyone. Left out of exports while false, so files written
+    /// before it existed read the same.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stale_exempt: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn default_enabled() -> bool {
@@ -111,6 +120,7 @@ impl Flag {
             rollout_pct: default_rollout(),
             requires: Vec::new(),
             sticky: StickyPolicy::default(),
+            stale_exempt: false,
         }
     }
 

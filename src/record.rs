@@ -189,11 +189,11 @@ mod tests {
 
     fn flags() -> FlagSet {
         let flag = |name: &str, enabled: bool, pct: f64, requires: &[&str]| Flag {
-            name: name.to_string(),
             enabled,
             rollout_pct: pct,
             requires: requires.iter().map(|r| r.to_string()).collect(),
             sticky: StickyPolicy::All,
+            ..Flag::new(name)
         };
         [
             flag("ingest", true, 100.0, &[]),

@@ -235,7 +235,7 @@ fn unknown_fields_and_sticky_policies_are_refused() {
     );
     refused_import(
         r#"{"flags": [{"name": "x", "rollout": 5}]}"#,
-        "FILE: flags[0] (\"x\"): \"rollout\" is not a field of a flag (expected name, enabled, rollout_pct, requires and sticky)",
+        "FILE: flags[0] (\"x\"): \"rollout\" is not a field of a flag (expected name, enabled, rollout_pct, requires, sticky and stale_exempt)",
     );
 }
 
@@ -325,7 +325,7 @@ fn a_database_from_a_newer_flagstore_is_refused() {
     assert_eq!(
         message,
         format!(
-            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to 3)",
+            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to 4)",
             env.db.display()
         )
     );
@@ -399,12 +399,12 @@ fn flag_list_and_show() {
             .take(6)
             .collect::<Vec<_>>(),
         [
-            "name:        legacy",
-            "enabled:     false",
-            "rollout_pct: 100",
+            "name:         legacy",
+            "enabled:      false",
+            "rollout_pct:  100",
             "requires:",
             "required_by:",
-            "sticky:      on_only"
+            "sticky:       on_only"
         ]
     );
     let shown = json(&env.ok(&["flag", "show", "dedupe", "--json"]));

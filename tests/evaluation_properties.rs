@@ -66,11 +66,11 @@ fn flags() -> impl Strategy<Value = Vec<Flag>> {
             };
             flags.push(
                 Flag {
-                    name: format!("f{i}"),
                     enabled,
                     rollout_pct,
                     requires,
                     sticky,
+                    ..Flag::new(format!("f{i}"))
                 }
                 .normalized(),
             );

@@ -49,7 +49,7 @@ fn a_schema_1_store_migrates_keeping_every_row_and_the_head() {
     assert_eq!(verified, fixture(".verify.txt"));
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        3
+        4
     );
     assert_eq!(
         env.ok(&["audit", "--asc", "--limit", "0", "--format", "jsonl"]),

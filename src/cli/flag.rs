@@ -10,7 +10,7 @@ use super::{ActorOption, DbOption, Globals, Outcome, escaped, stdout_error, tabl
 use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy, validate_name};
-use crate::store::Store;
+use crate::store::{StaleFlag, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum FlagCommand {
@@ -22,7 +22,8 @@ pub enum FlagCommand {
     /// List every flag.
     #[command(after_help = "Examples:
   flagstore flag list
-  flagstore flag list --json")]
+  flagstore flag list --json
+  flagstore flag list --stale --stale-days 90")]
     List(ListArgs),
     /// Show one flag with its timestamps and the flags that require it.
     #[command(after_help = "Examples:
@@ -65,6 +66,9 @@ pub struct DefineArgs {
     /// Which decisions to store: on_only, all or none.
     #[arg(long, value_name = "POLICY")]
     pub sticky: Option<String>,
+    /// true keeps the flag off `flag list --stale` (a switch meant to stay as it is).
+    #[arg(long, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub stale_exempt: Option<bool>,
     #[command(flatten)]
     pub db: DbOption,
     #[command(flatten)]
@@ -76,6 +80,19 @@ pub struct ListArgs {
     /// Print one JSON array of the export format's flag objects instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only stale flags: not exempt, no change for --stale-days days, and the same answer
+    /// in every decision recorded meanwhile (or none), read from the audit trail.
+    #[arg(long)]
+    pub stale: bool,
+    /// The stale period, in days.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        default_value_t = 30,
+        requires = "stale",
+        allow_negative_numbers = true
+    )]
+    pub stale_days: u32,
     #[command(flatten)]
     pub db: DbOption,
 }
@@ -114,6 +131,25 @@ fn percentage(value: &str) -> std::result::Result<f64, String> {
 
 pub fn run(globals: &Globals, out: &mut impl Write, command: FlagCommand) -> Result<Outcome> {
     let text = match command {
+        FlagCommand::List(args) if args.stale => {
+            let stale = globals.with_store(&args.db, |store| store.stale_flags(args.stale_days))?;
+            if args.json {
+                let list: Vec<_> = stale
+                    .iter()
+                    .map(|flag| {
+                        json!({
+                            "name": flag.name,
+                            "changed_at": flag.changed_at,
+                            "answer": flag.answer,
+                            "decisions": flag.decisions,
+                        })
+                    })
+                    .collect();
+                format!("{}\n", serde_json::to_string_pretty(&list).expect("json"))
+            } else {
+                stale_table(&stale)
+            }
+        }
         FlagCommand::List(args) => {
             let flags = globals.with_store(&args.db, |store| store.flags())?;
             if args.json {
@@ -145,13 +181,14 @@ pub fn run(globals: &Globals, out: &mut impl Write, command: FlagCommand) -> Res
                     ("requires", flag.requires.join(", ")),
                     ("required_by", record.required_by.join(", ")),
                     ("sticky", flag.sticky.to_string()),
+                    ("stale_exempt", flag.stale_exempt.to_string()),
                     ("created_at", record.created_at.clone()),
                     ("updated_at", record.updated_at.clone()),
                 ];
                 fields
                     .iter()
                     .map(|(field, value)| {
-                        format!("{:<13}{}\n", format!("{field}:"), escaped(value))
+                        format!("{:<14}{}\n", format!("{field}:"), escaped(value))
                     })
                     .map(|line| line.trim_end().to_string() + "\n")
                     .collect()
@@ -233,6 +270,9 @@ fn define(globals: &Globals, args: &DefineArgs, definition: Definition) -> Resul
             if let Some(sticky) = sticky {
                 flag.sticky = sticky;
             }
+            if let Some(exempt) = args.stale_exempt {
+                flag.stale_exempt = exempt;
+            }
             let mut next = current.clone();
             next.insert(flag);
             Ok(next)
@@ -287,6 +327,21 @@ fn split_names(list: &str) -> Vec<String> {
         .filter(|name| !name.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+fn stale_table(flags: &[StaleFlag]) -> String {
+    let rows = flags
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                f.changed_at.clone(),
+                f.answer_text().to_string(),
+                f.decisions.to_string(),
+            ]
+        })
+        .collect();
+    table(&["name", "changed_at", "answer", "decisions"], rows)
 }
 
 fn flag_table(flags: &FlagSet) -> String {

@@ -33,6 +33,7 @@ mod sqlite;
 
 pub use copy::CopyReport;
 pub use postgres::{ScratchSchema, describe as describe_postgres_error, redacted_url};
+pub use review::StaleFlag;
 
 /// How long a writer keeps retrying a busy database before reporting it.
 const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(60);
@@ -52,7 +53,7 @@ pub fn keys_per_transaction(flags: usize) -> usize {
 /// The newest schema version, the same row shape on both backends. A constant, because
 /// building refinery's runner parses every migration's name with a regex: most of a short
 /// process's start-up. Tests keep it equal to each backend's embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 3;
+const LATEST_SCHEMA_VERSION: i64 = 4;
 
 /// Where a store lives: `--db` or `$FLAGSTORE_DB`, a `postgres://` or `postgresql://` URL, or
 /// else the path of an SQLite file.

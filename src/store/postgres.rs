@@ -282,7 +282,8 @@ impl Backend for Postgres {
             requires.entry(edge.get(0)).or_default().push(edge.get(1));
         }
         let mut flags = FlagSet::new();
-        for row in self.query("SELECT name, enabled, rollout_pct, sticky FROM flags", &[])? {
+        let sql = "SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags";
+        for row in self.query(sql, &[])? {
             let name: String = row.get(0);
             let sticky: &str = row.get(3);
             flags.insert(Flag {
@@ -290,6 +291,7 @@ impl Backend for Postgres {
                 enabled: row.get::<_, i32>(1) == 1,
                 rollout_pct: row.get(2),
                 sticky: sticky.parse()?,
+                stale_exempt: row.get::<_, i32>(4) == 1,
                 name,
             });
         }
@@ -307,8 +309,9 @@ impl Backend for Postgres {
 
     fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
         self.execute(
-            "INSERT INTO flags (name, enabled, rollout_pct, sticky, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO flags \
+                 (name, enabled, rollout_pct, sticky, created_at, updated_at, stale_exempt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &flag.name,
                 &i32::from(flag.enabled),
@@ -316,6 +319,7 @@ impl Backend for Postgres {
                 &flag.sticky.as_str(),
                 &created_at,
                 &updated_at,
+                &i32::from(flag.stale_exempt),
             ],
         )
         .map(|_| ())
@@ -323,7 +327,8 @@ impl Backend for Postgres {
 
     fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
         self.execute(
-            "UPDATE flags SET enabled = $2, rollout_pct = $3, sticky = $4, updated_at = $5 \
+            "UPDATE flags SET enabled = $2, rollout_pct = $3, sticky = $4, updated_at = $5, \
+                 stale_exempt = $6 \
              WHERE name = $1",
             &[
                 &flag.name,
@@ -331,6 +336,7 @@ impl Backend for Postgres {
                 &flag.rollout_pct,
                 &flag.sticky.as_str(),
                 &ts,
+                &i32::from(flag.stale_exempt),
             ],
         )
         .map(|_| ())

@@ -1,12 +1,106 @@
 //! Reading the audit log back: verifying its chain and rebuilding past states from it.
 
-use crate::audit::{AuditQuery, AuditRow, ChainVerifier, Checkpoint, Verified};
+use chrono::TimeDelta;
+
+use crate::audit::{AuditQuery, AuditRow, ChainVerifier, Checkpoint, Verified, timestamp};
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet};
 
 use super::Store;
 
+/// A flag nobody changed for the stale period and that gave every context the same answer
+/// through it: a candidate for removal from the code and the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleFlag {
+    pub name: String,
+    /// The time of its newest change row.
+    pub changed_at: String,
+    /// The one answer it gave in the period; `None` when nothing evaluated it.
+    pub answer: Option<bool>,
+    /// Decisions recorded for it in the period.
+    pub decisions: i64,
+}
+
+impl StaleFlag {
+    /// What it answered in the stale period, in words.
+    pub fn answer_text(&self) -> &'static str {
+        match self.answer {
+            Some(true) => "always on",
+            Some(false) => "always off",
+            None => "not evaluated",
+        }
+    }
+}
+
+/// Why a scan of a flag's decisions stopped early.
+enum Scan {
+    /// Two different answers: the flag is not stale.
+    Varied,
+    Failed(Error),
+}
+
+impl From<Error> for Scan {
+    fn from(error: Error) -> Scan {
+        Scan::Failed(error)
+    }
+}
+
 impl Store {
+    /// The flags that are stale `days` days back from now (the store's clock), from the audit
+    /// trail: not exempt (`stale_exempt`), no change row in the period, and one answer in
+    /// every decision recorded for them in it (or none recorded), in name order.
+    ///
+    /// A flag's decisions are read through its index and stop at the first answer that
+    /// differs, so a partial rollout costs little; a flag that gave the same answer a million
+    /// times in the period is read a million decisions deep.
+    pub fn stale_flags(&self, days: u32) -> Result<Vec<StaleFlag>> {
+        let since = timestamp((self.clock)() - TimeDelta::days(i64::from(days)));
+        let mut stale = Vec::new();
+        for flag in self.flags()?.iter().filter(|flag| !flag.stale_exempt) {
+            let newest_change = AuditQuery {
+                flag: Some(flag.name.clone()),
+                kind: Some("change".to_string()),
+                limit: Some(1),
+                ..AuditQuery::default()
+            };
+            let mut changed_at = None;
+            self.query_audit(&newest_change, |row| {
+                changed_at = Some(row.ts);
+                Ok::<(), Error>(())
+            })?;
+            let Some(changed_at) = changed_at.filter(|ts| *ts < since) else {
+                continue;
+            };
+            let decisions_since = AuditQuery {
+                flag: Some(flag.name.clone()),
+                kind: Some("evaluation".to_string()),
+                since: Some(since.clone()),
+                ..AuditQuery::default()
+            };
+            let (mut answer, mut decisions) = (None, 0);
+            let scanned = self.query_audit(&decisions_since, |row| {
+                let result = row.result == Some(1);
+                if answer.is_some_and(|first| first != result) {
+                    return Err(Scan::Varied);
+                }
+                answer = Some(result);
+                decisions += 1;
+                Ok(())
+            });
+            match scanned {
+                Ok(()) => stale.push(StaleFlag {
+                    name: flag.name.clone(),
+                    changed_at,
+                    answer,
+                    decisions,
+                }),
+                Err(Scan::Varied) => {}
+                Err(Scan::Failed(error)) => return Err(error),
+            }
+        }
+        Ok(stale)
+    }
+
     /// The flag definitions in force just before `until` (a normalized, exclusive bound), rebuilt
     /// from the full before/after states the change rows hold.
     pub fn flags_as_of(&self, until: &str) -> Result<FlagSet> {

@@ -240,7 +240,7 @@ impl Backend for Sqlite {
         }
         let mut statement = self
             .conn
-            .prepare_cached("SELECT name, enabled, rollout_pct, sticky FROM flags")?;
+            .prepare_cached("SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags")?;
         let mut rows = statement.query([])?;
         let mut flags = FlagSet::new();
         while let Some(row) = rows.next()? {
@@ -251,6 +251,7 @@ impl Backend for Sqlite {
                 enabled: row.get(1)?,
                 rollout_pct: row.get(2)?,
                 sticky: sticky.parse()?,
+                stale_exempt: row.get(4)?,
                 name,
             });
         }
@@ -267,8 +268,9 @@ impl Backend for Sqlite {
 
     fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
         self.execute(
-            "INSERT INTO flags (name, enabled, rollout_pct, sticky, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO flags \
+                 (name, enabled, rollout_pct, sticky, created_at, updated_at, stale_exempt) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             (
                 &flag.name,
                 flag.enabled,
@@ -276,6 +278,7 @@ impl Backend for Sqlite {
                 flag.sticky.as_str(),
                 created_at,
                 updated_at,
+                flag.stale_exempt,
             ),
         )
         .map(|_| ())
@@ -283,7 +286,8 @@ impl Backend for Sqlite {
 
     fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
         self.execute(
-            "UPDATE flags SET enabled = ?2, rollout_pct = ?3, sticky = ?4, updated_at = ?5 \
+            "UPDATE flags SET enabled = ?2, rollout_pct = ?3, sticky = ?4, updated_at = ?5, \
+                 stale_exempt = ?6 \
              WHERE name = ?1",
             (
                 &flag.name,
@@ -291,6 +295,7 @@ impl Backend for Sqlite {
                 flag.rollout_pct,
                 flag.sticky.as_str(),
                 ts,
+                flag.stale_exempt,
             ),
         )
         .map(|_| ())
