@@ -558,6 +558,82 @@ fn the_admin_api_reads_flags_history_and_the_audit_log_without_writing() {
     assert_eq!(env.snapshot(), before, "reads wrote to the store");
 }
 
+fn the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context() {
+    let env = Env::new();
+    let viewer = store_with_token(&env);
+    env.ok(&["eval", "--all", "--context", "tenant:acme"]);
+    env.ok(&["flag", "set", "legacy", "--stale-exempt", "true"]);
+    let server = Server::start(&env, &[]);
+    let before = env.snapshot();
+    let api = format!("{}/api/admin/v1", server.url);
+
+    let graph = get(&format!("{api}/graph"), &viewer).json();
+    let dedupe = &graph["flags"][0];
+    assert_eq!(dedupe["name"], "dedupe");
+    assert_eq!(dedupe["requires"], json!(["ingest"]));
+    assert_eq!(dedupe["required_by"], json!(["enrich"]));
+
+    // A period of 0 days: nothing was evaluated since now, and legacy is exempt.
+    let stale = get(&format!("{api}/stale?days=0"), &viewer).json();
+    assert_eq!(stale["days"], 0);
+    let listed: Value =
+        serde_json::from_str(&env.ok(&["flag", "list", "--stale", "--stale-days", "0", "--json"]))
+            .unwrap();
+    assert_eq!(stale["flags"], listed);
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(get(&format!("{api}/stale"), &viewer).json()["days"], 30);
+    assert!(
+        get(&format!("{api}/stale"), &viewer).json()["flags"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let explained = get(
+        &format!("{api}/explain?flag=enrich&context=tenant%3Aacme&at=2100-01-01"),
+        &viewer,
+    )
+    .json();
+    let cli: Value = serde_json::from_str(&env.ok(&[
+        "explain",
+        "enrich",
+        "--context",
+        "tenant:acme",
+        "--at",
+        "2100-01-01",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(explained, cli);
+
+    let context = get(&format!("{api}/context?key=tenant%3Aacme"), &viewer).json();
+    let assignments: Value = serde_json::from_str(&env.ok(&[
+        "assignments",
+        "list",
+        "--context",
+        "tenant:acme",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(context["assignments"], assignments);
+    assert_eq!(context["decisions"].as_array().unwrap().len(), 4);
+    assert_eq!(context["decisions"][0]["context_key"], "tenant:acme");
+
+    for bad in [
+        "stale?days=-1",
+        "stale?days=soon",
+        "explain?flag=enrich",
+        "explain?flag=enrich&context=k&at=later",
+        "context",
+        "context?key=k&limit=0",
+    ] {
+        let reply = get(&format!("{api}/{bad}"), &viewer);
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert!(reply.json()["errorDetails"].is_string(), "{bad}");
+    }
+    assert_eq!(env.snapshot(), before, "reads wrote to the store");
+}
+
 fn flag_changes_need_an_operator_and_the_current_version() {
     let env = Env::new();
     let viewer = store_with_token(&env);
@@ -643,6 +719,7 @@ fn flag_changes_need_an_operator_and_the_current_version() {
 
 contract_tests! {
     the_admin_api_reads_flags_history_and_the_audit_log_without_writing,
+    the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context,
     flag_changes_need_an_operator_and_the_current_version,
     token_mistakes_are_refused_and_change_nothing,
     single_evaluations_have_ofrep_shapes_and_are_recorded_under_the_token_name,

@@ -3,11 +3,9 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::{ActorOption, DbOption, Format, Globals, Outcome, stdout_error, table, write_json};
 use crate::error::Result;
-use crate::output::percentage;
 use crate::store::AssignmentRow;
 
 #[derive(Debug, Subcommand)]
@@ -82,7 +80,7 @@ pub fn run(
                     );
                     out.write_all(text.as_bytes()).map_err(stdout_error)?;
                 }
-                format => write_json(out, format, rows.iter().map(json_row))?,
+                format => write_json(out, format, rows.iter().map(AssignmentRow::to_json))?,
             }
         }
         AssignmentsCommand::Reset(args) => {
@@ -111,15 +109,4 @@ fn table_row(a: AssignmentRow) -> Vec<String> {
         a.rollout_pct.to_string(),
         a.assigned_at,
     ]
-}
-
-fn json_row(a: &AssignmentRow) -> serde_json::Value {
-    json!({
-        "flag": a.flag,
-        "context": a.context_key,
-        "decision": a.decision,
-        "bucket": a.bucket,
-        "rollout_pct": percentage(a.rollout_pct),
-        "assigned_at": a.assigned_at,
-    })
 }

@@ -42,6 +42,10 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             get(show_flag).patch(change_flag),
         )
         .route("/api/admin/v1/audit", get(audit))
+        .route("/api/admin/v1/stale", get(stale))
+        .route("/api/admin/v1/graph", get(graph))
+        .route("/api/admin/v1/explain", get(explain))
+        .route("/api/admin/v1/context", get(context))
 }
 
 /// Runs `work` on the writer's store if the presented token's role is at least `needed`.
@@ -165,6 +169,7 @@ async fn show_flag(
 struct FlagPatch {
     enabled: Option<bool>,
     rollout_pct: Option<f64>,
+    stale_exempt: Option<bool>,
 }
 
 async fn change_flag(
@@ -195,6 +200,7 @@ async fn change_flag(
             Ok(Flag {
                 enabled: patch.enabled.unwrap_or(flag.enabled),
                 rollout_pct: patch.rollout_pct.unwrap_or(flag.rollout_pct),
+                stale_exempt: patch.stale_exempt.unwrap_or(flag.stale_exempt),
                 ..flag.clone()
             })
         })?;
@@ -206,6 +212,18 @@ async fn change_flag(
         })
     })
     .await
+}
+
+/// The rows a page holds: `limit`, or [`DEFAULT_PAGE`] without one.
+fn page_size(limit: Option<i64>) -> Result<i64, Refusal> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Refusal::BadRequest(format!(
+            "limit {limit} is outside 1-{MAX_PAGE}"
+        )))
+    }
 }
 
 /// The filters of `GET .../audit`, as the CLI's `audit` takes them.
@@ -229,19 +247,14 @@ async fn audit(
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     call(&shared, &headers, Role::Viewer, move |store, _| {
-        let Query(params) = params.map_err(|e| Refusal::BadRequest(e.body_text()))?;
+        let params = parsed(params)?;
         let bound = |value: &Option<String>, until: bool| {
             value
                 .as_deref()
                 .map(|v| parse_time_bound(v, until))
                 .transpose()
         };
-        let limit = params.limit.unwrap_or(DEFAULT_PAGE);
-        if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(Refusal::BadRequest(format!(
-                "limit {limit} is outside 1-{MAX_PAGE}"
-            )));
-        }
+        let limit = page_size(params.limit)?;
         let ascending = match params.order.as_deref() {
             None | Some("desc") => false,
             Some("asc") => true,
@@ -275,6 +288,132 @@ async fn audit(
             body: json!({ "rows": rows, "next_cursor": next_cursor }),
             version: None,
         })
+    })
+    .await
+}
+
+/// A reply with this body and no version.
+fn body(body: Value) -> Result<Reply, Refusal> {
+    Ok(Reply {
+        body,
+        version: None,
+    })
+}
+
+/// A query string's parameters, or the 400 naming what is wrong with them.
+fn parsed<T>(
+    params: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Refusal> {
+    params
+        .map(|Query(params)| params)
+        .map_err(|e| Refusal::BadRequest(e.body_text()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaleParams {
+    days: Option<u32>,
+}
+
+async fn stale(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    params: Result<Query<StaleParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    call(&shared, &headers, Role::Viewer, move |store, _| {
+        let days = parsed(params)?
+            .days
+            .unwrap_or(crate::store::DEFAULT_STALE_DAYS);
+        let flags: Vec<Value> = store
+            .stale_flags(days)?
+            .iter()
+            .map(|f| f.to_json())
+            .collect();
+        body(json!({ "days": days, "flags": flags }))
+    })
+    .await
+}
+
+/// Every flag with what it requires and what requires it: the dependency graph's edges.
+async fn graph(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    call(&shared, &headers, Role::Viewer, |store, _| {
+        let flags = store.flags()?;
+        let nodes: Vec<Value> = flags
+            .iter()
+            .map(|flag| {
+                json!({
+                    "name": flag.name,
+                    "enabled": flag.enabled,
+                    "requires": flag.requires,
+                    "required_by": flags.dependents_of(&flag.name),
+                })
+            })
+            .collect();
+        body(json!({ "flags": nodes }))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainParams {
+    flag: String,
+    context: String,
+    at: Option<String>,
+}
+
+/// The steps `flagstore explain --json` prints, with `--at` as `at`.
+async fn explain(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    params: Result<Query<ExplainParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    call(&shared, &headers, Role::Viewer, move |store, _| {
+        let params = parsed(params)?;
+        let report =
+            crate::explain::explain(store, &params.flag, &params.context, params.at.as_deref())?;
+        body(report.json())
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextParams {
+    key: String,
+    limit: Option<i64>,
+}
+
+/// What one context got: its stored assignments, and its newest decisions as audit rows.
+async fn context(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    params: Result<Query<ContextParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    call(&shared, &headers, Role::Viewer, move |store, _| {
+        let params = parsed(params)?;
+        let limit = page_size(params.limit)?;
+        let assignments: Vec<Value> = store
+            .assignments(None, Some(&params.key))?
+            .iter()
+            .map(|row| row.to_json())
+            .collect();
+        let query = AuditQuery {
+            context: Some(params.key.clone()),
+            kind: Some("evaluation".to_string()),
+            limit: Some(limit),
+            ..AuditQuery::default()
+        };
+        let mut decisions = Vec::new();
+        store.query_audit(&query, |row| {
+            decisions.push(row.to_json());
+            Ok::<(), Error>(())
+        })?;
+        body(json!({
+            "key": params.key,
+            "assignments": assignments,
+            "decisions": decisions,
+        }))
     })
     .await
 }

@@ -33,7 +33,7 @@ mod sqlite;
 
 pub use copy::CopyReport;
 pub use postgres::{ScratchSchema, describe as describe_postgres_error, redacted_url};
-pub use review::StaleFlag;
+pub use review::{DEFAULT_STALE_DAYS, StaleFlag};
 
 /// How long a writer keeps retrying a busy database before reporting it.
 const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(60);
@@ -144,6 +144,20 @@ pub struct AssignmentRow {
     pub bucket: u8,
     pub rollout_pct: f64,
     pub assigned_at: String,
+}
+
+impl AssignmentRow {
+    /// The row as `assignments list --json` and the admin API show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "flag": self.flag,
+            "context": self.context_key,
+            "decision": self.decision,
+            "bucket": self.bucket,
+            "rollout_pct": crate::output::percentage(self.rollout_pct),
+            "assigned_at": self.assigned_at,
+        })
+    }
 }
 
 /// An API token of `flagstore serve`, as stored: only the SHA-256 of its text.

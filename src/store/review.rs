@@ -8,6 +8,9 @@ use crate::flag::{Flag, FlagSet};
 
 use super::Store;
 
+/// The stale period, in days, wherever none is given.
+pub const DEFAULT_STALE_DAYS: u32 = 30;
+
 /// A flag nobody changed for the stale period and that gave every context the same answer
 /// through it: a candidate for removal from the code and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,16 @@ impl StaleFlag {
             Some(false) => "always off",
             None => "not evaluated",
         }
+    }
+
+    /// The flag as `flag list --stale --json` and the admin API show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "changed_at": self.changed_at,
+            "answer": self.answer,
+            "decisions": self.decisions,
+        })
     }
 }
 
