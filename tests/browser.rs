@@ -239,6 +239,18 @@ async fn operators_and_reviewers_use_every_page_in_chromium() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The stale filter, over 0 days: nothing was evaluated since now, so every flag shows.
+    client
+        .goto(&format!("{base}/ui/flags?stale=1&days=0"))
+        .await
+        .unwrap();
+    let stale = text_of(&client, "#flag-table").await;
+    assert!(
+        stale.contains("4 of 4 flags") && stale.contains("not evaluated"),
+        "{stale}"
+    );
+    check_page(&client, "stale-flags").await;
+
     // The kill switch: confirmation naming the dependents, then one change row as "ops".
     client
         .goto(&format!("{base}/ui/flags/ingest"))

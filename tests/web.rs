@@ -393,6 +393,61 @@ fn a_rollout_is_changed_previewed_and_checked() {
     );
 }
 
+fn the_stale_filter_lists_what_flag_list_stale_lists_and_an_exemption_removes_a_flag() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let (_server, browser) = signed_in(&env, &operator);
+    let listed = |browser: &Browser| -> Vec<String> {
+        let page = browser.get("/ui/flags?stale=1&days=0");
+        assert_eq!(page.status, 200, "{}", page.body);
+        page.body
+            .split("<tr>\n<td><a href=\"/ui/flags/")
+            .skip(1)
+            .map(|row| row.split('"').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed(&browser), ["dedupe", "enrich", "ingest", "legacy"]);
+    assert!(
+        browser
+            .get("/ui/flags?stale=1&days=0")
+            .body
+            .contains("<td>not evaluated, unchanged since ")
+    );
+    assert!(
+        browser
+            .get("/ui/flags?stale=1")
+            .body
+            .contains("0 of 4 flags")
+    );
+
+    let page = browser.get("/ui/flags/legacy");
+    let exempt = browser.post(
+        "/ui/flags/legacy/stale-exempt",
+        &[
+            ("csrf", &page.field("csrf")),
+            ("version", &page.field("version")),
+            ("stale_exempt", "true"),
+        ],
+    );
+    assert_eq!(exempt.status, 303);
+    assert!(env.flag("legacy").stale_exempt);
+    assert_eq!(
+        env.text("SELECT actor || ' ' || reason FROM audit_log ORDER BY id DESC LIMIT 1"),
+        "ops web: updated stale_exempt false -> true"
+    );
+    assert_eq!(listed(&browser), ["dedupe", "enrich", "ingest"]);
+    assert!(
+        browser
+            .get("/ui/flags/legacy")
+            .body
+            .contains("Remove the exemption")
+    );
+
+    let bad = browser.get("/ui/flags?stale=1&days=soon");
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("soon"), "{}", bad.body);
+}
+
 fn an_edit_made_since_the_page_was_loaded_is_refused_not_overwritten() {
     let env = Env::new();
     let (operator, _) = store_with_tokens(&env);
@@ -636,6 +691,7 @@ contract_tests! {
     forms_need_this_sessions_csrf_token_and_this_origin,
     the_kill_switch_names_its_dependents_then_writes_one_change_as_the_operator,
     a_rollout_is_changed_previewed_and_checked,
+    the_stale_filter_lists_what_flag_list_stale_lists_and_an_exemption_removes_a_flag,
     an_edit_made_since_the_page_was_loaded_is_refused_not_overwritten,
     html_in_flag_names_and_context_keys_is_shown_as_text,
     the_audit_page_pages_verifies_and_exports_what_the_cli_prints,

@@ -26,6 +26,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/ui/flags/{name}", get(show))
         .route("/ui/flags/{name}/enabled", post(set_enabled))
         .route("/ui/flags/{name}/rollout", post(set_rollout))
+        .route("/ui/flags/{name}/stale-exempt", post(set_stale_exempt))
         .route("/ui/graph", get(graph))
 }
 
@@ -62,10 +63,18 @@ struct ListFilter {
     /// Only flags other flags require.
     #[serde(default)]
     dependents: Option<String>,
+    /// Only stale flags (see `Store::stale_flags`).
+    #[serde(default)]
+    stale: Option<String>,
+    /// The stale period in days, as typed; 30 when empty.
+    #[serde(default)]
+    days: String,
 }
 
 struct FlagRow {
     link: FlagLink,
+    /// Why it is stale, when the stale filter is on.
+    stale: Option<String>,
     enabled: bool,
     rollout: String,
     requires: Vec<FlagLink>,
@@ -80,9 +89,21 @@ struct ListPage {
     filter: ListFilter,
     rows: Vec<FlagRow>,
     total: usize,
+    default_days: u32,
 }
 
 impl ListFilter {
+    fn stale_days(&self) -> Result<u32, Refusal> {
+        match self.days.trim() {
+            "" => Ok(crate::store::DEFAULT_STALE_DAYS),
+            days => days.parse().map_err(|_| {
+                Refusal::BadRequest(format!(
+                    "stale period {days:?} is not a whole number of days"
+                ))
+            }),
+        }
+    }
+
     fn admits(&self, flag: &Flag, flags: &FlagSet) -> bool {
         let wanted = self.q.trim().to_lowercase();
         (wanted.is_empty() || flag.name.to_lowercase().contains(&wanted))
@@ -107,10 +128,32 @@ async fn list(
     };
     page(&shared, &headers, move |store, chrome| {
         let flags = store.flags()?;
+        let stale: Option<BTreeMap<String, String>> = match filter.stale {
+            None => None,
+            Some(_) => {
+                let days = filter.stale_days()?;
+                let stale = store.stale_flags(days)?;
+                Some(
+                    stale
+                        .into_iter()
+                        .map(|flag| {
+                            let why = format!(
+                                "{}, unchanged since {}",
+                                flag.answer_text(),
+                                flag.changed_at
+                            );
+                            (flag.name, why)
+                        })
+                        .collect(),
+                )
+            }
+        };
         let rows = flags
             .iter()
             .filter(|flag| filter.admits(flag, &flags))
+            .filter(|flag| stale.as_ref().is_none_or(|s| s.contains_key(&flag.name)))
             .map(|flag| FlagRow {
+                stale: stale.as_ref().and_then(|s| s.get(&flag.name).cloned()),
                 link: FlagLink::new(&flag.name),
                 enabled: flag.enabled,
                 rollout: percent(flag.rollout_pct),
@@ -124,6 +167,7 @@ async fn list(
             filter,
             rows,
             total: flags.len(),
+            default_days: crate::store::DEFAULT_STALE_DAYS,
         })
     })
     .await
@@ -294,6 +338,43 @@ impl FlagForm for EnabledForm {
     fn csrf(&self) -> &str {
         &self.csrf
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct ExemptForm {
+    csrf: String,
+    version: i64,
+    stale_exempt: bool,
+}
+
+impl FlagForm for ExemptForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+async fn set_stale_exempt(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<ExemptForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    operate(
+        &shared,
+        &headers,
+        name,
+        form,
+        "stale exemption",
+        |store, chrome, name, form| {
+            change(store, &chrome, name, form.version, |flag| {
+                Ok(Flag {
+                    stale_exempt: form.stale_exempt,
+                    ..flag.clone()
+                })
+            })
+        },
+    )
+    .await
 }
 
 impl FlagForm for RolloutForm {
