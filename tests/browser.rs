@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Env, PIPELINE, Server};
+use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -85,6 +86,7 @@ async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
     });
     let mut capabilities = serde_json::Map::new();
     capabilities.insert("goog:chromeOptions".to_string(), options);
+    capabilities.insert("goog:loggingPrefs".to_string(), json!({"browser": "ALL"}));
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(capabilities)
         .connect(&driver.url)
@@ -92,8 +94,47 @@ async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
         .expect("a chromium session")
 }
 
-/// Checks the page in the browser with axe-core and saves a screenshot as `name`.png.
+/// chromedriver's browser log (console messages, failed loads, CSP violations) since the last
+/// read; fantoccini has no command for it.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(r#"{"type": "browser"}"#.to_string()),
+        )
+    }
+}
+
+/// The browser log's errors since the last read.
+async fn console_errors(client: &Client) -> Vec<String> {
+    let log = client.issue_cmd(BrowserLog).await.expect("the browser log");
+    log.as_array()
+        .expect("log entries")
+        .iter()
+        .filter(|entry| entry["level"] == "SEVERE")
+        .map(|entry| entry["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Checks the page in the browser with axe-core, that the browser logged no error since the
+/// last check, and saves a screenshot as `name`.png.
 async fn check_page(client: &Client, name: &str) {
+    assert_eq!(
+        console_errors(client).await,
+        Vec::<String>::new(),
+        "console errors up to the {name} page"
+    );
     client.execute(AXE, vec![]).await.unwrap();
     let violations = client
         .execute_async(

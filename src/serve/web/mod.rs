@@ -35,6 +35,7 @@ use crate::token::{self, Role};
 const HTMX: &[u8] = include_bytes!("../../../assets/htmx.min.js");
 const APP_JS: &[u8] = include_bytes!("../../../assets/app.js");
 const STYLE: &[u8] = include_bytes!("../../../assets/style.css");
+const FAVICON: &[u8] = include_bytes!("../../../assets/favicon.svg");
 
 const SESSION_COOKIE: &str = "flagstore_session";
 /// How long a session lasts after sign-in, however active.
@@ -173,6 +174,7 @@ async fn asset(Path(name): Path<String>) -> Response {
         "htmx.min.js" => (HTMX, "text/javascript; charset=utf-8"),
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE, "text/css; charset=utf-8"),
+        "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return problem(StatusCode::NOT_FOUND, None, "There is no such file."),
     };
     (
