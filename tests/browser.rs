@@ -362,6 +362,16 @@ async fn operators_and_reviewers_use_every_page_in_chromium() {
         .unwrap();
     check_page(&client, "context").await;
 
+    // A problem page: its 404 is the one error the browser may log.
+    client
+        .goto(&format!("{base}/ui/flags/no-such-flag"))
+        .await
+        .unwrap();
+    let logged = console_errors(&client).await;
+    assert!(logged.len() == 1 && logged[0].contains("404"), "{logged:?}");
+    assert!(text_of(&client, "main").await.contains("no-such-flag"));
+    check_page(&client, "problem").await;
+
     // Altering a stored row is caught by the browser, which names the row.
     let altered = env.count("SELECT max(id) FROM audit_log WHERE kind = 'evaluation'");
     env.tamper(&format!(

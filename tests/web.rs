@@ -198,6 +198,18 @@ fn sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing() {
     let csrf = flags.field("csrf");
     assert_eq!(browser.post("/ui/sign-out", &[("csrf", &csrf)]).status, 303);
     assert_eq!(browser.get("/ui/flags").status, 303, "signed out");
+
+    // Behind a TLS-terminating proxy the cookie is Secure.
+    let behind_tls = browser
+        .agent
+        .post(format!("{}/ui/sign-in", browser.base))
+        .header("Origin", &browser.base)
+        .header("X-Forwarded-Proto", "https")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("token={}", encode(&operator)))
+        .unwrap();
+    let cookie = behind_tls.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.ends_with("SameSite=Strict; Secure"), "{cookie}");
 }
 
 fn a_viewer_reads_but_cannot_change_a_flag() {

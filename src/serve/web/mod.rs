@@ -355,12 +355,31 @@ struct SignInForm {
     token: String,
 }
 
-async fn sign_in(State(shared): State<Arc<Shared>>, Form(form): Form<SignInForm>) -> Response {
+/// The session cookie's attributes. `Secure` when the browser reached us over TLS, which
+/// serve learns from the TLS-terminating proxy's `X-Forwarded-Proto: https` (serve itself
+/// speaks plain HTTP); a client faking the header only makes its own cookie stricter.
+fn cookie_attributes(headers: &HeaderMap) -> &'static str {
+    let over_tls = headers
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
+    if over_tls {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
+}
+
+async fn sign_in(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
     let sha256 = token::sha256_hex(form.token.trim());
     let checked = as_caller(&shared, sha256.clone(), Role::Viewer, |_, _| Ok(())).await;
     let refusal = match checked.and_then(|()| shared.sessions.start(sha256)) {
         Ok(id) => {
-            let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict");
+            let cookie = format!("{SESSION_COOKIE}={id}; {}", cookie_attributes(&headers));
             return ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/flags")).into_response();
         }
         Err(refusal) => refusal,
@@ -395,7 +414,10 @@ async fn sign_out(
     {
         shared.sessions.end(id);
     }
-    let expired = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let expired = format!(
+        "{SESSION_COOKIE}=; {}; Max-Age=0",
+        cookie_attributes(&headers)
+    );
     ([(header::SET_COOKIE, expired)], Redirect::to("/ui/sign-in")).into_response()
 }
 
