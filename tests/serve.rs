@@ -298,6 +298,38 @@ fn concurrent_clients_on_the_same_keys_agree() {
 }
 
 /// Requests in flight when SIGTERM arrives are answered; the server exits 0.
+/// SQLite only (it holds the file's write lock from outside): reads run on connections of
+/// their own, so they answer while the writer waits for the lock with an evaluation.
+#[test]
+fn reads_answer_while_the_writer_waits() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    let holder = env.sql();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let evaluation = {
+        let url = server.url.clone();
+        let token = token.clone();
+        std::thread::spawn(move || {
+            let bearer = format!("Bearer {token}");
+            post(
+                &format!("{url}/ofrep/v1/evaluate/flags/ingest"),
+                &[("Authorization", &bearer)],
+                &context("waits"),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let flags = get(&format!("{}/api/admin/v1/flags", server.url), &token);
+    assert_eq!(flags.status, 200);
+    assert!(
+        !evaluation.is_finished(),
+        "the evaluation should still be waiting for the lock"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    assert_eq!(evaluation.join().unwrap().status, 200);
+}
+
 fn sigterm_answers_what_is_in_flight_and_exits_0() {
     let env = Env::new();
     let token = store_with_token(&env);

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ofrep::{json_response, presented_token, unauthorized};
-use super::{Refusal, Shared, as_caller};
+use super::{Refusal, Shared, as_caller, as_reader};
 use crate::audit::{AuditQuery, parse_time_bound};
 use crate::error::Error;
 use crate::flag::Flag;
@@ -48,25 +48,48 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/api/admin/v1/context", get(context))
 }
 
-/// Runs `work` on the writer's store if the presented token's role is at least `needed`.
+/// The token a request presents, hashed.
+fn token_sha256(headers: &HeaderMap) -> Option<String> {
+    presented_token(headers).map(token::sha256_hex)
+}
+
+/// The answer to a request that presents no token.
+fn no_token() -> Response {
+    unauthorized("a token is required: Authorization: Bearer TOKEN or X-API-Key: TOKEN")
+}
+
+/// Runs `work` on the writer's store if the presented token's role is at least `needed`;
+/// `work` gets the token's name, the actor of what it writes.
 async fn call(
     shared: &Shared,
     headers: &HeaderMap,
     needed: Role,
     work: impl FnOnce(&mut Store, &str) -> Result<Reply, Refusal> + Send + 'static,
 ) -> Response {
-    let Some(token) = presented_token(headers) else {
-        return unauthorized(
-            "a token is required: Authorization: Bearer TOKEN or X-API-Key: TOKEN",
-        );
+    let Some(sha256) = token_sha256(headers) else {
+        return no_token();
     };
-    let answer = as_caller(
-        shared,
-        token::sha256_hex(token),
-        needed,
-        move |store, caller| work(store, &caller.name),
+    respond(
+        as_caller(shared, sha256, needed, move |store, caller| {
+            work(store, &caller.name)
+        })
+        .await,
     )
-    .await;
+}
+
+/// Runs read-only `work` on one of the readers, for any active token.
+async fn read(
+    shared: &Shared,
+    headers: &HeaderMap,
+    work: impl FnOnce(&mut Store) -> Result<Reply, Refusal> + Send + 'static,
+) -> Response {
+    let Some(sha256) = token_sha256(headers) else {
+        return no_token();
+    };
+    respond(as_reader(shared, sha256, Role::Viewer, move |store, _| work(store)).await)
+}
+
+fn respond(answer: Result<Reply, Refusal>) -> Response {
     match answer {
         Ok(Reply { body, version }) => {
             let mut response = json_response(StatusCode::OK, &body);
@@ -118,7 +141,7 @@ fn flag_json(store: &Store, name: &str) -> Result<Option<(Value, i64)>, Refusal>
 }
 
 async fn list_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    call(&shared, &headers, Role::Viewer, |store, _| {
+    read(&shared, &headers, |store| {
         let names: Vec<String> = store.flags()?.names().map(str::to_string).collect();
         let mut flags = Vec::with_capacity(names.len());
         for name in names {
@@ -139,7 +162,7 @@ async fn show_flag(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    call(&shared, &headers, Role::Viewer, move |store, _| {
+    read(&shared, &headers, move |store| {
         let Some((mut body, version)) = flag_json(store, &name)? else {
             return Err(Refusal::NotFound(store.unknown_flag(&name)?.to_string()));
         };
@@ -246,7 +269,7 @@ async fn audit(
     headers: HeaderMap,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    call(&shared, &headers, Role::Viewer, move |store, _| {
+    read(&shared, &headers, move |store| {
         let params = parsed(params)?;
         let bound = |value: &Option<String>, until: bool| {
             value
@@ -320,7 +343,7 @@ async fn stale(
     headers: HeaderMap,
     params: Result<Query<StaleParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    call(&shared, &headers, Role::Viewer, move |store, _| {
+    read(&shared, &headers, move |store| {
         let days = parsed(params)?
             .days
             .unwrap_or(crate::store::DEFAULT_STALE_DAYS);
@@ -336,7 +359,7 @@ async fn stale(
 
 /// Every flag with what it requires and what requires it: the dependency graph's edges.
 async fn graph(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    call(&shared, &headers, Role::Viewer, |store, _| {
+    read(&shared, &headers, |store| {
         let flags = store.flags()?;
         let nodes: Vec<Value> = flags
             .iter()
@@ -368,7 +391,7 @@ async fn explain(
     headers: HeaderMap,
     params: Result<Query<ExplainParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    call(&shared, &headers, Role::Viewer, move |store, _| {
+    read(&shared, &headers, move |store| {
         let params = parsed(params)?;
         let report =
             crate::explain::explain(store, &params.flag, &params.context, params.at.as_deref())?;
@@ -390,7 +413,7 @@ async fn context(
     headers: HeaderMap,
     params: Result<Query<ContextParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    call(&shared, &headers, Role::Viewer, move |store, _| {
+    read(&shared, &headers, move |store| {
         let params = parsed(params)?;
         let limit = page_size(params.limit)?;
         let assignments: Vec<Value> = store

@@ -15,7 +15,7 @@ mod web;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::eval::Evaluation;
 use crate::flag::FlagSet;
-use crate::store::{Request, Selection, Store};
+use crate::store::{Location, Request, Selection, Store};
 use crate::token::Role;
 use metrics::Metrics;
 
@@ -33,6 +33,10 @@ const MAX_GROUP: usize = 512;
 
 /// Requests waiting for the writer before handlers wait to queue (backpressure).
 const QUEUE: usize = 4_096;
+
+/// Reads (pages, the admin API's GETs) running at once beside the writer, each on a
+/// connection of its own.
+const READERS: usize = 4;
 
 /// How long a token revocation may take to reach a running server.
 const TOKEN_REFRESH: Duration = Duration::from_secs(1);
@@ -103,6 +107,89 @@ impl From<Error> for Refusal {
     }
 }
 
+/// Connections that answer reads beside the writer, so that a long read (a stale scan over
+/// millions of decisions, a whole-log export) never holds up evaluations or changes. Each
+/// sees what is committed, as SQLite's WAL and PostgreSQL let a reader do while a writer
+/// works.
+struct Readers {
+    /// Where the writer's store is; `None` in memory, where reads stay on the writer.
+    location: Option<Location>,
+    idle: Mutex<Vec<Store>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Readers {
+    fn new(location: Option<Location>) -> Readers {
+        Readers {
+            location,
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(READERS),
+        }
+    }
+
+    /// Runs `work` on an idle reader, or a new one.
+    fn run<T>(
+        &self,
+        location: &Location,
+        work: impl FnOnce(&mut Store) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut store = match idle {
+            Some(store) => store,
+            None => Store::open_existing(location)?,
+        };
+        let answer = work(&mut store);
+        // A reader whose work failed may have lost its connection: it is not kept.
+        if answer.is_ok() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(store);
+        }
+        answer
+    }
+}
+
+/// The holder of an active token (`caller`) if its role is at least `needed`.
+fn admitted(caller: Option<&Caller>, needed: Role) -> Result<&Caller, Refusal> {
+    match caller {
+        None => Err(Refusal::Unauthorized),
+        Some(caller) if caller.role < needed => Err(Refusal::Forbidden(needed)),
+        Some(caller) => Ok(caller),
+    }
+}
+
+/// Runs read-only `work` as the holder of the token with this SHA-256, if its role is at
+/// least `needed`, on one of the readers: nothing of it waits for the writer.
+async fn as_reader<T: Send + 'static>(
+    shared: &Shared,
+    token_sha256: String,
+    needed: Role,
+    work: impl FnOnce(&mut Store, &Caller) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let Some(location) = shared.readers.location.clone() else {
+        return as_caller(shared, token_sha256, needed, work).await;
+    };
+    let _permit = shared
+        .readers
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| Refusal::Failed("the server is stopping".to_string()))?;
+    let (readers, tokens) = (Arc::clone(&shared.readers), Arc::clone(&shared.tokens));
+    tokio::task::spawn_blocking(move || {
+        readers.run(&location, |store| {
+            let caller = tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup(store, &token_sha256);
+            work(store, admitted(caller.as_ref(), needed)?)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(Refusal::Failed(format!("a reader failed: {e}"))))
+}
+
 /// Runs `work` on the writer's store as the holder of the token with this SHA-256, if its
 /// role is at least `needed`.
 async fn as_caller<T: Send + 'static>(
@@ -113,11 +200,7 @@ async fn as_caller<T: Send + 'static>(
 ) -> Result<T, Refusal> {
     let (reply, answer) = oneshot::channel();
     let work: CallerWork = Box::new(move |store, caller| {
-        let answer = match caller {
-            None => Err(Refusal::Unauthorized),
-            Some(caller) if caller.role < needed => Err(Refusal::Forbidden(needed)),
-            Some(caller) => work(store, caller),
-        };
+        let answer = admitted(caller, needed).and_then(|caller| work(store, caller));
         let _ = reply.send(answer);
     });
     let job = Job::AsCaller { token_sha256, work };
@@ -146,6 +229,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     no_auth: bool,
     sessions: web::Sessions,
+    readers: Arc<Readers>,
+    /// Shared by the writer and the readers, so a read needs the writer for nothing.
+    tokens: Arc<Mutex<Tokens>>,
 }
 
 /// Runs the server on `store` until SIGTERM or SIGINT: then it stops accepting connections,
@@ -199,13 +285,16 @@ pub fn serve_until(
         metrics: Arc::clone(&metrics),
         no_auth: config.no_auth,
         sessions: web::Sessions::default(),
+        readers: Arc::new(Readers::new(store.location().cloned())),
+        tokens: Arc::default(),
     });
     // The writer holds no sender (so not `shared`): it stops once the handlers are gone.
     let writer = {
         let no_auth = config.no_auth;
+        let tokens = Arc::clone(&shared.tokens);
         std::thread::Builder::new()
             .name("flagstore-writer".to_string())
-            .spawn(move || write_loop(store, queue, &metrics, no_auth))
+            .spawn(move || write_loop(store, queue, &metrics, &tokens, no_auth))
             .map_err(|e| Error::Usage {
                 message: format!("cannot start the writer thread: {e}"),
             })?
@@ -259,8 +348,17 @@ async fn shutdown_signal() {
 
 /// The writer: takes every job queued, evaluates them in one transaction, answers each after
 /// the commit. Returns when every handler is gone and the queue is empty.
-fn write_loop(mut store: Store, mut queue: mpsc::Receiver<Job>, metrics: &Metrics, no_auth: bool) {
-    let mut tokens = Tokens::default();
+fn write_loop(
+    mut store: Store,
+    mut queue: mpsc::Receiver<Job>,
+    metrics: &Metrics,
+    tokens: &Mutex<Tokens>,
+    no_auth: bool,
+) {
+    let lookup = |store: &Store, sha256: &str| {
+        let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.lookup(store, sha256)
+    };
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -283,7 +381,7 @@ fn write_loop(mut store: Store, mut queue: mpsc::Receiver<Job>, metrics: &Metric
                     let _ = reply.send(reachable.map(|_| ()).map_err(|e| e.to_string()));
                 }
                 Job::AsCaller { token_sha256, work } => {
-                    let caller = tokens.lookup(&store, &token_sha256);
+                    let caller = lookup(&store, &token_sha256);
                     work(&mut store, caller.as_ref());
                 }
                 Job::Evaluate {
@@ -294,7 +392,7 @@ fn write_loop(mut store: Store, mut queue: mpsc::Receiver<Job>, metrics: &Metric
                 } => {
                     let actor = match (&token_sha256, no_auth) {
                         (_, true) => Some(ANONYMOUS_ACTOR.to_string()),
-                        (Some(sha), false) => tokens.lookup(&store, sha).map(|caller| caller.name),
+                        (Some(sha), false) => lookup(&store, sha).map(|caller| caller.name),
                         (None, false) => None,
                     };
                     match actor {

@@ -363,6 +363,8 @@ impl Drop for Transaction<'_> {
 
 pub struct Store {
     backend: Box<dyn Backend>,
+    /// Where it was opened; `None` in memory.
+    location: Option<Location>,
     clock: Box<dyn Fn() -> DateTime<Utc> + Send>,
     lock_wait: Duration,
 }
@@ -371,19 +373,32 @@ impl Store {
     fn with_backend(backend: Box<dyn Backend>) -> Store {
         Store {
             backend,
+            location: None,
             clock: Box::new(Utc::now),
             lock_wait: BUSY_RETRY_BUDGET,
         }
+    }
+
+    fn at(mut self, location: &Location) -> Store {
+        self.location = Some(location.clone());
+        self
+    }
+
+    /// Where the store was opened, so another connection can reach it (serve's readers);
+    /// `None` for a store in memory.
+    pub fn location(&self) -> Option<&Location> {
+        self.location.as_ref()
     }
 
     /// Opens (creating if needed) the store at `location` and brings its schema up to date.
     /// A file that is not SQLite, or a database migrated by a newer flagstore, is refused
     /// untouched.
     pub fn open(location: &Location) -> Result<Store> {
-        Ok(Store::with_backend(match location {
+        let backend: Box<dyn Backend> = match location {
             Location::Sqlite(path) => Box::new(sqlite::Sqlite::open(path)?),
             Location::Postgres(url) => Box::new(postgres::Postgres::open(url, true)?),
-        }))
+        };
+        Ok(Store::with_backend(backend).at(location))
     }
 
     /// Opens the store at `location`, refusing to create one: for commands that only read or
@@ -391,10 +406,11 @@ impl Store {
     /// this user cannot write is opened read-only, so reviewers can read it; writes then fail
     /// naming it. A PostgreSQL database without flagstore's tables is refused the same way.
     pub fn open_existing(location: &Location) -> Result<Store> {
-        Ok(Store::with_backend(match location {
+        let backend: Box<dyn Backend> = match location {
             Location::Sqlite(path) => Box::new(sqlite::Sqlite::open_existing(path)?),
             Location::Postgres(url) => Box::new(postgres::Postgres::open(url, false)?),
-        }))
+        };
+        Ok(Store::with_backend(backend).at(location))
     }
 
     /// Creates a new, empty store at `location`; an existing file, or a PostgreSQL database
@@ -405,9 +421,9 @@ impl Store {
                 path: path.display().to_string(),
             }),
             Location::Sqlite(_) => Store::open(location),
-            Location::Postgres(url) => Ok(Store::with_backend(Box::new(
-                postgres::Postgres::create(url)?,
-            ))),
+            Location::Postgres(url) => {
+                Ok(Store::with_backend(Box::new(postgres::Postgres::create(url)?)).at(location))
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::flags::FlagLink;
-use super::{Chrome, PageQuery, as_visitor, bad_query, encoded, page, query_string};
+use super::{Chrome, PageQuery, Visit, as_visitor, bad_query, encoded, page, query_string};
 use crate::audit::{AuditQuery, AuditRow, COLUMNS, Checkpoint, parse_time_bound};
 use crate::error::Error;
 use crate::explain::{Report, explain};
@@ -290,36 +290,42 @@ async fn export(
         (Ok(filters), Ok(format)) => (filters.0, format.0.format),
         (Err(rejection), _) | (_, Err(rejection)) => return bad_query(&rejection),
     };
-    let written = as_visitor(&shared, &headers, Role::Viewer, None, move |store, _| {
-        let query = filters.query()?;
-        let csv = match format.as_str() {
-            "csv" => true,
-            "jsonl" => false,
-            other => {
-                return Err(Refusal::BadRequest(format!(
-                    "export format {other:?} is neither csv nor jsonl"
-                )));
+    let written = as_visitor(
+        &shared,
+        &headers,
+        Role::Viewer,
+        Visit::Page,
+        move |store, _| {
+            let query = filters.query()?;
+            let csv = match format.as_str() {
+                "csv" => true,
+                "jsonl" => false,
+                other => {
+                    return Err(Refusal::BadRequest(format!(
+                        "export format {other:?} is neither csv nor jsonl"
+                    )));
+                }
+            };
+            let mut body = Vec::new();
+            if csv {
+                let mut writer = csv::Writer::from_writer(&mut body);
+                let failed = |e: csv::Error| Refusal::Failed(e.to_string());
+                writer.write_record(COLUMNS).map_err(failed)?;
+                store.query_audit(&query, |row| {
+                    writer.write_record(row.csv_record()).map_err(failed)
+                })?;
+                writer.flush().map_err(|e| Refusal::Failed(e.to_string()))?;
+            } else {
+                store.query_audit(&query, |row| {
+                    serde_json::to_writer(&mut body, &row.to_json())
+                        .map_err(|e| Refusal::Failed(e.to_string()))?;
+                    body.push(b'\n');
+                    Ok::<(), Refusal>(())
+                })?;
             }
-        };
-        let mut body = Vec::new();
-        if csv {
-            let mut writer = csv::Writer::from_writer(&mut body);
-            let failed = |e: csv::Error| Refusal::Failed(e.to_string());
-            writer.write_record(COLUMNS).map_err(failed)?;
-            store.query_audit(&query, |row| {
-                writer.write_record(row.csv_record()).map_err(failed)
-            })?;
-            writer.flush().map_err(|e| Refusal::Failed(e.to_string()))?;
-        } else {
-            store.query_audit(&query, |row| {
-                serde_json::to_writer(&mut body, &row.to_json())
-                    .map_err(|e| Refusal::Failed(e.to_string()))?;
-                body.push(b'\n');
-                Ok::<(), Refusal>(())
-            })?;
-        }
-        Ok((csv, body))
-    })
+            Ok((csv, body))
+        },
+    )
     .await;
     match written {
         Ok((csv, body)) => {

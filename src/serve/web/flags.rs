@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::{Chrome, PageQuery, as_visitor, bad_query, encoded, page, problem, render};
+use super::{Chrome, PageQuery, Visit, as_visitor, bad_query, encoded, page, problem, render};
 use crate::audit::AuditQuery;
 use crate::error::Error;
 use crate::flag::{Flag, FlagSet, validate_rollout};
@@ -406,7 +406,7 @@ async fn operate<F: FlagForm>(
         shared,
         headers,
         Role::Operator,
-        Some(&csrf),
+        Visit::Form { csrf: &csrf },
         move |store, chrome| work(store, chrome, &name, form),
     )
     .await;

@@ -24,7 +24,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::{Caller, Refusal, Shared, as_caller};
+use super::{Caller, Refusal, Shared, as_caller, as_reader};
 use crate::store::Store;
 use crate::token::{self, Role};
 
@@ -212,14 +212,23 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-/// Runs `work` on the writer's store as the signed-in visitor, if their token's role is at
-/// least `needed` and, for a form, `csrf` is their session's. Otherwise the response to send:
+/// What a visitor's request does: read a page, which runs on one of the readers, or send a
+/// form, which writes (on the writer) and must carry the session's CSRF token.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Visit<'a> {
+    Page,
+    Form { csrf: &'a str },
+}
+
+/// Runs `work` as the signed-in visitor (on a reader for a page, on the writer for a form),
+/// if their token's role is at least `needed` and a form carries their session's CSRF
+/// token. Otherwise the response to send:
 /// the sign-in page for a visitor without a session, a problem page for the rest.
 async fn as_visitor<T: Send + 'static>(
     shared: &Shared,
     headers: &HeaderMap,
     needed: Role,
-    csrf: Option<&str>,
+    visit: Visit<'_>,
     work: impl FnOnce(&mut Store, Chrome) -> Result<T, Refusal> + Send + 'static,
 ) -> Result<T, Response> {
     let Some((id, session)) =
@@ -227,7 +236,9 @@ async fn as_visitor<T: Send + 'static>(
     else {
         return Err(Redirect::to("/ui/sign-in").into_response());
     };
-    if csrf.is_some_and(|sent| !same_secret(sent, &session.csrf)) {
+    if let Visit::Form { csrf: sent } = visit
+        && !same_secret(sent, &session.csrf)
+    {
         return Err(problem(
             StatusCode::FORBIDDEN,
             None,
@@ -236,13 +247,11 @@ async fn as_visitor<T: Send + 'static>(
         ));
     }
     let csrf = session.csrf.clone();
-    let answer = as_caller(
-        shared,
-        session.token_sha256,
-        needed,
-        move |store, caller| work(store, chrome(caller, csrf)),
-    )
-    .await;
+    let work = move |store: &mut Store, caller: &Caller| work(store, chrome(caller, csrf));
+    let answer = match visit {
+        Visit::Page => as_reader(shared, session.token_sha256, needed, work).await,
+        Visit::Form { .. } => as_caller(shared, session.token_sha256, needed, work).await,
+    };
     answer.map_err(|refusal| {
         if matches!(refusal, Refusal::Unauthorized) {
             shared.sessions.end(id);
@@ -287,7 +296,7 @@ async fn page<T: Template + Send + 'static>(
     headers: &HeaderMap,
     work: impl FnOnce(&mut Store, Chrome) -> Result<T, Refusal> + Send + 'static,
 ) -> Response {
-    match as_visitor(shared, headers, Role::Viewer, None, work).await {
+    match as_visitor(shared, headers, Role::Viewer, Visit::Page, work).await {
         Ok(page) => render(&page),
         Err(response) => response,
     }
