@@ -151,9 +151,11 @@ fn sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing() {
     let server = Server::start(&env, &[]);
     let mut browser = Browser::new(&server);
 
-    let anonymous = browser.get("/ui/flags");
-    assert_eq!(anonymous.status, 303);
-    assert_eq!(anonymous.location.as_deref(), Some("/ui/sign-in"));
+    for path in ["/ui/flags", "/ui/audit/export?format=csv"] {
+        let anonymous = browser.get(path);
+        assert_eq!(anonymous.status, 303, "{path}");
+        assert_eq!(anonymous.location.as_deref(), Some("/ui/sign-in"));
+    }
 
     let wrong = browser.sign_in("fst_not-a-token");
     assert_eq!(wrong.status, 401);
@@ -520,7 +522,7 @@ fn html_in_flag_names_and_context_keys_is_shown_as_text() {
 fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
     let env = Env::new();
     let (_, viewer) = store_with_tokens(&env);
-    let keys: String = (0..30).map(|i| format!("key-{i}\n")).collect();
+    let keys: String = (0..150).map(|i| format!("key-{i}\n")).collect();
     let file = env.write("keys.txt", keys);
     env.ok(&["eval", "--all", "--contexts-file", file.to_str().unwrap()]);
     let (_server, browser) = signed_in(&env, &viewer);
@@ -589,6 +591,11 @@ fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
     for format in ["csv", "jsonl"] {
         let export = browser.get(&format!("/ui/audit/export?format={format}&flag=enrich"));
         assert_eq!(export.status, 200);
+        assert!(
+            format == "jsonl" || export.body.len() > 64 * 1024,
+            "the CSV export spans more than one streamed chunk: {} bytes",
+            export.body.len()
+        );
         assert_eq!(
             export.body,
             env.ok(&[

@@ -5,14 +5,18 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
 use super::flags::FlagLink;
-use super::{Chrome, PageQuery, Visit, as_visitor, bad_query, encoded, page, query_string};
+use super::{
+    Chrome, PageQuery, Visit, as_visitor, bad_query, encoded, page, query_string, refused,
+};
 use crate::audit::{AuditQuery, AuditRow, COLUMNS, Checkpoint, parse_time_bound};
 use crate::error::Error;
 use crate::explain::{Report, explain};
@@ -278,8 +282,69 @@ struct ExportFormat {
     format: String,
 }
 
+/// Bytes of an export sent at a time, and chunks waiting for a slow client at most: an
+/// export of any size streams in constant memory.
+const EXPORT_CHUNK: usize = 64 * 1024;
+const EXPORT_CHUNKS_QUEUED: usize = 16;
+
+/// The export's body as it is written: chunks to the response stream. An error from the
+/// client side (it went away) stops the scan.
+struct ChunkWriter {
+    buffer: Vec<u8>,
+    chunks: mpsc::Sender<std::io::Result<Bytes>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self, chunk: std::io::Result<Bytes>) -> std::io::Result<()> {
+        self.chunks
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= EXPORT_CHUNK {
+            self.flush()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let chunk = Bytes::from(std::mem::take(&mut self.buffer));
+        self.send(Ok(chunk))
+    }
+}
+
+/// Writes every row `query` selects to `out` as CSV (with its header) or JSON lines.
+fn write_export(
+    store: &Store,
+    query: &AuditQuery,
+    csv: bool,
+    out: &mut ChunkWriter,
+) -> Result<(), Refusal> {
+    let failed = |e: std::io::Error| Refusal::Failed(e.to_string());
+    if csv {
+        let mut writer = csv::Writer::from_writer(&mut *out);
+        let csv_failed = |e: csv::Error| Refusal::Failed(e.to_string());
+        writer.write_record(COLUMNS).map_err(csv_failed)?;
+        store.query_audit(query, |row| {
+            writer.write_record(row.csv_record()).map_err(csv_failed)
+        })?;
+        writer.flush().map_err(failed)?;
+    } else {
+        store.query_audit(query, |row| {
+            serde_json::to_writer(&mut *out, &row.to_json())
+                .map_err(|e| Refusal::Failed(e.to_string()))?;
+            std::io::Write::write_all(out, b"\n").map_err(failed)
+        })?;
+    }
+    std::io::Write::flush(out).map_err(failed)
+}
+
 /// Every row the filters select, newest first, as `flagstore audit --format csv|jsonl
-/// --limit 0` prints them.
+/// --limit 0` prints them, streamed as it is read.
 async fn export(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -290,64 +355,67 @@ async fn export(
         (Ok(filters), Ok(format)) => (filters.0, format.0.format),
         (Err(rejection), _) | (_, Err(rejection)) => return bad_query(&rejection),
     };
-    let written = as_visitor(
-        &shared,
-        &headers,
-        Role::Viewer,
-        Visit::Page,
-        move |store, _| {
-            let query = filters.query()?;
-            let csv = match format.as_str() {
-                "csv" => true,
-                "jsonl" => false,
-                other => {
-                    return Err(Refusal::BadRequest(format!(
-                        "export format {other:?} is neither csv nor jsonl"
-                    )));
-                }
-            };
-            let mut body = Vec::new();
-            if csv {
-                let mut writer = csv::Writer::from_writer(&mut body);
-                let failed = |e: csv::Error| Refusal::Failed(e.to_string());
-                writer.write_record(COLUMNS).map_err(failed)?;
-                store.query_audit(&query, |row| {
-                    writer.write_record(row.csv_record()).map_err(failed)
-                })?;
-                writer.flush().map_err(|e| Refusal::Failed(e.to_string()))?;
-            } else {
-                store.query_audit(&query, |row| {
-                    serde_json::to_writer(&mut body, &row.to_json())
-                        .map_err(|e| Refusal::Failed(e.to_string()))?;
-                    body.push(b'\n');
-                    Ok::<(), Refusal>(())
-                })?;
-            }
-            Ok((csv, body))
-        },
-    )
-    .await;
-    match written {
-        Ok((csv, body)) => {
-            let (content_type, file) = if csv {
-                ("text/csv; charset=utf-8", "audit.csv")
-            } else {
-                ("application/x-ndjson", "audit.jsonl")
-            };
-            (
-                [
-                    (header::CONTENT_TYPE, content_type.to_string()),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        format!("attachment; filename=\"{file}\""),
-                    ),
-                ],
-                body,
-            )
-                .into_response()
+    let (csv, content_type, file) = match format.as_str() {
+        "csv" => (true, "text/csv; charset=utf-8", "audit.csv"),
+        "jsonl" => (false, "application/x-ndjson", "audit.jsonl"),
+        other => {
+            return refused(Refusal::BadRequest(format!(
+                "export format {other:?} is neither csv nor jsonl"
+            )));
         }
-        Err(response) => response,
+    };
+    let query = match filters.query() {
+        Ok(query) => query,
+        Err(refusal) => return refused(refusal),
+    };
+    let (chunks, mut received) = mpsc::channel(EXPORT_CHUNKS_QUEUED);
+    // The scan runs on a reader while the response streams; its first chunk (empty) says the
+    // visitor was let in, so that a refusal is still answered with its own status.
+    let scan = tokio::spawn(async move {
+        as_visitor(
+            &shared,
+            &headers,
+            Role::Viewer,
+            Visit::Page,
+            move |store, _| {
+                let mut out = ChunkWriter {
+                    buffer: Vec::with_capacity(EXPORT_CHUNK),
+                    chunks,
+                };
+                out.send(Ok(Bytes::new()))
+                    .map_err(|e| Refusal::Failed(e.to_string()))?;
+                if let Err(refusal) = write_export(store, &query, csv, &mut out) {
+                    // The status is sent already: the body ends in an error, so the client sees
+                    // a failed download rather than a short file.
+                    let _ = out.send(Err(std::io::Error::other(format!("{refusal:?}"))));
+                }
+                Ok(())
+            },
+        )
+        .await
+    });
+    if received.recv().await.is_none() {
+        return match scan.await {
+            Ok(Err(response)) => response,
+            _ => refused(Refusal::Failed(
+                "the export stopped before it began".to_string(),
+            )),
+        };
     }
+    let body = futures_util::stream::unfold(received, |mut received| async move {
+        received.recv().await.map(|chunk| (chunk, received))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]
