@@ -139,8 +139,9 @@ impl Readers {
             None => Store::open_existing(location)?,
         };
         let answer = work(&mut store);
-        // A reader whose work failed may have lost its connection: it is not kept.
-        if answer.is_ok() {
+        // A reader whose work failed in the store may have lost its connection: it is not
+        // kept. A refusal (a bad parameter, an unknown token) says nothing about it.
+        if !matches!(answer, Err(Refusal::Failed(_))) {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
