@@ -48,8 +48,8 @@ const PER_EVALUATION_DETAIL: &str = r#"{"bucket":42,"assigned":["enrich"]}"#;
 /// A decision record of `bench_flags` for a fresh key, as `record::encode` writes it.
 const RECORD_DETAIL: &str = r#"{"requested":5,"decisions":[{"flag":"dedupe","result":1,"source":"rollout","bucket":42,"rollout_pct":"100","assigned":1},{"flag":"enrich","result":1,"source":"rollout","bucket":42,"rollout_pct":"50","assigned":1},{"flag":"export_v2","result":0,"source":"rollout","bucket":42,"rollout_pct":"12.5","assigned":1},{"flag":"ingest","result":1,"source":"rollout","bucket":42,"rollout_pct":"100","assigned":1},{"flag":"legacy_export","result":0,"source":"disabled"}]}"#;
 
+/// Context keys are numbered in the store's own `contexts` table, as assignments are.
 const COMPACT_SCHEMA: &str = "
-    CREATE TABLE contexts (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
     CREATE TABLE compact_log (
         id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, flag_id INTEGER NOT NULL,
         context_id INTEGER NOT NULL, result INTEGER, source INTEGER, bucket INTEGER,
@@ -218,9 +218,10 @@ fn insert_pass(
          bucket, prev_hash, hash)",
         9,
     );
+    let context_sql = multi_row_insert("INSERT OR ROLLBACK INTO contexts (key)", 1);
     let assignment_sql = multi_row_insert(
-        "INSERT OR ROLLBACK INTO assignments \
-         (flag, context_key, decision, bucket, rollout_pct, assigned_at)",
+        "INSERT OR ROLLBACK INTO assignment_rows \
+         (context_id, flag, decision, bucket, rollout_pct, assigned_at)",
         6,
     );
     let started = Instant::now();
@@ -232,11 +233,21 @@ fn insert_pass(
             .collect();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         if assign {
+            // Numbered as flagstore numbers new context keys, ROWS_PER_INSERT per statement.
+            let mut context_ids: Vec<i64> = Vec::with_capacity(names.len());
+            for group in names.chunks(ROWS_PER_INSERT) {
+                let mut number =
+                    conn.prepare_cached(&format!("{} RETURNING id", context_sql[group.len()]))?;
+                let mut rows = number.query(params_from_iter(group))?;
+                while let Some(row) = rows.next()? {
+                    context_ids.push(row.get(0)?);
+                }
+            }
             let mut insert = conn.prepare_cached(&assignment_sql[workload.assigned.len()])?;
-            for key in &names {
+            for context_id in &context_ids {
                 let mut values: Vec<&dyn ToSql> = Vec::new();
                 for flag in &workload.assigned {
-                    values.extend([flag as &dyn ToSql, key, &true, &42, &50.0, &TS]);
+                    values.extend([context_id as &dyn ToSql, flag, &true, &42, &50.0, &TS]);
                 }
                 insert.execute(params_from_iter(values))?;
             }

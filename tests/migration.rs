@@ -38,6 +38,15 @@ fn python_verify(env: &Env) -> String {
     python(&[script.as_ref(), env.db.as_os_str()])
 }
 
+/// Every stored assignment, as reviewers select them.
+fn assignments(env: &Env) -> Vec<String> {
+    env.texts(
+        "SELECT flag || ' ' || context_key || ' ' || decision || ' ' || bucket || ' ' || \
+                rollout_pct || ' ' || assigned_at \
+           FROM assignments ORDER BY flag, context_key",
+    )
+}
+
 #[test]
 fn a_schema_1_store_migrates_keeping_every_row_and_the_head() {
     let env = v1_store();
@@ -45,12 +54,18 @@ fn a_schema_1_store_migrates_keeping_every_row_and_the_head() {
         env.count("SELECT max(version) FROM refinery_schema_history"),
         1
     );
+    let stored = assignments(&env);
+    assert!(
+        stored.len() > 10,
+        "the fixture stores assignments: {stored:?}"
+    );
     let verified = env.ok(&["audit", "verify"]);
     assert_eq!(verified, fixture(".verify.txt"));
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        4
+        5
     );
+    assert_eq!(assignments(&env), stored);
     assert_eq!(
         env.ok(&["audit", "--asc", "--limit", "0", "--format", "jsonl"]),
         fixture(".audit.jsonl")

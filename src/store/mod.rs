@@ -50,11 +50,6 @@ pub fn keys_per_transaction(flags: usize) -> usize {
     (BATCH_EVALUATIONS / flags.max(1)).max(1)
 }
 
-/// The newest schema version, the same row shape on both backends. A constant, because
-/// building refinery's runner parses every migration's name with a regex: most of a short
-/// process's start-up. Tests keep it equal to each backend's embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 4;
-
 /// Where a store lives: `--db` or `$FLAGSTORE_DB`, a `postgres://` or `postgresql://` URL, or
 /// else the path of an SQLite file.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,6 +29,10 @@ mod embedded {
     refinery::embed_migrations!("migrations/postgres");
 }
 
+/// The newest schema version (see the SQLite backend's). PostgreSQL skipped version 5, which
+/// only changed how SQLite keys assignments: its own are keyed by a hash of the context key.
+const LATEST_SCHEMA_VERSION: i64 = 4;
+
 /// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
 /// can tell whose locks these are. The second half is a hash of the schema's name for the
 /// writer lock, and of it prefixed with [`MIGRATION_LOCK_SALT`] for the migration lock.
@@ -183,7 +187,11 @@ fn schema_state(client: &mut Client) -> std::result::Result<SchemaState, postgre
     } else {
         None
     };
-    Ok(SchemaState::from_tables(tables, history))
+    Ok(SchemaState::from_tables(
+        tables,
+        history,
+        LATEST_SCHEMA_VERSION,
+    ))
 }
 
 /// Brings the schema up to date under a session advisory lock, so that of several processes
@@ -591,7 +599,7 @@ impl Backend for Postgres {
 
     fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally> {
         let rows = self.query(
-            &super::query::tally_sql(|n| format!("${n}")),
+            &super::query::tally_sql("assignments", |n| format!("${n}")),
             &[&flag, &rollout_pct],
         )?;
         Ok(rows
@@ -743,6 +751,6 @@ mod tests {
             .iter()
             .map(|m| i64::from(m.version()))
             .max();
-        assert_eq!(newest, Some(super::super::LATEST_SCHEMA_VERSION));
+        assert_eq!(newest, Some(LATEST_SCHEMA_VERSION));
     }
 }

@@ -91,13 +91,13 @@ pub(super) fn scan_sql<'a>(
 }
 
 /// The SQL counting a flag's assignments (parameters: flag, rollout_pct): on, off, and those
-/// whose decision differs from their bucket's under that rollout.
-pub(super) fn tally_sql(placeholder: impl Fn(usize) -> String) -> String {
+/// whose decision differs from their bucket's under that rollout, read from `table`.
+pub(super) fn tally_sql(table: &str, placeholder: impl Fn(usize) -> String) -> String {
     format!(
         "SELECT count(*) FILTER (WHERE decision = 1), count(*) FILTER (WHERE decision = 0), \
                 count(*) FILTER (WHERE decision <> \
                     CASE WHEN bucket < CAST({} AS DOUBLE PRECISION) THEN 1 ELSE 0 END) \
-         FROM assignments WHERE flag = {}",
+         FROM {table} WHERE flag = {}",
         placeholder(2),
         placeholder(1)
     )

@@ -2,6 +2,7 @@
 //!
 //! The writer lock is SQLite's own: every write transaction is `BEGIN IMMEDIATE`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -9,8 +10,7 @@ use rusqlite::backup::Backup;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, TransactionBehavior};
 
 use super::{
-    AssignmentRef, AssignmentRow, AssignmentTally, Backend, ChainedEntry, LATEST_SCHEMA_VERSION,
-    Scan, TokenRecord,
+    AssignmentRef, AssignmentRow, AssignmentTally, Backend, ChainedEntry, Scan, TokenRecord,
 };
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
@@ -47,12 +47,14 @@ const PAGE_CACHE_KIB: i64 = -16_384;
 /// WAL size, in pages, at which a commit checkpoints it into the database file.
 const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 
-/// Flags per assignment lookup statement, well inside SQLite's limit of 500 compound terms.
-const FLAGS_PER_LOOKUP: usize = 64;
-
 /// Rows per INSERT statement when writing many: a statement's fixed cost is several times that
 /// of inserting one small row, so batching rows is most of the speed of batch evaluation.
 const ROWS_PER_INSERT: usize = 64;
+
+/// The newest schema version, a constant because building refinery's runner parses every
+/// migration's name with a regex: most of a short process's start-up. A test keeps it equal to
+/// the embedded migrations.
+const LATEST_SCHEMA_VERSION: i64 = 5;
 
 pub(super) struct Sqlite {
     conn: Connection,
@@ -187,21 +189,45 @@ impl Sqlite {
         }
         Ok(())
     }
-}
 
-/// `SELECT` of the assignments of one context (`?1`) for `flags` flags (`?2`, `?3`, ...): a
-/// UNION ALL of primary-key lookups, so each term is one index seek.
-fn lookup_sql(flags: usize) -> String {
-    (0..flags)
-        .map(|i| {
-            format!(
-                "SELECT flag, decision, bucket, rollout_pct, assigned_at FROM assignments \
-                 WHERE flag = ?{} AND context_key = ?1",
-                i + 2
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ")
+    /// The number of each of `keys` in contexts, numbering the keys it lacks.
+    fn context_ids<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k str>,
+    ) -> Result<HashMap<&'k str, i64>> {
+        let mut distinct: Vec<&str> = Vec::new();
+        let mut ids: HashMap<&str, Option<i64>> = HashMap::new();
+        for key in keys {
+            if ids.insert(key, None).is_none() {
+                distinct.push(key);
+            }
+        }
+        // New keys are numbered with one statement per ROWS_PER_INSERT of them; RETURNING
+        // names only the keys it numbered, so the others are looked up one by one.
+        for group in distinct.chunks(ROWS_PER_INSERT) {
+            let mut insert = self.conn.prepare_cached(&format!(
+                "INSERT INTO contexts (key) VALUES {} ON CONFLICT (key) DO NOTHING RETURNING id, key",
+                vec!["(?)"; group.len()].join(", ")
+            ))?;
+            let mut numbered = insert.query(rusqlite::params_from_iter(group))?;
+            while let Some(row) = numbered.next()? {
+                if let Some(id) =
+                    ids.get_mut(row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?)
+                {
+                    *id = Some(row.get(0)?);
+                }
+            }
+        }
+        let mut lookup = self
+            .conn
+            .prepare_cached("SELECT id FROM contexts WHERE key = ?1")?;
+        ids.into_iter()
+            .map(|(key, id)| match id {
+                Some(id) => Ok((key, id)),
+                None => Ok((key, lookup.query_row([key], |row| row.get(0))?)),
+            })
+            .collect()
+    }
 }
 
 impl Backend for Sqlite {
@@ -313,7 +339,7 @@ impl Backend for Sqlite {
     }
 
     fn delete_flag(&self, name: &str) -> Result<usize> {
-        let cleared = self.execute("DELETE FROM assignments WHERE flag = ?1", [name])?;
+        let cleared = self.execute("DELETE FROM assignment_rows WHERE flag = ?1", [name])?;
         self.execute("DELETE FROM flags WHERE name = ?1", [name])?;
         Ok(cleared)
     }
@@ -324,35 +350,39 @@ impl Backend for Sqlite {
         keys: &[&str],
         found: &mut dyn FnMut(&str, String, StoredAssignment),
     ) -> Result<()> {
-        let chunks: Vec<&[&str]> = flags.chunks(FLAGS_PER_LOOKUP).collect();
-        let mut statements = chunks
-            .iter()
-            .map(|chunk| self.conn.prepare_cached(&lookup_sql(chunk.len())))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let wanted: HashSet<&str> = flags.iter().copied().collect();
+        let mut lookup = self.conn.prepare_cached(
+            "SELECT a.flag, a.decision, a.bucket, a.rollout_pct, a.assigned_at \
+               FROM contexts c JOIN assignment_rows a ON a.context_id = c.id \
+              WHERE c.key = ?1",
+        )?;
         for key in keys {
-            for (lookup, chunk) in statements.iter_mut().zip(&chunks) {
-                let params = std::iter::once(key).chain(chunk.iter());
-                let mut rows = lookup.query(rusqlite::params_from_iter(params))?;
-                while let Some(row) = rows.next()? {
-                    let assignment = StoredAssignment {
-                        decision: row.get(1)?,
-                        bucket: row.get(2)?,
-                        rollout_pct: row.get(3)?,
-                        assigned_at: row.get(4)?,
-                    };
-                    found(key, row.get(0)?, assignment);
+            let mut rows = lookup.query([key])?;
+            while let Some(row) = rows.next()? {
+                let flag = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                if !wanted.contains(flag) {
+                    continue;
                 }
+                let flag = flag.to_string();
+                let assignment = StoredAssignment {
+                    decision: row.get(1)?,
+                    bucket: row.get(2)?,
+                    rollout_pct: row.get(3)?,
+                    assigned_at: row.get(4)?,
+                };
+                found(key, flag, assignment);
             }
         }
         Ok(())
     }
 
     fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()> {
+        let ids = self.context_ids(rows.iter().map(|row| row.context_key))?;
         let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 6);
         for row in rows {
             values.extend([
-                &row.flag as &dyn ToSql,
-                &row.context_key,
+                &ids[row.context_key] as &dyn ToSql,
+                &row.flag,
                 &row.decision,
                 &row.bucket,
                 &row.rollout_pct,
@@ -360,8 +390,8 @@ impl Backend for Sqlite {
             ]);
         }
         self.insert_rows(
-            "INSERT INTO assignments \
-             (flag, context_key, decision, bucket, rollout_pct, assigned_at)",
+            "INSERT INTO assignment_rows \
+             (context_id, flag, decision, bucket, rollout_pct, assigned_at)",
             6,
             &values,
         )
@@ -373,40 +403,50 @@ impl Backend for Sqlite {
         context: Option<&str>,
         visit: &mut dyn FnMut(AssignmentRow) -> Result<()>,
     ) -> Result<()> {
-        // One statement per filter combination: those with a flag use the primary key; a
-        // context alone scans, which is fine for an operator's occasional look.
-        let sql = match (flag, context) {
-            (None, None) => "ORDER BY flag, context_key",
-            (Some(_), None) => "WHERE flag = ?1 ORDER BY context_key",
-            (None, Some(_)) => "WHERE context_key = ?2 ORDER BY flag",
-            (Some(_), Some(_)) => "WHERE flag = ?1 AND context_key = ?2",
+        // Flag by flag, each read in key order by walking contexts' key index (CROSS JOIN keeps
+        // contexts the outer loop), so that no listing sorts, however many assignments there are.
+        let flags: Vec<String> = match flag {
+            Some(flag) => vec![flag.to_string()],
+            None => self
+                .conn
+                .prepare("SELECT name FROM flags ORDER BY name")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?,
+        };
+        let of_context = if context.is_some() {
+            "AND c.key = ?2"
+        } else {
+            ""
         };
         let mut statement = self.conn.prepare(&format!(
-            "SELECT flag, context_key, decision, bucket, rollout_pct, assigned_at \
-             FROM assignments {sql}"
+            "SELECT a.flag, c.key, a.decision, a.bucket, a.rollout_pct, a.assigned_at \
+               FROM contexts c CROSS JOIN assignment_rows a ON a.context_id = c.id \
+              WHERE a.flag = ?1 {of_context} ORDER BY c.key"
         ))?;
-        for (index, value) in [(1, flag), (2, context)] {
-            if let Some(value) = value {
-                statement.raw_bind_parameter(index, value)?;
+        for flag in &flags {
+            statement.raw_bind_parameter(1, flag)?;
+            if let Some(context) = context {
+                statement.raw_bind_parameter(2, context)?;
             }
-        }
-        let mut rows = statement.raw_query();
-        while let Some(row) = rows.next()? {
-            visit(AssignmentRow {
-                flag: row.get(0)?,
-                context_key: row.get(1)?,
-                decision: row.get(2)?,
-                bucket: row.get(3)?,
-                rollout_pct: row.get(4)?,
-                assigned_at: row.get(5)?,
-            })?;
+            let mut rows = statement.raw_query();
+            while let Some(row) = rows.next()? {
+                visit(AssignmentRow {
+                    flag: row.get(0)?,
+                    context_key: row.get(1)?,
+                    decision: row.get(2)?,
+                    bucket: row.get(3)?,
+                    rollout_pct: row.get(4)?,
+                    assigned_at: row.get(5)?,
+                })?;
+            }
         }
         Ok(())
     }
 
     fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize> {
         self.execute(
-            "DELETE FROM assignments WHERE flag = ?1 AND (?2 IS NULL OR context_key = ?2)",
+            "DELETE FROM assignment_rows WHERE flag = ?1 \
+                AND (?2 IS NULL OR context_id = (SELECT id FROM contexts WHERE key = ?2))",
             (flag, context),
         )
     }
@@ -571,11 +611,11 @@ impl Backend for Sqlite {
     fn assignment_count(&self) -> Result<i64> {
         Ok(self
             .conn
-            .query_row("SELECT count(*) FROM assignments", [], |row| row.get(0))?)
+            .query_row("SELECT count(*) FROM assignment_rows", [], |row| row.get(0))?)
     }
 
     fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally> {
-        let sql = super::query::tally_sql(|n| format!("?{n}"));
+        let sql = super::query::tally_sql("assignment_rows", |n| format!("?{n}"));
         let mut statement = self.conn.prepare_cached(&sql)?;
         Ok(
             statement.query_row(rusqlite::params![flag, rollout_pct], |row| {
@@ -659,7 +699,11 @@ pub(super) enum SchemaState {
     /// Migrated, to this version, by an older flagstore.
     Older(i64),
     Current,
-    Newer(i64),
+    /// Migrated by a newer flagstore, past the `supported` version.
+    Newer {
+        found: i64,
+        supported: i64,
+    },
     /// Some other application's tables: adding ours to them would be a surprise.
     Foreign,
 }
@@ -667,24 +711,32 @@ pub(super) enum SchemaState {
 impl SchemaState {
     /// From the number of tables and the newest version in refinery's history table, if there
     /// is one.
-    pub(super) fn from_tables(tables: i64, history: Option<Option<i64>>) -> SchemaState {
+    /// is one, and the newest version this build knows for the backend.
+    pub(super) fn from_tables(
+        tables: i64,
+        history: Option<Option<i64>>,
+        latest: i64,
+    ) -> SchemaState {
         match history {
             None if tables == 0 => SchemaState::Empty,
             None => SchemaState::Foreign,
             Some(None) if tables == 1 => SchemaState::Empty,
             Some(None) => SchemaState::Foreign,
-            Some(Some(v)) if v < LATEST_SCHEMA_VERSION => SchemaState::Older(v),
-            Some(Some(v)) if v == LATEST_SCHEMA_VERSION => SchemaState::Current,
-            Some(Some(v)) => SchemaState::Newer(v),
+            Some(Some(v)) if v < latest => SchemaState::Older(v),
+            Some(Some(v)) if v == latest => SchemaState::Current,
+            Some(Some(found)) => SchemaState::Newer {
+                found,
+                supported: latest,
+            },
         }
     }
 
     pub(super) fn check(self, path: &str, kind: &str) -> Result<()> {
         match self {
-            SchemaState::Newer(found) => Err(Error::NewerSchema {
+            SchemaState::Newer { found, supported } => Err(Error::NewerSchema {
                 path: path.to_string(),
                 found,
-                supported: LATEST_SCHEMA_VERSION,
+                supported,
             }),
             SchemaState::Foreign => Err(Error::NotADatabase {
                 path: path.to_string(),
@@ -711,7 +763,11 @@ fn schema_state(conn: &Connection) -> rusqlite::Result<SchemaState> {
     } else {
         None
     };
-    Ok(SchemaState::from_tables(tables, history))
+    Ok(SchemaState::from_tables(
+        tables,
+        history,
+        LATEST_SCHEMA_VERSION,
+    ))
 }
 
 const SQLITE_KIND: &str = "an SQLite database";

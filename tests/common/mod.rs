@@ -393,7 +393,17 @@ const TABLES: [&str; 6] = [
 pub fn snapshot(db: &Path) -> Vec<String> {
     let conn = Connection::open(db).expect("open db");
     let mut rows = Vec::new();
-    for table in TABLES {
+    // SQLite numbers context keys in a table of its own (schema 5), which a refused write must
+    // not touch either.
+    let numbered: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'contexts'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("read the schema");
+    let contexts = numbered.then_some("contexts");
+    for table in TABLES.into_iter().chain(contexts) {
         let mut statement = conn
             .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
             .expect("table exists");
