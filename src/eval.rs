@@ -56,12 +56,10 @@ impl Source {
 pub struct Decision {
     pub enabled: bool,
     pub source: Source,
-    /// Why, in words an operator reads in the audit log (e.g. "requires dedupe: disabled").
-    pub reason: String,
     /// The rollout bucket, when the decision came from hashing or a stored assignment.
     pub bucket: Option<u8>,
-    /// What the reason is made of, kept so that an audit record can store the facts and the
-    /// reason be rendered again from them (see `record`).
+    /// What the reason is made of: the reason is worded from these when it is read (see
+    /// [`Decision::reason`]), not when a batch decides, and an audit record stores them.
     pub facts: Facts,
 }
 
@@ -69,22 +67,59 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Facts {
     /// Dependency: the requirement that was off, then its own failed requirement and so on,
-    /// down to the flag whose own step (disabled, unknown, rollout or sticky) decided.
+    /// down to the flag whose own step (disabled, unknown, rollout, sticky or a cycle)
+    /// decided; that flag's decision is `cause`.
     pub failed_requirements: Vec<String>,
+    pub cause: Option<Box<Decision>>,
     /// Rollout: the percentage the bucket was compared with.
     pub rollout_pct: Option<f64>,
     /// Sticky: when the stored decision was made.
     pub since: Option<String>,
+    /// A dependency cycle met on this flag: the flags around it, the first repeated last.
+    pub cycle: Vec<String>,
 }
 
 impl Decision {
-    fn off(source: Source, reason: String) -> Decision {
+    fn off(source: Source) -> Decision {
         Decision {
             enabled: false,
             source,
-            reason,
             bucket: None,
             facts: Facts::default(),
+        }
+    }
+
+    /// Why, in words an operator reads in the audit log (e.g. "requires dedupe: disabled").
+    pub fn reason(&self) -> String {
+        let facts = &self.facts;
+        if let Some(cause) = &facts.cause {
+            let mut reason = String::new();
+            for required in &facts.failed_requirements {
+                reason.push_str("requires ");
+                reason.push_str(required);
+                reason.push_str(": ");
+            }
+            return reason + &cause.reason();
+        }
+        match self.source {
+            Source::Unknown => "unknown flag".to_string(),
+            Source::Disabled => "disabled".to_string(),
+            Source::Cycle => format!("dependency cycle: {}", facts.cycle.join(" -> ")),
+            Source::Sticky => format!(
+                "sticky: {} since {}",
+                on_off(self.enabled),
+                facts.since.as_deref().unwrap_or_default()
+            ),
+            Source::Rollout => format!(
+                "rollout: bucket {} {} {}",
+                self.bucket.unwrap_or_default(),
+                if self.enabled { "<" } else { ">=" },
+                facts.rollout_pct.unwrap_or_default()
+            ),
+            // Decisions made here always name their cause; one built by hand may not.
+            Source::Dependency => {
+                format!("requires {}", facts.failed_requirements.join(": requires "))
+            }
         }
     }
 }
@@ -141,25 +176,28 @@ pub struct ContextEvaluation {
 }
 
 /// [`evaluate`], also returning the requirements decided on the way.
-pub fn evaluate_context(
-    flags: &FlagSet,
-    context: &str,
-    stored: &HashMap<String, StoredAssignment>,
-    requested: &[&str],
+pub fn evaluate_context<'a>(
+    flags: &'a FlagSet,
+    context: &'a str,
+    stored: &'a HashMap<String, StoredAssignment>,
+    requested: &[&'a str],
 ) -> ContextEvaluation {
     let mut evaluator = ContextEvaluator {
         flags,
         context,
         stored,
-        decided: HashMap::new(),
-        decided_order: Vec::new(),
+        decided: Vec::new(),
+        decided_index: HashMap::new(),
         path: Vec::new(),
         new_assignments: Vec::new(),
     };
     let evaluations: Vec<Evaluation> = requested
         .iter()
         .map(|name| {
-            let decision = evaluator.decide(name);
+            let decision = match evaluator.decide(name) {
+                Decided::Cached(index) => evaluator.decided[index].1.clone(),
+                Decided::Uncached(decision) => decision,
+            };
             Evaluation {
                 flag: name.to_string(),
                 decision,
@@ -168,13 +206,10 @@ pub fn evaluate_context(
         })
         .collect();
     let requirements = evaluator
-        .decided_order
+        .decided
         .into_iter()
-        .filter(|name| !requested.contains(&name.as_str()))
-        .map(|name| {
-            let decision = evaluator.decided[&name].clone();
-            (name, decision)
-        })
+        .filter(|(name, _)| !requested.contains(name))
+        .map(|(name, decision)| (name.to_string(), decision))
         .collect();
     ContextEvaluation {
         evaluations,
@@ -182,77 +217,78 @@ pub fn evaluate_context(
     }
 }
 
+/// A decision kept for the rest of the context's evaluation, or one that must not be.
+enum Decided {
+    /// At this index of `ContextEvaluator::decided`.
+    Cached(usize),
+    /// Reached through a dependency cycle: it depends on where the walk entered the cycle.
+    Uncached(Decision),
+}
+
 struct ContextEvaluator<'a> {
     flags: &'a FlagSet,
     context: &'a str,
     stored: &'a HashMap<String, StoredAssignment>,
-    /// Decisions already made for this context, so shared dependencies are decided once.
-    decided: HashMap<String, Decision>,
-    /// The keys of `decided` in the order they were decided.
-    decided_order: Vec<String>,
+    /// Decisions already made for this context, in the order they were made, so shared
+    /// dependencies are decided once; found by name through `decided_index`.
+    decided: Vec<(&'a str, Decision)>,
+    decided_index: HashMap<&'a str, usize>,
     /// The flags whose requirements are being checked, outermost first: a flag met again on
     /// this path is a cycle.
-    path: Vec<String>,
+    path: Vec<&'a str>,
     new_assignments: Vec<NewAssignment>,
 }
 
-impl ContextEvaluator<'_> {
-    fn decide(&mut self, name: &str) -> Decision {
-        if let Some(decision) = self.decided.get(name) {
-            return decision.clone();
+impl<'a> ContextEvaluator<'a> {
+    fn decide(&mut self, name: &'a str) -> Decided {
+        if let Some(&index) = self.decided_index.get(name) {
+            return Decided::Cached(index);
         }
-        if let Some(start) = self.path.iter().position(|n| n == name) {
-            let mut cycle = self.path[start..].to_vec();
-            cycle.push(name.to_string());
-            return Decision::off(
-                Source::Cycle,
-                format!("dependency cycle: {}", cycle.join(" -> ")),
-            );
+        if let Some(start) = self.path.iter().position(|n| *n == name) {
+            let mut decision = Decision::off(Source::Cycle);
+            decision.facts.cycle = self.path[start..]
+                .iter()
+                .chain([&name])
+                .map(|n| n.to_string())
+                .collect();
+            return Decided::Uncached(decision);
         }
-        let decision = self.decide_uncached(name);
-        // A decision reached through a cycle depends on where the walk entered it.
-        if decision.source != Source::Cycle {
-            self.decided.insert(name.to_string(), decision.clone());
-            self.decided_order.push(name.to_string());
+        let decision = match self.flags.get(name) {
+            Some(flag) => self.decide_known(flag),
+            None => Decision::off(Source::Unknown),
+        };
+        if decision.source == Source::Cycle {
+            return Decided::Uncached(decision);
         }
-        decision
+        self.decided_index.insert(name, self.decided.len());
+        self.decided.push((name, decision));
+        Decided::Cached(self.decided.len() - 1)
     }
 
-    fn decide_uncached(&mut self, name: &str) -> Decision {
-        let flags = self.flags;
-        let Some(flag) = flags.get(name) else {
-            return Decision::off(Source::Unknown, "unknown flag".to_string());
-        };
+    fn decide_known(&mut self, flag: &'a Flag) -> Decision {
         if !flag.enabled {
-            return Decision::off(Source::Disabled, "disabled".to_string());
+            return Decision::off(Source::Disabled);
         }
-        self.path.push(name.to_string());
-        let failed_requirement = flag.requires.iter().find_map(|required| {
-            let decision = self.decide(required);
-            (!decision.enabled).then_some((required, decision))
-        });
+        self.path.push(&flag.name);
+        let mut failed_requirement = None;
+        for required in &flag.requires {
+            let decision = match self.decide(required) {
+                Decided::Cached(index) if self.decided[index].1.enabled => continue,
+                Decided::Cached(index) => self.decided[index].1.clone(),
+                Decided::Uncached(decision) if decision.enabled => continue,
+                Decided::Uncached(decision) => decision,
+            };
+            failed_requirement = Some((required, decision));
+            break;
+        }
         self.path.pop();
         if let Some((required, decision)) = failed_requirement {
-            let source = match decision.source {
-                Source::Cycle => Source::Cycle,
-                _ => Source::Dependency,
-            };
-            let mut off =
-                Decision::off(source, format!("requires {required}: {}", decision.reason));
-            off.facts.failed_requirements = std::iter::once(required.clone())
-                .chain(decision.facts.failed_requirements)
-                .collect();
-            return off;
+            return requirement_off(required, decision);
         }
-        if let Some(stored) = self.stored.get(name) {
+        if let Some(stored) = self.stored.get(&flag.name) {
             return Decision {
                 enabled: stored.decision,
                 source: Source::Sticky,
-                reason: format!(
-                    "sticky: {} since {}",
-                    on_off(stored.decision),
-                    stored.assigned_at
-                ),
                 bucket: Some(stored.bucket),
                 facts: Facts {
                     since: Some(stored.assigned_at.clone()),
@@ -260,27 +296,47 @@ impl ContextEvaluator<'_> {
                 },
             };
         }
-        let bucket = bucket(name, self.context);
+        let bucket = bucket(&flag.name, self.context);
         let enabled = in_rollout(bucket, flag.rollout_pct);
         if flag.sticky.stores(enabled) {
             self.new_assignments.push(NewAssignment {
-                flag: name.to_string(),
+                flag: flag.name.clone(),
                 decision: enabled,
                 bucket,
                 rollout_pct: flag.rollout_pct,
             });
         }
-        let comparison = if enabled { "<" } else { ">=" };
         Decision {
             enabled,
             source: Source::Rollout,
-            reason: format!("rollout: bucket {bucket} {comparison} {}", flag.rollout_pct),
             bucket: Some(bucket),
             facts: Facts {
                 rollout_pct: Some(flag.rollout_pct),
                 ..Facts::default()
             },
         }
+    }
+}
+
+/// The decision of a flag whose requirement `required` was off, decided `decision`.
+fn requirement_off(required: &str, mut decision: Decision) -> Decision {
+    let source = match decision.source {
+        Source::Cycle => Source::Cycle,
+        _ => Source::Dependency,
+    };
+    let mut failed_requirements = vec![required.to_string()];
+    failed_requirements.append(&mut decision.facts.failed_requirements);
+    let cause = match decision.facts.cause.take() {
+        Some(cause) => cause,
+        None => Box::new(decision),
+    };
+    Decision {
+        facts: Facts {
+            failed_requirements,
+            cause: Some(cause),
+            ..Facts::default()
+        },
+        ..Decision::off(source)
     }
 }
 
@@ -382,7 +438,7 @@ mod tests {
         let e = one(&FlagSet::new(), "ghost", "k");
         assert!(!e.decision.enabled);
         assert_eq!(e.decision.source, Source::Unknown);
-        assert_eq!(e.decision.reason, "unknown flag");
+        assert_eq!(e.decision.reason(), "unknown flag");
         assert!(e.new_assignments.is_empty());
     }
 
@@ -393,7 +449,7 @@ mod tests {
         let e = evaluate(&flags, "k", &stored, &["f"]).remove(0);
         assert!(!e.decision.enabled);
         assert_eq!(e.decision.source, Source::Disabled);
-        assert_eq!(e.decision.reason, "disabled");
+        assert_eq!(e.decision.reason(), "disabled");
     }
 
     #[test]
@@ -406,7 +462,7 @@ mod tests {
         let e = evaluate(&flags, "k", &stored, &["export"]).remove(0);
         assert!(!e.decision.enabled);
         assert_eq!(e.decision.source, Source::Dependency);
-        assert_eq!(e.decision.reason, "requires dedupe: disabled");
+        assert_eq!(e.decision.reason(), "requires dedupe: disabled");
     }
 
     #[test]
@@ -419,7 +475,7 @@ mod tests {
         let e = one(&flags, "a", "k");
         let c_bucket = bucket("c", "k");
         assert_eq!(
-            e.decision.reason,
+            e.decision.reason(),
             format!("requires b: requires c: rollout: bucket {c_bucket} >= 0")
         );
     }
@@ -432,7 +488,7 @@ mod tests {
         assert!(e.decision.enabled);
         assert_eq!(e.decision.source, Source::Sticky);
         assert_eq!(
-            e.decision.reason,
+            e.decision.reason(),
             "sticky: on since 2026-01-02T03:04:05.678Z"
         );
         assert_eq!(e.decision.bucket, Some(7));
@@ -452,7 +508,7 @@ mod tests {
         }
         let flags = set(vec![flag(flag_name, true, 40.5, &[])]);
         assert_eq!(
-            one(&flags, flag_name, &key).decision.reason,
+            one(&flags, flag_name, &key).decision.reason(),
             "rollout: bucket 40 < 40.5"
         );
     }
@@ -520,14 +576,14 @@ mod tests {
         assert!(!e.decision.enabled);
         assert_eq!(e.decision.source, Source::Cycle);
         assert_eq!(
-            e.decision.reason,
+            e.decision.reason(),
             "requires b: requires a: dependency cycle: a -> b -> a"
         );
         let from_b = one(&flags, "b", "k");
         assert!(
             from_b
                 .decision
-                .reason
+                .reason()
                 .ends_with("dependency cycle: b -> a -> b")
         );
         assert!(e.new_assignments.is_empty());
@@ -541,7 +597,7 @@ mod tests {
             flag("zeta", false, 100.0, &[]),
         ]);
         assert_eq!(
-            one(&flags, "top", "k").decision.reason,
+            one(&flags, "top", "k").decision.reason(),
             "requires alpha: disabled"
         );
     }
@@ -564,7 +620,7 @@ mod tests {
         assert_eq!(requirements, [("dedupe", true), ("ingest", false)]);
         assert_eq!(explanation.stored, Some(sticky(true)));
         assert_eq!(explanation.bucket, bucket("export", "k"));
-        assert_eq!(explanation.decision.reason, "requires ingest: disabled");
+        assert_eq!(explanation.decision.reason(), "requires ingest: disabled");
         let unknown = explain(&flags, "k", &stored, "nope");
         assert_eq!(unknown.flag, None);
         assert_eq!(unknown.decision.source, Source::Unknown);

@@ -82,7 +82,7 @@ impl Report {
     pub fn json(&self) -> Value {
         let explanation = &self.explanation;
         let decision =
-            |d: &Decision| json!({"enabled": d.enabled, "reason": d.reason, "source": d.source});
+            |d: &Decision| json!({"enabled": d.enabled, "reason": d.reason(), "source": d.source});
         let mut shown = json!({
             "flag": self.flag,
             "context": self.context,
@@ -145,7 +145,7 @@ fn explanation_steps(explanation: &Explanation, with_assignment: bool) -> String
         lines.push(format!(
             "  3 requires:       {required}: {} ({})",
             on(decision.enabled),
-            decision.reason
+            decision.reason()
         ));
     }
     if with_assignment {
@@ -179,7 +179,8 @@ fn explanation_steps(explanation: &Explanation, with_assignment: bool) -> String
     let decision = &explanation.decision;
     lines.push(format!(
         "  answer:           {} ({})",
-        decision.enabled, decision.reason
+        decision.enabled,
+        decision.reason()
     ));
     lines.join("\n") + "\n"
 }

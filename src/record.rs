@@ -97,7 +97,7 @@ fn push_decision(detail: &mut String, flag: &str, decision: &Decision, assigned:
     }
     if decision.source == Source::Cycle {
         detail.push_str(",\"reason\":");
-        push_string(detail, &decision.reason);
+        push_string(detail, &decision.reason());
     }
     if assigned {
         detail.push_str(",\"assigned\":1");
@@ -229,7 +229,7 @@ mod tests {
                 flag: e.flag.clone(),
                 enabled: e.decision.enabled,
                 source: e.decision.source.as_str().to_string(),
-                reason: e.decision.reason.clone(),
+                reason: e.decision.reason(),
             })
             .collect();
         assert_eq!(decoded, expected);

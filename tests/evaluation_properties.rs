@@ -114,7 +114,7 @@ proptest! {
                 prop_assert_eq!(
                     evaluation.decision.enabled,
                     reference(&flags, &evaluation.flag, key),
-                    "flag {} key {:?}: {}", evaluation.flag, key, evaluation.decision.reason
+                    "flag {} key {:?}: {}", evaluation.flag, key, evaluation.decision.reason()
                 );
             }
         }
@@ -242,7 +242,7 @@ fn view_equals_decisions(
                     e.flag,
                     i64::from(d.enabled),
                     d.source.as_str().to_string(),
-                    d.reason,
+                    d.reason(),
                 ));
             }
         }

@@ -111,7 +111,7 @@ fn eval_context(
                     "flag": e.flag,
                     "context": context,
                     "enabled": e.decision.enabled,
-                    "reason": e.decision.reason,
+                    "reason": e.decision.reason(),
                     "source": e.decision.source,
                 })
             })

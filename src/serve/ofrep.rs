@@ -65,7 +65,7 @@ fn decision_json(evaluation: &Evaluation) -> Value {
         "reason": ofrep_reason(decision.source),
         "metadata": {
             "source": decision.source.as_str(),
-            "reason": decision.reason,
+            "reason": decision.reason(),
         },
     })
 }
