@@ -106,7 +106,14 @@ fn push_decision(detail: &mut String, flag: &str, decision: &Decision, assigned:
 }
 
 fn push_string(detail: &mut String, text: &str) {
-    detail.push_str(&serde_json::to_string(text).expect("a string serializes"));
+    // Flag names, times and most keys need no escaping; the rest go through serde_json.
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        detail.push('"');
+        detail.push_str(text);
+        detail.push('"');
+    } else {
+        detail.push_str(&serde_json::to_string(text).expect("a string serializes"));
+    }
 }
 
 /// The requested decisions of a record, with their reasons, or why the detail is not a record.
@@ -239,6 +246,27 @@ mod tests {
             "sticky: on since 2026-11-01T00:00:00.000Z"
         );
         assert_eq!(decoded[3].reason, "unknown flag");
+    }
+
+    /// The hash chain covers these bytes: the fast path must write what serde_json writes.
+    #[test]
+    fn strings_are_written_exactly_as_serde_json_writes_them() {
+        for text in [
+            "",
+            "plain",
+            "quote\"",
+            "back\\slash",
+            "tab\t",
+            "\u{1f}",
+            "\u{7f}",
+            "ü-ñ-日本",
+            "</script>",
+            "\u{2028}",
+        ] {
+            let mut written = String::new();
+            push_string(&mut written, text);
+            assert_eq!(written, serde_json::to_string(text).unwrap(), "{text:?}");
+        }
     }
 
     #[test]
