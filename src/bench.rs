@@ -48,8 +48,8 @@ pub enum Scratch {
 
 /// Runs both passes over `keys` generated keys in a fresh store, which is removed afterwards,
 /// and prints one line per pass.
-pub fn run(keys: u64, scratch: &Scratch, out: &mut impl Write) -> Result<()> {
-    in_scratch_store(scratch, |store| run_in(store, keys, out))
+pub fn run(keys: u64, order: KeyOrder, scratch: &Scratch, out: &mut impl Write) -> Result<()> {
+    in_scratch_store(scratch, |store| run_in(store, keys, order, out))
 }
 
 /// Fills a fresh log with `rows` evaluation rows and prints the median time of each query.
@@ -257,15 +257,50 @@ fn write_error(source: io::Error) -> Error {
     }
 }
 
-fn generated_keys(range: std::ops::Range<u64>) -> impl Iterator<Item = Result<String>> {
-    range.map(|i| Ok(format!("tenant-{i:09}")))
+/// In what order `bench eval` generates its context keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyOrder {
+    /// `tenant-000000000`, `tenant-000000001`, ...: each key sorts after the one before, so
+    /// every index grows at its end, the kindest case for a B-tree.
+    Sequential,
+    /// The same count of distinct keys in no order, as real tenant ids arrive: each key lands
+    /// anywhere in the indexes that are sorted by key.
+    Random,
 }
 
-fn run_in(store: &mut Store, keys: u64, out: &mut impl Write) -> Result<()> {
+fn generated_keys(range: std::ops::Range<u64>) -> impl Iterator<Item = Result<String>> {
+    ordered_keys(range, KeyOrder::Sequential)
+}
+
+fn ordered_keys(
+    range: std::ops::Range<u64>,
+    order: KeyOrder,
+) -> impl Iterator<Item = Result<String>> {
+    range.map(move |i| {
+        Ok(match order {
+            KeyOrder::Sequential => format!("tenant-{i:09}"),
+            KeyOrder::Random => format!("tenant-{:016x}", scramble(i)),
+        })
+    })
+}
+
+/// SplitMix64's finalizer: a bijection of u64, so distinct numbers give distinct keys, whose
+/// order has nothing to do with the numbers'.
+fn scramble(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn run_in(store: &mut Store, keys: u64, order: KeyOrder, out: &mut impl Write) -> Result<()> {
     let flag_count = bench_flags().len();
+    let order_name = match order {
+        KeyOrder::Sequential => "sequential",
+        KeyOrder::Random => "random",
+    };
     writeln!(
         out,
-        "{keys} keys x {flag_count} flags, {} keys per transaction, database {}",
+        "{keys} {order_name} keys x {flag_count} flags, {} keys per transaction, database {}",
         keys_per_transaction(flag_count),
         store.path()
     )
@@ -282,7 +317,7 @@ fn run_in(store: &mut Store, keys: u64, out: &mut impl Write) -> Result<()> {
         let report = store.evaluate_batch(
             &Selection::All,
             "bench",
-            generated_keys(0..keys),
+            ordered_keys(0..keys, order),
             |key, evaluations| write_batch_line(&mut sink, key, evaluations).map_err(write_error),
         )?;
         let elapsed = started.elapsed();
@@ -456,17 +491,45 @@ mod tests {
 
     #[test]
     fn bench_runs_and_reports_both_passes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut out = Vec::new();
-        run(300, &Scratch::Directory(dir.path().to_path_buf()), &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "{text}");
-        assert!(lines[2].starts_with("fresh (misses)") && lines[2].contains(" 1500 "));
-        assert!(lines[3].starts_with("again (hits)") && lines[3].contains(" 1500 "));
-        assert!(lines[4].starts_with("peak RSS"));
-        // The database is cleaned up.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        for (order, name) in [
+            (KeyOrder::Sequential, "300 sequential keys"),
+            (KeyOrder::Random, "300 random keys"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut out = Vec::new();
+            run(
+                300,
+                order,
+                &Scratch::Directory(dir.path().to_path_buf()),
+                &mut out,
+            )
+            .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 5, "{text}");
+            assert!(lines[0].starts_with(name), "{text}");
+            assert!(lines[2].starts_with("fresh (misses)") && lines[2].contains(" 1500 "));
+            assert!(lines[3].starts_with("again (hits)") && lines[3].contains(" 1500 "));
+            assert!(lines[4].starts_with("peak RSS"));
+            // The database is cleaned up.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn random_keys_are_distinct_and_unordered() {
+        let keys: Vec<String> = ordered_keys(0..10_000, KeyOrder::Random)
+            .collect::<Result<_>>()
+            .unwrap();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len());
+        let ascending = keys.windows(2).filter(|pair| pair[0] < pair[1]).count();
+        assert!(
+            (4_000..6_000).contains(&ascending),
+            "{ascending} of 9,999 pairs ascend"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::Outcome;
-use crate::bench::Scratch;
+use crate::bench::{KeyOrder, Scratch};
 use crate::error::{Error, Result};
 use crate::store::Location;
 
@@ -16,11 +16,15 @@ pub enum BenchCommand {
     #[command(after_help = "Examples:
   flagstore bench eval --keys 1000000
   flagstore bench eval --keys 200000 --dir /dev/shm
+  flagstore bench eval --keys 200000 --order random
   flagstore bench eval --keys 200000 --db postgres://postgres@localhost/test")]
     Eval {
         /// Context keys per pass.
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
+        /// The order of the generated keys.
+        #[arg(long, value_enum, default_value_t = KeyOrder::Sequential)]
+        order: KeyOrder,
         #[command(flatten)]
         scratch: ScratchArgs,
     },
@@ -86,7 +90,11 @@ impl ScratchArgs {
 
 pub fn run(out: &mut impl Write, command: &BenchCommand) -> Result<Outcome> {
     match command {
-        BenchCommand::Eval { keys, scratch } => crate::bench::run(*keys, &scratch.scratch()?, out)?,
+        BenchCommand::Eval {
+            keys,
+            order,
+            scratch,
+        } => crate::bench::run(*keys, *order, &scratch.scratch()?, out)?,
         BenchCommand::Audit { rows, scratch } => {
             crate::bench::run_audit(*rows, &scratch.scratch()?, out)?
         }
