@@ -31,12 +31,14 @@ CREATE TABLE assignment_rows (
     PRIMARY KEY (context_id, flag)
 ) WITHOUT ROWID;
 
-INSERT INTO contexts (key) SELECT DISTINCT context_key FROM assignments ORDER BY context_key;
+-- Read in the old key order, (flag, context_key), with nothing to sort: a sort of every
+-- assignment would be held in memory (flagstore keeps temporary data there).
+INSERT INTO contexts (key) SELECT context_key FROM assignments WHERE true
+    ON CONFLICT (key) DO NOTHING;
 
 INSERT INTO assignment_rows (context_id, flag, decision, bucket, rollout_pct, assigned_at)
 SELECT c.id, a.flag, a.decision, a.bucket, a.rollout_pct, a.assigned_at
-  FROM assignments a JOIN contexts c ON c.key = a.context_key
- ORDER BY c.id, a.flag;
+  FROM assignments a JOIN contexts c ON c.key = a.context_key;
 
 DROP TABLE assignments;
 
