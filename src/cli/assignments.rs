@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::{Args, Subcommand};
 
-use super::{ActorOption, DbOption, Format, Globals, Outcome, stdout_error, table, write_json};
+use super::{ActorOption, DbOption, Format, Globals, JsonItems, Outcome, stdout_error, table};
 use crate::error::Result;
 use crate::store::AssignmentRow;
 
@@ -61,12 +61,13 @@ pub fn run(
 ) -> Result<Outcome> {
     match command {
         AssignmentsCommand::List(args) => {
-            let rows = globals.with_store(&args.db, |store| {
-                store.assignments(args.flag.as_deref(), args.context.as_deref())
-            })?;
+            let (flag, context) = (args.flag.as_deref(), args.context.as_deref());
             let format = if args.json { Format::Json } else { args.format };
-            match format {
+            globals.with_store(&args.db, |store| match format {
                 Format::Table => {
+                    // Column widths come from every row, so the table holds them all; JSON
+                    // streams, for listings too long to hold.
+                    let rows = store.assignments(flag, context)?;
                     let text = table(
                         &[
                             "flag",
@@ -78,10 +79,14 @@ pub fn run(
                         ],
                         rows.into_iter().map(table_row).collect(),
                     );
-                    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+                    out.write_all(text.as_bytes()).map_err(stdout_error)
                 }
-                format => write_json(out, format, rows.iter().map(AssignmentRow::to_json))?,
-            }
+                format => {
+                    let mut items = JsonItems::new(out, format);
+                    store.for_each_assignment(flag, context, |row| items.write(&row.to_json()))?;
+                    items.finish()
+                }
+            })?;
         }
         AssignmentsCommand::Reset(args) => {
             let actor = globals.writer(&args.actor);

@@ -286,21 +286,52 @@ fn write_json(
     format: Format,
     items: impl Iterator<Item = serde_json::Value>,
 ) -> Result<()> {
-    let array = format == Format::Json;
-    let mut text = String::new();
-    for (i, item) in items.enumerate() {
-        if array {
-            text.push_str(if i == 0 { "[\n" } else { ",\n" });
-        }
-        text.push_str(&item.to_string());
-        if !array {
-            text.push('\n');
+    let mut writer = JsonItems::new(out, format);
+    for item in items {
+        writer.write(&item)?;
+    }
+    writer.finish()
+}
+
+/// [`write_json`] one item at a time, so that a listing of any length takes constant memory.
+struct JsonItems<'w, W: Write> {
+    out: &'w mut W,
+    array: bool,
+    written: usize,
+}
+
+impl<'w, W: Write> JsonItems<'w, W> {
+    fn new(out: &'w mut W, format: Format) -> Self {
+        JsonItems {
+            out,
+            array: format == Format::Json,
+            written: 0,
         }
     }
-    if array {
-        text.push_str(if text.is_empty() { "[]\n" } else { "\n]\n" });
+
+    fn write(&mut self, item: &serde_json::Value) -> Result<()> {
+        let before: &[u8] = match (self.array, self.written) {
+            (true, 0) => b"[\n",
+            (true, _) => b",\n",
+            (false, _) => b"",
+        };
+        self.out.write_all(before).map_err(stdout_error)?;
+        serde_json::to_writer(&mut *self.out, item).map_err(|e| stdout_error(e.into()))?;
+        if !self.array {
+            self.out.write_all(b"\n").map_err(stdout_error)?;
+        }
+        self.written += 1;
+        Ok(())
     }
-    out.write_all(text.as_bytes()).map_err(stdout_error)
+
+    fn finish(self) -> Result<()> {
+        let end: &[u8] = match (self.array, self.written) {
+            (true, 0) => b"[]\n",
+            (true, _) => b"\n]\n",
+            (false, _) => b"",
+        };
+        self.out.write_all(end).map_err(stdout_error)
+    }
 }
 
 /// `text` made safe for a terminal: control characters and bidirectional-text overrides are
@@ -400,6 +431,21 @@ mod tests {
             escaped("a\nb\u{1b}[31m\0\u{202e}c\\"),
             "a\\nb\\u{1b}[31m\\0\\u{202e}c\\\\"
         );
+    }
+
+    #[test]
+    fn json_is_one_array_with_an_item_per_line_or_json_lines() {
+        let written = |format, count: usize| {
+            let mut out = Vec::new();
+            let items = (0..count).map(|i| serde_json::json!({"i": i}));
+            write_json(&mut out, format, items).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(written(Format::Json, 0), "[]\n");
+        assert_eq!(written(Format::Json, 1), "[\n{\"i\":0}\n]\n");
+        assert_eq!(written(Format::Json, 2), "[\n{\"i\":0},\n{\"i\":1}\n]\n");
+        assert_eq!(written(Format::Jsonl, 0), "");
+        assert_eq!(written(Format::Jsonl, 2), "{\"i\":0}\n{\"i\":1}\n");
     }
 
     #[test]

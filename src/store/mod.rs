@@ -677,12 +677,23 @@ impl Store {
         context: Option<&str>,
     ) -> Result<Vec<AssignmentRow>> {
         let mut rows = Vec::new();
-        self.backend
-            .for_each_assignment(flag, context, &mut |row| {
-                rows.push(row);
-                Ok(())
-            })?;
+        self.for_each_assignment(flag, context, |row| {
+            rows.push(row);
+            Ok(())
+        })?;
         Ok(rows)
+    }
+
+    /// Calls `visit` with each stored assignment (of `flag`, of `context`, or all), by flag then
+    /// context key, from one snapshot, holding one row at a time.
+    pub fn for_each_assignment(
+        &self,
+        flag: Option<&str>,
+        context: Option<&str>,
+        mut visit: impl FnMut(AssignmentRow) -> Result<()>,
+    ) -> Result<()> {
+        let tx = self.read_transaction()?;
+        tx.for_each_assignment(flag, context, &mut visit)
     }
 
     /// Counts `flag`'s stored assignments, on and off, and how many of them a rollout of
