@@ -114,6 +114,44 @@ fn a_key_repeated_within_one_transaction_is_served_its_stored_decision() {
     assert_eq!(sources, ["rollout", "sticky"]);
 }
 
+/// One batch storing assignments for keys with stored assignments of other flags (or reset
+/// ones) and for keys never seen: each key's assignments, old and new, list together.
+fn keys_seen_before_and_new_keys_store_assignments_in_one_batch() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f"}, {"name": "g"}]}"#);
+    batch(&env, "old-1\nold-2\n", &["f", "g"]);
+    env.ok(&["assignments", "reset", "--flag", "g", "--context", "old-2"]);
+    env.ok(&["flag", "create", "h"]);
+    let lines = batch(&env, "new-1\nold-1\nold-2\nnew-2\n", &[]);
+    assert_eq!(lines.len(), 4);
+    let listed: Vec<String> = env
+        .ok(&["assignments", "list", "--format", "jsonl"])
+        .lines()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).unwrap();
+            format!(
+                "{} {}",
+                row["flag"].as_str().unwrap(),
+                row["context"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let expected: Vec<String> = ["f", "g", "h"]
+        .iter()
+        .flat_map(|flag| {
+            ["new-1", "new-2", "old-1", "old-2"]
+                .iter()
+                .map(move |key| format!("{flag} {key}"))
+        })
+        .collect();
+    assert_eq!(listed, expected);
+    for key in ["old-1", "old-2", "new-1"] {
+        let of_key = env.ok(&["assignments", "list", "--context", key, "--format", "jsonl"]);
+        assert_eq!(of_key.lines().count(), 3, "{key}: {of_key}");
+    }
+    env.ok(&["check"]);
+}
+
 fn no_progress_is_accepted_and_output_is_unchanged() {
     let env = Env::new();
     env.import_json(PIPELINE);
@@ -146,6 +184,7 @@ contract_tests! {
     batch_results_equal_single_evaluations_on_a_separate_store,
     keys_spanning_several_transactions_stay_in_order_and_are_all_audited,
     a_key_repeated_within_one_transaction_is_served_its_stored_decision,
+    keys_seen_before_and_new_keys_store_assignments_in_one_batch,
     no_progress_is_accepted_and_output_is_unchanged,
     a_missing_contexts_file_is_named,
 }
