@@ -114,6 +114,22 @@ fn a_key_repeated_within_one_transaction_is_served_its_stored_decision() {
     assert_eq!(sources, ["rollout", "sticky"]);
 }
 
+/// Far enough apart that a batch transaction reads and evaluates them in different steps
+/// (SQLite's `keys_per_step`): the later one is still served what the earlier one stored.
+fn a_key_repeated_far_apart_within_one_transaction_is_served_its_stored_decision() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f", "rollout_pct": 50, "sticky": "all"}]}"#);
+    let others: String = (0..300).map(|i| format!("other-{i}\n")).collect();
+    let lines = batch(&env, format!("same\n{others}same\n"), &[]);
+    assert_eq!(lines.len(), 302);
+    assert_eq!(lines[0]["flags"], lines[301]["flags"]);
+    let sources = env
+        .texts("SELECT source FROM audit_evaluations WHERE context_key = 'same' ORDER BY audit_id");
+    assert_eq!(sources, ["rollout", "sticky"]);
+    assert_eq!(env.count("SELECT count(*) FROM assignments"), 301);
+    env.ok(&["audit", "verify"]);
+}
+
 /// One batch storing assignments for keys with stored assignments of other flags (or reset
 /// ones) and for keys never seen: each key's assignments, old and new, list together.
 fn keys_seen_before_and_new_keys_store_assignments_in_one_batch() {
@@ -185,6 +201,7 @@ contract_tests! {
     keys_spanning_several_transactions_stay_in_order_and_are_all_audited,
     a_key_repeated_within_one_transaction_is_served_its_stored_decision,
     keys_seen_before_and_new_keys_store_assignments_in_one_batch,
+    a_key_repeated_far_apart_within_one_transaction_is_served_its_stored_decision,
     no_progress_is_accepted_and_output_is_unchanged,
     a_missing_contexts_file_is_named,
 }

@@ -9,7 +9,7 @@
 //! end with one assignment and the same answer, the audit chain never forks, and every write
 //! lands together with its audit rows or not at all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -261,13 +261,16 @@ trait Backend: Send {
     /// assignments went with it.
     fn delete_flag(&self, name: &str) -> Result<usize>;
 
-    /// Calls `found(key, flag, assignment)` for each stored assignment of any of `keys` (each
-    /// listed once) for any of `flags`.
+    /// Keys per step of a batch transaction (see `EvaluationPlan::evaluate_keys`).
+    fn keys_per_step(&self) -> usize;
+
+    /// Calls `found(i, flag, assignment)` for each stored assignment of any of `keys` (each
+    /// listed once; `i` is the key's index) for any of `flags`.
     fn fetch_assignments(
         &self,
         flags: &[&str],
         keys: &[&str],
-        found: &mut dyn FnMut(&str, String, StoredAssignment),
+        found: &mut dyn FnMut(usize, String, StoredAssignment),
     ) -> Result<()>;
     /// Stores assignments, none of them stored yet.
     fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()>;
@@ -972,6 +975,11 @@ impl<'a> EvaluationPlan<'a> {
     /// Evaluates every key within the caller's transaction and writes the new assignments and
     /// one decision record per key, with one `audit_flag_ranges` row per requested flag
     /// covering them. A key may repeat: a later occurrence sees what an earlier one stored.
+    ///
+    /// Keys go through in steps (`Backend::keys_per_step`). The store is read and written on this
+    /// thread, and steps are evaluated, recorded and hashed on another meanwhile: the
+    /// evaluator sees every assignment stored before the transaction (all reads come first)
+    /// and remembers what it decided itself, so the answers are those of one key at a time.
     fn evaluate_keys(
         &self,
         tx: &Transaction,
@@ -979,25 +987,125 @@ impl<'a> EvaluationPlan<'a> {
         actor: &str,
         ts: &str,
     ) -> Result<Vec<Vec<Evaluation>>> {
-        let mut stored: HashMap<&str, HashMap<String, StoredAssignment>> = HashMap::new();
-        for key in keys {
-            stored.entry(key.as_str()).or_default();
-        }
-        if !self.lookups.is_empty() {
-            let distinct: Vec<&str> = stored.keys().copied().collect();
-            tx.fetch_assignments(&self.lookups, &distinct, &mut |key, flag, assignment| {
-                if let Some(of_key) = stored.get_mut(key) {
-                    of_key.insert(flag, assignment);
+        let audited = !self.requested.is_empty() && !keys.is_empty();
+        let chain = if audited {
+            Some(Chain::at_tail(tx)?)
+        } else {
+            None
+        };
+        let first_id = chain.as_ref().map_or(0, |chain| chain.next_id);
+        let mut writer = StepWriter {
+            tx,
+            actor,
+            ts,
+            prev_hash: chain.as_ref().map(|chain| chain.prev_hash.clone()),
+            next_id: first_id,
+            results: Vec::with_capacity(keys.len()),
+        };
+        let mut evaluator = KeyEvaluator {
+            plan: self,
+            actor,
+            ts,
+            chain,
+            stored: HashMap::new(),
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut fetch = |step| self.fetch_step(tx, step, &mut seen);
+        let steps: Vec<&[String]> = keys.chunks(tx.keys_per_step()).collect();
+        if steps.len() <= 1 {
+            for step in steps {
+                let evaluated = evaluator.evaluate(step, fetch(step)?);
+                writer.write(step, evaluated)?;
+            }
+        } else {
+            std::thread::scope(|scope| -> Result<()> {
+                let (to_evaluate, fetched_steps) = std::sync::mpsc::channel();
+                let (to_write, evaluated_steps) = std::sync::mpsc::channel();
+                scope.spawn(move || {
+                    for (step, fetched) in fetched_steps {
+                        let evaluated = evaluator.evaluate(step, fetched);
+                        if to_write.send((step, evaluated)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                for &step in &steps {
+                    // Fails only if the evaluator panicked, which the scope raises again.
+                    let _ = to_evaluate.send((step, fetch(step)?));
                 }
+                drop(to_evaluate);
+                for (step, evaluated) in evaluated_steps {
+                    writer.write(step, evaluated)?;
+                }
+                Ok(())
             })?;
         }
-        let mut results = Vec::with_capacity(keys.len());
-        let mut details = Vec::with_capacity(keys.len());
-        for key in keys {
-            let of_key = stored
-                .get_mut(key.as_str())
-                .expect("every key has an entry");
-            let evaluation = eval::evaluate_context(self.flags, key, of_key, &self.requested);
+        if audited {
+            let mut flags = self.requested.clone();
+            flags.sort_unstable();
+            flags.dedup();
+            tx.insert_flag_ranges(&flags, first_id, first_id + keys.len() as i64 - 1)?;
+        }
+        Ok(writer.results)
+    }
+
+    /// The stored assignments of the keys of `step` not `seen` before in the transaction.
+    fn fetch_step<'k>(
+        &self,
+        tx: &Transaction,
+        step: &'k [String],
+        seen: &mut HashSet<&'k str>,
+    ) -> Result<Fetched<'k>> {
+        let new: Vec<&str> = step
+            .iter()
+            .map(String::as_str)
+            .filter(|key| seen.insert(key))
+            .collect();
+        let mut fetched = Vec::new();
+        if !self.lookups.is_empty() && !new.is_empty() {
+            tx.fetch_assignments(&self.lookups, &new, &mut |i, flag, assignment| {
+                fetched.push((new[i], flag, assignment));
+            })?;
+        }
+        Ok(fetched)
+    }
+}
+
+/// The assignments one step read from the store, as (context key, flag, assignment), for keys
+/// met for the first time in the transaction.
+type Fetched<'k> = Vec<(&'k str, String, StoredAssignment)>;
+
+/// What the evaluating thread made of one step's keys, in their order.
+struct Evaluated {
+    evaluations: Vec<Vec<Evaluation>>,
+    /// Each key's decision record (`detail`) and its hash, when the request is audited.
+    records: Vec<(String, String)>,
+}
+
+/// The evaluating side of [`EvaluationPlan::evaluate_keys`]: pure work, no store.
+struct KeyEvaluator<'a, 'k> {
+    plan: &'a EvaluationPlan<'a>,
+    actor: &'a str,
+    ts: &'a str,
+    /// Where the next decision record links in, when the request is audited.
+    chain: Option<Chain>,
+    /// Every key's assignments: as read, then as this transaction stored them.
+    stored: HashMap<&'k str, HashMap<String, StoredAssignment>>,
+}
+
+impl<'k> KeyEvaluator<'_, 'k> {
+    fn evaluate(&mut self, step: &'k [String], fetched: Fetched<'k>) -> Evaluated {
+        for (key, flag, assignment) in fetched {
+            self.stored.entry(key).or_default().insert(flag, assignment);
+        }
+        let mut evaluated = Evaluated {
+            evaluations: Vec::with_capacity(step.len()),
+            records: Vec::with_capacity(step.len()),
+        };
+        for key in step {
+            let of_key = self.stored.entry(key).or_default();
+            let evaluation =
+                eval::evaluate_context(self.plan.flags, key, of_key, &self.plan.requested);
             for assignment in evaluation
                 .evaluations
                 .iter()
@@ -1009,16 +1117,38 @@ impl<'a> EvaluationPlan<'a> {
                         decision: assignment.decision,
                         bucket: assignment.bucket,
                         rollout_pct: assignment.rollout_pct,
-                        assigned_at: ts.to_string(),
+                        assigned_at: self.ts.to_string(),
                     },
                 );
             }
-            details.push(record::encode(&evaluation));
-            results.push(evaluation.evaluations);
+            if let Some(chain) = &mut self.chain {
+                let detail = record::encode(&evaluation);
+                let hash = chain.link(&decision_record(self.ts, self.actor, key, &detail));
+                evaluated.records.push((detail, hash));
+            }
+            evaluated.evaluations.push(evaluation.evaluations);
         }
-        let new_assignments: Vec<AssignmentRef> = keys
+        evaluated
+    }
+}
+
+/// The writing side of [`EvaluationPlan::evaluate_keys`]: stores each evaluated step.
+struct StepWriter<'t, 'a> {
+    tx: &'t Transaction<'t>,
+    actor: &'a str,
+    ts: &'a str,
+    /// The hash the next record follows, when the request is audited.
+    prev_hash: Option<String>,
+    next_id: i64,
+    results: Vec<Vec<Evaluation>>,
+}
+
+impl StepWriter<'_, '_> {
+    fn write(&mut self, step: &[String], evaluated: Evaluated) -> Result<()> {
+        let ts = self.ts;
+        let new_assignments: Vec<AssignmentRef> = step
             .iter()
-            .zip(&results)
+            .zip(&evaluated.evaluations)
             .flat_map(|(key, evaluations)| {
                 evaluations
                     .iter()
@@ -1027,33 +1157,66 @@ impl<'a> EvaluationPlan<'a> {
             })
             .collect();
         if !new_assignments.is_empty() {
-            tx.insert_assignments(&new_assignments)?;
+            self.tx.insert_assignments(&new_assignments)?;
         }
-        if self.requested.is_empty() || keys.is_empty() {
-            return Ok(results);
+        if let Some(prev_hash) = &mut self.prev_hash {
+            let mut rows = Vec::with_capacity(step.len());
+            let mut prev: &str = prev_hash;
+            for (key, (detail, hash)) in step.iter().zip(&evaluated.records) {
+                rows.push(ChainedEntry {
+                    id: self.next_id + rows.len() as i64,
+                    entry: decision_record(self.ts, self.actor, key, detail),
+                    prev_hash: prev,
+                    hash,
+                });
+                prev = hash;
+            }
+            self.tx.insert_audit(&rows)?;
+            self.next_id += rows.len() as i64;
+            *prev_hash = prev.to_string();
         }
-        let entries: Vec<Entry> = keys
-            .iter()
-            .zip(&details)
-            .map(|(key, detail)| Entry {
-                ts,
-                kind: "evaluation",
-                actor,
-                action: None,
-                flag: None,
-                context_key: Some(key),
-                result: None,
-                source: None,
-                reason: None,
-                detail,
-            })
-            .collect();
-        let first_id = append_audit(tx, &entries)?;
-        let mut flags = self.requested.clone();
-        flags.sort_unstable();
-        flags.dedup();
-        tx.insert_flag_ranges(&flags, first_id, first_id + keys.len() as i64 - 1)?;
-        Ok(results)
+        self.results.extend(evaluated.evaluations);
+        Ok(())
+    }
+}
+
+/// The audit row of one key's decisions in an evaluation request.
+fn decision_record<'a>(ts: &'a str, actor: &'a str, key: &'a str, detail: &'a str) -> Entry<'a> {
+    Entry {
+        ts,
+        kind: "evaluation",
+        actor,
+        action: None,
+        flag: None,
+        context_key: Some(key),
+        result: None,
+        source: None,
+        reason: None,
+        detail,
+    }
+}
+
+/// The head of the audit chain as rows are linked to it.
+struct Chain {
+    next_id: i64,
+    prev_hash: String,
+}
+
+impl Chain {
+    fn at_tail(tx: &Transaction) -> Result<Chain> {
+        let (last_id, prev_hash) = tx.audit_tail()?.unwrap_or((0, GENESIS_HASH.to_string()));
+        Ok(Chain {
+            next_id: last_id + 1,
+            prev_hash,
+        })
+    }
+
+    /// Takes `entry` as the next row and returns its hash.
+    fn link(&mut self, entry: &Entry) -> String {
+        let hash = entry.hash(self.next_id, &self.prev_hash);
+        self.next_id += 1;
+        self.prev_hash.clone_from(&hash);
+        hash
     }
 }
 
@@ -1111,13 +1274,15 @@ fn append_token_change(
 /// id of the first. Runs inside the caller's write transaction, which holds the writer lock,
 /// so no other writer can interleave rows: ids are gapless and the chain never forks.
 fn append_audit(tx: &Transaction, entries: &[Entry]) -> Result<i64> {
-    let (last_id, mut prev_hash) = tx.audit_tail()?.unwrap_or((0, GENESIS_HASH.to_string()));
+    let mut chain = Chain::at_tail(tx)?;
+    let first_id = chain.next_id;
+    let mut prev_hash = chain.prev_hash.clone();
     let mut hashes: Vec<(String, String)> = Vec::with_capacity(entries.len());
-    for (id, entry) in (last_id + 1..).zip(entries) {
-        let hash = entry.hash(id, &prev_hash);
+    for entry in entries {
+        let hash = chain.link(entry);
         hashes.push((std::mem::replace(&mut prev_hash, hash.clone()), hash));
     }
-    let rows: Vec<ChainedEntry> = (last_id + 1..)
+    let rows: Vec<ChainedEntry> = (first_id..)
         .zip(entries)
         .zip(&hashes)
         .map(|((id, entry), (prev_hash, hash))| ChainedEntry {
@@ -1128,7 +1293,7 @@ fn append_audit(tx: &Transaction, entries: &[Entry]) -> Result<i64> {
         })
         .collect();
     tx.insert_audit(&rows)?;
-    Ok(last_id + 1)
+    Ok(first_id)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! everything committed before it. Reads take a REPEATABLE READ snapshot and no lock.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -365,14 +366,21 @@ impl Backend for Postgres {
         Ok(cleared as usize)
     }
 
+    /// A whole transaction: each read is a round trip, which cost more than evaluating on
+    /// another thread meanwhile saved (steps of 128 keys: 12% fewer evaluations/s).
+    fn keys_per_step(&self) -> usize {
+        usize::MAX
+    }
+
     fn fetch_assignments(
         &self,
         flags: &[&str],
         keys: &[&str],
-        found: &mut dyn FnMut(&str, String, StoredAssignment),
+        found: &mut dyn FnMut(usize, String, StoredAssignment),
     ) -> Result<()> {
         // One statement for the whole chunk: a round trip per key would cost more than the
         // evaluation itself.
+        let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
         let rows = self.query(
             "SELECT context_key, flag, decision, bucket, rollout_pct, assigned_at \
                FROM assignments \
@@ -387,7 +395,10 @@ impl Backend for Postgres {
                 rollout_pct: row.get(4),
                 assigned_at: row.get(5),
             };
-            found(row.get(0), row.get(1), assignment);
+            let key: &str = row.get(0);
+            if let Some(&i) = index.get(key) {
+                found(i, row.get(1), assignment);
+            }
         }
         Ok(())
     }

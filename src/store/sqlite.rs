@@ -344,11 +344,18 @@ impl Backend for Sqlite {
         Ok(cleared)
     }
 
+    /// Enough that handing a step between threads costs little, few enough that the threads
+    /// start working together early: `bench eval` hits 597-616k evaluations/s in steps of
+    /// 128 keys, 464-502k in one step of a whole transaction (1,000 keys).
+    fn keys_per_step(&self) -> usize {
+        128
+    }
+
     fn fetch_assignments(
         &self,
         flags: &[&str],
         keys: &[&str],
-        found: &mut dyn FnMut(&str, String, StoredAssignment),
+        found: &mut dyn FnMut(usize, String, StoredAssignment),
     ) -> Result<()> {
         let wanted: HashSet<&str> = flags.iter().copied().collect();
         let mut lookup = self.conn.prepare_cached(
@@ -356,7 +363,7 @@ impl Backend for Sqlite {
                FROM contexts c JOIN assignment_rows a ON a.context_id = c.id \
               WHERE c.key = ?1",
         )?;
-        for key in keys {
+        for (i, key) in keys.iter().enumerate() {
             let mut rows = lookup.query([key])?;
             while let Some(row) = rows.next()? {
                 let flag = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
@@ -370,7 +377,7 @@ impl Backend for Sqlite {
                     rollout_pct: row.get(3)?,
                     assigned_at: row.get(4)?,
                 };
-                found(key, flag, assignment);
+                found(i, flag, assignment);
             }
         }
         Ok(())
