@@ -998,8 +998,6 @@ impl<'a> EvaluationPlan<'a> {
             tx,
             actor,
             ts,
-            prev_hash: chain.as_ref().map(|chain| chain.prev_hash.clone()),
-            next_id: first_id,
             results: Vec::with_capacity(keys.len()),
         };
         let mut evaluator = KeyEvaluator {
@@ -1078,8 +1076,16 @@ type Fetched<'k> = Vec<(&'k str, String, StoredAssignment)>;
 /// What the evaluating thread made of one step's keys, in their order.
 struct Evaluated {
     evaluations: Vec<Vec<Evaluation>>,
-    /// Each key's decision record (`detail`) and its hash, when the request is audited.
-    records: Vec<(String, String)>,
+    /// Their decision records, when the request is audited.
+    records: Option<Records>,
+}
+
+/// Decision records linked into the chain: the first one's id, the hash it follows, and each
+/// record's `detail` with its hash.
+struct Records {
+    first_id: i64,
+    prev_hash: String,
+    linked: Vec<(String, String)>,
 }
 
 /// The evaluating side of [`EvaluationPlan::evaluate_keys`]: pure work, no store.
@@ -1100,7 +1106,11 @@ impl<'k> KeyEvaluator<'_, 'k> {
         }
         let mut evaluated = Evaluated {
             evaluations: Vec::with_capacity(step.len()),
-            records: Vec::with_capacity(step.len()),
+            records: self.chain.as_ref().map(|chain| Records {
+                first_id: chain.next_id,
+                prev_hash: chain.prev_hash.clone(),
+                linked: Vec::with_capacity(step.len()),
+            }),
         };
         for key in step {
             let of_key = self.stored.entry(key).or_default();
@@ -1121,10 +1131,10 @@ impl<'k> KeyEvaluator<'_, 'k> {
                     },
                 );
             }
-            if let Some(chain) = &mut self.chain {
+            if let (Some(chain), Some(records)) = (&mut self.chain, &mut evaluated.records) {
                 let detail = record::encode(&evaluation);
                 let hash = chain.link(&decision_record(self.ts, self.actor, key, &detail));
-                evaluated.records.push((detail, hash));
+                records.linked.push((detail, hash));
             }
             evaluated.evaluations.push(evaluation.evaluations);
         }
@@ -1137,9 +1147,6 @@ struct StepWriter<'t, 'a> {
     tx: &'t Transaction<'t>,
     actor: &'a str,
     ts: &'a str,
-    /// The hash the next record follows, when the request is audited.
-    prev_hash: Option<String>,
-    next_id: i64,
     results: Vec<Vec<Evaluation>>,
 }
 
@@ -1159,21 +1166,12 @@ impl StepWriter<'_, '_> {
         if !new_assignments.is_empty() {
             self.tx.insert_assignments(&new_assignments)?;
         }
-        if let Some(prev_hash) = &mut self.prev_hash {
-            let mut rows = Vec::with_capacity(step.len());
-            let mut prev: &str = prev_hash;
-            for (key, (detail, hash)) in step.iter().zip(&evaluated.records) {
-                rows.push(ChainedEntry {
-                    id: self.next_id + rows.len() as i64,
-                    entry: decision_record(self.ts, self.actor, key, detail),
-                    prev_hash: prev,
-                    hash,
-                });
-                prev = hash;
-            }
-            self.tx.insert_audit(&rows)?;
-            self.next_id += rows.len() as i64;
-            *prev_hash = prev.to_string();
+        if let Some(records) = &evaluated.records {
+            let entries = step
+                .iter()
+                .zip(&records.linked)
+                .map(|(key, (detail, hash))| (decision_record(ts, self.actor, key, detail), hash));
+            insert_linked(self.tx, records.first_id, &records.prev_hash, entries)?;
         }
         self.results.extend(evaluated.evaluations);
         Ok(())
@@ -1275,25 +1273,36 @@ fn append_token_change(
 /// so no other writer can interleave rows: ids are gapless and the chain never forks.
 fn append_audit(tx: &Transaction, entries: &[Entry]) -> Result<i64> {
     let mut chain = Chain::at_tail(tx)?;
-    let first_id = chain.next_id;
-    let mut prev_hash = chain.prev_hash.clone();
-    let mut hashes: Vec<(String, String)> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let hash = chain.link(entry);
-        hashes.push((std::mem::replace(&mut prev_hash, hash.clone()), hash));
-    }
+    let (first_id, prev_hash) = (chain.next_id, chain.prev_hash.clone());
+    let hashes: Vec<String> = entries.iter().map(|entry| chain.link(entry)).collect();
+    insert_linked(
+        tx,
+        first_id,
+        &prev_hash,
+        entries.iter().copied().zip(&hashes),
+    )?;
+    Ok(first_id)
+}
+
+/// Inserts audit rows already linked into the chain: `first_id` and the hash it follows, then
+/// each row with its hash.
+fn insert_linked<'a>(
+    tx: &Transaction,
+    first_id: i64,
+    prev_hash: &'a str,
+    entries: impl Iterator<Item = (Entry<'a>, &'a String)>,
+) -> Result<()> {
+    let mut prev_hash = prev_hash;
     let rows: Vec<ChainedEntry> = (first_id..)
         .zip(entries)
-        .zip(&hashes)
-        .map(|((id, entry), (prev_hash, hash))| ChainedEntry {
+        .map(|(id, (entry, hash))| ChainedEntry {
             id,
-            entry: *entry,
-            prev_hash,
+            entry,
+            prev_hash: std::mem::replace(&mut prev_hash, hash),
             hash,
         })
         .collect();
-    tx.insert_audit(&rows)?;
-    Ok(first_id)
+    tx.insert_audit(&rows)
 }
 
 #[cfg(test)]
