@@ -178,6 +178,10 @@ pub enum Error {
         source: postgres::Error,
     },
 
+    /// The connection was lost during COMMIT, and a new one found that nothing was committed.
+    #[error("{cause} (the connection was lost during commit; nothing of it was committed)")]
+    NotCommitted { cause: String },
+
     #[error(
         "flag {flag:?} changed since version {expected} (now version {current}); read it again and redo the change"
     )]

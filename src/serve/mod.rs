@@ -417,12 +417,9 @@ fn write_loop(
             })
             .collect();
         let started = Instant::now();
-        let mut outcome = store.evaluate_requests(&requests);
-        // A PostgreSQL restart closes the connection: nothing of the failed transaction was
-        // committed, so the group is tried once more on a new connection.
-        if outcome.is_err() && store.reconnect_if_lost().unwrap_or(false) {
-            outcome = store.evaluate_requests(&requests);
-        }
+        // A group cut off with its connection (a PostgreSQL restart) is tried once more on a
+        // new one, unless its COMMIT landed.
+        let outcome = store.evaluate_requests(&requests);
         metrics.record_commit(started.elapsed(), pending.len());
         match outcome {
             Ok((flags, results)) => {

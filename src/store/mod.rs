@@ -285,6 +285,8 @@ trait Backend: Send {
 
     /// Id and hash of the newest audit row.
     fn audit_tail(&self) -> Result<Option<(i64, String)>>;
+    /// The hash of audit row `id`, if there is one.
+    fn audit_hash(&self, id: i64) -> Result<Option<String>>;
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()>;
     /// Records that the decision records `first_id..=last_id` were asked for each of `flags`.
     fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()>;
@@ -334,12 +336,34 @@ trait Backend: Send {
 struct Transaction<'s> {
     backend: &'s dyn Backend,
     finished: bool,
+    /// A write transaction, which ends with the audit row it appended last.
+    writes: bool,
 }
 
 impl Transaction<'_> {
+    /// Commits. A connection lost during COMMIT (a server restart, a terminated backend) leaves
+    /// unknown whether the transaction landed; a write transaction then asks a new connection
+    /// for the audit row it appended last (its hash covers everything before it), so that
+    /// work that committed is reported committed, and a caller that retries work reported
+    /// [`Error::NotCommitted`] never records it twice.
     fn commit(mut self) -> Result<()> {
         self.finished = true;
-        self.backend.commit()
+        let head = match self.writes {
+            true => self.backend.audit_tail()?,
+            false => None,
+        };
+        match (self.backend.commit(), head) {
+            (Err(error), Some((id, hash))) if self.backend.reconnect_if_lost()? => {
+                if self.backend.audit_hash(id)?.as_deref() == Some(hash.as_str()) {
+                    Ok(())
+                } else {
+                    Err(Error::NotCommitted {
+                        cause: error.to_string(),
+                    })
+                }
+            }
+            (committed, _) => committed,
+        }
     }
 }
 
@@ -576,12 +600,15 @@ impl Store {
         actor: &str,
     ) -> Result<Vec<Evaluation>> {
         let keys = [context.to_string()];
-        let tx = self.write_transaction()?;
-        let ts = self.now();
-        let flags = tx.load_flags()?;
-        let mut results =
-            EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &keys, actor, &ts)?;
-        tx.commit()?;
+        let mut results = self.retried_on_new_connection(|store| {
+            let tx = store.write_transaction()?;
+            let ts = store.now();
+            let flags = tx.load_flags()?;
+            let results =
+                EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &keys, actor, &ts)?;
+            tx.commit()?;
+            Ok(results)
+        })?;
         Ok(results.pop().unwrap_or_default())
     }
 
@@ -613,14 +640,17 @@ impl Store {
                 return Ok(report);
             }
             let started = Instant::now();
-            let tx = self.write_transaction()?;
-            let ts = self.now();
-            // Flags are re-read for every chunk so that a kill switch thrown during a long run
-            // takes effect within one chunk.
-            let flags = tx.load_flags()?;
-            let results =
-                EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &chunk, actor, &ts)?;
-            tx.commit()?;
+            let results = self.retried_on_new_connection(|store| {
+                let tx = store.write_transaction()?;
+                let ts = store.now();
+                // Flags are re-read for every chunk so that a kill switch thrown during a long
+                // run takes effect within one chunk.
+                let flags = tx.load_flags()?;
+                let results = EvaluationPlan::new(&flags, selection)
+                    .evaluate_keys(&tx, &chunk, actor, &ts)?;
+                tx.commit()?;
+                Ok(results)
+            })?;
             report.batch_latencies.push(started.elapsed());
             for (key, evaluations) in chunk.iter().zip(&results) {
                 emit(key, evaluations)?;
@@ -634,8 +664,16 @@ impl Store {
     /// one fsync. Requests with the same selection and actor are evaluated together, a key
     /// repeated among them seeing what an earlier one stored. A request naming a single flag
     /// that does not exist is not evaluated (`None`): there is no decision to record. Returns
-    /// the flags as they were in the transaction, too.
+    /// the flags as they were in the transaction, too. A group cut off with its connection (a
+    /// PostgreSQL restart) is evaluated once more on a new one, unless its COMMIT landed.
     pub fn evaluate_requests(
+        &mut self,
+        requests: &[Request],
+    ) -> Result<(FlagSet, Vec<Option<Vec<Evaluation>>>)> {
+        self.retried_on_new_connection(|store| store.evaluate_requests_once(requests))
+    }
+
+    fn evaluate_requests_once(
         &mut self,
         requests: &[Request],
     ) -> Result<(FlagSet, Vec<Option<Vec<Evaluation>>>)> {
@@ -837,6 +875,7 @@ impl Store {
         Ok(Transaction {
             backend: self.backend.as_ref(),
             finished: false,
+            writes: true,
         })
     }
 
@@ -845,7 +884,26 @@ impl Store {
         Ok(Transaction {
             backend: self.backend.as_ref(),
             finished: false,
+            writes: false,
         })
+    }
+
+    /// Runs `attempt`, one whole write transaction, once more on a new connection when the
+    /// database server closed the connection under the first (a restart, a terminated
+    /// backend): nothing of the first was committed, [`Transaction::commit`] makes sure of
+    /// that. A server that cannot be reached again is reported with its own cause.
+    fn retried_on_new_connection<T>(
+        &mut self,
+        mut attempt: impl FnMut(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        match attempt(self) {
+            Err(Error::NotCommitted { .. }) => attempt(self),
+            Err(error) if self.backend.reconnect_if_lost()? => {
+                drop(error);
+                attempt(self)
+            }
+            done => done,
+        }
     }
 
     /// How long a writer keeps retrying a busy database before it reports "database is

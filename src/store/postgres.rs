@@ -8,7 +8,7 @@
 //! never forks. Transactions run at READ COMMITTED, so every statement after the lock sees
 //! everything committed before it. Reads take a REPEATABLE READ snapshot and no lock.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -69,6 +69,9 @@ pub fn describe(error: &postgres::Error) -> String {
 
 pub(super) struct Postgres {
     client: RefCell<Client>,
+    /// The server said it is ending this connection (a terminated backend, a shutdown): its
+    /// FATAL message can come before the client sees the socket close.
+    ending: Cell<bool>,
     name: String,
     /// The URL as given, password included, to connect again after a lost connection.
     url: String,
@@ -102,6 +105,7 @@ impl Postgres {
         }
         Ok(Postgres {
             client: RefCell::new(client),
+            ending: Cell::new(false),
             name,
             url: url.to_string(),
         })
@@ -133,6 +137,12 @@ impl Postgres {
     }
 
     fn fail(&self, source: postgres::Error) -> Error {
+        if source
+            .as_db_error()
+            .is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"))
+        {
+            self.ending.set(true);
+        }
         Error::Postgres {
             server: self.name.clone(),
             source,
@@ -279,7 +289,11 @@ impl Backend for Postgres {
 
     fn rollback(&self) {
         // A failed rollback means the connection is gone, and the server has rolled back.
-        let _ = self.client.borrow_mut().batch_execute("ROLLBACK");
+        let _ = self
+            .client
+            .borrow_mut()
+            .batch_execute("ROLLBACK")
+            .map_err(|e| self.fail(e));
     }
 
     fn load_flags(&self) -> Result<FlagSet> {
@@ -464,6 +478,12 @@ impl Backend for Postgres {
                 &[],
             )?
             .map(|row| (row.get(0), row.get(1))))
+    }
+
+    fn audit_hash(&self, id: i64) -> Result<Option<String>> {
+        Ok(self
+            .query_opt("SELECT hash FROM audit_log WHERE id = $1", &[&id])?
+            .map(|row| row.get(0)))
     }
 
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
@@ -664,11 +684,12 @@ impl Backend for Postgres {
     }
 
     fn reconnect_if_lost(&self) -> Result<bool> {
-        if !self.client.borrow().is_closed() {
+        if !self.ending.get() && !self.client.borrow().is_closed() {
             return Ok(false);
         }
         let fresh = Postgres::open(&self.url, false)?;
         self.client.replace(fresh.client.into_inner());
+        self.ending.set(false);
         Ok(true)
     }
 

@@ -466,6 +466,14 @@ impl Backend for Sqlite {
             .optional()?)
     }
 
+    fn audit_hash(&self, id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT hash FROM audit_log WHERE id = ?1")?
+            .query_row([id], |row| row.get(0))
+            .optional()?)
+    }
+
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
         let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 13);
         for row in rows {
