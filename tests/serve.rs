@@ -749,7 +749,68 @@ fn flag_changes_need_an_operator_and_the_current_version() {
     );
 }
 
+/// A server that has answered bulk requests and admin reads stops cleanly on SIGTERM: exit 0
+/// (PostgreSQL readers used to panic as they closed), and on SQLite every connection has
+/// closed in order, the writer last, so no WAL is left and a plain copy of the database file
+/// holds every answered request.
+fn sigterm_after_reads_exits_0_and_leaves_everything_in_the_database_file() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let mut server = Server::start(&env, &[]);
+    let answered: usize = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let (server, token) = (&server, &token);
+                scope.spawn(move || {
+                    let answered = |i: usize| {
+                        let read = agent()
+                            .get(format!("{}/api/admin/v1/flags", server.url))
+                            .header("X-API-Key", token)
+                            .call();
+                        let bulk = agent()
+                            .post(format!("{}/ofrep/v1/evaluate/flags", server.url))
+                            .header("X-API-Key", token)
+                            .send(context(&format!("c{c}-{i}")));
+                        // Refused once the server stopped accepting.
+                        let (Ok(read), Ok(bulk)) = (read, bulk) else {
+                            return false;
+                        };
+                        assert_eq!((read.status().as_u16(), bulk.status().as_u16()), (200, 200));
+                        true
+                    };
+                    (0..2_000).take_while(|&i| answered(i)).count()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(400));
+        server.signal("TERM");
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    let status = server.child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(evaluations_recorded(&env), answered as i64);
+    if env.backend == common::Backend::Sqlite {
+        let wal = env.db.with_extension("db-wal");
+        assert!(!wal.exists(), "{} is left behind", wal.display());
+        let copied = tempfile::tempdir().unwrap();
+        let copy = copied.path().join("copy.db");
+        std::fs::copy(&env.db, &copy).unwrap();
+        let recorded: i64 = rusqlite::Connection::open(&copy)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM audit_log WHERE kind = 'evaluation'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(recorded, answered as i64);
+    }
+}
+
 contract_tests! {
+    sigterm_after_reads_exits_0_and_leaves_everything_in_the_database_file,
     the_admin_api_reads_flags_history_and_the_audit_log_without_writing,
     the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context,
     flag_changes_need_an_operator_and_the_current_version,

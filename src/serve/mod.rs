@@ -149,6 +149,12 @@ impl Readers {
         }
         answer
     }
+
+    /// Closes the idle readers: done before the writer closes, so that on SQLite the
+    /// writer's connection is the last and checkpoints the WAL into the database file.
+    fn close(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// The holder of an active token (`caller`) if its role is at least `needed`.
@@ -281,12 +287,13 @@ pub fn serve_until(
 
     let (jobs, queue) = mpsc::channel(QUEUE);
     let metrics = Arc::new(Metrics::default());
+    let readers = Arc::new(Readers::new(store.location().cloned()));
     let shared = Arc::new(Shared {
         jobs,
         metrics: Arc::clone(&metrics),
         no_auth: config.no_auth,
         sessions: web::Sessions::default(),
-        readers: Arc::new(Readers::new(store.location().cloned())),
+        readers: Arc::clone(&readers),
         tokens: Arc::default(),
     });
     // The writer holds no sender (so not `shared`): it stops once the handlers are gone.
@@ -314,11 +321,15 @@ pub fn serve_until(
             .await
     });
     // The router, and with it the last sender, is gone: the writer answers what is queued and
-    // returns.
+    // returns its store. Dropping the runtime waits for the readers' work; then the stores
+    // close, outside the runtime (a PostgreSQL client cannot close inside one) and in order:
+    // readers first, the writer last.
     drop(runtime);
-    writer.join().map_err(|_| Error::Usage {
+    let store = writer.join().map_err(|_| Error::Usage {
         message: "the writer thread panicked".to_string(),
     })?;
+    readers.close();
+    store.close()?;
     served.map_err(|source| Error::Listen {
         address: address.to_string(),
         source,
@@ -348,14 +359,14 @@ async fn shutdown_signal() {
 }
 
 /// The writer: takes every job queued, evaluates them in one transaction, answers each after
-/// the commit. Returns when every handler is gone and the queue is empty.
+/// the commit. Returns its store when every handler is gone and the queue is empty.
 fn write_loop(
     mut store: Store,
     mut queue: mpsc::Receiver<Job>,
     metrics: &Metrics,
     tokens: &Mutex<Tokens>,
     no_auth: bool,
-) {
+) -> Store {
     let lookup = |store: &Store, sha256: &str| {
         let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
         tokens.lookup(store, sha256)
@@ -446,6 +457,7 @@ fn write_loop(
             }
         }
     }
+    store
 }
 
 /// Active tokens by SHA-256, re-read from the store at most every [`TOKEN_REFRESH`], so a

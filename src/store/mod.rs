@@ -322,6 +322,10 @@ trait Backend: Send {
     /// Marks an active token revoked; false when there is no active token of that name.
     fn revoke_token(&self, name: &str, ts: &str) -> Result<bool>;
 
+    /// Copies what the write-ahead log holds into the database and empties it, where the
+    /// backend has one of its own to manage (SQLite's WAL); waits for no reader.
+    fn checkpoint(&self) -> Result<()>;
+
     /// Opens a new connection if the server closed this one (a restart, a terminated backend);
     /// true if it did. Never true for SQLite, which has no connection to lose.
     fn reconnect_if_lost(&self) -> Result<bool>;
@@ -860,6 +864,13 @@ impl Store {
     /// what failed instead of failing every request from then on.
     pub fn reconnect_if_lost(&self) -> Result<bool> {
         self.backend.reconnect_if_lost()
+    }
+
+    /// Closes the store. An SQLite store first moves its WAL into the database file, so that a
+    /// copy of the file alone holds everything committed, even while other processes keep
+    /// the store open.
+    pub fn close(self) -> Result<()> {
+        self.backend.checkpoint()
     }
 
     /// Number of rows in the audit log.

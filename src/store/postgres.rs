@@ -683,6 +683,10 @@ impl Backend for Postgres {
         )? == 1)
     }
 
+    fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn reconnect_if_lost(&self) -> Result<bool> {
         if !self.ending.get() && !self.client.borrow().is_closed() {
             return Ok(false);
