@@ -788,3 +788,135 @@ fn an_export_that_cannot_be_written_keeps_the_old_file() {
         "a temporary file was left: {leftovers:?}"
     );
 }
+
+/// What one request to `serve` got: its HTTP status and body (status 0: no answer).
+fn ask_serve(agent: &ureq::Agent, url: &str, token: &str, key: &str) -> (u16, String) {
+    match agent
+        .post(format!("{url}/ofrep/v1/evaluate/flags/enrich"))
+        .header("X-API-Key", token)
+        .send(format!(r#"{{"context": {{"targetingKey": "{key}"}}}}"#))
+    {
+        Ok(mut response) => (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn health(agent: &ureq::Agent, url: &str) -> u16 {
+    agent
+        .get(format!("{url}/healthz"))
+        .call()
+        .map_or(0, |response| response.status().as_u16())
+}
+
+/// `serve` on a 32 MB volume: the WAL stays bounded, so 4,000 requests all succeed; when a
+/// filler takes the rest of the volume, requests fail naming the database and /healthz says
+/// 503; within 10 s of the filler going, /healthz says 200 by itself and requests succeed;
+/// every request answered 200 has its decision record, and the chain verifies.
+#[test]
+fn serve_on_a_small_volume_bounds_its_wal_and_recovers_from_a_full_disk() {
+    let disk = TinyDisk::mount(32 * 1024);
+    let env = Env::new();
+    let db = disk.dir.path().join("flags.db");
+    let db_arg = db.to_str().unwrap();
+    let flags = env.write("flags.json", FLAGS);
+    env.ok(&["--db", db_arg, "import", flags.to_str().unwrap()]);
+    let token = env.ok(&["--db", db_arg, "token", "create", "worker"]);
+    let token = token.trim();
+    let server = common::Server::start(&env, &["--db", db_arg]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut answered: Vec<String> = Vec::new();
+    let wal = disk.dir.path().join("flags.db-wal");
+    let mut wal_peak = 0;
+    let statuses: Vec<(String, u16, String)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|client| {
+                let (agent, url) = (agent.clone(), &server.url);
+                scope.spawn(move || {
+                    (0..500)
+                        .map(|i| {
+                            let key = format!("before-{client}-{i}");
+                            let (status, body) = ask_serve(&agent, url, token, &key);
+                            (key, status, body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        while !clients.iter().all(|c| c.is_finished()) {
+            wal_peak = wal_peak.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let failed: Vec<_> = statuses.iter().filter(|(_, s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(wal_peak < 16 << 20, "the WAL grew to {wal_peak} bytes");
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(size < 4 << 20, "the database is {size} bytes");
+    answered.extend(statuses.into_iter().map(|(key, _, _)| key));
+
+    // Fill the volume, then ask until a write needs room it cannot get.
+    let filler = disk.dir.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write_all(&[0u8; 65536]).is_ok() {}
+    drop(file);
+    let mut failure = None;
+    for i in 0..20_000 {
+        let key = format!("full-{i}");
+        match ask_serve(&agent, &server.url, token, &key) {
+            (200, _) => answered.push(key),
+            (status, body) => {
+                failure = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = failure.expect("a request failed on the full volume");
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains(&format!("{}: database or disk is full", db.display())),
+        "{body}"
+    );
+    assert_eq!(health(&agent, &server.url), 503);
+
+    // Space returns. No evaluation is sent until /healthz, trying a write of its own once its
+    // hold after the failure is over, says the store takes writes again.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    while health(&agent, &server.url) != 200 {
+        assert!(
+            freed.elapsed() < Duration::from_secs(10),
+            "/healthz still 503 10 s after space returned"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let key = "after".to_string();
+    assert_eq!(ask_serve(&agent, &server.url, token, &key).0, 200);
+    answered.push(key);
+    server.signal("TERM");
+    let recorded: std::collections::HashSet<String> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .prepare("SELECT context_key FROM audit_log WHERE kind = 'evaluation'")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let lost: Vec<&String> = answered.iter().filter(|k| !recorded.contains(*k)).collect();
+    assert!(lost.is_empty(), "answered but not recorded: {lost:?}");
+    env.ok(&["--db", db_arg, "audit", "verify"]);
+}

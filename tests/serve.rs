@@ -299,7 +299,8 @@ fn concurrent_clients_on_the_same_keys_agree() {
 
 /// Requests in flight when SIGTERM arrives are answered; the server exits 0.
 /// SQLite only (it holds the file's write lock from outside): reads run on connections of
-/// their own, so they answer while the writer waits for the lock with an evaluation.
+/// their own, and /healthz on what the writer last did, so they answer while the writer waits
+/// for the lock with an evaluation.
 #[test]
 fn reads_answer_while_the_writer_waits() {
     let env = Env::new();
@@ -322,6 +323,9 @@ fn reads_answer_while_the_writer_waits() {
     std::thread::sleep(Duration::from_millis(200));
     let flags = get(&format!("{}/api/admin/v1/flags", server.url), &token);
     assert_eq!(flags.status, 200);
+    // Health says what the last write did; it does not wait for the writer either.
+    let health = get(&format!("{}/healthz", server.url), &token);
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     assert!(
         !evaluation.is_finished(),
         "the evaluation should still be waiting for the lock"

@@ -41,6 +41,15 @@ const READERS: usize = 4;
 /// How long a token revocation may take to reach a running server.
 const TOKEN_REFRESH: Duration = Duration::from_secs(1);
 
+/// WAL pages at which the writer checkpoints, and the size the WAL is cut back to: SQLite's
+/// default, where a batch uses ten times more. serve's groups are small, so its WAL gains
+/// nothing from growing, and a small volume has no room for it.
+const WAL_PAGES: i64 = 1_000;
+
+/// How long the writer waits without work before it empties the WAL into the database file
+/// (an SQLite TRUNCATE checkpoint), so that an idle server holds everything in the one file.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
+
 /// The actor of evaluations made without authentication (`--no-auth`).
 pub const ANONYMOUS_ACTOR: &str = "serve (no auth)";
 
@@ -61,6 +70,7 @@ enum Job {
         token_sha256: Option<String>,
         reply: oneshot::Sender<Answer>,
     },
+    /// Tries a write, after one failed: see [`Health`].
     Health {
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -230,6 +240,35 @@ enum Answer {
     Failed(String),
 }
 
+/// Whether the writer's last write failed, when and why: what `/healthz` answers without
+/// waiting for the writer. For [`HEALTH_HOLD`] after a failure it answers 503 at once, so a
+/// load balancer sees the fault even when a small write would still fit; after that it asks
+/// the writer to try a write that changes nothing ([`Store::probe_write`]), so an instance
+/// taken out of service comes back by itself once the fault (a full disk, a database server
+/// down) is gone, with no evaluation sent to it.
+#[derive(Default)]
+struct Health {
+    failure: Mutex<Option<(Instant, String)>>,
+}
+
+/// How long `/healthz` answers 503 after a failed write before it tries a write of its own.
+const HEALTH_HOLD: Duration = Duration::from_secs(5);
+
+impl Health {
+    /// Why the last write failed, and whether that was within [`HEALTH_HOLD`].
+    fn failure(&self) -> Option<(String, bool)> {
+        let failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure
+            .as_ref()
+            .map(|(at, why)| (why.clone(), at.elapsed() < HEALTH_HOLD))
+    }
+
+    fn set(&self, outcome: Result<(), String>) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            outcome.err().map(|why| (Instant::now(), why));
+    }
+}
+
 /// State shared by the handlers.
 struct Shared {
     jobs: mpsc::Sender<Job>,
@@ -239,6 +278,7 @@ struct Shared {
     readers: Arc<Readers>,
     /// Shared by the writer and the readers, so a read needs the writer for nothing.
     tokens: Arc<Mutex<Tokens>>,
+    health: Arc<Health>,
 }
 
 /// Runs the server on `store` until SIGTERM or SIGINT: then it stops accepting connections,
@@ -295,24 +335,31 @@ pub fn serve_until(
         sessions: web::Sessions::default(),
         readers: Arc::clone(&readers),
         tokens: Arc::default(),
+        health: Arc::default(),
     });
-    // The writer holds no sender (so not `shared`): it stops once the handlers are gone.
-    let writer = {
-        let no_auth = config.no_auth;
-        let tokens = Arc::clone(&shared.tokens);
-        std::thread::Builder::new()
-            .name("flagstore-writer".to_string())
-            .spawn(move || write_loop(store, queue, &metrics, &tokens, no_auth))
-            .map_err(|e| Error::Usage {
-                message: format!("cannot start the writer thread: {e}"),
-            })?
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Usage {
             message: format!("cannot start the HTTP runtime: {e}"),
         })?;
+    store.limit_wal(WAL_PAGES)?;
+    // The writer holds no sender (so not `shared`): it stops once the handlers are gone.
+    let writer = {
+        let writer = Writer {
+            no_auth: config.no_auth,
+            tokens: Arc::clone(&shared.tokens),
+            health: Arc::clone(&shared.health),
+            metrics,
+            runtime: runtime.handle().clone(),
+        };
+        std::thread::Builder::new()
+            .name("flagstore-writer".to_string())
+            .spawn(move || writer.run(store, queue))
+            .map_err(|e| Error::Usage {
+                message: format!("cannot start the writer thread: {e}"),
+            })?
+    };
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         ready(address);
@@ -358,43 +405,70 @@ async fn shutdown_signal() {
     }
 }
 
-/// The writer: takes every job queued, evaluates them in one transaction, answers each after
-/// the commit. Returns its store when every handler is gone and the queue is empty.
-fn write_loop(
-    mut store: Store,
-    mut queue: mpsc::Receiver<Job>,
-    metrics: &Metrics,
-    tokens: &Mutex<Tokens>,
+/// What the writer thread shares with the handlers.
+struct Writer {
     no_auth: bool,
-) -> Store {
-    let lookup = |store: &Store, sha256: &str| {
-        let mut tokens = tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens.lookup(store, sha256)
-    };
-    while let Some(first) = queue.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    tokens: Arc<Mutex<Tokens>>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// For waiting on the queue with a deadline.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Writer {
+    /// Takes every job queued, evaluates them in one transaction, answers each after the
+    /// commit; checkpoints when idle. Returns its store when every handler is gone and the
+    /// queue is empty.
+    fn run(self, mut store: Store, mut queue: mpsc::Receiver<Job>) -> Store {
+        let mut written = false;
+        loop {
+            let next = match written {
+                true => self
+                    .runtime
+                    .block_on(async { tokio::time::timeout(IDLE_CHECKPOINT, queue.recv()).await }),
+                false => Ok(queue.blocking_recv()),
+            };
+            let first = match next {
+                Ok(Some(job)) => job,
+                Ok(None) => return store,
+                Err(_idle) => {
+                    // A failure here (a reader's snapshot in the way, a full disk) leaves the
+                    // WAL for the next checkpoint; the next write reports a real fault.
+                    let _ = store.checkpoint();
+                    written = false;
+                    continue;
+                }
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
             }
+            written |= self.serve_group(&mut store, jobs);
         }
+    }
+
+    /// Does `jobs`, evaluations in one transaction; returns whether anything was written.
+    fn serve_group(&self, store: &mut Store, jobs: Vec<Job>) -> bool {
+        let lookup = |store: &Store, sha256: &str| {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            tokens.lookup(store, sha256)
+        };
         let mut pending = Vec::new();
         for job in jobs {
             match job {
                 Job::Health { reply } => {
-                    let reachable = store.flags().or_else(|error| {
-                        if store.reconnect_if_lost().unwrap_or(false) {
-                            store.flags()
-                        } else {
-                            Err(error)
-                        }
-                    });
-                    let _ = reply.send(reachable.map(|_| ()).map_err(|e| e.to_string()));
+                    let probed = store
+                        .probe_write()
+                        .map_err(|e| e.at_database(store.path()).to_string());
+                    self.health.set(probed.clone());
+                    let _ = reply.send(probed);
                 }
                 Job::AsCaller { token_sha256, work } => {
-                    let caller = lookup(&store, &token_sha256);
-                    work(&mut store, caller.as_ref());
+                    let caller = lookup(store, &token_sha256);
+                    work(store, caller.as_ref());
                 }
                 Job::Evaluate {
                     selection,
@@ -402,9 +476,9 @@ fn write_loop(
                     token_sha256,
                     reply,
                 } => {
-                    let actor = match (&token_sha256, no_auth) {
+                    let actor = match (&token_sha256, self.no_auth) {
                         (_, true) => Some(ANONYMOUS_ACTOR.to_string()),
-                        (Some(sha), false) => lookup(&store, sha).map(|caller| caller.name),
+                        (Some(sha), false) => lookup(store, sha).map(|caller| caller.name),
                         (None, false) => None,
                     };
                     match actor {
@@ -417,7 +491,7 @@ fn write_loop(
             }
         }
         if pending.is_empty() {
-            continue;
+            return false;
         }
         let requests: Vec<Request> = pending
             .iter()
@@ -428,17 +502,19 @@ fn write_loop(
             })
             .collect();
         let started = Instant::now();
-        // A group cut off with its connection (a PostgreSQL restart) is tried once more on a
-        // new one, unless its COMMIT landed.
-        let outcome = store.evaluate_requests(&requests);
-        metrics.record_commit(started.elapsed(), pending.len());
+        let outcome = store
+            .evaluate_requests(&requests)
+            .map_err(|e| e.at_database(store.path()).to_string());
+        self.metrics.record_commit(started.elapsed(), pending.len());
+        self.health
+            .set(outcome.as_ref().map(|_| ()).map_err(Clone::clone));
         match outcome {
             Ok((flags, results)) => {
                 let flags = Arc::new(flags);
                 for ((_, _, _, reply), result) in pending.into_iter().zip(results) {
                     let answer = match result {
                         Some(evaluations) => {
-                            metrics.count_evaluations(evaluations.len());
+                            self.metrics.count_evaluations(evaluations.len());
                             Answer::Evaluated {
                                 flags: Arc::clone(&flags),
                                 evaluations,
@@ -448,16 +524,16 @@ fn write_loop(
                     };
                     let _ = reply.send(answer);
                 }
+                true
             }
-            Err(error) => {
-                let message = error.to_string();
+            Err(message) => {
                 for (_, _, _, reply) in pending {
                     let _ = reply.send(Answer::Failed(message.clone()));
                 }
+                false
             }
         }
     }
-    store
 }
 
 /// Active tokens by SHA-256, re-read from the store at most every [`TOKEN_REFRESH`], so a

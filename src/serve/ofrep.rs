@@ -273,15 +273,23 @@ fn internal(details: &str) -> Response {
     )
 }
 
+/// 200 while the writer's last write succeeded; after a failed one, 503 until a write
+/// succeeds again (see [`super::Health`]).
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let reachable = match shared.jobs.send(Job::Health { reply }).await {
-        Ok(()) => answer
-            .await
-            .unwrap_or_else(|_| Err("the writer stopped".to_string())),
-        Err(_) => Err("the server is stopping".to_string()),
+    let writable = match shared.health.failure() {
+        None => Ok(()),
+        Some((why, true)) => Err(why),
+        Some((_, false)) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            match shared.jobs.send(Job::Health { reply }).await {
+                Ok(()) => answer
+                    .await
+                    .unwrap_or_else(|_| Err("the writer stopped".to_string())),
+                Err(_) => Err("the server is stopping".to_string()),
+            }
+        }
     };
-    match reachable {
+    match writable {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(message) => (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response(),
     }

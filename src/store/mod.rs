@@ -322,6 +322,11 @@ trait Backend: Send {
     /// Marks an active token revoked; false when there is no active token of that name.
     fn revoke_token(&self, name: &str, ts: &str) -> Result<bool>;
 
+    /// Writes something every write would, changing nothing (see [`Store::probe_write`]).
+    fn rewrite_header(&self) -> Result<()>;
+    /// Checkpoints the WAL whenever it reaches `pages` pages and truncates it back to that
+    /// size, where the backend has a WAL of its own to manage (SQLite).
+    fn limit_wal(&self, pages: i64) -> Result<()>;
     /// Copies what the write-ahead log holds into the database and empties it, where the
     /// backend has one of its own to manage (SQLite's WAL); waits for no reader.
     fn checkpoint(&self) -> Result<()>;
@@ -864,6 +869,36 @@ impl Store {
     /// what failed instead of failing every request from then on.
     pub fn reconnect_if_lost(&self) -> Result<bool> {
         self.backend.reconnect_if_lost()
+    }
+
+    /// Keeps an SQLite store's WAL under about `pages` pages of 4 KiB, for a long-running
+    /// writer of small transactions (`serve`): a batch's default lets it grow to 40 MB, which
+    /// rewrites hot pages in the WAL instead of the database but fills a small volume.
+    pub fn limit_wal(&self, pages: i64) -> Result<()> {
+        self.backend.limit_wal(pages)
+    }
+
+    /// Moves what an SQLite store's WAL holds into the database file and empties the WAL, so
+    /// that a copy of the file alone holds everything committed. A reader's snapshot can keep
+    /// part of it in the WAL until the next checkpoint.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.backend.checkpoint()
+    }
+
+    /// A write transaction that changes nothing a reader can see, committed as a real write
+    /// (on SQLite, the database header rewritten as it is, which needs room in the WAL): whether
+    /// the store can take writes now, for a health check after a write failed. On PostgreSQL it
+    /// reconnects first if the server closed the connection.
+    pub fn probe_write(&self) -> Result<()> {
+        self.backend.reconnect_if_lost()?;
+        self.backend.begin_write(self.lock_wait)?;
+        let tx = Transaction {
+            backend: self.backend.as_ref(),
+            finished: false,
+            writes: false,
+        };
+        tx.rewrite_header()?;
+        tx.commit()
     }
 
     /// Closes the store. An SQLite store first moves its WAL into the database file, so that a

@@ -684,6 +684,26 @@ impl Backend for Sqlite {
         )? == 1)
     }
 
+    fn rewrite_header(&self) -> Result<()> {
+        // Setting user_version (which flagstore does not use) rewrites page 1 even when the
+        // value is the same, so the commit appends a frame to the WAL.
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
+        self.conn.pragma_update(None, "user_version", version)?;
+        Ok(())
+    }
+
+    fn limit_wal(&self, pages: i64) -> Result<()> {
+        let page_size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |row| row.get(0))?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        self.conn
+            .pragma_update(None, "journal_size_limit", pages * page_size)?;
+        Ok(())
+    }
+
     fn checkpoint(&self) -> Result<()> {
         // A reader's snapshot can keep the checkpoint from reaching the end of the WAL:
         // SQLite then reports it busy in the row, not as an error, and the rest waits for the
