@@ -318,6 +318,22 @@ fn serve_reconnects_after_postgres_drops_its_connection() {
         env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"),
         2
     );
+    // The readers' pooled connections are ended too: the next reads open new ones.
+    let read = || {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{}/api/admin/v1/flags", server.url))
+            .args(["-H", &format!("X-API-Key: {token}")])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(read(), "200");
+    env.execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+    ))
+    .unwrap();
+    assert_eq!((read(), read()), ("200".to_string(), "200".to_string()));
 }
 
 /// The server ends serve's connection over and over while 8 clients send one-key requests:

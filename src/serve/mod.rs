@@ -144,9 +144,12 @@ impl Readers {
         work: impl FnOnce(&mut Store) -> Result<T, Refusal>,
     ) -> Result<T, Refusal> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // An idle reader whose connection the server closed (a restart) connects again; one
+        // that cannot is replaced, and the new one's error says why (connection refused, the
+        // database system is shutting down).
         let mut store = match idle {
-            Some(store) => store,
-            None => Store::open_existing(location)?,
+            Some(store) if store.reconnect_if_lost().is_ok() => store,
+            _ => Store::open_existing(location)?,
         };
         let answer = work(&mut store);
         // A reader whose work failed in the store may have lost its connection: it is not

@@ -332,8 +332,10 @@ trait Backend: Send {
     fn checkpoint(&self) -> Result<()>;
 
     /// Opens a new connection if the server closed this one (a restart, a terminated backend);
-    /// true if it did. Never true for SQLite, which has no connection to lose.
-    fn reconnect_if_lost(&self) -> Result<bool>;
+    /// true if it did. With `ask_server`, a connection that seems open is first asked a no-op
+    /// query: one that sat idle learns of its end only when used. Never true for SQLite,
+    /// which has no connection to lose.
+    fn reconnect_if_lost(&self, ask_server: bool) -> Result<bool>;
 
     /// Writes a copy of the whole store as one SQLite file, from one snapshot; `None` when the
     /// backend has no such copy of its own (the caller copies row by row instead).
@@ -362,7 +364,7 @@ impl Transaction<'_> {
             false => None,
         };
         match (self.backend.commit(), head) {
-            (Err(error), Some((id, hash))) if self.backend.reconnect_if_lost()? => {
+            (Err(error), Some((id, hash))) if self.backend.reconnect_if_lost(false)? => {
                 if self.backend.audit_hash(id)?.as_deref() == Some(hash.as_str()) {
                     Ok(())
                 } else {
@@ -865,10 +867,10 @@ impl Store {
     }
 
     /// Opens a new connection if the database server closed this one, as a restart of
-    /// PostgreSQL does; returns whether it did, so a long-running caller (`serve`) can retry
-    /// what failed instead of failing every request from then on.
+    /// PostgreSQL does, asking the server first (a round trip): for a connection that sat idle,
+    /// such as one of serve's readers, before its next use. Returns whether it reconnected.
     pub fn reconnect_if_lost(&self) -> Result<bool> {
-        self.backend.reconnect_if_lost()
+        self.backend.reconnect_if_lost(true)
     }
 
     /// Keeps an SQLite store's WAL under about `pages` pages of 4 KiB, for a long-running
@@ -890,7 +892,7 @@ impl Store {
     /// the store can take writes now, for a health check after a write failed. On PostgreSQL it
     /// reconnects first if the server closed the connection.
     pub fn probe_write(&self) -> Result<()> {
-        self.backend.reconnect_if_lost()?;
+        self.backend.reconnect_if_lost(true)?;
         self.backend.begin_write(self.lock_wait)?;
         let tx = Transaction {
             backend: self.backend.as_ref(),
@@ -944,7 +946,7 @@ impl Store {
     ) -> Result<T> {
         match attempt(self) {
             Err(Error::NotCommitted { .. }) => attempt(self),
-            Err(error) if self.backend.reconnect_if_lost()? => {
+            Err(error) if self.backend.reconnect_if_lost(false)? => {
                 drop(error);
                 attempt(self)
             }

@@ -67,6 +67,10 @@ pub fn describe(error: &postgres::Error) -> String {
     .replace('\n', " ")
 }
 
+/// How long a connection that seems open may take to answer a no-op query before it is
+/// taken for lost.
+const IDLE_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(super) struct Postgres {
     client: RefCell<Client>,
     /// The server said it is ending this connection (a terminated backend, a shutdown): its
@@ -696,8 +700,9 @@ impl Backend for Postgres {
         Ok(())
     }
 
-    fn reconnect_if_lost(&self) -> Result<bool> {
-        if !self.ending.get() && !self.client.borrow().is_closed() {
+    fn reconnect_if_lost(&self, ask_server: bool) -> Result<bool> {
+        let open = !self.ending.get() && !self.client.borrow().is_closed();
+        if open && (!ask_server || self.client.borrow_mut().is_valid(IDLE_PROBE).is_ok()) {
             return Ok(false);
         }
         let fresh = Postgres::open(&self.url, false)?;

@@ -713,7 +713,7 @@ impl Backend for Sqlite {
             .map_err(|e| Error::from(e).at_database(&self.path))
     }
 
-    fn reconnect_if_lost(&self) -> Result<bool> {
+    fn reconnect_if_lost(&self, _ask_server: bool) -> Result<bool> {
         Ok(false)
     }
 
