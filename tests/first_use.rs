@@ -153,6 +153,10 @@ fn reading_commands_refuse_a_database_that_does_not_exist() {
         &["history", "f"],
         &["assignments", "list"],
         &["check"],
+        &["token", "create", "worker"],
+        &["token", "list"],
+        &["token", "revoke", "worker"],
+        &["serve", "--listen", "127.0.0.1:0"],
     ] {
         assert_eq!(
             env.fails(command),

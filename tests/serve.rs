@@ -813,7 +813,29 @@ fn sigterm_after_reads_exits_0_and_leaves_everything_in_the_database_file() {
     }
 }
 
+/// A store with no flags is served, but a line on stderr says that every evaluation will be
+/// FLAG_NOT_FOUND (which SDKs turn into their defaults without a word).
+fn serving_a_store_without_flags_warns() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    env.ok(&["token", "create", "worker"]);
+    let mut server = Server::start(&env, &[]);
+    server.signal("TERM");
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        stderr,
+        format!(
+            "flagstore: warning: {} defines no flags: every evaluation will answer \
+             FLAG_NOT_FOUND (create flags with `flagstore import FILE` or `flagstore flag create`)\n",
+            env.shown()
+        )
+    );
+}
+
 contract_tests! {
+    serving_a_store_without_flags_warns,
     sigterm_after_reads_exits_0_and_leaves_everything_in_the_database_file,
     the_admin_api_reads_flags_history_and_the_audit_log_without_writing,
     the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context,

@@ -43,6 +43,14 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &ServeArgs) -> Result<
         no_auth: args.no_auth,
     };
     let store = globals.open_existing(&args.db)?;
+    if store.flags()?.is_empty() {
+        // Every OFREP request would be a 404, which SDKs turn into their defaults unseen.
+        eprintln!(
+            "flagstore: warning: {} defines no flags: every evaluation will answer \
+             FLAG_NOT_FOUND (create flags with `flagstore import FILE` or `flagstore flag create`)",
+            store.path()
+        );
+    }
     let mut announced: Result<()> = Ok(());
     serve(store, &config, |address| {
         // Printed and flushed at once: scripts and tests wait for this line to connect.

@@ -61,7 +61,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, command: TokenCommand) -> Re
         TokenCommand::Create(CreateArgs { token: args, role }) => {
             let actor = globals.writer(&args.actor);
             let secret = token::generate()?;
-            globals.with_store_or_create(&args.db, |store| {
+            globals.with_store(&args.db, |store| {
                 store.create_token(&args.name, &token::sha256_hex(&secret), role, &actor)
             })?;
             writeln!(out, "{secret}").map_err(stdout_error)?;
