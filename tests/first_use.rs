@@ -417,3 +417,43 @@ fn completions_are_generated_for_each_shell_and_an_unknown_one_is_refused() {
     );
     assert!(!env.db.exists());
 }
+
+/// Every command that prints exits quietly when its reader has gone (`| head` that stopped
+/// reading): no panic, no error line, the exit code it would have had.
+#[test]
+fn commands_whose_reader_has_gone_exit_quietly() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    env.ok(&["eval", "--all", "--context", "k"]);
+    let keys = env.write("keys.txt", "a\nb\nc\n");
+    for command in [
+        &["completions", "bash"][..],
+        &["--help"],
+        &["export"],
+        &["flag", "list"],
+        &["flag", "show", "enrich"],
+        &["eval", "--all", "--context", "k"],
+        &["eval", "--all", "--contexts-file", keys.to_str().unwrap()],
+        &["explain", "enrich", "--context", "k"],
+        &["history", "enrich"],
+        &["audit"],
+        &["audit", "--format", "csv"],
+        &["audit", "verify"],
+        &["assignments", "list"],
+        &["check"],
+        &["token", "list"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = env
+            .std_cmd()
+            .args(command)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.is_empty(), "{command:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{command:?}");
+    }
+}

@@ -281,8 +281,13 @@ fn audit_query(
     Ok(last_id.filter(|_| query.limit.is_some_and(|limit| rows_written >= limit)))
 }
 
+/// The write error inside a CSV error, so that a reader that went away is seen as one.
 fn csv_error(error: csv::Error) -> Error {
-    stdout_error(io::Error::other(error))
+    stdout_error(match error.into_kind() {
+        csv::ErrorKind::Io(source) => source,
+        // Records of strings meet no other kind of error.
+        other => io::Error::other(format!("{other:?}")),
+    })
 }
 
 /// The CSV record's first ten columns, with the result as people read it.

@@ -20,6 +20,10 @@ pub struct CompletionsArgs {
 }
 
 pub fn run(out: &mut impl Write, args: &CompletionsArgs) -> Result<Outcome> {
-    clap_complete::generate(args.shell, &mut Cli::command(), "flagstore", out);
+    // clap_complete panics when a write fails (a reader that stopped early): generate into
+    // memory, then write as every command does.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "flagstore", &mut script);
+    out.write_all(&script).map_err(super::stdout_error)?;
     Ok(Outcome::Success)
 }
