@@ -17,8 +17,10 @@ pub struct PendingFile {
 
 impl PendingFile {
     /// Creates the temporary file, so a destination that cannot be written fails here, before
-    /// any other work.
+    /// any other work. Temporary files for the same destination left by a process that was
+    /// killed (and an SQLite copy's `-wal`, `-shm` and `-journal` beside them) are removed.
     pub fn create(destination: &Path) -> Result<PendingFile> {
+        remove_abandoned(destination);
         let mut temporary = destination.as_os_str().to_owned();
         temporary.push(format!(".tmp-{}", std::process::id()));
         let pending = PendingFile {
@@ -61,6 +63,39 @@ impl Drop for PendingFile {
         if !self.persisted {
             // Best effort: the error that stopped the write is the one worth reporting.
             let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// Removes `DESTINATION.tmp-PID` files, and their SQLite companions, whose process no longer
+/// runs. A file whose PID a live process has taken since is left for a later run.
+fn remove_abandoned(destination: &Path) {
+    let (Some(directory), Some(name)) = (destination.parent(), destination.file_name()) else {
+        return;
+    };
+    let directory = if directory.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        directory
+    };
+    let prefix = format!("{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let pid = ["-wal", "-shm", "-journal"]
+            .iter()
+            .find_map(|suffix| rest.strip_suffix(suffix))
+            .unwrap_or(rest);
+        let abandoned = !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && !Path::new("/proc").join(pid).exists();
+        if abandoned {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

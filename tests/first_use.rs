@@ -457,3 +457,34 @@ fn commands_whose_reader_has_gone_exit_quietly() {
         assert_eq!(output.status.code(), Some(0), "{command:?}");
     }
 }
+
+/// What a backup or copy killed mid-way leaves (`NEW.tmp-PID` and its SQLite `-wal`/`-shm`)
+/// is removed by the next run to the same destination, once that process is gone; the files
+/// of a process still running are left alone.
+#[test]
+fn a_killed_backups_leftovers_are_removed_by_the_next_run() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let target = env.dir.path().join("backup.db");
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let leftover =
+        |pid: u32, suffix: &str| env.dir.path().join(format!("backup.db.tmp-{pid}{suffix}"));
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::write(leftover(dead, suffix), vec![0u8; 4096]).unwrap();
+    }
+    let running = std::process::id();
+    std::fs::write(leftover(running, ""), b"in use").unwrap();
+    for (command, destination) in [
+        (&["backup", "-o"][..], target.clone()),
+        (&["copy", "--to"], env.dir.path().join("copy.db")),
+    ] {
+        env.ok(&[command, &[destination.to_str().unwrap()]].concat());
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        assert!(!leftover(dead, suffix).exists(), "{suffix}");
+    }
+    assert!(leftover(running, "").exists());
+    assert_eq!(snapshot(&target), env.snapshot());
+}
