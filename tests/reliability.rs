@@ -920,3 +920,59 @@ fn serve_on_a_small_volume_bounds_its_wal_and_recovers_from_a_full_disk() {
     assert!(lost.is_empty(), "answered but not recorded: {lost:?}");
     env.ok(&["--db", db_arg, "audit", "verify"]);
 }
+
+/// A whole-log export whose reader stops reading (a slow client, a pipe nobody drains) holds
+/// no snapshot while it waits: serve's writes meanwhile keep the WAL bounded, where one read
+/// transaction for the whole export kept SQLite from ever restarting the WAL. The export still
+/// shows the log as it was when it began.
+#[test]
+fn a_stalled_export_does_not_pin_the_wal_while_serve_writes() {
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let token = env.ok(&["token", "create", "worker"]);
+    let token = token.trim();
+    let keys = keys_file(&env, "keys.txt", 3_000);
+    env.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+    let mut export = env.spawn(&["audit", "--asc", "--limit", "0", "--format", "jsonl"]);
+    let mut stdout = std::io::BufReader::new(export.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    // The export is now blocked on its full pipe, part-way through the log.
+    let server = common::Server::start(&env, &[]);
+    let wal = env.db.with_extension("db-wal");
+    let mut wal_peak = 0;
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|client| {
+                let url = &server.url;
+                scope.spawn(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .build()
+                        .into();
+                    for i in 0..250 {
+                        let key = format!("during-{client}-{i}");
+                        assert_eq!(ask_serve(&agent, url, token, &key).0, 200);
+                    }
+                })
+            })
+            .collect();
+        while !clients.iter().all(|c| c.is_finished()) {
+            wal_peak = wal_peak.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for client in clients {
+            client.join().unwrap();
+        }
+    });
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(export.wait().unwrap().success());
+    // 4 flags created and a token: 5 change rows; then 3,000 keys' decisions on 4 flags.
+    assert_eq!(
+        1 + rest.lines().count(),
+        5 + 3_000 * 4,
+        "rows as the export began"
+    );
+    assert!(wal_peak < 12 << 20, "the WAL grew to {wal_peak} bytes");
+}

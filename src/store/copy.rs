@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::query::Pages;
+use super::query::{Pages, Reader};
 use super::{AssignmentRef, ChainedEntry, Location, Scope, Store};
 use crate::audit::AuditQuery;
 use crate::error::{Error, Result};
@@ -77,11 +77,13 @@ impl Store {
             ascending: true,
             ..AuditQuery::default()
         };
-        let mut pages = Pages::new(&everything, Scope::Everything, COPY_BATCH);
+        // One snapshot for every table: the ranges and assignments must match the rows.
+        let reader = Reader::Within(&source);
+        let mut pages = Pages::new(&everything, Scope::Everything, &reader, COPY_BATCH);
         let mut audit_rows = 0;
         let mut head = None;
         loop {
-            let page = pages.next_page(&source)?;
+            let page = pages.next_page(&reader)?;
             if page.is_empty() {
                 break;
             }

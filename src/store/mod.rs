@@ -234,6 +234,8 @@ struct Scan<'a> {
     query: &'a crate::audit::AuditQuery,
     scope: Scope<'a>,
     cursor: Option<i64>,
+    /// The newest row a scan read in short transactions shows: the head when it began.
+    through: Option<i64>,
     limit: usize,
 }
 
@@ -1334,6 +1336,7 @@ fn last_change_id(tx: &Transaction, name: &str) -> Result<i64> {
         query: &changes,
         scope: Scope::FlagColumn(name),
         cursor: None,
+        through: None,
         limit: 1,
     })?;
     Ok(newest.first().map_or(0, |row| row.id))

@@ -1,9 +1,13 @@
 //! Reading the audit log as reviewers see it: one row per change and one per flag decision,
 //! whether the decision was stored as a schema-1 row of its own or inside a decision record.
 //!
-//! Rows are read in pages by id (keyset), inside one read transaction, so a scan of any length
-//! holds one snapshot, costs the same deep in a large log as at its start, and never keeps a
-//! statement open while the caller works: both backends read it the same way.
+//! Rows are read in pages by id (keyset), each page in a short read transaction of its own, so
+//! a scan of any length costs the same deep in a large log as at its start, and neither a
+//! statement nor a snapshot stays open while the caller works: a slow reader (an export to a
+//! client that does not read) never keeps SQLite from restarting its WAL or PostgreSQL from
+//! vacuuming. The log is append-only and a scan stops at the head it began with, so the pages
+//! show exactly what one snapshot taken at the start would. A copy, which needs the other
+//! tables from the same snapshot, reads its pages inside its own transaction.
 
 use std::collections::VecDeque;
 
@@ -65,6 +69,7 @@ pub(super) fn scan_sql<'a>(
             if query.ascending { "id > " } else { "id < " },
             scan.cursor.map(Param::Int),
         ),
+        ("id <= ", scan.through.map(Param::Int)),
     ];
     for (condition, value) in filters {
         if let Some(value) = value {
@@ -126,6 +131,39 @@ pub(super) fn flag_ranges_bound(ascending: bool, cursor: Option<i64>) -> i64 {
     cursor.unwrap_or(if ascending { i64::MIN } else { i64::MAX })
 }
 
+/// Where a scan reads its pages.
+pub(super) enum Reader<'s> {
+    /// Each page in a read transaction of its own, up to the head when the scan began.
+    Short { store: &'s Store, through: i64 },
+    /// Every page in one transaction the caller holds.
+    Within(&'s Transaction<'s>),
+}
+
+impl<'s> Reader<'s> {
+    /// Reads in short transactions what is in the log now.
+    fn short(store: &'s Store) -> Result<Reader<'s>> {
+        let head = store.read_transaction()?.audit_tail()?;
+        Ok(Reader::Short {
+            store,
+            through: head.map_or(0, |(id, _)| id),
+        })
+    }
+
+    fn through(&self) -> Option<i64> {
+        match self {
+            Reader::Short { through, .. } => Some(*through),
+            Reader::Within(_) => None,
+        }
+    }
+
+    fn read<T>(&self, step: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        match self {
+            Reader::Short { store, .. } => step(&store.read_transaction()?),
+            Reader::Within(tx) => step(tx),
+        }
+    }
+}
+
 /// The rows of one scope under a query, read a page at a time.
 pub(super) struct Pages<'q> {
     scan: Scan<'q>,
@@ -134,12 +172,18 @@ pub(super) struct Pages<'q> {
 }
 
 impl<'q> Pages<'q> {
-    pub(super) fn new(query: &'q AuditQuery, scope: Scope<'q>, limit: usize) -> Pages<'q> {
+    pub(super) fn new(
+        query: &'q AuditQuery,
+        scope: Scope<'q>,
+        reader: &Reader,
+        limit: usize,
+    ) -> Pages<'q> {
         Pages {
             scan: Scan {
                 query,
                 scope,
                 cursor: query.cursor,
+                through: reader.through(),
                 limit,
             },
             buffered: VecDeque::new(),
@@ -148,11 +192,11 @@ impl<'q> Pages<'q> {
     }
 
     /// The next page of rows; empty at the end.
-    pub(super) fn next_page(&mut self, tx: &Transaction) -> Result<Vec<AuditRow>> {
+    pub(super) fn next_page(&mut self, reader: &Reader) -> Result<Vec<AuditRow>> {
         if self.exhausted {
             return Ok(Vec::new());
         }
-        let page = tx.audit_page(&self.scan)?;
+        let page = reader.read(|tx| tx.audit_page(&self.scan))?;
         self.exhausted = page.len() < self.scan.limit;
         if let Some(last) = page.last() {
             self.scan.cursor = Some(last.id);
@@ -160,23 +204,23 @@ impl<'q> Pages<'q> {
         Ok(page)
     }
 
-    fn peek(&mut self, tx: &Transaction) -> Result<Option<&AuditRow>> {
+    fn peek(&mut self, reader: &Reader) -> Result<Option<&AuditRow>> {
         if self.buffered.is_empty() {
-            let page = self.next_page(tx)?;
+            let page = self.next_page(reader)?;
             self.buffered.extend(page);
         }
         Ok(self.buffered.front())
     }
 
-    fn next(&mut self, tx: &Transaction) -> Result<Option<AuditRow>> {
-        self.peek(tx)?;
+    fn next(&mut self, reader: &Reader) -> Result<Option<AuditRow>> {
+        self.peek(reader)?;
         Ok(self.buffered.pop_front())
     }
 }
 
 impl Store {
-    /// Calls `visit` with every audit row as stored, in id order, streaming from one snapshot,
-    /// so a log of any size can be verified in constant memory. Stops at the first error
+    /// Calls `visit` with every audit row as stored, in id order, up to the head when it began,
+    /// streaming in pages, so a log of any size can be verified in constant memory. Stops at the first error
     /// `visit` returns.
     pub fn for_each_audit_row<E: From<Error>>(
         &self,
@@ -186,9 +230,9 @@ impl Store {
             ascending: true,
             ..AuditQuery::default()
         };
-        let tx = self.read_transaction()?;
-        let mut rows = Pages::new(&everything, Scope::Everything, PAGE_ROWS);
-        while let Some(row) = rows.next(&tx)? {
+        let reader = Reader::short(self)?;
+        let mut rows = Pages::new(&everything, Scope::Everything, &reader, PAGE_ROWS);
+        while let Some(row) = rows.next(&reader)? {
             visit(row)?;
         }
         Ok(())
@@ -201,10 +245,11 @@ impl Store {
             ascending: true,
             ..AuditQuery::default()
         };
-        let tx = self.read_transaction()?;
-        let mut pages = Pages::new(&everything, Scope::Ids { first_id, last_id }, PAGE_ROWS);
+        let reader = Reader::short(self)?;
+        let scope = Scope::Ids { first_id, last_id };
+        let mut pages = Pages::new(&everything, scope, &reader, PAGE_ROWS);
         let mut rows = Vec::new();
-        while let Some(row) = pages.next(&tx)? {
+        while let Some(row) = pages.next(&reader)? {
             rows.push(row);
         }
         Ok(rows)
@@ -224,7 +269,7 @@ impl Store {
         query: &AuditQuery,
         mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let tx = self.read_transaction()?;
+        let reader = Reader::short(self)?;
         // Rows read per page: enough for the page asked for when each row is one decision.
         let page = query.limit.map_or(PAGE_ROWS, |limit| {
             (limit.max(0) as usize + 1).min(PAGE_ROWS)
@@ -247,10 +292,10 @@ impl Store {
         };
         // A context's rows are few and indexed: its scan filters by flag itself.
         match (query.flag.as_deref(), &query.context) {
-            (Some(flag), None) => scan_flag(&tx, query, flag, page, &mut show),
+            (Some(flag), None) => scan_flag(&reader, query, flag, page, &mut show),
             _ => {
-                let mut rows = Pages::new(query, Scope::Everything, page);
-                while let Some(row) = rows.next(&tx)? {
+                let mut rows = Pages::new(query, Scope::Everything, &reader, page);
+                while let Some(row) = rows.next(&reader)? {
                     if !show(row)? {
                         break;
                     }
@@ -264,13 +309,13 @@ impl Store {
 /// A flag's rows: its changes and schema-1 evaluations (one index scan) merged by id with the
 /// decision records of the transactions that were asked for it (a few ranges at a time).
 fn scan_flag<E: From<Error>>(
-    tx: &Transaction,
+    reader: &Reader,
     query: &AuditQuery,
     flag: &str,
     page: usize,
     show: &mut impl FnMut(AuditRow) -> std::result::Result<bool, E>,
 ) -> std::result::Result<(), E> {
-    let mut by_column = Pages::new(query, Scope::FlagColumn(flag), page);
+    let mut by_column = Pages::new(query, Scope::FlagColumn(flag), reader, page);
     let with_records = query.kind.as_deref() != Some("change");
     let mut ranges: VecDeque<(i64, i64)> = VecDeque::new();
     let mut ranges_cursor = query.cursor;
@@ -278,7 +323,8 @@ fn scan_flag<E: From<Error>>(
     let mut records: VecDeque<AuditRow> = VecDeque::new();
     loop {
         if records.is_empty() && ranges.is_empty() && !ranges_exhausted {
-            let read = tx.flag_ranges(flag, query.ascending, ranges_cursor, RANGES_PER_READ)?;
+            let read = reader
+                .read(|tx| tx.flag_ranges(flag, query.ascending, ranges_cursor, RANGES_PER_READ))?;
             ranges_exhausted = read.len() < RANGES_PER_READ;
             if let Some(&(first_id, last_id)) = read.last() {
                 ranges_cursor = Some(if query.ascending { last_id } else { first_id });
@@ -288,20 +334,21 @@ fn scan_flag<E: From<Error>>(
         if records.is_empty()
             && let Some((first_id, last_id)) = ranges.pop_front()
         {
-            let mut in_range = Pages::new(query, Scope::Records { first_id, last_id }, PAGE_ROWS);
-            while let Some(row) = in_range.next(tx)? {
+            let scope = Scope::Records { first_id, last_id };
+            let mut in_range = Pages::new(query, scope, reader, PAGE_ROWS);
+            while let Some(row) = in_range.next(reader)? {
                 records.push_back(row);
             }
             continue;
         }
-        let take_column = match (by_column.peek(tx)?, records.front()) {
+        let take_column = match (by_column.peek(reader)?, records.front()) {
             (None, None) => return Ok(()),
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (Some(a), Some(b)) => (a.id < b.id) == query.ascending,
         };
         let row = if take_column {
-            by_column.next(tx)?.expect("peeked above")
+            by_column.next(reader)?.expect("peeked above")
         } else {
             records.pop_front().expect("checked above")
         };
