@@ -182,6 +182,12 @@ pub enum Error {
     #[error("{cause} (the connection was lost during commit; nothing of it was committed)")]
     NotCommitted { cause: String },
 
+    /// The connection was lost during COMMIT, and the server could not be asked since.
+    #[error(
+        "{cause} (the connection was lost during commit, and whether it landed is unknown: {why})"
+    )]
+    CommitOutcomeUnknown { cause: String, why: String },
+
     #[error(
         "flag {flag:?} changed since version {expected} (now version {current}); read it again and redo the change"
     )]

@@ -298,6 +298,12 @@ fn serve_reconnects_after_postgres_drops_its_connection() {
             .unwrap();
         String::from_utf8(output.stdout).unwrap()
     };
+    // Cut before the first request: its token is read on a new connection (a refusal as
+    // unauthorized reached no evaluation that would reconnect, so every request was a 401).
+    env.execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+    ))
+    .unwrap();
     assert_eq!(ask("before"), "200");
     env.execute(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"

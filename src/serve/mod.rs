@@ -551,9 +551,17 @@ struct Tokens {
 impl Tokens {
     fn lookup(&mut self, store: &Store, sha256: &str) -> Option<Caller> {
         if self.read_at.is_none_or(|at| at.elapsed() >= TOKEN_REFRESH) {
-            // A failed read keeps the last list: the evaluation's own transaction reports a
-            // store that is down.
-            if let Ok(tokens) = store.tokens() {
+            // A connection the server closed is opened again here: requests refused as
+            // unauthorized never reach the evaluation that would reconnect. A read that still
+            // fails keeps the last list: the evaluation's own transaction reports a store
+            // that is down.
+            let read = store
+                .tokens()
+                .or_else(|error| match store.reconnect_if_lost() {
+                    Ok(true) => store.tokens(),
+                    _ => Err(error),
+                });
+            if let Ok(tokens) = read {
                 self.by_sha256 = tokens
                     .into_iter()
                     .filter(|t| t.revoked_at.is_none())

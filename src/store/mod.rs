@@ -35,6 +35,10 @@ pub use copy::CopyReport;
 pub use postgres::{ScratchSchema, describe as describe_postgres_error, redacted_url};
 pub use review::{DEFAULT_STALE_DAYS, StaleFlag};
 
+/// How long a writer whose connection was cut during COMMIT keeps trying to ask the server
+/// whether it landed, before it reports that it cannot tell.
+const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a writer keeps retrying a busy database before reporting it.
 const BUSY_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
@@ -366,16 +370,44 @@ impl Transaction<'_> {
             false => None,
         };
         match (self.backend.commit(), head) {
-            (Err(error), Some((id, hash))) if self.backend.reconnect_if_lost(false)? => {
-                if self.backend.audit_hash(id)?.as_deref() == Some(hash.as_str()) {
-                    Ok(())
-                } else {
-                    Err(Error::NotCommitted {
-                        cause: error.to_string(),
-                    })
+            (Err(error), Some((id, hash))) => match self.backend.reconnect_if_lost(false) {
+                // The connection is sound: the server refused the commit.
+                Ok(false) => Err(error),
+                reconnected => self.commit_outcome(error, reconnected, id, &hash),
+            },
+            (committed, _) => committed,
+        }
+    }
+
+    /// Whether a COMMIT cut off with its connection landed: asks new connections whether row
+    /// `id` holds `hash`, for up to [`COMMIT_OUTCOME_WAIT`] while the server cannot be reached.
+    fn commit_outcome(
+        &self,
+        cause: Error,
+        mut reconnected: Result<bool>,
+        id: i64,
+        hash: &str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + COMMIT_OUTCOME_WAIT;
+        loop {
+            match reconnected.and_then(|_| self.backend.audit_hash(id)) {
+                Ok(found) if found.as_deref() == Some(hash) => return Ok(()),
+                Ok(_) => {
+                    return Err(Error::NotCommitted {
+                        cause: cause.to_string(),
+                    });
+                }
+                Err(why) if Instant::now() >= deadline => {
+                    return Err(Error::CommitOutcomeUnknown {
+                        cause: cause.to_string(),
+                        why: why.to_string(),
+                    });
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    reconnected = self.backend.reconnect_if_lost(false);
                 }
             }
-            (committed, _) => committed,
         }
     }
 }
@@ -948,6 +980,8 @@ impl Store {
     ) -> Result<T> {
         match attempt(self) {
             Err(Error::NotCommitted { .. }) => attempt(self),
+            // Running it again might record it twice.
+            Err(error @ Error::CommitOutcomeUnknown { .. }) => Err(error),
             Err(error) if self.backend.reconnect_if_lost(false)? => {
                 drop(error);
                 attempt(self)
