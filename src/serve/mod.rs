@@ -365,7 +365,14 @@ pub fn serve_until(
     };
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        // Polled once before anyone is told the address, so that the signal handlers are in
+        // place: a SIGTERM sent as soon as the address is printed drains instead of killing.
+        let mut shutdown = Box::pin(shutdown);
+        let stopped = futures_util::FutureExt::now_or_never(&mut shutdown).is_some();
         ready(address);
+        if stopped {
+            return Ok(());
+        }
         axum::serve(listener, ofrep::router(shared))
             .with_graceful_shutdown(shutdown)
             .await
