@@ -161,13 +161,18 @@ fn next_page_command(globals: &Globals, args: &AuditArgs, cursor: i64) -> String
             words.push(shell_quoted(&value));
         }
     };
+    // A --db from the environment stays there; one given on the command line is repeated
+    // without its password.
     option(
         "db",
         args.db
             .path
-            .clone()
-            .or_else(|| globals.db.path.clone())
-            .map(|p| p.display().to_string()),
+            .as_ref()
+            .or(globals.db.path.as_ref())
+            .map(|given| match crate::store::Location::parse(given) {
+                crate::store::Location::Postgres(url) => crate::store::url_to_repeat(&url),
+                sqlite => sqlite.to_string(),
+            }),
     );
     option("flag", args.flag.clone());
     option("context", args.context.clone());

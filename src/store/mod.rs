@@ -32,7 +32,9 @@ mod review;
 mod sqlite;
 
 pub use copy::CopyReport;
-pub use postgres::{ScratchSchema, describe as describe_postgres_error, redacted_url};
+pub use postgres::{
+    ScratchSchema, describe as describe_postgres_error, redacted_url, url_to_repeat,
+};
 pub use review::{DEFAULT_STALE_DAYS, StaleFlag};
 
 /// How long a writer whose connection was cut during COMMIT keeps trying to ask the server

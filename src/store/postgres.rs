@@ -43,14 +43,63 @@ const MIGRATION_LOCK_SALT: &str = "migration:";
 /// `url` without its password or query parameters, as every message shows it.
 pub fn redacted_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (user, host) = match rest.rsplit_once('@') {
-        Some((userinfo, host)) => (userinfo.split(':').next(), host),
-        None => (None, rest),
+    let Ok(config) = postgres::Config::from_str(url) else {
+        // Nothing can be trusted to be free of the password but the host after the last '@'.
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let host = host.split(['/', '?', '#', ':']).next().unwrap_or_default();
+        return format!("{scheme}://{host}");
     };
-    match user {
-        Some(user) => format!("{scheme}://{user}@{host}"),
-        None => format!("{scheme}://{host}"),
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            postgres::config::Host::Tcp(name) => {
+                // An '@' left unencoded in a password makes the rest of it look like a host.
+                name.rsplit_once('@')
+                    .map_or(name.as_str(), |(_, h)| h)
+                    .to_string()
+            }
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let mut shown = format!("{scheme}://");
+    if let Some(user) = config.get_user() {
+        shown.push_str(user);
+        shown.push('@');
+    }
+    shown.push_str(&hosts.join(","));
+    if let Some(port) = config.get_ports().first() {
+        shown.push_str(&format!(":{port}"));
+    }
+    if let Some(dbname) = config.get_dbname() {
+        shown.push('/');
+        shown.push_str(dbname);
+    }
+    shown
+}
+
+/// `url` without its password, as a command line may repeat it: [`redacted_url`] with the
+/// connection's `options` kept (a `search_path` picks the store), so that only the password
+/// has to be given again.
+pub fn url_to_repeat(url: &str) -> String {
+    let shown = redacted_url(url);
+    match postgres::Config::from_str(url)
+        .ok()
+        .and_then(|c| c.get_options().map(str::to_string))
+    {
+        Some(options) => {
+            let encoded: String = options
+                .bytes()
+                .map(|byte| match byte {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        char::from(byte).to_string()
+                    }
+                    _ => format!("%{byte:02X}"),
+                })
+                .collect();
+            format!("{shown}?options={encoded}")
+        }
+        None => shown,
     }
 }
 
@@ -786,11 +835,39 @@ mod tests {
         );
         assert_eq!(
             redacted_url("postgresql://db.example/flags"),
-            "postgresql://db.example/flags"
+            "postgresql://db.example:5432/flags"
         );
         assert_eq!(
             redacted_url("postgres://bob@/flags"),
             "postgres://bob@/flags"
+        );
+    }
+
+    #[test]
+    fn passwords_with_url_characters_are_never_shown() {
+        for password in ["Pa?ssw0rd", "Pa#ss", "Pa/ss", "Pa%40ss", "Pa@ss", "Pa:ss"] {
+            let url = format!("postgres://alice:{password}@db.example:5433/flags?sslmode=disable");
+            let shown = redacted_url(&url);
+            assert!(!shown.contains("Pa"), "{url} shown as {shown}");
+            assert!(!shown.contains("ss@") && !shown.contains(":ss"), "{shown}");
+            assert!(
+                shown.starts_with("postgres://alice@"),
+                "{url} shown as {shown}"
+            );
+        }
+        assert_eq!(
+            redacted_url("postgres://alice:Pa?ssw0rd@db.example:5433/flags"),
+            "postgres://alice@db.example:5433/flags"
+        );
+        assert_eq!(
+            redacted_url("postgres://alice:hunter2@127.0.0.1:notaport/x"),
+            "postgres://127.0.0.1"
+        );
+        assert_eq!(
+            url_to_repeat(
+                "postgres://alice:Pa#ss@db/flags?options=-csearch_path%3Dfs&sslmode=disable"
+            ),
+            "postgres://alice@db:5432/flags?options=-csearch_path%3Dfs"
         );
     }
 
