@@ -179,8 +179,14 @@ impl AuditRow {
         self.entry().hash(self.id, prev_hash)
     }
 
-    /// The row as CSV exports write it, one field per [`COLUMNS`] entry.
+    /// The row as CSV exports write it, one field per [`COLUMNS`] entry, every field a
+    /// spreadsheet would take for a formula made inert (see [`spreadsheet_safe`]).
     pub fn csv_record(&self) -> Vec<String> {
+        self.fields().into_iter().map(spreadsheet_safe).collect()
+    }
+
+    /// The row's values as text, one per [`COLUMNS`] entry, as stored.
+    pub fn fields(&self) -> Vec<String> {
         let optional = |value: &Option<String>| value.clone().unwrap_or_default();
         vec![
             self.id.to_string(),
@@ -383,6 +389,17 @@ impl Checkpoint {
 pub struct Verified {
     pub rows: i64,
     pub head: String,
+}
+
+/// `field` as a CSV cell a spreadsheet shows as text: one starting with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return (a context key such as `=HYPERLINK("http://evil")`) gets a `'`
+/// in front, as OWASP advises, so that a reviewer who opens the export runs nothing. Such a
+/// cell is no longer the stored value: JSON Lines exports are the ones to re-hash.
+pub fn spreadsheet_safe(field: String) -> String {
+    match field.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{field}"),
+        _ => field,
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,25 @@ use crate::error::{Error, Result};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The longest context key, in UTF-8 bytes. Every decision record holds its key and the log
+/// is append-only, so a key of megabytes would grow the log by megabytes for good with each
+/// request, and every page that shows it with it; a tenant, batch or run id is far shorter.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Why `key` cannot be a context key, if it cannot: longer than [`MAX_KEY_BYTES`], or
+/// holding a NUL (PostgreSQL text cannot, so neither backend takes one).
+pub fn key_problem(key: &str) -> Option<String> {
+    if key.len() > MAX_KEY_BYTES {
+        return Some(format!(
+            "{} bytes, over the limit of {MAX_KEY_BYTES} bytes for a context key",
+            key.len()
+        ));
+    }
+    key.bytes()
+        .position(|byte| byte == 0)
+        .map(|at| format!("contains a NUL byte (byte {})", at + 1))
+}
+
 /// Yields the context keys of a line-oriented input: `\n` or `\r\n` line ends, a UTF-8 byte
 /// order mark at the start tolerated, blank lines (empty or only spaces and tabs) skipped. A line that is not UTF-8 is an error
 /// naming its line number, since guessing at a key would assign some other context.
@@ -54,12 +73,11 @@ impl<R: BufRead> ContextKeys<R> {
                 line: self.line_number,
                 why,
             };
-            // PostgreSQL text cannot hold a NUL byte, so neither backend takes one.
-            if let Some(at) = line.iter().position(|&byte| byte == 0) {
-                return Err(refused(format!("contains a NUL byte (byte {})", at + 1)));
-            }
             return match std::str::from_utf8(line) {
-                Ok(key) => Ok(Some(key.to_string())),
+                Ok(key) => match key_problem(key) {
+                    None => Ok(Some(key.to_string())),
+                    Some(why) => Err(refused(why)),
+                },
                 Err(e) => Err(refused(format!(
                     "not valid UTF-8 (byte {})",
                     e.valid_up_to() + 1
@@ -102,6 +120,22 @@ mod tests {
     #[test]
     fn spaces_are_part_of_the_key() {
         assert_eq!(keys(b" a \n").unwrap(), [" a "]);
+    }
+
+    #[test]
+    fn keys_up_to_the_limit_are_taken_and_longer_ones_refused_naming_the_line() {
+        let longest = "k".repeat(MAX_KEY_BYTES);
+        let input = format!("{longest}\n{longest}é\n");
+        let message = keys(input.as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "keys.txt: line 2: 1026 bytes, over the limit of 1024 bytes for a context key"
+        );
+        assert_eq!(keys(longest.as_bytes()).unwrap(), [longest]);
+        assert_eq!(
+            key_problem("a\0b").as_deref(),
+            Some("contains a NUL byte (byte 2)")
+        );
     }
 
     #[test]

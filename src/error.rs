@@ -91,6 +91,9 @@ pub enum Error {
         why: String,
     },
 
+    #[error("context key {}: {why}", shortened_key(key))]
+    InvalidContextKey { key: String, why: String },
+
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: io::Error },
 
@@ -234,6 +237,11 @@ pub fn shortened(text: &str, shown: usize) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),
     }
+}
+
+/// A context key as an error quotes it: its start, escaped, so the line stays short.
+fn shortened_key(key: &str) -> String {
+    format!("{:?}", shortened(key, 40))
 }
 
 /// refinery's error with its cause (the database's own message), on one line.

@@ -86,10 +86,10 @@ fn a_nul_byte_in_a_context_key_is_refused_naming_its_line() {
     assert_eq!(env.snapshot(), before);
 }
 
-fn rtl_overrides_injection_and_huge_keys_round_trip_through_batch() {
+fn rtl_overrides_injection_and_the_longest_keys_round_trip_through_batch() {
     let env = Env::new();
     env.import_json(r#"{"flags": [{"name": "f"}]}"#);
-    let huge = "k".repeat(1 << 20);
+    let huge = "k".repeat(1_024);
     let keys = ["rtl\u{202E}txt.exe", INJECTION, huge.as_str()];
     let output = env
         .cmd()
@@ -130,6 +130,95 @@ fn rtl_overrides_injection_and_huge_keys_round_trip_through_batch() {
     tables_hold(&env, [1, 0, 3, 4]);
 }
 
+/// A context key over 1,024 bytes is refused wherever it enters, naming the limit, and
+/// nothing is written: each request would otherwise add it to the append-only log for good.
+fn context_keys_over_1024_bytes_are_refused_and_write_nothing() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f"}]}"#);
+    let before = env.snapshot();
+    let long = "é".repeat(513);
+    assert_eq!(
+        env.fails(&["eval", "f", "--context", &long]),
+        format!(
+            "flagstore: context key {:?}: 1026 bytes, over the limit of 1024 bytes for a \
+             context key",
+            format!("{}…", "é".repeat(40))
+        )
+    );
+    let output = env
+        .cmd()
+        .args(["eval", "f", "--contexts-file", "-"])
+        .write_stdin(format!("ok\n{long}\n"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "flagstore: stdin: line 2: 1026 bytes, over the limit of 1024 bytes for a context key\n"
+    );
+    assert!(output.stdout.is_empty());
+    assert_eq!(env.snapshot(), before);
+}
+
+/// Context keys and actors that a spreadsheet would run as formulas come out of a CSV export
+/// as text (a leading `'`), and verbatim in JSON Lines, which re-hash.
+fn csv_cells_a_spreadsheet_would_run_are_made_text() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f"}]}"#);
+    let keys = [
+        "=HYPERLINK(\"http://evil\")",
+        "+SUM(1,2)",
+        "-2+3",
+        "@foo",
+        "\tx",
+        "plain",
+    ];
+    for key in keys {
+        let context = format!("--context={key}");
+        env.ok(&["eval", "f", &context, "--actor", "=cmd|' /C calc'!A0"]);
+    }
+    let csv = env.ok(&["audit", "--kind", "evaluation", "--asc", "--format", "csv"]);
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let cells: Vec<(String, String)> = reader
+        .records()
+        .map(|record| {
+            let record = record.unwrap();
+            (record[3].to_string(), record[6].to_string())
+        })
+        .collect();
+    let expected: Vec<(String, String)> = keys
+        .iter()
+        .map(|key| {
+            let shown = if *key == "plain" {
+                key.to_string()
+            } else {
+                format!("'{key}")
+            };
+            ("'=cmd|' /C calc'!A0".to_string(), shown)
+        })
+        .collect();
+    assert_eq!(cells, expected);
+    let jsonl = env.ok(&[
+        "audit",
+        "--kind",
+        "evaluation",
+        "--asc",
+        "--format",
+        "jsonl",
+    ]);
+    let stored: Vec<String> = jsonl
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["context_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(stored, keys);
+    env.ok(&["audit", "verify"]);
+}
+
 fn names_outside_the_rules_are_refused() {
     let env = Env::new();
     env.import_json(r#"{"flags": [{"name": "f"}]}"#);
@@ -159,6 +248,8 @@ contract_tests! {
     sql_in_flag_names_is_stored_verbatim,
     like_wildcards_in_filters_match_only_themselves,
     a_nul_byte_in_a_context_key_is_refused_naming_its_line,
-    rtl_overrides_injection_and_huge_keys_round_trip_through_batch,
+    rtl_overrides_injection_and_the_longest_keys_round_trip_through_batch,
+    context_keys_over_1024_bytes_are_refused_and_write_nothing,
+    csv_cells_a_spreadsheet_would_run_are_made_text,
     names_outside_the_rules_are_refused,
 }

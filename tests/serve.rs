@@ -129,8 +129,11 @@ fn bad_requests_get_ofrep_errors_and_record_nothing() {
     let key = [("X-API-Key", token.as_str())];
     let single = format!("{}/ofrep/v1/evaluate/flags/enrich", server.url);
     let bulk = format!("{}/ofrep/v1/evaluate/flags", server.url);
+    let too_long = context(&"k".repeat(1_025));
     for (url, body, code, with_key) in [
         (&single, "not json", "PARSE_ERROR", true),
+        (&single, too_long.as_str(), "INVALID_CONTEXT", true),
+        (&bulk, too_long.as_str(), "INVALID_CONTEXT", false),
         (&single, "{}", "TARGETING_KEY_MISSING", true),
         (
             &single,
@@ -167,6 +170,8 @@ fn bad_requests_get_ofrep_errors_and_record_nothing() {
                "errorDetails": "flag \"enrich_v9\" does not exist"})
     );
     assert_eq!(evaluations_recorded(&env), 0);
+    let longest = post(&single, &key, &context(&"k".repeat(1_024)));
+    assert_eq!(longest.status, 200, "{}", longest.body);
 }
 
 fn requests_without_an_active_token_are_refused() {

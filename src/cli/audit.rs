@@ -297,7 +297,7 @@ fn csv_error(error: csv::Error) -> Error {
 
 /// The CSV record's first ten columns, with the result as people read it.
 fn audit_table_row(row: &AuditRow) -> Vec<String> {
-    let mut cells = row.csv_record();
+    let mut cells = row.fields();
     cells.truncate(10);
     cells[7] = row.result.map_or(String::new(), |r| (r == 1).to_string());
     cells

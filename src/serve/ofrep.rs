@@ -132,11 +132,10 @@ fn targeting_key(body: &[u8]) -> Result<String, (&'static str, String)> {
             "context.targetingKey is required: it is the context key decisions stick to"
                 .to_string(),
         )),
-        Some(Value::String(key)) if key.contains('\0') => Err((
-            "INVALID_CONTEXT",
-            "context.targetingKey contains a NUL character".to_string(),
-        )),
-        Some(Value::String(key)) => Ok(key.clone()),
+        Some(Value::String(key)) => match crate::contexts::key_problem(key) {
+            None => Ok(key.clone()),
+            Some(why) => Err(("INVALID_CONTEXT", format!("context.targetingKey: {why}"))),
+        },
         Some(other) => Err((
             "INVALID_CONTEXT",
             format!("context.targetingKey must be a string, not {other}"),
@@ -339,6 +338,15 @@ mod tests {
             (br#"{"context": {"targetingKey": 7}}"#, "INVALID_CONTEXT"),
             (
                 br#"{"context": {"targetingKey": "a\u0000b"}}"#,
+                "INVALID_CONTEXT",
+            ),
+            (
+                format!(
+                    r#"{{"context": {{"targetingKey": "{}"}}}}"#,
+                    "k".repeat(1025)
+                )
+                .into_bytes()
+                .leak(),
                 "INVALID_CONTEXT",
             ),
         ] {

@@ -1131,6 +1131,16 @@ impl<'a> EvaluationPlan<'a> {
         actor: &str,
         ts: &str,
     ) -> Result<Vec<Vec<Evaluation>>> {
+        // Callers that can name where a key came from (a file's line, an HTTP request) check
+        // it first; this is the guard for every other caller of the library.
+        for key in keys {
+            if let Some(why) = crate::contexts::key_problem(key) {
+                return Err(Error::InvalidContextKey {
+                    key: key.clone(),
+                    why,
+                });
+            }
+        }
         let audited = !self.requested.is_empty() && !keys.is_empty();
         let chain = if audited {
             Some(Chain::at_tail(tx)?)
