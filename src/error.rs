@@ -34,6 +34,14 @@ pub enum Error {
     #[error("dependency cycle: {}", path.join(" -> "))]
     Cycle { path: Vec<String> },
 
+    #[error(
+        "a dependency chain of {} flags is longer than the limit of {}: {}",
+        chain.len(),
+        crate::flag::MAX_CHAIN,
+        chain_shown(chain)
+    )]
+    ChainTooLong { chain: Vec<String> },
+
     #[error("cannot delete flag {flag:?}: required by {}", dependents.join(", "))]
     RequiredBy {
         flag: String,
@@ -237,6 +245,18 @@ pub fn shortened(text: &str, shown: usize) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),
     }
+}
+
+/// A long chain as one line: its first three and last two links.
+fn chain_shown(chain: &[String]) -> String {
+    if chain.len() <= 6 {
+        return chain.join(" -> ");
+    }
+    format!(
+        "{} -> … -> {}",
+        chain[..3].join(" -> "),
+        chain[chain.len() - 2..].join(" -> ")
+    )
 }
 
 /// A context key as an error quotes it: its start, escaped, so the line stays short.

@@ -133,6 +133,11 @@ impl Flag {
 }
 
 /// Checks a flag name against the documented rules: 1-128 characters, no control characters.
+/// The most flags a chain of requirements may hold (a requires b requires c: 3). An
+/// evaluation decides a chain's flags one inside another, and an operator reading a reason
+/// follows it; pipelines have a few stages, not dozens.
+pub const MAX_CHAIN: usize = 64;
+
 pub fn validate_name(name: &str) -> Result<(), Error> {
     let invalid = |why: &str| Error::InvalidName {
         name: preview(name),
@@ -278,10 +283,60 @@ impl FlagSet {
                 }
             }
         }
-        match self.find_cycle() {
-            Some(cycle) => Err(Error::Cycle { path: cycle }),
-            None => Ok(()),
+        if let Some(cycle) = self.find_cycle() {
+            return Err(Error::Cycle { path: cycle });
         }
+        match self.longest_chain() {
+            chain if chain.len() > MAX_CHAIN => Err(Error::ChainTooLong { chain }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The longest chain of requirements (`["a", "b", "c"]`: a requires b, which requires c),
+    /// the first of the longest in name order. The set must have no cycle. Iterative, so a
+    /// long chain cannot overflow the stack.
+    pub fn longest_chain(&self) -> Vec<String> {
+        // For each flag decided: the length of the longest chain it starts, and its next link.
+        let mut longest: BTreeMap<&str, (usize, Option<&str>)> = BTreeMap::new();
+        for start in self.names() {
+            let mut pending: Vec<&str> = vec![start];
+            while let Some(&name) = pending.last() {
+                if longest.contains_key(name) {
+                    pending.pop();
+                    continue;
+                }
+                let requires = self.get(name).map(|f| f.requires.as_slice()).unwrap_or(&[]);
+                let undecided: Vec<&str> = requires
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|required| !longest.contains_key(required))
+                    .collect();
+                if !undecided.is_empty() {
+                    pending.extend(undecided);
+                    continue;
+                }
+                let next = requires
+                    .iter()
+                    .map(|required| (longest[required.as_str()].0, required.as_str()))
+                    .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)));
+                longest.insert(
+                    name,
+                    (1 + next.map_or(0, |(length, _)| length), next.map(|n| n.1)),
+                );
+                pending.pop();
+            }
+        }
+        let start = longest
+            .iter()
+            .max_by(|a, b| a.1.0.cmp(&b.1.0).then(b.0.cmp(a.0)))
+            .map(|(name, _)| *name);
+        let mut chain = Vec::new();
+        let mut at = start;
+        while let Some(name) = at {
+            chain.push(name.to_string());
+            at = longest[name].1;
+        }
+        chain
     }
 
     /// The existing name closest to `wanted`, if one is close enough to be a likely typo.
@@ -503,5 +558,35 @@ mod tests {
                 .unwrap()
                 .contains("\"rollout_pct\":12.5,")
         );
+    }
+
+    #[test]
+    fn the_longest_chain_is_found_without_recursion_and_ties_go_to_the_first_name() {
+        let mut set: FlagSet = [
+            flag("b", &["c"]),
+            flag("a", &["c", "x"]),
+            flag("c", &[]),
+            flag("x", &["y"]),
+            flag("y", &[]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(set.longest_chain(), ["a", "x", "y"]);
+        let tied: FlagSet = [flag("b", &["c"]), flag("a", &["c"]), flag("c", &[])]
+            .into_iter()
+            .collect();
+        assert_eq!(tied.longest_chain(), ["a", "c"]);
+        set.insert(flag("y", &["z"]));
+        set.insert(flag("z", &[]));
+        assert_eq!(set.longest_chain(), ["a", "x", "y", "z"]);
+        let deep: FlagSet = (0..100_000)
+            .map(|i| match i {
+                99_999 => flag(&format!("f{i}"), &[]),
+                _ => flag(&format!("f{i}"), &[&format!("f{}", i + 1)]),
+            })
+            .collect();
+        assert_eq!(deep.longest_chain().len(), 100_000);
+        assert!(matches!(deep.validate(), Err(Error::ChainTooLong { .. })));
+        assert!(FlagSet::new().longest_chain().is_empty());
     }
 }

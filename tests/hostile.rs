@@ -219,6 +219,48 @@ fn csv_cells_a_spreadsheet_would_run_are_made_text() {
     env.ok(&["audit", "verify"]);
 }
 
+/// A chain of requirements `f0 -> f1 -> ... -> f{n-1}`, as an import document.
+fn chain_document(length: usize) -> String {
+    let flags: Vec<Value> = (0..length)
+        .map(|i| match i + 1 < length {
+            true => json!({"name": format!("f{i:04}"), "requires": [format!("f{:04}", i + 1)]}),
+            false => json!({"name": format!("f{i:04}")}),
+        })
+        .collect();
+    json!({ "flags": flags }).to_string()
+}
+
+/// A chain longer than 64 flags is refused at write time, naming it (a chain of 3,000 once
+/// overflowed the stack of serve's writer and killed the server); 64 are taken and evaluate.
+fn dependency_chains_longer_than_64_flags_are_refused_naming_the_chain() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let before = env.snapshot();
+    for length in [65, 3_000] {
+        let file = env.write("chain.json", chain_document(length));
+        let refused = env.fails(&["import", file.to_str().unwrap()]);
+        assert!(
+            refused.ends_with(&format!(
+                "a dependency chain of {length} flags is longer than the limit of 64: \
+                 f0000 -> f0001 -> f0002 -> … -> f{:04} -> f{:04}",
+                length - 2,
+                length - 1
+            )),
+            "{refused}"
+        );
+        assert_eq!(env.snapshot(), before);
+    }
+    env.import_json(&chain_document(64));
+    assert_eq!(env.ok(&["eval", "f0000", "--context", "k"]), "true\n");
+    env.ok(&["flag", "create", "extra"]);
+    let refused = env.fails(&["flag", "set", "f0063", "--requires", "extra"]);
+    assert_eq!(
+        refused,
+        "flagstore: a dependency chain of 65 flags is longer than the limit of 64: \
+         f0000 -> f0001 -> f0002 -> … -> f0063 -> extra"
+    );
+}
+
 fn names_outside_the_rules_are_refused() {
     let env = Env::new();
     env.import_json(r#"{"flags": [{"name": "f"}]}"#);
@@ -251,5 +293,6 @@ contract_tests! {
     rtl_overrides_injection_and_the_longest_keys_round_trip_through_batch,
     context_keys_over_1024_bytes_are_refused_and_write_nothing,
     csv_cells_a_spreadsheet_would_run_are_made_text,
+    dependency_chains_longer_than_64_flags_are_refused_naming_the_chain,
     names_outside_the_rules_are_refused,
 }
