@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy};
 use crate::output::write_batch_line;
 use crate::serve::load::{self, LoadReport};
-use crate::serve::{ServeConfig, serve_until};
+use crate::serve::{Limits, ServeConfig, serve_until};
 use crate::store::{BatchReport, Location, ScratchSchema, Selection, Store, keys_per_transaction};
 
 /// A pipeline-like flag set: a chain of dependencies, partial rollouts, one kill switch. The
@@ -118,6 +118,7 @@ pub fn run_serve(
         let config = ServeConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             no_auth: true,
+            limits: Limits::default(),
         };
         let passes = with_server(
             ServerKind::Flagstore(Store::open(location)?, config),

@@ -172,6 +172,8 @@ fn bad_requests_get_ofrep_errors_and_record_nothing() {
     assert_eq!(evaluations_recorded(&env), 0);
     let longest = post(&single, &key, &context(&"k".repeat(1_024)));
     assert_eq!(longest.status, 200, "{}", longest.body);
+    let oversized = post(&single, &key, &" ".repeat(2 * 1024 * 1024 + 1));
+    assert_eq!(oversized.status, 413);
 }
 
 fn requests_without_an_active_token_are_refused() {
@@ -836,6 +838,92 @@ fn serving_a_store_without_flags_warns() {
              FLAG_NOT_FOUND (create flags with `flagstore import FILE` or `flagstore flag create`)\n",
             env.shown()
         )
+    );
+}
+
+/// Reads from `stream` until the server closes it; how long that took.
+fn closed_after(stream: &mut std::net::TcpStream) -> Duration {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return started.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn connect(server: &Server) -> std::net::TcpStream {
+    std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap()
+}
+
+/// A connection that sends half its headers, or sits idle after a response, is closed after
+/// --header-timeout, so slow clients cannot pile up until descriptors run out.
+#[test]
+fn slow_and_idle_connections_are_closed_after_the_header_timeout() {
+    use std::io::Write;
+    let env = Env::new();
+    store_with_token(&env);
+    let server = Server::start(&env, &["--header-timeout", "1"]);
+    let mut half = connect(&server);
+    half.write_all(b"POST /ofrep/v1/evaluate/flags/ingest HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let waited = closed_after(&mut half);
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    let mut idle = connect(&server);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let waited = closed_after(&mut idle);
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+}
+
+/// Past --max-connections a client waits for a connection to close instead of the server
+/// running out of descriptors.
+#[test]
+fn connections_past_the_cap_wait_for_one_to_close() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &["--max-connections", "2", "--header-timeout", "30"]);
+    let first = connect(&server);
+    let _second = connect(&server);
+    std::thread::sleep(Duration::from_millis(200));
+    let waiting = {
+        let (url, token) = (server.url.clone(), token.clone());
+        std::thread::spawn(move || get(&format!("{url}/api/admin/v1/flags"), &token).status)
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "a third connection was served");
+    drop(first);
+    assert_eq!(waiting.join().unwrap(), 200);
+}
+
+/// SIGTERM with a request that never finishes sending: the server waits --shutdown-timeout
+/// for it, then exits 0.
+#[test]
+fn sigterm_waits_for_a_stalled_request_only_until_the_shutdown_timeout() {
+    use std::io::Write;
+    let env = Env::new();
+    store_with_token(&env);
+    let mut server = Server::start(&env, &["--header-timeout", "60", "--shutdown-timeout", "1"]);
+    let mut stalled = connect(&server);
+    stalled
+        .write_all(b"POST /ofrep/v1/evaluate/flags/ingest HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
     );
 }
 

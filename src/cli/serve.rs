@@ -2,12 +2,13 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
 use crate::error::Result;
-use crate::serve::{ServeConfig, serve};
+use crate::serve::{Limits, ServeConfig, serve};
 
 #[derive(Debug, Args)]
 #[command(
@@ -19,7 +20,8 @@ use crate::serve::{ServeConfig, serve};
 Each request is authenticated by `Authorization: Bearer TOKEN` or `X-API-Key: TOKEN`
 (`flagstore token create NAME`); the token's name is the actor its evaluations are recorded
 under. Every decision is committed before it is answered. SIGTERM or SIGINT stops accepting,
-answers what is in flight and exits 0.
+answers what is in flight (for up to --shutdown-timeout) and exits 0.
+The same listener serves the web UI under /ui and the admin API under /api/admin/v1.
 
 Examples:
   flagstore serve --listen 0.0.0.0:8016
@@ -33,6 +35,16 @@ pub struct ServeArgs {
     /// loopback address.
     #[arg(long)]
     pub no_auth: bool,
+    /// Seconds a client may take to send a request's headers, and a keep-alive connection
+    /// may sit idle.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+    /// Connections open at once; more wait in the kernel's backlog until one closes.
+    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_connections: u64,
+    /// Seconds requests in flight have after SIGTERM before their connections are closed.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_timeout: u64,
     #[command(flatten)]
     pub db: DbOption,
 }
@@ -41,6 +53,11 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &ServeArgs) -> Result<
     let config = ServeConfig {
         listen: args.listen,
         no_auth: args.no_auth,
+        limits: Limits {
+            header_timeout: Duration::from_secs(args.header_timeout),
+            max_connections: args.max_connections as usize,
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        },
     };
     let store = globals.open_existing(&args.db)?;
     if store.flags()?.is_empty() {

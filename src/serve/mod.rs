@@ -8,6 +8,7 @@
 //! commit).
 
 mod admin;
+mod listener;
 pub mod load;
 mod metrics;
 mod ofrep;
@@ -25,6 +26,7 @@ use crate::eval::Evaluation;
 use crate::flag::FlagSet;
 use crate::store::{Location, Request, Selection, Store};
 use crate::token::Role;
+pub use listener::Limits;
 use metrics::Metrics;
 
 /// Requests evaluated in one transaction at most: enough to amortise a commit over many
@@ -59,6 +61,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Accept requests without a token. Only on a loopback address.
     pub no_auth: bool,
+    pub limits: Limits,
 }
 
 /// What a handler asks the writer.
@@ -363,6 +366,7 @@ pub fn serve_until(
                 message: format!("cannot start the writer thread: {e}"),
             })?
     };
+    let limits = config.limits;
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         // Polled once before anyone is told the address, so that the signal handlers are in
@@ -373,9 +377,8 @@ pub fn serve_until(
         if stopped {
             return Ok(());
         }
-        axum::serve(listener, ofrep::router(shared))
-            .with_graceful_shutdown(shutdown)
-            .await
+        listener::serve(listener, ofrep::router(shared), limits, shutdown).await;
+        Ok::<(), std::io::Error>(())
     });
     // The router, and with it the last sender, is gone: the writer answers what is queued and
     // returns its store. Dropping the runtime waits for the readers' work; then the stores
