@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{Env, PIPELINE, Server};
 use flagstore::audit::GENESIS_HASH;
 
@@ -717,4 +719,86 @@ contract_tests! {
     a_pasted_checkpoint_opens_its_row_and_is_compared,
     explain_at_a_past_time_shows_the_cli_steps_and_links_the_recorded_row,
     a_revoked_token_ends_its_sessions,
+}
+
+/// Six downloads of the whole log whose clients never read: pages and the admin API still
+/// answer within a second (downloads have readers of their own), a download that finds both
+/// download readers taken is answered 503 with Retry-After instead of hanging, and once the
+/// stuck downloads pass the stall deadline their readers are free again.
+#[test]
+fn stuck_exports_never_hold_pages_up_and_give_their_readers_back() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let (_, viewer) = store_with_tokens(&env);
+    let keys: String = (0..8_000).map(|i| format!("key-{i}\n")).collect();
+    let file = env.write("keys.txt", keys);
+    env.ok(&["eval", "--all", "--contexts-file", file.to_str().unwrap()]);
+    let (server, browser) = signed_in(&env, &viewer);
+    let cookie = browser.session.clone().unwrap();
+    let address = server.url.trim_start_matches("http://").to_string();
+    let export = |format: &str| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "GET /ui/audit/export?format={format} HTTP/1.1\r\nHost: {address}\r\nCookie: {cookie}\r\n\r\n"
+        )
+        .unwrap();
+        stream
+    };
+    let started = Instant::now();
+    let stuck: Vec<_> = (0..6).map(|_| export("jsonl")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for (path, answer) in [
+        ("/ui/flags", browser.get("/ui/flags").status),
+        (
+            "/api/admin/v1/flags",
+            browser
+                .agent
+                .get(format!("{}/api/admin/v1/flags", server.url))
+                .header("X-API-Key", &viewer)
+                .call()
+                .unwrap()
+                .status()
+                .as_u16(),
+        ),
+    ] {
+        assert_eq!(answer, 200, "{path}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Two downloads hold the two download readers; the others were refused after 2 s.
+    let mut refused = 0;
+    for mut stream in stuck {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(3_000)))
+            .unwrap();
+        let mut head = [0u8; 64];
+        let read = stream.read(&mut head).unwrap_or(0);
+        let status = String::from_utf8_lossy(&head[..read]).to_string();
+        if status.starts_with("HTTP/1.1 503") {
+            refused += 1;
+        } else {
+            std::mem::forget(stream);
+        }
+    }
+    assert_eq!(refused, 4);
+    // Past the stall deadline the stuck downloads are given up and a new one goes through.
+    std::thread::sleep(Duration::from_secs(10));
+    let whole = browser
+        .agent
+        .get(format!("{}/ui/audit/export?format=jsonl", server.url))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(whole.status(), 200);
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(whole.into_body().into_reader()));
+    assert_eq!(
+        lines.count(),
+        env.ok(&["audit", "--limit", "0", "--format", "jsonl"])
+            .lines()
+            .count()
+    );
 }

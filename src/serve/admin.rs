@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ofrep::{json_response, presented_token, unauthorized};
-use super::{Refusal, Shared, as_caller, as_reader};
+use super::{Read, Refusal, Shared, as_caller, as_reader};
 use crate::audit::{AuditQuery, parse_time_bound};
 use crate::error::Error;
 use crate::flag::Flag;
@@ -86,7 +86,16 @@ async fn read(
     let Some(sha256) = token_sha256(headers) else {
         return no_token();
     };
-    respond(as_reader(shared, sha256, Role::Viewer, move |store, _| work(store)).await)
+    respond(
+        as_reader(
+            shared,
+            sha256,
+            Role::Viewer,
+            Read::Interactive,
+            move |store, _| work(store),
+        )
+        .await,
+    )
 }
 
 fn respond(answer: Result<Reply, Refusal>) -> Response {
@@ -116,6 +125,7 @@ fn respond(answer: Result<Reply, Refusal>) -> Response {
                     "send the flag's version as If-Match (its ETag from GET)".to_string(),
                 ),
                 Refusal::Conflict(details) => (StatusCode::PRECONDITION_FAILED, details),
+                Refusal::Busy => return super::busy(),
                 Refusal::Failed(details) => (StatusCode::INTERNAL_SERVER_ERROR, details),
             };
             json_response(status, &json!({ "errorDetails": details }))

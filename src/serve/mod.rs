@@ -40,6 +40,13 @@ const QUEUE: usize = 4_096;
 /// connection of its own.
 const READERS: usize = 4;
 
+/// Whole-log exports running at once, on connections of their own: a download whose client
+/// stops reading holds its slot until [`web`]'s stall deadline, and never one of [`READERS`].
+const EXPORT_READERS: usize = 2;
+
+/// How long a read waits for a free reader before it is answered 503 with Retry-After.
+const READER_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a token revocation may take to reach a running server.
 const TOKEN_REFRESH: Duration = Duration::from_secs(1);
 
@@ -104,6 +111,8 @@ enum Refusal {
     BadRequest(String),
     PreconditionRequired,
     Conflict(String),
+    /// Every reader of its kind was busy for [`READER_WAIT`].
+    Busy,
     Failed(String),
 }
 
@@ -129,6 +138,16 @@ struct Readers {
     location: Option<Location>,
     idle: Mutex<Vec<Store>>,
     permits: tokio::sync::Semaphore,
+    export_permits: tokio::sync::Semaphore,
+}
+
+/// What a read is, for the reader slots it may take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Read {
+    /// A page or an API answer, short.
+    Interactive,
+    /// A whole-log download, as long as its client takes to read it.
+    Export,
 }
 
 impl Readers {
@@ -137,6 +156,7 @@ impl Readers {
             location,
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(READERS),
+            export_permits: tokio::sync::Semaphore::new(EXPORT_READERS),
         }
     }
 
@@ -173,6 +193,17 @@ impl Readers {
     }
 }
 
+/// The answer to a read that found every reader busy: try again in a second.
+fn busy() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        "every reader is busy; try again\n",
+    )
+        .into_response()
+}
+
 /// The holder of an active token (`caller`) if its role is at least `needed`.
 fn admitted(caller: Option<&Caller>, needed: Role) -> Result<&Caller, Refusal> {
     match caller {
@@ -183,22 +214,27 @@ fn admitted(caller: Option<&Caller>, needed: Role) -> Result<&Caller, Refusal> {
 }
 
 /// Runs read-only `work` as the holder of the token with this SHA-256, if its role is at
-/// least `needed`, on one of the readers: nothing of it waits for the writer.
+/// least `needed`, on one of the readers for its kind of `read`: nothing of it waits for the
+/// writer, and a read that finds every such reader busy for [`READER_WAIT`] is refused as
+/// [`Refusal::Busy`] instead of hanging.
 async fn as_reader<T: Send + 'static>(
     shared: &Shared,
     token_sha256: String,
     needed: Role,
+    read: Read,
     work: impl FnOnce(&mut Store, &Caller) -> Result<T, Refusal> + Send + 'static,
 ) -> Result<T, Refusal> {
     let Some(location) = shared.readers.location.clone() else {
         return as_caller(shared, token_sha256, needed, work).await;
     };
-    let _permit = shared
-        .readers
-        .permits
-        .acquire()
-        .await
-        .map_err(|_| Refusal::Failed("the server is stopping".to_string()))?;
+    let permits = match read {
+        Read::Interactive => &shared.readers.permits,
+        Read::Export => &shared.readers.export_permits,
+    };
+    let _permit = match tokio::time::timeout(READER_WAIT, permits.acquire()).await {
+        Err(_waited) => return Err(Refusal::Busy),
+        Ok(permit) => permit.map_err(|_| Refusal::Failed("the server is stopping".to_string()))?,
+    };
     let (readers, tokens) = (Arc::clone(&shared.readers), Arc::clone(&shared.tokens));
     tokio::task::spawn_blocking(move || {
         readers.run(&location, |store| {

@@ -287,6 +287,10 @@ struct ExportFormat {
 const EXPORT_CHUNK: usize = 64 * 1024;
 const EXPORT_CHUNKS_QUEUED: usize = 16;
 
+/// How long an export waits for its client to take the next chunk before it gives up and
+/// frees its reader: a download nobody reads must not hold a slot for ever.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The export's body as it is written: chunks to the response stream. An error from the
 /// client side (it went away) stops the scan.
 struct ChunkWriter {
@@ -296,9 +300,25 @@ struct ChunkWriter {
 
 impl ChunkWriter {
     fn send(&mut self, chunk: std::io::Result<Bytes>) -> std::io::Result<()> {
-        self.chunks
-            .blocking_send(chunk)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+        let sent = match tokio::runtime::Handle::try_current() {
+            // A reader's blocking thread, which may wait on the runtime.
+            Ok(runtime) => runtime.block_on(async {
+                tokio::time::timeout(EXPORT_STALL, self.chunks.send(chunk)).await
+            }),
+            // The writer's thread, for a store in memory, which has no readers.
+            Err(_) => Ok(self.chunks.blocking_send(chunk)),
+        };
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client left",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", EXPORT_STALL.as_secs()),
+            )),
+        }
     }
 }
 
@@ -376,7 +396,7 @@ async fn export(
             &shared,
             &headers,
             Role::Viewer,
-            Visit::Page,
+            Visit::Export,
             move |store, _| {
                 let mut out = ChunkWriter {
                     buffer: Vec::with_capacity(EXPORT_CHUNK),
@@ -387,7 +407,9 @@ async fn export(
                 if let Err(refusal) = write_export(store, &query, csv, &mut out) {
                     // The status is sent already: the body ends in an error, so the client sees
                     // a failed download rather than a short file.
-                    let _ = out.send(Err(std::io::Error::other(format!("{refusal:?}"))));
+                    // Without waiting: a client that stopped reading has had its deadline.
+                    let error = std::io::Error::other(format!("{refusal:?}"));
+                    let _ = out.chunks.try_send(Err(error));
                 }
                 Ok(())
             },

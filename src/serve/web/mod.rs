@@ -24,7 +24,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::{Caller, Refusal, Shared, as_caller, as_reader};
+use super::{Caller, Read, Refusal, Shared, as_caller, as_reader};
 use crate::store::Store;
 use crate::token::{self, Role};
 
@@ -217,7 +217,11 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Visit<'a> {
     Page,
-    Form { csrf: &'a str },
+    /// A whole-log download: a page on a reader kept for downloads.
+    Export,
+    Form {
+        csrf: &'a str,
+    },
 }
 
 /// Runs `work` as the signed-in visitor (on a reader for a page, on the writer for a form),
@@ -249,7 +253,17 @@ async fn as_visitor<T: Send + 'static>(
     let csrf = session.csrf.clone();
     let work = move |store: &mut Store, caller: &Caller| work(store, chrome(caller, csrf));
     let answer = match visit {
-        Visit::Page => as_reader(shared, session.token_sha256, needed, work).await,
+        Visit::Page => {
+            as_reader(
+                shared,
+                session.token_sha256,
+                needed,
+                Read::Interactive,
+                work,
+            )
+            .await
+        }
+        Visit::Export => as_reader(shared, session.token_sha256, needed, Read::Export, work).await,
         Visit::Form { .. } => as_caller(shared, session.token_sha256, needed, work).await,
     };
     answer.map_err(|refusal| {
@@ -319,6 +333,7 @@ fn refused(refusal: Refusal) -> Response {
             "The form did not say which version of the flag it was made from.".to_string(),
         ),
         Refusal::Conflict(message) => (StatusCode::CONFLICT, message),
+        Refusal::Busy => return super::busy(),
         Refusal::Failed(message) => (StatusCode::INTERNAL_SERVER_ERROR, message),
     };
     problem(status, None, &message)
