@@ -476,7 +476,7 @@ fn the_server_refuses_to_start_without_a_token_and_no_auth_only_on_loopback() {
     let server = Server::start(&env, &["--no-auth"]);
     let reply = post(
         &format!("{}/ofrep/v1/evaluate/flags/ingest", server.url),
-        &[],
+        &[("Content-Type", "application/json")],
         &context("k"),
     );
     assert_eq!(reply.status, 200);
@@ -925,6 +925,42 @@ fn sigterm_waits_for_a_stalled_request_only_until_the_shutdown_timeout() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Without auth, only a local program is answered: a foreign Host (DNS rebinding) or Origin
+/// (a web page the developer visits) is 403, a POST not sent as JSON (no CORS preflight) is
+/// 415, and none of them is recorded.
+#[test]
+fn no_auth_answers_only_local_json_requests() {
+    let env = Env::new();
+    store_with_token(&env);
+    let server = Server::start(&env, &["--no-auth"]);
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let url = format!("{}/ofrep/v1/evaluate/flags/ingest", server.url);
+    let json = ("Content-Type", "application/json");
+    for (headers, status) in [
+        (vec![json], 200),
+        (
+            vec![
+                ("Content-Type", "application/json; charset=utf-8"),
+                ("Origin", &format!("http://localhost:{port}")),
+            ],
+            200,
+        ),
+        (vec![("Content-Type", "text/plain")], 415),
+        (vec![], 415),
+        (vec![json, ("Host", "evil.example")], 403),
+        (
+            vec![json, ("Host", &format!("rebound.evil.example:{port}"))],
+            403,
+        ),
+        (vec![json, ("Origin", "http://evil.example")], 403),
+        (vec![json, ("Origin", "null")], 403),
+    ] {
+        let reply = post(&url, &headers, &context("k"));
+        assert_eq!(reply.status, status, "{headers:?}: {}", reply.body);
+    }
+    assert_eq!(evaluations_recorded(&env), 2);
 }
 
 contract_tests! {

@@ -62,7 +62,7 @@ pub fn run(
                 while i < requests {
                     let payload = body(i);
                     let request = format!(
-                        "POST {path} HTTP/1.1\r\nHost: flagstore\r\nContent-Type: application/json\r\n\
+                        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
                          Content-Length: {}\r\n\r\n{payload}",
                         payload.len()
                     );
