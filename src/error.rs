@@ -211,6 +211,13 @@ pub enum Error {
     #[error("unknown token role {value:?} (expected viewer, operator or admin)")]
     UnknownRole { value: String },
 
+    #[error("{what} {value} is outside {range}")]
+    OutOfRange {
+        what: &'static str,
+        value: String,
+        range: String,
+    },
+
     #[error("invalid token name {name:?}: {why}")]
     InvalidTokenName { name: String, why: String },
 

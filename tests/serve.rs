@@ -665,6 +665,8 @@ fn the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context() {
     for bad in [
         "stale?days=-1",
         "stale?days=soon",
+        "stale?days=36501",
+        "stale?days=4294967295",
         "explain?flag=enrich",
         "explain?flag=enrich&context=k&at=later",
         "context",
@@ -674,6 +676,14 @@ fn the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context() {
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
         assert!(reply.json()["errorDetails"].is_string(), "{bad}");
     }
+    assert_eq!(
+        get(&format!("{api}/stale?days=4294967295"), &viewer).json()["errorDetails"],
+        "stale period (days) 4294967295 is outside 0-36500"
+    );
+    assert_eq!(
+        env.fails(&["flag", "list", "--stale", "--stale-days", "36501"]),
+        "flagstore: stale period (days) 36501 is outside 0-36500"
+    );
     assert_eq!(env.snapshot(), before, "reads wrote to the store");
 }
 

@@ -802,3 +802,46 @@ fn stuck_exports_never_hold_pages_up_and_give_their_readers_back() {
             .count()
     );
 }
+
+/// Anyone can post a CSP violation report: the server's log shows it with control characters
+/// escaped (a report cannot clear the terminal or forge a line), logs 10 a minute at most,
+/// and refuses one over 16 KB.
+#[test]
+fn csp_reports_are_logged_escaped_bounded_and_rate_limited() {
+    let env = Env::new();
+    store_with_tokens(&env);
+    let mut server = Server::start(&env, &[]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let report = |body: &str| {
+        agent
+            .post(format!("{}/ui/csp-report", server.url))
+            .header("Content-Type", "application/csp-report")
+            .send(body)
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(report("\u{1b}[2J\nflagstore serve: forged line"), 204);
+    for i in 0..19 {
+        assert_eq!(report(&format!("report {i}")), 204);
+    }
+    assert_eq!(report(&"x".repeat(16 * 1024 + 1)), 413);
+    server.signal("TERM");
+    server.child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Content-Security-Policy"))
+        .collect();
+    assert_eq!(reports.len(), 10, "{log}");
+    assert!(
+        reports[0].ends_with("violation: \\u{1b}[2J\\nflagstore serve: forged line"),
+        "{}",
+        reports[0]
+    );
+    assert!(!log.contains('\u{1b}'));
+}

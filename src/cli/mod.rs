@@ -26,6 +26,7 @@ use std::io::{self, BufWriter, Write};
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
+pub(crate) use crate::output::escaped;
 use crate::store::{Location, Store};
 
 const DB_HELP: &str = "The store: an SQLite file, or a postgres:// URL \
@@ -334,32 +335,6 @@ impl<'w, W: Write> JsonItems<'w, W> {
     }
 }
 
-/// `text` made safe for a terminal: control characters and bidirectional-text overrides are
-/// shown as escapes (`\n`, `\u{1b}`, `\u{202e}`), so a context key cannot forge a row or
-/// recolour the screen. A backslash is doubled, so an escape is never ambiguous.
-fn escaped(text: &str) -> String {
-    let unsafe_char = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(|c| unsafe_char(c) || c == '\\') {
-        return text.to_string();
-    }
-    let mut shown = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\\' => shown.push_str("\\\\"),
-            '\n' => shown.push_str("\\n"),
-            '\r' => shown.push_str("\\r"),
-            '\t' => shown.push_str("\\t"),
-            '\0' => shown.push_str("\\0"),
-            c if unsafe_char(c) => shown.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
-            c => shown.push(c),
-        }
-    }
-    shown
-}
-
 /// Left-aligned columns separated by two spaces, without trailing spaces; every cell escaped
 /// for the terminal.
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -422,15 +397,6 @@ mod tests {
         let mut missing = Vec::new();
         visit(&Cli::command(), "flagstore", &mut missing);
         assert!(missing.is_empty(), "{missing:#?}");
-    }
-
-    #[test]
-    fn escaping_leaves_ordinary_text_alone_and_shows_controls() {
-        assert_eq!(escaped("tenant:acme é 中"), "tenant:acme é 中");
-        assert_eq!(
-            escaped("a\nb\u{1b}[31m\0\u{202e}c\\"),
-            "a\\nb\\u{1b}[31m\\0\\u{202e}c\\\\"
-        );
     }
 
     #[test]

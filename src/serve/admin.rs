@@ -126,7 +126,10 @@ fn respond(answer: Result<Reply, Refusal>) -> Response {
                 ),
                 Refusal::Conflict(details) => (StatusCode::PRECONDITION_FAILED, details),
                 Refusal::Busy => return super::busy(),
-                Refusal::Failed(details) => (StatusCode::INTERNAL_SERVER_ERROR, details),
+                Refusal::Failed(details) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    super::internal_error(&details),
+                ),
             };
             json_response(status, &json!({ "errorDetails": details }))
         }

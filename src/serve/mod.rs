@@ -121,9 +121,10 @@ impl From<Error> for Refusal {
         match error {
             Error::UnknownFlag { .. } => Refusal::NotFound(error.to_string()),
             Error::StaleVersion { .. } => Refusal::Conflict(error.to_string()),
-            Error::RolloutOutOfRange { .. } | Error::InvalidTime { .. } => {
-                Refusal::BadRequest(error.to_string())
-            }
+            Error::RolloutOutOfRange { .. }
+            | Error::InvalidTime { .. }
+            | Error::OutOfRange { .. }
+            | Error::InvalidContextKey { .. } => Refusal::BadRequest(error.to_string()),
             other => Refusal::Failed(other.to_string()),
         }
     }
@@ -191,6 +192,24 @@ impl Readers {
     fn close(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+}
+
+/// Writes one line to the server's log (stderr) with control characters and bidirectional
+/// overrides escaped, so that nothing a client sent (a context key, a CSP report) can forge a
+/// line or drive the operator's terminal.
+fn log(line: &str) {
+    eprintln!("flagstore serve: {}", crate::output::escaped(line));
+}
+
+/// What a client is told of a failure inside the server: an id to quote. The detail, which
+/// may name the database server, database, role or file, goes to the server's log only.
+fn internal_error(details: &str) -> String {
+    let mut id = [0u8; 4];
+    // Without randomness the ids still tell lines apart by time; never worth a failure.
+    let _ = getrandom::fill(&mut id);
+    let id: String = id.iter().map(|byte| format!("{byte:02x}")).collect();
+    log(&format!("internal error {id}: {details}"));
+    format!("internal error {id} (the server's log has the detail)")
 }
 
 /// The answer to a read that found every reader busy: try again in a second.

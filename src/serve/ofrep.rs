@@ -333,7 +333,7 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
 fn internal(details: &str) -> Response {
     json_response(
         StatusCode::INTERNAL_SERVER_ERROR,
-        &json!({ "errorDetails": details }),
+        &json!({ "errorDetails": super::internal_error(details) }),
     )
 }
 

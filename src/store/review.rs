@@ -11,6 +11,9 @@ use super::Store;
 /// The stale period, in days, wherever none is given.
 pub const DEFAULT_STALE_DAYS: u32 = 30;
 
+/// The longest stale period, in days: a century, far past any audit trail.
+pub const MAX_STALE_DAYS: u32 = 36_500;
+
 /// A flag nobody changed for the stale period and that gave every context the same answer
 /// through it: a candidate for removal from the code and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,13 @@ impl Store {
     /// differs, so a partial rollout costs little; a flag that gave the same answer a million
     /// times in the period is read a million decisions deep.
     pub fn stale_flags(&self, days: u32) -> Result<Vec<StaleFlag>> {
+        if days > MAX_STALE_DAYS {
+            return Err(Error::OutOfRange {
+                what: "stale period (days)",
+                value: days.to_string(),
+                range: format!("0-{MAX_STALE_DAYS}"),
+            });
+        }
         let since = timestamp((self.clock)() - TimeDelta::days(i64::from(days)));
         let mut stale = Vec::new();
         for flag in self.flags()?.iter().filter(|flag| !flag.stale_exempt) {

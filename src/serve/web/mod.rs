@@ -49,11 +49,17 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 const CSP_REPORTS: &str = "/ui/csp-report";
 /// The most of a violation report logged.
 const REPORT_LOGGED: usize = 2_000;
+/// The largest violation report taken; a browser's are a few hundred bytes.
+const REPORT_BYTES: usize = 16 * 1024;
+/// Violation reports logged per minute at most, whoever sends them: every one is counted.
+const REPORTS_LOGGED_PER_MINUTE: u32 = 10;
 
 /// Signed-in browsers, by session id.
 #[derive(Default)]
 pub(super) struct Sessions {
     by_id: Mutex<HashMap<String, Session>>,
+    /// When the current minute of CSP-report logging began, and how many it has logged.
+    reports_logged: Mutex<Option<(Instant, u32)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +70,20 @@ struct Session {
 }
 
 impl Sessions {
+    /// Whether one more violation report may be logged this minute.
+    fn report_may_be_logged(&self) -> bool {
+        let mut logged = self
+            .reports_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (since, count) = logged.get_or_insert((Instant::now(), 0));
+        if since.elapsed() >= Duration::from_secs(60) {
+            (*since, *count) = (Instant::now(), 0);
+        }
+        *count += 1;
+        *count <= REPORTS_LOGGED_PER_MINUTE
+    }
+
     fn start(&self, token_sha256: String) -> Result<String, Refusal> {
         let random = || token::random_hex().map_err(|e| Refusal::Failed(e.to_string()));
         let (id, csrf) = (random()?, random()?);
@@ -110,7 +130,10 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/ui/sign-in", get(sign_in_page).post(sign_in))
         .route("/ui/sign-out", post(sign_out))
         .route("/ui/assets/{name}", get(asset))
-        .route(CSP_REPORTS, post(csp_report))
+        .route(
+            CSP_REPORTS,
+            post(csp_report).layer(axum::extract::DefaultBodyLimit::max(REPORT_BYTES)),
+        )
         .merge(flags::routes())
         .merge(audit::routes())
         .layer(middleware::from_fn(same_origin_posts))
@@ -189,14 +212,17 @@ async fn asset(Path(name): Path<String>) -> Response {
 
 /// A browser's report of a Content-Security-Policy violation: counted, and logged to stderr
 /// (a page that breaks its own policy is a defect, and an injection attempt is news).
+/// Anyone can send one, so the log takes at most [`REPORTS_LOGGED_PER_MINUTE`], escaped, and
+/// none over [`REPORT_BYTES`] is read.
 async fn csp_report(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> StatusCode {
     shared.metrics.count_csp_violation();
-    let report = String::from_utf8_lossy(&body);
-    let shown: String = report.chars().take(REPORT_LOGGED).collect();
-    eprintln!(
-        "flagstore: a browser reported a Content-Security-Policy violation: {}",
-        shown.replace('\n', " ")
-    );
+    if shared.sessions.report_may_be_logged() {
+        let report = String::from_utf8_lossy(&body);
+        let shown: String = report.chars().take(REPORT_LOGGED).collect();
+        super::log(&format!(
+            "a browser reported a Content-Security-Policy violation: {shown}"
+        ));
+    }
     StatusCode::NO_CONTENT
 }
 
@@ -334,7 +360,10 @@ fn refused(refusal: Refusal) -> Response {
         ),
         Refusal::Conflict(message) => (StatusCode::CONFLICT, message),
         Refusal::Busy => return super::busy(),
-        Refusal::Failed(message) => (StatusCode::INTERNAL_SERVER_ERROR, message),
+        Refusal::Failed(message) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            super::internal_error(&message),
+        ),
     };
     problem(status, None, &message)
 }
