@@ -43,13 +43,13 @@ pub fn percentage(pct: f64) -> serde_json::Value {
     }
 }
 
-/// `text` made safe for a terminal: control characters and bidirectional-text overrides are
-/// shown as escapes (`\n`, `\u{1b}`, `\u{202e}`), so a context key cannot forge a row or
-/// recolour the screen. A backslash is doubled, so an escape is never ambiguous.
+/// `text` made safe for a terminal: control characters, bidirectional-text overrides and
+/// zero-width characters are shown as escapes (`\n`, `\u{1b}`, `\u{202e}`, `\u{200b}`), so a
+/// context key cannot forge a row, recolour the screen or pass for another key. A backslash is doubled, so an escape is never ambiguous.
 pub fn escaped(text: &str) -> String {
     let unsafe_char = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
     };
     if !text.chars().any(|c| unsafe_char(c) || c == '\\') {
         return text.to_string();
@@ -79,6 +79,10 @@ mod tests {
         assert_eq!(
             escaped("a\nb\u{1b}[31m\0\u{202e}c\\"),
             "a\\nb\\u{1b}[31m\\0\\u{202e}c\\\\"
+        );
+        assert_eq!(
+            escaped("in\u{200b}gest\u{feff}"),
+            "in\\u{200b}gest\\u{feff}"
         );
     }
 }

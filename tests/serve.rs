@@ -973,7 +973,49 @@ fn no_auth_answers_only_local_json_requests() {
     assert_eq!(evaluations_recorded(&env), 2);
 }
 
+/// A mistyped URL gets a 404 in the shape of the API it is under (it was a 403 page about
+/// Origin); the Bearer scheme is taken in any case; `--listen` takes a host name.
+fn mistyped_urls_are_404_in_their_apis_shape_and_bearer_takes_any_case() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &["--listen", "localhost:0"]);
+    let key = [("X-API-Key", token.as_str())];
+    for path in [
+        "/ofrep/v1/evaluate/flag/ingest",
+        "/ofrep/v1/evaluate/flags/",
+        "/api/admin/v1/nope",
+    ] {
+        let reply = post(&format!("{}{path}", server.url), &key, &context("k"));
+        assert_eq!(reply.status, 404, "{path}: {}", reply.body);
+        assert_eq!(reply.content_type.as_deref(), Some("application/json"));
+        assert!(
+            reply.json()["errorDetails"]
+                .as_str()
+                .unwrap()
+                .contains(path)
+        );
+    }
+    let page = get(&format!("{}/ui/nope", server.url), &token);
+    assert_eq!(page.status, 404);
+    assert!(
+        page.content_type
+            .as_deref()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    for scheme in ["bearer", "BEARER"] {
+        let reply = post(
+            &format!("{}/ofrep/v1/evaluate/flags/ingest", server.url),
+            &[("Authorization", &format!("{scheme} {token}"))],
+            &context("k"),
+        );
+        assert_eq!(reply.status, 200, "{scheme}: {}", reply.body);
+    }
+    assert_eq!(evaluations_recorded(&env), 2);
+}
+
 contract_tests! {
+    mistyped_urls_are_404_in_their_apis_shape_and_bearer_takes_any_case,
     serving_a_store_without_flags_warns,
     sigterm_after_reads_exits_0_and_leaves_everything_in_the_database_file,
     the_admin_api_reads_flags_history_and_the_audit_log_without_writing,

@@ -706,7 +706,42 @@ fn a_revoked_token_ends_its_sessions() {
     }
 }
 
+/// A flag name or context key with a bidirectional override or a zero-width character is
+/// spelled out in the lists, as the CLI's tables show it, so it cannot pass for another.
+fn bidi_and_zero_width_characters_are_spelled_out_in_the_lists() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let (flipped, hidden) = ("exe\u{202e}gnp.txt", "in\u{200b}gest");
+    env.import_json(
+        &serde_json::json!({"flags": [{"name": flipped}, {"name": hidden}]}).to_string(),
+    );
+    env.ok(&["eval", flipped, "--context", "tenant\u{2066}x"]);
+    let (_server, browser) = signed_in(&env, &operator);
+    for path in ["/ui/flags", "/ui/audit", "/ui/graph"] {
+        let mut page = browser.get(path);
+        assert_eq!(page.status, 200, "{path}");
+        // The audit page carries the stored rows, exact, for the browser to re-hash: an
+        // attribute nobody reads.
+        if let Some(start) = page.body.find("data-rows=\"") {
+            let end = start + 11 + page.body[start + 11..].find('"').unwrap();
+            page.body.replace_range(start..=end, "");
+        }
+        for (raw, spelled) in [
+            ('\u{202e}', "exe\\u{202e}gnp.txt"),
+            ('\u{200b}', "in\\u{200b}gest"),
+        ] {
+            if path != "/ui/audit" || raw == '\u{202e}' {
+                assert!(page.body.contains(spelled), "{path} lacks {spelled}");
+            }
+            assert!(!page.body.contains(raw), "{path} shows {raw:?} raw");
+        }
+    }
+    let audit = browser.get("/ui/audit");
+    assert!(audit.body.contains("tenant\\u{2066}x"));
+}
+
 contract_tests! {
+    bidi_and_zero_width_characters_are_spelled_out_in_the_lists,
     sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing,
     a_viewer_reads_but_cannot_change_a_flag,
     forms_need_this_sessions_csrf_token_and_this_origin,

@@ -28,8 +28,9 @@ Examples:
   flagstore serve --no-auth"
 )]
 pub struct ServeArgs {
-    /// Address and port to listen on (port 0: any free port, printed at start).
-    #[arg(long, default_value = "127.0.0.1:8016", value_name = "ADDRESS:PORT")]
+    /// Address (or host name, such as localhost) and port to listen on (port 0: any free
+    /// port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8016", value_name = "ADDRESS:PORT", value_parser = listen_address)]
     pub listen: SocketAddr,
     /// Accept requests without a token (recorded as actor "serve (no auth)"); only on a
     /// loopback address.
@@ -76,4 +77,15 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &ServeArgs) -> Result<
             .map_err(stdout_error);
     })?;
     announced.map(|()| Outcome::Success)
+}
+
+/// `ADDRESS:PORT` or `HOST:PORT`, a host name resolved to its first address.
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addresses = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not an ADDRESS:PORT or HOST:PORT ({e})"))?;
+    addresses
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }

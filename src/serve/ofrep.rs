@@ -30,6 +30,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::admin::routes())
         .merge(super::web::routes())
+        .fallback(no_route)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             count_response,
@@ -102,6 +103,19 @@ fn refused_locally(status: StatusCode, details: String) -> Response {
     json_response(status, &json!({ "errorDetails": details }))
 }
 
+/// A path no route has, answered in the shape of the API it is under: a mistyped OFREP or
+/// admin URL gets JSON, a /ui one a page.
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path == "/ui" || path.starts_with("/ui/") {
+        return super::web::not_found(path);
+    }
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({ "errorDetails": format!("no route {method} {path}") }),
+    )
+}
+
 async fn count_response(
     State(shared): State<Arc<Shared>>,
     request: Request,
@@ -172,7 +186,11 @@ pub(super) fn presented_token(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        // The scheme is case-insensitive (RFC 7235): "bearer" and "BEARER" too.
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        });
     bearer
         .or_else(|| {
             headers
@@ -387,6 +405,11 @@ mod tests {
         assert_eq!(presented_token(&headers), Some("fst_bearer"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(presented_token(&headers), Some("fst_key"));
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let value = HeaderValue::from_str(&format!("{scheme} fst_any_case")).unwrap();
+            headers.insert(header::AUTHORIZATION, value);
+            assert_eq!(presented_token(&headers), Some("fst_any_case"));
+        }
     }
 
     #[test]

@@ -224,18 +224,23 @@ fn audit_rows_page(
 }
 
 fn shown(row: AuditRow) -> ShownRow {
-    let context = row
-        .context_key
-        .map(|key| (format!("/ui/context?key={}", encoded(&key)), key));
+    // Shown as the CLI's table shows them: a bidirectional override or zero-width character
+    // in a key or an actor is spelled out, not applied to the page.
+    let context = row.context_key.map(|key| {
+        (
+            format!("/ui/context?key={}", encoded(&key)),
+            crate::output::escaped(&key),
+        )
+    });
     ShownRow {
         id: row.id,
         ts: row.ts,
         kind: row.kind,
-        actor: row.actor,
+        actor: crate::output::escaped(&row.actor),
         flag: row.flag.as_deref().map(FlagLink::new),
         context,
         result: row.result.map(|r| r == 1),
-        reason: row.reason.unwrap_or_default(),
+        reason: crate::output::escaped(&row.reason.unwrap_or_default()),
     }
 }
 

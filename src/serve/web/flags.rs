@@ -39,7 +39,9 @@ pub(super) struct FlagLink {
 impl FlagLink {
     pub fn new(name: &str) -> FlagLink {
         FlagLink {
-            name: name.to_string(),
+            // Spelled out as in the CLI's tables: a bidirectional override or a zero-width
+            // character would otherwise make one flag look like another on the page.
+            name: crate::output::escaped(name),
             href: format!("/ui/flags/{}", encoded(name)),
         }
     }
@@ -601,14 +603,15 @@ fn graph_page(flags: &FlagSet, chrome: Chrome) -> GraphPage {
         let (x, y) = (10 + column * COLUMN, 10 + rows_used[column] * ROW);
         rows_used[column] += 1;
         place.insert(&flag.name, (x, y));
-        let label = if flag.name.chars().count() > LABEL_CHARS {
-            let short: String = flag.name.chars().take(LABEL_CHARS - 1).collect();
+        let link = FlagLink::new(&flag.name);
+        let label = if link.name.chars().count() > LABEL_CHARS {
+            let short: String = link.name.chars().take(LABEL_CHARS - 1).collect();
             format!("{short}…")
         } else {
-            flag.name.clone()
+            link.name.clone()
         };
         nodes.push(Node {
-            link: FlagLink::new(&flag.name),
+            link,
             label,
             enabled: flag.enabled,
             x,

@@ -136,13 +136,31 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         )
         .merge(flags::routes())
         .merge(audit::routes())
-        .layer(middleware::from_fn(same_origin_posts))
-        .layer(middleware::from_fn(security_headers))
+        // Route layers: a path no route matches is the server's fallback's, which answers in
+        // the shape of the API the path is under.
+        .route_layer(middleware::from_fn(same_origin_posts))
+        .route_layer(middleware::from_fn(security_headers))
+}
+
+/// The answer for a path under /ui that no page has.
+pub(super) fn not_found(path: &str) -> Response {
+    let mut response = problem(
+        StatusCode::NOT_FOUND,
+        None,
+        &format!("There is no page {path:?} here."),
+    );
+    add_security_headers(&mut response, false);
+    response
 }
 
 async fn security_headers(request: Request, next: Next) -> Response {
     let is_asset = request.uri().path().starts_with("/ui/assets/");
     let mut response = next.run(request).await;
+    add_security_headers(&mut response, is_asset);
+    response
+}
+
+fn add_security_headers(response: &mut Response, is_asset: bool) {
     let headers = response.headers_mut();
     for (name, value) in [
         ("content-security-policy", CONTENT_SECURITY_POLICY),
@@ -155,7 +173,6 @@ async fn security_headers(request: Request, next: Next) -> Response {
     if !is_asset {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    response
 }
 
 /// Refuses a POST whose `Origin` (or, without one, `Referer`) is not this server: a form on
