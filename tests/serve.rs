@@ -19,6 +19,7 @@ struct Reply {
     status: u16,
     content_type: Option<String>,
     etag: Option<String>,
+    cache_control: Option<String>,
     body: String,
 }
 
@@ -36,10 +37,12 @@ fn reply(mut response: ureq::http::Response<ureq::Body>) -> Reply {
             .map(|v| v.to_str().unwrap().to_string())
     };
     let (content_type, etag) = (header("content-type"), header("etag"));
+    let cache_control = header("cache-control");
     Reply {
         status: response.status().as_u16(),
         content_type,
         etag,
+        cache_control,
         body: response.body_mut().read_to_string().unwrap(),
     }
 }
@@ -530,7 +533,9 @@ fn the_admin_api_reads_flags_history_and_the_audit_log_without_writing() {
     let before = env.snapshot();
     let api = format!("{}/api/admin/v1", server.url);
 
-    let flags = get(&format!("{api}/flags"), &viewer).json();
+    let answer = get(&format!("{api}/flags"), &viewer);
+    assert_eq!(answer.cache_control.as_deref(), Some("no-store"));
+    let flags = answer.json();
     let names: Vec<&str> = flags["flags"]
         .as_array()
         .unwrap()

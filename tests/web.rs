@@ -214,6 +214,23 @@ fn sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing() {
         .unwrap();
     let cookie = behind_tls.headers()["set-cookie"].to_str().unwrap();
     assert!(cookie.ends_with("SameSite=Strict; Secure"), "{cookie}");
+    assert!(cookie.starts_with("__Host-flagstore_session="), "{cookie}");
+    // The __Host- cookie signs in, and pages over TLS ask for HSTS.
+    let session = cookie.split(';').next().unwrap();
+    let page = browser
+        .agent
+        .get(format!("{}/ui/flags", browser.base))
+        .header("Cookie", session)
+        .header("X-Forwarded-Proto", "https")
+        .call()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap(),
+        "max-age=31536000"
+    );
 }
 
 fn a_viewer_reads_but_cannot_change_a_flag() {

@@ -46,6 +46,23 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/api/admin/v1/graph", get(graph))
         .route("/api/admin/v1/explain", get(explain))
         .route("/api/admin/v1/context", get(context))
+        .route_layer(axum::middleware::from_fn(private_answers))
+}
+
+/// Admin answers name flags, contexts and actors: no cache keeps them, and no browser reads
+/// them as anything but the JSON they are.
+async fn private_answers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// The token a request presents, hashed.

@@ -44,6 +44,9 @@ const READERS: usize = 4;
 /// stops reading holds its slot until [`web`]'s stall deadline, and never one of [`READERS`].
 const EXPORT_READERS: usize = 2;
 
+/// How often sessions past their lifetime are forgotten.
+const SESSION_PRUNE: Duration = Duration::from_secs(60);
+
 /// How long a read waits for a free reader before it is answered 503 with Retry-After.
 const READER_WAIT: Duration = Duration::from_secs(2);
 
@@ -426,6 +429,15 @@ pub fn serve_until(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         // Polled once before anyone is told the address, so that the signal handlers are in
         // place: a SIGTERM sent as soon as the address is printed drains instead of killing.
+        let sessions = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            // Held weakly: the server's state goes when the router does.
+            while let Some(shared) = sessions.upgrade() {
+                shared.sessions.prune();
+                drop(shared);
+                tokio::time::sleep(SESSION_PRUNE).await;
+            }
+        });
         let mut shutdown = Box::pin(shutdown);
         let stopped = futures_util::FutureExt::now_or_never(&mut shutdown).is_some();
         ready(address);

@@ -38,6 +38,9 @@ const STYLE: &[u8] = include_bytes!("../../../assets/style.css");
 const FAVICON: &[u8] = include_bytes!("../../../assets/favicon.svg");
 
 const SESSION_COOKIE: &str = "flagstore_session";
+/// The session cookie's name over TLS: browsers keep a `__Host-` cookie to this host, path /
+/// and Secure, so a sibling subdomain cannot plant or overwrite it.
+const SESSION_COOKIE_TLS: &str = "__Host-flagstore_session";
 /// How long a session lasts after sign-in, however active.
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 
@@ -84,11 +87,18 @@ impl Sessions {
         *count <= REPORTS_LOGGED_PER_MINUTE
     }
 
+    /// Forgets sessions past their lifetime: run at each sign-in and on a timer, so memory
+    /// holds only live ones even when nobody signs in.
+    pub(super) fn prune(&self) {
+        let mut sessions = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, session| session.started.elapsed() < SESSION_LIFETIME);
+    }
+
     fn start(&self, token_sha256: String) -> Result<String, Refusal> {
         let random = || token::random_hex().map_err(|e| Refusal::Failed(e.to_string()));
         let (id, csrf) = (random()?, random()?);
+        self.prune();
         let mut sessions = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, session| session.started.elapsed() < SESSION_LIFETIME);
         sessions.insert(
             id.clone(),
             Session {
@@ -155,8 +165,15 @@ pub(super) fn not_found(path: &str) -> Response {
 
 async fn security_headers(request: Request, next: Next) -> Response {
     let is_asset = request.uri().path().starts_with("/ui/assets/");
+    let over_tls = over_tls(request.headers());
     let mut response = next.run(request).await;
     add_security_headers(&mut response, is_asset);
+    if over_tls {
+        response.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     response
 }
 
@@ -251,7 +268,7 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(name, _)| *name == SESSION_COOKIE || *name == SESSION_COOKIE_TLS)
         .map(|(_, value)| value)
 }
 
@@ -425,18 +442,25 @@ struct SignInForm {
     token: String,
 }
 
-/// The session cookie's attributes. `Secure` when the browser reached us over TLS, which
-/// serve learns from the TLS-terminating proxy's `X-Forwarded-Proto: https` (serve itself
-/// speaks plain HTTP); a client faking the header only makes its own cookie stricter.
-fn cookie_attributes(headers: &HeaderMap) -> &'static str {
-    let over_tls = headers
+/// Whether the browser reached us over TLS, which serve learns from the TLS-terminating
+/// proxy's `X-Forwarded-Proto: https` (serve itself speaks plain HTTP); a client faking the
+/// header only makes its own cookie stricter.
+fn over_tls(headers: &HeaderMap) -> bool {
+    headers
         .get("x-forwarded-proto")
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
-    if over_tls {
-        "Path=/; HttpOnly; SameSite=Strict; Secure"
+        .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
+}
+
+/// The session cookie's name and attributes: over TLS, `__Host-` and `Secure`.
+fn session_cookie(headers: &HeaderMap) -> (&'static str, &'static str) {
+    if over_tls(headers) {
+        (
+            SESSION_COOKIE_TLS,
+            "Path=/; HttpOnly; SameSite=Strict; Secure",
+        )
     } else {
-        "Path=/; HttpOnly; SameSite=Strict"
+        (SESSION_COOKIE, "Path=/; HttpOnly; SameSite=Strict")
     }
 }
 
@@ -449,7 +473,8 @@ async fn sign_in(
     let checked = as_caller(&shared, sha256.clone(), Role::Viewer, |_, _| Ok(())).await;
     let refusal = match checked.and_then(|()| shared.sessions.start(sha256)) {
         Ok(id) => {
-            let cookie = format!("{SESSION_COOKIE}={id}; {}", cookie_attributes(&headers));
+            let (name, attributes) = session_cookie(&headers);
+            let cookie = format!("{name}={id}; {attributes}");
             return ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/flags")).into_response();
         }
         Err(refusal) => refusal,
@@ -484,10 +509,8 @@ async fn sign_out(
     {
         shared.sessions.end(id);
     }
-    let expired = format!(
-        "{SESSION_COOKIE}=; {}; Max-Age=0",
-        cookie_attributes(&headers)
-    );
+    let (name, attributes) = session_cookie(&headers);
+    let expired = format!("{name}=; {attributes}; Max-Age=0");
     ([(header::SET_COOKIE, expired)], Redirect::to("/ui/sign-in")).into_response()
 }
 
