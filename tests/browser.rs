@@ -341,7 +341,7 @@ async fn operators_and_reviewers_use_every_page_in_chromium() {
     let head = verified.trim().rsplit(' ').next().unwrap();
     assert_eq!(state, "verified", "{said}");
     assert!(
-        said.contains(&format!("head {head}")),
+        said.contains(&format!("has hash {head}")) && said.contains("flagstore audit verify"),
         "{said} / {verified}"
     );
     check_page(&client, "audit").await;

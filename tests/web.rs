@@ -583,7 +583,26 @@ fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
         .replace("&#39;", "'")
         .replace("&#38;", "&");
     let stored: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
-    assert_eq!(stored.len(), 10, "one stored row per decision record shown");
+    // One stored row per decision record shown, and the row just before the first and the one
+    // just after the last, for the browser to check the page's edges link to them.
+    let (page, edges): (Vec<_>, Vec<_>) = stored.iter().partition(|row| row["edge"] == false);
+    assert_eq!(page.len(), 10, "one stored row per decision record shown");
+    let page_ids: Vec<i64> = page.iter().map(|row| row["id"].as_i64().unwrap()).collect();
+    let (lowest, highest) = (
+        page_ids.iter().min().unwrap(),
+        page_ids.iter().max().unwrap(),
+    );
+    let edge_ids: Vec<i64> = edges
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect();
+    // The newest rows have no row after them.
+    let newest = env.count("SELECT max(id) FROM audit_log");
+    let expected: Vec<i64> = [lowest - 1, highest + 1]
+        .into_iter()
+        .filter(|id| *id <= newest)
+        .collect();
+    assert_eq!(edge_ids, expected);
     for row in &stored {
         let entry = flagstore::audit::Entry {
             ts: row["ts"].as_str().unwrap(),

@@ -179,7 +179,13 @@ fn audit_rows_page(
         rows.push(shown(row));
         Ok::<(), Error>(())
     })?;
-    let stored = stored_rows(store, &ids)?;
+    // With the rows just before and after the page, which the browser checks the page's
+    // first and last rows link to: an edit just outside the page shows at its edges.
+    let edges: Vec<i64> = match (ids.iter().min(), ids.iter().max()) {
+        (Some(&first), Some(&last)) => vec![first - 1, last + 1],
+        _ => Vec::new(),
+    };
+    let stored = stored_rows(store, &[ids.as_slice(), &edges].concat())?;
     let here = |extra: &[(&str, &str)]| {
         let mut pairs: Vec<(&str, &str)> = filters.pairs().to_vec();
         pairs.extend_from_slice(extra);
@@ -205,8 +211,17 @@ fn audit_rows_page(
             hash: c.hash,
         })
     });
-    let stored_json = serde_json::to_string(&stored.iter().map(stored_json).collect::<Vec<_>>())
-        .map_err(|e| Refusal::Failed(e.to_string()))?;
+    let stored_json = serde_json::to_string(
+        &stored
+            .iter()
+            .map(|row| {
+                let mut json = stored_json(row);
+                json["edge"] = (!ids.contains(&row.id)).into();
+                json
+            })
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| Refusal::Failed(e.to_string()))?;
     Ok(AuditPage {
         chrome: Some(chrome),
         limit,
