@@ -41,7 +41,7 @@ pub struct AuditRow {
     pub source: Option<String>,
     /// `None` only on a decision record as stored.
     pub reason: Option<String>,
-    pub detail: String,
+    pub detail: std::sync::Arc<str>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -199,7 +199,7 @@ impl AuditRow {
             self.result.map_or(String::new(), |r| r.to_string()),
             optional(&self.source),
             optional(&self.reason),
-            self.detail.clone(),
+            self.detail.to_string(),
             self.prev_hash.clone(),
             self.hash.clone(),
         ]
@@ -209,7 +209,7 @@ impl AuditRow {
     /// and the admin API show it.
     pub fn to_json(&self) -> serde_json::Value {
         let detail = serde_json::from_str(&self.detail)
-            .unwrap_or_else(|_| serde_json::Value::String(self.detail.clone()));
+            .unwrap_or_else(|_| serde_json::Value::String(self.detail.to_string()));
         serde_json::json!({
             "id": self.id,
             "ts": self.ts,
@@ -418,7 +418,7 @@ mod tests {
             result: Some(1),
             source: Some("rollout".to_string()),
             reason: Some("rollout: bucket 3 < 50".to_string()),
-            detail: "{}".to_string(),
+            detail: "{}".into(),
             prev_hash: prev_hash.to_string(),
             hash: String::new(),
         };

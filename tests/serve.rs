@@ -1019,7 +1019,58 @@ fn mistyped_urls_are_404_in_their_apis_shape_and_bearer_takes_any_case() {
     assert_eq!(evaluations_recorded(&env), 2);
 }
 
+/// A decision record of 300 flags is 300 rows, each carrying the record's detail: an audit
+/// answer ends after the record that passes 8 MB, with a cursor, instead of growing with
+/// `limit` rows of it; the next page goes on from there.
+fn audit_answers_are_bounded_in_bytes_and_end_at_a_record() {
+    let env = Env::new();
+    let flags: Vec<Value> = (0..300)
+        .map(|i| json!({"name": format!("stage_with_a_long_descriptive_name_{i:03}")}))
+        .collect();
+    env.import_json(&json!({ "flags": flags }).to_string());
+    let viewer = env.ok(&["token", "create", "worker"]).trim().to_string();
+    let keys = env.write(
+        "keys.txt",
+        (0..6).map(|i| format!("k{i}\n")).collect::<String>(),
+    );
+    env.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+    let server = Server::start(&env, &[]);
+    let url = format!(
+        "{}/api/admin/v1/audit?kind=evaluation&limit=1000",
+        server.url
+    );
+    let read = |url: &str| -> String {
+        agent()
+            .get(url)
+            .header("X-API-Key", &viewer)
+            .call()
+            .unwrap()
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .unwrap()
+    };
+    let body = read(&url);
+    // 8 MB and the one record that passed it.
+    assert!(body.len() < 24 << 20, "{} bytes", body.len());
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let rows = page["rows"].as_array().unwrap();
+    assert!(
+        rows.len() < 1_000 && rows.len().is_multiple_of(300),
+        "{} rows",
+        rows.len()
+    );
+    let cursor = page["next_cursor"].as_i64().expect("a cursor to the rest");
+    assert_eq!(rows.last().unwrap()["id"].as_i64(), Some(cursor));
+    let rest: Value = serde_json::from_str(&read(&format!("{url}&cursor={cursor}"))).unwrap();
+    let total = rows.len() + rest["rows"].as_array().unwrap().len();
+    assert!(total > rows.len());
+    assert!(rest["rows"][0]["id"].as_i64().unwrap() < cursor);
+}
+
 contract_tests! {
+    audit_answers_are_bounded_in_bytes_and_end_at_a_record,
     mistyped_urls_are_404_in_their_apis_shape_and_bearer_takes_any_case,
     serving_a_store_without_flags_warns,
     sigterm_after_reads_exits_0_and_leaves_everything_in_the_database_file,

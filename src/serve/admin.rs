@@ -294,6 +294,27 @@ struct AuditParams {
     order: Option<String>,
 }
 
+/// About the most an audit answer holds, in bytes of its rows: a decision record of many
+/// flags is shown as a row per flag, each with the record's detail, so `limit` rows alone do
+/// not bound an answer. A page ends after the record that passes this, however few rows it
+/// holds, and `next_cursor` continues from there.
+const MAX_ANSWER_BYTES: usize = 8 << 20;
+
+/// An audit row's size in an answer beside its detail, about: ids, times, hashes, names.
+const ROW_BYTES_BESIDE_DETAIL: usize = 400;
+
+/// Why an audit scan stopped early.
+enum Page {
+    Full,
+    Failed(Error),
+}
+
+impl From<Error> for Page {
+    fn from(error: Error) -> Page {
+        Page::Failed(error)
+    }
+}
+
 async fn audit(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -330,13 +351,24 @@ async fn audit(
         };
         let mut rows = Vec::new();
         let mut last_id = None;
-        store.query_audit(&query, |row| {
+        let mut bytes = 0;
+        let scanned = store.query_audit(&query, |row| {
+            // Past the budget, the page ends with the record that passed it.
+            if bytes > MAX_ANSWER_BYTES && last_id != Some(row.id) {
+                return Err(Page::Full);
+            }
             last_id = Some(row.id);
+            bytes += row.detail.len() + ROW_BYTES_BESIDE_DETAIL;
             rows.push(row.to_json());
-            Ok::<(), Error>(())
-        })?;
+            Ok(())
+        });
+        let full = match scanned {
+            Ok(()) => rows.len() as i64 >= limit,
+            Err(Page::Full) => true,
+            Err(Page::Failed(error)) => return Err(error.into()),
+        };
         // A full page may have more after it; the cursor continues after its last record.
-        let next_cursor = last_id.filter(|_| rows.len() as i64 >= limit);
+        let next_cursor = last_id.filter(|_| full);
         Ok(Reply {
             body: json!({ "rows": rows, "next_cursor": next_cursor }),
             version: None,

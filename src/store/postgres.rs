@@ -305,7 +305,7 @@ fn read_audit_row(row: &postgres::Row) -> AuditRow {
         result: row.get::<_, Option<i32>>(7).map(i64::from),
         source: row.get(8),
         reason: row.get(9),
-        detail: row.get(10),
+        detail: row.get::<_, String>(10).into(),
         prev_hash: row.get(11),
         hash: row.get(12),
     }
