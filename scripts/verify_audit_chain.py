@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Verify a flagstore audit log's hash chain with nothing but Python's standard library.
 
-Usage: python3 scripts/verify_audit_chain.py flagstore.db
+Usage: python3 verify_audit_chain.py flagstore.db
 
 Prints "audit log verified: N rows, head HASH" and exits 0, or names the first row that does
-not verify and exits 2. See "The audit hash chain" in README.md for the encoding.
+not verify on stderr and exits 2. It uses no assert, so python3 -O checks as much.
 """
 import hashlib
 import sqlite3
@@ -22,6 +22,11 @@ def encode(value):
     return b"T%d:" % len(data) + data
 
 
+def fail(message):
+    print(f"audit log does not verify: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(path):
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     rows = db.execute(
@@ -32,17 +37,18 @@ def main(path):
     for *columns, prev_hash, stored_hash in rows:
         row_id = columns[0]
         if row_id != expected_id:
-            sys.exit(f"row {row_id}: expected row {expected_id} next (rows missing)")
+            fail(f"row {row_id}: expected row {expected_id} next (rows missing)")
         if prev_hash != head:
-            sys.exit(f"row {row_id}: prev_hash does not match the previous row's hash")
+            fail(f"row {row_id}: prev_hash does not match the previous row's hash")
         digest = hashlib.sha256(head.encode() + b"".join(map(encode, columns))).hexdigest()
         if digest != stored_hash:
-            sys.exit(f"row {row_id}: hash does not match the row's contents")
+            fail(f"row {row_id}: hash does not match the row's contents")
         head, expected_id = stored_hash, expected_id + 1
     print(f"audit log verified: {expected_id - 1} rows, head {head}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit(__doc__)
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
     main(sys.argv[1])

@@ -83,17 +83,34 @@ fn an_edited_row_is_named_by_flagstore_and_by_the_script() {
         "flagstore: audit log does not verify at row 6: hash does not match the row's contents (the row was edited)"
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_audit_chain.py");
-    let python = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&env.db)
-        .output()
-        .unwrap();
-    assert!(!python.status.success());
-    assert!(
-        String::from_utf8_lossy(&python.stderr).contains("row 6: hash does not match"),
-        "{}",
-        String::from_utf8_lossy(&python.stderr)
-    );
+    // Under -O too: a verifier built on assert would print "verified" there.
+    for optimize in [None, Some("-O")] {
+        let python = std::process::Command::new("python3")
+            .args(optimize)
+            .arg(script)
+            .arg(&env.db)
+            .output()
+            .unwrap();
+        assert_eq!(python.status.code(), Some(2), "{optimize:?}");
+        assert!(python.stdout.is_empty(), "{optimize:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&python.stderr),
+            "audit log does not verify: row 6: hash does not match the row's contents\n"
+        );
+    }
+}
+
+/// The verifier printed in the README for reviewers is the script the tests run.
+#[test]
+fn the_readme_verifier_is_the_tested_script() {
+    let readme = include_str!("../README.md");
+    let script = include_str!("../scripts/verify_audit_chain.py");
+    let start = readme
+        .find("```python\n#!/usr/bin/env python3")
+        .expect("the README shows the verifier")
+        + "```python\n".len();
+    let end = start + readme[start..].find("```\n").unwrap();
+    assert_eq!(&readme[start..end], script);
 }
 
 /// SQLite only: reads the row to forge with rusqlite.
