@@ -62,6 +62,42 @@ pub struct AuditQuery {
     pub cursor: Option<i64>,
 }
 
+/// The kinds of audit row.
+pub const KINDS: [&str; 2] = ["evaluation", "change"];
+
+impl AuditQuery {
+    /// Refuses a query no row could match because of a mistake, so that a reviewer's typo is
+    /// an error naming the value, not a page that looks like "no records": an unknown kind,
+    /// a negative cursor, `since` after `until`.
+    pub fn check(&self) -> Result<()> {
+        if let Some(kind) = self.kind.as_deref().filter(|kind| !KINDS.contains(kind)) {
+            let nearest = KINDS
+                .iter()
+                .min_by_key(|known| strsim::levenshtein(&kind.to_lowercase(), known))
+                .copied()
+                .unwrap_or("evaluation");
+            return Err(Error::InvalidFilter {
+                message: format!(
+                    "kind {kind:?} is neither evaluation nor change (did you mean {nearest:?}?)"
+                ),
+            });
+        }
+        if let Some(cursor) = self.cursor.filter(|cursor| *cursor < 0) {
+            return Err(Error::InvalidFilter {
+                message: format!("cursor {cursor} is not a row id (ids start at 1)"),
+            });
+        }
+        if let (Some(since), Some(until)) = (&self.since, &self.until)
+            && since >= until
+        {
+            return Err(Error::InvalidFilter {
+                message: format!("since {since} is not before until {until}: no row can match"),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Turns a user's `--since`/`--until` value (RFC 3339, or a plain date) into the stored
 /// timestamp format, which sorts as text. A date means its midnight (UTC) as a start, and the
 /// whole day as an end; `until` bounds are returned exclusive.

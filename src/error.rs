@@ -211,6 +211,9 @@ pub enum Error {
     #[error("unknown token role {value:?} (expected viewer, operator or admin)")]
     UnknownRole { value: String },
 
+    #[error("{message}")]
+    InvalidFilter { message: String },
+
     #[error("{what} {value} is outside {range}")]
     OutOfRange {
         what: &'static str,

@@ -602,6 +602,30 @@ fn the_admin_api_reads_flags_history_and_the_audit_log_without_writing() {
         let reply = get(&format!("{api}/audit?{bad}"), &viewer);
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
     }
+    // A reviewer's typo is an error naming it, not a page that looks like "no records".
+    for (bad, said) in [
+        (
+            "kind=evalution",
+            "kind \"evalution\" is neither evaluation nor change (did you mean \"evaluation\"?)",
+        ),
+        (
+            "kind=Change",
+            "kind \"Change\" is neither evaluation nor change (did you mean \"change\"?)",
+        ),
+        ("cursor=-1", "cursor -1 is not a row id (ids start at 1)"),
+        (
+            "since=2026-11-02&until=2026-11-01",
+            "since 2026-11-02T00:00:00.000Z is not before until 2026-11-02T00:00:00.000Z: no row can match",
+        ),
+    ] {
+        let reply = get(&format!("{api}/audit?{bad}"), &viewer);
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert_eq!(reply.json()["errorDetails"], said, "{bad}");
+    }
+    assert_eq!(
+        env.fails(&["audit", "--since", "2026-11-03", "--until", "2026-11-01"]),
+        "flagstore: since 2026-11-03T00:00:00.000Z is not before until 2026-11-02T00:00:00.000Z: no row can match"
+    );
     assert_eq!(get(&format!("{api}/flags"), "fst_nope").status, 401);
     assert_eq!(env.snapshot(), before, "reads wrote to the store");
 }

@@ -127,6 +127,7 @@ impl From<Error> for Refusal {
             Error::RolloutOutOfRange { .. }
             | Error::InvalidTime { .. }
             | Error::OutOfRange { .. }
+            | Error::InvalidFilter { .. }
             | Error::InvalidContextKey { .. } => Refusal::BadRequest(error.to_string()),
             other => Refusal::Failed(other.to_string()),
         }

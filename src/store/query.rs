@@ -269,6 +269,7 @@ impl Store {
         query: &AuditQuery,
         mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
+        query.check()?;
         let reader = Reader::short(self)?;
         // Rows read per page: enough for the page asked for when each row is one decision.
         let page = query.limit.map_or(PAGE_ROWS, |limit| {
