@@ -215,6 +215,26 @@ fn eval_of_an_unknown_flag_answers_false_and_warns() {
     );
 }
 
+/// An empty context key (an unset $TENANT) is answered, as the prototype's default key, with
+/// a warning that every such caller shares one decision.
+#[test]
+fn an_empty_context_key_is_answered_with_a_warning() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let output = env
+        .cmd()
+        .args(["eval", "ingest", "--context", ""])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), "true\n");
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        "flagstore: warning: the context key is empty: every caller with an empty key shares \
+         one sticky decision\n"
+    );
+}
+
 #[test]
 fn flag_set_changes_only_existing_flags_and_flag_create_creates() {
     let env = Env::new();

@@ -140,6 +140,12 @@ fn bad_requests_get_ofrep_errors_and_record_nothing() {
         (&single, "{}", "TARGETING_KEY_MISSING", true),
         (
             &single,
+            r#"{"context": {"targetingKey": ""}}"#,
+            "TARGETING_KEY_MISSING",
+            true,
+        ),
+        (
+            &single,
             r#"{"context": {"targetingKey": 5}}"#,
             "INVALID_CONTEXT",
             true,

@@ -97,6 +97,14 @@ fn eval_context(
         .context
         .as_deref()
         .expect("clap requires --context without --contexts-file");
+    if context.is_empty() {
+        // The prototype's default key is "", so it is answered; but an unset $TENANT in a
+        // script puts every run on that one key, which deserves a word.
+        eprintln!(
+            "flagstore: warning: the context key is empty: every caller with an empty key \
+             shares one sticky decision"
+        );
+    }
     let evaluations = store.evaluate(selection, context, actor)?;
     let single = !args.all && args.flags.len() == 1;
     if args.quiet {

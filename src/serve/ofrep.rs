@@ -210,10 +210,16 @@ fn targeting_key(body: &[u8]) -> Result<String, (&'static str, String)> {
         .get("context")
         .and_then(|context| context.get("targetingKey"))
     {
+        // An empty key is a missing one: an unset variable in a client would otherwise put
+        // every caller on one sticky decision.
         None | Some(Value::Null) => Err((
             "TARGETING_KEY_MISSING",
             "context.targetingKey is required: it is the context key decisions stick to"
                 .to_string(),
+        )),
+        Some(Value::String(key)) if key.is_empty() => Err((
+            "TARGETING_KEY_MISSING",
+            "context.targetingKey is empty: it is the context key decisions stick to".to_string(),
         )),
         Some(Value::String(key)) => match crate::contexts::key_problem(key) {
             None => Ok(key.clone()),
@@ -422,6 +428,10 @@ mod tests {
             (&b"not json"[..], "PARSE_ERROR"),
             (b"", "PARSE_ERROR"),
             (b"{}", "TARGETING_KEY_MISSING"),
+            (
+                br#"{"context": {"targetingKey": ""}}"#,
+                "TARGETING_KEY_MISSING",
+            ),
             (br#"{"context": {}}"#, "TARGETING_KEY_MISSING"),
             (br#"{"context": {"targetingKey": 7}}"#, "INVALID_CONTEXT"),
             (
