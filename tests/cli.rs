@@ -777,6 +777,9 @@ fn run_imports_evaluates_and_writes_the_result() {
         env.count("SELECT count(*) FROM audit_evaluations WHERE context_key = 'batch-7'"),
         2
     );
+    // audit_entries is the prototype's count (2 created + 2 decisions), not the rows appended:
+    // 2 change rows and one decision record.
+    assert_eq!(env.count("SELECT count(*) FROM audit_log"), 3);
     // A second run changes no flag, so it only adds its two decisions (in one record).
     let again = env.ok(&[
         "run",
