@@ -32,7 +32,7 @@ mod embedded {
 
 /// The newest schema version (see the SQLite backend's). PostgreSQL skipped version 5, which
 /// only changed how SQLite keys assignments: its own are keyed by a hash of the context key.
-const LATEST_SCHEMA_VERSION: i64 = 4;
+const LATEST_SCHEMA_VERSION: i64 = 5;
 
 /// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
 /// can tell whose locks these are. The second half is a hash of the schema's name for the
