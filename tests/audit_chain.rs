@@ -275,7 +275,48 @@ fn a_bad_checkpoint_file_is_named() {
     }
 }
 
+/// The chain protects the log, not the table beside it: a writer with SQL access who turns a
+/// flag off (or changes its rollout, requirements or policy) without a change row is named
+/// by `check`, one line per field with both values, and check exits 2.
+fn check_names_flags_edited_without_a_change_row() {
+    let env = store_with_history();
+    env.ok(&["check"]);
+    env.execute(
+        "UPDATE flags SET enabled = 0 WHERE name = 'ingest'; \
+         UPDATE flags SET rollout_pct = 90, sticky = 'all' WHERE name = 'enrich'; \
+         DELETE FROM flag_dependencies WHERE flag = 'dedupe'",
+    )
+    .unwrap();
+    let output = env.cmd().arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let shown = env.shown();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "flagstore: {shown}: flags: flag \"dedupe\": requires is [] in the table, [ingest] by its change rows"
+            ),
+            format!(
+                "flagstore: {shown}: flags: flag \"enrich\": rollout_pct is 90 in the table, 25 by its change rows"
+            ),
+            format!(
+                "flagstore: {shown}: flags: flag \"enrich\": sticky is all in the table, on_only by its change rows"
+            ),
+            format!(
+                "flagstore: {shown}: flags: flag \"ingest\": enabled is false in the table, true by its change rows"
+            ),
+            format!(
+                "flagstore: {shown}: 4 difference(s) between the live flags and the audit chain (listed above)"
+            ),
+        ]
+    );
+}
+
 contract_tests! {
+    check_names_flags_edited_without_a_change_row,
     the_triggers_refuse_update_and_delete,
     a_deleted_middle_row_is_named,
     deleted_last_rows_are_caught_by_a_checkpoint_or_expected_head,

@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -15,7 +15,9 @@ use crate::store::Store;
      table's rows (SQLite's integrity_check);
   2. references: every foreign key holds, and every stored assignment has the
      evaluation row that stored it;
-  3. the audit log's hash chain (as `audit verify`).
+  3. the audit log's hash chain (as `audit verify`);
+  4. the live flags: each flag's stored definition is the one its change rows leave
+     (a table edited without a change row is named, one line per field).
 
 Examples:
   flagstore check
@@ -34,10 +36,24 @@ fn check(store: &Store, out: &mut impl Write) -> Result<Outcome> {
     let storage = store.check_storage(false)?;
     let assignments = store.check_references()?;
     let verified = store.verify_audit(None)?;
+    let unexplained = store.unexplained_flags()?;
+    if !unexplained.is_empty() {
+        for line in &unexplained {
+            eprintln!("flagstore: {}: {line}", store.path());
+        }
+        return Err(Error::Inconsistent {
+            path: store.path().to_string(),
+            problem: format!(
+                "{} difference(s) between the live flags and the audit chain (listed above)",
+                unexplained.len()
+            ),
+        });
+    }
     writeln!(
         out,
         "store checked: {storage}, foreign keys hold, {assignments} assignments each with the \
-         evaluation that stored it; audit log verified: {} rows, head {}",
+         evaluation that stored it; audit log verified: {} rows, head {}; the flags are the \
+         ones their change rows leave",
         verified.rows, verified.head
     )
     .map_err(stdout_error)?;

@@ -127,9 +127,14 @@ impl Store {
     /// The flag definitions in force just before `until` (a normalized, exclusive bound), rebuilt
     /// from the full before/after states the change rows hold.
     pub fn flags_as_of(&self, until: &str) -> Result<FlagSet> {
+        self.replayed_flags(Some(until))
+    }
+
+    /// The flag definitions the change rows (before `until`, or all of them) leave.
+    fn replayed_flags(&self, until: Option<&str>) -> Result<FlagSet> {
         let changes = AuditQuery {
             kind: Some("change".to_string()),
-            until: Some(until.to_string()),
+            until: until.map(str::to_string),
             ascending: true,
             ..AuditQuery::default()
         };
@@ -154,6 +159,53 @@ impl Store {
             Ok::<(), Error>(())
         })?;
         Ok(flags)
+    }
+
+    /// Where the stored flags are not the ones their change rows leave: a writer with SQL
+    /// access who ran `UPDATE flags SET enabled = 0` changed what is served with no change
+    /// row, and the chain alone cannot see it. One line per difference, naming the table, the
+    /// flag, the field and both values; none when the live flags are the ones the chain
+    /// explains. Compared at one head of the log: a change made meanwhile starts it again.
+    pub fn unexplained_flags(&self) -> Result<Vec<String>> {
+        for _ in 0..3 {
+            let head = self.read_transaction()?.audit_tail()?;
+            let stored = self.flags()?;
+            let replayed = self.replayed_flags(None)?;
+            if self.read_transaction()?.audit_tail()? != head {
+                continue;
+            }
+            let mut found = Vec::new();
+            for flag in stored.iter() {
+                match replayed.get(&flag.name) {
+                    None => found.push(format!(
+                        "flags: flag {:?} is stored, but no change row created it",
+                        flag.name
+                    )),
+                    Some(explained) => {
+                        for (field, live, recorded) in crate::change::differences(flag, explained) {
+                            found.push(format!(
+                                "flags: flag {:?}: {field} is {live} in the table, {recorded} by its \
+                                 change rows",
+                                flag.name
+                            ));
+                        }
+                    }
+                }
+            }
+            for flag in replayed.iter().filter(|f| !stored.contains(&f.name)) {
+                found.push(format!(
+                    "flags: flag {:?} is missing from the table, but its change rows leave it defined",
+                    flag.name
+                ));
+            }
+            return Ok(found);
+        }
+        Err(Error::Inconsistent {
+            path: self.path().to_string(),
+            problem: "flags kept changing while they were compared with their change rows; run \
+                      check again"
+                .to_string(),
+        })
     }
 
     /// The evaluation of `flag` for `context` recorded last before `until` (exclusive), if any.
