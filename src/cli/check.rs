@@ -52,8 +52,8 @@ fn check(store: &Store, out: &mut impl Write) -> Result<Outcome> {
     writeln!(
         out,
         "store checked: {storage}, foreign keys hold, {assignments} assignments each with the \
-         evaluation that stored it; audit log verified: {} rows, head {}; the flags are the \
-         ones their change rows leave",
+         evaluation that stored it, the flags the ones their change rows leave; audit log \
+         verified: {} rows, head {}",
         verified.rows, verified.head
     )
     .map_err(stdout_error)?;
