@@ -917,9 +917,7 @@ fn serve_on_a_small_volume_bounds_its_wal_and_recovers_from_a_full_disk() {
     answered.push(key);
     let mut server = server;
     server.signal("TERM");
-    server.child.wait().unwrap();
-    let mut log = String::new();
-    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let (_, log) = server.exit();
     assert!(
         log.contains(&format!(
             "flagstore serve: internal error {id}: {}: database or disk is full",

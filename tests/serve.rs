@@ -842,10 +842,8 @@ fn sigterm_after_reads_exits_0_and_leaves_everything_in_the_database_file() {
         server.signal("TERM");
         clients.into_iter().map(|c| c.join().unwrap()).sum()
     });
-    let status = server.child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (code, stderr) = server.exit();
+    assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(evaluations_recorded(&env), answered as i64);
     if env.backend == common::Backend::Sqlite {
         let wal = env.db.with_extension("db-wal");
@@ -873,9 +871,8 @@ fn serving_a_store_without_flags_warns() {
     env.ok(&["token", "create", "worker"]);
     let mut server = Server::start(&env, &[]);
     server.signal("TERM");
-    assert_eq!(server.child.wait().unwrap().code(), Some(0));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (code, stderr) = server.exit();
+    assert_eq!(code, Some(0));
     assert_eq!(
         stderr,
         format!(

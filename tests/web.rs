@@ -901,9 +901,7 @@ fn csp_reports_are_logged_escaped_bounded_and_rate_limited() {
     }
     assert_eq!(report(&"x".repeat(16 * 1024 + 1)), 413);
     server.signal("TERM");
-    server.child.wait().unwrap();
-    let mut log = String::new();
-    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let (_, log) = server.exit();
     let reports: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("Content-Security-Policy"))

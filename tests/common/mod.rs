@@ -353,6 +353,15 @@ impl Server {
         Server { child, url }
     }
 
+    /// Waits for the server to exit (after a signal); its exit code and everything it wrote
+    /// to stderr.
+    pub fn exit(&mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status.code(), stderr)
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
