@@ -1096,7 +1096,84 @@ fn audit_answers_are_bounded_in_bytes_and_end_at_a_record() {
     assert!(rest["rows"][0]["id"].as_i64().unwrap() < cursor);
 }
 
+fn delete(url: &str, token: &str) -> Reply {
+    reply(
+        agent()
+            .delete(url)
+            .header("X-API-Key", token)
+            .call()
+            .unwrap(),
+    )
+}
+
+/// The admin role manages tokens over the API: list (never a hash), create (the text shown
+/// once, the change audited under the admin's name), revoke; an operator may not.
+fn admins_list_create_and_revoke_tokens_over_the_api() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let admin = env
+        .ok(&["token", "create", "root", "--role", "admin"])
+        .trim()
+        .to_string();
+    let operator = env
+        .ok(&["token", "create", "ops", "--role", "operator"])
+        .trim()
+        .to_string();
+    let server = Server::start(&env, &[]);
+    let tokens = format!("{}/api/admin/v1/tokens", server.url);
+    assert_eq!(get(&tokens, &operator).status, 403);
+    let key = [("X-API-Key", admin.as_str())];
+    let created = post(&tokens, &key, r#"{"name": "pipeline-7", "role": "viewer"}"#);
+    assert_eq!(created.status, 200, "{}", created.body);
+    let created = created.json();
+    assert_eq!(
+        (&created["name"], &created["role"]),
+        (&json!("pipeline-7"), &json!("viewer"))
+    );
+    let secret = created["token"].as_str().unwrap().to_string();
+    assert_eq!(one(&server, "ingest", &secret, "k").status, 200);
+
+    let listed = get(&tokens, &admin);
+    assert!(!listed.body.contains(&flagstore::token::sha256_hex(&secret)));
+    let names: Vec<String> = listed.json()["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["ops", "pipeline-7", "root"]);
+    for (body, status) in [
+        (r#"{"name": "pipeline-7"}"#, 400),
+        (r#"{"name": "x", "role": "superuser"}"#, 400),
+        (r#"{"name": "bad\u0007name"}"#, 400),
+        (r#"{"nom": "x"}"#, 400),
+    ] {
+        assert_eq!(post(&tokens, &key, body).status, status, "{body}");
+    }
+    assert_eq!(
+        post(&tokens, &[("X-API-Key", &operator)], r#"{"name": "y"}"#).status,
+        403
+    );
+
+    assert_eq!(delete(&format!("{tokens}/pipeline-7"), &admin).status, 200);
+    assert_eq!(delete(&format!("{tokens}/pipeline-7"), &admin).status, 404);
+    assert_eq!(one(&server, "ingest", &secret, "k").status, 401);
+    let changes = env.texts(
+        "SELECT actor || ' ' || action FROM audit_log WHERE action LIKE 'token%' ORDER BY id",
+    );
+    assert_eq!(
+        changes,
+        [
+            "tester token_create",
+            "tester token_create",
+            "root token_create",
+            "root token_revoke"
+        ]
+    );
+}
+
 contract_tests! {
+    admins_list_create_and_revoke_tokens_over_the_api,
     audit_answers_are_bounded_in_bytes_and_end_at_a_record,
     mistyped_urls_are_404_in_their_apis_shape_and_bearer_takes_any_case,
     serving_a_store_without_flags_warns,

@@ -46,6 +46,11 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/api/admin/v1/graph", get(graph))
         .route("/api/admin/v1/explain", get(explain))
         .route("/api/admin/v1/context", get(context))
+        .route("/api/admin/v1/tokens", get(list_tokens).post(create_token))
+        .route(
+            "/api/admin/v1/tokens/{name}",
+            axum::routing::delete(revoke_token),
+        )
         .route_layer(axum::middleware::from_fn(private_answers))
 }
 
@@ -223,6 +228,71 @@ struct FlagPatch {
     enabled: Option<bool>,
     rollout_pct: Option<f64>,
     stale_exempt: Option<bool>,
+}
+
+/// Every token, active and revoked, without its hash: the admin role's view of who may call.
+async fn list_tokens(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    call(&shared, &headers, Role::Admin, |store, _| {
+        let tokens: Vec<Value> = store
+            .tokens()?
+            .into_iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "role": t.role.as_str(),
+                    "created_at": t.created_at,
+                    "revoked_at": t.revoked_at,
+                })
+            })
+            .collect();
+        body(json!({ "tokens": tokens }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// Creates a token (role viewer unless named), audited under the caller's name; the answer
+/// holds the token's text, which is shown this once and stored only as its SHA-256.
+async fn create_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body_bytes: Bytes,
+) -> Response {
+    let asked: Result<NewToken, String> = serde_json::from_slice(&body_bytes)
+        .map_err(|e| format!("the body is not a new token ({{\"name\", \"role\"}}): {e}"));
+    let answer = call(&shared, &headers, Role::Admin, move |store, actor| {
+        let asked = asked.map_err(Refusal::BadRequest)?;
+        let role: Role = asked.role.as_deref().unwrap_or("viewer").parse()?;
+        let secret = token::generate()?;
+        store.create_token(&asked.name, &token::sha256_hex(&secret), role, actor)?;
+        body(json!({ "name": asked.name, "role": role.as_str(), "token": secret }))
+    })
+    .await;
+    super::forget_tokens(&shared);
+    answer
+}
+
+/// Revokes an active token, audited under the caller's name; it stops working at once on
+/// this server and within a second on the others.
+async fn revoke_token(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let answer = call(&shared, &headers, Role::Admin, move |store, actor| {
+        store.revoke_token(&name, actor)?;
+        body(json!({ "name": name, "revoked": true }))
+    })
+    .await;
+    super::forget_tokens(&shared);
+    answer
 }
 
 async fn change_flag(

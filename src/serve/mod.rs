@@ -122,12 +122,17 @@ enum Refusal {
 impl From<Error> for Refusal {
     fn from(error: Error) -> Refusal {
         match error {
-            Error::UnknownFlag { .. } => Refusal::NotFound(error.to_string()),
+            Error::UnknownFlag { .. } | Error::UnknownToken { .. } => {
+                Refusal::NotFound(error.to_string())
+            }
             Error::StaleVersion { .. } => Refusal::Conflict(error.to_string()),
             Error::RolloutOutOfRange { .. }
             | Error::InvalidTime { .. }
             | Error::OutOfRange { .. }
             | Error::InvalidFilter { .. }
+            | Error::InvalidTokenName { .. }
+            | Error::TokenExists { .. }
+            | Error::UnknownRole { .. }
             | Error::InvalidContextKey { .. } => Refusal::BadRequest(error.to_string()),
             other => Refusal::Failed(other.to_string()),
         }
@@ -214,6 +219,15 @@ fn internal_error(details: &str) -> String {
     let id: String = id.iter().map(|byte| format!("{byte:02x}")).collect();
     log(&format!("internal error {id}: {details}"));
     format!("internal error {id} (the server's log has the detail)")
+}
+
+/// Forgets the active tokens read so far (see [`Tokens::forget`]).
+fn forget_tokens(shared: &Shared) {
+    shared
+        .tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .forget();
 }
 
 /// The answer to a read that found every reader busy: try again in a second.
@@ -627,6 +641,12 @@ struct Tokens {
 }
 
 impl Tokens {
+    /// Makes the next lookup read the tokens again: after a token is created or revoked
+    /// through this server, it takes effect at once here.
+    fn forget(&mut self) {
+        self.read_at = None;
+    }
+
     fn lookup(&mut self, store: &Store, sha256: &str) -> Option<Caller> {
         if self.read_at.is_none_or(|at| at.elapsed() >= TOKEN_REFRESH) {
             // A connection the server closed is opened again here: requests refused as
