@@ -309,13 +309,42 @@ fn check_names_flags_edited_without_a_change_row() {
                 "flagstore: {shown}: flags: flag \"ingest\": enabled is false in the table, true by its change rows"
             ),
             format!(
-                "flagstore: {shown}: 4 difference(s) between the live flags and the audit chain (listed above)"
+                "flagstore: {shown}: 4 difference(s) between the live state and the audit chain (listed above)"
             ),
         ]
     );
 }
 
+/// Flipping a stored sticky decision changes what is served while the record that stored it
+/// says the opposite: check names the assignment, both values and the record.
+fn check_names_an_assignment_that_differs_from_its_record() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "enrich", "rollout_pct": 30}]}"#);
+    // Python: int(hashlib.md5(b"enrich:k14").hexdigest(), 16) % 100 == 12, under 30: on.
+    env.ok(&["eval", "enrich", "--context", "k14"]);
+    env.ok(&["check"]);
+    let record = env.count("SELECT max(id) FROM audit_log");
+    let flip = match env.backend {
+        Backend::Sqlite => "UPDATE assignment_rows SET decision = 0",
+        Backend::Postgres => "UPDATE assignments SET decision = 0",
+    };
+    env.execute(flip).unwrap();
+    let output = env.cmd().arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr.lines().next().unwrap(),
+        format!(
+            "flagstore: {}: assignments: flag \"enrich\", context \"k14\": decision false, \
+             bucket 12, rollout 30 in the table, decision true, bucket 12, rollout 30 in record \
+             {record} that stored it",
+            env.shown()
+        )
+    );
+}
+
 contract_tests! {
+    check_names_an_assignment_that_differs_from_its_record,
     check_names_flags_edited_without_a_change_row,
     the_triggers_refuse_update_and_delete,
     a_deleted_middle_row_is_named,

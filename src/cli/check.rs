@@ -16,8 +16,9 @@ use crate::store::Store;
   2. references: every foreign key holds, and every stored assignment has the
      evaluation row that stored it;
   3. the audit log's hash chain (as `audit verify`);
-  4. the live flags: each flag's stored definition is the one its change rows leave
-     (a table edited without a change row is named, one line per field).
+  4. the live state: each flag's stored definition is the one its change rows leave, and
+     each assignment's decision, bucket and rollout the ones its record stored (a table
+     edited without the audit log is named, one line per difference).
 
 Examples:
   flagstore check
@@ -36,7 +37,7 @@ fn check(store: &Store, out: &mut impl Write) -> Result<Outcome> {
     let storage = store.check_storage(false)?;
     let assignments = store.check_references()?;
     let verified = store.verify_audit(None)?;
-    let unexplained = store.unexplained_flags()?;
+    let unexplained = store.unexplained_state()?;
     if !unexplained.is_empty() {
         for line in &unexplained {
             eprintln!("flagstore: {}: {line}", store.path());
@@ -44,7 +45,7 @@ fn check(store: &Store, out: &mut impl Write) -> Result<Outcome> {
         return Err(Error::Inconsistent {
             path: store.path().to_string(),
             problem: format!(
-                "{} difference(s) between the live flags and the audit chain (listed above)",
+                "{} difference(s) between the live state and the audit chain (listed above)",
                 unexplained.len()
             ),
         });

@@ -171,6 +171,17 @@ pub struct TokenRecord {
     pub revoked_at: Option<String>,
 }
 
+/// An assignment that differs from the record that stored it: the table's values and the
+/// record's, as `(decision, bucket, rollout_pct)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Misrecorded {
+    pub flag: String,
+    pub context_key: String,
+    pub stored: (i64, i64, f64),
+    pub record_id: i64,
+    pub recorded: (i64, i64, f64),
+}
+
 /// An assignment about to be stored, borrowed from a decision or from a row being copied.
 struct AssignmentRef<'a> {
     flag: &'a str,
@@ -319,6 +330,9 @@ trait Backend: Send {
     fn broken_reference(&self) -> Result<Option<(String, String, String)>>;
     /// An assignment, `(flag, context_key)`, with no evaluation row that stored it.
     fn unaudited_assignment(&self) -> Result<Option<(String, String)>>;
+    /// An assignment whose decision, bucket or rollout is not what the decision record that
+    /// stored it says.
+    fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>>;
     fn assignment_count(&self) -> Result<i64>;
     /// Of `flag`'s stored assignments: how many are on, how many off, and how many were
     /// decided otherwise than a hash under `rollout_pct` would decide them now.

@@ -674,6 +674,37 @@ impl Backend for Postgres {
             .map(|row| (row.get(0), row.get(1))))
     }
 
+    fn misrecorded_assignment(&self) -> Result<Option<super::Misrecorded>> {
+        Ok(self
+            .query_opt(
+                "WITH stored AS (
+                     SELECT d ->> 'flag' AS flag, l.context_key, l.ts, l.id,
+                            (d ->> 'result')::bigint AS decision, (d ->> 'bucket')::bigint AS bucket,
+                            (d ->> 'rollout_pct')::double precision AS rollout_pct
+                       FROM audit_log l
+                      CROSS JOIN LATERAL jsonb_array_elements(
+                            CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
+                            WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
+                      WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1')
+                 SELECT a.flag, a.context_key, a.decision::bigint, a.bucket::bigint, a.rollout_pct,
+                        s.id, s.decision, s.bucket, s.rollout_pct
+                   FROM assignments a
+                   JOIN stored s ON s.flag = a.flag AND s.context_key = a.context_key
+                                AND s.ts = a.assigned_at
+                  WHERE (s.decision, s.bucket, s.rollout_pct)
+                        IS DISTINCT FROM (a.decision::bigint, a.bucket::bigint, a.rollout_pct)
+                  LIMIT 1",
+                &[],
+            )?
+            .map(|row| super::Misrecorded {
+                flag: row.get(0),
+                context_key: row.get(1),
+                stored: (row.get(2), row.get(3), row.get(4)),
+                record_id: row.get(5),
+                recorded: (row.get(6), row.get(7), row.get(8)),
+            }))
+    }
+
     fn assignment_count(&self) -> Result<i64> {
         Ok(self
             .query("SELECT count(*) FROM assignments", &[])?

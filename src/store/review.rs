@@ -161,12 +161,13 @@ impl Store {
         Ok(flags)
     }
 
-    /// Where the stored flags are not the ones their change rows leave: a writer with SQL
-    /// access who ran `UPDATE flags SET enabled = 0` changed what is served with no change
-    /// row, and the chain alone cannot see it. One line per difference, naming the table, the
-    /// flag, the field and both values; none when the live flags are the ones the chain
-    /// explains. Compared at one head of the log: a change made meanwhile starts it again.
-    pub fn unexplained_flags(&self) -> Result<Vec<String>> {
+    /// Where the live state is not the one the chain explains: a stored flag that is not the
+    /// one its change rows leave (a writer with SQL access who ran `UPDATE flags SET enabled
+    /// = 0` changed what is served with no change row), or an assignment whose decision,
+    /// bucket or rollout is not the one its record stored (the first found). One line per
+    /// difference, naming the table, the key and both values; none when the chain explains the
+    /// state. Compared at one head of the log: a change made meanwhile starts it again.
+    pub fn unexplained_state(&self) -> Result<Vec<String>> {
         for _ in 0..3 {
             let head = self.read_transaction()?.audit_tail()?;
             let stored = self.flags()?;
@@ -196,6 +197,24 @@ impl Store {
                 found.push(format!(
                     "flags: flag {:?} is missing from the table, but its change rows leave it defined",
                     flag.name
+                ));
+            }
+            if let Some(wrong) = self.read_transaction()?.misrecorded_assignment()? {
+                let shown = |(decision, bucket, pct): (i64, i64, f64)| {
+                    format!(
+                        "decision {}, bucket {bucket}, rollout {}",
+                        decision == 1,
+                        crate::output::percentage(pct)
+                    )
+                };
+                found.push(format!(
+                    "assignments: flag {:?}, context {:?}: {} in the table, {} in record {} that \
+                     stored it",
+                    wrong.flag,
+                    wrong.context_key,
+                    shown(wrong.stored),
+                    shown(wrong.recorded),
+                    wrong.record_id
                 ));
             }
             return Ok(found);

@@ -623,6 +623,37 @@ impl Backend for Sqlite {
             .optional()?)
     }
 
+    fn misrecorded_assignment(&self) -> Result<Option<super::Misrecorded>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT a.flag, a.context_key, a.decision, a.bucket, a.rollout_pct, l.id,
+                        json_extract(d.value, '$.result'), json_extract(d.value, '$.bucket'),
+                        CAST(json_extract(d.value, '$.rollout_pct') AS REAL)
+                   FROM assignments a
+                   JOIN audit_log l ON l.context_key = a.context_key AND l.kind = 'evaluation'
+                                   AND l.flag IS NULL AND l.ts = a.assigned_at
+                   JOIN json_each(l.detail, '$.decisions') d
+                     ON json_extract(d.value, '$.flag') = a.flag
+                    AND json_extract(d.value, '$.assigned') = 1
+                  WHERE json_extract(d.value, '$.result') IS NOT a.decision
+                     OR json_extract(d.value, '$.bucket') IS NOT a.bucket
+                     OR CAST(json_extract(d.value, '$.rollout_pct') AS REAL) IS NOT a.rollout_pct
+                  LIMIT 1",
+                [],
+                |row| {
+                    Ok(super::Misrecorded {
+                        flag: row.get(0)?,
+                        context_key: row.get(1)?,
+                        stored: (row.get(2)?, row.get(3)?, row.get(4)?),
+                        record_id: row.get(5)?,
+                        recorded: (row.get(6)?, row.get(7)?, row.get(8)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     fn assignment_count(&self) -> Result<i64> {
         Ok(self
             .conn
