@@ -21,24 +21,34 @@ pub struct Report {
     pub explanation: Explanation,
     /// For a past time only: the decision recorded nearest before it, if any.
     pub recorded: Option<Option<AuditRow>>,
+    /// For a past time only: the id of the record that stored the flag's assignment then in
+    /// force, if one was.
+    pub assigned_by: Option<i64>,
 }
 
 /// Explains `flag` for `context` now (with its stored assignments), or at `at` (RFC 3339 or
-/// a date): the definitions then in force, rebuilt from the audit log, and the decision
-/// recorded nearest before it. Reads only.
+/// a date): the definitions and the context's assignments then in force, both rebuilt from
+/// the audit log, and the decision recorded nearest before it. Reads only.
 pub fn explain(store: &mut Store, flag: &str, context: &str, at: Option<&str>) -> Result<Report> {
-    let (explanation, recorded) = match at {
+    let (explanation, recorded, assigned_by) = match at {
         None => {
             let (flags, stored) = store.evaluation_state(flag, context)?;
-            (eval::explain(&flags, context, &stored, flag), None)
+            (eval::explain(&flags, context, &stored, flag), None, None)
         }
         Some(at) => {
             let until = parse_time_bound(at, true)?;
             let flags = store.flags_as_of(&until)?;
-            let explanation = eval::explain(&flags, context, &HashMap::new(), flag);
+            let replayed = store.assignments_as_of(context, &until)?;
+            let assigned_by = replayed.get(flag).map(|(_, id)| *id);
+            let stored: HashMap<_, _> = replayed
+                .into_iter()
+                .map(|(name, (assignment, _))| (name, assignment))
+                .collect();
+            let explanation = eval::explain(&flags, context, &stored, flag);
             (
                 explanation,
                 Some(store.decision_before(flag, context, &until)?),
+                assigned_by,
             )
         }
     };
@@ -48,6 +58,7 @@ pub fn explain(store: &mut Store, flag: &str, context: &str, at: Option<&str>) -
         at: at.map(str::to_string),
         explanation,
         recorded,
+        assigned_by,
     })
 }
 
@@ -58,7 +69,7 @@ impl Report {
         let (Some(at), Some(recorded)) = (&self.at, &self.recorded) else {
             return format!(
                 "{name} for context {context:?}, now\n{}",
-                explanation_steps(explanation, true)
+                explanation_steps(explanation, None)
             );
         };
         let recorded = match recorded {
@@ -72,9 +83,9 @@ impl Report {
             None => "none: no evaluation of this flag for this context by then".to_string(),
         };
         format!(
-            "{name} for context {context:?}, as of {at} (definitions rebuilt from the audit log)\n{}  \
-             recorded decision:  {recorded}\n",
-            explanation_steps(explanation, false)
+            "{name} for context {context:?}, as of {at} (definitions and assignments rebuilt from \
+             the audit log)\n{}  recorded decision:  {recorded}\n",
+            explanation_steps(explanation, self.assigned_by)
         )
     }
 
@@ -97,15 +108,20 @@ impl Report {
             "in_rollout": explanation.flag.as_ref().map(|f| in_rollout(explanation.bucket, f.rollout_pct)),
             "answer": decision(&explanation.decision),
         });
-        match &self.recorded {
-            None => {
-                shown["assignment"] = json!(explanation.stored.as_ref().map(|a| json!({
-                    "decision": a.decision,
-                    "bucket": a.bucket,
-                    "rollout_pct": percentage(a.rollout_pct),
-                    "assigned_at": a.assigned_at,
-                })));
+        shown["assignment"] = json!(explanation.stored.as_ref().map(|a| {
+            let mut assignment = json!({
+                "decision": a.decision,
+                "bucket": a.bucket,
+                "rollout_pct": percentage(a.rollout_pct),
+                "assigned_at": a.assigned_at,
+            });
+            if let Some(id) = self.assigned_by {
+                assignment["audit_id"] = json!(id);
             }
+            assignment
+        }));
+        match &self.recorded {
+            None => {}
             Some(row) => {
                 shown["recorded"] = json!(row.as_ref().map(|row| json!({
                     "audit_id": row.id,
@@ -119,9 +135,9 @@ impl Report {
     }
 }
 
-/// The evaluation steps of an explanation, one line each. Without `with_assignment` the
-/// stored assignment is not known (a past state) and the answer is the hashed one.
-fn explanation_steps(explanation: &Explanation, with_assignment: bool) -> String {
+/// The evaluation steps of an explanation, one line each; for a past state, `stored_by` is
+/// the row that stored the assignment then in force.
+fn explanation_steps(explanation: &Explanation, stored_by: Option<i64>) -> String {
     let on = |enabled: bool| if enabled { "on" } else { "off" };
     let Some(flag) = &explanation.flag else {
         return "  1 known:          no\n  answer:           false (unknown flag)\n".to_string();
@@ -148,23 +164,17 @@ fn explanation_steps(explanation: &Explanation, with_assignment: bool) -> String
             decision.reason()
         ));
     }
-    if with_assignment {
-        lines.push(match &explanation.stored {
-            Some(stored) => format!(
-                "  4 assignment:     {} since {}, decided at bucket {} under rollout_pct {}",
-                on(stored.decision),
-                stored.assigned_at,
-                stored.bucket,
-                stored.rollout_pct
-            ),
-            None => "  4 assignment:     none stored".to_string(),
-        });
-    } else {
-        lines.push(
-            "  4 assignment:     not rebuilt for past times (see the recorded decision)"
-                .to_string(),
-        );
-    }
+    lines.push(match &explanation.stored {
+        Some(stored) => format!(
+            "  4 assignment:     {} since {}, decided at bucket {} under rollout_pct {}{}",
+            on(stored.decision),
+            stored.assigned_at,
+            stored.bucket,
+            stored.rollout_pct,
+            stored_by.map_or(String::new(), |id| format!(" (stored by row {id})"))
+        ),
+        None => "  4 assignment:     none stored".to_string(),
+    });
     let bucket = explanation.bucket;
     let comparison = if in_rollout(bucket, flag.rollout_pct) {
         "<"

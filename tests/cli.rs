@@ -987,7 +987,49 @@ fn a_reader_that_stops_early_is_not_an_error() {
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }
 
+/// `explain --at T` answers with the assignments in force at T, rebuilt from the log: a
+/// context that got true from a 30% rollout (bucket 10) keeps it after the rollout drops to
+/// 10%, and the report names the record that stored it; after a reset there is none.
+fn explain_at_answers_with_the_assignment_then_in_force() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "score", "rollout_pct": 30}]}"#);
+    // Python: int(hashlib.md5(b"score:k9").hexdigest(), 16) % 100 == 10.
+    assert_eq!(env.ok(&["eval", "score", "--context", "k9"]), "true\n");
+    let record = env.count("SELECT max(id) FROM audit_log");
+    env.ok(&["flag", "set", "score", "--rollout", "10"]);
+    let json = |at: &str| -> serde_json::Value {
+        serde_json::from_str(&env.ok(&[
+            "explain",
+            "score",
+            "--context",
+            "k9",
+            "--at",
+            at,
+            "--json",
+        ]))
+        .unwrap()
+    };
+    let explained = json("2100-01-01");
+    assert_eq!(explained["answer"]["enabled"], true, "{explained}");
+    assert_eq!(explained["answer"]["source"], "sticky");
+    assert_eq!(explained["assignment"]["audit_id"], record);
+    assert_eq!(explained["assignment"]["bucket"], 10);
+    assert_eq!(explained["recorded"]["result"], true);
+    let text = env.ok(&["explain", "score", "--context", "k9", "--at", "2100-01-01"]);
+    assert!(
+        text.contains(&format!("(stored by row {record})"))
+            && text.contains("answer:           true"),
+        "{text}"
+    );
+    env.ok(&["assignments", "reset", "--flag", "score"]);
+    let reset = json("2100-01-01");
+    assert_eq!(reset["assignment"], serde_json::Value::Null);
+    assert_eq!(reset["answer"]["enabled"], false);
+    assert_eq!(reset["answer"]["source"], "rollout");
+}
+
 contract_tests! {
+    explain_at_answers_with_the_assignment_then_in_force,
     import_reports_changes_and_is_idempotent,
     import_writes_one_audited_change_per_flag_with_before_and_after,
     dry_run_reports_but_writes_nothing,

@@ -1,9 +1,12 @@
 //! Reading the audit log back: verifying its chain and rebuilding past states from it.
 
+use std::collections::HashMap;
+
 use chrono::TimeDelta;
 
 use crate::audit::{AuditQuery, AuditRow, ChainVerifier, Checkpoint, Verified, timestamp};
 use crate::error::{Error, Result};
+use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
 
 use super::Store;
@@ -227,6 +230,66 @@ impl Store {
         })
     }
 
+    /// The assignments `context` had just before `until`, replayed from the log: each stored
+    /// by the decision record (or schema-1 evaluation row) that lists it as assigned, and
+    /// forgotten by a later reset of its flag (for every context or this one) or the flag's
+    /// deletion. With each, the id of the row that stored it.
+    pub fn assignments_as_of(
+        &self,
+        context: &str,
+        until: &str,
+    ) -> Result<HashMap<String, (StoredAssignment, i64)>> {
+        let forgetting = AuditQuery {
+            kind: Some("change".to_string()),
+            until: Some(until.to_string()),
+            ascending: true,
+            ..AuditQuery::default()
+        };
+        // (id, flag) of each change that forgets assignments of this context; changes are few.
+        let mut forgets: Vec<(i64, String)> = Vec::new();
+        self.query_audit(&forgetting, |row| {
+            let reaches = match row.action.as_deref() {
+                Some("reset_assignments") => {
+                    row.context_key.as_deref().is_none_or(|k| k == context)
+                }
+                Some("delete") => true,
+                _ => false,
+            };
+            if let (true, Some(flag)) = (reaches, row.flag) {
+                forgets.push((row.id, flag));
+            }
+            Ok::<(), Error>(())
+        })?;
+        let storing = AuditQuery {
+            context: Some(context.to_string()),
+            kind: Some("evaluation".to_string()),
+            until: Some(until.to_string()),
+            ascending: true,
+            ..AuditQuery::default()
+        };
+        let mut assignments: HashMap<String, (StoredAssignment, i64)> = HashMap::new();
+        let mut forgets = forgets.into_iter().peekable();
+        let mut last_record = None;
+        self.query_audit(&storing, |row| {
+            // A record is shown as a row per decision; its facts are read once.
+            if last_record == Some(row.id) {
+                return Ok(());
+            }
+            last_record = Some(row.id);
+            while let Some((_, flag)) = forgets.next_if(|(id, _)| *id < row.id) {
+                assignments.remove(&flag);
+            }
+            for (flag, assignment) in stored_by(&row, context)? {
+                assignments.insert(flag, (assignment, row.id));
+            }
+            Ok::<(), Error>(())
+        })?;
+        for (_, flag) in forgets {
+            assignments.remove(&flag);
+        }
+        Ok(assignments)
+    }
+
     /// The evaluation of `flag` for `context` recorded last before `until` (exclusive), if any.
     pub fn decision_before(
         &self,
@@ -312,5 +375,67 @@ impl Store {
             rows: verifier.rows(),
             head: verifier.head().to_string(),
         })
+    }
+}
+
+/// The assignments an evaluation row stored, as the evaluator reads them back.
+fn stored_by(row: &AuditRow, context: &str) -> Result<Vec<(String, StoredAssignment)>> {
+    let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
+    let detail: serde_json::Value =
+        serde_json::from_str(&row.detail).map_err(|e| unreadable(e.to_string()))?;
+    let stored = |flag: &str, decision: bool, bucket: u8, rollout_pct: f64| {
+        let assignment = StoredAssignment {
+            decision,
+            bucket,
+            rollout_pct,
+            assigned_at: row.ts.clone(),
+        };
+        (flag.to_string(), assignment)
+    };
+    // Read through query_audit, a decision record comes as one of its decisions' rows, with
+    // the record's detail: the detail says which kind of row this is.
+    match (detail["decisions"].as_array(), &row.flag) {
+        // A decision record: every decision marked assigned, with its bucket and rollout.
+        (Some(decisions), _) => decisions
+            .iter()
+            .filter(|d| d["assigned"].as_i64() == Some(1))
+            .map(|d| {
+                let flag = d["flag"]
+                    .as_str()
+                    .ok_or_else(|| unreadable("a decision without flag".into()))?;
+                let bucket = d["bucket"].as_u64().and_then(|b| u8::try_from(b).ok());
+                let pct = d["rollout_pct"].as_str().and_then(|p| p.parse().ok());
+                match (bucket, pct) {
+                    (Some(bucket), Some(pct)) => {
+                        Ok(stored(flag, d["result"].as_i64() == Some(1), bucket, pct))
+                    }
+                    _ => Err(unreadable(format!(
+                        "assignment of {flag:?} without bucket or rollout"
+                    ))),
+                }
+            })
+            .collect(),
+        // A schema-1 row: its own flag, if the row lists it as assigned; the rollout is the
+        // number its reason ends with ("rollout: bucket 14 < 30").
+        (None, None) => Ok(Vec::new()),
+        (None, Some(flag)) => {
+            let listed = detail["assigned"]
+                .as_array()
+                .is_some_and(|names| names.iter().any(|n| n.as_str() == Some(flag)));
+            let pct = row
+                .reason
+                .as_deref()
+                .and_then(|reason| reason.rsplit(' ').next())
+                .and_then(|p| p.parse().ok());
+            Ok(match (listed, pct) {
+                (true, Some(pct)) => vec![stored(
+                    flag,
+                    row.result == Some(1),
+                    crate::eval::bucket(flag, context),
+                    pct,
+                )],
+                _ => Vec::new(),
+            })
+        }
     }
 }
