@@ -82,6 +82,14 @@ impl AuditQuery {
                 ),
             });
         }
+        if let Some(context) = &self.context
+            && let Some(why) = crate::contexts::key_problem(context)
+        {
+            return Err(Error::InvalidContextKey {
+                key: context.clone(),
+                why,
+            });
+        }
         if let Some(cursor) = self.cursor.filter(|cursor| *cursor < 0) {
             return Err(Error::InvalidFilter {
                 message: format!("cursor {cursor} is not a row id (ids start at 1)"),

@@ -30,6 +30,12 @@ pub struct Report {
 /// a date): the definitions and the context's assignments then in force, both rebuilt from
 /// the audit log, and the decision recorded nearest before it. Reads only.
 pub fn explain(store: &mut Store, flag: &str, context: &str, at: Option<&str>) -> Result<Report> {
+    if let Some(why) = crate::contexts::key_problem(context) {
+        return Err(crate::error::Error::InvalidContextKey {
+            key: context.to_string(),
+            why,
+        });
+    }
     let (explanation, recorded, assigned_by) = match at {
         None => {
             let (flags, stored) = store.evaluation_state(flag, context)?;

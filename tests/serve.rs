@@ -706,6 +706,8 @@ fn the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context() {
         "explain?flag=enrich&context=k&at=later",
         "context",
         "context?key=k&limit=0",
+        &format!("context?key={}", "k".repeat(1_025)),
+        &format!("explain?flag=enrich&context={}", "k".repeat(1_025)),
     ] {
         let reply = get(&format!("{api}/{bad}"), &viewer);
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
