@@ -677,7 +677,10 @@ impl Backend for Postgres {
     fn misrecorded_assignment(&self) -> Result<Option<super::Misrecorded>> {
         Ok(self
             .query_opt(
-                "WITH stored AS (
+                // As in unaudited_assignment, set operations first: joined directly, the
+                // planner looked each assignment up in turn (10 minutes for 40,000). The few
+                // assignments that differ are then matched with their records.
+                "WITH stored AS MATERIALIZED (
                      SELECT d ->> 'flag' AS flag, l.context_key, l.ts, l.id,
                             (d ->> 'result')::bigint AS decision, (d ->> 'bucket')::bigint AS bucket,
                             (d ->> 'rollout_pct')::double precision AS rollout_pct
@@ -685,14 +688,18 @@ impl Backend for Postgres {
                       CROSS JOIN LATERAL jsonb_array_elements(
                             CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
                             WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
-                      WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1')
-                 SELECT a.flag, a.context_key, a.decision::bigint, a.bucket::bigint, a.rollout_pct,
+                      WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1'),
+                 differing AS (
+                     SELECT flag, context_key, assigned_at AS ts, decision::bigint AS decision,
+                            bucket::bigint AS bucket, rollout_pct
+                       FROM assignments
+                     EXCEPT
+                     SELECT flag, context_key, ts, decision, bucket, rollout_pct FROM stored)
+                 SELECT w.flag, w.context_key, w.decision, w.bucket, w.rollout_pct,
                         s.id, s.decision, s.bucket, s.rollout_pct
-                   FROM assignments a
-                   JOIN stored s ON s.flag = a.flag AND s.context_key = a.context_key
-                                AND s.ts = a.assigned_at
-                  WHERE (s.decision, s.bucket, s.rollout_pct)
-                        IS DISTINCT FROM (a.decision::bigint, a.bucket::bigint, a.rollout_pct)
+                   FROM differing w
+                   JOIN stored s ON s.flag = w.flag AND s.context_key = w.context_key
+                                AND s.ts = w.ts
                   LIMIT 1",
                 &[],
             )?
