@@ -3,7 +3,7 @@
 //! It does no I/O. The store hands it what it read and writes back the assignments it reports, so
 //! the same code serves SQLite today and other backends later, and it can be property-tested.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use md5::{Digest, Md5};
 use serde::Serialize;
@@ -189,6 +189,7 @@ pub fn evaluate_context<'a>(
         decided: Vec::new(),
         decided_index: HashMap::new(),
         path: Vec::new(),
+        on_path: HashSet::new(),
         new_assignments: Vec::new(),
     };
     let evaluations: Vec<Evaluation> = requested
@@ -236,27 +237,104 @@ struct ContextEvaluator<'a> {
     /// The flags whose requirements are being checked, outermost first: a flag met again on
     /// this path is a cycle.
     path: Vec<&'a str>,
+    /// The names in `path`, to see a cycle without walking a long path at every step.
+    on_path: HashSet<&'a str>,
     new_assignments: Vec<NewAssignment>,
 }
 
 impl<'a> ContextEvaluator<'a> {
+    /// Decides `name` and, first, each flag it requires, depth first. Iterative: a chain of
+    /// requirements of any length (a store edited by hand, or written before chains were
+    /// limited) uses heap, not the stack of serve's writer thread.
     fn decide(&mut self, name: &'a str) -> Decided {
-        if let Some(&index) = self.decided_index.get(name) {
-            return Decided::Cached(index);
+        match self.enter(name) {
+            Entered::Decided(decided) => decided,
+            Entered::Requirements(flag) => self.decide_requirements(vec![(flag, 0)]),
         }
-        if let Some(start) = self.path.iter().position(|n| *n == name) {
+    }
+
+    /// Runs the requirement checks on `checking` (outermost first) to the end, and returns the
+    /// outermost flag's decision.
+    fn decide_requirements(&mut self, mut checking: Vec<(&'a Flag, usize)>) -> Decided {
+        // The decision of the requirement the innermost check asked for last.
+        let mut answered: Option<Decided> = None;
+        loop {
+            let Some(&mut (flag, ref mut next)) = checking.last_mut() else {
+                return answered.expect("the outermost flag was decided");
+            };
+            let failed = answered.take().and_then(|requirement| {
+                let decision = match requirement {
+                    Decided::Cached(index) if self.decided[index].1.enabled => return None,
+                    Decided::Cached(index) => self.decided[index].1.clone(),
+                    Decided::Uncached(decision) if decision.enabled => return None,
+                    Decided::Uncached(decision) => decision,
+                };
+                Some((flag.requires[*next - 1].as_str(), decision))
+            });
+            let decision = match (failed, flag.requires.get(*next)) {
+                (Some((required, decision)), _) => requirement_off(required, decision),
+                (None, Some(required)) => {
+                    *next += 1;
+                    match self.enter(required) {
+                        Entered::Decided(decided) => answered = Some(decided),
+                        Entered::Requirements(inner) => checking.push((inner, 0)),
+                    }
+                    continue;
+                }
+                (None, None) => {
+                    self.leave_path();
+                    checking.pop();
+                    let decision = self.own_step(flag);
+                    answered = Some(self.keep(&flag.name, decision));
+                    continue;
+                }
+            };
+            self.leave_path();
+            checking.pop();
+            answered = Some(self.keep(&flag.name, decision));
+        }
+    }
+
+    /// The first steps of deciding `name`: a decision made already, a cycle, an unknown or a
+    /// disabled flag decide at once; otherwise its requirements are checked next (it joins
+    /// `self.path`).
+    fn enter(&mut self, name: &'a str) -> Entered<'a> {
+        if let Some(&index) = self.decided_index.get(name) {
+            return Entered::Decided(Decided::Cached(index));
+        }
+        if self.on_path.contains(name)
+            && let Some(start) = self.path.iter().position(|n| *n == name)
+        {
             let mut decision = Decision::off(Source::Cycle);
             decision.facts.cycle = self.path[start..]
                 .iter()
                 .chain([&name])
                 .map(|n| n.to_string())
                 .collect();
-            return Decided::Uncached(decision);
+            return Entered::Decided(Decided::Uncached(decision));
         }
-        let decision = match self.flags.get(name) {
-            Some(flag) => self.decide_known(flag),
-            None => Decision::off(Source::Unknown),
-        };
+        match self.flags.get(name) {
+            None => Entered::Decided(self.keep(name, Decision::off(Source::Unknown))),
+            Some(flag) if !flag.enabled => {
+                Entered::Decided(self.keep(name, Decision::off(Source::Disabled)))
+            }
+            Some(flag) => {
+                self.path.push(&flag.name);
+                self.on_path.insert(&flag.name);
+                Entered::Requirements(flag)
+            }
+        }
+    }
+
+    fn leave_path(&mut self) {
+        if let Some(name) = self.path.pop() {
+            self.on_path.remove(name);
+        }
+    }
+
+    /// Keeps `decision` of `name` for the rest of the context's evaluation, unless it was
+    /// reached through a dependency cycle: that depends on where the walk entered the cycle.
+    fn keep(&mut self, name: &'a str, decision: Decision) -> Decided {
         if decision.source == Source::Cycle {
             return Decided::Uncached(decision);
         }
@@ -265,26 +343,9 @@ impl<'a> ContextEvaluator<'a> {
         Decided::Cached(self.decided.len() - 1)
     }
 
-    fn decide_known(&mut self, flag: &'a Flag) -> Decision {
-        if !flag.enabled {
-            return Decision::off(Source::Disabled);
-        }
-        self.path.push(&flag.name);
-        let mut failed_requirement = None;
-        for required in &flag.requires {
-            let decision = match self.decide(required) {
-                Decided::Cached(index) if self.decided[index].1.enabled => continue,
-                Decided::Cached(index) => self.decided[index].1.clone(),
-                Decided::Uncached(decision) if decision.enabled => continue,
-                Decided::Uncached(decision) => decision,
-            };
-            failed_requirement = Some((required, decision));
-            break;
-        }
-        self.path.pop();
-        if let Some((required, decision)) = failed_requirement {
-            return requirement_off(required, decision);
-        }
+    /// The decision of an enabled flag whose requirements are all on: its stored assignment,
+    /// or its rollout (stored as its sticky policy says).
+    fn own_step(&mut self, flag: &'a Flag) -> Decision {
         if let Some(stored) = self.stored.get(&flag.name) {
             return Decision {
                 enabled: stored.decision,
@@ -316,6 +377,13 @@ impl<'a> ContextEvaluator<'a> {
             },
         }
     }
+}
+
+/// What the first steps of deciding a flag found.
+enum Entered<'a> {
+    Decided(Decided),
+    /// An enabled flag: its requirements are to be checked.
+    Requirements(&'a Flag),
 }
 
 /// The decision of a flag whose requirement `required` was off, decided `decision`.
@@ -624,5 +692,24 @@ mod tests {
         let unknown = explain(&flags, "k", &stored, "nope");
         assert_eq!(unknown.flag, None);
         assert_eq!(unknown.decision.source, Source::Unknown);
+    }
+
+    #[test]
+    fn a_chain_of_any_length_is_decided_without_recursion() {
+        // A store edited by hand (or written before chains were limited) can hold one; decided
+        // on a thread with a small stack, as serve's writer would be by a recursive evaluator.
+        let chain: FlagSet = (0..20_000)
+            .map(|i| match i {
+                19_999 => flag(&format!("f{i}"), true, 100.0, &[]),
+                _ => flag(&format!("f{i}"), true, 100.0, &[&format!("f{}", i + 1)]),
+            })
+            .collect();
+        let decided = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || one(&chain, "f0", "k").decision.enabled)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(decided);
     }
 }

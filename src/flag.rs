@@ -296,36 +296,7 @@ impl FlagSet {
     /// the first of the longest in name order. The set must have no cycle. Iterative, so a
     /// long chain cannot overflow the stack.
     pub fn longest_chain(&self) -> Vec<String> {
-        // For each flag decided: the length of the longest chain it starts, and its next link.
-        let mut longest: BTreeMap<&str, (usize, Option<&str>)> = BTreeMap::new();
-        for start in self.names() {
-            let mut pending: Vec<&str> = vec![start];
-            while let Some(&name) = pending.last() {
-                if longest.contains_key(name) {
-                    pending.pop();
-                    continue;
-                }
-                let requires = self.get(name).map(|f| f.requires.as_slice()).unwrap_or(&[]);
-                let undecided: Vec<&str> = requires
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|required| !longest.contains_key(required))
-                    .collect();
-                if !undecided.is_empty() {
-                    pending.extend(undecided);
-                    continue;
-                }
-                let next = requires
-                    .iter()
-                    .map(|required| (longest[required.as_str()].0, required.as_str()))
-                    .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)));
-                longest.insert(
-                    name,
-                    (1 + next.map_or(0, |(length, _)| length), next.map(|n| n.1)),
-                );
-                pending.pop();
-            }
-        }
+        let longest = self.chains();
         let start = longest
             .iter()
             .max_by(|a, b| a.1.0.cmp(&b.1.0).then(b.0.cmp(a.0)))
@@ -337,6 +308,56 @@ impl FlagSet {
             at = longest[name].1;
         }
         chain
+    }
+
+    /// How many requirements deep each flag stands: 0 for one that requires nothing, else one
+    /// more than its deepest requirement. The set must have no cycle. Iterative.
+    pub fn depths(&self) -> BTreeMap<&str, usize> {
+        self.chains()
+            .into_iter()
+            .map(|(name, (length, _))| (name, length - 1))
+            .collect()
+    }
+
+    /// For each flag: the length of the longest chain of requirements it starts, and that
+    /// chain's next link (the first of the longest in name order). A requirement that leads
+    /// back into the chain being measured (a cycle, in a store edited by hand) is not followed.
+    fn chains(&self) -> BTreeMap<&str, (usize, Option<&str>)> {
+        let mut longest: BTreeMap<&str, (usize, Option<&str>)> = BTreeMap::new();
+        let mut entered: BTreeSet<&str> = BTreeSet::new();
+        for start in self.names() {
+            let mut pending: Vec<&str> = vec![start];
+            while let Some(&name) = pending.last() {
+                if longest.contains_key(name) {
+                    pending.pop();
+                    continue;
+                }
+                let requires = self.get(name).map(|f| f.requires.as_slice()).unwrap_or(&[]);
+                let undecided: Vec<&str> = requires
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|r| !longest.contains_key(r) && !entered.contains(r))
+                    .collect();
+                if entered.insert(name) && !undecided.is_empty() {
+                    pending.extend(undecided);
+                    continue;
+                }
+                let next = requires
+                    .iter()
+                    .filter_map(|r| {
+                        longest
+                            .get(r.as_str())
+                            .map(|(length, _)| (*length, r.as_str()))
+                    })
+                    .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)));
+                longest.insert(
+                    name,
+                    (1 + next.map_or(0, |(length, _)| length), next.map(|n| n.1)),
+                );
+                pending.pop();
+            }
+        }
+        longest
     }
 
     /// The existing name closest to `wanted`, if one is close enough to be a likely typo.
@@ -590,5 +611,22 @@ mod tests {
         assert_eq!(deep.longest_chain().len(), 100_000);
         assert!(matches!(deep.validate(), Err(Error::ChainTooLong { .. })));
         assert!(FlagSet::new().longest_chain().is_empty());
+    }
+
+    #[test]
+    fn depths_are_found_without_recursion_and_stop_at_a_cycle() {
+        let set: FlagSet = [
+            flag("top", &["mid"]),
+            flag("mid", &["base"]),
+            flag("base", &[]),
+            flag("a", &["b"]),
+            flag("b", &["a"]),
+        ]
+        .into_iter()
+        .collect();
+        let depths = set.depths();
+        assert_eq!((depths["top"], depths["mid"], depths["base"]), (2, 1, 0));
+        // A cycle (a store edited by hand) ends, instead of looping or overflowing.
+        assert!(depths["a"] <= 1 && depths["b"] <= 1);
     }
 }

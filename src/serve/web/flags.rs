@@ -572,31 +572,13 @@ async fn graph(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respons
 }
 
 fn graph_page(flags: &FlagSet, chrome: Chrome) -> GraphPage {
-    // Stored flag sets have no cycles, so every depth is finite.
-    let mut depth: BTreeMap<&str, usize> = BTreeMap::new();
-    fn depth_of<'a>(
-        flags: &'a FlagSet,
-        name: &'a str,
-        memo: &mut BTreeMap<&'a str, usize>,
-    ) -> usize {
-        if let Some(&known) = memo.get(name) {
-            return known;
-        }
-        let found = flags.get(name).map_or(0, |flag| {
-            flag.requires
-                .iter()
-                .map(|r| depth_of(flags, r, memo) + 1)
-                .max()
-                .unwrap_or(0)
-        });
-        memo.insert(name, found);
-        found
-    }
+    // Computed without recursion: a store edited by hand may hold a long chain or a cycle.
+    let depth = flags.depths();
     let mut rows_used: Vec<usize> = Vec::new();
     let mut place: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut nodes = Vec::new();
     for flag in flags.iter() {
-        let column = depth_of(flags, &flag.name, &mut depth);
+        let column = depth.get(flag.name.as_str()).copied().unwrap_or(0);
         if rows_used.len() <= column {
             rows_used.resize(column + 1, 0);
         }
@@ -648,15 +630,31 @@ fn graph_page(flags: &FlagSet, chrome: Chrome) -> GraphPage {
     }
 }
 
-/// Appends `names` as a `<ul>`, each with its dependents nested under it.
-fn nest(flags: &FlagSet, names: &[&str], html: &mut String) {
-    if names.is_empty() {
+/// Appends `roots` as a `<ul>`, each flag with the flags that require it nested under it.
+/// Without recursion, and each flag's dependents are listed once: a flag met again (several
+/// flags require it) is shown with "(above)", so a graph of shared requirements stays
+/// linear in size instead of unfolding into a tree.
+fn nest(flags: &FlagSet, roots: &[&str], html: &mut String) {
+    if roots.is_empty() {
         return;
     }
+    let mut listed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Each level: the names to list and how many of them are listed so far.
+    let mut levels: Vec<(Vec<String>, usize)> =
+        vec![(roots.iter().map(|r| r.to_string()).collect(), 0)];
     html.push_str("<ul>");
-    for name in names {
-        let link = FlagLink::new(name);
-        let state = if flags.get(name).is_some_and(|f| f.enabled) {
+    while let Some((names, next)) = levels.last_mut() {
+        let Some(name) = names.get(*next).cloned() else {
+            levels.pop();
+            html.push_str("</ul>");
+            if !levels.is_empty() {
+                html.push_str("</li>");
+            }
+            continue;
+        };
+        *next += 1;
+        let link = FlagLink::new(&name);
+        let state = if flags.get(&name).is_some_and(|f| f.enabled) {
             "on"
         } else {
             "off"
@@ -666,12 +664,19 @@ fn nest(flags: &FlagSet, names: &[&str], html: &mut String) {
             escaped(&link.href),
             escaped(&link.name)
         ));
-        let dependents = flags.dependents_of(name);
-        let dependents: Vec<&str> = dependents.iter().map(String::as_str).collect();
-        nest(flags, &dependents, html);
-        html.push_str("</li>");
+        let dependents = flags.dependents_of(&name);
+        if !listed.insert(name) {
+            if !dependents.is_empty() {
+                html.push_str(" (above)");
+            }
+            html.push_str("</li>");
+        } else if dependents.is_empty() {
+            html.push_str("</li>");
+        } else {
+            html.push_str("<ul>");
+            levels.push((dependents, 0));
+        }
     }
-    html.push_str("</ul>");
 }
 
 /// `text` safe inside HTML text and double-quoted attributes.
