@@ -267,16 +267,14 @@ async fn create_token(
 ) -> Response {
     let asked: Result<NewToken, String> = serde_json::from_slice(&body_bytes)
         .map_err(|e| format!("the body is not a new token ({{\"name\", \"role\"}}): {e}"));
-    let answer = call(&shared, &headers, Role::Admin, move |store, actor| {
+    change_tokens(&shared, &headers, move |store, actor| {
         let asked = asked.map_err(Refusal::BadRequest)?;
         let role: Role = asked.role.as_deref().unwrap_or("viewer").parse()?;
         let secret = token::generate()?;
         store.create_token(&asked.name, &token::sha256_hex(&secret), role, actor)?;
         body(json!({ "name": asked.name, "role": role.as_str(), "token": secret }))
     })
-    .await;
-    super::forget_tokens(&shared);
-    answer
+    .await
 }
 
 /// Revokes an active token, audited under the caller's name; it stops working at once on
@@ -286,12 +284,22 @@ async fn revoke_token(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let answer = call(&shared, &headers, Role::Admin, move |store, actor| {
+    change_tokens(&shared, &headers, move |store, actor| {
         store.revoke_token(&name, actor)?;
         body(json!({ "name": name, "revoked": true }))
     })
-    .await;
-    super::forget_tokens(&shared);
+    .await
+}
+
+/// Runs `work`, a change of tokens, as an admin; then this server reads the tokens again, so
+/// the change takes effect here at once.
+async fn change_tokens(
+    shared: &Shared,
+    headers: &HeaderMap,
+    work: impl FnOnce(&mut Store, &str) -> Result<Reply, Refusal> + Send + 'static,
+) -> Response {
+    let answer = call(shared, headers, Role::Admin, work).await;
+    super::forget_tokens(shared);
     answer
 }
 
