@@ -419,3 +419,224 @@ fn connections_cut_during_commits_record_each_answered_request_once() {
     assert!(wrong.is_empty(), "{} wrong: {wrong:?}", wrong.len());
     env.ok(&["check"]);
 }
+
+/// The roles of the README's "PostgreSQL roles" section, made from its own SQL with names of
+/// this run's own (roles belong to the whole server), dropped with everything granted to them.
+struct ReadmeRoles {
+    admin: postgres::Client,
+    prefix: String,
+}
+
+impl ReadmeRoles {
+    fn role(&self, readme_name: &str) -> String {
+        readme_name.replace("flagstore_", &self.prefix)
+    }
+
+    /// The README's SQL block `block`, for this run's roles and for `schema` in place of public.
+    fn sql(&self, block: &str, schema: &str) -> String {
+        block
+            .replace("flagstore_", &self.prefix)
+            .replace("SCHEMA public", &format!("SCHEMA \"{schema}\""))
+    }
+}
+
+impl Drop for ReadmeRoles {
+    fn drop(&mut self) {
+        let roles = ["owner", "writer", "reviewer"].map(|r| format!("{}{r}", self.prefix));
+        let _ = self.admin.batch_execute(&format!(
+            "DROP OWNED BY {0}; DROP ROLE {0}",
+            roles.join(", ")
+        ));
+    }
+}
+
+/// The indented block that follows the README line containing `after`, unindented, with a
+/// shell here-document's body taken from between its `<<'SQL'` and `SQL` lines.
+fn readme_block(after: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut lines = readme.lines().skip_while(|line| !line.contains(after));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("README: no line with {after:?}"));
+    let block: Vec<&str> = lines
+        .skip_while(|line| line.is_empty())
+        .take_while(|line| line.starts_with("    "))
+        .map(|line| &line[4..])
+        .collect();
+    match block.iter().position(|line| line.ends_with("<<'SQL'")) {
+        Some(start) => block[start + 1..]
+            .iter()
+            .take_while(|line| **line != "SQL")
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => block.join("\n"),
+    }
+}
+
+/// What the server said, without the client's "db error" wrapping.
+fn server_message(error: postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map_or_else(|| error.to_string(), |db| db.message().to_string())
+}
+
+/// `url` connecting as `role` instead of its user.
+fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let host_onwards = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{host_onwards}")
+}
+
+#[test]
+fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
+    if !use_postgres() {
+        return;
+    }
+    let base = std::env::var(common::POSTGRES_VARIABLE).unwrap();
+    let env = Env::new();
+    let scratch = env.location.to_str().unwrap().to_string();
+    let schema = scratch.rsplit_once("search_path%3D").unwrap().1.to_string();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let roles = ReadmeRoles {
+        admin: postgres::Client::connect(&base, postgres::NoTls).unwrap(),
+        prefix: format!("fs{}_{nanos}_", std::process::id()),
+    };
+    let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&roles.sql(&readme_block("As a superuser, once:"), &schema))
+        .expect("the README's role block runs as written");
+    let url = |role: &str| as_role(&scratch, &roles.role(role));
+    // Each role's commands, without the harness's silencing of the owner warning.
+    let run = |role: &str, args: &[&str]| {
+        let output = env
+            .std_cmd()
+            .env_remove("FLAGSTORE_NO_OWNER_WARNING")
+            .args(args)
+            .arg("--db")
+            .arg(url(role))
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+
+    let (code, _, stderr) = run("flagstore_owner", &["init"]);
+    assert_eq!((code, stderr.as_str()), (Some(0), ""));
+    let mut owner = postgres::Client::connect(&url("flagstore_owner"), postgres::NoTls).unwrap();
+    owner
+        .batch_execute(&roles.sql(&readme_block("creates the store and grants"), &schema))
+        .expect("the README's grants run as the owner");
+
+    let flags = env.dir.path().join("pipeline.json");
+    std::fs::write(&flags, PIPELINE).unwrap();
+    let writer_runs = [
+        vec!["import", flags.to_str().unwrap()],
+        vec!["eval", "--all", "--context", "tenant:1"],
+        vec!["flag", "set", "enrich", "--rollout", "30"],
+        vec!["assignments", "reset", "--flag", "enrich"],
+        vec!["token", "create", "worker"],
+        vec!["token", "list"],
+        vec!["token", "revoke", "worker"],
+    ];
+    for args in &writer_runs {
+        let (code, _, stderr) = run("flagstore_writer", args);
+        assert_eq!((code, stderr.as_str()), (Some(0), ""), "writer: {args:?}");
+    }
+    let (_, token, _) = run("flagstore_writer", &["token", "create", "service"]);
+    let server = {
+        let mut cmd = env.std_cmd();
+        cmd.env_remove("FLAGSTORE_NO_OWNER_WARNING");
+        common::Server::start_with(cmd, &["--db", &url("flagstore_writer")])
+    };
+    let answer = std::process::Command::new("curl")
+        .args(["-s", "-X", "POST"])
+        .arg(format!("{}/ofrep/v1/evaluate/flags/enrich", server.url))
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+        .args(["-d", r#"{"context": {"targetingKey": "tenant:2"}}"#])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8(answer.stdout).unwrap();
+    assert!(answer.contains(r#""key":"enrich""#), "{answer}");
+    drop(server);
+
+    for args in [
+        vec!["audit", "verify"],
+        vec!["audit", "--flag", "enrich"],
+        vec!["explain", "enrich", "--context", "tenant:1"],
+        vec!["check"],
+    ] {
+        let (code, _, stderr) = run("flagstore_reviewer", &args);
+        assert_eq!((code, stderr.as_str()), (Some(0), ""), "reviewer: {args:?}");
+    }
+    let mut reviewer =
+        postgres::Client::connect(&url("flagstore_reviewer"), postgres::NoTls).unwrap();
+    let decisions: i64 = reviewer
+        .query_one("SELECT count(*) FROM audit_evaluations", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(decisions, 5, "every flag for tenant:1, enrich for tenant:2");
+    for refused in [
+        "INSERT INTO flags (name, enabled, rollout_pct, sticky) VALUES ('x', 1, 100, 'on_only')",
+        "SELECT * FROM api_tokens",
+    ] {
+        let said = server_message(reviewer.batch_execute(refused).unwrap_err());
+        assert!(said.contains("permission denied"), "{refused}: {said}");
+    }
+
+    let mut writer = postgres::Client::connect(&url("flagstore_writer"), postgres::NoTls).unwrap();
+    for table in ["audit_log", "audit_flag_ranges"] {
+        for rewrite in [
+            format!("ALTER TABLE {table} DISABLE TRIGGER USER"),
+            format!("DELETE FROM {table}"),
+            format!("UPDATE {table} SET flag = flag"),
+            format!("TRUNCATE {table}"),
+            format!("DROP TABLE {table}"),
+        ] {
+            let said = server_message(writer.batch_execute(&rewrite).unwrap_err());
+            assert!(
+                said.contains("permission denied") || said.contains("must be owner"),
+                "writer: {rewrite}: {said}"
+            );
+        }
+    }
+
+    let (code, _, warned) = run("flagstore_owner", &["flag", "list"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        warned.trim_end(),
+        format!(
+            "flagstore: warning: role {} owns audit_log, so it can disable the triggers that keep \
+             the audit trail append-only: run flagstore as a role that cannot (README: PostgreSQL \
+             roles)",
+            roles.role("flagstore_owner")
+        )
+    );
+    let mut served_by_owner = {
+        let mut cmd = env.std_cmd();
+        cmd.env_remove("FLAGSTORE_NO_OWNER_WARNING");
+        common::Server::start_with(cmd, &["--db", &url("flagstore_owner")])
+    };
+    served_by_owner.signal("TERM");
+    let (code, logged) = served_by_owner.exit();
+    assert_eq!(code, Some(0));
+    assert!(logged.starts_with(warned.trim_end()), "{logged}");
+    let superuser = env
+        .std_cmd()
+        .env_remove("FLAGSTORE_NO_OWNER_WARNING")
+        .args(["flag", "list", "--db", &scratch])
+        .output()
+        .unwrap();
+    let warned = String::from_utf8(superuser.stderr).unwrap();
+    assert!(
+        warned.contains("is a superuser, so it can disable the triggers"),
+        "{warned}"
+    );
+}

@@ -157,6 +157,7 @@ impl Globals {
         work: impl FnOnce(&mut Store) -> Result<T>,
     ) -> Result<T> {
         let mut store = Store::open(&self.database(local))?;
+        warn_if_owner(&store)?;
         work(&mut store).map_err(|e| e.at_database(store.path()))
     }
 
@@ -172,7 +173,9 @@ impl Globals {
 
     /// The store of a command that reads or evaluates, which must exist.
     fn open_existing(&self, local: &DbOption) -> Result<Store> {
-        Store::open_existing(&self.database(local))
+        let store = Store::open_existing(&self.database(local))?;
+        warn_if_owner(&store)?;
+        Ok(store)
     }
 
     /// Who writes: `--actor`, else $FLAGSTORE_ACTOR, else the OS user.
@@ -191,6 +194,18 @@ impl Globals {
     fn actor_filter(&self, local: &ActorOption) -> Option<String> {
         local.name.clone().or_else(|| self.actor.name.clone())
     }
+}
+
+/// Says on stderr when the store's role could rewrite the audit trail, unless
+/// $FLAGSTORE_NO_OWNER_WARNING is set (a development database run as its owner).
+fn warn_if_owner(store: &Store) -> Result<()> {
+    if std::env::var_os("FLAGSTORE_NO_OWNER_WARNING").is_some_and(|v| !v.is_empty()) {
+        return Ok(());
+    }
+    if let Some(warning) = store.owner_warning()? {
+        eprintln!("flagstore: warning: {warning}");
+    }
+    Ok(())
 }
 
 /// Runs a parsed command line.

@@ -359,6 +359,10 @@ trait Backend: Send {
     /// which has no connection to lose.
     fn reconnect_if_lost(&self, ask_server: bool) -> Result<bool>;
 
+    /// Why the connected role can disable the append-only triggers and rewrite the audit
+    /// trail (a superuser, the owner of `audit_log`), where the backend has roles at all.
+    fn rewrite_power(&self) -> Result<Option<String>>;
+
     /// Writes a copy of the whole store as one SQLite file, from one snapshot; `None` when the
     /// backend has no such copy of its own (the caller copies row by row instead).
     fn backup_to(&self, destination: &Path) -> Option<Result<()>>;
@@ -935,6 +939,18 @@ impl Store {
     /// part of it in the WAL until the next checkpoint.
     pub fn checkpoint(&self) -> Result<()> {
         self.backend.checkpoint()
+    }
+
+    /// A warning for the operator when this connection could rewrite history unseen by the
+    /// triggers (on PostgreSQL, a superuser or the owner of `audit_log`); `None` when it cannot
+    /// or the backend has no roles (SQLite: the file's owner is the operating system's matter).
+    pub fn owner_warning(&self) -> Result<Option<String>> {
+        Ok(self.backend.rewrite_power()?.map(|why| {
+            format!(
+                "{why}, so it can disable the triggers that keep the audit trail append-only: \
+                 run flagstore as a role that cannot (README: PostgreSQL roles)"
+            )
+        }))
     }
 
     /// A write transaction that changes nothing a reader can see, committed as a real write

@@ -798,6 +798,28 @@ impl Backend for Postgres {
         Ok(true)
     }
 
+    fn rewrite_power(&self) -> Result<Option<String>> {
+        // Membership counts: a member of the owning role can SET ROLE to it.
+        let row = self.query(
+            "SELECT current_user::text, r.rolsuper, \
+                    coalesce(pg_has_role(current_user, c.relowner, 'MEMBER'), false) \
+               FROM pg_roles r LEFT JOIN pg_class c ON c.oid = to_regclass('audit_log') \
+              WHERE r.rolname = current_user",
+            &[],
+        )?;
+        Ok(row.first().and_then(|row| {
+            let (role, superuser, owner): (String, bool, bool) =
+                (row.get(0), row.get(1), row.get(2));
+            if superuser {
+                Some(format!("role {role} is a superuser"))
+            } else if owner {
+                Some(format!("role {role} owns audit_log"))
+            } else {
+                None
+            }
+        }))
+    }
+
     fn backup_to(&self, _destination: &Path) -> Option<Result<()>> {
         None
     }

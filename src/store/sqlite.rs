@@ -748,6 +748,10 @@ impl Backend for Sqlite {
         Ok(false)
     }
 
+    fn rewrite_power(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// SQLite's online backup API: every page in one step, so from one read snapshot while
     /// writers carry on. The copy is left in rollback-journal mode: one self-contained file.
     fn backup_to(&self, destination: &Path) -> Option<Result<()>> {

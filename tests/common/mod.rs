@@ -146,8 +146,11 @@ impl Env {
     /// that `audit` queries are not filtered by actor), isolated from the caller's environment.
     pub fn std_cmd(&self) -> StdCommand {
         let mut cmd = StdCommand::new(assert_cmd::cargo::cargo_bin("flagstore"));
+        // The scratch schemas belong to the superuser the tests connect as, so the warning
+        // about roles that can rewrite history would be on every PostgreSQL command.
         cmd.env_remove("FLAGSTORE_DB")
             .env("FLAGSTORE_ACTOR", "tester")
+            .env("FLAGSTORE_NO_OWNER_WARNING", "1")
             .current_dir(self.dir.path())
             .arg("--db")
             .arg(&self.location);
@@ -332,8 +335,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(env: &Env, extra: &[&str]) -> Server {
-        let mut child = env
-            .std_cmd()
+        Server::start_with(env.std_cmd(), extra)
+    }
+
+    /// Starts `serve` from `cmd`, a flagstore command its caller has prepared.
+    pub fn start_with(mut cmd: StdCommand, extra: &[&str]) -> Server {
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .stdin(Stdio::null())
