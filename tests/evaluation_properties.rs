@@ -281,3 +281,132 @@ fn view_equals_decisions(
     prop_assert_eq!(viewed, returned);
     Ok(())
 }
+
+/// One step of a random history: an evaluation, a change to one flag, or a reset.
+#[derive(Debug, Clone)]
+enum Step {
+    Evaluate(prop::sample::Index, prop::sample::Index),
+    Rollout(prop::sample::Index, f64),
+    Enabled(prop::sample::Index, bool),
+    Sticky(prop::sample::Index, StickyPolicy),
+    Reset(prop::sample::Index, Option<prop::sample::Index>),
+}
+
+fn history() -> impl Strategy<Value = Vec<Step>> {
+    let index = any::<prop::sample::Index>;
+    prop::collection::vec(
+        prop_oneof![
+            6 => (index(), index()).prop_map(|(f, k)| Step::Evaluate(f, k)),
+            2 => (index(), rollout()).prop_map(|(f, p)| Step::Rollout(f, p)),
+            1 => (index(), any::<bool>()).prop_map(|(f, on)| Step::Enabled(f, on)),
+            1 => (index(), sticky()).prop_map(|(f, s)| Step::Sticky(f, s)),
+            1 => (index(), prop::option::of(index())).prop_map(|(f, k)| Step::Reset(f, k)),
+        ],
+        1..40,
+    )
+}
+
+proptest! {
+    #![proptest_config(common::proptest_config(32))]
+
+    /// `explain --at T` answers, for every decision recorded at T (the requested flag's and
+    /// the requirements' alike), what was recorded: the definitions and stored assignments
+    /// replayed as of T, through rollout changes, kill switches, policy changes and resets.
+    #[test]
+    fn explain_at_answers_what_was_recorded_on_sqlite(
+        flags in flags(),
+        keys in prop::collection::vec("\\PC{1,8}", 1..4),
+        history in history(),
+    ) {
+        explain_at_answers_what_was_recorded(&flags, &keys, &history)?;
+    }
+
+    /// The same on PostgreSQL (skipped without a server).
+    #[test]
+    fn explain_at_answers_what_was_recorded_on_postgres(
+        flags in flags(),
+        keys in prop::collection::vec("\\PC{1,8}", 1..4),
+        history in history(),
+    ) {
+        if common::use_postgres() {
+            explain_at_answers_what_was_recorded(&flags, &keys, &history)?;
+        }
+    }
+}
+
+fn explain_at_answers_what_was_recorded(
+    flags: &[Flag],
+    keys: &[String],
+    history: &[Step],
+) -> Result<(), TestCaseError> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    let env = Env::new();
+    let mut store = env.open_store();
+    // One second per step, so each step's rows have a time of their own to ask about.
+    let step_clock = Arc::new(AtomicI64::new(0));
+    let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let clock = Arc::clone(&step_clock);
+    store.set_clock(move || start + chrono::TimeDelta::seconds(clock.load(Ordering::SeqCst)));
+    store
+        .modify("proptest", "import", false, |_| {
+            Ok(flags.iter().cloned().collect::<FlagSet>())
+        })
+        .unwrap();
+    let name = |index: &prop::sample::Index| flags[index.index(flags.len())].name.clone();
+    let change = |store: &mut Store, flag: String, edit: &dyn Fn(&mut Flag)| {
+        store
+            .modify("proptest", "flag set", false, |current| {
+                Ok(current
+                    .iter()
+                    .cloned()
+                    .map(|mut f| {
+                        if f.name == flag {
+                            edit(&mut f);
+                        }
+                        f
+                    })
+                    .collect::<FlagSet>())
+            })
+            .unwrap();
+    };
+    let mut recorded: Vec<(i64, String, String, bool)> = Vec::new();
+    for (second, step) in (1..).zip(history) {
+        step_clock.store(second, Ordering::SeqCst);
+        match step {
+            Step::Evaluate(flag, key) => {
+                let key = &keys[key.index(keys.len())];
+                let selection = Selection::Flags(vec![name(flag)]);
+                for e in store.evaluate(&selection, key, "proptest").unwrap() {
+                    recorded.push((second, e.flag, key.clone(), e.decision.enabled));
+                }
+            }
+            Step::Rollout(flag, pct) => change(&mut store, name(flag), &|f| f.rollout_pct = *pct),
+            Step::Enabled(flag, on) => change(&mut store, name(flag), &|f| f.enabled = *on),
+            Step::Sticky(flag, policy) => change(&mut store, name(flag), &|f| f.sticky = *policy),
+            Step::Reset(flag, key) => {
+                let key = key.as_ref().map(|k| keys[k.index(keys.len())].as_str());
+                store
+                    .reset_assignments(&name(flag), key, "proptest")
+                    .unwrap();
+            }
+        }
+    }
+    for (second, flag, key, enabled) in recorded {
+        let at = flagstore::audit::timestamp(start + chrono::TimeDelta::seconds(second));
+        let report = flagstore::explain::explain(&mut store, &flag, &key, Some(&at)).unwrap();
+        prop_assert_eq!(
+            report.explanation.decision.enabled,
+            enabled,
+            "{} for {:?} at {}: {}",
+            flag,
+            key,
+            at,
+            report.text()
+        );
+    }
+    Ok(())
+}
