@@ -343,7 +343,99 @@ fn check_names_an_assignment_that_differs_from_its_record() {
     );
 }
 
+/// Deleting a flag's ranges hides its decision records from `audit --flag`: check names the
+/// flag and the records, and exits 2; `check --repair-index` adds them back as one audited
+/// change row, after which the flag's audit reads as before and the whole store checks out.
+/// A range listing records that do not decide its flag cannot be removed (the table is
+/// append-only): check names it and keeps exiting 2.
+fn check_finds_and_repairs_a_flags_missing_decision_index() {
+    let env = store_with_history();
+    let audit_enrich = [
+        "audit",
+        "--flag",
+        "enrich",
+        "--kind",
+        "evaluation",
+        "--asc",
+        "--format",
+        "jsonl",
+    ];
+    let before = env.ok(&audit_enrich);
+    let records = env.count("SELECT count(*) FROM audit_evaluations WHERE flag = 'enrich'");
+    assert_eq!(records, 2);
+    let first = env.count("SELECT min(audit_id) FROM audit_evaluations WHERE flag = 'enrich'");
+    let last = env.count("SELECT max(audit_id) FROM audit_evaluations WHERE flag = 'enrich'");
+    env.tamper("DELETE FROM audit_flag_ranges WHERE flag = 'enrich'");
+    assert_eq!(env.ok(&audit_enrich), "", "the records are hidden");
+    let shown = env.shown();
+    let missing = format!(
+        "flagstore: {shown}: audit_flag_ranges: flag \"enrich\": 2 decision records missing \
+         from its ranges (records {first}-{last}), so audit --flag does not show them; \
+         check --repair-index adds them"
+    );
+    let output = env.cmd().arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            missing.as_str(),
+            &format!(
+                "flagstore: {shown}: 1 difference(s) between the live state and the audit chain \
+                 (listed above)"
+            ),
+        ]
+    );
+
+    let rows_before_repair = rows(&env);
+    let repaired = env.ok(&["check", "--repair-index"]);
+    assert!(
+        repaired.starts_with(&format!(
+            "audit_flag_ranges: flag \"enrich\": 2 decision records added back (records \
+             {first}-{last}), recorded as change row {}\nstore checked: ",
+            rows_before_repair + 1
+        )),
+        "{repaired}"
+    );
+    assert_eq!(env.ok(&audit_enrich), before);
+    env.ok(&["check"]);
+    let history = env.ok(&["history", "enrich"]);
+    assert!(
+        history.contains("index repaired: 2 decision records"),
+        "{history}"
+    );
+
+    // A range that lists a change row for ingest: harmless to queries, but not what the
+    // records imply, and not removable by flagstore.
+    let change = env.count("SELECT max(id) FROM audit_log WHERE kind = 'change'");
+    env.tamper(&format!(
+        "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES ('ingest', {change}, {change})"
+    ));
+    let output = env
+        .cmd()
+        .args(["check", "--repair-index"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+        format!(
+            "flagstore: {shown}: audit_flag_ranges: flag \"ingest\": 1 record in its ranges \
+             that does not decide it (record {change}); only the table's owner can remove the \
+             range"
+        )
+    );
+}
+
 contract_tests! {
+    check_finds_and_repairs_a_flags_missing_decision_index,
     check_names_an_assignment_that_differs_from_its_record,
     check_names_flags_edited_without_a_change_row,
     the_triggers_refuse_update_and_delete,

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{DbOption, Globals, Outcome, stdout_error};
+use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -17,44 +17,76 @@ use crate::store::Store;
      evaluation row that stored it;
   3. the audit log's hash chain (as `audit verify`);
   4. the live state: each flag's stored definition is the one its change rows leave, and
-     each assignment's decision, bucket and rollout the ones its record stored (a table
-     edited without the audit log is named, one line per difference).
+     each assignment's decision, bucket and rollout the ones its record stored; and the
+     index of decision records by flag (audit_flag_ranges) lists each record under exactly
+     the flags it was asked for (one line per difference).
+
+With --repair-index, decision records missing from the index are added back, recorded in
+the audit log as one change row per flag (action reindex); a range that lists too much
+stays (the table is append-only) and is still reported.
 
 Examples:
   flagstore check
+  flagstore check --repair-index
   flagstore --db /backups/flagstore.db check"
 )]
 pub struct CheckArgs {
     #[command(flatten)]
     pub db: DbOption,
+    /// Add the decision records missing from audit_flag_ranges back to it (audited).
+    #[arg(long)]
+    pub repair_index: bool,
+    #[command(flatten)]
+    pub actor: ActorOption,
 }
 
 pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<Outcome> {
-    globals.with_store(&args.db, |store| check(store, out))
+    let actor = args.repair_index.then(|| globals.writer(&args.actor));
+    globals.with_store(&args.db, |store| check(store, out, actor.as_deref()))
 }
 
-fn check(store: &Store, out: &mut impl Write) -> Result<Outcome> {
+/// Checks `store`; with `repair_actor`, first adds what the index misses, as that actor.
+fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) -> Result<Outcome> {
     let storage = store.check_storage(false)?;
     let assignments = store.check_references()?;
-    let verified = store.verify_audit(None)?;
-    let unexplained = store.unexplained_state()?;
-    if !unexplained.is_empty() {
-        for line in &unexplained {
+    let (verified, mut index) = store.verify_audit_and_index(None)?;
+    if let Some(actor) = repair_actor
+        && !index.missing.is_empty()
+    {
+        for repaired in store.repair_index(&index, actor)? {
+            writeln!(
+                out,
+                "audit_flag_ranges: flag {:?}: {} decision record{} added back ({}), recorded \
+                 as change row {}",
+                repaired.flag,
+                repaired.records.ids(),
+                if repaired.records.ids() == 1 { "" } else { "s" },
+                repaired.records.shown(),
+                repaired.audit_id
+            )
+            .map_err(stdout_error)?;
+        }
+        index.missing.clear();
+    }
+    let mut differences = store.unexplained_state()?;
+    differences.extend(index.lines());
+    if !differences.is_empty() {
+        for line in &differences {
             eprintln!("flagstore: {}: {line}", store.path());
         }
         return Err(Error::Inconsistent {
             path: store.path().to_string(),
             problem: format!(
                 "{} difference(s) between the live state and the audit chain (listed above)",
-                unexplained.len()
+                differences.len()
             ),
         });
     }
     writeln!(
         out,
         "store checked: {storage}, foreign keys hold, {assignments} assignments each with the \
-         evaluation that stored it, the flags the ones their change rows leave; audit log \
-         verified: {} rows, head {}",
+         evaluation that stored it, the flags the ones their change rows leave, every decision \
+         record indexed under the flags it was asked for; audit log verified: {} rows, head {}",
         verified.rows, verified.head
     )
     .map_err(stdout_error)?;

@@ -103,8 +103,16 @@ impl Store {
         for token in source.list_tokens()? {
             target.insert_token(&token)?;
         }
-        for (flag, first_id, last_id) in source.all_flag_ranges()? {
-            target.insert_flag_ranges(&[&flag], first_id, last_id)?;
+        let mut after = (i64::MIN, String::new());
+        loop {
+            let page = source.ranges_by_first_id((after.0, &after.1), COPY_BATCH)?;
+            for (flag, first_id, last_id) in &page {
+                target.insert_flag_ranges(&[flag], *first_id, *last_id)?;
+            }
+            match page.into_iter().last() {
+                Some((flag, first_id, _)) => after = (first_id, flag),
+                None => break,
+            }
         }
         target.commit()?;
         Ok(CopyReport {

@@ -28,6 +28,7 @@ use crate::token::Role;
 mod copy;
 mod postgres;
 mod query;
+mod ranges;
 mod review;
 mod sqlite;
 
@@ -35,6 +36,7 @@ pub use copy::CopyReport;
 pub use postgres::{
     ScratchSchema, describe as describe_postgres_error, redacted_url, url_to_repeat,
 };
+pub use ranges::{IndexReport, Reindexed, Runs};
 pub use review::{DEFAULT_STALE_DAYS, StaleFlag};
 
 /// How long a writer whose connection was cut during COMMIT keeps trying to ask the server
@@ -318,8 +320,13 @@ trait Backend: Send {
         cursor: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, i64)>>;
-    /// Every flag range, for a copy.
-    fn all_flag_ranges(&self) -> Result<Vec<(String, i64, i64)>>;
+    /// Up to `limit` flag ranges `(flag, first_id, last_id)` after `(first_id, flag)`, in
+    /// that order: the order of the records they list.
+    fn ranges_by_first_id(
+        &self,
+        after: (i64, &str),
+        limit: usize,
+    ) -> Result<Vec<(String, i64, i64)>>;
     fn audit_page(&self, scan: &Scan) -> Result<Vec<crate::audit::AuditRow>>;
     fn audit_len(&self) -> Result<i64>;
 

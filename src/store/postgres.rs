@@ -32,7 +32,7 @@ mod embedded {
 
 /// The newest schema version (see the SQLite backend's). PostgreSQL skipped version 5, which
 /// only changed how SQLite keys assignments: its own are keyed by a hash of the context key.
-const LATEST_SCHEMA_VERSION: i64 = 5;
+const LATEST_SCHEMA_VERSION: i64 = 6;
 
 /// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
 /// can tell whose locks these are. The second half is a hash of the schema's name for the
@@ -598,12 +598,14 @@ impl Backend for Postgres {
             .collect())
     }
 
-    fn all_flag_ranges(&self) -> Result<Vec<(String, i64, i64)>> {
+    fn ranges_by_first_id(
+        &self,
+        after: (i64, &str),
+        limit: usize,
+    ) -> Result<Vec<(String, i64, i64)>> {
+        let sql = super::query::ranges_by_first_id_sql(|n| format!("${n}"));
         Ok(self
-            .query(
-                "SELECT flag, first_id, last_id FROM audit_flag_ranges ORDER BY flag, last_id",
-                &[],
-            )?
+            .query(&sql, &[&after.0, &after.1, &(limit as i64)])?
             .iter()
             .map(|row| (row.get(0), row.get(1), row.get(2)))
             .collect())

@@ -126,6 +126,18 @@ pub(super) fn flag_ranges_sql(ascending: bool, placeholder: impl Fn(usize) -> St
     )
 }
 
+/// Up to `$3` ranges after `($1, $2)` in the order of `(first_id, flag)`: the order of the
+/// records they list.
+pub(super) fn ranges_by_first_id_sql(placeholder: impl Fn(usize) -> String) -> String {
+    format!(
+        "SELECT flag, first_id, last_id FROM audit_flag_ranges WHERE (first_id, flag) > ({}, {}) \
+         ORDER BY first_id, flag LIMIT {}",
+        placeholder(1),
+        placeholder(2),
+        placeholder(3)
+    )
+}
+
 /// The cursor bound [`flag_ranges_sql`] is given: no cursor reads from the start.
 pub(super) fn flag_ranges_bound(ascending: bool, cursor: Option<i64>) -> i64 {
     cursor.unwrap_or(if ascending { i64::MIN } else { i64::MAX })

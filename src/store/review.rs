@@ -346,6 +346,15 @@ impl Store {
 
     /// Verifies the whole audit log of `store`, and that it still contains `checkpoint`.
     pub fn verify_audit(&self, checkpoint: Option<&Checkpoint>) -> Result<Verified> {
+        self.verify_audit_visiting(checkpoint, |_| Ok(()))
+    }
+
+    /// [`Store::verify_audit`], handing each row to `visit` once its link is verified.
+    pub(super) fn verify_audit_visiting(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        mut visit: impl FnMut(&AuditRow) -> Result<()>,
+    ) -> Result<Verified> {
         let mut verifier = ChainVerifier::default();
         let mut checkpoint_seen = false;
         self.for_each_audit_row(|row| {
@@ -359,7 +368,7 @@ impl Store {
             {
                 checkpoint_seen = true;
             }
-            Ok::<(), Error>(())
+            visit(&row)
         })?;
         if let Some(checkpoint) = checkpoint.filter(|_| !checkpoint_seen) {
             let at = checkpoint

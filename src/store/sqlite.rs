@@ -54,7 +54,7 @@ const ROWS_PER_INSERT: usize = 64;
 /// The newest schema version, a constant because building refinery's runner parses every
 /// migration's name with a regex: most of a short process's start-up. A test keeps it equal to
 /// the embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 6;
+const LATEST_SCHEMA_VERSION: i64 = 7;
 
 pub(super) struct Sqlite {
     conn: Connection,
@@ -531,11 +531,16 @@ impl Backend for Sqlite {
         Ok(ranges.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn all_flag_ranges(&self) -> Result<Vec<(String, i64, i64)>> {
-        let mut statement = self.conn.prepare(
-            "SELECT flag, first_id, last_id FROM audit_flag_ranges ORDER BY flag, last_id",
-        )?;
-        let ranges = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+    fn ranges_by_first_id(
+        &self,
+        after: (i64, &str),
+        limit: usize,
+    ) -> Result<Vec<(String, i64, i64)>> {
+        let sql = super::query::ranges_by_first_id_sql(|n| format!("?{n}"));
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let ranges = statement.query_map((after.0, after.1, limit as i64), |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
         Ok(ranges.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -297,18 +297,22 @@ impl Env {
         }
     }
 
-    /// Runs `sql` with the audit log's append-only triggers out of the way, as an attacker
-    /// with direct access to the database would: dropped from an SQLite file, disabled by
-    /// PostgreSQL's table owner.
+    /// Runs `sql` with the append-only triggers of `audit_log` and `audit_flag_ranges` out of
+    /// the way, as an attacker with direct access to the database would: dropped from an
+    /// SQLite file, disabled by PostgreSQL's table owner.
     pub fn tamper(&self, sql: &str) {
         let bypassed = match self.backend {
             Backend::Sqlite => format!(
                 "DROP TRIGGER IF EXISTS audit_log_no_update; \
-                 DROP TRIGGER IF EXISTS audit_log_no_delete; {sql}"
+                 DROP TRIGGER IF EXISTS audit_log_no_delete; \
+                 DROP TRIGGER IF EXISTS audit_flag_ranges_no_update; \
+                 DROP TRIGGER IF EXISTS audit_flag_ranges_no_delete; {sql}"
             ),
             Backend::Postgres => format!(
-                "ALTER TABLE audit_log DISABLE TRIGGER USER; {sql}; \
-                 ALTER TABLE audit_log ENABLE TRIGGER USER"
+                "ALTER TABLE audit_log DISABLE TRIGGER USER; \
+                 ALTER TABLE audit_flag_ranges DISABLE TRIGGER USER; {sql}; \
+                 ALTER TABLE audit_log ENABLE TRIGGER USER; \
+                 ALTER TABLE audit_flag_ranges ENABLE TRIGGER USER"
             ),
         };
         self.execute(&bypassed)

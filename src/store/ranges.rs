@@ -1,0 +1,337 @@
+//! The per-flag index of decision records (`audit_flag_ranges`) held against the records it
+//! indexes: `check` walks both in record order, and `check --repair-index` adds what is missing.
+//!
+//! The index is derived, not hashed, so the chain cannot vouch for it: a range deleted by the
+//! tables' owner hides that flag's decisions from `audit --flag`, the admin API and the UI
+//! while `audit verify` passes. Each decision record must be listed by exactly the flags it was
+//! asked for (the first `requested` of its decisions); nothing else may be listed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::audit::{AuditRow, Checkpoint, Entry, Verified};
+use crate::error::{Error, Result};
+
+use super::{Store, append_audit};
+
+/// Ranges read per page while walking the log.
+const RANGES_PER_PAGE: usize = 5_000;
+
+/// Runs of record ids shown in a message before the rest is elided.
+const RUNS_SHOWN: usize = 5;
+
+/// Record ids as runs of consecutive ids, in increasing order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Runs(Vec<(i64, i64)>);
+
+impl Runs {
+    fn add(&mut self, first: i64, last: i64) {
+        match self.0.last_mut() {
+            Some((_, end)) if *end + 1 >= first => *end = (*end).max(last),
+            _ => self.0.push((first, last)),
+        }
+    }
+
+    pub fn ids(&self) -> i64 {
+        self.0.iter().map(|(first, last)| last - first + 1).sum()
+    }
+
+    pub fn runs(&self) -> &[(i64, i64)] {
+        &self.0
+    }
+
+    /// "record 7", "records 7-9, 12", at most [`RUNS_SHOWN`] runs, then ", ...".
+    pub fn shown(&self) -> String {
+        let mut runs: Vec<String> = self
+            .0
+            .iter()
+            .take(RUNS_SHOWN)
+            .map(|&(first, last)| match first == last {
+                true => first.to_string(),
+                false => format!("{first}-{last}"),
+            })
+            .collect();
+        if self.0.len() > RUNS_SHOWN {
+            runs.push("...".to_string());
+        }
+        let noun = if self.ids() == 1 { "record" } else { "records" };
+        format!("{noun} {}", runs.join(", "))
+    }
+}
+
+/// How `audit_flag_ranges` differs from what the decision records say, by flag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexReport {
+    /// Records that decide the flag as asked for, listed by none of its ranges.
+    pub missing: BTreeMap<String, Runs>,
+    /// Ids a range of the flag lists that do not decide it (a change row, a record asked for
+    /// other flags, an id past the end, or an id listed twice).
+    pub extra: BTreeMap<String, Runs>,
+}
+
+impl IndexReport {
+    pub fn is_sound(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty()
+    }
+
+    /// One line per flag and kind of difference, for `check`.
+    pub fn lines(&self) -> Vec<String> {
+        let missing = self.missing.iter().map(|(flag, runs)| {
+            format!(
+                "audit_flag_ranges: flag {flag:?}: {} decision record{} missing from its ranges \
+                 ({}), so audit --flag does not show them; check --repair-index adds them",
+                runs.ids(),
+                if runs.ids() == 1 { "" } else { "s" },
+                runs.shown()
+            )
+        });
+        let extra = self.extra.iter().map(|(flag, runs)| {
+            let (noun, verb) = if runs.ids() == 1 {
+                ("record", "does")
+            } else {
+                ("records", "do")
+            };
+            format!(
+                "audit_flag_ranges: flag {flag:?}: {} {noun} in its ranges that {verb} not decide \
+                 it ({}); only the table's owner can remove the range",
+                runs.ids(),
+                runs.shown()
+            )
+        });
+        missing.chain(extra).collect()
+    }
+}
+
+/// The flags a decision record was asked for: the first `requested` of its decisions.
+#[derive(Deserialize)]
+struct AskedFor {
+    #[serde(default)]
+    requested: usize,
+    /// Absent from schema-1 evaluation rows, which are found by their flag column instead.
+    decisions: Option<Vec<Decided>>,
+}
+
+#[derive(Deserialize)]
+struct Decided {
+    flag: String,
+}
+
+fn flags_asked_for(row: &AuditRow) -> Result<BTreeSet<String>> {
+    if row.kind != "evaluation" {
+        return Ok(BTreeSet::new());
+    }
+    let record: AskedFor =
+        serde_json::from_str(&row.detail).map_err(|e| Error::UnreadableAuditRow {
+            id: row.id,
+            why: e.to_string(),
+        })?;
+    Ok(record
+        .decisions
+        .unwrap_or_default()
+        .into_iter()
+        .take(record.requested)
+        .map(|d| d.flag)
+        .collect())
+}
+
+/// Walks the ranges in the order of the records they list, beside the records themselves,
+/// holding only the ranges that cover the record at hand.
+struct IndexWalk<'s> {
+    store: &'s Store,
+    page: VecDeque<(String, i64, i64)>,
+    after: (i64, String),
+    read_all: bool,
+    /// The ranges covering the current record: flag and last id.
+    covering: Vec<(String, i64)>,
+    last_visited: i64,
+    report: IndexReport,
+}
+
+impl<'s> IndexWalk<'s> {
+    fn new(store: &'s Store) -> IndexWalk<'s> {
+        IndexWalk {
+            store,
+            page: VecDeque::new(),
+            after: (i64::MIN, String::new()),
+            read_all: false,
+            covering: Vec::new(),
+            last_visited: 0,
+            report: IndexReport::default(),
+        }
+    }
+
+    /// The next range in order, if it starts at or before `id`.
+    fn next_starting_by(&mut self, id: i64) -> Result<Option<(String, i64, i64)>> {
+        if self.page.is_empty() && !self.read_all {
+            let page = self
+                .store
+                .read_transaction()?
+                .ranges_by_first_id((self.after.0, &self.after.1), RANGES_PER_PAGE)?;
+            self.read_all = page.len() < RANGES_PER_PAGE;
+            if let Some((flag, first_id, _)) = page.last() {
+                self.after = (*first_id, flag.clone());
+            }
+            self.page = page.into();
+        }
+        Ok(match self.page.front() {
+            Some((_, first_id, _)) if *first_id <= id => self.page.pop_front(),
+            _ => None,
+        })
+    }
+
+    fn extra(&mut self, flag: &str, first: i64, last: i64) {
+        self.report
+            .extra
+            .entry(flag.to_string())
+            .or_default()
+            .add(first, last);
+    }
+
+    fn visit(&mut self, row: &AuditRow) -> Result<()> {
+        while let Some((flag, first_id, last_id)) = self.next_starting_by(row.id)? {
+            // Ids are gapless from 1 and every one is visited: a range starting before this
+            // record lists ids before the first.
+            if first_id < row.id {
+                self.extra(&flag, first_id, last_id.min(row.id - 1));
+            }
+            if last_id >= row.id {
+                self.covering.push((flag, last_id));
+            }
+        }
+        let asked_for = flags_asked_for(row)?;
+        let mut listed: BTreeSet<&str> = BTreeSet::new();
+        let mut extra = Vec::new();
+        for (flag, _) in &self.covering {
+            if !asked_for.contains(flag) || !listed.insert(flag) {
+                extra.push(flag.clone());
+            }
+        }
+        for flag in extra {
+            self.extra(&flag, row.id, row.id);
+        }
+        let unlisted: Vec<&String> = asked_for
+            .iter()
+            .filter(|flag| !self.covering.iter().any(|(listed, _)| listed == *flag))
+            .collect();
+        for flag in unlisted {
+            self.report
+                .missing
+                .entry(flag.clone())
+                .or_default()
+                .add(row.id, row.id);
+        }
+        self.covering.retain(|(_, last_id)| *last_id > row.id);
+        self.last_visited = row.id;
+        Ok(())
+    }
+
+    /// The report, once every record up to the walk's head was visited. A range written
+    /// with its records lists either only records up to that head or only newer ones, so what
+    /// still covers past the head, and ranges listing ids the log does not have now, list
+    /// records that do not exist.
+    fn finish(mut self) -> Result<IndexReport> {
+        for (flag, last_id) in std::mem::take(&mut self.covering) {
+            self.extra(&flag, self.last_visited + 1, last_id);
+        }
+        let tail = self
+            .store
+            .read_transaction()?
+            .audit_tail()?
+            .map_or(0, |(id, _)| id);
+        while let Some((flag, first_id, last_id)) = self.next_starting_by(i64::MAX)? {
+            if last_id > tail {
+                self.extra(&flag, first_id.max(tail + 1), last_id);
+            }
+        }
+        Ok(self.report)
+    }
+}
+
+/// The ranges `check --repair-index` added for one flag, and the change row recording it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reindexed {
+    pub flag: String,
+    pub records: Runs,
+    pub audit_id: i64,
+}
+
+impl Store {
+    /// [`Store::verify_audit`] and, in the same pass over the log, how `audit_flag_ranges`
+    /// differs from what the decision records say.
+    pub fn verify_audit_and_index(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(Verified, IndexReport)> {
+        let mut walk = IndexWalk::new(self);
+        let verified = self.verify_audit_visiting(checkpoint, |row| walk.visit(row))?;
+        Ok((verified, walk.finish()?))
+    }
+
+    /// Adds the ranges `report` finds missing, each flag's in one change row of the audit log
+    /// (action `reindex`) naming the records, all in one transaction. The ranges of a flag
+    /// are for records that stay as they are (the log is append-only), so a report made
+    /// before the write lock is still true under it; what a range lists wrongly stays, since
+    /// the table is append-only.
+    pub fn repair_index(&mut self, report: &IndexReport, actor: &str) -> Result<Vec<Reindexed>> {
+        let tx = self.write_transaction()?;
+        let ts = self.now();
+        let mut reindexed = Vec::new();
+        for (flag, records) in &report.missing {
+            for &(first_id, last_id) in records.runs() {
+                tx.insert_flag_ranges(&[flag], first_id, last_id)?;
+            }
+            let audit_id = append_audit(
+                &tx,
+                &[Entry {
+                    ts: &ts,
+                    kind: "change",
+                    actor,
+                    action: Some("reindex"),
+                    flag: Some(flag),
+                    context_key: None,
+                    result: None,
+                    source: None,
+                    reason: Some(&format!(
+                        "index repaired: {} decision record{} added to audit_flag_ranges ({})",
+                        records.ids(),
+                        if records.ids() == 1 { "" } else { "s" },
+                        records.shown()
+                    )),
+                    detail: &json!({ "added_ranges": records.runs() }).to_string(),
+                }],
+            )?;
+            reindexed.push(Reindexed {
+                flag: flag.clone(),
+                records: records.clone(),
+                audit_id,
+            });
+        }
+        tx.commit()?;
+        Ok(reindexed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_join_neighbours_and_show_a_few() {
+        let mut runs = Runs::default();
+        for id in [3, 4, 5, 9, 11, 12] {
+            runs.add(id, id);
+        }
+        assert_eq!(runs.runs(), [(3, 5), (9, 9), (11, 12)]);
+        assert_eq!(runs.ids(), 6);
+        assert_eq!(runs.shown(), "records 3-5, 9, 11-12");
+        for id in (20..40).step_by(2) {
+            runs.add(id, id);
+        }
+        assert_eq!(runs.shown(), "records 3-5, 9, 11-12, 20, 22, ...");
+        let mut one = Runs::default();
+        one.add(7, 7);
+        assert_eq!(one.shown(), "record 7");
+    }
+}
