@@ -146,6 +146,12 @@ pub enum Error {
     InvalidTime { value: String },
 
     #[error(
+        "--at {value} is in the future (the store's clock says {now}): without --at, explain \
+         answers as of now"
+    )]
+    FutureTime { value: String, now: String },
+
+    #[error(
         "{path}: no such database (create one with `flagstore init` or `flagstore import FILE`, or name another with --db)"
     )]
     NoDatabase { path: String },

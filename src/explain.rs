@@ -42,6 +42,13 @@ pub fn explain(store: &mut Store, flag: &str, context: &str, at: Option<&str>) -
             (eval::explain(&flags, context, &stored, flag), None, None)
         }
         Some(at) => {
+            let now = store.now();
+            if parse_time_bound(at, false)? > now {
+                return Err(crate::error::Error::FutureTime {
+                    value: at.to_string(),
+                    now,
+                });
+            }
             let until = parse_time_bound(at, true)?;
             let flags = store.flags_as_of(&until)?;
             let replayed = store.assignments_as_of(context, &until)?;

@@ -271,6 +271,24 @@ fn explain_at_a_past_time_uses_the_definitions_then() {
     ));
 }
 
+/// A time that has not come is refused, not answered with today's state as if recorded; a
+/// date that began already (today) is answered.
+fn explain_at_a_future_time_says_so() {
+    let (env, _) = store_with_log();
+    let message = env.fails(&["explain", "enrich", "--context", "a", "--at", "2999-01-01"]);
+    assert!(
+        message
+            .starts_with("flagstore: --at 2999-01-01 is in the future (the store's clock says 20"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("): without --at, explain answers as of now"),
+        "{message}"
+    );
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    env.ok(&["explain", "enrich", "--context", "a", "--at", &today]);
+}
+
 fn explain_at_names_an_unreadable_change_row() {
     let (env, boundary) = store_with_log();
     env.tamper("UPDATE audit_log SET detail = 'not json' WHERE id = 2");
@@ -296,6 +314,7 @@ fn explain_shows_the_stored_assignment_of_a_disabled_flag() {
 }
 
 contract_tests! {
+    explain_at_a_future_time_says_so,
     newest_first_by_default_and_oldest_first_on_request,
     filters_combine,
     keyset_paging_visits_every_row_once,

@@ -128,6 +128,7 @@ impl From<Error> for Refusal {
             Error::StaleVersion { .. } => Refusal::Conflict(error.to_string()),
             Error::RolloutOutOfRange { .. }
             | Error::InvalidTime { .. }
+            | Error::FutureTime { .. }
             | Error::OutOfRange { .. }
             | Error::InvalidFilter { .. }
             | Error::InvalidTokenName { .. }

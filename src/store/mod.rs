@@ -1040,7 +1040,8 @@ impl Store {
         self.clock = Box::new(clock);
     }
 
-    fn now(&self) -> String {
+    /// The store's clock, as rows are timestamped: RFC 3339 UTC with milliseconds.
+    pub fn now(&self) -> String {
         timestamp((self.clock)())
     }
 }
