@@ -1009,20 +1009,22 @@ fn explain_at_answers_with_the_assignment_then_in_force() {
         ]))
         .unwrap()
     };
-    let explained = json("2100-01-01");
+    // Today, as a date: the whole day so far (a time to come is refused).
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let explained = json(&today);
     assert_eq!(explained["answer"]["enabled"], true, "{explained}");
     assert_eq!(explained["answer"]["source"], "sticky");
     assert_eq!(explained["assignment"]["audit_id"], record);
     assert_eq!(explained["assignment"]["bucket"], 10);
     assert_eq!(explained["recorded"]["result"], true);
-    let text = env.ok(&["explain", "score", "--context", "k9", "--at", "2100-01-01"]);
+    let text = env.ok(&["explain", "score", "--context", "k9", "--at", &today]);
     assert!(
         text.contains(&format!("(stored by row {record})"))
             && text.contains("answer:           true"),
         "{text}"
     );
     env.ok(&["assignments", "reset", "--flag", "score"]);
-    let reset = json("2100-01-01");
+    let reset = json(&today);
     assert_eq!(reset["assignment"], serde_json::Value::Null);
     assert_eq!(reset["answer"]["enabled"], false);
     assert_eq!(reset["answer"]["source"], "rollout");

@@ -667,8 +667,9 @@ fn the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context() {
             .is_empty()
     );
 
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let explained = get(
-        &format!("{api}/explain?flag=enrich&context=tenant%3Aacme&at=2100-01-01"),
+        &format!("{api}/explain?flag=enrich&context=tenant%3Aacme&at={today}"),
         &viewer,
     )
     .json();
@@ -678,7 +679,7 @@ fn the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context() {
         "--context",
         "tenant:acme",
         "--at",
-        "2100-01-01",
+        &today,
         "--json",
     ]))
     .unwrap();
