@@ -236,7 +236,7 @@ async fn operators_and_reviewers_use_every_page_in_chromium() {
     };
     let env = Env::new();
     env.import_json(PIPELINE);
-    let token = env.ok(&["token", "create", "ops", "--role", "operator"]);
+    let token = env.ok(&["token", "create", "ops", "--role", "admin"]);
     let keys: String = (0..40).map(|i| format!("key-{i}\n")).collect();
     let file = env.write("keys.txt", keys);
     env.ok(&["eval", "--all", "--contexts-file", file.to_str().unwrap()]);
@@ -351,9 +351,11 @@ async fn operators_and_reviewers_use_every_page_in_chromium() {
     click(&client, "a[rel=next]").await;
     assert_eq!(verification(&client).await.0, "verified");
 
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     client
         .goto(&format!(
-            "{base}/ui/explain?flag=enrich&context=key-1&at=2100-01-01"
+            "{base}/ui/explain?flag=enrich&context=key-1&at={}",
+            now.replace(':', "%3A")
         ))
         .await
         .unwrap();
@@ -364,6 +366,18 @@ async fn operators_and_reviewers_use_every_page_in_chromium() {
         .await
         .unwrap();
     check_page(&client, "context").await;
+
+    // The admin's tokens page: a new token shown once, in the list at once.
+    client.goto(&format!("{base}/ui/tokens")).await.unwrap();
+    fill(&client, "t-name", "etl-worker").await;
+    click(&client, "form[action='/ui/tokens'] button[type=submit]").await;
+    assert!(
+        text_of(&client, ".notice")
+            .await
+            .contains("shown this once")
+    );
+    assert!(text_of(&client, "table").await.contains("etl-worker"));
+    check_page(&client, "tokens").await;
 
     // A problem page: its 404 is the one error the browser may log.
     client

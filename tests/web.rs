@@ -709,9 +709,11 @@ fn explain_at_a_past_time_shows_the_cli_steps_and_links_the_recorded_row() {
     let (_, viewer) = store_with_tokens(&env);
     env.ok(&["eval", "enrich", "--context", "tenant:acme"]);
     let (_server, browser) = signed_in(&env, &viewer);
-    let at = "2100-01-01";
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let at = now.as_str();
     let page = browser.get(&format!(
-        "/ui/explain?flag=enrich&context=tenant%3Aacme&at={at}"
+        "/ui/explain?flag=enrich&context=tenant%3Aacme&at={}",
+        encode(at)
     ));
     assert_eq!(page.status, 200);
     let cli = env.ok(&["explain", "enrich", "--context", "tenant:acme", "--at", at]);
@@ -740,6 +742,98 @@ fn a_revoked_token_ends_its_sessions() {
         assert!(std::time::Instant::now() < deadline, "still signed in");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// An admin lists, creates and revokes tokens on the tokens page: a new token is shown once
+/// and works at once, a revoked one stops at once, both are audited under the admin's name,
+/// and an operator neither sees the page in the navigation nor may open or post it.
+fn an_admin_manages_tokens_in_the_ui_and_an_operator_cannot() {
+    let env = Env::new();
+    let (operator, _) = store_with_tokens(&env);
+    let admin = env.ok(&["token", "create", "boss", "--role", "admin"]);
+    let (server, admin_browser) = signed_in(&env, admin.trim());
+    let page = admin_browser.get("/ui/flags");
+    assert!(
+        page.body.contains(r#"<a href="/ui/tokens">Tokens</a>"#),
+        "{}",
+        page.body
+    );
+    let list = admin_browser.get("/ui/tokens");
+    assert_eq!(list.status, 200);
+    for shown in [
+        "<td>ops</td>",
+        "<td>operator</td>",
+        "<td>reader</td>",
+        "<td>boss</td>",
+    ] {
+        assert!(list.body.contains(shown), "{shown} in {}", list.body);
+    }
+    let csrf = list.field("csrf");
+    let changes = change_rows(&env);
+    let created = admin_browser.post(
+        "/ui/tokens",
+        &[
+            ("csrf", &csrf),
+            ("name", "etl-worker"),
+            ("role", "operator"),
+        ],
+    );
+    assert_eq!(created.status, 200, "{}", created.body);
+    let token = created.field("new-token");
+    assert!(
+        token.starts_with("fst_") && token.len() == 68,
+        "{}",
+        created.body
+    );
+    assert!(created.body.contains("shown this once"), "{}", created.body);
+    let mut newcomer = Browser::new(&server);
+    assert_eq!(
+        newcomer.sign_in(&token).status,
+        303,
+        "the new token works at once"
+    );
+    assert!(
+        admin_browser.get("/ui/tokens").body.find(&token).is_none(),
+        "shown once only"
+    );
+
+    let duplicate = admin_browser.post(
+        "/ui/tokens",
+        &[("csrf", &csrf), ("name", "etl-worker"), ("role", "viewer")],
+    );
+    assert_eq!(duplicate.status, 400, "{}", duplicate.body);
+    assert!(duplicate.body.contains("etl-worker"), "{}", duplicate.body);
+    assert!(
+        duplicate
+            .body
+            .contains(r#"<a href="/ui/tokens">Tokens</a>"#),
+        "an error page keeps the navigation: {}",
+        duplicate.body
+    );
+
+    let revoked = admin_browser.post("/ui/tokens/etl-worker/revoke", &[("csrf", &csrf)]);
+    assert_eq!(revoked.status, 303);
+    assert_eq!(revoked.location.as_deref(), Some("/ui/tokens"));
+    assert_eq!(newcomer.get("/ui/flags").status, 303, "revoked at once");
+    assert_eq!(change_rows(&env), changes + 2);
+    let audited = env.ok(&[
+        "audit", "--kind", "change", "--limit", "2", "--format", "jsonl",
+    ]);
+    assert_eq!(audited.matches(r#""actor":"boss""#).count(), 2, "{audited}");
+    assert!(audited.contains(r#""action":"token_revoke""#), "{audited}");
+    assert!(audited.contains(r#""action":"token_create""#), "{audited}");
+
+    let (_server, operator_browser) = signed_in(&env, &operator);
+    let page = operator_browser.get("/ui/flags");
+    assert!(!page.body.contains("/ui/tokens"), "{}", page.body);
+    assert_eq!(operator_browser.get("/ui/tokens").status, 403);
+    let csrf = page.field("csrf");
+    let refused = operator_browser.post(
+        "/ui/tokens",
+        &[("csrf", &csrf), ("name", "sneaky"), ("role", "admin")],
+    );
+    assert_eq!(refused.status, 403);
+    assert_eq!(change_rows(&env), changes + 2);
 }
 
 /// A flag name or context key with a bidirectional override or a zero-width character is
@@ -777,6 +871,7 @@ fn bidi_and_zero_width_characters_are_spelled_out_in_the_lists() {
 }
 
 contract_tests! {
+    an_admin_manages_tokens_in_the_ui_and_an_operator_cannot,
     bidi_and_zero_width_characters_are_spelled_out_in_the_lists,
     sign_in_gives_a_strict_http_only_session_and_a_wrong_token_nothing,
     a_viewer_reads_but_cannot_change_a_flag,

@@ -399,14 +399,15 @@ async fn export(
         "csv" => (true, "text/csv; charset=utf-8", "audit.csv"),
         "jsonl" => (false, "application/x-ndjson", "audit.jsonl"),
         other => {
-            return refused(Refusal::BadRequest(format!(
-                "export format {other:?} is neither csv nor jsonl"
-            )));
+            return refused(
+                Refusal::BadRequest(format!("export format {other:?} is neither csv nor jsonl")),
+                None,
+            );
         }
     };
     let query = match filters.query() {
         Ok(query) => query,
-        Err(refusal) => return refused(refusal),
+        Err(refusal) => return refused(refusal, None),
     };
     let (chunks, mut received) = mpsc::channel(EXPORT_CHUNKS_QUEUED);
     // The scan runs on a reader while the response streams; its first chunk (empty) says the
@@ -439,9 +440,10 @@ async fn export(
     if received.recv().await.is_none() {
         return match scan.await {
             Ok(Err(response)) => response,
-            _ => refused(Refusal::Failed(
-                "the export stopped before it began".to_string(),
-            )),
+            _ => refused(
+                Refusal::Failed("the export stopped before it began".to_string()),
+                None,
+            ),
         };
     }
     let body = futures_util::stream::unfold(received, |mut received| async move {

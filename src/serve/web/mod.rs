@@ -10,6 +10,7 @@
 
 mod audit;
 mod flags;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -131,6 +132,7 @@ pub(super) struct Chrome {
     pub role: &'static str,
     pub csrf: String,
     pub can_operate: bool,
+    pub can_administer: bool,
 }
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
@@ -146,6 +148,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         )
         .merge(flags::routes())
         .merge(audit::routes())
+        .merge(tokens::routes())
         // Route layers: a path no route matches is the server's fallback's, which answers in
         // the shape of the API the path is under.
         .route_layer(middleware::from_fn(same_origin_posts))
@@ -286,8 +289,8 @@ pub(super) enum Visit<'a> {
 
 /// Runs `work` as the signed-in visitor (on a reader for a page, on the writer for a form),
 /// if their token's role is at least `needed` and a form carries their session's CSRF
-/// token. Otherwise the response to send:
-/// the sign-in page for a visitor without a session, a problem page for the rest.
+/// token. Otherwise the response to send: the sign-in page for a visitor without a session,
+/// a problem page for the rest (with the navigation, once the visitor is known).
 async fn as_visitor<T: Send + 'static>(
     shared: &Shared,
     headers: &HeaderMap,
@@ -311,7 +314,12 @@ async fn as_visitor<T: Send + 'static>(
         ));
     }
     let csrf = session.csrf.clone();
-    let work = move |store: &mut Store, caller: &Caller| work(store, chrome(caller, csrf));
+    // What `work` refuses is shown in the visitor's frame; a refusal before it (a revoked
+    // token, too low a role) has no frame to show.
+    let work = move |store: &mut Store, caller: &Caller| {
+        let chrome = chrome(caller, csrf);
+        Ok(work(store, chrome.clone()).map_err(|refusal| (refusal, chrome)))
+    };
     let answer = match visit {
         Visit::Page => {
             as_reader(
@@ -326,12 +334,16 @@ async fn as_visitor<T: Send + 'static>(
         Visit::Export => as_reader(shared, session.token_sha256, needed, Read::Export, work).await,
         Visit::Form { .. } => as_caller(shared, session.token_sha256, needed, work).await,
     };
-    answer.map_err(|refusal| {
-        if matches!(refusal, Refusal::Unauthorized) {
-            shared.sessions.end(id);
+    match answer {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err((refusal, chrome))) => Err(refused(refusal, Some(chrome))),
+        Err(refusal) => {
+            if matches!(refusal, Refusal::Unauthorized) {
+                shared.sessions.end(id);
+            }
+            Err(refused(refusal, None))
         }
-        refused(refusal)
-    })
+    }
 }
 
 fn chrome(caller: &Caller, csrf: String) -> Chrome {
@@ -340,6 +352,7 @@ fn chrome(caller: &Caller, csrf: String) -> Chrome {
         role: caller.role.as_str(),
         csrf,
         can_operate: caller.role >= Role::Operator,
+        can_administer: caller.role >= Role::Admin,
     }
 }
 
@@ -376,7 +389,7 @@ async fn page<T: Template + Send + 'static>(
     }
 }
 
-fn refused(refusal: Refusal) -> Response {
+fn refused(refusal: Refusal, chrome: Option<Chrome>) -> Response {
     let (status, message) = match refusal {
         Refusal::Unauthorized => return Redirect::to("/ui/sign-in").into_response(),
         Refusal::Forbidden(role) => (
@@ -399,7 +412,7 @@ fn refused(refusal: Refusal) -> Response {
             super::internal_error(&message),
         ),
     };
-    problem(status, None, &message)
+    problem(status, chrome, &message)
 }
 
 #[derive(Template)]
@@ -484,7 +497,7 @@ async fn sign_in(
             StatusCode::UNAUTHORIZED,
             "That is not an active flagstore token.".to_string(),
         ),
-        other => return refused(other),
+        other => return refused(other, None),
     };
     let page = SignInPage {
         chrome: None,
