@@ -241,6 +241,9 @@ fn a_viewer_reads_but_cannot_change_a_flag() {
     let page = browser.get("/ui/flags/ingest");
     assert_eq!(page.status, 200);
     assert!(!page.body.contains("Turn off (kill switch)"));
+    // The version is the forms' business (a concurrent edit is refused), not the reader's.
+    assert!(!page.body.contains("Version "), "{}", page.body);
+    assert!(page.body.contains("Created "), "{}", page.body);
     let csrf = browser.get("/ui/flags").field("csrf");
     let version = env.open_store().flag_version("ingest").unwrap().to_string();
     let before = change_rows(&env);
@@ -643,9 +646,38 @@ fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
         );
     }
     assert_eq!(browser.get("/ui/audit/export?format=xml").status, 400);
-    let bad_time = browser.get("/ui/audit?since=last%20tuesday");
+    let bad_time = browser.get("/ui/audit?flag=enrich&since=last%20tuesday");
     assert_eq!(bad_time.status, 400);
     assert!(bad_time.body.contains("last tuesday"), "{}", bad_time.body);
+    // The refusal comes back on the page: the navigation, and the form as it was sent.
+    for kept in [
+        r#"<a href="/ui/audit">Audit log</a>"#,
+        r#"name="flag" value="enrich""#,
+        r#"name="since" value="last tuesday""#,
+    ] {
+        assert!(bad_time.body.contains(kept), "{kept}: {}", bad_time.body);
+    }
+    let typo = browser.get("/ui/audit?kind=evalution");
+    assert_eq!(typo.status, 400);
+    assert!(
+        typo.body.contains("evaluation"),
+        "the nearest kind: {}",
+        typo.body
+    );
+    let nothing = browser.get("/ui/audit?actor=nobody");
+    assert_eq!(nothing.status, 200);
+    assert!(
+        nothing
+            .body
+            .contains("No rows match these filters (actor nobody)."),
+        "{}",
+        nothing.body
+    );
+    assert!(
+        first.body.contains(r#"<td class="time">"#),
+        "times do not wrap: {}",
+        first.body
+    );
     let bad_limit = browser.get("/ui/audit?limit=0");
     assert_eq!(bad_limit.status, 400);
     assert!(

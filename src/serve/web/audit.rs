@@ -7,7 +7,7 @@ use askama::Template;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::flags::FlagLink;
 use super::{
-    Chrome, PageQuery, Visit, as_visitor, bad_query, encoded, page, query_string, refused,
+    Chrome, PageQuery, Visit, as_visitor, bad_query, encoded, page, query_string, refused, render,
 };
 use crate::audit::{AuditQuery, AuditRow, COLUMNS, Checkpoint, parse_time_bound};
 use crate::error::Error;
@@ -62,6 +62,17 @@ impl Filters {
             until: bound(&self.until, true)?,
             ..AuditQuery::default()
         })
+    }
+
+    /// The filters set, as a reviewer reads them: `flag enrich, kind change`; `None` for none.
+    fn shown(&self) -> Option<String> {
+        let set: Vec<String> = self
+            .pairs()
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(name, value)| format!("{name} {}", crate::output::escaped(value)))
+            .collect();
+        (!set.is_empty()).then(|| set.join(", "))
     }
 
     fn pairs(&self) -> [(&str, &str); 6] {
@@ -121,6 +132,9 @@ struct AuditPage {
     checkpoint_text: String,
     checkpoint: Option<CheckpointShown>,
     checkpoint_problem: Option<String>,
+    /// Why the filters were refused; the page then shows them in its form and no rows.
+    problem: Option<String>,
+    filters_shown: Option<String>,
 }
 
 async fn audit_page(
@@ -133,19 +147,50 @@ async fn audit_page(
         (Ok(filters), Ok(paging)) => (filters.0, paging.0),
         (Err(rejection), _) | (_, Err(rejection)) => return bad_query(&rejection),
     };
-    page(&shared, &headers, move |store, chrome| {
-        audit_rows_page(store, chrome, filters, params)
-    })
-    .await
+    let shown = as_visitor(
+        &shared,
+        &headers,
+        Role::Viewer,
+        Visit::Page,
+        move |store, chrome| {
+            let limit = params.limit.unwrap_or(PAGE_ROWS);
+            let mut page = AuditPage {
+                chrome: Some(chrome),
+                limit,
+                rows: Vec::new(),
+                stored_json: "[]".to_string(),
+                older_href: None,
+                newest_href: "/ui/audit".to_string(),
+                csv_href: String::new(),
+                jsonl_href: String::new(),
+                checkpoint_text: params.checkpoint.clone(),
+                checkpoint: None,
+                checkpoint_problem: None,
+                problem: None,
+                filters_shown: filters.shown(),
+                filters,
+            };
+            match fill_audit_page(store, &mut page, params) {
+                Ok(()) => Ok((StatusCode::OK, page)),
+                // A refused filter is shown in the page, beside the form that holds it.
+                Err(Refusal::BadRequest(why)) => {
+                    page.problem = Some(why);
+                    Ok((StatusCode::BAD_REQUEST, page))
+                }
+                Err(other) => Err(other),
+            }
+        },
+    )
+    .await;
+    match shown {
+        Ok((status, page)) => (status, render(&page)).into_response(),
+        Err(response) => response,
+    }
 }
 
-fn audit_rows_page(
-    store: &Store,
-    chrome: Chrome,
-    filters: Filters,
-    params: Paging,
-) -> Result<AuditPage, Refusal> {
-    let limit = params.limit.unwrap_or(PAGE_ROWS);
+/// Reads the rows `page.filters` and `params` select into `page`.
+fn fill_audit_page(store: &Store, page: &mut AuditPage, params: Paging) -> Result<(), Refusal> {
+    let (filters, limit) = (page.filters.clone(), page.limit);
     if !(1..=MAX_PAGE_ROWS).contains(&limit) {
         return Err(Refusal::BadRequest(format!(
             "{limit} rows per page is outside 1-{MAX_PAGE_ROWS}"
@@ -222,20 +267,15 @@ fn audit_rows_page(
             .collect::<Vec<_>>(),
     )
     .map_err(|e| Refusal::Failed(e.to_string()))?;
-    Ok(AuditPage {
-        chrome: Some(chrome),
-        limit,
-        rows,
-        stored_json,
-        older_href,
-        newest_href: format!("/ui/audit{}", here(&[("limit", limit_pair)])),
-        csv_href: format!("/ui/audit/export{}", here(&[("format", "csv")])),
-        jsonl_href: format!("/ui/audit/export{}", here(&[("format", "jsonl")])),
-        checkpoint_text: params.checkpoint,
-        checkpoint,
-        checkpoint_problem,
-        filters,
-    })
+    page.rows = rows;
+    page.stored_json = stored_json;
+    page.older_href = older_href;
+    page.newest_href = format!("/ui/audit{}", here(&[("limit", limit_pair)]));
+    page.csv_href = format!("/ui/audit/export{}", here(&[("format", "csv")]));
+    page.jsonl_href = format!("/ui/audit/export{}", here(&[("format", "jsonl")]));
+    page.checkpoint = checkpoint;
+    page.checkpoint_problem = checkpoint_problem;
+    Ok(())
 }
 
 fn shown(row: AuditRow) -> ShownRow {
