@@ -254,6 +254,69 @@ pub enum Error {
     },
 }
 
+/// What kind of fault an error is, for callers that map errors to types of their own (the
+/// Python package raises `ValueError` for input, an `OSError` for storage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// What the caller gave is wrong: a definition, a name, a time, a filter, a URL.
+    Input,
+    /// The store could not be opened, read or written.
+    Storage,
+    Other,
+}
+
+impl Error {
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::InFile { source, .. } => source.fault(),
+            Error::InvalidName { .. }
+            | Error::RolloutOutOfRange { .. }
+            | Error::UnknownStickyPolicy { .. }
+            | Error::UnknownRequirement { .. }
+            | Error::SelfDependency { .. }
+            | Error::Cycle { .. }
+            | Error::ChainTooLong { .. }
+            | Error::RequiredBy { .. }
+            | Error::UnknownFlag { .. }
+            | Error::NoSuchFlagToSet { .. }
+            | Error::FlagExists { .. }
+            | Error::BadDocument { .. }
+            | Error::DuplicateName { .. }
+            | Error::MalformedJson { .. }
+            | Error::InvalidContextKey { .. }
+            | Error::InvalidTime { .. }
+            | Error::FutureTime { .. }
+            | Error::InvalidFilter { .. }
+            | Error::OutOfRange { .. }
+            | Error::UnknownRole { .. }
+            | Error::InvalidTokenName { .. }
+            | Error::TokenExists { .. }
+            | Error::UnknownToken { .. }
+            | Error::BadUrl { .. } => Fault::Input,
+            Error::Read { .. }
+            | Error::Write { .. }
+            | Error::NotADatabase { .. }
+            | Error::NewerSchema { .. }
+            | Error::NoDatabase { .. }
+            | Error::IsDirectory { .. }
+            | Error::AlreadyExists { .. }
+            | Error::ReadOnly { .. }
+            | Error::Open { .. }
+            | Error::Database(_)
+            | Error::AtDatabase { .. }
+            | Error::Postgres { .. }
+            | Error::NotCommitted { .. }
+            | Error::CommitOutcomeUnknown { .. }
+            | Error::Damaged { .. }
+            | Error::Inconsistent { .. }
+            | Error::AuditChain { .. }
+            | Error::UnreadableAuditRow { .. }
+            | Error::Migration { .. } => Fault::Storage,
+            _ => Fault::Other,
+        }
+    }
+}
+
 /// `text` cut to its first `shown` characters, with `…` where something was cut: an error
 /// message stays one readable line whatever it quotes.
 pub fn shortened(text: &str, shown: usize) -> String {

@@ -16,6 +16,7 @@ pub mod explain;
 pub mod file;
 pub mod flag;
 pub mod output;
+pub mod prototype;
 pub mod record;
 pub mod serve;
 pub mod store;

@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::audit::{Entry, GENESIS_HASH, timestamp};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
-use crate::eval::{self, Evaluation, NewAssignment, StoredAssignment};
+use crate::eval::{self, ContextEvaluation, Evaluation, NewAssignment, StoredAssignment};
 use crate::flag::{Flag, FlagSet};
 use crate::record;
 use crate::token::Role;
@@ -647,7 +647,8 @@ impl Store {
         let evaluations = EvaluationPlan::new(&next, selection)
             .evaluate_keys(&tx, &keys, actor, &ts)?
             .pop()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .evaluations;
         confirm(&next, &changes, &evaluations)?;
         tx.commit()?;
         Ok((changes, evaluations))
@@ -671,6 +672,20 @@ impl Store {
         context: &str,
         actor: &str,
     ) -> Result<Vec<Evaluation>> {
+        Ok(self
+            .evaluate_context(selection, context, actor)?
+            .evaluations)
+    }
+
+    /// [`Store::evaluate`], also returning the requirements decided on the way, in the order
+    /// they were decided: what the decision record holds, and what a caller that reports
+    /// every decision (the prototype's audit trail) needs.
+    pub fn evaluate_context(
+        &mut self,
+        selection: &Selection,
+        context: &str,
+        actor: &str,
+    ) -> Result<ContextEvaluation> {
         let keys = [context.to_string()];
         let mut results = self.retried_on_new_connection(|store| {
             let tx = store.write_transaction()?;
@@ -724,9 +739,9 @@ impl Store {
                 Ok(results)
             })?;
             report.batch_latencies.push(started.elapsed());
-            for (key, evaluations) in chunk.iter().zip(&results) {
-                emit(key, evaluations)?;
-                report.evaluations += evaluations.len() as u64;
+            for (key, evaluated) in chunk.iter().zip(&results) {
+                emit(key, &evaluated.evaluations)?;
+                report.evaluations += evaluated.evaluations.len() as u64;
             }
         }
     }
@@ -774,8 +789,8 @@ impl Store {
                 .collect();
             let evaluated =
                 EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &keys, actor, &ts)?;
-            for (index, evaluations) in members.into_iter().zip(evaluated) {
-                results[index] = Some(evaluations);
+            for (index, evaluated) in members.into_iter().zip(evaluated) {
+                results[index] = Some(evaluated.evaluations);
             }
         }
         tx.commit()?;
@@ -1168,7 +1183,7 @@ impl<'a> EvaluationPlan<'a> {
         keys: &[String],
         actor: &str,
         ts: &str,
-    ) -> Result<Vec<Vec<Evaluation>>> {
+    ) -> Result<Vec<ContextEvaluation>> {
         // Callers that can name where a key came from (a file's line, an HTTP request) check
         // it first; this is the guard for every other caller of the library.
         for key in keys {
@@ -1267,7 +1282,7 @@ type Fetched<'k> = Vec<(&'k str, String, StoredAssignment)>;
 
 /// What the evaluating thread made of one step's keys, in their order.
 struct Evaluated {
-    evaluations: Vec<Vec<Evaluation>>,
+    evaluations: Vec<ContextEvaluation>,
     /// Their decision records, when the request is audited.
     records: Option<Records>,
 }
@@ -1328,7 +1343,7 @@ impl<'k> KeyEvaluator<'_, 'k> {
                 let hash = chain.link(&decision_record(self.ts, self.actor, key, &detail));
                 records.linked.push((detail, hash));
             }
-            evaluated.evaluations.push(evaluation.evaluations);
+            evaluated.evaluations.push(evaluation);
         }
         evaluated
     }
@@ -1339,7 +1354,7 @@ struct StepWriter<'t, 'a> {
     tx: &'t Transaction<'t>,
     actor: &'a str,
     ts: &'a str,
-    results: Vec<Vec<Evaluation>>,
+    results: Vec<ContextEvaluation>,
 }
 
 impl StepWriter<'_, '_> {
@@ -1348,8 +1363,9 @@ impl StepWriter<'_, '_> {
         let new_assignments: Vec<AssignmentRef> = step
             .iter()
             .zip(&evaluated.evaluations)
-            .flat_map(|(key, evaluations)| {
-                evaluations
+            .flat_map(|(key, evaluated)| {
+                evaluated
+                    .evaluations
                     .iter()
                     .flat_map(|e| &e.new_assignments)
                     .map(move |assignment| AssignmentRef::new(key, assignment, ts))
