@@ -1,0 +1,207 @@
+"""flagstore for Python pipelines: the prototype's ``FlagManager`` API, in process, on
+flagstore's persistent store.
+
+Migrating is an import line::
+
+    from flagstore import Flag, FlagManager
+
+    flags = FlagManager([Flag("ingest"), Flag("enrich", rollout_pct=50, requires=["ingest"])],
+                        db="flags.db")
+    if flags.is_enabled("enrich", tenant):
+        ...
+
+Every decision is recorded in the store's hash-chained audit trail and stored per the flag's
+sticky policy, durably, before the call returns; the CLI (``flagstore``) and ``serve`` read
+and write the same store. Without ``db`` the store lives in memory, as the prototype's did.
+"""
+
+from __future__ import annotations
+
+import getpass
+import itertools
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+
+from flagstore._flagstore import Store as _Store
+from flagstore._flagstore import StoreError
+
+__all__ = ["Flag", "FlagManager", "StoreError", "flags_from_config"]
+
+_FIELDS = ("name", "enabled", "rollout_pct", "requires", "sticky")
+
+
+@dataclass
+class Flag:
+    """A flag as the prototype defined it. Checked (name, percentage, policy, requirements)
+    when a manager takes it, in the CLI's words."""
+
+    name: str
+    enabled: bool = True
+    rollout_pct: float = 100.0
+    requires: List[str] = field(default_factory=list)
+    sticky: str = "on_only"
+
+    def _document(self) -> Dict[str, Any]:
+        return {
+            "name": self.name,
+            "enabled": self.enabled,
+            "rollout_pct": self.rollout_pct,
+            "requires": list(self.requires),
+            "sticky": self.sticky,
+        }
+
+
+def flags_from_config(raw: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]) -> List[Flag]:
+    """Flags from a parsed flags file: ``{"flags": [...]}`` (its ``context_key``, if any, is
+    ``run``'s business) or the list itself. An unknown field is refused, naming it: a
+    misspelt ``"rollout"`` must not silently mean 100%."""
+    items = raw.get("flags", []) if isinstance(raw, Mapping) else raw
+    flags = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"flags[{index}]: expected an object, got {item!r}")
+        unknown = sorted(set(item) - set(_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"flags[{index}] ({item.get('name')!r}): unknown field {unknown[0]!r}; "
+                f"a flag has {', '.join(_FIELDS)}"
+            )
+        if "name" not in item:
+            raise ValueError(f"flags[{index}]: a flag needs a name")
+        flags.append(Flag(**item))
+    return flags
+
+
+def _percent(pct: float, given: Optional[float]) -> str:
+    """A rollout as Python prints the number the manager was given (``50`` or ``12.5``, and
+    ``50.0`` if that is what it was given); one the store holds alone, as a flags file would
+    give it (``50``, ``12.5``)."""
+    if given is not None and given == pct:
+        return str(given)
+    return str(int(pct)) if float(pct).is_integer() else repr(pct)
+
+
+def _default_actor() -> str:
+    return os.environ.get("FLAGSTORE_ACTOR") or getpass.getuser()
+
+
+class FlagManager:
+    """The prototype's manager, on a persistent store.
+
+    ``db`` is an SQLite path or a ``postgres://`` URL; without it, a new store in memory.
+    Given ``flags``, it creates those the store lacks (one audited change); where the store
+    defines a flag otherwise, the store's definition wins and a ``UserWarning`` names the
+    flag and fields, since the store is the audited source of truth. A ``db`` that does not
+    exist, with no flags to create it from, is a ``StoreError``.
+    """
+
+    def __init__(
+        self,
+        flags: Optional[Iterable[Flag]] = None,
+        db: Optional[Union[str, "os.PathLike[str]"]] = None,
+        actor: Optional[str] = None,
+    ) -> None:
+        given = list(flags) if flags is not None else []
+        self.actor = actor or _default_actor()
+        location = os.fspath(db) if db is not None else None
+        self._store = _Store(location, self.actor, flags is not None)
+        self._given = {flag.name: flag for flag in given}
+        self._order = [flag.name for flag in given]
+        self.audit_log: List[Dict[str, Any]] = []
+        if given:
+            document = json.dumps({"flags": [flag._document() for flag in given]})
+            for name, fields in self._store.adopt(document):
+                said = " and ".join(f"{f} {mine}" for f, mine, _ in fields)
+                stored = " and ".join(theirs for _, _, theirs in fields)
+                warnings.warn(
+                    f"flag {name!r}: given {said}, the store has {stored}; the store's "
+                    "definition is used",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+    def _names(self) -> List[str]:
+        """Every flag: those given, in their order, then the rest of the store's."""
+        stored = [name for name, *_ in self._store.flags()]
+        known = set(self._order)
+        return self._order + [name for name in stored if name not in known]
+
+    def _record(self, trail: Sequence[Any]) -> None:
+        for flag, result, kind, dependency, pct in trail:
+            if kind == "dependency":
+                reason = f"dependency {dependency} not met"
+            elif kind == "rollout":
+                given = self._given.get(flag)
+                reason = f"rollout {_percent(pct, given.rollout_pct if given else None)}%"
+            else:
+                reason = kind
+            self.audit_log.append({"flag": flag, "result": result, "reason": reason})
+
+    def register(self, flag: Flag) -> None:
+        """Adds or redefines a flag: an audited change, as ``flagstore flag`` makes."""
+        self._store.register(json.dumps({"flags": [flag._document()]}))
+        self._given[flag.name] = flag
+        if flag.name not in self._order:
+            self._order.append(flag.name)
+
+    def is_enabled(self, name: str, context_key: str = "") -> bool:
+        """Whether ``name`` is on for ``context_key``, recorded and stored before it returns."""
+        answers, trail = self._store.evaluate([name], context_key)
+        self._record(trail)
+        return answers[0]
+
+    def evaluate_all(self, context_key: str = "") -> Dict[str, bool]:
+        """Every flag for ``context_key``, in the prototype's order, as one decision record."""
+        names = self._names()
+        answers, trail = self._store.evaluate(names, context_key)
+        self._record(trail)
+        return dict(zip(names, answers))
+
+    def evaluate_many(
+        self, context_keys: Iterable[str], names: Optional[Iterable[str]] = None
+    ) -> Iterator[Dict[str, bool]]:
+        """The batch path: each key's answers for ``names`` (default: every flag), as
+        ``flagstore eval --contexts-file`` decides them, a transaction per chunk of keys.
+        Lazy: keys are read from ``context_keys`` as chunks are evaluated and each chunk's
+        answers are yielded once it has committed, so a generator of millions of keys runs in
+        bounded memory (``list(...)`` for a list). Not added to ``audit_log``."""
+        chosen = list(names) if names is not None else self._names()
+        keys = iter(context_keys)
+        size = self._store.batch_keys(len(chosen))
+        while True:
+            chunk = list(itertools.islice(keys, size))
+            if not chunk:
+                return
+            for answers in self._store.evaluate_chunk(chosen, chunk):
+                yield dict(zip(chosen, answers))
+
+    def stats(self) -> Dict[str, int]:
+        """The prototype's counts: flags, and how many are enabled and disabled (their
+        setting in the store, not their decisions)."""
+        flags = self._store.flags()
+        enabled = sum(1 for _, on, *_ in flags if on)
+        return {"total": len(flags), "enabled": enabled, "disabled": len(flags) - enabled}
+
+    def explain(self, name: str, context_key: str, at: Optional[str] = None) -> Dict[str, Any]:
+        """``flagstore explain --json``: every step, now or as of ``at`` (RFC 3339 or a date),
+        writing nothing."""
+        return json.loads(self._store.explain(name, context_key, at))
+
+    def audit(
+        self,
+        flag: Optional[str] = None,
+        context_key: Optional[str] = None,
+        since: Optional[str] = None,
+        limit: int = 100,
+    ) -> List[Dict[str, Any]]:
+        """``flagstore audit --format json``: rows newest first (``limit=0`` for all)."""
+        return [json.loads(row) for row in self._store.audit(flag, context_key, since, limit)]
+
+    def verify(self) -> Dict[str, Any]:
+        """``flagstore audit verify``: the whole hash chain re-hashed; raises ``StoreError``
+        naming the first row that does not verify."""
+        rows, head = self._store.verify()
+        return {"rows": rows, "head": head}

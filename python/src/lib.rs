@@ -1,0 +1,284 @@
+//! `flagstore._flagstore`: the flagstore library for the Python package, which keeps the
+//! prototype's API in `flagstore/__init__.py`. Every call releases the GIL while the store
+//! works; values cross as Python tuples and lists, or as JSON text where the library already
+//! writes JSON (explain, audit rows), so both sides read one format.
+
+use std::ffi::OsStr;
+use std::sync::Mutex;
+
+use flagstore::audit::{AuditQuery, parse_time_bound};
+use flagstore::error::Fault;
+use flagstore::prototype::TrailReason;
+use flagstore::store::{Location, keys_per_transaction};
+use flagstore::{Error, FlagSet, Selection};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+create_exception!(
+    _flagstore,
+    StoreError,
+    PyOSError,
+    "The store could not be opened, read or written; the message names it."
+);
+
+/// A flagstore error as Python raises it: a mistake in what was given is a `ValueError`,
+/// a store that cannot be used a `StoreError` (an `OSError`), anything else a `RuntimeError`;
+/// the message is the CLI's one line.
+fn raised(error: Error) -> PyErr {
+    let message = error.to_string();
+    match error.fault() {
+        Fault::Input => PyValueError::new_err(message),
+        Fault::Storage => StoreError::new_err(message),
+        Fault::Other => PyRuntimeError::new_err(message),
+    }
+}
+
+/// One trail entry: flag, result, reason kind, and the dependency or rollout it names.
+type TrailTuple = (String, bool, &'static str, Option<String>, Option<f64>);
+
+/// Per flag the store defines otherwise than given: its name and (field, given, stored).
+type Differences = Vec<(String, Vec<(String, String, String)>)>;
+
+/// A flag as Python sees it: name, enabled, rollout_pct, requires, sticky.
+type FlagTuple = (String, bool, f64, Vec<String>, String);
+
+fn flag_tuple(flag: &flagstore::Flag) -> FlagTuple {
+    (
+        flag.name.clone(),
+        flag.enabled,
+        flag.rollout_pct,
+        flag.requires.clone(),
+        flag.sticky.as_str().to_string(),
+    )
+}
+
+#[pyclass(frozen)]
+struct Store {
+    store: Mutex<flagstore::Store>,
+    actor: String,
+}
+
+impl Store {
+    /// Runs `work` on the store without the GIL; callers in other threads queue on the lock.
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        work: impl FnOnce(&mut flagstore::Store) -> flagstore::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            work(&mut store)
+        })
+        .map_err(raised)
+    }
+}
+
+#[pymethods]
+impl Store {
+    /// Opens `db` (an SQLite path or a PostgreSQL URL), creating it if `create`; without `db`,
+    /// a new store in memory.
+    #[new]
+    #[pyo3(signature = (db, actor, create))]
+    fn new(py: Python<'_>, db: Option<String>, actor: String, create: bool) -> PyResult<Store> {
+        let store = py
+            .detach(|| match db {
+                None => flagstore::Store::open_in_memory(),
+                Some(db) => {
+                    let location = Location::parse(OsStr::new(&db));
+                    if create {
+                        flagstore::Store::open(&location)
+                    } else {
+                        flagstore::Store::open_existing(&location)
+                    }
+                }
+            })
+            .map_err(raised)?;
+        Ok(Store {
+            store: Mutex::new(store),
+            actor,
+        })
+    }
+
+    /// The store as messages name it.
+    fn path(&self, py: Python<'_>) -> PyResult<String> {
+        self.with(py, |store| Ok(store.path().to_string()))
+    }
+
+    fn flags(&self, py: Python<'_>) -> PyResult<Vec<FlagTuple>> {
+        self.with(py, |store| {
+            Ok(store.flags()?.iter().map(flag_tuple).collect())
+        })
+    }
+
+    /// Creates, in one audited change, the flags of `document` (a flags file's JSON) that the
+    /// store lacks; returns, for each flag it has with another definition, the fields that
+    /// differ as (field, given, stored). The store's definitions stay.
+    fn adopt(&self, py: Python<'_>, document: String) -> PyResult<Differences> {
+        let actor = self.actor.clone();
+        self.with(py, move |store| {
+            let given = flagstore::document::Document::parse(&document, "flags")?.flag_set();
+            let mut differing = Vec::new();
+            store.modify(&actor, "python", false, |current| {
+                differing.clear();
+                let mut next = current.clone();
+                for flag in given.iter() {
+                    match current.get(&flag.name) {
+                        Some(stored) => {
+                            let fields = flagstore::change::differences(flag, stored);
+                            if !fields.is_empty() {
+                                let fields = fields
+                                    .into_iter()
+                                    .map(|(field, a, b)| (field.to_string(), a, b))
+                                    .collect();
+                                differing.push((flag.name.clone(), fields));
+                            }
+                        }
+                        None => next.insert(flag.clone()),
+                    }
+                }
+                next.validate()?;
+                Ok(next)
+            })?;
+            Ok(differing)
+        })
+    }
+
+    /// Creates or redefines one flag (a flags file's JSON holding it), audited.
+    fn register(&self, py: Python<'_>, document: String) -> PyResult<()> {
+        let actor = self.actor.clone();
+        self.with(py, move |store| {
+            let given = flagstore::document::Document::parse(&document, "flag")?.flag_set();
+            store.modify(&actor, "python", false, |current| {
+                let mut next = current.clone();
+                for flag in given.iter() {
+                    next.insert(flag.clone());
+                }
+                next.validate()?;
+                Ok(next)
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Evaluates `names` for `key`, durably recorded: the answers, and the prototype's trail.
+    fn evaluate(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        key: String,
+    ) -> PyResult<(Vec<bool>, Vec<TrailTuple>)> {
+        let actor = self.actor.clone();
+        self.with(py, move |store| {
+            let selection = Selection::Flags(names.clone());
+            let evaluated = store.evaluate_context(&selection, &key, &actor)?;
+            let flags: FlagSet = store.flags()?;
+            let requested: Vec<&str> = names.iter().map(String::as_str).collect();
+            let answers = evaluated
+                .evaluations
+                .iter()
+                .map(|e| e.decision.enabled)
+                .collect();
+            let trail = flagstore::prototype::trail(&flags, &evaluated, &requested)
+                .into_iter()
+                .map(|entry| {
+                    let (kind, dependency, pct) = match entry.reason {
+                        TrailReason::UnknownFlag => ("unknown flag", None, None),
+                        TrailReason::Disabled => ("disabled", None, None),
+                        TrailReason::DependencyNotMet(name) => ("dependency", Some(name), None),
+                        TrailReason::Rollout(pct) => ("rollout", None, Some(pct)),
+                        TrailReason::Ok => ("ok", None, None),
+                    };
+                    (entry.flag, entry.result, kind, dependency, pct)
+                })
+                .collect();
+            Ok((answers, trail))
+        })
+    }
+
+    /// Keys per transaction of a batch of `flags` flags per key, as `eval --contexts-file`.
+    fn batch_keys(&self, flags: usize) -> usize {
+        keys_per_transaction(flags)
+    }
+
+    /// Evaluates `names` for each of `keys` in one transaction (a batch's chunk): each key's
+    /// answers, in the order of `names`, once committed.
+    fn evaluate_chunk(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        keys: Vec<String>,
+    ) -> PyResult<Vec<Vec<bool>>> {
+        let actor = self.actor.clone();
+        self.with(py, move |store| {
+            let mut answers = Vec::with_capacity(keys.len());
+            store.evaluate_batch(
+                &Selection::Flags(names),
+                &actor,
+                keys.into_iter().map(Ok),
+                |_, evaluations| {
+                    answers.push(evaluations.iter().map(|e| e.decision.enabled).collect());
+                    Ok(())
+                },
+            )?;
+            Ok(answers)
+        })
+    }
+
+    /// `flagstore explain NAME --context KEY [--at AT] --json`, as JSON text.
+    #[pyo3(signature = (name, key, at=None))]
+    fn explain(
+        &self,
+        py: Python<'_>,
+        name: String,
+        key: String,
+        at: Option<String>,
+    ) -> PyResult<String> {
+        self.with(py, move |store| {
+            let report = flagstore::explain::explain(store, &name, &key, at.as_deref())?;
+            Ok(report.json().to_string())
+        })
+    }
+
+    /// `flagstore audit` with these filters, newest first, one JSON row per line.
+    #[pyo3(signature = (flag=None, context_key=None, since=None, limit=100))]
+    fn audit(
+        &self,
+        py: Python<'_>,
+        flag: Option<String>,
+        context_key: Option<String>,
+        since: Option<String>,
+        limit: i64,
+    ) -> PyResult<Vec<String>> {
+        self.with(py, move |store| {
+            let query = AuditQuery {
+                flag,
+                context: context_key,
+                since: since.map(|s| parse_time_bound(&s, false)).transpose()?,
+                limit: (limit > 0).then_some(limit),
+                ..AuditQuery::default()
+            };
+            let mut rows = Vec::new();
+            store.query_audit(&query, |row| {
+                rows.push(row.to_json().to_string());
+                Ok::<(), Error>(())
+            })?;
+            Ok(rows)
+        })
+    }
+
+    /// `flagstore audit verify`: the rows checked and the head hash.
+    fn verify(&self, py: Python<'_>) -> PyResult<(i64, String)> {
+        self.with(py, |store| {
+            let verified = store.verify_audit(None)?;
+            Ok((verified.rows, verified.head))
+        })
+    }
+}
+
+#[pymodule]
+fn _flagstore(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Store>()?;
+    module.add("StoreError", module.py().get_type::<StoreError>())?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+"""Persistence, the CLI and Python on one store, threads, PostgreSQL, and bad input."""
+
+import json
+import subprocess
+import sys
+import threading
+import warnings
+
+import pytest
+
+from conftest import run_cli
+from flagstore import Flag, FlagManager, StoreError
+
+PIPELINE = [Flag("ingest"), Flag("dedupe", requires=["ingest"]), Flag("enrich", rollout_pct=50, requires=["dedupe"])]
+
+
+def test_decisions_persist_across_processes(tmp_path):
+    db = tmp_path / "flags.db"
+    first = FlagManager(PIPELINE, db=db, actor="job-1").evaluate_all("tenant:1")
+    script = (
+        "import json, sys; from flagstore import FlagManager; "
+        "m = FlagManager(db=sys.argv[1], actor='job-2'); "
+        "print(json.dumps([m.evaluate_all('tenant:1'), m.verify()['rows']]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True, text=True, check=True)
+    again, rows = json.loads(out.stdout)
+    assert again == first
+    assert rows == 3 + 2, "three creations, two decision records"
+
+
+def test_the_cli_and_python_share_one_store_and_one_chain(tmp_path, flagstore_bin):
+    db = str(tmp_path / "flags.db")
+    manager = FlagManager(PIPELINE, db=db, actor="python")
+    python_said = {key: manager.is_enabled("enrich", key) for key in ["a", "b", "c", "d"]}
+    for key, answer in python_said.items():
+        assert run_cli(flagstore_bin, "--db", db, "eval", "enrich", "--context", key).strip() == str(answer).lower()
+    run_cli(flagstore_bin, "--db", db, "flag", "set", "enrich", "--rollout", "0")
+    run_cli(flagstore_bin, "--db", db, "eval", "--all", "--context", "e")
+    assert manager.is_enabled("enrich", "e") is False
+    assert manager.is_enabled("enrich", "a") == python_said["a"], "sticky across the CLI's change"
+    verified = run_cli(flagstore_bin, "--db", db, "audit", "verify")
+    assert verified.split()[-1] == manager.verify()["head"]
+    actors = {row["actor"] for row in manager.audit(limit=0)}
+    assert actors == {"python", "cli"}
+
+
+def test_threads_run_while_the_store_works_and_every_call_is_recorded_once(tmp_path):
+    manager = FlagManager(PIPELINE, db=tmp_path / "flags.db")
+    answers = {}
+
+    def work(worker):
+        for i in range(50):
+            key = f"w{worker}-{i}"
+            answers[key] = manager.is_enabled("enrich", key)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 400
+    records = [row for row in manager.audit(limit=0) if row["kind"] == "evaluation"]
+    assert sorted(row["context_key"] for row in records) == sorted(answers)
+    for row in records:
+        assert bool(row["result"]) == answers[row["context_key"]]
+
+
+def test_the_actor_is_the_one_given_else_flagstore_actor(monkeypatch):
+    monkeypatch.setenv("FLAGSTORE_ACTOR", "from-env")
+    assert FlagManager(PIPELINE).audit(limit=1)[0]["actor"] == "from-env"
+    assert FlagManager(PIPELINE, actor="given").audit(limit=1)[0]["actor"] == "given"
+
+
+def test_the_store_wins_and_a_warning_names_the_flag_and_fields(tmp_path):
+    db = tmp_path / "flags.db"
+    FlagManager(PIPELINE, db=db)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manager = FlagManager([Flag("enrich", rollout_pct=10, requires=["dedupe"])], db=db)
+    assert [str(w.message) for w in caught] == [
+        "flag 'enrich': given rollout_pct 10, the store has 50; the store's definition is used"
+    ]
+    assert all(w.category is UserWarning for w in caught)
+    assert manager.explain("enrich", "k")["definition"]["rollout_pct"] == 50
+
+
+def test_bad_input_is_refused_in_the_clis_words(tmp_path):
+    with pytest.raises(StoreError, match="missing.db: no such database") as raised:
+        FlagManager(db=tmp_path / "missing.db")
+    assert isinstance(raised.value, OSError)
+    with pytest.raises(ValueError, match=r'flags\[0\] \("x"\): rollout_pct must be a number from 0 to 100'):
+        FlagManager([Flag("x", rollout_pct=150)])
+    with pytest.raises(ValueError, match='flag "x" requires unknown flag "nope"'):
+        FlagManager([Flag("x", requires=["nope"])])
+    with pytest.raises(ValueError, match="dependency cycle: a -> b -> a"):
+        FlagManager([Flag("a", requires=["b"]), Flag("b", requires=["a"])])
+    with pytest.raises(ValueError, match="sticky"):
+        FlagManager([Flag("x", sticky="sometimes")])
+    with pytest.raises(ValueError, match="in the future"):
+        FlagManager(PIPELINE).explain("enrich", "k", at="2999-01-01")
+    with pytest.raises(StoreError):
+        FlagManager(db=tmp_path)  # a directory
+
+
+def test_postgres_behaves_as_sqlite(postgres_url, flagstore_bin):
+    manager = FlagManager(PIPELINE, db=postgres_url, actor="python")
+    answers = manager.evaluate_all("tenant:1")
+    assert answers == FlagManager(PIPELINE).evaluate_all("tenant:1")
+    assert run_cli(flagstore_bin, "--db", postgres_url, "eval", "enrich", "--context", "tenant:1").strip() == str(
+        answers["enrich"]
+    ).lower()
+    assert FlagManager(db=postgres_url).verify()["rows"] == 3 + 2
