@@ -1,7 +1,7 @@
 //! The evaluator: a pure function of (flag definitions, stored assignments, context key).
 //!
 //! It does no I/O. The store hands it what it read and writes back the assignments it reports, so
-//! the same code serves SQLite today and other backends later, and it can be property-tested.
+//! the same code serves SQLite and PostgreSQL, and it can be property-tested without either.
 
 use std::collections::{HashMap, HashSet};
 
@@ -48,6 +48,19 @@ impl Source {
             Source::Cycle => "cycle",
             Source::Sticky => "sticky",
             Source::Rollout => "rollout",
+        }
+    }
+
+    /// OpenFeature's reason code for a decision from this step: `rollout` (hashed into the
+    /// rollout now) and `sticky` (the stored first decision) are SPLIT, `disabled` is
+    /// DISABLED, `dependency` (a required flag is off) is TARGETING_MATCH, anything else
+    /// UNKNOWN. What `serve` (OFREP) and the Python package's provider answer.
+    pub fn openfeature_reason(self) -> &'static str {
+        match self {
+            Source::Rollout | Source::Sticky => "SPLIT",
+            Source::Disabled => "DISABLED",
+            Source::Dependency => "TARGETING_MATCH",
+            Source::Unknown | Source::Cycle => "UNKNOWN",
         }
     }
 }

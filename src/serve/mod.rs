@@ -608,7 +608,7 @@ impl Writer {
             Ok((flags, results)) => {
                 let flags = Arc::new(flags);
                 for ((_, _, _, reply), result) in pending.into_iter().zip(results) {
-                    let answer = match result {
+                    let answer = match result.map(|evaluated| evaluated.evaluations) {
                         Some(evaluations) => {
                             self.metrics.count_evaluations(evaluations.len());
                             Answer::Evaluated {

@@ -1,9 +1,7 @@
 //! The HTTP routes: OFREP's single and bulk evaluation, health and metrics.
 //!
-//! Reasons, from flagstore's source of a decision to OpenFeature's reason codes: `rollout`
-//! (hashed into the rollout now) and `sticky` (the stored first decision) are SPLIT,
-//! `disabled` is DISABLED, `dependency` (a required flag is off) is TARGETING_MATCH, anything
-//! else UNKNOWN. `metadata` carries flagstore's own `source` and reason text.
+//! Reasons are OpenFeature's codes ([`crate::eval::Source::openfeature_reason`]); `metadata`
+//! carries flagstore's own `source` and reason text.
 
 use std::sync::Arc;
 
@@ -17,7 +15,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::{Answer, Job, Shared};
-use crate::eval::{Evaluation, Source};
+use crate::eval::Evaluation;
 use crate::flag::FlagSet;
 use crate::store::Selection;
 use crate::token;
@@ -126,22 +124,13 @@ async fn count_response(
     response
 }
 
-fn ofrep_reason(source: Source) -> &'static str {
-    match source {
-        Source::Rollout | Source::Sticky => "SPLIT",
-        Source::Disabled => "DISABLED",
-        Source::Dependency => "TARGETING_MATCH",
-        Source::Unknown | Source::Cycle => "UNKNOWN",
-    }
-}
-
 fn decision_json(evaluation: &Evaluation) -> Value {
     let decision = &evaluation.decision;
     json!({
         "key": evaluation.flag,
         "value": decision.enabled,
         "variant": if decision.enabled { "on" } else { "off" },
-        "reason": ofrep_reason(decision.source),
+        "reason": decision.source.openfeature_reason(),
         "metadata": {
             "source": decision.source.as_str(),
             "reason": decision.reason(),

@@ -756,18 +756,18 @@ impl Store {
     pub fn evaluate_requests(
         &mut self,
         requests: &[Request],
-    ) -> Result<(FlagSet, Vec<Option<Vec<Evaluation>>>)> {
+    ) -> Result<(FlagSet, Vec<Option<ContextEvaluation>>)> {
         self.retried_on_new_connection(|store| store.evaluate_requests_once(requests))
     }
 
     fn evaluate_requests_once(
         &mut self,
         requests: &[Request],
-    ) -> Result<(FlagSet, Vec<Option<Vec<Evaluation>>>)> {
+    ) -> Result<(FlagSet, Vec<Option<ContextEvaluation>>)> {
         let tx = self.write_transaction()?;
         let ts = self.now();
         let flags = tx.load_flags()?;
-        let mut results: Vec<Option<Vec<Evaluation>>> = vec![None; requests.len()];
+        let mut results: Vec<Option<ContextEvaluation>> = vec![None; requests.len()];
         let mut groups: Vec<(&Selection, &str, Vec<usize>)> = Vec::new();
         for (index, request) in requests.iter().enumerate() {
             if let Selection::Flags(names) = request.selection
@@ -790,7 +790,7 @@ impl Store {
             let evaluated =
                 EvaluationPlan::new(&flags, selection).evaluate_keys(&tx, &keys, actor, &ts)?;
             for (index, evaluated) in members.into_iter().zip(evaluated) {
-                results[index] = Some(evaluated.evaluations);
+                results[index] = Some(evaluated);
             }
         }
         tx.commit()?;
