@@ -2,14 +2,22 @@
 //! prototype's API in `flagstore/__init__.py`. Every call releases the GIL while the store
 //! works; values cross as Python tuples and lists, or as JSON text where the library already
 //! writes JSON (explain, audit rows), so both sides read one format.
+//!
+//! Evaluations from many threads share transactions (group commit, as `serve` does): a
+//! caller queues its request; if no caller is leading, it leads: it runs everything queued in
+//! one transaction, then whatever was queued meanwhile in the next, until the queue is empty.
+//! The others wait for their answers, never for the store, so a commit serves every thread
+//! that arrived during the one before.
 
 use std::ffi::OsStr;
-use std::sync::Mutex;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use flagstore::audit::{AuditQuery, parse_time_bound};
 use flagstore::error::Fault;
+use flagstore::eval::ContextEvaluation;
 use flagstore::prototype::TrailReason;
-use flagstore::store::{Location, keys_per_transaction};
+use flagstore::store::{Location, Request, keys_per_transaction};
 use flagstore::{Error, FlagSet, Selection};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
@@ -53,13 +61,111 @@ fn flag_tuple(flag: &flagstore::Flag) -> FlagTuple {
     )
 }
 
+/// What a queued evaluation gets back: the flags of its transaction and its decisions.
+type Evaluated = std::result::Result<(Arc<FlagSet>, Option<ContextEvaluation>), String>;
+
+/// An evaluation waiting for a transaction.
+struct Queued {
+    selection: Selection,
+    key: String,
+    reply: mpsc::Sender<Evaluated>,
+}
+
+/// Evaluations waiting for a transaction, and whether a caller is running them.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Queued>,
+    leading: bool,
+}
+
+/// Lets the next caller lead if a leader panics, rather than leave every caller waiting on a
+/// leader that is gone (the panic reaches Python; the requests it held fail).
+struct StepDown<'a>(&'a Mutex<Queue>);
+
+impl Drop for StepDown<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).leading = false;
+        }
+    }
+}
+
 #[pyclass(frozen)]
 struct Store {
     store: Mutex<flagstore::Store>,
+    queue: Mutex<Queue>,
     actor: String,
 }
 
 impl Store {
+    /// Runs what is queued, a transaction at a time, until the queue is empty; then no caller
+    /// leads until the next arrives (both decided under the queue's lock, so none is missed).
+    fn lead(&self) {
+        let _unless_it_panics = StepDown(&self.queue);
+        loop {
+            let queued = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if queue.waiting.is_empty() {
+                    queue.leading = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            let requests: Vec<Request> = queued
+                .iter()
+                .map(|q| Request {
+                    selection: &q.selection,
+                    context: &q.key,
+                    actor: &self.actor,
+                })
+                .collect();
+            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            match store.evaluate_requests(&requests) {
+                Ok((flags, results)) => {
+                    let flags = Arc::new(flags);
+                    for (q, result) in queued.iter().zip(results) {
+                        let _ = q.reply.send(Ok((Arc::clone(&flags), result)));
+                    }
+                }
+                Err(error) => {
+                    let message = error.at_database(store.path()).to_string();
+                    for q in &queued {
+                        let _ = q.reply.send(Err(message.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Evaluates `selection` for `key` in a transaction shared with whatever other threads
+    /// queued meanwhile. `None` for a single flag that does not exist (not recorded).
+    fn evaluate_queued(
+        &self,
+        py: Python<'_>,
+        selection: Selection,
+        key: String,
+    ) -> PyResult<(Arc<FlagSet>, Option<ContextEvaluation>)> {
+        let (reply, answer) = mpsc::channel();
+        py.detach(move || {
+            let leads = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                queue.waiting.push(Queued {
+                    selection,
+                    key,
+                    reply,
+                });
+                !std::mem::replace(&mut queue.leading, true)
+            };
+            if leads {
+                self.lead();
+            }
+            answer
+                .recv()
+                .unwrap_or_else(|_| Err("the evaluation was dropped".to_string()))
+        })
+        .map_err(StoreError::new_err)
+    }
+
     /// Runs `work` on the store without the GIL; callers in other threads queue on the lock.
     fn with<T: Send>(
         &self,
@@ -96,6 +202,7 @@ impl Store {
             .map_err(raised)?;
         Ok(Store {
             store: Mutex::new(store),
+            queue: Mutex::new(Queue::default()),
             actor,
         })
     }
@@ -168,11 +275,20 @@ impl Store {
         names: Vec<String>,
         key: String,
     ) -> PyResult<(Vec<bool>, Vec<TrailTuple>)> {
-        let actor = self.actor.clone();
-        self.with(py, move |store| {
-            let selection = Selection::Flags(names.clone());
-            let evaluated = store.evaluate_context(&selection, &key, &actor)?;
-            let flags: FlagSet = store.flags()?;
+        let selection = Selection::Flags(names.clone());
+        let (flags, evaluated) = match self.evaluate_queued(py, selection.clone(), key.clone())? {
+            (flags, Some(evaluated)) => (flags, evaluated),
+            // A single flag that does not exist, which a group leaves out: the prototype
+            // answered it (false), so it is evaluated and recorded as `flagstore eval` does.
+            (flags, None) => {
+                let actor = self.actor.clone();
+                let evaluated = self.with(py, move |store| {
+                    store.evaluate_context(&selection, &key, &actor)
+                })?;
+                (flags, evaluated)
+            }
+        };
+        {
             let requested: Vec<&str> = names.iter().map(String::as_str).collect();
             let answers = evaluated
                 .evaluations
@@ -193,7 +309,29 @@ impl Store {
                 })
                 .collect();
             Ok((answers, trail))
-        })
+        }
+    }
+
+    /// One flag for `key` as `serve` answers OFREP: value, OpenFeature reason, flagstore's
+    /// source and reason text; `None` for a flag that does not exist, which is not recorded.
+    fn resolve(
+        &self,
+        py: Python<'_>,
+        name: String,
+        key: String,
+    ) -> PyResult<Option<(bool, &'static str, &'static str, String)>> {
+        let (_, evaluated) = self.evaluate_queued(py, Selection::Flags(vec![name]), key)?;
+        Ok(evaluated.and_then(|evaluated| {
+            evaluated.evaluations.into_iter().next().map(|e| {
+                let d = e.decision;
+                (
+                    d.enabled,
+                    d.source.openfeature_reason(),
+                    d.source.as_str(),
+                    d.reason(),
+                )
+            })
+        }))
     }
 
     /// Keys per transaction of a batch of `flags` flags per key, as `eval --contexts-file`.
