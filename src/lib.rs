@@ -1,5 +1,5 @@
-//! flagstore: feature flags for data pipelines, kept in one SQLite file, with sticky per-context
-//! assignments and an append-only audit trail.
+//! flagstore: feature flags for data pipelines, kept in one SQLite file or in PostgreSQL, with
+//! sticky per-context assignments and an append-only, hash-chained audit trail.
 //!
 //! The evaluator ([`eval`]) is pure; all SQL lives in [`store`]; [`cli`] is the command-line
 //! layer the `flagstore` binary runs.

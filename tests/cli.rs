@@ -1083,3 +1083,27 @@ fn bench_db_takes_only_a_postgres_url() {
         "flagstore: bench --db takes a postgres:// URL, not \"flags.db\"; an SQLite bench uses a temporary file (choose its directory with --dir)"
     );
 }
+
+/// ARCHITECTURE.md names rooms of the tree: each path it names must exist.
+#[test]
+fn every_path_architecture_md_names_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let named: Vec<&str> = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| {
+            ["src/", "tests/", "migrations/", "python/"]
+                .iter()
+                .any(|room| quoted.starts_with(room))
+        })
+        .collect();
+    assert!(named.len() > 20, "{named:?}");
+    for path in named {
+        assert!(
+            root.join(path).exists(),
+            "ARCHITECTURE.md names {path}, which does not exist"
+        );
+    }
+}

@@ -37,7 +37,7 @@ const DB_HELP: &str = "The store: an SQLite file, or a postgres:// URL \
     name = "flagstore",
     version,
     args_override_self = true,
-    about = "Feature flags for data pipelines: sticky rollouts and an audit trail in one SQLite file",
+    about = "Feature flags for data pipelines: sticky rollouts and a hash-chained audit trail, in one SQLite file or in PostgreSQL",
     after_help = "Examples:
   flagstore run --input examples/pipeline.json --output out.json
   flagstore eval enrich --context tenant:acme
