@@ -1,10 +1,8 @@
 //! Stale flags, read from the audit trail: no change for N days and one answer for every
 //! context meanwhile, unless exempt. The store's clock is turned back to write history.
 
-mod common;
-
+use crate::common::Env;
 use chrono::{DateTime, TimeDelta, Utc};
-use common::Env;
 use flagstore::store::StaleFlag;
 use flagstore::{Flag, FlagSet, Selection, Store};
 
@@ -97,7 +95,7 @@ fn stale_flags_are_unchanged_and_gave_one_answer_unless_exempt() {
 
 fn flag_list_stale_lists_them_and_an_exemption_is_an_audited_change() {
     let env = Env::new();
-    env.import_json(common::PIPELINE);
+    env.import_json(crate::common::PIPELINE);
     assert_eq!(
         env.ok(&["flag", "list", "--stale"]),
         "name  changed_at  answer  decisions\n"

@@ -1,8 +1,6 @@
 //! The CLI contract, driven through the real binary.
 
-mod common;
-
-use common::{Env, PIPELINE, succeeded};
+use crate::common::{Env, PIPELINE, succeeded};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {

@@ -2,11 +2,9 @@
 //! sessions, roles, CSRF and Origin checks, the kill switch with its confirmation, rollouts,
 //! a concurrent edit refused, escaping of hostile names, and the audit pages.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Env, PIPELINE, Server};
+use crate::common::{Env, PIPELINE, Server};
 use flagstore::audit::GENESIS_HASH;
 
 /// A browser: one cookie jar entry (the session), no redirects followed, so each step's

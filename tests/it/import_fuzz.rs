@@ -2,8 +2,6 @@
 //! never a panic; either a clean error that leaves the store as it was, or a store that
 //! round-trips through export byte for byte.
 
-mod common;
-
 use flagstore::document::Document;
 use flagstore::{FlagSet, Store};
 use proptest::prelude::*;
@@ -83,7 +81,7 @@ fn export(store: &Store) -> String {
 }
 
 proptest! {
-    #![proptest_config(common::proptest_config(3_000))]
+    #![proptest_config(crate::common::proptest_config(3_000))]
 
     #[test]
     fn import_never_panics_and_either_refuses_cleanly_or_round_trips(text in document()) {

@@ -3,13 +3,11 @@
 //! installed, named by `$FLAGSTORE_TEST_OFREP_PYTHON` (`.ci/run` makes a venv and sets it); skipped,
 //! saying so, without it.
 
-mod common;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Env, PIPELINE, Server};
+use crate::common::{Env, PIPELINE, Server};
 use serde_json::Value;
 
 const PYTHON_VARIABLE: &str = "FLAGSTORE_TEST_OFREP_PYTHON";

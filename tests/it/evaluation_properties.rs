@@ -1,9 +1,7 @@
 //! Property tests: for any flags and keys, the store's answers agree with a plain
 //! re-implementation of the documented evaluation order, and sticky policies behave as stated.
 
-mod common;
-
-use common::{Backend, Env};
+use crate::common::{Backend, Env};
 
 use std::collections::HashMap;
 
@@ -101,7 +99,7 @@ fn evaluate_one(store: &mut Store, flag: &str, key: &str) -> bool {
 }
 
 proptest! {
-    #![proptest_config(common::proptest_config(256))]
+    #![proptest_config(crate::common::proptest_config(256))]
     #[test]
     fn pure_evaluator_agrees_with_the_reference(flags in flags(), keys in keys()) {
         let set: FlagSet = flags.iter().cloned().collect();
@@ -171,7 +169,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(common::proptest_config(64))]
+    #![proptest_config(crate::common::proptest_config(64))]
 
     /// What a reviewer reads in plain SQL (the audit_evaluations view over decision records)
     /// is exactly what the evaluations returned: flag, result, source and reason wording,
@@ -192,7 +190,7 @@ proptest! {
         keys in keys(),
         lowered in rollout(),
     ) {
-        if common::use_postgres() {
+        if crate::common::use_postgres() {
             view_equals_decisions(&flags, &keys, lowered)?;
         }
     }
@@ -307,7 +305,7 @@ fn history() -> impl Strategy<Value = Vec<Step>> {
 }
 
 proptest! {
-    #![proptest_config(common::proptest_config(32))]
+    #![proptest_config(crate::common::proptest_config(32))]
 
     /// `explain --at T` answers, for every decision recorded at T (the requested flag's and
     /// the requirements' alike), what was recorded: the definitions and stored assignments
@@ -328,7 +326,7 @@ proptest! {
         keys in prop::collection::vec("\\PC{1,8}", 1..4),
         history in history(),
     ) {
-        if common::use_postgres() {
+        if crate::common::use_postgres() {
             explain_at_answers_what_was_recorded(&flags, &keys, &history)?;
         }
     }

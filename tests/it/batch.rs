@@ -1,9 +1,7 @@
 //! Batch evaluation through `--contexts-file`: streaming edge cases, transaction boundaries,
 //! and agreement with single evaluations.
 
-mod common;
-
-use common::{Env, PIPELINE};
+use crate::common::{Env, PIPELINE};
 use serde_json::Value;
 
 fn batch(env: &Env, input: impl Into<Vec<u8>>, flags: &[&str]) -> Vec<Value> {

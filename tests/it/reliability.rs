@@ -1,12 +1,10 @@
 //! Concurrency, crashes, a full disk, damaged files and a clock that goes backwards.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, succeeded};
+use crate::common::{Env, succeeded};
 use flagstore::store::keys_per_transaction;
 use serde_json::Value;
 
@@ -476,7 +474,7 @@ fn a_full_disk_fails_cleanly_and_works_again_with_space() {
     let mut file = std::fs::File::create(&filler).unwrap();
     while file.write_all(&[0u8; 4096]).is_ok() {}
     drop(file);
-    let before = common::snapshot(&db);
+    let before = crate::common::snapshot(&db);
     // Far larger than any room SQLite kept in its files: a small write may still fit there.
     let many: Vec<Value> = (0..20_000)
         .map(|i| serde_json::json!({"name": format!("bulk-{i:05}"), "rollout_pct": 5}))
@@ -494,7 +492,7 @@ fn a_full_disk_fails_cleanly_and_works_again_with_space() {
     );
     drop(conn);
     assert_eq!(
-        common::snapshot(&db),
+        crate::common::snapshot(&db),
         before,
         "a refused write changed the store"
     );
@@ -825,7 +823,7 @@ fn serve_on_a_small_volume_bounds_its_wal_and_recovers_from_a_full_disk() {
     env.ok(&["--db", db_arg, "import", flags.to_str().unwrap()]);
     let token = env.ok(&["--db", db_arg, "token", "create", "worker"]);
     let token = token.trim();
-    let server = common::Server::start(&env, &["--db", db_arg]);
+    let server = crate::common::Server::start(&env, &["--db", db_arg]);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -955,7 +953,7 @@ fn a_stalled_export_does_not_pin_the_wal_while_serve_writes() {
     let mut first = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
     // The export is now blocked on its full pipe, part-way through the log.
-    let server = common::Server::start(&env, &[]);
+    let server = crate::common::Server::start(&env, &[]);
     let wal = env.db.with_extension("db-wal");
     let mut wal_peak = 0;
     std::thread::scope(|scope| {

@@ -2,9 +2,7 @@
 //! copies to and from SQLite, and many processes sharing one store. Skipped, saying so, when
 //! `$FLAGSTORE_TEST_POSTGRES` is unset (the contract suite covers every command on both).
 
-mod common;
-
-use common::{Env, PIPELINE, Server, succeeded, use_postgres};
+use crate::common::{Env, PIPELINE, Server, succeeded, use_postgres};
 
 /// `flagstore ARGS --db URL` in a scratch directory, expected to fail with one line.
 fn fails_with(url: &str, args: &[&str]) -> String {
@@ -32,7 +30,7 @@ fn connection_errors_name_the_server_and_database_never_the_password() {
         ),
         "{refused}"
     );
-    let base = std::env::var(common::POSTGRES_VARIABLE).unwrap();
+    let base = std::env::var(crate::common::POSTGRES_VARIABLE).unwrap();
     let (server, _) = base.rsplit_once('/').unwrap();
     let missing = fails_with(
         &format!("{server}/no_such_database_here"),
@@ -494,7 +492,7 @@ fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
     if !use_postgres() {
         return;
     }
-    let base = std::env::var(common::POSTGRES_VARIABLE).unwrap();
+    let base = std::env::var(crate::common::POSTGRES_VARIABLE).unwrap();
     let env = Env::new();
     let scratch = env.location.to_str().unwrap().to_string();
     let schema = scratch.rsplit_once("search_path%3D").unwrap().1.to_string();
@@ -554,7 +552,7 @@ fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
     let server = {
         let mut cmd = env.std_cmd();
         cmd.env_remove("FLAGSTORE_NO_OWNER_WARNING");
-        common::Server::start_with(cmd, &["--db", &url("flagstore_writer")])
+        crate::common::Server::start_with(cmd, &["--db", &url("flagstore_writer")])
     };
     let answer = std::process::Command::new("curl")
         .args(["-s", "-X", "POST"])
@@ -622,7 +620,7 @@ fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
     let mut served_by_owner = {
         let mut cmd = env.std_cmd();
         cmd.env_remove("FLAGSTORE_NO_OWNER_WARNING");
-        common::Server::start_with(cmd, &["--db", &url("flagstore_owner")])
+        crate::common::Server::start_with(cmd, &["--db", &url("flagstore_owner")])
     };
     served_by_owner.signal("TERM");
     let (code, logged) = served_by_owner.exit();

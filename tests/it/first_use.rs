@@ -1,9 +1,7 @@
 //! What a new user trips over: a copy that holds nothing, silent overrides, silent empty
 //! stores, half-done failures and errors that do not say what to do.
 
-mod common;
-
-use common::{Env, PIPELINE, snapshot};
+use crate::common::{Env, PIPELINE, snapshot};
 use serde_json::Value;
 
 fn pipeline_example() -> String {

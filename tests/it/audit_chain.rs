@@ -1,9 +1,7 @@
 //! Tamper evidence, tested by tampering for real: plain SQL against the database file, with the
 //! append-only triggers dropped as an attacker with file access would.
 
-mod common;
-
-use common::{Backend, Env, PIPELINE};
+use crate::common::{Backend, Env, PIPELINE};
 
 /// A store with some history: changes, evaluations, a reset.
 fn store_with_history() -> Env {
@@ -142,8 +140,8 @@ fn an_edited_row_is_named_by_flagstore_and_by_the_script() {
 /// The verifier printed in the README for reviewers is the script the tests run.
 #[test]
 fn the_readme_verifier_is_the_tested_script() {
-    let readme = include_str!("../README.md");
-    let script = include_str!("../scripts/verify_audit_chain.py");
+    let readme = include_str!("../../README.md");
+    let script = include_str!("../../scripts/verify_audit_chain.py");
     let start = readme
         .find("```python\n#!/usr/bin/env python3")
         .expect("the README shows the verifier")

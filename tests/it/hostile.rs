@@ -1,9 +1,7 @@
 //! Hostile names and keys: refused by the documented name rules, or stored and returned
 //! verbatim through bound parameters. Every table survives.
 
-mod common;
-
-use common::Env;
+use crate::common::Env;
 use serde_json::{Value, json};
 
 const INJECTION: &str = "x'); DROP TABLE audit_log;--";

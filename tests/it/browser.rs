@@ -5,19 +5,17 @@
 //! installs both and names them in FLAGSTORE_TEST_CHROMIUM and FLAGSTORE_TEST_CHROMEDRIVER,
 //! so there the test cannot be skipped.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, PIPELINE, Server};
+use crate::common::{Env, PIPELINE, Server};
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-const AXE: &str = include_str!("browser/axe.min.js");
+const AXE: &str = include_str!("../browser/axe.min.js");
 
 /// The binary `variable` names, which must exist; without the variable, `default` if it does.
 fn installed(variable: &str, default: &str) -> Option<PathBuf> {

@@ -18,7 +18,7 @@ struct Vector {
 }
 
 fn vectors() -> Vec<Vector> {
-    let text = include_str!("fixtures/hash_vectors.json");
+    let text = include_str!("../fixtures/hash_vectors.json");
     serde_json::from_str::<Vectors>(text)
         .expect("fixture parses")
         .vectors

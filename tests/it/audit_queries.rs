@@ -1,8 +1,6 @@
 //! `flagstore audit` filters, orders, paging and formats; `history`; `explain`.
 
-mod common;
-
-use common::{Env, PIPELINE};
+use crate::common::{Env, PIPELINE};
 use serde_json::Value;
 
 /// Every decision a row shows, in order: a decision record shows one per requested flag,

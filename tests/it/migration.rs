@@ -1,9 +1,7 @@
 //! A store written by schema 1 (one audit row per flag evaluation), opened by this flagstore:
 //! migrated to decision records with every row and the head hash kept.
 
-mod common;
-
-use common::Env;
+use crate::common::Env;
 use serde_json::Value;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1-store");

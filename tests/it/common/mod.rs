@@ -1,5 +1,4 @@
 //! Helpers for driving the real `flagstore` binary against a throw-away database.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::cell::Cell;
 use std::ffi::OsString;
@@ -75,7 +74,7 @@ macro_rules! contract_tests {
             $(
                 #[test]
                 fn $name() {
-                    if super::common::use_postgres() {
+                    if $crate::common::use_postgres() {
                         super::$name()
                     }
                 }

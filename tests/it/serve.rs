@@ -1,11 +1,9 @@
 //! `flagstore serve` over real HTTP on loopback: OFREP's shapes, auth, ETags, agreement with
 //! the CLI, concurrency, and stopping (SIGTERM drains; SIGKILL loses only unanswered requests).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Env, PIPELINE, Server};
+use crate::common::{Env, PIPELINE, Server};
 use serde_json::{Value, json};
 
 fn agent() -> ureq::Agent {
@@ -848,7 +846,7 @@ fn sigterm_after_reads_exits_0_and_leaves_everything_in_the_database_file() {
     let (code, stderr) = server.exit();
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(evaluations_recorded(&env), answered as i64);
-    if env.backend == common::Backend::Sqlite {
+    if env.backend == crate::common::Backend::Sqlite {
         let wal = env.db.with_extension("db-wal");
         assert!(!wal.exists(), "{} is left behind", wal.display());
         let copied = tempfile::tempdir().unwrap();
