@@ -2,7 +2,27 @@
 //! sticky per-context assignments and an append-only, hash-chained audit trail.
 //!
 //! The evaluator ([`eval`]) is pure; all SQL lives in [`store`]; [`cli`] is the command-line
-//! layer the `flagstore` binary runs.
+//! layer the `flagstore` binary runs, [`serve`] the HTTP server, and the Python package
+//! (`python/`) a third caller of the same API:
+//!
+//! ```
+//! use flagstore::{Flag, FlagSet, Selection, Store};
+//!
+//! # fn main() -> flagstore::Result<()> {
+//! // A file path or a postgres:// URL with Store::open(&Location::parse(..)); here, memory.
+//! let mut store = Store::open_in_memory()?;
+//! store.modify("alice", "import", false, |_| {
+//!     Ok([Flag::new("ingest"), Flag { rollout_pct: 50.0, ..Flag::new("enrich") }]
+//!         .into_iter()
+//!         .collect::<FlagSet>())
+//! })?;
+//! // Decided, stored per the sticky policy and recorded in the audit chain, then returned.
+//! let evaluations = store.evaluate(&Selection::All, "tenant:acme", "nightly-etl")?;
+//! assert_eq!(evaluations.len(), 2);
+//! assert!(store.verify_audit(None)?.rows >= 3);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod audit;
 pub mod bench;

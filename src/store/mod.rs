@@ -3,7 +3,7 @@
 //!
 //! Each public method of [`Store`] is one whole transaction. The rules (which flags a request
 //! evaluates, what is stored, what is audited, how the chain is extended) are written once
-//! here, over the [`Backend`] trait; `sqlite.rs` and `postgres.rs` only say how each step is
+//! here, over the `Backend` trait; `sqlite.rs` and `postgres.rs` only say how each step is
 //! done in their SQL. Every write transaction holds the store's single writer lock from its
 //! first read, so two processes evaluating the same (flag, context), on one machine or many,
 //! end with one assignment and the same answer, the audit chain never forks, and every write
@@ -1045,7 +1045,7 @@ impl Store {
     }
 
     /// How long a writer keeps retrying a busy database before it reports "database is
-    /// locked" ([`BUSY_RETRY_BUDGET`] unless changed).
+    /// locked" (`BUSY_RETRY_BUDGET` unless changed).
     pub fn set_lock_wait(&mut self, budget: Duration) {
         self.lock_wait = budget;
     }

@@ -42,7 +42,7 @@ impl Runs {
         &self.0
     }
 
-    /// "record 7", "records 7-9, 12", at most [`RUNS_SHOWN`] runs, then ", ...".
+    /// "record 7", "records 7-9, 12", at most five runs, then ", ...".
     pub fn shown(&self) -> String {
         let mut runs: Vec<String> = self
             .0

@@ -2,6 +2,8 @@
 //! runs the real `flagstore` binary, a real server or the library against real databases;
 //! `common` holds what they share and `contract_tests!`, which runs a test on both backends.
 
+#![allow(clippy::unwrap_used)] // a panic in a test is a failure naming its line
+
 #[macro_use]
 mod common;
 
