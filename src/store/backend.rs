@@ -1,0 +1,288 @@
+//! What a storage engine does, one step at a time (`Backend`), the step types it takes, and
+//! `Transaction`, the guard every step runs under: committed explicitly, rolled back when
+//! dropped.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::audit::Entry;
+use crate::error::{Error, Result};
+use crate::eval::{NewAssignment, StoredAssignment};
+use crate::flag::{Flag, FlagSet};
+
+use super::{AssignmentRow, AssignmentTally, COMMIT_OUTCOME_WAIT, Misrecorded, TokenRecord};
+
+/// An assignment about to be stored, borrowed from a decision or from a row being copied.
+pub(super) struct AssignmentRef<'a> {
+    pub(super) flag: &'a str,
+    pub(super) context_key: &'a str,
+    pub(super) decision: bool,
+    pub(super) bucket: u8,
+    pub(super) rollout_pct: f64,
+    pub(super) assigned_at: &'a str,
+}
+
+impl<'a> AssignmentRef<'a> {
+    pub(super) fn new(
+        context_key: &'a str,
+        assignment: &'a NewAssignment,
+        assigned_at: &'a str,
+    ) -> Self {
+        AssignmentRef {
+            flag: &assignment.flag,
+            context_key,
+            decision: assignment.decision,
+            bucket: assignment.bucket,
+            rollout_pct: assignment.rollout_pct,
+            assigned_at,
+        }
+    }
+}
+
+impl<'a> From<&'a AssignmentRow> for AssignmentRef<'a> {
+    fn from(row: &'a AssignmentRow) -> Self {
+        AssignmentRef {
+            flag: &row.flag,
+            context_key: &row.context_key,
+            decision: row.decision,
+            bucket: row.bucket,
+            rollout_pct: row.rollout_pct,
+            assigned_at: &row.assigned_at,
+        }
+    }
+}
+
+/// An audit row about to be stored: its columns, its id and its place in the chain.
+pub(super) struct ChainedEntry<'a> {
+    pub(super) id: i64,
+    pub(super) entry: Entry<'a>,
+    pub(super) prev_hash: &'a str,
+    pub(super) hash: &'a str,
+}
+
+/// Which audit rows one scan reads, beyond the query's own filters.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scope<'a> {
+    Everything,
+    /// Rows whose `flag` column is this flag: changes and schema-1 evaluations.
+    FlagColumn(&'a str),
+    /// Decision records with ids in this range.
+    Records {
+        first_id: i64,
+        last_id: i64,
+    },
+    /// Every row with an id in this range.
+    Ids {
+        first_id: i64,
+        last_id: i64,
+    },
+}
+
+/// One page of audit rows: `scope` under the query's filters (all but `flag`, which decision
+/// records answer inside their detail), after `cursor` in the query's order, at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Scan<'a> {
+    pub(super) query: &'a crate::audit::AuditQuery,
+    pub(super) scope: Scope<'a>,
+    pub(super) cursor: Option<i64>,
+    /// The newest row a scan read in short transactions shows: the head when it began.
+    pub(super) through: Option<i64>,
+    pub(super) limit: usize,
+}
+
+/// What a storage engine does, one step at a time. Every method but `begin_*` runs inside a
+/// transaction the caller began. Implementations keep their own connection state; methods take
+/// `&self` so a [`Transaction`] guard can hold the backend while steps run.
+pub(super) trait Backend: Send {
+    /// The database as messages name it: a path, or a URL without its password.
+    fn name(&self) -> &str;
+
+    /// Begins a transaction holding the store's writer lock, waiting up to `lock_wait` for it.
+    fn begin_write(&self, lock_wait: Duration) -> Result<()>;
+    /// Begins a read-only transaction: one snapshot for all its reads.
+    fn begin_read(&self) -> Result<()>;
+    fn commit(&self) -> Result<()>;
+    fn rollback(&self);
+
+    fn load_flags(&self) -> Result<FlagSet>;
+    /// `created_at` and `updated_at` of a flag.
+    fn flag_times(&self, name: &str) -> Result<Option<(String, String)>>;
+    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()>;
+    fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()>;
+    fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()>;
+    /// Deletes a flag (its requirements already removed) and its assignments; returns how many
+    /// assignments went with it.
+    fn delete_flag(&self, name: &str) -> Result<usize>;
+
+    /// Keys per step of a batch transaction (see `EvaluationPlan::evaluate_keys`).
+    fn keys_per_step(&self) -> usize;
+
+    /// Calls `found(i, flag, assignment)` for each stored assignment of any of `keys` (each
+    /// listed once; `i` is the key's index) for any of `flags`.
+    fn fetch_assignments(
+        &self,
+        flags: &[&str],
+        keys: &[&str],
+        found: &mut dyn FnMut(usize, String, StoredAssignment),
+    ) -> Result<()>;
+    /// Stores assignments, none of them stored yet.
+    fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()>;
+    /// Streams assignments, optionally of one flag and/or one context, by flag then context.
+    fn for_each_assignment(
+        &self,
+        flag: Option<&str>,
+        context: Option<&str>,
+        visit: &mut dyn FnMut(AssignmentRow) -> Result<()>,
+    ) -> Result<()>;
+    fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize>;
+
+    /// Id and hash of the newest audit row.
+    fn audit_tail(&self) -> Result<Option<(i64, String)>>;
+    /// The hash of audit row `id`, if there is one.
+    fn audit_hash(&self, id: i64) -> Result<Option<String>>;
+    fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()>;
+    /// Records that the decision records `first_id..=last_id` were asked for each of `flags`.
+    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()>;
+    /// The `(first_id, last_id)` ranges listing `flag`, after `cursor` (ascending: ranges
+    /// ending past it; descending: ranges starting before it), in order of `last_id`.
+    fn flag_ranges(
+        &self,
+        flag: &str,
+        ascending: bool,
+        cursor: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, i64)>>;
+    /// Up to `limit` flag ranges `(flag, first_id, last_id)` after `(first_id, flag)`, in
+    /// that order: the order of the records they list.
+    fn ranges_by_first_id(
+        &self,
+        after: (i64, &str),
+        limit: usize,
+    ) -> Result<Vec<(String, i64, i64)>>;
+    fn audit_page(&self, scan: &Scan) -> Result<Vec<crate::audit::AuditRow>>;
+    fn audit_len(&self) -> Result<i64>;
+
+    /// Checks the stored pages and indexes (`quick`: only what is linear in the size); returns
+    /// what was checked, in words.
+    fn check_storage(&self, quick: bool) -> Result<&'static str>;
+    /// A foreign key that does not hold, as `(table, row, parent table)`.
+    fn broken_reference(&self) -> Result<Option<(String, String, String)>>;
+    /// An assignment, `(flag, context_key)`, with no evaluation row that stored it.
+    fn unaudited_assignment(&self) -> Result<Option<(String, String)>>;
+    /// An assignment whose decision, bucket or rollout is not what the decision record that
+    /// stored it says.
+    fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>>;
+    fn assignment_count(&self) -> Result<i64>;
+    /// Of `flag`'s stored assignments: how many are on, how many off, and how many were
+    /// decided otherwise than a hash under `rollout_pct` would decide them now.
+    fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally>;
+
+    /// Every API token, active and revoked, by name.
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    fn insert_token(&self, token: &TokenRecord) -> Result<()>;
+    /// Marks an active token revoked; false when there is no active token of that name.
+    fn revoke_token(&self, name: &str, ts: &str) -> Result<bool>;
+
+    /// Writes something every write would, changing nothing (see [`Store::probe_write`]).
+    fn rewrite_header(&self) -> Result<()>;
+    /// Checkpoints the WAL whenever it reaches `pages` pages and truncates it back to that
+    /// size, where the backend has a WAL of its own to manage (SQLite).
+    fn limit_wal(&self, pages: i64) -> Result<()>;
+    /// Copies what the write-ahead log holds into the database and empties it, where the
+    /// backend has one of its own to manage (SQLite's WAL); waits for no reader.
+    fn checkpoint(&self) -> Result<()>;
+
+    /// Opens a new connection if the server closed this one (a restart, a terminated backend);
+    /// true if it did. With `ask_server`, a connection that seems open is first asked a no-op
+    /// query: one that sat idle learns of its end only when used. Never true for SQLite,
+    /// which has no connection to lose.
+    fn reconnect_if_lost(&self, ask_server: bool) -> Result<bool>;
+
+    /// Why the connected role can disable the append-only triggers and rewrite the audit
+    /// trail (a superuser, the owner of `audit_log`), where the backend has roles at all.
+    fn rewrite_power(&self) -> Result<Option<String>>;
+
+    /// Writes a copy of the whole store as one SQLite file, from one snapshot; `None` when the
+    /// backend has no such copy of its own (the caller copies row by row instead).
+    fn backup_to(&self, destination: &Path) -> Option<Result<()>>;
+}
+
+/// An open transaction: committed by [`Transaction::commit`], rolled back if dropped, so an
+/// error anywhere leaves the database as it was.
+pub(super) struct Transaction<'s> {
+    pub(super) backend: &'s dyn Backend,
+    pub(super) finished: bool,
+    /// A write transaction, which ends with the audit row it appended last.
+    pub(super) writes: bool,
+}
+
+impl Transaction<'_> {
+    /// Commits. A connection lost during COMMIT (a server restart, a terminated backend) leaves
+    /// unknown whether the transaction landed; a write transaction then asks a new connection
+    /// for the audit row it appended last (its hash covers everything before it), so that
+    /// work that committed is reported committed, and a caller that retries work reported
+    /// [`Error::NotCommitted`] never records it twice.
+    pub(super) fn commit(mut self) -> Result<()> {
+        self.finished = true;
+        let head = match self.writes {
+            true => self.backend.audit_tail()?,
+            false => None,
+        };
+        match (self.backend.commit(), head) {
+            (Err(error), Some((id, hash))) => match self.backend.reconnect_if_lost(false) {
+                // The connection is sound: the server refused the commit.
+                Ok(false) => Err(error),
+                reconnected => self.commit_outcome(error, reconnected, id, &hash),
+            },
+            (committed, _) => committed,
+        }
+    }
+
+    /// Whether a COMMIT cut off with its connection landed: asks new connections whether row
+    /// `id` holds `hash`, for up to [`COMMIT_OUTCOME_WAIT`] while the server cannot be reached.
+    fn commit_outcome(
+        &self,
+        cause: Error,
+        mut reconnected: Result<bool>,
+        id: i64,
+        hash: &str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + COMMIT_OUTCOME_WAIT;
+        loop {
+            match reconnected.and_then(|_| self.backend.audit_hash(id)) {
+                Ok(found) if found.as_deref() == Some(hash) => return Ok(()),
+                Ok(_) => {
+                    return Err(Error::NotCommitted {
+                        cause: cause.to_string(),
+                    });
+                }
+                Err(why) if Instant::now() >= deadline => {
+                    return Err(Error::CommitOutcomeUnknown {
+                        cause: cause.to_string(),
+                        why: why.to_string(),
+                    });
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    reconnected = self.backend.reconnect_if_lost(false);
+                }
+            }
+        }
+    }
+}
+
+impl<'s> std::ops::Deref for Transaction<'s> {
+    type Target = dyn Backend + 's;
+
+    fn deref(&self) -> &Self::Target {
+        self.backend
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.backend.rollback();
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Flag definitions in the store: reads, and writes as data (`Store::modify` takes an edit of
+//! the whole flag set, `change::diff` turns it into one audited change per flag).
+
+use serde_json::json;
+
+use crate::audit::Entry;
+use crate::change::{self, Change};
+use crate::error::{Error, Result};
+use crate::flag::{Flag, FlagSet};
+
+use super::chain::append_audit;
+use super::{FlagRecord, Scan, Scope, Store, Transaction};
+
+impl Store {
+    pub fn flags(&self) -> Result<FlagSet> {
+        self.backend.load_flags()
+    }
+
+    pub fn flag(&self, name: &str) -> Result<Option<FlagRecord>> {
+        let tx = self.read_transaction()?;
+        let flags = tx.load_flags()?;
+        let (Some(flag), Some((created_at, updated_at))) = (flags.get(name), tx.flag_times(name)?)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(FlagRecord {
+            flag: flag.clone(),
+            required_by: flags.dependents_of(name),
+            created_at,
+            updated_at,
+        }))
+    }
+
+    /// The error for a flag name that does not exist, with the nearest existing name.
+    pub fn unknown_flag(&self, name: &str) -> Result<Error> {
+        Ok(Error::UnknownFlag {
+            name: name.to_string(),
+            suggestion: self.flags()?.nearest_name(name),
+        })
+    }
+
+    /// Applies `edit` to the current flags as one atomic, audited write. `edit` sees the flags
+    /// as they are under the write lock and returns the flags as they should be; the result
+    /// must pass [`FlagSet::validate`]. Returns the changes made (or, with `dry_run`, the changes
+    /// that would be made, leaving the store untouched).
+    pub fn modify(
+        &mut self,
+        actor: &str,
+        via: &str,
+        dry_run: bool,
+        edit: impl FnOnce(&FlagSet) -> Result<FlagSet>,
+    ) -> Result<Vec<Change>> {
+        let tx = self.write_transaction()?;
+        let ts = self.now();
+        let (_, changes) = edit_flags(&tx, edit, (!dry_run).then_some((actor, via, ts.as_str())))?;
+        if !dry_run && !changes.is_empty() {
+            tx.commit()?;
+        }
+        Ok(changes)
+    }
+
+    /// The version of a flag: the id of its newest change row (0 if it has none). Every write
+    /// to a flag adds a change row, so a version names one state of the flag.
+    pub fn flag_version(&self, name: &str) -> Result<i64> {
+        let tx = self.read_transaction()?;
+        last_change_id(&tx, name)
+    }
+
+    /// Applies `edit` to flag `name` as [`Store::modify`] does, but only if the flag is still
+    /// at `expected_version` ([`Store::flag_version`]), checked under the write lock: an editor
+    /// working from a stale view is refused, not silently overwritten. Returns the changes and
+    /// the flag's new version.
+    pub fn modify_flag_at_version(
+        &mut self,
+        name: &str,
+        expected_version: i64,
+        actor: &str,
+        via: &str,
+        edit: impl FnOnce(&Flag) -> Result<Flag>,
+    ) -> Result<(Vec<Change>, i64)> {
+        let tx = self.write_transaction()?;
+        let flags = tx.load_flags()?;
+        if !flags.contains(name) {
+            return Err(Error::UnknownFlag {
+                name: name.to_string(),
+                suggestion: flags.nearest_name(name),
+            });
+        }
+        let current = last_change_id(&tx, name)?;
+        if current != expected_version {
+            return Err(Error::StaleVersion {
+                flag: name.to_string(),
+                expected: expected_version,
+                current,
+            });
+        }
+        let ts = self.now();
+        let edit_one = |flags: &FlagSet| -> Result<FlagSet> {
+            let mut edited = flags.clone();
+            if let Some(flag) = flags.get(name) {
+                edited.insert(edit(flag)?);
+            }
+            Ok(edited)
+        };
+        let (_, changes) = edit_flags(&tx, edit_one, Some((actor, via, ts.as_str())))?;
+        let version = last_change_id(&tx, name)?;
+        tx.commit()?;
+        Ok((changes, version))
+    }
+}
+
+/// Applies `edit` to the flags as they are in `tx`, checks the result and works out the
+/// changes; with `write` (actor, via, timestamp) also writes them, audited. Returns the flags
+/// as edited and the changes.
+pub(super) fn edit_flags(
+    tx: &Transaction,
+    edit: impl FnOnce(&FlagSet) -> Result<FlagSet>,
+    write: Option<(&str, &str, &str)>,
+) -> Result<(FlagSet, Vec<Change>)> {
+    let current = tx.load_flags()?;
+    let next = edit(&current)?;
+    next.validate()?;
+    let changes = change::diff(&current, &next);
+    if let Some((actor, via, ts)) = write {
+        write_changes(tx, &changes, actor, via, ts)?;
+    }
+    Ok((next, changes))
+}
+
+/// Writes flag rows, then requirements, then deletions, so that every foreign key holds after
+/// each statement whatever order the changes came in.
+fn write_changes(
+    tx: &Transaction,
+    changes: &[Change],
+    actor: &str,
+    via: &str,
+    ts: &str,
+) -> Result<()> {
+    for change in changes {
+        match change {
+            Change::Create(flag) => tx.insert_flag(flag, ts, ts)?,
+            Change::Update { after, .. } => tx.update_flag(after, ts)?,
+            Change::Delete(_) => {}
+        }
+    }
+    // Requirements before deletions: a flag being deleted may be required by another being
+    // deleted.
+    for change in changes {
+        let after = change.after();
+        if change.before().map(|b| &b.requires) != after.map(|a| &a.requires) {
+            let requires = after.map(|a| a.requires.as_slice()).unwrap_or_default();
+            tx.replace_requirements(change.flag_name(), requires)?;
+        }
+    }
+    let mut texts = Vec::with_capacity(changes.len());
+    for change in changes {
+        let mut detail = json!({ "before": change.before(), "after": change.after() });
+        if let Change::Delete(flag) = change {
+            detail["assignments_deleted"] = json!(tx.delete_flag(&flag.name)?);
+        }
+        texts.push((format!("{via}: {}", change.summary()), detail.to_string()));
+    }
+    let entries: Vec<Entry> = changes
+        .iter()
+        .zip(&texts)
+        .map(|(change, (reason, detail))| Entry {
+            ts,
+            kind: "change",
+            actor,
+            action: Some(change.action()),
+            flag: Some(change.flag_name()),
+            context_key: None,
+            result: None,
+            source: None,
+            reason: Some(reason),
+            detail,
+        })
+        .collect();
+    append_audit(tx, &entries).map(|_| ())
+}
+
+/// The id of the newest change row of flag `name`, or 0.
+pub(super) fn last_change_id(tx: &Transaction, name: &str) -> Result<i64> {
+    let changes = crate::audit::AuditQuery {
+        kind: Some("change".to_string()),
+        ..crate::audit::AuditQuery::default()
+    };
+    let newest = tx.audit_page(&Scan {
+        query: &changes,
+        scope: Scope::FlagColumn(name),
+        cursor: None,
+        through: None,
+        limit: 1,
+    })?;
+    Ok(newest.first().map_or(0, |row| row.id))
+}
