@@ -3,7 +3,7 @@
 
 use std::io;
 
-use rusqlite::ErrorCode;
+pub use crate::store::DatabaseError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -166,33 +166,24 @@ pub enum Error {
     AlreadyExists { path: String },
 
     #[error("{path}: the database is read-only for this user ({source})")]
-    ReadOnly {
-        path: String,
-        source: rusqlite::Error,
-    },
+    ReadOnly { path: String, source: DatabaseError },
 
     #[error("cannot open database {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: DatabaseError },
 
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(DatabaseError),
 
     /// A database error with the file it happened in: "database or disk is full",
     /// "database disk image is malformed", "database is locked" name no file by themselves.
     #[error("{path}: {source}")]
-    AtDatabase {
-        path: String,
-        source: rusqlite::Error,
-    },
+    AtDatabase { path: String, source: DatabaseError },
 
     /// Names the server and database, never the password.
-    #[error("{server}: {}", crate::store::describe_postgres_error(source))]
+    #[error("{server}: {source}")]
     Postgres {
         server: String,
-        source: postgres::Error,
+        source: DatabaseError,
     },
 
     /// The connection was lost during COMMIT, and a new one found that nothing was committed.
@@ -247,11 +238,8 @@ pub enum Error {
     )]
     NotEmpty { path: String, holds: String },
 
-    #[error("migrating {path} failed: {}", migration_failure(source))]
-    Migration {
-        path: String,
-        source: refinery::Error,
-    },
+    #[error("migrating {path} failed: {source}")]
+    Migration { path: String, source: DatabaseError },
 }
 
 /// What kind of fault an error is, for callers that map errors to types of their own (the
@@ -343,14 +331,6 @@ fn shortened_key(key: &str) -> String {
     format!("{:?}", shortened(key, 40))
 }
 
-/// refinery's error with its cause (the database's own message), on one line.
-fn migration_failure(error: &refinery::Error) -> String {
-    match std::error::Error::source(error) {
-        Some(cause) => format!("{error}: {}", cause.to_string().replace('\n', " ")),
-        None => error.to_string(),
-    }
-}
-
 fn did_you_mean(suggestion: &Option<String>) -> String {
     match suggestion {
         Some(name) => format!(" (did you mean {name:?}?)"),
@@ -362,12 +342,10 @@ impl Error {
     /// Names the database file in a bare SQLite error.
     pub fn at_database(self, path: &str) -> Error {
         match self {
-            Error::Database(source) if source.sqlite_error_code() == Some(ErrorCode::ReadOnly) => {
-                Error::ReadOnly {
-                    path: path.to_string(),
-                    source,
-                }
-            }
+            Error::Database(source) if source.read_only => Error::ReadOnly {
+                path: path.to_string(),
+                source,
+            },
             Error::Database(source) => Error::AtDatabase {
                 path: path.to_string(),
                 source,

@@ -44,9 +44,7 @@ use chain::append_audit;
 
 pub use copy::CopyReport;
 pub use location::Location;
-pub use postgres::{
-    ScratchSchema, describe as describe_postgres_error, redacted_url, url_to_repeat,
-};
+pub use postgres::{ScratchSchema, redacted_url, url_to_repeat};
 pub use ranges::{IndexReport, Reindexed, Runs};
 pub use review::{DEFAULT_STALE_DAYS, StaleFlag};
 pub use tokens::TokenRecord;
@@ -142,6 +140,33 @@ impl AssignmentRow {
             "bucket": self.bucket,
             "rollout_pct": crate::output::percentage(self.rollout_pct),
             "assigned_at": self.assigned_at,
+        })
+    }
+}
+
+/// A database's own error, worded where it happened (inside the store, from rusqlite's,
+/// postgres' or refinery's error), so that nothing outside `src/store` names a database crate.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DatabaseError {
+    message: String,
+    /// SQLite refused a write to a file this user may only read.
+    pub(crate) read_only: bool,
+}
+
+impl DatabaseError {
+    fn new(message: String) -> DatabaseError {
+        DatabaseError {
+            message,
+            read_only: false,
+        }
+    }
+
+    /// refinery's error with its cause (the database's own message), on one line.
+    fn from_migration(error: &refinery::Error) -> DatabaseError {
+        DatabaseError::new(match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {}", cause.to_string().replace('\n', " ")),
+            None => error.to_string(),
         })
     }
 }

@@ -22,7 +22,7 @@ use super::{
     AssignmentRef, AssignmentRow, AssignmentTally, Backend, ChainedEntry, Scan, TokenRecord,
 };
 use crate::audit::AuditRow;
-use crate::error::{Error, Result};
+use crate::error::{DatabaseError, Error, Result};
 use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
 
@@ -137,7 +137,7 @@ impl Postgres {
         let name = redacted_url(url);
         let fail = |source: postgres::Error| Error::Postgres {
             server: name.clone(),
-            source,
+            source: source.into(),
         };
         let mut config = postgres::Config::from_str(url).map_err(|source| Error::BadUrl {
             url: name.clone(),
@@ -175,11 +175,11 @@ impl Postgres {
             .connect(NoTls)
             .map_err(|source| Error::Postgres {
                 server: name.clone(),
-                source,
+                source: source.into(),
             })?;
         let state = schema_state(&mut client).map_err(|source| Error::Postgres {
             server: name.clone(),
-            source,
+            source: source.into(),
         })?;
         drop(client);
         state.check(&name, "a PostgreSQL schema")?;
@@ -198,7 +198,7 @@ impl Postgres {
         }
         Error::Postgres {
             server: self.name.clone(),
-            source,
+            source: source.into(),
         }
     }
 
@@ -264,7 +264,7 @@ fn schema_state(client: &mut Client) -> std::result::Result<SchemaState, postgre
 fn migrate(client: &mut Client, name: &str) -> Result<()> {
     let fail = |source: postgres::Error| Error::Postgres {
         server: name.to_string(),
-        source,
+        source: source.into(),
     };
     let lock = format!(
         "SELECT pg_advisory_lock({LOCK_CLASS}, hashtext('{MIGRATION_LOCK_SALT}' || current_schema()))"
@@ -282,7 +282,7 @@ fn migrate(client: &mut Client, name: &str) -> Result<()> {
             .map(|_| ())
             .map_err(|source| Error::Migration {
                 path: name.to_string(),
-                source,
+                source: DatabaseError::from_migration(&source),
             })
     })();
     client
@@ -847,7 +847,7 @@ impl ScratchSchema {
         })?;
         let mut admin = config.connect(NoTls).map_err(|source| Error::Postgres {
             server: name.clone(),
-            source,
+            source: source.into(),
         })?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -861,7 +861,7 @@ impl ScratchSchema {
             .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
             .map_err(|source| Error::Postgres {
                 server: name.clone(),
-                source,
+                source: source.into(),
             })?;
         let separator = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{separator}options=-c%20search_path%3D{schema}");
@@ -880,6 +880,12 @@ impl Drop for ScratchSchema {
         let _ = self
             .admin
             .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.schema));
+    }
+}
+
+impl From<postgres::Error> for DatabaseError {
+    fn from(error: postgres::Error) -> DatabaseError {
+        DatabaseError::new(describe(&error))
     }
 }
 

@@ -13,7 +13,7 @@ use super::{
     AssignmentRef, AssignmentRow, AssignmentTally, Backend, ChainedEntry, Scan, TokenRecord,
 };
 use crate::audit::AuditRow;
-use crate::error::{Error, Result};
+use crate::error::{DatabaseError, Error, Result};
 use crate::eval::StoredAssignment;
 use crate::file::PendingFile;
 use crate::flag::{Flag, FlagSet};
@@ -126,7 +126,7 @@ impl Sqlite {
     fn connect(target: impl AsRef<Path>, display: String, flags: OpenFlags) -> Result<Sqlite> {
         let conn = Connection::open_with_flags(target, flags).map_err(|source| Error::Open {
             path: display.clone(),
-            source,
+            source: source.into(),
         })?;
         Sqlite::init(conn, display.clone()).map_err(|e| e.at_database(&display))
     }
@@ -144,7 +144,7 @@ impl Sqlite {
                 path: path.clone(),
                 detail: e.to_string(),
             },
-            _ => Error::Database(e),
+            _ => Error::from(e),
         })?;
         schema.check(&path, SQLITE_KIND)?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -900,7 +900,7 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
             Err(source) if Instant::now() >= deadline => {
                 break Err(Error::Migration {
                     path: path.to_string(),
-                    source,
+                    source: DatabaseError::from_migration(&source),
                 });
             }
             // Busy past the timeout, or beaten to it: look again.
@@ -909,6 +909,21 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
     };
     conn.set_transaction_behavior(TransactionBehavior::Deferred);
     outcome
+}
+
+impl From<rusqlite::Error> for DatabaseError {
+    fn from(error: rusqlite::Error) -> DatabaseError {
+        DatabaseError {
+            read_only: error.sqlite_error_code() == Some(ErrorCode::ReadOnly),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Error {
+        Error::Database(error.into())
+    }
 }
 
 #[cfg(test)]

@@ -1105,3 +1105,30 @@ fn every_path_architecture_md_names_exists() {
         );
     }
 }
+
+/// The error boundary: database errors are worded inside `src/store`, so no other module
+/// names a database crate.
+#[test]
+fn nothing_outside_the_store_names_a_database_crate() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut pending = vec![src.clone()];
+    let mut checked = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path == src.join("store") {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for name in ["rusqlite", "postgres::", "refinery"] {
+                    assert!(!text.contains(name), "{} names {name}", path.display());
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 30, "{checked} files");
+}
