@@ -16,7 +16,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ofrep::{json_response, presented_token, unauthorized};
+use super::http::{json_response, presented_token, unauthorized};
 use super::{Read, Refusal, Shared, as_caller, as_reader};
 use crate::audit::{AuditQuery, parse_time_bound};
 use crate::error::Error;

@@ -8,11 +8,15 @@
 //! commit).
 
 mod admin;
+mod health;
+mod http;
 mod listener;
 pub mod load;
 mod metrics;
 mod ofrep;
+mod router;
 mod web;
+mod writer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,10 +28,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::eval::Evaluation;
 use crate::flag::FlagSet;
-use crate::store::{Location, Request, Selection, Store};
+use crate::store::{Location, Selection, Store};
 use crate::token::Role;
+use health::Health;
 pub use listener::Limits;
 use metrics::Metrics;
+use writer::Writer;
 
 /// Requests evaluated in one transaction at most: enough to amortise a commit over many
 /// connections, few enough that the first of them is not kept waiting long.
@@ -320,35 +326,6 @@ enum Answer {
     Failed(String),
 }
 
-/// Whether the writer's last write failed, when and why: what `/healthz` answers without
-/// waiting for the writer. For [`HEALTH_HOLD`] after a failure it answers 503 at once, so a
-/// load balancer sees the fault even when a small write would still fit; after that it asks
-/// the writer to try a write that changes nothing ([`Store::probe_write`]), so an instance
-/// taken out of service comes back by itself once the fault (a full disk, a database server
-/// down) is gone, with no evaluation sent to it.
-#[derive(Default)]
-struct Health {
-    failure: Mutex<Option<(Instant, String)>>,
-}
-
-/// How long `/healthz` answers 503 after a failed write before it tries a write of its own.
-const HEALTH_HOLD: Duration = Duration::from_secs(5);
-
-impl Health {
-    /// Why the last write failed, and whether that was within [`HEALTH_HOLD`].
-    fn failure(&self) -> Option<(String, bool)> {
-        let failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        failure
-            .as_ref()
-            .map(|(at, why)| (why.clone(), at.elapsed() < HEALTH_HOLD))
-    }
-
-    fn set(&self, outcome: Result<(), String>) {
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) =
-            outcome.err().map(|why| (Instant::now(), why));
-    }
-}
-
 /// State shared by the handlers.
 struct Shared {
     jobs: mpsc::Sender<Job>,
@@ -460,7 +437,7 @@ pub fn serve_until(
         if stopped {
             return Ok(());
         }
-        listener::serve(listener, ofrep::router(shared), limits, shutdown).await;
+        listener::serve(listener, router::router(shared), limits, shutdown).await;
         Ok::<(), std::io::Error>(())
     });
     // The router, and with it the last sender, is gone: the writer answers what is queued and
@@ -498,137 +475,6 @@ async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {},
         () = terminate => {},
-    }
-}
-
-/// What the writer thread shares with the handlers.
-struct Writer {
-    no_auth: bool,
-    tokens: Arc<Mutex<Tokens>>,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    /// For waiting on the queue with a deadline.
-    runtime: tokio::runtime::Handle,
-}
-
-impl Writer {
-    /// Takes every job queued, evaluates them in one transaction, answers each after the
-    /// commit; checkpoints when idle. Returns its store when every handler is gone and the
-    /// queue is empty.
-    fn run(self, mut store: Store, mut queue: mpsc::Receiver<Job>) -> Store {
-        let mut written = false;
-        loop {
-            let next = match written {
-                true => self
-                    .runtime
-                    .block_on(async { tokio::time::timeout(IDLE_CHECKPOINT, queue.recv()).await }),
-                false => Ok(queue.blocking_recv()),
-            };
-            let first = match next {
-                Ok(Some(job)) => job,
-                Ok(None) => return store,
-                Err(_idle) => {
-                    // A failure here (a reader's snapshot in the way, a full disk) leaves the
-                    // WAL for the next checkpoint; the next write reports a real fault.
-                    let _ = store.checkpoint();
-                    written = false;
-                    continue;
-                }
-            };
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            written |= self.serve_group(&mut store, jobs);
-        }
-    }
-
-    /// Does `jobs`, evaluations in one transaction; returns whether anything was written.
-    fn serve_group(&self, store: &mut Store, jobs: Vec<Job>) -> bool {
-        let lookup = |store: &Store, sha256: &str| {
-            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            tokens.lookup(store, sha256)
-        };
-        let mut pending = Vec::new();
-        for job in jobs {
-            match job {
-                Job::Health { reply } => {
-                    let probed = store
-                        .probe_write()
-                        .map_err(|e| e.at_database(store.path()).to_string());
-                    self.health.set(probed.clone());
-                    let _ = reply.send(probed);
-                }
-                Job::AsCaller { token_sha256, work } => {
-                    let caller = lookup(store, &token_sha256);
-                    work(store, caller.as_ref());
-                }
-                Job::Evaluate {
-                    selection,
-                    context,
-                    token_sha256,
-                    reply,
-                } => {
-                    let actor = match (&token_sha256, self.no_auth) {
-                        (_, true) => Some(ANONYMOUS_ACTOR.to_string()),
-                        (Some(sha), false) => lookup(store, sha).map(|caller| caller.name),
-                        (None, false) => None,
-                    };
-                    match actor {
-                        Some(actor) => pending.push((selection, context, actor, reply)),
-                        None => {
-                            let _ = reply.send(Answer::Unauthorized);
-                        }
-                    }
-                }
-            }
-        }
-        if pending.is_empty() {
-            return false;
-        }
-        let requests: Vec<Request> = pending
-            .iter()
-            .map(|(selection, context, actor, _)| Request {
-                selection,
-                context,
-                actor,
-            })
-            .collect();
-        let started = Instant::now();
-        let outcome = store
-            .evaluate_requests(&requests)
-            .map_err(|e| e.at_database(store.path()).to_string());
-        self.metrics.record_commit(started.elapsed(), pending.len());
-        self.health
-            .set(outcome.as_ref().map(|_| ()).map_err(Clone::clone));
-        match outcome {
-            Ok((flags, results)) => {
-                let flags = Arc::new(flags);
-                for ((_, _, _, reply), result) in pending.into_iter().zip(results) {
-                    let answer = match result.map(|evaluated| evaluated.evaluations) {
-                        Some(evaluations) => {
-                            self.metrics.count_evaluations(evaluations.len());
-                            Answer::Evaluated {
-                                flags: Arc::clone(&flags),
-                                evaluations,
-                            }
-                        }
-                        None => Answer::FlagNotFound,
-                    };
-                    let _ = reply.send(answer);
-                }
-                true
-            }
-            Err(message) => {
-                for (_, _, _, reply) in pending {
-                    let _ = reply.send(Answer::Failed(message.clone()));
-                }
-                false
-            }
-        }
     }
 }
 

@@ -5,124 +5,18 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use super::http::{json_response, presented_token, unauthorized};
 use super::{Answer, Job, Shared};
 use crate::eval::Evaluation;
 use crate::flag::FlagSet;
 use crate::store::Selection;
 use crate::token;
-
-pub(super) fn router(shared: Arc<Shared>) -> Router {
-    let router = Router::new()
-        .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_flag))
-        .route("/ofrep/v1/evaluate/flags", post(evaluate_all))
-        .route("/healthz", get(health))
-        .route("/metrics", get(metrics))
-        .merge(super::admin::routes())
-        .merge(super::web::routes())
-        .fallback(no_route)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            count_response,
-        ));
-    let router = match shared.no_auth {
-        true => router.layer(middleware::from_fn(local_only)),
-        false => router,
-    };
-    router.with_state(shared)
-}
-
-/// Without authentication (`--no-auth`), answers only what a local program sends: a web page
-/// the developer visits could otherwise POST to the loopback port (a `text/plain` POST needs
-/// no CORS preflight), or read the answers through DNS rebinding (a foreign `Host`).
-async fn local_only(request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let host = text(header::HOST).unwrap_or_default();
-    if !is_loopback_authority(host) {
-        return refused_locally(
-            StatusCode::FORBIDDEN,
-            format!("Host {host:?} is not a loopback name; --no-auth answers local clients only"),
-        );
-    }
-    if let Some(origin) = text(header::ORIGIN) {
-        let authority = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        if !authority.is_some_and(is_loopback_authority) {
-            return refused_locally(
-                StatusCode::FORBIDDEN,
-                format!("Origin {origin:?} is not local; --no-auth answers local clients only"),
-            );
-        }
-    }
-    let json = text(header::CONTENT_TYPE).is_some_and(|value| {
-        value
-            .split(';')
-            .next()
-            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if request.method() == axum::http::Method::POST && !json {
-        return refused_locally(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "--no-auth takes POST bodies sent as Content-Type: application/json only".to_string(),
-        );
-    }
-    next.run(request).await
-}
-
-/// Whether `authority` (`host` or `host:port`) names this machine's loopback interface.
-fn is_loopback_authority(authority: &str) -> bool {
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn refused_locally(status: StatusCode, details: String) -> Response {
-    json_response(status, &json!({ "errorDetails": details }))
-}
-
-/// A path no route has, answered in the shape of the API it is under: a mistyped OFREP or
-/// admin URL gets JSON, a /ui one a page.
-async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    let path = uri.path();
-    if path == "/ui" || path.starts_with("/ui/") {
-        return super::web::not_found(path);
-    }
-    json_response(
-        StatusCode::NOT_FOUND,
-        &json!({ "errorDetails": format!("no route {method} {path}") }),
-    )
-}
-
-async fn count_response(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = next.run(request).await;
-    shared.metrics.count_response(response.status().as_u16());
-    response
-}
 
 fn decision_json(evaluation: &Evaluation) -> Value {
     let decision = &evaluation.decision;
@@ -138,18 +32,6 @@ fn decision_json(evaluation: &Evaluation) -> Value {
     })
 }
 
-pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.to_string(),
-    )
-        .into_response()
-}
-
 /// An OFREP error body; `key` is left out for the bulk endpoint, as the spec shapes it.
 fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Response {
     let mut body = json!({ "errorCode": code, "errorDetails": details });
@@ -157,37 +39,6 @@ fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Re
         body["key"] = json!(key);
     }
     json_response(status, &body)
-}
-
-pub(super) fn unauthorized(details: &str) -> Response {
-    let mut response = json_response(
-        StatusCode::UNAUTHORIZED,
-        &json!({ "errorDetails": details }),
-    );
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-/// The token presented as `Authorization: Bearer TOKEN` or `X-API-Key: TOKEN`.
-pub(super) fn presented_token(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        // The scheme is case-insensitive (RFC 7235): "bearer" and "BEARER" too.
-        .and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token)
-        });
-    bearer
-        .or_else(|| {
-            headers
-                .get("x-api-key")
-                .and_then(|value| value.to_str().ok())
-        })
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
 }
 
 /// The context key of a request body: `context.targetingKey`, or the OFREP error code and
@@ -252,7 +103,7 @@ async fn ask(
         .unwrap_or_else(|_| Answer::Failed("the writer stopped".to_string())))
 }
 
-async fn evaluate_flag(
+pub(super) async fn evaluate_flag(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
     headers: HeaderMap,
@@ -280,7 +131,7 @@ async fn evaluate_flag(
     }
 }
 
-async fn evaluate_all(
+pub(super) async fn evaluate_all(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
@@ -350,39 +201,6 @@ fn internal(details: &str) -> Response {
     )
 }
 
-/// 200 while the writer's last write succeeded; after a failed one, 503 until a write
-/// succeeds again (see [`super::Health`]).
-async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let writable = match shared.health.failure() {
-        None => Ok(()),
-        Some((why, true)) => Err(why),
-        Some((_, false)) => {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            match shared.jobs.send(Job::Health { reply }).await {
-                Ok(()) => answer
-                    .await
-                    .unwrap_or_else(|_| Err("the writer stopped".to_string())),
-                Err(_) => Err("the server is stopping".to_string()),
-            }
-        }
-    };
-    match writable {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(message) => (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response(),
-    }
-}
-
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        shared.metrics.render(),
-    )
-        .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,30 +256,6 @@ mod tests {
             ),
         ] {
             assert_eq!(targeting_key(body).unwrap_err().0, code, "{body:?}");
-        }
-    }
-
-    #[test]
-    fn loopback_authorities_are_the_local_names_with_or_without_a_port() {
-        for local in [
-            "localhost",
-            "LOCALHOST:8016",
-            "127.0.0.1:80",
-            "127.9.9.9",
-            "[::1]:8016",
-            "[::1]",
-        ] {
-            assert!(is_loopback_authority(local), "{local}");
-        }
-        for foreign in [
-            "",
-            "evil.example",
-            "evil.example:8016",
-            "localhost.evil.example",
-            "10.0.0.1:8016",
-            "[::2]:80",
-        ] {
-            assert!(!is_loopback_authority(foreign), "{foreign}");
         }
     }
 

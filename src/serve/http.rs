@@ -1,0 +1,49 @@
+//! What every JSON surface shares: the response with its headers, the 401 that names the
+//! scheme, and the token a request presents (Bearer or X-API-Key).
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub(super) fn unauthorized(details: &str) -> Response {
+    let mut response = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({ "errorDetails": details }),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The token presented as `Authorization: Bearer TOKEN` or `X-API-Key: TOKEN`.
+pub(super) fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        // The scheme is case-insensitive (RFC 7235): "bearer" and "BEARER" too.
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        });
+    bearer
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|value| value.to_str().ok())
+        })
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
