@@ -3,7 +3,15 @@
 
 use std::io;
 
-pub use crate::store::DatabaseError;
+/// A database's own error, worded where it happened (inside the store, from rusqlite's,
+/// postgres' or refinery's error), so that nothing outside `src/store` names a database crate.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DatabaseError {
+    pub(crate) message: String,
+    /// SQLite refused a write to a file this user may only read.
+    pub(crate) read_only: bool,
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

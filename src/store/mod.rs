@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::audit::{Entry, timestamp};
-use crate::error::{Error, Result};
+use crate::error::{DatabaseError, Error, Result};
 use crate::flag::{Flag, FlagSet};
 
 mod backend;
@@ -142,16 +142,6 @@ impl AssignmentRow {
             "assigned_at": self.assigned_at,
         })
     }
-}
-
-/// A database's own error, worded where it happened (inside the store, from rusqlite's,
-/// postgres' or refinery's error), so that nothing outside `src/store` names a database crate.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct DatabaseError {
-    message: String,
-    /// SQLite refused a write to a file this user may only read.
-    pub(crate) read_only: bool,
 }
 
 impl DatabaseError {
