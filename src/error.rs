@@ -3,8 +3,9 @@
 
 use std::io;
 
-/// A database's own error, worded where it happened (inside the store, from rusqlite's,
-/// postgres' or refinery's error), so that nothing outside `src/store` names a database crate.
+/// A database's own error, worded where it happened (inside the store, from the SQLite or
+/// PostgreSQL driver's or the migration runner's error), so that nothing outside `src/store`
+/// names a database crate.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct DatabaseError {
