@@ -172,12 +172,12 @@ fn with_server<T>(
             source,
         }),
         // The server failed before it listened: its own error says why.
-        Err(_) => Err(Error::Usage {
+        Err(_) => Err(Error::System {
             message: "the bench server did not start".to_string(),
         }),
     };
     let _ = stop.send(());
-    let served = server.join().map_err(|_| Error::Usage {
+    let served = server.join().map_err(|_| Error::System {
         message: "the bench server panicked".to_string(),
     })?;
     served.and(loaded)

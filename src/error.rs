@@ -165,8 +165,14 @@ pub enum Error {
     )]
     NoDatabase { path: String },
 
+    /// The command was given something it cannot do (an option combination, a missing token).
     #[error("{message}")]
     Usage { message: String },
+
+    /// The system failed the process: a thread or runtime that would not start or panicked,
+    /// no random bytes. Not the caller's mistake.
+    #[error("{message}")]
+    System { message: String },
 
     #[error("{path} is a directory; --db names a database file")]
     IsDirectory { path: String },

@@ -16,7 +16,7 @@ pub fn generate() -> Result<String> {
 /// 32 random bytes from the operating system, in hex: a secret nobody can guess.
 pub fn random_hex() -> Result<String> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Usage {
+    getrandom::fill(&mut bytes).map_err(|e| Error::System {
         message: format!("no random bytes from the operating system: {e}"),
     })?;
     Ok(hex(&bytes))

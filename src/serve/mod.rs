@@ -397,7 +397,7 @@ pub fn serve_until(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Usage {
+        .map_err(|e| Error::System {
             message: format!("cannot start the HTTP runtime: {e}"),
         })?;
     store.limit_wal(WAL_PAGES)?;
@@ -413,7 +413,7 @@ pub fn serve_until(
         std::thread::Builder::new()
             .name("flagstore-writer".to_string())
             .spawn(move || writer.run(store, queue))
-            .map_err(|e| Error::Usage {
+            .map_err(|e| Error::System {
                 message: format!("cannot start the writer thread: {e}"),
             })?
     };
@@ -445,7 +445,7 @@ pub fn serve_until(
     // close, outside the runtime (a PostgreSQL client cannot close inside one) and in order:
     // readers first, the writer last.
     drop(runtime);
-    let store = writer.join().map_err(|_| Error::Usage {
+    let store = writer.join().map_err(|_| Error::System {
         message: "the writer thread panicked".to_string(),
     })?;
     readers.close();
