@@ -188,7 +188,8 @@ class FlagManager:
     def explain(self, name: str, context_key: str, at: Optional[str] = None) -> Dict[str, Any]:
         """``flagstore explain --json``: every step, now or as of ``at`` (RFC 3339 or a date),
         writing nothing."""
-        return json.loads(self._store.explain(name, context_key, at))
+        explained: Dict[str, Any] = json.loads(self._store.explain(name, context_key, at))
+        return explained
 
     def audit(
         self,

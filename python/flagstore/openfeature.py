@@ -17,11 +17,11 @@ with ``TYPE_MISMATCH``: flagstore's flags are boolean.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
-from openfeature.flag_evaluation import FlagResolutionDetails
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
 from openfeature.provider import AbstractProvider, Metadata
 
 from flagstore import _default_actor
@@ -75,14 +75,25 @@ class FlagstoreProvider(AbstractProvider):
             error_message=f"flag {flag_key!r} is boolean",
         )
 
-    def resolve_string_details(self, flag_key, default_value, evaluation_context=None):
+    def resolve_string_details(
+        self, flag_key: str, default_value: str, evaluation_context: Optional[EvaluationContext] = None
+    ) -> FlagResolutionDetails[str]:
         return self._mismatch(flag_key, default_value)
 
-    def resolve_integer_details(self, flag_key, default_value, evaluation_context=None):
+    def resolve_integer_details(
+        self, flag_key: str, default_value: int, evaluation_context: Optional[EvaluationContext] = None
+    ) -> FlagResolutionDetails[int]:
         return self._mismatch(flag_key, default_value)
 
-    def resolve_float_details(self, flag_key, default_value, evaluation_context=None):
+    def resolve_float_details(
+        self, flag_key: str, default_value: float, evaluation_context: Optional[EvaluationContext] = None
+    ) -> FlagResolutionDetails[float]:
         return self._mismatch(flag_key, default_value)
 
-    def resolve_object_details(self, flag_key, default_value, evaluation_context=None):
+    def resolve_object_details(
+        self,
+        flag_key: str,
+        default_value: Union[Sequence[FlagValueType], Mapping[str, FlagValueType]],
+        evaluation_context: Optional[EvaluationContext] = None,
+    ) -> FlagResolutionDetails[Union[Sequence[FlagValueType], Mapping[str, FlagValueType]]]:
         return self._mismatch(flag_key, default_value)
