@@ -7,6 +7,7 @@
 //! durable before its response is sent, and many concurrent requests share one fsync (group
 //! commit).
 
+mod access;
 mod admin;
 mod health;
 mod http;
@@ -18,18 +19,17 @@ mod router;
 mod web;
 mod writer;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::eval::Evaluation;
 use crate::flag::FlagSet;
-use crate::store::{Location, Selection, Store};
-use crate::token::Role;
+use crate::store::{Selection, Store};
+use access::{Caller, Read, Readers, Refusal, Tokens, as_caller, as_reader, forget_tokens};
 use health::Health;
 pub use listener::Limits;
 use metrics::Metrics;
@@ -104,112 +104,6 @@ enum Job {
 
 type CallerWork = Box<dyn FnOnce(&mut Store, Option<&Caller>) + Send>;
 
-/// Who presented an active token.
-#[derive(Debug, Clone)]
-struct Caller {
-    pub name: String,
-    pub role: Role,
-}
-
-/// Why work asked of the writer was not done.
-#[derive(Debug)]
-enum Refusal {
-    Unauthorized,
-    Forbidden(Role),
-    NotFound(String),
-    BadRequest(String),
-    PreconditionRequired,
-    Conflict(String),
-    /// Every reader of its kind was busy for [`READER_WAIT`].
-    Busy,
-    Failed(String),
-}
-
-impl From<Error> for Refusal {
-    fn from(error: Error) -> Refusal {
-        match error {
-            Error::UnknownFlag { .. } | Error::UnknownToken { .. } => {
-                Refusal::NotFound(error.to_string())
-            }
-            Error::StaleVersion { .. } => Refusal::Conflict(error.to_string()),
-            Error::RolloutOutOfRange { .. }
-            | Error::InvalidTime { .. }
-            | Error::FutureTime { .. }
-            | Error::OutOfRange { .. }
-            | Error::InvalidFilter { .. }
-            | Error::InvalidTokenName { .. }
-            | Error::TokenExists { .. }
-            | Error::UnknownRole { .. }
-            | Error::InvalidContextKey { .. } => Refusal::BadRequest(error.to_string()),
-            other => Refusal::Failed(other.to_string()),
-        }
-    }
-}
-
-/// Connections that answer reads beside the writer, so that a long read (a stale scan over
-/// millions of decisions, a whole-log export) never holds up evaluations or changes. Each
-/// sees what is committed, as SQLite's WAL and PostgreSQL let a reader do while a writer
-/// works.
-struct Readers {
-    /// Where the writer's store is; `None` in memory, where reads stay on the writer.
-    location: Option<Location>,
-    idle: Mutex<Vec<Store>>,
-    permits: tokio::sync::Semaphore,
-    export_permits: tokio::sync::Semaphore,
-}
-
-/// What a read is, for the reader slots it may take.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Read {
-    /// A page or an API answer, short.
-    Interactive,
-    /// A whole-log download, as long as its client takes to read it.
-    Export,
-}
-
-impl Readers {
-    fn new(location: Option<Location>) -> Readers {
-        Readers {
-            location,
-            idle: Mutex::new(Vec::new()),
-            permits: tokio::sync::Semaphore::new(READERS),
-            export_permits: tokio::sync::Semaphore::new(EXPORT_READERS),
-        }
-    }
-
-    /// Runs `work` on an idle reader, or a new one.
-    fn run<T>(
-        &self,
-        location: &Location,
-        work: impl FnOnce(&mut Store) -> Result<T, Refusal>,
-    ) -> Result<T, Refusal> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        // An idle reader whose connection the server closed (a restart) connects again; one
-        // that cannot is replaced, and the new one's error says why (connection refused, the
-        // database system is shutting down).
-        let mut store = match idle {
-            Some(store) if store.reconnect_if_lost().is_ok() => store,
-            _ => Store::open_existing(location)?,
-        };
-        let answer = work(&mut store);
-        // A reader whose work failed in the store may have lost its connection: it is not
-        // kept. A refusal (a bad parameter, an unknown token) says nothing about it.
-        if !matches!(answer, Err(Refusal::Failed(_))) {
-            self.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(store);
-        }
-        answer
-    }
-
-    /// Closes the idle readers: done before the writer closes, so that on SQLite the
-    /// writer's connection is the last and checkpoints the WAL into the database file.
-    fn close(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
-
 /// Writes one line to the server's log (stderr) with control characters and bidirectional
 /// overrides escaped, so that nothing a client sent (a context key, a CSP report) can forge a
 /// line or drive the operator's terminal.
@@ -228,15 +122,6 @@ fn internal_error(details: &str) -> String {
     format!("internal error {id} (the server's log has the detail)")
 }
 
-/// Forgets the active tokens read so far (see [`Tokens::forget`]).
-fn forget_tokens(shared: &Shared) {
-    shared
-        .tokens
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .forget();
-}
-
 /// The answer to a read that found every reader busy: try again in a second.
 fn busy() -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -246,73 +131,6 @@ fn busy() -> axum::response::Response {
         "every reader is busy; try again\n",
     )
         .into_response()
-}
-
-/// The holder of an active token (`caller`) if its role is at least `needed`.
-fn admitted(caller: Option<&Caller>, needed: Role) -> Result<&Caller, Refusal> {
-    match caller {
-        None => Err(Refusal::Unauthorized),
-        Some(caller) if caller.role < needed => Err(Refusal::Forbidden(needed)),
-        Some(caller) => Ok(caller),
-    }
-}
-
-/// Runs read-only `work` as the holder of the token with this SHA-256, if its role is at
-/// least `needed`, on one of the readers for its kind of `read`: nothing of it waits for the
-/// writer, and a read that finds every such reader busy for [`READER_WAIT`] is refused as
-/// [`Refusal::Busy`] instead of hanging.
-async fn as_reader<T: Send + 'static>(
-    shared: &Shared,
-    token_sha256: String,
-    needed: Role,
-    read: Read,
-    work: impl FnOnce(&mut Store, &Caller) -> Result<T, Refusal> + Send + 'static,
-) -> Result<T, Refusal> {
-    let Some(location) = shared.readers.location.clone() else {
-        return as_caller(shared, token_sha256, needed, work).await;
-    };
-    let permits = match read {
-        Read::Interactive => &shared.readers.permits,
-        Read::Export => &shared.readers.export_permits,
-    };
-    let _permit = match tokio::time::timeout(READER_WAIT, permits.acquire()).await {
-        Err(_waited) => return Err(Refusal::Busy),
-        Ok(permit) => permit.map_err(|_| Refusal::Failed("the server is stopping".to_string()))?,
-    };
-    let (readers, tokens) = (Arc::clone(&shared.readers), Arc::clone(&shared.tokens));
-    tokio::task::spawn_blocking(move || {
-        readers.run(&location, |store| {
-            let caller = tokens
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .lookup(store, &token_sha256);
-            work(store, admitted(caller.as_ref(), needed)?)
-        })
-    })
-    .await
-    .unwrap_or_else(|e| Err(Refusal::Failed(format!("a reader failed: {e}"))))
-}
-
-/// Runs `work` on the writer's store as the holder of the token with this SHA-256, if its
-/// role is at least `needed`.
-async fn as_caller<T: Send + 'static>(
-    shared: &Shared,
-    token_sha256: String,
-    needed: Role,
-    work: impl FnOnce(&mut Store, &Caller) -> Result<T, Refusal> + Send + 'static,
-) -> Result<T, Refusal> {
-    let (reply, answer) = oneshot::channel();
-    let work: CallerWork = Box::new(move |store, caller| {
-        let answer = admitted(caller, needed).and_then(|caller| work(store, caller));
-        let _ = reply.send(answer);
-    });
-    let job = Job::AsCaller { token_sha256, work };
-    match shared.jobs.send(job).await {
-        Ok(()) => answer
-            .await
-            .unwrap_or_else(|_| Err(Refusal::Failed("the writer stopped".to_string()))),
-        Err(_) => Err(Refusal::Failed("the server is stopping".to_string())),
-    }
 }
 
 /// The writer's answer to one evaluation request.
@@ -475,52 +293,5 @@ async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {},
         () = terminate => {},
-    }
-}
-
-/// Active tokens by SHA-256, re-read from the store at most every [`TOKEN_REFRESH`], so a
-/// revocation reaches a running server within it.
-#[derive(Default)]
-struct Tokens {
-    /// Name and role of each active token.
-    by_sha256: HashMap<String, Caller>,
-    read_at: Option<Instant>,
-}
-
-impl Tokens {
-    /// Makes the next lookup read the tokens again: after a token is created or revoked
-    /// through this server, it takes effect at once here.
-    fn forget(&mut self) {
-        self.read_at = None;
-    }
-
-    fn lookup(&mut self, store: &Store, sha256: &str) -> Option<Caller> {
-        if self.read_at.is_none_or(|at| at.elapsed() >= TOKEN_REFRESH) {
-            // A connection the server closed is opened again here: requests refused as
-            // unauthorized never reach the evaluation that would reconnect. A read that still
-            // fails keeps the last list: the evaluation's own transaction reports a store
-            // that is down.
-            let read = store
-                .tokens()
-                .or_else(|error| match store.reconnect_if_lost() {
-                    Ok(true) => store.tokens(),
-                    _ => Err(error),
-                });
-            if let Ok(tokens) = read {
-                self.by_sha256 = tokens
-                    .into_iter()
-                    .filter(|t| t.revoked_at.is_none())
-                    .map(|t| {
-                        let caller = Caller {
-                            name: t.name,
-                            role: t.role,
-                        };
-                        (t.sha256, caller)
-                    })
-                    .collect();
-                self.read_at = Some(Instant::now());
-            }
-        }
-        self.by_sha256.get(sha256).cloned()
     }
 }
