@@ -278,38 +278,39 @@ impl Store {
         let selection = Selection::Flags(names.clone());
         let (flags, evaluated) = match self.evaluate_queued(py, selection.clone(), key.clone())? {
             (flags, Some(evaluated)) => (flags, evaluated),
-            // A single flag that does not exist, which a group leaves out: the prototype
+            // A request naming a flag that does not exist, which a group leaves out: the prototype
             // answered it (false), so it is evaluated and recorded as `flagstore eval` does.
-            (flags, None) => {
+            // The flags for its trail are read right after, under the same lock, not taken
+            // from the group's transaction, which may be older.
+            (_, None) => {
                 let actor = self.actor.clone();
-                let evaluated = self.with(py, move |store| {
-                    store.evaluate_context(&selection, &key, &actor)
+                let (evaluated, flags) = self.with(py, move |store| {
+                    let evaluated = store.evaluate_context(&selection, &key, &actor)?;
+                    Ok((evaluated, Arc::new(store.flags()?)))
                 })?;
                 (flags, evaluated)
             }
         };
-        {
-            let requested: Vec<&str> = names.iter().map(String::as_str).collect();
-            let answers = evaluated
-                .evaluations
-                .iter()
-                .map(|e| e.decision.enabled)
-                .collect();
-            let trail = flagstore::prototype::trail(&flags, &evaluated, &requested)
-                .into_iter()
-                .map(|entry| {
-                    let (kind, dependency, pct) = match entry.reason {
-                        TrailReason::UnknownFlag => ("unknown flag", None, None),
-                        TrailReason::Disabled => ("disabled", None, None),
-                        TrailReason::DependencyNotMet(name) => ("dependency", Some(name), None),
-                        TrailReason::Rollout(pct) => ("rollout", None, Some(pct)),
-                        TrailReason::Ok => ("ok", None, None),
-                    };
-                    (entry.flag, entry.result, kind, dependency, pct)
-                })
-                .collect();
-            Ok((answers, trail))
-        }
+        let requested: Vec<&str> = names.iter().map(String::as_str).collect();
+        let answers = evaluated
+            .evaluations
+            .iter()
+            .map(|e| e.decision.enabled)
+            .collect();
+        let trail = flagstore::prototype::trail(&flags, &evaluated, &requested)
+            .into_iter()
+            .map(|entry| {
+                let (kind, dependency, pct) = match entry.reason {
+                    TrailReason::UnknownFlag => ("unknown flag", None, None),
+                    TrailReason::Disabled => ("disabled", None, None),
+                    TrailReason::DependencyNotMet(name) => ("dependency", Some(name), None),
+                    TrailReason::Rollout(pct) => ("rollout", None, Some(pct)),
+                    TrailReason::Ok => ("ok", None, None),
+                };
+                (entry.flag, entry.result, kind, dependency, pct)
+            })
+            .collect();
+        Ok((answers, trail))
     }
 
     /// One flag for `key` as `serve` answers OFREP: value, OpenFeature reason, flagstore's

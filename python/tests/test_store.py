@@ -110,3 +110,14 @@ def test_postgres_behaves_as_sqlite(postgres_url, flagstore_bin):
         answers["enrich"]
     ).lower()
     assert FlagManager(db=postgres_url).verify()["rows"] == 3 + 2
+
+
+def test_a_flag_deleted_elsewhere_is_answered_as_unknown_and_recorded(tmp_path, flagstore_bin):
+    db = str(tmp_path / "flags.db")
+    manager = FlagManager(PIPELINE + [Flag("legacy")], db=db)
+    run_cli(flagstore_bin, "--db", db, "flag", "delete", "legacy")
+    answers = manager.evaluate_all("k")
+    assert answers["legacy"] is False
+    assert manager.audit_log[-1] == {"flag": "legacy", "result": False, "reason": "unknown flag"}
+    record = manager.audit(limit=1)[0]
+    assert record["context_key"] == "k" and record["kind"] == "evaluation"
