@@ -2,6 +2,7 @@
 //! `Transaction`, the guard every step runs under: committed explicitly, rolled back when
 //! dropped.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -214,9 +215,32 @@ pub(super) struct Transaction<'s> {
     pub(super) finished: bool,
     /// A write transaction, which ends with the audit row it appended last.
     pub(super) writes: bool,
+    /// The (id, hash) of the audit row this transaction appended last, if it appended any: the
+    /// row [`Transaction::commit`] asks for when a lost connection hides the outcome, known
+    /// without a query.
+    pub(super) appended: RefCell<Option<(i64, String)>>,
 }
 
-impl Transaction<'_> {
+impl<'s> Transaction<'s> {
+    pub(super) fn new(backend: &'s dyn Backend, writes: bool) -> Transaction<'s> {
+        Transaction {
+            backend,
+            finished: false,
+            writes,
+            appended: RefCell::new(None),
+        }
+    }
+
+    /// Appends audit rows, remembering the last one for [`Transaction::commit`].
+    pub(super) fn append_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
+        self.backend.insert_audit(rows)?;
+        if let Some(last) = rows.last() {
+            self.appended
+                .replace(Some((last.id, last.hash.to_string())));
+        }
+        Ok(())
+    }
+
     /// Commits. A connection lost during COMMIT (a server restart, a terminated backend) leaves
     /// unknown whether the transaction landed; a write transaction then asks a new connection
     /// for the audit row it appended last (its hash covers everything before it), so that
@@ -224,9 +248,10 @@ impl Transaction<'_> {
     /// [`Error::NotCommitted`] never records it twice.
     pub(super) fn commit(mut self) -> Result<()> {
         self.finished = true;
-        let head = match self.writes {
-            true => self.backend.audit_tail()?,
-            false => None,
+        let head = match (self.writes, self.appended.take()) {
+            (true, Some(appended)) => Some(appended),
+            (true, None) => self.backend.audit_tail()?,
+            (false, _) => None,
         };
         match (self.backend.commit(), head) {
             (Err(error), Some((id, hash))) => match self.backend.reconnect_if_lost(false) {

@@ -64,5 +64,5 @@ pub(super) fn insert_linked<'a>(
             hash,
         })
         .collect();
-    tx.insert_audit(&rows)
+    tx.append_audit(&rows)
 }

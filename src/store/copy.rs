@@ -96,7 +96,7 @@ impl Store {
                     hash: &row.hash,
                 })
                 .collect();
-            target.insert_audit(&rows)?;
+            target.append_audit(&rows)?;
             audit_rows += page.len() as u64;
             head = page.last().map(|row| row.hash.clone());
         }

@@ -374,11 +374,7 @@ impl Store {
     pub fn probe_write(&self) -> Result<()> {
         self.backend.reconnect_if_lost(true)?;
         self.backend.begin_write(self.lock_wait)?;
-        let tx = Transaction {
-            backend: self.backend.as_ref(),
-            finished: false,
-            writes: false,
-        };
+        let tx = Transaction::new(self.backend.as_ref(), false);
         tx.rewrite_header()?;
         tx.commit()
     }
@@ -400,20 +396,12 @@ impl Store {
     /// many pipeline workers slows them down instead of failing them.
     fn write_transaction(&self) -> Result<Transaction<'_>> {
         self.backend.begin_write(self.lock_wait)?;
-        Ok(Transaction {
-            backend: self.backend.as_ref(),
-            finished: false,
-            writes: true,
-        })
+        Ok(Transaction::new(self.backend.as_ref(), true))
     }
 
     fn read_transaction(&self) -> Result<Transaction<'_>> {
         self.backend.begin_read()?;
-        Ok(Transaction {
-            backend: self.backend.as_ref(),
-            finished: false,
-            writes: false,
-        })
+        Ok(Transaction::new(self.backend.as_ref(), false))
     }
 
     /// Runs `attempt`, one whole write transaction, once more on a new connection when the
