@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::types::ToSql;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
 use super::sqlite::SchemaState;
 use super::{
@@ -128,6 +128,9 @@ pub(super) struct Postgres {
     name: String,
     /// The URL as given, password included, to connect again after a lost connection.
     url: String,
+    /// Statements prepared on this connection, by their SQL: preparing is a round trip of its
+    /// own, which the writer of `serve` would otherwise pay for every statement of every group.
+    statements: RefCell<HashMap<String, Statement>>,
 }
 
 impl Postgres {
@@ -148,6 +151,13 @@ impl Postgres {
             config.application_name("flagstore");
         }
         let mut client = config.connect(NoTls).map_err(fail)?;
+        // Statements are prepared once per connection (see `statements`), and a plan made once
+        // for any parameters goes stale as tables grow: a generic plan chosen while
+        // `assignments` was empty scans it whole ever after. Planned per execution instead, as
+        // unprepared statements are.
+        client
+            .batch_execute("SET plan_cache_mode = force_custom_plan")
+            .map_err(fail)?;
         let state = schema_state(&mut client).map_err(fail)?;
         state.check(&name, "a PostgreSQL schema")?;
         if state == SchemaState::Empty && !create {
@@ -161,6 +171,7 @@ impl Postgres {
             ending: Cell::new(false),
             name,
             url: url.to_string(),
+            statements: RefCell::default(),
         })
     }
 
@@ -202,17 +213,35 @@ impl Postgres {
         }
     }
 
+    /// `sql` prepared on this connection, once.
+    fn statement(&self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .borrow_mut()
+            .prepare(sql)
+            .map_err(|e| self.fail(e))?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
     fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let statement = self.statement(sql)?;
         self.client
             .borrow_mut()
-            .execute(sql, params)
+            .execute(&statement, params)
             .map_err(|e| self.fail(e))
     }
 
     fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<postgres::Row>> {
+        let statement = self.statement(sql)?;
         self.client
             .borrow_mut()
-            .query(sql, params)
+            .query(&statement, params)
             .map_err(|e| self.fail(e))
     }
 
@@ -221,9 +250,10 @@ impl Postgres {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<postgres::Row>> {
+        let statement = self.statement(sql)?;
         self.client
             .borrow_mut()
-            .query_opt(sql, params)
+            .query_opt(&statement, params)
             .map_err(|e| self.fail(e))
     }
 
@@ -796,6 +826,8 @@ impl Backend for Postgres {
         }
         let fresh = Postgres::open(&self.url, false)?;
         self.client.replace(fresh.client.into_inner());
+        // Statements prepared on the lost connection do not exist on the new one.
+        self.statements.borrow_mut().clear();
         self.ending.set(false);
         Ok(true)
     }
