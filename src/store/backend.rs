@@ -1,6 +1,6 @@
-//! What a storage engine does, one step at a time (`Backend`), the step types it takes, and
-//! `Transaction`, the guard every step runs under: committed explicitly, rolled back when
-//! dropped.
+//! What a storage engine does, one step at a time (`Backend`, its `Reads` and `Writes`), the
+//! step types it takes, and the transactions every step runs in: a `ReadTx` reaches only the
+//! reads; a `WriteTx` also the writes, is committed explicitly and rolled back when dropped.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -91,104 +91,34 @@ pub(super) struct Scan<'a> {
     pub(super) limit: usize,
 }
 
-/// What a storage engine does, one step at a time. Every method but `begin_*` runs inside a
-/// transaction the caller began. Implementations keep their own connection state; methods take
-/// `&self` so a [`Transaction`] guard can hold the backend while steps run.
+/// What a storage engine does, one step at a time: [`Reads`] and [`Writes`] run inside a
+/// transaction the caller began, and only a [`WriteTx`] reaches the writes. Implementations
+/// keep their own connection state; methods take `&self` so a transaction guard can hold the
+/// backend while steps run.
 pub(super) trait Backend: Send {
+    /// Its reads and writes, for the transaction guards alone: a step outside a transaction
+    /// does not type-check.
+    fn steps(&self) -> &dyn Steps;
+
     /// The database as messages name it: a path, or a URL without its password.
     fn name(&self) -> &str;
 
     /// Begins a transaction holding the store's writer lock, waiting up to `lock_wait` for it.
     fn begin_write(&self, lock_wait: Duration) -> Result<()>;
+
     /// Begins a read-only transaction: one snapshot for all its reads.
     fn begin_read(&self) -> Result<()>;
+
     fn commit(&self) -> Result<()>;
+
     fn rollback(&self);
-
-    fn load_flags(&self) -> Result<FlagSet>;
-    /// `created_at` and `updated_at` of a flag.
-    fn flag_times(&self, name: &str) -> Result<Option<(String, String)>>;
-    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()>;
-    fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()>;
-    fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()>;
-    /// Deletes a flag (its requirements already removed) and its assignments; returns how many
-    /// assignments went with it.
-    fn delete_flag(&self, name: &str) -> Result<usize>;
-
-    /// Keys per step of a batch transaction (see `EvaluationPlan::evaluate_keys`).
-    fn keys_per_step(&self) -> usize;
-
-    /// Calls `found(i, flag, assignment)` for each stored assignment of any of `keys` (each
-    /// listed once; `i` is the key's index) for any of `flags`.
-    fn fetch_assignments(
-        &self,
-        flags: &[&str],
-        keys: &[&str],
-        found: &mut dyn FnMut(usize, String, StoredAssignment),
-    ) -> Result<()>;
-    /// Stores assignments, none of them stored yet.
-    fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()>;
-    /// Streams assignments, optionally of one flag and/or one context, by flag then context.
-    fn for_each_assignment(
-        &self,
-        flag: Option<&str>,
-        context: Option<&str>,
-        visit: &mut dyn FnMut(AssignmentRow) -> Result<()>,
-    ) -> Result<()>;
-    fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize>;
-
-    /// Id and hash of the newest audit row.
-    fn audit_tail(&self) -> Result<Option<(i64, String)>>;
-    /// The hash of audit row `id`, if there is one.
-    fn audit_hash(&self, id: i64) -> Result<Option<String>>;
+    /// Stores audit rows linked into the chain; only through [`WriteTx::append_audit`].
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()>;
-    /// Records that the decision records `first_id..=last_id` were asked for each of `flags`.
-    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()>;
-    /// The `(first_id, last_id)` ranges listing `flag`, after `cursor` (ascending: ranges
-    /// ending past it; descending: ranges starting before it), in order of `last_id`.
-    fn flag_ranges(
-        &self,
-        flag: &str,
-        ascending: bool,
-        cursor: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<(i64, i64)>>;
-    /// Up to `limit` flag ranges `(flag, first_id, last_id)` after `(first_id, flag)`, in
-    /// that order: the order of the records they list.
-    fn ranges_by_first_id(
-        &self,
-        after: (i64, &str),
-        limit: usize,
-    ) -> Result<Vec<(String, i64, i64)>>;
-    fn audit_page(&self, scan: &Scan) -> Result<Vec<crate::audit::AuditRow>>;
-    fn audit_len(&self) -> Result<i64>;
 
-    /// Checks the stored pages and indexes (`quick`: only what is linear in the size); returns
-    /// what was checked, in words.
-    fn check_storage(&self, quick: bool) -> Result<&'static str>;
-    /// A foreign key that does not hold, as `(table, row, parent table)`.
-    fn broken_reference(&self) -> Result<Option<(String, String, String)>>;
-    /// An assignment, `(flag, context_key)`, with no evaluation row that stored it.
-    fn unaudited_assignment(&self) -> Result<Option<(String, String)>>;
-    /// An assignment whose decision, bucket or rollout is not what the decision record that
-    /// stored it says.
-    fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>>;
-    fn assignment_count(&self) -> Result<i64>;
-    /// Of `flag`'s stored assignments: how many are on, how many off, and how many were
-    /// decided otherwise than a hash under `rollout_pct` would decide them now.
-    fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally>;
-
-    /// Every API token, active and revoked, by name.
-    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
-    fn insert_token(&self, token: &TokenRecord) -> Result<()>;
-    /// Marks an active token revoked; false when there is no active token of that name.
-    fn revoke_token(&self, name: &str, ts: &str) -> Result<bool>;
-
-    /// Writes something every write would, changing nothing (see [`Store::probe_write`]).
-    fn rewrite_header(&self) -> Result<()>;
     /// Checkpoints the WAL whenever it reaches `pages` pages and truncates it back to that
     /// size, where the backend has a WAL of its own to manage (SQLite).
     fn limit_wal(&self, pages: i64) -> Result<()>;
+
     /// Copies what the write-ahead log holds into the database and empties it, where the
     /// backend has one of its own to manage (SQLite's WAL); waits for no reader.
     fn checkpoint(&self) -> Result<()>;
@@ -208,30 +138,176 @@ pub(super) trait Backend: Send {
     fn backup_to(&self, destination: &Path) -> Option<Result<()>>;
 }
 
-/// An open transaction: committed by [`Transaction::commit`], rolled back if dropped, so an
-/// error anywhere leaves the database as it was.
-pub(super) struct Transaction<'s> {
-    pub(super) backend: &'s dyn Backend,
-    pub(super) finished: bool,
-    /// A write transaction, which ends with the audit row it appended last.
-    pub(super) writes: bool,
-    /// The (id, hash) of the audit row this transaction appended last, if it appended any: the
-    /// row [`Transaction::commit`] asks for when a lost connection hides the outcome, known
-    /// without a query.
-    pub(super) appended: RefCell<Option<(i64, String)>>,
+/// What any transaction may read: in a [`ReadTx`], all from one snapshot.
+pub(super) trait Reads {
+    fn load_flags(&self) -> Result<FlagSet>;
+
+    /// `created_at` and `updated_at` of a flag.
+    fn flag_times(&self, name: &str) -> Result<Option<(String, String)>>;
+
+    /// Keys per step of a batch transaction (see `EvaluationPlan::evaluate_keys`).
+    fn keys_per_step(&self) -> usize;
+
+    /// Calls `found(i, flag, assignment)` for each stored assignment of any of `keys` (each
+    /// listed once; `i` is the key's index) for any of `flags`.
+    fn fetch_assignments(
+        &self,
+        flags: &[&str],
+        keys: &[&str],
+        found: &mut dyn FnMut(usize, String, StoredAssignment),
+    ) -> Result<()>;
+
+    /// Streams assignments, optionally of one flag and/or one context, by flag then context.
+    fn for_each_assignment(
+        &self,
+        flag: Option<&str>,
+        context: Option<&str>,
+        visit: &mut dyn FnMut(AssignmentRow) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Id and hash of the newest audit row.
+    fn audit_tail(&self) -> Result<Option<(i64, String)>>;
+
+    /// The hash of audit row `id`, if there is one.
+    fn audit_hash(&self, id: i64) -> Result<Option<String>>;
+
+    /// The `(first_id, last_id)` ranges listing `flag`, after `cursor` (ascending: ranges
+    /// ending past it; descending: ranges starting before it), in order of `last_id`.
+    fn flag_ranges(
+        &self,
+        flag: &str,
+        ascending: bool,
+        cursor: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, i64)>>;
+
+    /// Up to `limit` flag ranges `(flag, first_id, last_id)` after `(first_id, flag)`, in
+    /// that order: the order of the records they list.
+    fn ranges_by_first_id(
+        &self,
+        after: (i64, &str),
+        limit: usize,
+    ) -> Result<Vec<(String, i64, i64)>>;
+
+    fn audit_page(&self, scan: &Scan) -> Result<Vec<crate::audit::AuditRow>>;
+
+    fn audit_len(&self) -> Result<i64>;
+
+    /// Checks the stored pages and indexes (`quick`: only what is linear in the size); returns
+    /// what was checked, in words.
+    fn check_storage(&self, quick: bool) -> Result<&'static str>;
+
+    /// A foreign key that does not hold, as `(table, row, parent table)`.
+    fn broken_reference(&self) -> Result<Option<(String, String, String)>>;
+
+    /// An assignment, `(flag, context_key)`, with no evaluation row that stored it.
+    fn unaudited_assignment(&self) -> Result<Option<(String, String)>>;
+
+    /// An assignment whose decision, bucket or rollout is not what the decision record that
+    /// stored it says.
+    fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>>;
+
+    fn assignment_count(&self) -> Result<i64>;
+
+    /// Of `flag`'s stored assignments: how many are on, how many off, and how many were
+    /// decided otherwise than a hash under `rollout_pct` would decide them now.
+    fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally>;
+
+    /// Every API token, active and revoked, by name.
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
 }
 
-impl<'s> Transaction<'s> {
-    pub(super) fn new(backend: &'s dyn Backend, writes: bool) -> Transaction<'s> {
-        Transaction {
+/// What only a write transaction, holding the store's writer lock, may do.
+pub(super) trait Writes {
+    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()>;
+
+    fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()>;
+
+    fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()>;
+
+    /// Deletes a flag (its requirements already removed) and its assignments; returns how many
+    /// assignments went with it.
+    fn delete_flag(&self, name: &str) -> Result<usize>;
+
+    /// Stores assignments, none of them stored yet.
+    fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()>;
+
+    fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize>;
+
+    /// Records that the decision records `first_id..=last_id` were asked for each of `flags`.
+    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()>;
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<()>;
+
+    /// Marks an active token revoked; false when there is no active token of that name.
+    fn revoke_token(&self, name: &str, ts: &str) -> Result<bool>;
+
+    /// Writes something every write would, changing nothing (see [`Store::probe_write`]).
+    fn rewrite_header(&self) -> Result<()>;
+}
+
+/// A read-only transaction: one snapshot for every read, ended when dropped. Only
+/// [`Reads`] are reachable through it.
+pub(super) struct ReadTx<'s> {
+    backend: &'s dyn Backend,
+}
+
+impl<'s> ReadTx<'s> {
+    pub(super) fn begin(backend: &'s dyn Backend) -> Result<ReadTx<'s>> {
+        backend.begin_read()?;
+        Ok(ReadTx { backend })
+    }
+}
+
+impl<'s> std::ops::Deref for ReadTx<'s> {
+    type Target = dyn Reads + 's;
+
+    fn deref(&self) -> &Self::Target {
+        self.backend.steps()
+    }
+}
+
+impl Drop for ReadTx<'_> {
+    fn drop(&mut self) {
+        // A snapshot has nothing to keep: rolling back ends it.
+        self.backend.rollback();
+    }
+}
+
+/// Every step a write transaction may take: [`Reads`] and [`Writes`].
+pub(super) trait Steps: Reads + Writes {}
+
+impl<T: Reads + Writes + ?Sized> Steps for T {}
+
+/// A transaction holding the store's writer lock: committed by [`WriteTx::commit`], which
+/// consumes it, and rolled back if dropped, so an error anywhere leaves the database as it was.
+pub(super) struct WriteTx<'s> {
+    backend: &'s dyn Backend,
+    finished: bool,
+    /// The (id, hash) of the audit row this transaction appended last, if it appended any: the
+    /// row [`WriteTx::commit`] asks for when a lost connection hides the outcome, known
+    /// without a query.
+    appended: RefCell<Option<(i64, String)>>,
+}
+
+impl<'s> WriteTx<'s> {
+    /// Begins a write transaction, waiting up to `lock_wait` for the writer lock.
+    pub(super) fn begin(backend: &'s dyn Backend, lock_wait: Duration) -> Result<WriteTx<'s>> {
+        backend.begin_write(lock_wait)?;
+        Ok(WriteTx {
             backend,
             finished: false,
-            writes,
             appended: RefCell::new(None),
-        }
+        })
     }
 
-    /// Appends audit rows, remembering the last one for [`Transaction::commit`].
+    /// This transaction as a reader, for steps that only read.
+    pub(super) fn reads(&self) -> &(dyn Reads + 's) {
+        self.backend.steps()
+    }
+
+    /// Appends audit rows, already linked into the chain, remembering the last one for
+    /// [`WriteTx::commit`]. The only way rows reach `audit_log`.
     pub(super) fn append_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
         self.backend.insert_audit(rows)?;
         if let Some(last) = rows.last() {
@@ -242,16 +318,15 @@ impl<'s> Transaction<'s> {
     }
 
     /// Commits. A connection lost during COMMIT (a server restart, a terminated backend) leaves
-    /// unknown whether the transaction landed; a write transaction then asks a new connection
-    /// for the audit row it appended last (its hash covers everything before it), so that
+    /// unknown whether the transaction landed; a new connection is then asked for the audit
+    /// row this transaction appended last (its hash covers everything before it), so that
     /// work that committed is reported committed, and a caller that retries work reported
     /// [`Error::NotCommitted`] never records it twice.
     pub(super) fn commit(mut self) -> Result<()> {
         self.finished = true;
-        let head = match (self.writes, self.appended.take()) {
-            (true, Some(appended)) => Some(appended),
-            (true, None) => self.backend.audit_tail()?,
-            (false, _) => None,
+        let head = match self.appended.take() {
+            Some(appended) => Some(appended),
+            None => self.backend.steps().audit_tail()?,
         };
         match (self.backend.commit(), head) {
             (Err(error), Some((id, hash))) => match self.backend.reconnect_if_lost(false) {
@@ -274,7 +349,7 @@ impl<'s> Transaction<'s> {
     ) -> Result<()> {
         let deadline = Instant::now() + COMMIT_OUTCOME_WAIT;
         loop {
-            match reconnected.and_then(|_| self.backend.audit_hash(id)) {
+            match reconnected.and_then(|_| self.backend.steps().audit_hash(id)) {
                 Ok(found) if found.as_deref() == Some(hash) => return Ok(()),
                 Ok(_) => {
                     return Err(Error::NotCommitted {
@@ -296,15 +371,15 @@ impl<'s> Transaction<'s> {
     }
 }
 
-impl<'s> std::ops::Deref for Transaction<'s> {
-    type Target = dyn Backend + 's;
+impl<'s> std::ops::Deref for WriteTx<'s> {
+    type Target = dyn Steps + 's;
 
     fn deref(&self) -> &Self::Target {
-        self.backend
+        self.backend.steps()
     }
 }
 
-impl Drop for Transaction<'_> {
+impl Drop for WriteTx<'_> {
     fn drop(&mut self) {
         if !self.finished {
             self.backend.rollback();

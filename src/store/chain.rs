@@ -4,7 +4,7 @@
 use crate::audit::{Entry, GENESIS_HASH};
 use crate::error::Result;
 
-use super::{ChainedEntry, Transaction};
+use super::{ChainedEntry, Reads, WriteTx};
 
 /// The head of the audit chain as rows are linked to it.
 pub(super) struct Chain {
@@ -13,7 +13,7 @@ pub(super) struct Chain {
 }
 
 impl Chain {
-    pub(super) fn at_tail(tx: &Transaction) -> Result<Chain> {
+    pub(super) fn at_tail(tx: &dyn Reads) -> Result<Chain> {
         let (last_id, prev_hash) = tx.audit_tail()?.unwrap_or((0, GENESIS_HASH.to_string()));
         Ok(Chain {
             next_id: last_id + 1,
@@ -33,8 +33,8 @@ impl Chain {
 /// Appends rows to the audit log, extending its hash chain from the last row, and returns the
 /// id of the first. Runs inside the caller's write transaction, which holds the writer lock,
 /// so no other writer can interleave rows: ids are gapless and the chain never forks.
-pub(super) fn append_audit(tx: &Transaction, entries: &[Entry]) -> Result<i64> {
-    let mut chain = Chain::at_tail(tx)?;
+pub(super) fn append_audit(tx: &WriteTx, entries: &[Entry]) -> Result<i64> {
+    let mut chain = Chain::at_tail(tx.reads())?;
     let (first_id, prev_hash) = (chain.next_id, chain.prev_hash.clone());
     let hashes: Vec<String> = entries.iter().map(|entry| chain.link(entry)).collect();
     insert_linked(
@@ -49,7 +49,7 @@ pub(super) fn append_audit(tx: &Transaction, entries: &[Entry]) -> Result<i64> {
 /// Inserts audit rows already linked into the chain: `first_id` and the hash it follows, then
 /// each row with its hash.
 pub(super) fn insert_linked<'a>(
-    tx: &Transaction,
+    tx: &WriteTx,
     first_id: i64,
     prev_hash: &'a str,
     entries: impl Iterator<Item = (Entry<'a>, &'a String)>,

@@ -78,7 +78,7 @@ impl Store {
             ..AuditQuery::default()
         };
         // One snapshot for every table: the ranges and assignments must match the rows.
-        let reader = Reader::Within(&source);
+        let reader = Reader::Within(&*source);
         let mut pages = Pages::new(&everything, Scope::Everything, &reader, COPY_BATCH);
         let mut audit_rows = 0;
         let mut head = None;

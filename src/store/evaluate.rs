@@ -15,7 +15,7 @@ use crate::record;
 use super::chain::{Chain, insert_linked};
 use super::flags::edit_flags;
 use super::{
-    AssignmentRef, BatchReport, Request, Selection, Store, Transaction, keys_per_transaction,
+    AssignmentRef, BatchReport, Reads, Request, Selection, Store, WriteTx, keys_per_transaction,
 };
 
 impl Store {
@@ -246,7 +246,7 @@ impl<'a> EvaluationPlan<'a> {
     /// and remembers what it decided itself, so the answers are those of one key at a time.
     fn evaluate_keys(
         &self,
-        tx: &Transaction,
+        tx: &WriteTx,
         keys: &[String],
         actor: &str,
         ts: &str,
@@ -263,7 +263,7 @@ impl<'a> EvaluationPlan<'a> {
         }
         let audited = !self.requested.is_empty() && !keys.is_empty();
         let chain = if audited {
-            Some(Chain::at_tail(tx)?)
+            Some(Chain::at_tail(tx.reads())?)
         } else {
             None
         };
@@ -282,7 +282,7 @@ impl<'a> EvaluationPlan<'a> {
             stored: HashMap::new(),
         };
         let mut seen: HashSet<&str> = HashSet::new();
-        let mut fetch = |step| self.fetch_step(tx, step, &mut seen);
+        let mut fetch = |step| self.fetch_step(tx.reads(), step, &mut seen);
         let steps: Vec<&[String]> = keys.chunks(tx.keys_per_step()).collect();
         if steps.len() <= 1 {
             for step in steps {
@@ -324,7 +324,7 @@ impl<'a> EvaluationPlan<'a> {
     /// The stored assignments of the keys of `step` not `seen` before in the transaction.
     fn fetch_step<'k>(
         &self,
-        tx: &Transaction,
+        tx: &dyn Reads,
         step: &'k [String],
         seen: &mut HashSet<&'k str>,
     ) -> Result<Fetched<'k>> {
@@ -418,7 +418,7 @@ impl<'k> KeyEvaluator<'_, 'k> {
 
 /// The writing side of [`EvaluationPlan::evaluate_keys`]: stores each evaluated step.
 struct StepWriter<'t, 'a> {
-    tx: &'t Transaction<'t>,
+    tx: &'t WriteTx<'t>,
     actor: &'a str,
     ts: &'a str,
     results: Vec<ContextEvaluation>,

@@ -9,11 +9,12 @@ use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet};
 
 use super::chain::append_audit;
-use super::{FlagRecord, Scan, Scope, Store, Transaction};
+use super::{FlagRecord, Reads, Scan, Scope, Store, WriteTx};
 
 impl Store {
     pub fn flags(&self) -> Result<FlagSet> {
-        self.backend.load_flags()
+        // Requirements and flags are two statements: one snapshot keeps them one state.
+        self.read_transaction()?.load_flags()
     }
 
     pub fn flag(&self, name: &str) -> Result<Option<FlagRecord>> {
@@ -63,7 +64,7 @@ impl Store {
     /// to a flag adds a change row, so a version names one state of the flag.
     pub fn flag_version(&self, name: &str) -> Result<i64> {
         let tx = self.read_transaction()?;
-        last_change_id(&tx, name)
+        last_change_id(&*tx, name)
     }
 
     /// Applies `edit` to flag `name` as [`Store::modify`] does, but only if the flag is still
@@ -86,7 +87,7 @@ impl Store {
                 suggestion: flags.nearest_name(name),
             });
         }
-        let current = last_change_id(&tx, name)?;
+        let current = last_change_id(tx.reads(), name)?;
         if current != expected_version {
             return Err(Error::StaleVersion {
                 flag: name.to_string(),
@@ -103,7 +104,7 @@ impl Store {
             Ok(edited)
         };
         let (_, changes) = edit_flags(&tx, edit_one, Some((actor, via, ts.as_str())))?;
-        let version = last_change_id(&tx, name)?;
+        let version = last_change_id(tx.reads(), name)?;
         tx.commit()?;
         Ok((changes, version))
     }
@@ -113,7 +114,7 @@ impl Store {
 /// changes; with `write` (actor, via, timestamp) also writes them, audited. Returns the flags
 /// as edited and the changes.
 pub(super) fn edit_flags(
-    tx: &Transaction,
+    tx: &WriteTx,
     edit: impl FnOnce(&FlagSet) -> Result<FlagSet>,
     write: Option<(&str, &str, &str)>,
 ) -> Result<(FlagSet, Vec<Change>)> {
@@ -129,13 +130,7 @@ pub(super) fn edit_flags(
 
 /// Writes flag rows, then requirements, then deletions, so that every foreign key holds after
 /// each statement whatever order the changes came in.
-fn write_changes(
-    tx: &Transaction,
-    changes: &[Change],
-    actor: &str,
-    via: &str,
-    ts: &str,
-) -> Result<()> {
+fn write_changes(tx: &WriteTx, changes: &[Change], actor: &str, via: &str, ts: &str) -> Result<()> {
     for change in changes {
         match change {
             Change::Create(flag) => tx.insert_flag(flag, ts, ts)?,
@@ -180,7 +175,7 @@ fn write_changes(
 }
 
 /// The id of the newest change row of flag `name`, or 0.
-pub(super) fn last_change_id(tx: &Transaction, name: &str) -> Result<i64> {
+pub(super) fn last_change_id(tx: &dyn Reads, name: &str) -> Result<i64> {
     let changes = crate::audit::AuditQuery {
         kind: Some("change".to_string()),
         ..crate::audit::AuditQuery::default()

@@ -3,17 +3,20 @@
 //!
 //! Each public method of [`Store`] is one whole transaction. The rules (which flags a request
 //! evaluates, what is stored, what is audited, how the chain is extended) are written once
-//! here, over the `Backend` trait; `sqlite.rs` and `postgres.rs` only say how each step is
-//! done in their SQL. Every write transaction holds the store's single writer lock from its
+//! here, over the `Backend` trait; `sqlite/` and `postgres/` only say how each step is done
+//! in their SQL. Steps run only inside a transaction: a `ReadTx` reaches the `Reads`, a
+//! `WriteTx` also the `Writes`, and nothing else reaches either. Every write transaction holds the store's single writer lock from its
 //! first read, so two processes evaluating the same (flag, context), on one machine or many,
 //! end with one assignment and the same answer, the audit chain never forks, and every write
 //! lands together with its audit rows or not at all.
 //!
-//! Rooms: `backend.rs` the `Backend` trait, its step types and the `Transaction` guard;
+//! Rooms: `backend.rs` the `Backend`, `Reads` and `Writes` traits, the step types and the
+//! `ReadTx` and `WriteTx` guards;
 //! `evaluate.rs` evaluation; `flags.rs` flag reads and writes; `chain.rs` appending to the
 //! audit chain; `tokens.rs` API tokens; `location.rs` where a store lives; `query.rs` audit
 //! scans; `review.rs` and `ranges.rs` what reviewers check; `copy.rs` whole-store copies;
-//! `sqlite.rs` and `postgres.rs` the backends. This file: the public types, opening a store,
+//! `sqlite/` and `postgres/` the backends (`mod.rs` connection, locking and migrations,
+//! `reads.rs`, `writes.rs`). This file: the public types, opening a store,
 //! assignments, and transactions with their retries.
 
 use std::path::Path;
@@ -39,7 +42,7 @@ mod review;
 mod sqlite;
 mod tokens;
 
-use backend::{AssignmentRef, Backend, ChainedEntry, Scan, Scope, Transaction};
+use backend::{AssignmentRef, Backend, ChainedEntry, ReadTx, Reads, Scan, Scope, WriteTx};
 use chain::append_audit;
 
 pub use copy::CopyReport;
@@ -373,8 +376,7 @@ impl Store {
     /// reconnects first if the server closed the connection.
     pub fn probe_write(&self) -> Result<()> {
         self.backend.reconnect_if_lost(true)?;
-        self.backend.begin_write(self.lock_wait)?;
-        let tx = Transaction::new(self.backend.as_ref(), false);
+        let tx = WriteTx::begin(self.backend.as_ref(), self.lock_wait)?;
         tx.rewrite_header()?;
         tx.commit()
     }
@@ -388,25 +390,23 @@ impl Store {
 
     /// Number of rows in the audit log.
     pub fn audit_len(&self) -> Result<i64> {
-        self.backend.audit_len()
+        self.read_transaction()?.audit_len()
     }
 
     /// Takes the writer lock. A writer kept waiting by other processes retries, with growing
     /// pauses, for up to a minute (see [`Store::set_lock_wait`]), so a burst of contention from
     /// many pipeline workers slows them down instead of failing them.
-    fn write_transaction(&self) -> Result<Transaction<'_>> {
-        self.backend.begin_write(self.lock_wait)?;
-        Ok(Transaction::new(self.backend.as_ref(), true))
+    fn write_transaction(&self) -> Result<WriteTx<'_>> {
+        WriteTx::begin(self.backend.as_ref(), self.lock_wait)
     }
 
-    fn read_transaction(&self) -> Result<Transaction<'_>> {
-        self.backend.begin_read()?;
-        Ok(Transaction::new(self.backend.as_ref(), false))
+    fn read_transaction(&self) -> Result<ReadTx<'_>> {
+        ReadTx::begin(self.backend.as_ref())
     }
 
     /// Runs `attempt`, one whole write transaction, once more on a new connection when the
     /// database server closed the connection under the first (a restart, a terminated
-    /// backend): nothing of the first was committed, [`Transaction::commit`] makes sure of
+    /// backend): nothing of the first was committed, [`WriteTx::commit`] makes sure of
     /// that. A server that cannot be reached again is reported with its own cause.
     fn retried_on_new_connection<T>(
         &mut self,

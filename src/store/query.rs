@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Scan, Scope, Store, Transaction};
+use super::{Reads, Scan, Scope, Store};
 use crate::audit::{AuditQuery, AuditRow};
 use crate::error::{Error, Result};
 use crate::record;
@@ -148,7 +148,7 @@ pub(super) enum Reader<'s> {
     /// Each page in a read transaction of its own, up to the head when the scan began.
     Short { store: &'s Store, through: i64 },
     /// Every page in one transaction the caller holds.
-    Within(&'s Transaction<'s>),
+    Within(&'s dyn Reads),
 }
 
 impl<'s> Reader<'s> {
@@ -168,10 +168,10 @@ impl<'s> Reader<'s> {
         }
     }
 
-    fn read<T>(&self, step: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+    fn read<T>(&self, step: impl FnOnce(&dyn Reads) -> Result<T>) -> Result<T> {
         match self {
-            Reader::Short { store, .. } => step(&store.read_transaction()?),
-            Reader::Within(tx) => step(tx),
+            Reader::Short { store, .. } => step(&*store.read_transaction()?),
+            Reader::Within(tx) => step(*tx),
         }
     }
 }

@@ -318,7 +318,7 @@ impl Store {
     /// exactly its table's rows (`integrity_check`, slower). Reads only. Returns what was
     /// checked, in words.
     pub fn check_storage(&self, quick: bool) -> Result<&'static str> {
-        self.backend.check_storage(quick)
+        self.read_transaction()?.check_storage(quick)
     }
 
     /// Checks what the database cannot: every foreign key holds (an SQLite file edited with

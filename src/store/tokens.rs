@@ -7,7 +7,7 @@ use crate::audit::Entry;
 use crate::error::{Error, Result};
 use crate::token::Role;
 
-use super::{Store, Transaction, append_audit};
+use super::{Store, WriteTx, append_audit};
 
 /// An API token of `flagstore serve`, as stored: only the SHA-256 of its text.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,13 +68,13 @@ impl Store {
 
     /// Every API token, active and revoked, by name.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.backend.list_tokens()
+        self.read_transaction()?.list_tokens()
     }
 }
 
 /// The change row of a token created or revoked: it names the token, never its text.
 fn append_token_change(
-    tx: &Transaction,
+    tx: &WriteTx,
     action: &str,
     name: &str,
     role: Option<Role>,

@@ -1,0 +1,118 @@
+//! What Postgres writes inside a write transaction.
+
+use super::Postgres;
+use crate::error::Result;
+use crate::flag::Flag;
+use crate::store::TokenRecord;
+use crate::store::backend::{AssignmentRef, Writes};
+
+impl Writes for Postgres {
+    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO flags \
+                 (name, enabled, rollout_pct, sticky, created_at, updated_at, stale_exempt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &flag.name,
+                &i32::from(flag.enabled),
+                &flag.rollout_pct,
+                &flag.sticky.as_str(),
+                &created_at,
+                &updated_at,
+                &i32::from(flag.stale_exempt),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
+        self.execute(
+            "UPDATE flags SET enabled = $2, rollout_pct = $3, sticky = $4, updated_at = $5, \
+                 stale_exempt = $6 \
+             WHERE name = $1",
+            &[
+                &flag.name,
+                &i32::from(flag.enabled),
+                &flag.rollout_pct,
+                &flag.sticky.as_str(),
+                &ts,
+                &i32::from(flag.stale_exempt),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
+        self.execute("DELETE FROM flag_dependencies WHERE flag = $1", &[&flag])?;
+        self.execute(
+            "INSERT INTO flag_dependencies (flag, requires) SELECT $1, unnest($2::text[])",
+            &[&flag, &requires],
+        )
+        .map(|_| ())
+    }
+
+    fn delete_flag(&self, name: &str) -> Result<usize> {
+        let cleared = self.execute("DELETE FROM assignments WHERE flag = $1", &[&name])?;
+        self.execute("DELETE FROM flags WHERE name = $1", &[&name])?;
+        Ok(cleared as usize)
+    }
+
+    fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()> {
+        let flags: Vec<&str> = rows.iter().map(|a| a.flag).collect();
+        let keys: Vec<&str> = rows.iter().map(|a| a.context_key).collect();
+        let decisions: Vec<i32> = rows.iter().map(|a| i32::from(a.decision)).collect();
+        let buckets: Vec<i32> = rows.iter().map(|a| i32::from(a.bucket)).collect();
+        let rollouts: Vec<f64> = rows.iter().map(|a| a.rollout_pct).collect();
+        let times: Vec<&str> = rows.iter().map(|a| a.assigned_at).collect();
+        self.execute(
+            "INSERT INTO assignments (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], \
+                                  $5::float8[], $6::text[])",
+            &[&flags, &keys, &decisions, &buckets, &rollouts, &times],
+        )
+        .map(|_| ())
+    }
+
+    fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize> {
+        Ok(self.execute(
+            "DELETE FROM assignments WHERE flag = $1 AND ($2::text IS NULL OR context_key = $2)",
+            &[&flag, &context],
+        )? as usize)
+    }
+
+    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()> {
+        self.execute(
+            "INSERT INTO audit_flag_ranges (flag, first_id, last_id) \
+             SELECT unnest($1::text[]), $2, $3",
+            &[&flags, &first_id, &last_id],
+        )
+        .map(|_| ())
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<()> {
+        self.execute(
+            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at, role) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &token.name,
+                &token.sha256,
+                &token.created_at,
+                &token.revoked_at,
+                &token.role.as_str(),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn revoke_token(&self, name: &str, ts: &str) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
+            &[&name, &ts],
+        )? == 1)
+    }
+
+    fn rewrite_header(&self) -> Result<()> {
+        // The writer lock taken and released is the write: PostgreSQL's own disk is its own.
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! What Sqlite writes inside a write transaction.
+
+use rusqlite::ToSql;
+
+use super::Sqlite;
+use crate::error::Result;
+use crate::flag::Flag;
+use crate::store::TokenRecord;
+use crate::store::backend::{AssignmentRef, Writes};
+
+impl Writes for Sqlite {
+    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO flags \
+                 (name, enabled, rollout_pct, sticky, created_at, updated_at, stale_exempt) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            (
+                &flag.name,
+                flag.enabled,
+                flag.rollout_pct,
+                flag.sticky.as_str(),
+                created_at,
+                updated_at,
+                flag.stale_exempt,
+            ),
+        )
+        .map(|_| ())
+    }
+
+    fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
+        self.execute(
+            "UPDATE flags SET enabled = ?2, rollout_pct = ?3, sticky = ?4, updated_at = ?5, \
+                 stale_exempt = ?6 \
+             WHERE name = ?1",
+            (
+                &flag.name,
+                flag.enabled,
+                flag.rollout_pct,
+                flag.sticky.as_str(),
+                ts,
+                flag.stale_exempt,
+            ),
+        )
+        .map(|_| ())
+    }
+
+    fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
+        self.execute("DELETE FROM flag_dependencies WHERE flag = ?1", [flag])?;
+        for required in requires {
+            self.execute(
+                "INSERT INTO flag_dependencies (flag, requires) VALUES (?1, ?2)",
+                (flag, required),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn delete_flag(&self, name: &str) -> Result<usize> {
+        let cleared = self.execute("DELETE FROM assignment_rows WHERE flag = ?1", [name])?;
+        self.execute("DELETE FROM flags WHERE name = ?1", [name])?;
+        Ok(cleared)
+    }
+
+    fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()> {
+        let ids = self.context_ids(rows.iter().map(|row| row.context_key))?;
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 6);
+        for row in rows {
+            values.extend([
+                &ids[row.context_key] as &dyn ToSql,
+                &row.flag,
+                &row.decision,
+                &row.bucket,
+                &row.rollout_pct,
+                &row.assigned_at,
+            ]);
+        }
+        self.insert_rows(
+            "INSERT INTO assignment_rows \
+             (context_id, flag, decision, bucket, rollout_pct, assigned_at)",
+            6,
+            &values,
+        )
+    }
+
+    fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize> {
+        self.execute(
+            "DELETE FROM assignment_rows WHERE flag = ?1 \
+                AND (?2 IS NULL OR context_id = (SELECT id FROM contexts WHERE key = ?2))",
+            (flag, context),
+        )
+    }
+
+    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()> {
+        for flag in flags {
+            self.execute(
+                "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES (?1, ?2, ?3)",
+                (flag, first_id, last_id),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<()> {
+        self.execute(
+            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at, role) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            (
+                &token.name,
+                &token.sha256,
+                &token.created_at,
+                &token.revoked_at,
+                token.role.as_str(),
+            ),
+        )
+        .map(|_| ())
+    }
+
+    fn revoke_token(&self, name: &str, ts: &str) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            (name, ts),
+        )? == 1)
+    }
+
+    fn rewrite_header(&self) -> Result<()> {
+        // Setting user_version (which flagstore does not use) rewrites page 1 even when the
+        // value is the same, so the commit appends a frame to the WAL.
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
+        self.conn.pragma_update(None, "user_version", version)?;
+        Ok(())
+    }
+}
