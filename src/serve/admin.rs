@@ -21,7 +21,7 @@ use super::{Read, Refusal, Shared, as_caller, as_reader};
 use crate::audit::{AuditQuery, parse_time_bound};
 use crate::error::Error;
 use crate::flag::Flag;
-use crate::store::Store;
+use crate::store::{Store, View};
 use crate::token::{self, Role};
 
 /// Audit rows per page when the caller names no limit, and the most it may ask for.
@@ -158,12 +158,11 @@ fn respond(answer: Result<Reply, Refusal>) -> Response {
     }
 }
 
-fn flag_json(store: &Store, name: &str) -> Result<Option<(Value, i64)>, Refusal> {
-    // The version is read before the definition: a change another process commits between
-    // the two reads then leaves an older version beside the newer state, so an edit made from
-    // it is refused rather than applied to a state its author never saw.
-    let version = store.flag_version(name)?;
-    let Some(record) = store.flag(name)? else {
+/// A flag as the API shows it, with its version: both from `view`, so the version names the
+/// state shown and an edit made from it is refused if the flag has changed since.
+fn flag_json(view: &View, name: &str) -> Result<Option<(Value, i64)>, Refusal> {
+    let version = view.flag_version(name)?;
+    let Some(record) = view.flag(name)? else {
         return Ok(None);
     };
     let mut body =
@@ -177,16 +176,18 @@ fn flag_json(store: &Store, name: &str) -> Result<Option<(Value, i64)>, Refusal>
 
 async fn list_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     read(&shared, &headers, |store| {
-        let names: Vec<String> = store.flags()?.names().map(str::to_string).collect();
-        let mut flags = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some((flag, _)) = flag_json(store, &name)? {
-                flags.push(flag);
+        store.read(|view| {
+            let names: Vec<String> = view.flags()?.names().map(str::to_string).collect();
+            let mut flags = Vec::with_capacity(names.len());
+            for name in names {
+                if let Some((flag, _)) = flag_json(view, &name)? {
+                    flags.push(flag);
+                }
             }
-        }
-        Ok(Reply {
-            body: json!({ "flags": flags }),
-            version: None,
+            Ok(Reply {
+                body: json!({ "flags": flags }),
+                version: None,
+            })
         })
     })
     .await
@@ -198,24 +199,26 @@ async fn show_flag(
     headers: HeaderMap,
 ) -> Response {
     read(&shared, &headers, move |store| {
-        let Some((mut body, version)) = flag_json(store, &name)? else {
-            return Err(Refusal::NotFound(store.unknown_flag(&name)?.to_string()));
-        };
-        let changes = AuditQuery {
-            flag: Some(name.clone()),
-            kind: Some("change".to_string()),
-            ascending: true,
-            ..AuditQuery::default()
-        };
-        let mut history = Vec::new();
-        store.query_audit(&changes, |row| {
-            history.push(row.to_json());
-            Ok::<(), Error>(())
-        })?;
-        body["history"] = json!(history);
-        Ok(Reply {
-            body,
-            version: Some(version),
+        store.read(|view| {
+            let Some((mut body, version)) = flag_json(view, &name)? else {
+                return Err(Refusal::NotFound(view.unknown_flag(&name)?.to_string()));
+            };
+            let changes = AuditQuery {
+                flag: Some(name.clone()),
+                kind: Some("change".to_string()),
+                ascending: true,
+                ..AuditQuery::default()
+            };
+            let mut history = Vec::new();
+            view.query_audit(&changes, |row| {
+                history.push(row.to_json());
+                Ok::<(), Error>(())
+            })?;
+            body["history"] = json!(history);
+            Ok(Reply {
+                body,
+                version: Some(version),
+            })
         })
     })
     .await
@@ -335,7 +338,8 @@ async fn change_flag(
                 ..flag.clone()
             })
         })?;
-        let (body, _) = flag_json(store, &name)?
+        let (body, _) = store
+            .read(|view| flag_json(view, &name))?
             .ok_or_else(|| Refusal::NotFound(format!("flag {name:?} does not exist")))?;
         Ok(Reply {
             body,

@@ -12,32 +12,19 @@ use super::chain::append_audit;
 use super::{FlagRecord, Reads, Scan, Scope, Store, WriteTx};
 
 impl Store {
+    /// [`View::flags`](super::View::flags) in a snapshot of its own.
     pub fn flags(&self) -> Result<FlagSet> {
-        // Requirements and flags are two statements: one snapshot keeps them one state.
-        self.read_transaction()?.load_flags()
+        self.read(|view| view.flags())
     }
 
+    /// [`View::flag`](super::View::flag) in a snapshot of its own.
     pub fn flag(&self, name: &str) -> Result<Option<FlagRecord>> {
-        let tx = self.read_transaction()?;
-        let flags = tx.load_flags()?;
-        let (Some(flag), Some((created_at, updated_at))) = (flags.get(name), tx.flag_times(name)?)
-        else {
-            return Ok(None);
-        };
-        Ok(Some(FlagRecord {
-            flag: flag.clone(),
-            required_by: flags.dependents_of(name),
-            created_at,
-            updated_at,
-        }))
+        self.read(|view| view.flag(name))
     }
 
-    /// The error for a flag name that does not exist, with the nearest existing name.
+    /// [`View::unknown_flag`](super::View::unknown_flag) in a snapshot of its own.
     pub fn unknown_flag(&self, name: &str) -> Result<Error> {
-        Ok(Error::UnknownFlag {
-            name: name.to_string(),
-            suggestion: self.flags()?.nearest_name(name),
-        })
+        self.read(|view| view.unknown_flag(name))
     }
 
     /// Applies `edit` to the current flags as one atomic, audited write. `edit` sees the flags
@@ -60,11 +47,9 @@ impl Store {
         Ok(changes)
     }
 
-    /// The version of a flag: the id of its newest change row (0 if it has none). Every write
-    /// to a flag adds a change row, so a version names one state of the flag.
+    /// [`View::flag_version`](super::View::flag_version) in a snapshot of its own.
     pub fn flag_version(&self, name: &str) -> Result<i64> {
-        let tx = self.read_transaction()?;
-        last_change_id(&*tx, name)
+        self.read(|view| view.flag_version(name))
     }
 
     /// Applies `edit` to flag `name` as [`Store::modify`] does, but only if the flag is still

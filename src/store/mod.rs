@@ -41,6 +41,7 @@ mod ranges;
 mod review;
 mod sqlite;
 mod tokens;
+mod view;
 
 use backend::{AssignmentRef, Backend, ChainedEntry, ReadTx, Reads, Scan, Scope, WriteTx};
 use chain::append_audit;
@@ -51,6 +52,7 @@ pub use postgres::{ScratchSchema, redacted_url, url_to_repeat};
 pub use ranges::{IndexReport, Reindexed, Runs};
 pub use review::{DEFAULT_STALE_DAYS, StaleFlag};
 pub use tokens::TokenRecord;
+pub use view::View;
 
 /// How long a writer whose connection was cut during COMMIT keeps trying to ask the server
 /// whether it landed, before it reports that it cannot tell.
@@ -292,8 +294,7 @@ impl Store {
     /// `rollout_pct` would decide otherwise if they were decided afresh (they are not: they
     /// are sticky). Reads only.
     pub fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally> {
-        let tx = self.read_transaction()?;
-        tx.assignment_tally(flag, rollout_pct)
+        self.read(|view| view.assignment_tally(flag, rollout_pct))
     }
 
     /// Forgets the stored assignments of `flag` (for one context, or all), so the next

@@ -279,42 +279,50 @@ impl Store {
     pub fn query_audit<E: From<Error>>(
         &self,
         query: &AuditQuery,
-        mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
+        visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        query.check()?;
-        let reader = Reader::short(self)?;
-        // Rows read per page: enough for the page asked for when each row is one decision.
-        let page = query.limit.map_or(PAGE_ROWS, |limit| {
-            (limit.max(0) as usize + 1).min(PAGE_ROWS)
-        });
-        let mut shown: i64 = 0;
-        let mut show = |row: AuditRow| -> std::result::Result<bool, E> {
-            if query.limit.is_some_and(|limit| shown >= limit) {
-                return Ok(false);
-            }
-            let mut decisions = expand(row, query.flag.as_deref())?;
-            // Newest first reads a request's decisions last to first, as schema-1 rows did.
-            if !query.ascending {
-                decisions.reverse();
-            }
-            for decision in decisions {
-                shown += 1;
-                visit(decision)?;
-            }
-            Ok(true)
-        };
-        // A context's rows are few and indexed: its scan filters by flag itself.
-        match (query.flag.as_deref(), &query.context) {
-            (Some(flag), None) => scan_flag(&reader, query, flag, page, &mut show),
-            _ => {
-                let mut rows = Pages::new(query, Scope::Everything, &reader, page);
-                while let Some(row) = rows.next(&reader)? {
-                    if !show(row)? {
-                        break;
-                    }
+        query_audit(&Reader::short(self)?, query, visit)
+    }
+}
+
+/// [`Store::query_audit`] from `reader`.
+pub(super) fn query_audit<E: From<Error>>(
+    reader: &Reader,
+    query: &AuditQuery,
+    mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    query.check()?;
+    // Rows read per page: enough for the page asked for when each row is one decision.
+    let page = query.limit.map_or(PAGE_ROWS, |limit| {
+        (limit.max(0) as usize + 1).min(PAGE_ROWS)
+    });
+    let mut shown: i64 = 0;
+    let mut show = |row: AuditRow| -> std::result::Result<bool, E> {
+        if query.limit.is_some_and(|limit| shown >= limit) {
+            return Ok(false);
+        }
+        let mut decisions = expand(row, query.flag.as_deref())?;
+        // Newest first reads a request's decisions last to first, as schema-1 rows did.
+        if !query.ascending {
+            decisions.reverse();
+        }
+        for decision in decisions {
+            shown += 1;
+            visit(decision)?;
+        }
+        Ok(true)
+    };
+    // A context's rows are few and indexed: its scan filters by flag itself.
+    match (query.flag.as_deref(), &query.context) {
+        (Some(flag), None) => scan_flag(reader, query, flag, page, &mut show),
+        _ => {
+            let mut rows = Pages::new(query, Scope::Everything, reader, page);
+            while let Some(row) = rows.next(reader)? {
+                if !show(row)? {
+                    break;
                 }
-                Ok(())
             }
+            Ok(())
         }
     }
 }

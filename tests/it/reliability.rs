@@ -225,6 +225,64 @@ fn readers_do_not_block_writers_and_keep_their_snapshot() {
     assert_eq!(env.count("SELECT count(*) FROM audit_log"), before + 1);
 }
 
+/// Every read of one `Store::read` sees one state: a change and an evaluation committed by
+/// another process after the view's first read are in none of its later reads (so a page's
+/// version names the definition it shows), and in the next view.
+fn a_view_reads_one_state_while_another_process_writes() {
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let store = env.open_store();
+    let first_version = store.flag_version("dedupe").unwrap();
+    let (version, rollout, tally, history) = store
+        .read(|view| -> flagstore::Result<_> {
+            let version = view.flag_version("dedupe")?;
+            env.ok(&["flag", "set", "dedupe", "--rollout", "100"]);
+            env.ok(&["eval", "dedupe", "--context", "k"]);
+            let record = view.flag("dedupe")?.expect("dedupe exists");
+            let tally = view.assignment_tally("dedupe", 100.0)?;
+            let changes = flagstore::audit::AuditQuery {
+                flag: Some("dedupe".to_string()),
+                kind: Some("change".to_string()),
+                ..Default::default()
+            };
+            let mut history = 0;
+            view.query_audit(&changes, |_| {
+                history += 1;
+                Ok::<(), flagstore::Error>(())
+            })?;
+            Ok((
+                version,
+                record.flag.rollout_pct,
+                tally.on + tally.off,
+                history,
+            ))
+        })
+        .unwrap();
+    assert_eq!(version, first_version);
+    assert_eq!(rollout, 70.0, "the view saw a later definition");
+    assert_eq!(tally, 0, "the view saw a later assignment");
+    assert_eq!(history, 1, "the view saw a later change row");
+    store
+        .read(|view| -> flagstore::Result<()> {
+            assert!(view.flag_version("dedupe")? > version);
+            assert_eq!(
+                view.flag("dedupe")?
+                    .expect("dedupe exists")
+                    .flag
+                    .rollout_pct,
+                100.0
+            );
+            let tally = view.assignment_tally("dedupe", 100.0)?;
+            assert_eq!(tally.on + tally.off, 1);
+            Ok(())
+        })
+        .unwrap();
+}
+
+contract_tests! {
+    a_view_reads_one_state_while_another_process_writes,
+}
+
 /// A small deterministic generator, so a failing crash iteration can be replayed by seed.
 struct Random(u64);
 

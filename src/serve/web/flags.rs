@@ -17,7 +17,7 @@ use crate::audit::AuditQuery;
 use crate::error::Error;
 use crate::flag::{Flag, FlagSet, validate_rollout};
 use crate::serve::{Refusal, Shared};
-use crate::store::{AssignmentTally, Store};
+use crate::store::{AssignmentTally, Store, View};
 use crate::token::Role;
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
@@ -226,21 +226,17 @@ async fn show(
         Err(rejection) => return bad_query(&rejection),
     };
     page(&shared, &headers, move |store, chrome| {
-        flag_page(store, chrome, &name, &query.preview)
+        store.read(|view| flag_page(view, chrome, &name, &query.preview))
     })
     .await
 }
 
-fn flag_page(
-    store: &mut Store,
-    chrome: Chrome,
-    name: &str,
-    preview: &str,
-) -> Result<FlagPage, Refusal> {
-    // Read before the definition, as the admin API's flag_json does and for the same reason.
-    let version = store.flag_version(name)?;
-    let Some(record) = store.flag(name)? else {
-        return Err(store.unknown_flag(name)?.into());
+/// The flag page, every part of it from one snapshot: the version in its forms names the
+/// state it shows.
+fn flag_page(view: &View, chrome: Chrome, name: &str, preview: &str) -> Result<FlagPage, Refusal> {
+    let version = view.flag_version(name)?;
+    let Some(record) = view.flag(name)? else {
+        return Err(view.unknown_flag(name)?.into());
     };
     let preview = if preview.trim().is_empty() {
         None
@@ -248,7 +244,7 @@ fn flag_page(
         let pct = parse_rollout(name, preview)?;
         Some(Preview {
             rollout: percent(pct),
-            tally: store.assignment_tally(name, pct)?,
+            tally: view.assignment_tally(name, pct)?,
         })
     };
     let changes = AuditQuery {
@@ -257,7 +253,7 @@ fn flag_page(
         ..AuditQuery::default()
     };
     let mut history = Vec::new();
-    store.query_audit(&changes, |row| {
+    view.query_audit(&changes, |row| {
         history.push(HistoryRow {
             id: row.id,
             ts: row.ts,
@@ -282,7 +278,7 @@ fn flag_page(
         created_at: record.created_at,
         updated_at: record.updated_at,
         version,
-        tally: store.assignment_tally(name, flag.rollout_pct)?,
+        tally: view.assignment_tally(name, flag.rollout_pct)?,
         preview,
         history,
         flag,
