@@ -11,14 +11,12 @@
 //! lands together with its audit rows or not at all.
 //!
 //! Rooms: `backend.rs` the `Backend`, `Reads` and `Writes` traits, the step types and the
-//! `ReadTx` and `WriteTx` guards;
-//! `evaluate.rs` evaluation; `flags.rs` flag reads and writes; `chain.rs` appending to the
-//! audit chain; `tokens.rs` API tokens; `location.rs` where a store lives; `view.rs` one
-//! snapshot for a whole answer; `query.rs` audit
-//! scans; `review.rs` and `ranges.rs` what reviewers check; `copy.rs` whole-store copies;
-//! `sqlite/` and `postgres/` the backends (`mod.rs` connection, locking and migrations,
-//! `reads.rs`, `writes.rs`). This file: the public types, opening a store,
-//! assignments, and transactions with their retries.
+//! `ReadTx` and `WriteTx` guards; `evaluate.rs` evaluation; `flags.rs` flag reads and writes;
+//! `chain.rs` appending to the audit chain; `tokens.rs` API tokens; `location.rs` where a store
+//! lives; `view.rs` one snapshot for a whole answer; `query.rs` audit scans; `review.rs` and
+//! `ranges.rs` what reviewers check; `copy.rs` whole-store copies; `sqlite/` and `postgres/`
+//! the backends (`mod.rs` connection, locking and migrations, `reads.rs`, `writes.rs`). This
+//! file: the public types, opening a store, assignments, and transactions with their retries.
 
 use std::path::Path;
 use std::time::Duration;
