@@ -1,9 +1,9 @@
 //! flagstore: feature flags for data pipelines, kept in one SQLite file or in PostgreSQL, with
 //! sticky per-context assignments and an append-only, hash-chained audit trail.
 //!
-//! The evaluator ([`eval`]) is pure; all SQL lives in [`store`]; [`cli`] is the command-line
-//! layer the `flagstore` binary runs, [`serve`] the HTTP server, and the Python package
-//! (`python/`) a third caller of the same API:
+//! The evaluator ([`eval`]) is pure; all SQL lives in [`store`]; [`serve`] is the HTTP server.
+//! The `flagstore` binary's command-line layer (`src/cli/`, declared by `src/main.rs`) and the
+//! Python package (`python/`) call only this crate's public API:
 //!
 //! ```
 //! use flagstore::{Flag, FlagSet, Selection, Store};
@@ -27,7 +27,6 @@
 pub mod audit;
 pub mod bench;
 pub mod change;
-pub mod cli;
 pub mod contexts;
 pub mod document;
 pub mod error;

@@ -5,8 +5,8 @@ use std::io::Write;
 use clap::{Args, Subcommand};
 
 use super::{ActorOption, DbOption, Format, Globals, JsonItems, Outcome, stdout_error, table};
-use crate::error::Result;
-use crate::store::AssignmentRow;
+use flagstore::error::Result;
+use flagstore::store::AssignmentRow;
 
 #[derive(Debug, Subcommand)]
 pub enum AssignmentsCommand {

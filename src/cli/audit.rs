@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error, table};
-use crate::audit::{AuditQuery, AuditRow, Checkpoint, parse_time_bound};
-use crate::error::{Error, Result};
-use crate::file::write_atomically;
-use crate::store::Store;
+use flagstore::audit::{AuditQuery, AuditRow, Checkpoint, parse_time_bound};
+use flagstore::error::{Error, Result};
+use flagstore::file::write_atomically;
+use flagstore::store::Store;
 
 #[derive(Debug, Args)]
 #[command(
@@ -169,8 +169,8 @@ fn next_page_command(globals: &Globals, args: &AuditArgs, cursor: i64) -> String
             .path
             .as_ref()
             .or(globals.db.path.as_ref())
-            .map(|given| match crate::store::Location::parse(given) {
-                crate::store::Location::Postgres(url) => crate::store::url_to_repeat(&url),
+            .map(|given| match flagstore::store::Location::parse(given) {
+                flagstore::store::Location::Postgres(url) => flagstore::store::url_to_repeat(&url),
                 sqlite => sqlite.to_string(),
             }),
     );
@@ -244,12 +244,13 @@ fn audit_query(
                 Ok::<(), Error>(())
             })?;
             // Every column but detail and the hashes, which only fit the other formats.
-            out.write_all(table(&crate::audit::COLUMNS[..10], rows).as_bytes())
+            out.write_all(table(&flagstore::audit::COLUMNS[..10], rows).as_bytes())
                 .map_err(stdout_error)?;
         }
         "csv" => {
             let mut csv = csv::Writer::from_writer(&mut *out);
-            csv.write_record(crate::audit::COLUMNS).map_err(csv_error)?;
+            csv.write_record(flagstore::audit::COLUMNS)
+                .map_err(csv_error)?;
             store.query_audit(&query, |row| {
                 seen(&row);
                 csv.write_record(row.csv_record()).map_err(csv_error)

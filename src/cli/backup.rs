@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
-use crate::error::Result;
+use flagstore::error::Result;
 
 #[derive(Debug, Args)]
 #[command(

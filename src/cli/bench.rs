@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::Outcome;
-use crate::bench::{KeyOrder, Scratch};
-use crate::error::{Error, Result};
-use crate::store::Location;
+use flagstore::bench::{KeyOrder, Scratch};
+use flagstore::error::{Error, Result};
+use flagstore::store::Location;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -94,15 +94,17 @@ pub fn run(out: &mut impl Write, command: &BenchCommand) -> Result<Outcome> {
             keys,
             order,
             scratch,
-        } => crate::bench::run(*keys, *order, &scratch.scratch()?, out)?,
+        } => flagstore::bench::run(*keys, *order, &scratch.scratch()?, out)?,
         BenchCommand::Audit { rows, scratch } => {
-            crate::bench::run_audit(*rows, &scratch.scratch()?, out)?
+            flagstore::bench::run_audit(*rows, &scratch.scratch()?, out)?
         }
         BenchCommand::Serve {
             requests,
             connections,
             scratch,
-        } => crate::bench::run_serve(*requests, (*connections).max(1), &scratch.scratch()?, out)?,
+        } => {
+            flagstore::bench::run_serve(*requests, (*connections).max(1), &scratch.scratch()?, out)?
+        }
     }
     Ok(Outcome::Success)
 }

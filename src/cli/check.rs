@@ -5,8 +5,8 @@ use std::io::Write;
 use clap::Args;
 
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
-use crate::error::{Error, Result};
-use crate::store::Store;
+use flagstore::error::{Error, Result};
+use flagstore::store::Store;
 
 #[derive(Debug, Args)]
 #[command(

@@ -6,7 +6,7 @@ use clap::{Args, CommandFactory};
 use clap_complete::Shell;
 
 use super::{Cli, Outcome};
-use crate::error::Result;
+use flagstore::error::Result;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

@@ -6,8 +6,8 @@ use std::io::Write;
 use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
-use crate::error::Result;
-use crate::store::Location;
+use flagstore::error::Result;
+use flagstore::store::Location;
 
 #[derive(Debug, Args)]
 #[command(

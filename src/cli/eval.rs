@@ -10,12 +10,12 @@ use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde_json::json;
 
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
-use crate::contexts::ContextKeys;
-use crate::document::display_path;
-use crate::error::{Error, Result};
-use crate::eval::Evaluation;
-use crate::output::write_batch_line;
-use crate::store::{Selection, Store};
+use flagstore::contexts::ContextKeys;
+use flagstore::document::display_path;
+use flagstore::error::{Error, Result};
+use flagstore::eval::Evaluation;
+use flagstore::output::write_batch_line;
+use flagstore::store::{Selection, Store};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

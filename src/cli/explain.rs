@@ -5,8 +5,8 @@ use std::io::Write;
 use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
-use crate::error::Result;
-use crate::explain::explain;
+use flagstore::error::Result;
+use flagstore::explain::explain;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
-use crate::document::Document;
-use crate::error::Result;
-use crate::file::write_atomically;
+use flagstore::document::Document;
+use flagstore::error::Result;
+use flagstore::file::write_atomically;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

@@ -7,10 +7,10 @@ use clap::{ArgAction, Args, Subcommand};
 use serde_json::json;
 
 use super::{ActorOption, DbOption, Globals, Outcome, escaped, stdout_error, table};
-use crate::change::Change;
-use crate::error::{Error, Result};
-use crate::flag::{Flag, FlagSet, StickyPolicy, validate_name};
-use crate::store::{StaleFlag, Store};
+use flagstore::change::Change;
+use flagstore::error::{Error, Result};
+use flagstore::flag::{Flag, FlagSet, StickyPolicy, validate_name};
+use flagstore::store::{StaleFlag, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum FlagCommand {

@@ -7,9 +7,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::{DbOption, Format, Globals, Outcome, escaped, stdout_error, write_json};
-use crate::audit::AuditQuery;
-use crate::error::{Error, Result};
-use crate::store::Store;
+use flagstore::audit::AuditQuery;
+use flagstore::error::{Error, Result};
+use flagstore::store::Store;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

@@ -5,11 +5,11 @@ use std::io::Write;
 use clap::Args;
 
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
-use crate::change::Change;
-use crate::document::{Document, display_path};
-use crate::error::{Error, Result};
-use crate::flag::FlagSet;
-use crate::store::Store;
+use flagstore::change::Change;
+use flagstore::document::{Document, display_path};
+use flagstore::error::{Error, Result};
+use flagstore::flag::FlagSet;
+use flagstore::store::Store;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

@@ -25,9 +25,9 @@ use std::io::{self, BufWriter, Write};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::error::{Error, Result};
-pub(crate) use crate::output::escaped;
-use crate::store::{Location, Store};
+use flagstore::error::{Error, Result};
+pub(crate) use flagstore::output::escaped;
+use flagstore::store::{Location, Store};
 
 const DB_HELP: &str = "The store: an SQLite file, or a postgres:// URL \
                        [default: $FLAGSTORE_DB, else ./flagstore.db]";

@@ -10,12 +10,12 @@ use serde_json::json;
 
 use super::eval::decision_map;
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
-use crate::change::differences;
-use crate::document::{DEFAULT_CONTEXT_KEY, Document, display_path};
-use crate::error::Result;
-use crate::file::PendingFile;
-use crate::flag::FlagSet;
-use crate::store::Selection;
+use flagstore::change::differences;
+use flagstore::document::{DEFAULT_CONTEXT_KEY, Document, display_path};
+use flagstore::error::Result;
+use flagstore::file::PendingFile;
+use flagstore::flag::FlagSet;
+use flagstore::store::Selection;
 
 #[derive(Debug, Args)]
 #[command(
@@ -92,7 +92,7 @@ fn results(
     flags: &FlagSet,
     names: &[String],
     changes: usize,
-    evaluations: &[crate::eval::Evaluation],
+    evaluations: &[flagstore::eval::Evaluation],
 ) -> String {
     let enabled = names
         .iter()

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
-use crate::error::Result;
-use crate::serve::{Limits, ServeConfig, serve};
+use flagstore::error::Result;
+use flagstore::serve::{Limits, ServeConfig, serve};
 
 #[derive(Debug, Args)]
 #[command(

@@ -5,8 +5,8 @@ use std::io::Write;
 use clap::{Args, Subcommand};
 
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error, table};
-use crate::error::Result;
-use crate::token::{self, Role};
+use flagstore::error::Result;
+use flagstore::token::{self, Role};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
