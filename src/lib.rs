@@ -25,6 +25,7 @@
 //! ```
 
 pub mod audit;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod change;
 pub mod contexts;

@@ -5,6 +5,7 @@
 mod assignments;
 mod audit;
 mod backup;
+#[cfg(feature = "bench")]
 mod bench;
 mod check;
 mod completions;
@@ -117,6 +118,7 @@ pub enum Command {
     #[command(subcommand)]
     Token(token::TokenCommand),
     /// Measure throughput and latency on a temporary database (not --db).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Print a shell completion script: `flagstore completions bash > /etc/bash_completion.d/flagstore`.
@@ -232,6 +234,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Copy(args) => copy::run(&globals, &mut out, &args),
         Command::Serve(args) => serve::run(&globals, &mut out, &args),
         Command::Token(command) => token::run(&globals, &mut out, command),
+        #[cfg(feature = "bench")]
         Command::Bench(command) => bench::run(&mut out, &command),
         Command::Completions(args) => completions::run(&mut out, &args),
     }?;

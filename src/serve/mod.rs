@@ -12,7 +12,7 @@ mod admin;
 mod health;
 mod http;
 mod listener;
-pub mod load;
+
 mod metrics;
 mod ofrep;
 mod router;

@@ -1073,6 +1073,7 @@ contract_tests! {
 }
 
 /// Not a contract test: the bench never touches `--db`'s store.
+#[cfg(feature = "bench")]
 #[test]
 fn bench_db_takes_only_a_postgres_url() {
     let env = Env::new();

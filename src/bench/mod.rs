@@ -1,6 +1,8 @@
 //! `flagstore bench`: batch evaluation throughput on a fresh store and again on the same keys,
 //! so anyone can reproduce the figures the README quotes.
 
+mod load;
+
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,9 +12,9 @@ use crate::audit::AuditQuery;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet, StickyPolicy};
 use crate::output::write_batch_line;
-use crate::serve::load::{self, LoadReport};
 use crate::serve::{Limits, ServeConfig, serve_until};
 use crate::store::{BatchReport, Location, ScratchSchema, Selection, Store, keys_per_transaction};
+use load::LoadReport;
 
 /// A pipeline-like flag set: a chain of dependencies, partial rollouts, one kill switch. The
 /// partial rollouts store every decision, so the second pass is all sticky hits.
