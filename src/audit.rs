@@ -27,7 +27,9 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// One `audit_log` row, as stored; or, read through [`AuditQuery`], one decision of a
 /// decision record, with its flag, result, source and reason filled in from the record.
-#[derive(Debug, Clone, PartialEq)]
+/// Serialized as `audit --format json` and the admin API show it: every column, `detail` as
+/// the JSON it holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditRow {
     pub id: i64,
     pub ts: String,
@@ -41,9 +43,22 @@ pub struct AuditRow {
     pub source: Option<String>,
     /// `None` only on a decision record as stored.
     pub reason: Option<String>,
+    #[serde(serialize_with = "detail_as_json")]
     pub detail: std::sync::Arc<str>,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// `detail` as the JSON it holds, or as a string where a row holds something else (a
+/// reviewer reads a damaged row too).
+fn detail_as_json<S: serde::Serializer>(
+    detail: &std::sync::Arc<str>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match serde_json::from_str::<serde_json::Value>(detail) {
+        Ok(json) => json.serialize(serializer),
+        Err(_) => serializer.serialize_str(detail),
+    }
 }
 
 /// Which audit rows to read. Every filter is optional and they combine; `since` and `until`
@@ -247,28 +262,6 @@ impl AuditRow {
             self.prev_hash.clone(),
             self.hash.clone(),
         ]
-    }
-
-    /// Every column, with `detail` as the JSON it holds: the row as `audit --format json`
-    /// and the admin API show it.
-    pub fn to_json(&self) -> serde_json::Value {
-        let detail = serde_json::from_str(&self.detail)
-            .unwrap_or_else(|_| serde_json::Value::String(self.detail.to_string()));
-        serde_json::json!({
-            "id": self.id,
-            "ts": self.ts,
-            "kind": self.kind,
-            "actor": self.actor,
-            "action": self.action,
-            "flag": self.flag,
-            "context_key": self.context_key,
-            "result": self.result,
-            "source": self.source,
-            "reason": self.reason,
-            "detail": detail,
-            "prev_hash": self.prev_hash,
-            "hash": self.hash,
-        })
     }
 
     /// The row's hashed columns, borrowed.

@@ -43,6 +43,14 @@ pub fn percentage(pct: f64) -> serde_json::Value {
     }
 }
 
+/// [`percentage`] for a `#[serde(serialize_with)]` field.
+pub fn serialize_percentage<S: serde::Serializer>(
+    pct: &f64,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&percentage(*pct), serializer)
+}
+
 /// `text` made safe for a terminal: control characters, bidirectional-text overrides and
 /// zero-width characters are shown as escapes (`\n`, `\u{1b}`, `\u{202e}`, `\u{200b}`), so a
 /// context key cannot forge a row, recolour the screen or pass for another key. A backslash is doubled, so an escape is never ambiguous.

@@ -399,7 +399,10 @@ impl Store {
             };
             let mut rows = Vec::new();
             store.query_audit(&query, |row| {
-                rows.push(row.to_json().to_string());
+                let json = serde_json::to_string(&row).map_err(|e| Error::System {
+                    message: format!("audit row {} as JSON: {e}", row.id),
+                })?;
+                rows.push(json);
                 Ok::<(), Error>(())
             })?;
             Ok(rows)

@@ -83,7 +83,7 @@ pub fn run(
                 }
                 format => {
                     let mut items = JsonItems::new(out, format);
-                    store.for_each_assignment(flag, context, |row| items.write(&row.to_json()))?;
+                    store.for_each_assignment(flag, context, |row| items.write(&row))?;
                     items.finish()
                 }
             })?;

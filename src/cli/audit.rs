@@ -272,8 +272,7 @@ fn audit_query(
                 };
                 first = false;
                 out.write_all(separator).map_err(stdout_error)?;
-                serde_json::to_writer(&mut *out, &AuditRow::to_json(&row))
-                    .map_err(|e| stdout_error(e.into()))?;
+                serde_json::to_writer(&mut *out, &row).map_err(|e| stdout_error(e.into()))?;
                 if !json_array {
                     out.write_all(b"\n").map_err(stdout_error)?;
                 }

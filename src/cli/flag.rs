@@ -134,8 +134,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, command: FlagCommand) -> Res
         FlagCommand::List(args) if args.stale => {
             let stale = globals.with_store(&args.db, |store| store.stale_flags(args.stale_days))?;
             if args.json {
-                let list: Vec<_> = stale.iter().map(StaleFlag::to_json).collect();
-                format!("{}\n", serde_json::to_string_pretty(&list).expect("json"))
+                format!("{}\n", serde_json::to_string_pretty(&stale).expect("json"))
             } else {
                 stale_table(&stale)
             }

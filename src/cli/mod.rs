@@ -328,7 +328,7 @@ impl<'w, W: Write> JsonItems<'w, W> {
         }
     }
 
-    fn write(&mut self, item: &serde_json::Value) -> Result<()> {
+    fn write(&mut self, item: &impl serde::Serialize) -> Result<()> {
         let before: &[u8] = match (self.array, self.written) {
             (true, 0) => b"[\n",
             (true, _) => b",\n",

@@ -211,7 +211,7 @@ async fn show_flag(
             };
             let mut history = Vec::new();
             view.query_audit(&changes, |row| {
-                history.push(row.to_json());
+                history.push(row);
                 Ok::<(), Error>(())
             })?;
             body["history"] = json!(history);
@@ -441,7 +441,7 @@ async fn audit(
             }
             last_id = Some(row.id);
             bytes += row.detail.len() + ROW_BYTES_BESIDE_DETAIL;
-            rows.push(row.to_json());
+            rows.push(row);
             Ok(())
         });
         let full = match scanned {
@@ -491,11 +491,7 @@ async fn stale(
         let days = parsed(params)?
             .days
             .unwrap_or(crate::store::DEFAULT_STALE_DAYS);
-        let flags: Vec<Value> = store
-            .stale_flags(days)?
-            .iter()
-            .map(|f| f.to_json())
-            .collect();
+        let flags = store.stale_flags(days)?;
         body(json!({ "days": days, "flags": flags }))
     })
     .await
@@ -560,11 +556,7 @@ async fn context(
     read(&shared, &headers, move |store| {
         let params = parsed(params)?;
         let limit = page_size(params.limit)?;
-        let assignments: Vec<Value> = store
-            .assignments(None, Some(&params.key))?
-            .iter()
-            .map(|row| row.to_json())
-            .collect();
+        let assignments = store.assignments(None, Some(&params.key))?;
         let query = AuditQuery {
             context: Some(params.key.clone()),
             kind: Some("evaluation".to_string()),
@@ -573,7 +565,7 @@ async fn context(
         };
         let mut decisions = Vec::new();
         store.query_audit(&query, |row| {
-            decisions.push(row.to_json());
+            decisions.push(row);
             Ok::<(), Error>(())
         })?;
         body(json!({

@@ -123,29 +123,18 @@ pub struct AssignmentTally {
     pub kept_from_rollout: i64,
 }
 
-/// A row of the `assignments` table.
-#[derive(Debug, Clone, PartialEq)]
+/// A row of the `assignments` table; serialized as `assignments list --json` and the admin
+/// API show it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AssignmentRow {
     pub flag: String,
+    #[serde(rename = "context")]
     pub context_key: String,
     pub decision: bool,
     pub bucket: u8,
+    #[serde(serialize_with = "crate::output::serialize_percentage")]
     pub rollout_pct: f64,
     pub assigned_at: String,
-}
-
-impl AssignmentRow {
-    /// The row as `assignments list --json` and the admin API show it.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "flag": self.flag,
-            "context": self.context_key,
-            "decision": self.decision,
-            "bucket": self.bucket,
-            "rollout_pct": crate::output::percentage(self.rollout_pct),
-            "assigned_at": self.assigned_at,
-        })
-    }
 }
 
 impl DatabaseError {

@@ -18,8 +18,9 @@ pub const DEFAULT_STALE_DAYS: u32 = 30;
 pub const MAX_STALE_DAYS: u32 = 36_500;
 
 /// A flag nobody changed for the stale period and that gave every context the same answer
-/// through it: a candidate for removal from the code and the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// through it: a candidate for removal from the code and the store. Serialized as
+/// `flag list --stale --json` and the admin API show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StaleFlag {
     pub name: String,
     /// The time of its newest change row.
@@ -38,16 +39,6 @@ impl StaleFlag {
             Some(false) => "always off",
             None => "not evaluated",
         }
-    }
-
-    /// The flag as `flag list --stale --json` and the admin API show it.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "name": self.name,
-            "changed_at": self.changed_at,
-            "answer": self.answer,
-            "decisions": self.decisions,
-        })
     }
 }
 

@@ -415,8 +415,7 @@ fn write_export(
         writer.flush().map_err(failed)?;
     } else {
         store.query_audit(query, |row| {
-            serde_json::to_writer(&mut *out, &row.to_json())
-                .map_err(|e| Refusal::Failed(e.to_string()))?;
+            serde_json::to_writer(&mut *out, &row).map_err(|e| Refusal::Failed(e.to_string()))?;
             std::io::Write::write_all(out, b"\n").map_err(failed)
         })?;
     }
