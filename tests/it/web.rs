@@ -501,6 +501,47 @@ fn an_edit_made_since_the_page_was_loaded_is_refused_not_overwritten() {
     assert_eq!(env.flag("enrich").rollout_pct, 30.0);
 }
 
+/// The graph's list: each flag under the flags it requires, a flag required by several listed
+/// in full once and marked "(above)" where it appears again with dependents of its own.
+fn the_graph_lists_each_flag_under_what_it_requires() {
+    let env = Env::new();
+    let (_, viewer) = store_with_tokens(&env);
+    env.import_json(
+        r#"{"flags": [
+            {"name": "ingest"},
+            {"name": "dedupe", "requires": ["ingest"]},
+            {"name": "enrich", "requires": ["ingest", "dedupe"]},
+            {"name": "score", "requires": ["enrich"]},
+            {"name": "legacy", "enabled": false}
+        ]}"#,
+    );
+    let (_server, browser) = signed_in(&env, &viewer);
+    let page = browser.get("/ui/graph");
+    assert_eq!(page.status, 200);
+    let item = |name: &str, state: &str| {
+        format!(
+            "<li><a href=\"/ui/flags/{name}\">{name}</a> <span class=\"{state}\">{state}</span>"
+        )
+    };
+    let expected = [
+        "<ul>".to_string(),
+        item("ingest", "on"),
+        "<ul>".to_string(),
+        item("dedupe", "on"),
+        "<ul>".to_string(),
+        item("enrich", "on"),
+        "<ul>".to_string(),
+        item("score", "on"),
+        "</li></ul></li></ul></li>".to_string(),
+        item("enrich", "on"),
+        " (above)</li></ul></li>".to_string(),
+        item("legacy", "off"),
+        "</li></ul>".to_string(),
+    ]
+    .concat();
+    assert!(page.body.contains(&expected), "{}", page.body);
+}
+
 fn html_in_flag_names_and_context_keys_is_shown_as_text() {
     let env = Env::new();
     let (operator, _) = store_with_tokens(&env);
@@ -911,6 +952,7 @@ contract_tests! {
     the_stale_filter_lists_what_flag_list_stale_lists_and_an_exemption_removes_a_flag,
     an_edit_made_since_the_page_was_loaded_is_refused_not_overwritten,
     html_in_flag_names_and_context_keys_is_shown_as_text,
+    the_graph_lists_each_flag_under_what_it_requires,
     the_audit_page_pages_verifies_and_exports_what_the_cli_prints,
     a_pasted_checkpoint_opens_its_row_and_is_compared,
     explain_at_a_past_time_shows_the_cli_steps_and_links_the_recorded_row,
