@@ -258,12 +258,7 @@ impl Store {
         flag: Option<&str>,
         context: Option<&str>,
     ) -> Result<Vec<AssignmentRow>> {
-        let mut rows = Vec::new();
-        self.for_each_assignment(flag, context, |row| {
-            rows.push(row);
-            Ok(())
-        })?;
-        Ok(rows)
+        self.read(|view| view.assignments(flag, context))
     }
 
     /// Calls `visit` with each stored assignment (of `flag`, of `context`, or all), by flag then

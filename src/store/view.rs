@@ -8,7 +8,7 @@ use crate::flag::FlagSet;
 
 use super::flags::last_change_id;
 use super::query::{Reader, query_audit};
-use super::{AssignmentTally, FlagRecord, ReadTx, Store};
+use super::{AssignmentRow, AssignmentTally, FlagRecord, ReadTx, Store};
 
 /// The store as of one snapshot; see [`Store::read`].
 pub struct View<'s> {
@@ -63,6 +63,20 @@ impl View<'_> {
     /// to a flag adds a change row, so a version names one state of the flag.
     pub fn flag_version(&self, name: &str) -> Result<i64> {
         last_change_id(&*self.tx, name)
+    }
+
+    /// The stored assignments of `flag`, of `context`, or all, by flag then context key.
+    pub fn assignments(
+        &self,
+        flag: Option<&str>,
+        context: Option<&str>,
+    ) -> Result<Vec<AssignmentRow>> {
+        let mut rows = Vec::new();
+        self.tx.for_each_assignment(flag, context, &mut |row| {
+            rows.push(row);
+            Ok(())
+        })?;
+        Ok(rows)
     }
 
     /// Counts `flag`'s stored assignments, on and off, and how many of them a rollout of
