@@ -14,9 +14,10 @@
 //! `ReadTx` and `WriteTx` guards; `evaluate.rs` evaluation; `flags.rs` flag reads and writes;
 //! `chain.rs` appending to the audit chain; `tokens.rs` API tokens; `location.rs` where a store
 //! lives; `view.rs` one snapshot for a whole answer; `query.rs` audit scans; `review.rs` and
-//! `ranges.rs` what reviewers check; `copy.rs` whole-store copies; `sqlite/` and `postgres/`
-//! the backends (`mod.rs` connection, locking and migrations, `reads.rs`, `writes.rs`). This
-//! file: the public types, opening a store, assignments, and transactions with their retries.
+//! `ranges.rs` what reviewers check; `copy.rs` whole-store copies; `sql.rs` the statements both
+//! backends share; `schema.rs` what a database holds; `sqlite/` and `postgres/` the backends
+//! (`mod.rs` connection, locking and migrations, `reads.rs`, `writes.rs`). This file: the
+//! public types, opening a store, assignments, and transactions with their retries.
 
 use std::path::Path;
 use std::time::Duration;
@@ -38,6 +39,8 @@ mod postgres;
 mod query;
 mod ranges;
 mod review;
+mod schema;
+mod sql;
 mod sqlite;
 mod tokens;
 mod view;

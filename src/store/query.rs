@@ -77,10 +77,11 @@ pub(super) fn scan_sql<'a>(
             params.push(value);
         }
     }
-    let mut sql = String::from(
-        "SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, \
-         detail, prev_hash, hash FROM audit_log",
-    );
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        super::sql::audit_columns!(),
+        " FROM audit_log"
+    ));
     for (n, condition) in conditions.iter().enumerate() {
         sql.push_str(if n == 0 { " WHERE " } else { " AND " });
         sql.push_str(condition);

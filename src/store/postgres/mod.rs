@@ -18,9 +18,10 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 
 use super::backend::{Backend, ChainedEntry, Steps};
-use super::sqlite::SchemaState;
+use super::schema::SchemaState;
 use crate::audit::AuditRow;
 use crate::error::{DatabaseError, Error, Result};
+use crate::store::sql;
 
 mod reads;
 mod writes;
@@ -132,24 +133,35 @@ pub(super) struct Postgres {
     statements: RefCell<HashMap<String, Statement>>,
 }
 
+/// A connection to `url`, and the URL as messages show it (without its password).
+fn connect(url: &str) -> Result<(Client, String)> {
+    let name = redacted_url(url);
+    let mut config = postgres::Config::from_str(url).map_err(|source| Error::BadUrl {
+        url: name.clone(),
+        why: describe(&source),
+    })?;
+    // So a DBA can tell flagstore's sessions apart in pg_stat_activity.
+    if config.get_application_name().is_none() {
+        config.application_name("flagstore");
+    }
+    match config.connect(NoTls) {
+        Ok(client) => Ok((client, name)),
+        Err(source) => Err(Error::Postgres {
+            server: name,
+            source: source.into(),
+        }),
+    }
+}
+
 impl Postgres {
     /// Connects to `url`. With `create`, an empty schema is given flagstore's tables; without,
     /// it is refused as holding no store.
     pub(super) fn open(url: &str, create: bool) -> Result<Postgres> {
-        let name = redacted_url(url);
+        let (mut client, name) = connect(url)?;
         let fail = |source: postgres::Error| Error::Postgres {
             server: name.clone(),
             source: source.into(),
         };
-        let mut config = postgres::Config::from_str(url).map_err(|source| Error::BadUrl {
-            url: name.clone(),
-            why: describe(&source),
-        })?;
-        // So a DBA can tell flagstore's sessions apart in pg_stat_activity.
-        if config.get_application_name().is_none() {
-            config.application_name("flagstore");
-        }
-        let mut client = config.connect(NoTls).map_err(fail)?;
         // Statements are prepared once per connection (see `statements`), and a plan made once
         // for any parameters goes stale as tables grow: a generic plan chosen while
         // `assignments` was empty scans it whole ever after. Planned per execution instead, as
@@ -176,17 +188,7 @@ impl Postgres {
 
     /// Connects to `url` and creates a store there, refusing a schema that holds one already.
     pub(super) fn create(url: &str) -> Result<Postgres> {
-        let name = redacted_url(url);
-        let mut client = postgres::Config::from_str(url)
-            .map_err(|source| Error::BadUrl {
-                url: name.clone(),
-                why: describe(&source),
-            })?
-            .connect(NoTls)
-            .map_err(|source| Error::Postgres {
-                server: name.clone(),
-                source: source.into(),
-            })?;
+        let (mut client, name) = connect(url)?;
         let state = schema_state(&mut client).map_err(|source| Error::Postgres {
             server: name.clone(),
             source: source.into(),
@@ -220,7 +222,7 @@ impl Postgres {
         let statement = self
             .client
             .borrow_mut()
-            .prepare(sql)
+            .prepare(&numbered_for_postgres(sql))
             .map_err(|e| self.fail(e))?;
         self.statements
             .borrow_mut()
@@ -264,6 +266,23 @@ impl Postgres {
     }
 }
 
+/// `sql` with SQLite's numbered placeholders (`?1`, as the statements in `sql.rs` are
+/// written) as PostgreSQL's (`$1`); statements written for PostgreSQL pass unchanged.
+fn numbered_for_postgres(sql: &str) -> std::borrow::Cow<'_, str> {
+    let mut chars = sql.char_indices().peekable();
+    let mut rewritten: Option<String> = None;
+    while let Some((i, c)) = chars.next() {
+        let numbered = c == '?' && chars.peek().is_some_and(|(_, next)| next.is_ascii_digit());
+        match (&mut rewritten, numbered) {
+            (None, false) => {}
+            (None, true) => rewritten = Some(format!("{}$", &sql[..i])),
+            (Some(out), true) => out.push('$'),
+            (Some(out), false) => out.push(c),
+        }
+    }
+    rewritten.map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned)
+}
+
 fn schema_state(client: &mut Client) -> std::result::Result<SchemaState, postgres::Error> {
     let row = client.query_one(
         "SELECT count(*), coalesce(bool_or(table_name = 'refinery_schema_history'), false) \
@@ -273,9 +292,7 @@ fn schema_state(client: &mut Client) -> std::result::Result<SchemaState, postgre
     )?;
     let (tables, has_history): (i64, bool) = (row.get(0), row.get(1));
     let history = if has_history {
-        let version: Option<i32> = client
-            .query_one("SELECT max(version) FROM refinery_schema_history", &[])?
-            .get(0);
+        let version: Option<i32> = client.query_one(sql::SCHEMA_VERSION, &[])?.get(0);
         Some(version.map(i64::from))
     } else {
         None
@@ -392,11 +409,13 @@ impl Backend for Postgres {
             .map(|r| r.entry.result.map(|v| i32::from(v == 1)))
             .collect();
         self.execute(
-            "INSERT INTO audit_log (id, ts, kind, actor, action, flag, context_key, result, \
-                                    source, reason, detail, prev_hash, hash) \
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                                  $6::text[], $7::text[], $8::int[], $9::text[], $10::text[], \
-                                  $11::text[], $12::text[], $13::text[])",
+            concat!(
+                "INSERT INTO audit_log (",
+                sql::audit_columns!(),
+                ") SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::text[], \
+                 $11::text[], $12::text[], $13::text[])"
+            ),
             &[
                 &ids,
                 &column(|r| Some(r.entry.ts)),
@@ -477,15 +496,7 @@ impl ScratchSchema {
     pub fn create(url: &str, prefix: &str) -> Result<ScratchSchema> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static CREATED: AtomicU32 = AtomicU32::new(0);
-        let name = redacted_url(url);
-        let config = postgres::Config::from_str(url).map_err(|source| Error::BadUrl {
-            url: name.clone(),
-            why: describe(&source),
-        })?;
-        let mut admin = config.connect(NoTls).map_err(|source| Error::Postgres {
-            server: name.clone(),
-            source: source.into(),
-        })?;
+        let (mut admin, name) = connect(url)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -528,6 +539,20 @@ impl From<postgres::Error> for DatabaseError {
 
 #[cfg(test)]
 mod tests {
+    use super::numbered_for_postgres;
+
+    #[test]
+    fn numbered_placeholders_become_postgres_ones_and_nothing_else_changes() {
+        assert_eq!(
+            numbered_for_postgres("UPDATE t SET a = ?2 WHERE b = ?1 AND c ? 'k' AND d = ?10"),
+            "UPDATE t SET a = $2 WHERE b = $1 AND c ? 'k' AND d = $10"
+        );
+        assert!(matches!(
+            numbered_for_postgres("SELECT $1"),
+            std::borrow::Cow::Borrowed("SELECT $1")
+        ));
+    }
+
     use super::*;
 
     #[test]

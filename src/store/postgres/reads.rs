@@ -10,19 +10,17 @@ use crate::error::Result;
 use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
 use crate::store::backend::{Reads, Scan};
+use crate::store::sql;
 use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, query};
 
 impl Reads for Postgres {
     fn load_flags(&self) -> Result<FlagSet> {
         let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for edge in self.query(
-            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires",
-            &[],
-        )? {
+        for edge in self.query(sql::SELECT_REQUIREMENTS, &[])? {
             requires.entry(edge.get(0)).or_default().push(edge.get(1));
         }
         let mut flags = FlagSet::new();
-        let sql = "SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags";
+        let sql = sql::SELECT_FLAGS;
         for row in self.query(sql, &[])? {
             let name: String = row.get(0);
             let sticky: &str = row.get(3);
@@ -40,10 +38,7 @@ impl Reads for Postgres {
 
     fn flag_times(&self, name: &str) -> Result<Option<(String, String)>> {
         Ok(self
-            .query_opt(
-                "SELECT created_at, updated_at FROM flags WHERE name = $1",
-                &[&name],
-            )?
+            .query_opt(sql::SELECT_FLAG_TIMES, &[&name])?
             .map(|row| (row.get(0), row.get(1))))
     }
 
@@ -117,16 +112,13 @@ impl Reads for Postgres {
 
     fn audit_tail(&self) -> Result<Option<(i64, String)>> {
         Ok(self
-            .query_opt(
-                "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1",
-                &[],
-            )?
+            .query_opt(sql::SELECT_AUDIT_TAIL, &[])?
             .map(|row| (row.get(0), row.get(1))))
     }
 
     fn audit_hash(&self, id: i64) -> Result<Option<String>> {
         Ok(self
-            .query_opt("SELECT hash FROM audit_log WHERE id = $1", &[&id])?
+            .query_opt(sql::SELECT_AUDIT_HASH, &[&id])?
             .map(|row| row.get(0)))
     }
 
@@ -178,7 +170,7 @@ impl Reads for Postgres {
 
     fn audit_len(&self) -> Result<i64> {
         Ok(self
-            .query("SELECT count(*) FROM audit_log", &[])?
+            .query(sql::COUNT_AUDIT_ROWS, &[])?
             .first()
             .map_or(0, |row| row.get(0)))
     }

@@ -10,8 +10,10 @@ use rusqlite::backup::Backup;
 use rusqlite::{Connection, ErrorCode, OpenFlags, ToSql, TransactionBehavior};
 
 use super::backend::{Backend, ChainedEntry, Steps};
+use super::schema::SchemaState;
 use crate::error::{DatabaseError, Error, Result};
 use crate::file::PendingFile;
+use crate::store::sql;
 
 mod reads;
 mod writes;
@@ -281,8 +283,11 @@ impl Backend for Sqlite {
             // OR ROLLBACK: a failed audit insert aborts the whole transaction anyway, and
             // saying so spares SQLite the statement journal it keeps for a multi-row insert
             // that may abort.
-            "INSERT OR ROLLBACK INTO audit_log (id, ts, kind, actor, action, flag, context_key, \
-             result, source, reason, detail, prev_hash, hash)",
+            concat!(
+                "INSERT OR ROLLBACK INTO audit_log (",
+                sql::audit_columns!(),
+                ")"
+            ),
             13,
             &values,
         )
@@ -332,63 +337,6 @@ impl Backend for Sqlite {
     }
 }
 
-/// What a database holds, as far as flagstore is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SchemaState {
-    /// No tables, or only the empty history table of a first migration that was interrupted
-    /// (refinery creates it in a transaction of its own before the schema's).
-    Empty,
-    /// Migrated, to this version, by an older flagstore.
-    Older(i64),
-    Current,
-    /// Migrated by a newer flagstore, past the `supported` version.
-    Newer {
-        found: i64,
-        supported: i64,
-    },
-    /// Some other application's tables: adding ours to them would be a surprise.
-    Foreign,
-}
-
-impl SchemaState {
-    /// From the number of tables and the newest version in refinery's history table, if there
-    /// is one.
-    /// is one, and the newest version this build knows for the backend.
-    pub(super) fn from_tables(
-        tables: i64,
-        history: Option<Option<i64>>,
-        latest: i64,
-    ) -> SchemaState {
-        match history {
-            None if tables == 0 => SchemaState::Empty,
-            None => SchemaState::Foreign,
-            Some(None) if tables == 1 => SchemaState::Empty,
-            Some(None) => SchemaState::Foreign,
-            Some(Some(v)) if v < latest => SchemaState::Older(v),
-            Some(Some(v)) if v == latest => SchemaState::Current,
-            Some(Some(found)) => SchemaState::Newer {
-                found,
-                supported: latest,
-            },
-        }
-    }
-
-    pub(super) fn check(self, path: &str, kind: &str) -> Result<()> {
-        match self {
-            SchemaState::Newer { found, supported } => Err(Error::NewerSchema {
-                path: path.to_string(),
-                found,
-                supported,
-            }),
-            SchemaState::Foreign => Err(Error::NotADatabase {
-                path: path.to_string(),
-                detail: format!("it is {kind} with tables of its own"),
-            }),
-            _ => Ok(()),
-        }
-    }
-}
-
 fn schema_state(conn: &Connection) -> rusqlite::Result<SchemaState> {
     let (tables, has_history): (i64, bool) = conn.query_row(
         "SELECT count(*), coalesce(max(name = 'refinery_schema_history'), 0) \
@@ -397,11 +345,7 @@ fn schema_state(conn: &Connection) -> rusqlite::Result<SchemaState> {
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     let history = if has_history {
-        Some(conn.query_row(
-            "SELECT max(version) FROM refinery_schema_history",
-            [],
-            |row| row.get(0),
-        )?)
+        Some(conn.query_row(sql::SCHEMA_VERSION, [], |row| row.get(0))?)
     } else {
         None
     };

@@ -10,21 +10,18 @@ use crate::error::{Error, Result};
 use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
 use crate::store::backend::{Reads, Scan};
+use crate::store::sql;
 use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, query};
 
 impl Reads for Sqlite {
     fn load_flags(&self) -> Result<FlagSet> {
         let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
-        let mut edges = self.conn.prepare_cached(
-            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires",
-        )?;
+        let mut edges = self.conn.prepare_cached(sql::SELECT_REQUIREMENTS)?;
         for edge in edges.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
             let (flag, required): (String, String) = edge?;
             requires.entry(flag).or_default().push(required);
         }
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags")?;
+        let mut statement = self.conn.prepare_cached(sql::SELECT_FLAGS)?;
         let mut rows = statement.query([])?;
         let mut flags = FlagSet::new();
         while let Some(row) = rows.next()? {
@@ -45,7 +42,7 @@ impl Reads for Sqlite {
     fn flag_times(&self, name: &str) -> Result<Option<(String, String)>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT created_at, updated_at FROM flags WHERE name = ?1")?
+            .prepare_cached(sql::SELECT_FLAG_TIMES)?
             .query_row([name], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?)
     }
@@ -138,7 +135,7 @@ impl Reads for Sqlite {
     fn audit_tail(&self) -> Result<Option<(i64, String)>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")?
+            .prepare_cached(sql::SELECT_AUDIT_TAIL)?
             .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?)
     }
@@ -146,7 +143,7 @@ impl Reads for Sqlite {
     fn audit_hash(&self, id: i64) -> Result<Option<String>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT hash FROM audit_log WHERE id = ?1")?
+            .prepare_cached(sql::SELECT_AUDIT_HASH)?
             .query_row([id], |row| row.get(0))
             .optional()?)
     }
@@ -210,7 +207,7 @@ impl Reads for Sqlite {
     fn audit_len(&self) -> Result<i64> {
         Ok(self
             .conn
-            .query_row("SELECT count(*) FROM audit_log", [], |row| row.get(0))?)
+            .query_row(sql::COUNT_AUDIT_ROWS, [], |row| row.get(0))?)
     }
 
     fn check_storage(&self, quick: bool) -> Result<&'static str> {

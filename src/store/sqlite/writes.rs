@@ -7,13 +7,12 @@ use crate::error::Result;
 use crate::flag::Flag;
 use crate::store::TokenRecord;
 use crate::store::backend::{AssignmentRef, Writes};
+use crate::store::sql;
 
 impl Writes for Sqlite {
     fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
         self.execute(
-            "INSERT INTO flags \
-                 (name, enabled, rollout_pct, sticky, created_at, updated_at, stale_exempt) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            sql::INSERT_FLAG,
             (
                 &flag.name,
                 flag.enabled,
@@ -29,9 +28,7 @@ impl Writes for Sqlite {
 
     fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
         self.execute(
-            "UPDATE flags SET enabled = ?2, rollout_pct = ?3, sticky = ?4, updated_at = ?5, \
-                 stale_exempt = ?6 \
-             WHERE name = ?1",
+            sql::UPDATE_FLAG,
             (
                 &flag.name,
                 flag.enabled,
@@ -45,7 +42,7 @@ impl Writes for Sqlite {
     }
 
     fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
-        self.execute("DELETE FROM flag_dependencies WHERE flag = ?1", [flag])?;
+        self.execute(sql::DELETE_REQUIREMENTS, [flag])?;
         for required in requires {
             self.execute(
                 "INSERT INTO flag_dependencies (flag, requires) VALUES (?1, ?2)",
@@ -57,7 +54,7 @@ impl Writes for Sqlite {
 
     fn delete_flag(&self, name: &str) -> Result<usize> {
         let cleared = self.execute("DELETE FROM assignment_rows WHERE flag = ?1", [name])?;
-        self.execute("DELETE FROM flags WHERE name = ?1", [name])?;
+        self.execute(sql::DELETE_FLAG, [name])?;
         Ok(cleared)
     }
 
@@ -102,8 +99,7 @@ impl Writes for Sqlite {
 
     fn insert_token(&self, token: &TokenRecord) -> Result<()> {
         self.execute(
-            "INSERT INTO api_tokens (name, token_sha256, created_at, revoked_at, role) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            sql::INSERT_TOKEN,
             (
                 &token.name,
                 &token.sha256,
@@ -116,10 +112,7 @@ impl Writes for Sqlite {
     }
 
     fn revoke_token(&self, name: &str, ts: &str) -> Result<bool> {
-        Ok(self.execute(
-            "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-            (name, ts),
-        )? == 1)
+        Ok(self.execute(sql::REVOKE_TOKEN, (name, ts))? == 1)
     }
 
     fn rewrite_header(&self) -> Result<()> {

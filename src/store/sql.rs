@@ -1,0 +1,38 @@
+//! The statements both backends run word for word, written once with SQLite's numbered
+//! placeholders (`?1`); the PostgreSQL backend rewrites them to its own (`$1`) as it prepares
+//! them. What differs between the two stays in each backend.
+
+/// Every column of `audit_log`, in the order rows are written, read and hashed.
+macro_rules! audit_columns {
+    () => {
+        "id, ts, kind, actor, action, flag, context_key, result, source, reason, detail, \
+         prev_hash, hash"
+    };
+}
+pub(super) use audit_columns;
+
+pub(super) const SELECT_FLAGS: &str =
+    "SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags";
+pub(super) const SELECT_REQUIREMENTS: &str =
+    "SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires";
+pub(super) const SELECT_FLAG_TIMES: &str =
+    "SELECT created_at, updated_at FROM flags WHERE name = ?1";
+pub(super) const INSERT_FLAG: &str = "INSERT INTO flags \
+     (name, enabled, rollout_pct, sticky, created_at, updated_at, stale_exempt) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+pub(super) const UPDATE_FLAG: &str = "UPDATE flags SET enabled = ?2, rollout_pct = ?3, \
+     sticky = ?4, updated_at = ?5, stale_exempt = ?6 WHERE name = ?1";
+pub(super) const DELETE_REQUIREMENTS: &str = "DELETE FROM flag_dependencies WHERE flag = ?1";
+pub(super) const DELETE_FLAG: &str = "DELETE FROM flags WHERE name = ?1";
+
+pub(super) const SELECT_AUDIT_TAIL: &str =
+    "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1";
+pub(super) const SELECT_AUDIT_HASH: &str = "SELECT hash FROM audit_log WHERE id = ?1";
+pub(super) const COUNT_AUDIT_ROWS: &str = "SELECT count(*) FROM audit_log";
+
+pub(super) const INSERT_TOKEN: &str = "INSERT INTO api_tokens \
+     (name, token_sha256, created_at, revoked_at, role) VALUES (?1, ?2, ?3, ?4, ?5)";
+pub(super) const REVOKE_TOKEN: &str =
+    "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL";
+
+pub(super) const SCHEMA_VERSION: &str = "SELECT max(version) FROM refinery_schema_history";
