@@ -11,10 +11,6 @@ macro_rules! audit_columns {
 }
 pub(super) use audit_columns;
 
-pub(super) const SELECT_FLAGS: &str =
-    "SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags";
-pub(super) const SELECT_REQUIREMENTS: &str =
-    "SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires";
 pub(super) const SELECT_FLAG_TIMES: &str =
     "SELECT created_at, updated_at FROM flags WHERE name = ?1";
 pub(super) const INSERT_FLAG: &str = "INSERT INTO flags \

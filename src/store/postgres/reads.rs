@@ -15,22 +15,23 @@ use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, que
 
 impl Reads for Postgres {
     fn load_flags(&self) -> Result<FlagSet> {
-        let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for edge in self.query(sql::SELECT_REQUIREMENTS, &[])? {
-            requires.entry(edge.get(0)).or_default().push(edge.get(1));
-        }
+        // One statement, where SQLite runs two: serve's writer reads the flags in every group,
+        // and each statement is a round trip.
         let mut flags = FlagSet::new();
-        let sql = sql::SELECT_FLAGS;
+        let sql = "SELECT f.name, f.enabled, f.rollout_pct, f.sticky, f.stale_exempt, \
+                          coalesce(array_agg(d.requires ORDER BY d.requires) \
+                                   FILTER (WHERE d.requires IS NOT NULL), '{}') \
+                     FROM flags f LEFT JOIN flag_dependencies d ON d.flag = f.name \
+                    GROUP BY f.name";
         for row in self.query(sql, &[])? {
-            let name: String = row.get(0);
             let sticky: &str = row.get(3);
             flags.insert(Flag {
-                requires: requires.remove(&name).unwrap_or_default(),
+                name: row.get(0),
                 enabled: row.get::<_, i32>(1) == 1,
                 rollout_pct: row.get(2),
                 sticky: sticky.parse()?,
                 stale_exempt: row.get::<_, i32>(4) == 1,
-                name,
+                requires: row.get(5),
             });
         }
         Ok(flags)

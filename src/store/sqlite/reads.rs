@@ -16,12 +16,16 @@ use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, que
 impl Reads for Sqlite {
     fn load_flags(&self) -> Result<FlagSet> {
         let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
-        let mut edges = self.conn.prepare_cached(sql::SELECT_REQUIREMENTS)?;
+        let mut edges = self.conn.prepare_cached(
+            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires",
+        )?;
         for edge in edges.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
             let (flag, required): (String, String) = edge?;
             requires.entry(flag).or_default().push(required);
         }
-        let mut statement = self.conn.prepare_cached(sql::SELECT_FLAGS)?;
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags")?;
         let mut rows = statement.query([])?;
         let mut flags = FlagSet::new();
         while let Some(row) = rows.next()? {
