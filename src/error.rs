@@ -46,10 +46,10 @@ pub enum Error {
     #[error(
         "a dependency chain of {} flags is longer than the limit of {}: {}",
         chain.len(),
-        crate::flag::MAX_CHAIN,
+        limit,
         chain_shown(chain)
     )]
-    ChainTooLong { chain: Vec<String> },
+    ChainTooLong { chain: Vec<String>, limit: usize },
 
     #[error("cannot delete flag {flag:?}: required by {}", dependents.join(", "))]
     RequiredBy {

@@ -287,7 +287,10 @@ impl FlagSet {
             return Err(Error::Cycle { path: cycle });
         }
         match self.longest_chain() {
-            chain if chain.len() > MAX_CHAIN => Err(Error::ChainTooLong { chain }),
+            chain if chain.len() > MAX_CHAIN => Err(Error::ChainTooLong {
+                chain,
+                limit: MAX_CHAIN,
+            }),
             _ => Ok(()),
         }
     }

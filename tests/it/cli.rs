@@ -1107,29 +1107,82 @@ fn every_path_architecture_md_names_exists() {
     }
 }
 
-/// The error boundary: database errors are worded inside `src/store`, so no other module
-/// names a database crate.
-#[test]
-fn nothing_outside_the_store_names_a_database_crate() {
+/// Every `.rs` file under `src/`: its path below `src/` and its text.
+fn source_files() -> Vec<(std::path::PathBuf, String)> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut pending = vec![src.clone()];
-    let mut checked = 0;
+    let mut files = Vec::new();
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path == src.join("store") {
-                continue;
-            }
             if path.is_dir() {
                 pending.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                for name in ["rusqlite", "postgres::", "refinery"] {
-                    assert!(!text.contains(name), "{} names {name}", path.display());
-                }
-                checked += 1;
+                files.push((path.strip_prefix(&src).unwrap().to_path_buf(), text));
             }
         }
     }
-    assert!(checked > 30, "{checked} files");
+    files
+}
+
+/// The error boundary: database errors are worded inside `src/store`, so no other module
+/// names a database crate.
+#[test]
+fn nothing_outside_the_store_names_a_database_crate() {
+    let outside: Vec<_> = source_files()
+        .into_iter()
+        .filter(|(path, _)| !path.starts_with("store"))
+        .collect();
+    for (path, text) in &outside {
+        for name in ["rusqlite", "postgres::", "refinery"] {
+            assert!(!text.contains(name), "src/{} names {name}", path.display());
+        }
+    }
+    assert!(outside.len() > 30, "{} files", outside.len());
+}
+
+/// The library's modules (`src/store`, `src/serve`, `src/flag.rs`, ...) import each other
+/// without a cycle, so each can be read, tested and changed from the ones below it. Unit
+/// tests may reach anywhere, and the CLI is the binary's.
+#[test]
+fn the_librarys_modules_import_each_other_without_a_cycle() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut imports: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (path, text) in source_files() {
+        let top = path
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let module = top.trim_end_matches(".rs").to_string();
+        if ["main", "lib", "cli"].contains(&module.as_str()) {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (at, _) in code.match_indices("crate::") {
+            let name: String = code[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name != module {
+                imports.entry(module.clone()).or_default().insert(name);
+            }
+        }
+    }
+    for (module, direct) in &imports {
+        let mut reached = BTreeSet::new();
+        let mut pending: Vec<&String> = direct.iter().collect();
+        while let Some(next) = pending.pop() {
+            assert_ne!(
+                next, module,
+                "{module} imports a module that imports it back"
+            );
+            if reached.insert(next) {
+                pending.extend(imports.get(next).into_iter().flatten());
+            }
+        }
+    }
+    assert!(imports.len() > 10, "{imports:?}");
 }
