@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
 use super::backend::{Backend, ChainedEntry, Steps};
 use super::schema::SchemaState;
@@ -131,6 +131,10 @@ pub(super) struct Postgres {
     /// Statements prepared on this connection, by their SQL: preparing is a round trip of its
     /// own, which the writer of `serve` would otherwise pay for every statement of every group.
     statements: RefCell<HashMap<String, Statement>>,
+    /// The newest audit row as the write transaction in progress sees it: read in BEGIN's
+    /// round trip, under the writer lock, and moved on by each insert, so that linking the
+    /// chain costs no round trip of its own. `None` outside a write transaction.
+    tail: RefCell<Option<Option<(i64, String)>>>,
 }
 
 /// A connection to `url`, and the URL as messages show it (without its password).
@@ -183,6 +187,7 @@ impl Postgres {
             name,
             url: url.to_string(),
             statements: RefCell::default(),
+            tail: RefCell::default(),
         })
     }
 
@@ -372,25 +377,53 @@ impl Backend for Postgres {
     }
 
     fn begin_write(&self, lock_wait: Duration) -> Result<()> {
-        self.batch(&format!(
+        let begun = self.client.borrow_mut().simple_query(&format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED; \
-             SET LOCAL lock_timeout = {}; \
-             SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext(current_schema()))",
-            lock_wait.as_millis().max(1)
-        ))
-        // A lock timeout leaves the transaction aborted; end it so the connection is usable.
-        .inspect_err(|_| self.rollback())
+                 SET LOCAL lock_timeout = {}; \
+                 SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext(current_schema())); \
+                 {}",
+            lock_wait.as_millis().max(1),
+            sql::SELECT_AUDIT_TAIL
+        ));
+        // Bound first: the client's borrow must end before a rollback takes it again.
+        let begun = begun
+            .map_err(|e| self.fail(e))
+            // A lock timeout leaves the transaction aborted; end it so the connection is usable.
+            .inspect_err(|_| self.rollback())?;
+        let tail = begun.iter().find_map(|message| match message {
+            // The tail's row; the lock's has one column.
+            SimpleQueryMessage::Row(row) if row.len() == 2 => Some(row),
+            _ => None,
+        });
+        let tail = match tail {
+            None => None,
+            Some(row) => match (row.get(0).map(str::parse::<i64>), row.get(1)) {
+                (Some(Ok(id)), Some(hash)) => Some((id, hash.to_string())),
+                _ => {
+                    self.rollback();
+                    return Err(Error::Inconsistent {
+                        path: self.name.clone(),
+                        problem: "the newest audit_log row has no readable id or hash".to_string(),
+                    });
+                }
+            },
+        };
+        self.tail.replace(Some(tail));
+        Ok(())
     }
 
     fn begin_read(&self) -> Result<()> {
+        self.tail.take();
         self.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     }
 
     fn commit(&self) -> Result<()> {
+        self.tail.take();
         self.batch("COMMIT")
     }
 
     fn rollback(&self) {
+        self.tail.take();
         // A failed rollback means the connection is gone, and the server has rolled back.
         let _ = self
             .client
@@ -432,7 +465,11 @@ impl Backend for Postgres {
                 &column(|r| Some(r.hash)),
             ],
         )
-        .map(|_| ())
+        .map(|_| ())?;
+        if let (Some(tail), Some(last)) = (self.tail.borrow_mut().as_mut(), rows.last()) {
+            *tail = Some((last.id, last.hash.to_string()));
+        }
+        Ok(())
     }
 
     fn limit_wal(&self, _pages: i64) -> Result<()> {
@@ -450,8 +487,10 @@ impl Backend for Postgres {
         }
         let fresh = Postgres::open(&self.url, false)?;
         self.client.replace(fresh.client.into_inner());
-        // Statements prepared on the lost connection do not exist on the new one.
+        // Statements prepared on the lost connection do not exist on the new one, nor does
+        // its transaction.
         self.statements.borrow_mut().clear();
+        self.tail.take();
         self.ending.set(false);
         Ok(true)
     }

@@ -112,6 +112,9 @@ impl Reads for Postgres {
     }
 
     fn audit_tail(&self) -> Result<Option<(i64, String)>> {
+        if let Some(tail) = self.tail.borrow().as_ref() {
+            return Ok(tail.clone());
+        }
         Ok(self
             .query_opt(sql::SELECT_AUDIT_TAIL, &[])?
             .map(|row| (row.get(0), row.get(1))))
