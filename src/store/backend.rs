@@ -114,6 +114,27 @@ pub(super) trait Backend: Send {
     fn rollback(&self);
     /// Stores audit rows linked into the chain; only through [`WriteTx::append_audit`].
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()>;
+    /// Stores one evaluated step: its new assignments, its decision records (linked into the
+    /// chain) and, on a transaction's last step, its `audit_flag_ranges` rows (flags, first and
+    /// last record id); only through [`WriteTx::append_step`]. A backend that pays a round
+    /// trip per statement sends them as one.
+    fn insert_step(
+        &self,
+        assignments: &[AssignmentRef],
+        records: &[ChainedEntry],
+        ranges: Option<(&[&str], i64, i64)>,
+    ) -> Result<()> {
+        if !assignments.is_empty() {
+            self.steps().insert_assignments(assignments)?;
+        }
+        if !records.is_empty() {
+            self.insert_audit(records)?;
+        }
+        if let Some((flags, first_id, last_id)) = ranges {
+            self.steps().insert_flag_ranges(flags, first_id, last_id)?;
+        }
+        Ok(())
+    }
 
     /// Checkpoints the WAL whenever it reaches `pages` pages and truncates it back to that
     /// size, where the backend has a WAL of its own to manage (SQLite).
@@ -311,6 +332,22 @@ impl<'s> WriteTx<'s> {
     pub(super) fn append_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
         self.backend.insert_audit(rows)?;
         if let Some(last) = rows.last() {
+            self.appended
+                .replace(Some((last.id, last.hash.to_string())));
+        }
+        Ok(())
+    }
+
+    /// Stores one evaluated step (see [`Backend::insert_step`]), remembering its last record
+    /// for [`WriteTx::commit`].
+    pub(super) fn append_step(
+        &self,
+        assignments: &[AssignmentRef],
+        records: &[ChainedEntry],
+        ranges: Option<(&[&str], i64, i64)>,
+    ) -> Result<()> {
+        self.backend.insert_step(assignments, records, ranges)?;
+        if let Some(last) = records.last() {
             self.appended
                 .replace(Some((last.id, last.hash.to_string())));
         }

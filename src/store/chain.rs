@@ -46,16 +46,25 @@ pub(super) fn append_audit(tx: &WriteTx, entries: &[Entry]) -> Result<i64> {
     Ok(first_id)
 }
 
-/// Inserts audit rows already linked into the chain: `first_id` and the hash it follows, then
-/// each row with its hash.
-pub(super) fn insert_linked<'a>(
+/// Inserts audit rows already linked into the chain (see [`linked_rows`]).
+fn insert_linked<'a>(
     tx: &WriteTx,
     first_id: i64,
     prev_hash: &'a str,
     entries: impl Iterator<Item = (Entry<'a>, &'a String)>,
 ) -> Result<()> {
+    tx.append_audit(&linked_rows(first_id, prev_hash, entries))
+}
+
+/// Audit rows already linked into the chain, as stored: `first_id` and the hash it follows,
+/// then each row with its hash.
+pub(super) fn linked_rows<'a>(
+    first_id: i64,
+    prev_hash: &'a str,
+    entries: impl Iterator<Item = (Entry<'a>, &'a String)>,
+) -> Vec<ChainedEntry<'a>> {
     let mut prev_hash = prev_hash;
-    let rows: Vec<ChainedEntry> = (first_id..)
+    (first_id..)
         .zip(entries)
         .map(|(id, (entry, hash))| ChainedEntry {
             id,
@@ -63,6 +72,5 @@ pub(super) fn insert_linked<'a>(
             prev_hash: std::mem::replace(&mut prev_hash, hash),
             hash,
         })
-        .collect();
-    tx.append_audit(&rows)
+        .collect()
 }

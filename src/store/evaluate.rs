@@ -12,7 +12,7 @@ use crate::eval::{self, ContextEvaluation, Evaluation, StoredAssignment};
 use crate::flag::{Flag, FlagSet};
 use crate::record;
 
-use super::chain::{Chain, insert_linked};
+use super::chain::{Chain, linked_rows};
 use super::flags::edit_flags;
 use super::{
     AssignmentRef, BatchReport, Reads, Request, Selection, Store, WriteTx, keys_per_transaction,
@@ -268,11 +268,18 @@ impl<'a> EvaluationPlan<'a> {
             None
         };
         let first_id = chain.as_ref().map_or(0, |chain| chain.next_id);
+        let steps: Vec<&[String]> = keys.chunks(tx.keys_per_step()).collect();
+        let mut ranged_flags = self.requested.clone();
+        ranged_flags.sort_unstable();
+        ranged_flags.dedup();
         let mut writer = StepWriter {
             tx,
             actor,
             ts,
             results: Vec::with_capacity(keys.len()),
+            steps_left: steps.len(),
+            // One `audit_flag_ranges` row per requested flag, covering every record.
+            ranges: audited.then(|| (ranged_flags, first_id, first_id + keys.len() as i64 - 1)),
         };
         let mut evaluator = KeyEvaluator {
             plan: self,
@@ -283,7 +290,6 @@ impl<'a> EvaluationPlan<'a> {
         };
         let mut seen: HashSet<&str> = HashSet::new();
         let mut fetch = |step| self.fetch_step(tx.reads(), step, &mut seen);
-        let steps: Vec<&[String]> = keys.chunks(tx.keys_per_step()).collect();
         if steps.len() <= 1 {
             for step in steps {
                 let evaluated = evaluator.evaluate(step, fetch(step)?);
@@ -311,12 +317,6 @@ impl<'a> EvaluationPlan<'a> {
                 }
                 Ok(())
             })?;
-        }
-        if audited {
-            let mut flags = self.requested.clone();
-            flags.sort_unstable();
-            flags.dedup();
-            tx.insert_flag_ranges(&flags, first_id, first_id + keys.len() as i64 - 1)?;
         }
         Ok(writer.results)
     }
@@ -422,6 +422,9 @@ struct StepWriter<'t, 'a> {
     actor: &'a str,
     ts: &'a str,
     results: Vec<ContextEvaluation>,
+    steps_left: usize,
+    /// The transaction's `audit_flag_ranges` rows, written with its last step.
+    ranges: Option<(Vec<&'a str>, i64, i64)>,
 }
 
 impl StepWriter<'_, '_> {
@@ -438,16 +441,30 @@ impl StepWriter<'_, '_> {
                     .map(move |assignment| AssignmentRef::new(key, assignment, ts))
             })
             .collect();
-        if !new_assignments.is_empty() {
-            self.tx.insert_assignments(&new_assignments)?;
-        }
-        if let Some(records) = &evaluated.records {
-            let entries = step
-                .iter()
-                .zip(&records.linked)
-                .map(|(key, (detail, hash))| (decision_record(ts, self.actor, key, detail), hash));
-            insert_linked(self.tx, records.first_id, &records.prev_hash, entries)?;
-        }
+        let records = match &evaluated.records {
+            Some(records) => linked_rows(
+                records.first_id,
+                &records.prev_hash,
+                step.iter()
+                    .zip(&records.linked)
+                    .map(|(key, (detail, hash))| {
+                        (decision_record(ts, self.actor, key, detail), hash)
+                    }),
+            ),
+            None => Vec::new(),
+        };
+        self.steps_left -= 1;
+        let ranges = match self.steps_left {
+            0 => self.ranges.take(),
+            _ => None,
+        };
+        self.tx.append_step(
+            &new_assignments,
+            &records,
+            ranges
+                .as_ref()
+                .map(|(flags, first_id, last_id)| (flags.as_slice(), *first_id, *last_id)),
+        )?;
         self.results.extend(evaluated.evaluations);
         Ok(())
     }

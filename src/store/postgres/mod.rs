@@ -17,7 +17,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
-use super::backend::{Backend, ChainedEntry, Steps};
+use super::backend::{AssignmentRef, Backend, ChainedEntry, Steps};
 use super::schema::SchemaState;
 use crate::audit::AuditRow;
 use crate::error::{DatabaseError, Error, Result};
@@ -263,6 +263,13 @@ impl Postgres {
             .map_err(|e| self.fail(e))
     }
 
+    /// Moves the kept tail on past `rows`, just stored, in a write transaction.
+    fn moved_tail(&self, rows: &[ChainedEntry]) {
+        if let (Some(tail), Some(last)) = (self.tail.borrow_mut().as_mut(), rows.last()) {
+            *tail = Some((last.id, last.hash.to_string()));
+        }
+    }
+
     fn batch(&self, sql: &str) -> Result<()> {
         self.client
             .borrow_mut()
@@ -286,6 +293,103 @@ fn numbered_for_postgres(sql: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     rewritten.map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned)
+}
+
+/// Assignments as the column arrays an `unnest` insert binds.
+struct AssignmentColumns<'a> {
+    flags: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    decisions: Vec<i32>,
+    buckets: Vec<i32>,
+    rollouts: Vec<f64>,
+    times: Vec<&'a str>,
+}
+
+impl<'a> AssignmentColumns<'a> {
+    fn of(rows: &[AssignmentRef<'a>]) -> AssignmentColumns<'a> {
+        AssignmentColumns {
+            flags: rows.iter().map(|a| a.flag).collect(),
+            keys: rows.iter().map(|a| a.context_key).collect(),
+            decisions: rows.iter().map(|a| i32::from(a.decision)).collect(),
+            buckets: rows.iter().map(|a| i32::from(a.bucket)).collect(),
+            rollouts: rows.iter().map(|a| a.rollout_pct).collect(),
+            times: rows.iter().map(|a| a.assigned_at).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.flags,
+            &self.keys,
+            &self.decisions,
+            &self.buckets,
+            &self.rollouts,
+            &self.times,
+        ]
+    }
+}
+
+/// Audit rows as the column arrays an `unnest` insert binds, in `sql::audit_columns!` order.
+struct AuditColumns<'a> {
+    ids: Vec<i64>,
+    text: [Vec<Option<&'a str>>; 9],
+    results: Vec<Option<i32>>,
+    hashes: [Vec<Option<&'a str>>; 2],
+}
+
+impl<'a> AuditColumns<'a> {
+    fn of(rows: &[ChainedEntry<'a>]) -> AuditColumns<'a> {
+        let column = |f: fn(&ChainedEntry<'a>) -> Option<&'a str>| rows.iter().map(f).collect();
+        AuditColumns {
+            ids: rows.iter().map(|r| r.id).collect(),
+            text: [
+                column(|r| Some(r.entry.ts)),
+                column(|r| Some(r.entry.kind)),
+                column(|r| Some(r.entry.actor)),
+                column(|r| r.entry.action),
+                column(|r| r.entry.flag),
+                column(|r| r.entry.context_key),
+                column(|r| r.entry.source),
+                column(|r| r.entry.reason),
+                column(|r| Some(r.entry.detail)),
+            ],
+            results: rows
+                .iter()
+                .map(|r| r.entry.result.map(|v| i32::from(v == 1)))
+                .collect(),
+            hashes: [column(|r| Some(r.prev_hash)), column(|r| Some(r.hash))],
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        let [
+            ts,
+            kind,
+            actor,
+            action,
+            flag,
+            context_key,
+            source,
+            reason,
+            detail,
+        ] = &self.text;
+        let [prev_hash, hash] = &self.hashes;
+        [
+            &self.ids,
+            ts,
+            kind,
+            actor,
+            action,
+            flag,
+            context_key,
+            &self.results,
+            source,
+            reason,
+            detail,
+            prev_hash,
+            hash,
+        ]
+    }
 }
 
 fn schema_state(client: &mut Client) -> std::result::Result<SchemaState, postgres::Error> {
@@ -433,14 +537,7 @@ impl Backend for Postgres {
     }
 
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
-        let column = |f: for<'r> fn(&'r ChainedEntry<'r>) -> Option<&'r str>| -> Vec<Option<&str>> {
-            rows.iter().map(f).collect()
-        };
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let results: Vec<Option<i32>> = rows
-            .iter()
-            .map(|r| r.entry.result.map(|v| i32::from(v == 1)))
-            .collect();
+        let audit = AuditColumns::of(rows);
         self.execute(
             concat!(
                 "INSERT INTO audit_log (",
@@ -449,26 +546,44 @@ impl Backend for Postgres {
                  $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::text[], \
                  $11::text[], $12::text[], $13::text[])"
             ),
-            &[
-                &ids,
-                &column(|r| Some(r.entry.ts)),
-                &column(|r| Some(r.entry.kind)),
-                &column(|r| Some(r.entry.actor)),
-                &column(|r| r.entry.action),
-                &column(|r| r.entry.flag),
-                &column(|r| r.entry.context_key),
-                &results,
-                &column(|r| r.entry.source),
-                &column(|r| r.entry.reason),
-                &column(|r| Some(r.entry.detail)),
-                &column(|r| Some(r.prev_hash)),
-                &column(|r| Some(r.hash)),
-            ],
-        )
-        .map(|_| ())?;
-        if let (Some(tail), Some(last)) = (self.tail.borrow_mut().as_mut(), rows.last()) {
-            *tail = Some((last.id, last.hash.to_string()));
-        }
+            &audit.params(),
+        )?;
+        self.moved_tail(rows);
+        Ok(())
+    }
+
+    /// One statement for the three inserts: serve's writer pays a round trip per statement,
+    /// and every group is one step.
+    fn insert_step(
+        &self,
+        assignments: &[AssignmentRef],
+        records: &[ChainedEntry],
+        ranges: Option<(&[&str], i64, i64)>,
+    ) -> Result<()> {
+        let assigned = AssignmentColumns::of(assignments);
+        let audit = AuditColumns::of(records);
+        let (range_flags, first_id, last_id) = ranges.unwrap_or((&[], 0, 0));
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(22);
+        params.extend(assigned.params());
+        params.extend(audit.params());
+        params.extend([&range_flags as &(dyn ToSql + Sync), &first_id, &last_id]);
+        self.execute(
+            concat!(
+                "WITH assigned AS (INSERT INTO assignments \
+                     (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], \
+                                        $5::float8[], $6::text[])), \
+                 ranged AS (INSERT INTO audit_flag_ranges (flag, first_id, last_id) \
+                   SELECT unnest($20::text[]), $21, $22) \
+                 INSERT INTO audit_log (",
+                sql::audit_columns!(),
+                ") SELECT * FROM unnest($7::bigint[], $8::text[], $9::text[], $10::text[], \
+                 $11::text[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[], \
+                 $17::text[], $18::text[], $19::text[])"
+            ),
+            &params,
+        )?;
+        self.moved_tail(records);
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! What Postgres writes inside a write transaction.
 
-use super::Postgres;
+use super::{AssignmentColumns, Postgres};
 use crate::error::Result;
 use crate::flag::Flag;
 use crate::store::TokenRecord;
@@ -55,17 +55,11 @@ impl Writes for Postgres {
     }
 
     fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()> {
-        let flags: Vec<&str> = rows.iter().map(|a| a.flag).collect();
-        let keys: Vec<&str> = rows.iter().map(|a| a.context_key).collect();
-        let decisions: Vec<i32> = rows.iter().map(|a| i32::from(a.decision)).collect();
-        let buckets: Vec<i32> = rows.iter().map(|a| i32::from(a.bucket)).collect();
-        let rollouts: Vec<f64> = rows.iter().map(|a| a.rollout_pct).collect();
-        let times: Vec<&str> = rows.iter().map(|a| a.assigned_at).collect();
         self.execute(
             "INSERT INTO assignments (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], \
                                   $5::float8[], $6::text[])",
-            &[&flags, &keys, &decisions, &buckets, &rollouts, &times],
+            &AssignmentColumns::of(rows).params(),
         )
         .map(|_| ())
     }
