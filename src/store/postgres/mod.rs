@@ -332,9 +332,18 @@ impl<'a> AssignmentColumns<'a> {
 /// Audit rows as the column arrays an `unnest` insert binds, in `sql::audit_columns!` order.
 struct AuditColumns<'a> {
     ids: Vec<i64>,
-    text: [Vec<Option<&'a str>>; 9],
-    results: Vec<Option<i32>>,
-    hashes: [Vec<Option<&'a str>>; 2],
+    ts: Vec<Option<&'a str>>,
+    kind: Vec<Option<&'a str>>,
+    actor: Vec<Option<&'a str>>,
+    action: Vec<Option<&'a str>>,
+    flag: Vec<Option<&'a str>>,
+    context_key: Vec<Option<&'a str>>,
+    result: Vec<Option<i32>>,
+    source: Vec<Option<&'a str>>,
+    reason: Vec<Option<&'a str>>,
+    detail: Vec<Option<&'a str>>,
+    prev_hash: Vec<Option<&'a str>>,
+    hash: Vec<Option<&'a str>>,
 }
 
 impl<'a> AuditColumns<'a> {
@@ -342,52 +351,39 @@ impl<'a> AuditColumns<'a> {
         let column = |f: fn(&ChainedEntry<'a>) -> Option<&'a str>| rows.iter().map(f).collect();
         AuditColumns {
             ids: rows.iter().map(|r| r.id).collect(),
-            text: [
-                column(|r| Some(r.entry.ts)),
-                column(|r| Some(r.entry.kind)),
-                column(|r| Some(r.entry.actor)),
-                column(|r| r.entry.action),
-                column(|r| r.entry.flag),
-                column(|r| r.entry.context_key),
-                column(|r| r.entry.source),
-                column(|r| r.entry.reason),
-                column(|r| Some(r.entry.detail)),
-            ],
-            results: rows
+            ts: column(|r| Some(r.entry.ts)),
+            kind: column(|r| Some(r.entry.kind)),
+            actor: column(|r| Some(r.entry.actor)),
+            action: column(|r| r.entry.action),
+            flag: column(|r| r.entry.flag),
+            context_key: column(|r| r.entry.context_key),
+            result: rows
                 .iter()
                 .map(|r| r.entry.result.map(|v| i32::from(v == 1)))
                 .collect(),
-            hashes: [column(|r| Some(r.prev_hash)), column(|r| Some(r.hash))],
+            source: column(|r| r.entry.source),
+            reason: column(|r| r.entry.reason),
+            detail: column(|r| Some(r.entry.detail)),
+            prev_hash: column(|r| Some(r.prev_hash)),
+            hash: column(|r| Some(r.hash)),
         }
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); 13] {
-        let [
-            ts,
-            kind,
-            actor,
-            action,
-            flag,
-            context_key,
-            source,
-            reason,
-            detail,
-        ] = &self.text;
-        let [prev_hash, hash] = &self.hashes;
         [
             &self.ids,
-            ts,
-            kind,
-            actor,
-            action,
-            flag,
-            context_key,
-            &self.results,
-            source,
-            reason,
-            detail,
-            prev_hash,
-            hash,
+            &self.ts,
+            &self.kind,
+            &self.actor,
+            &self.action,
+            &self.flag,
+            &self.context_key,
+            &self.result,
+            &self.source,
+            &self.reason,
+            &self.detail,
+            &self.prev_hash,
+            &self.hash,
         ]
     }
 }
