@@ -380,7 +380,11 @@ fn sigterm_answers_what_is_in_flight_and_exits_0() {
         clients.into_iter().map(|c| c.join().unwrap()).sum::<i64>()
     });
     let status = server.child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    let mut said = String::new();
+    if let Some(stderr) = server.child.stderr.as_mut() {
+        std::io::Read::read_to_string(stderr, &mut said).unwrap();
+    }
+    assert_eq!(status.code(), Some(0), "serve said: {said}");
     assert!(answered > 0);
     assert_eq!(evaluations_recorded(&env), answered);
 }
