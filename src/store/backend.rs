@@ -2,7 +2,6 @@
 //! step types it takes, and the transactions every step runs in: a `ReadTx` reaches only the
 //! reads; a `WriteTx` also the writes, is committed explicitly and rolled back when dropped.
 
-use std::cell::RefCell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -305,10 +304,6 @@ impl<T: Reads + Writes + ?Sized> Steps for T {}
 pub(super) struct WriteTx<'s> {
     backend: &'s dyn Backend,
     finished: bool,
-    /// The (id, hash) of the audit row this transaction appended last, if it appended any: the
-    /// row [`WriteTx::commit`] asks for when a lost connection hides the outcome, known
-    /// without a query.
-    appended: RefCell<Option<(i64, String)>>,
 }
 
 impl<'s> WriteTx<'s> {
@@ -318,7 +313,6 @@ impl<'s> WriteTx<'s> {
         Ok(WriteTx {
             backend,
             finished: false,
-            appended: RefCell::new(None),
         })
     }
 
@@ -327,31 +321,20 @@ impl<'s> WriteTx<'s> {
         self.backend.steps()
     }
 
-    /// Appends audit rows, already linked into the chain, remembering the last one for
-    /// [`WriteTx::commit`]. The only way rows reach `audit_log`.
+    /// Appends audit rows, already linked into the chain. With [`WriteTx::append_step`], the
+    /// only way rows reach `audit_log`.
     pub(super) fn append_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
-        self.backend.insert_audit(rows)?;
-        if let Some(last) = rows.last() {
-            self.appended
-                .replace(Some((last.id, last.hash.to_string())));
-        }
-        Ok(())
+        self.backend.insert_audit(rows)
     }
 
-    /// Stores one evaluated step (see [`Backend::insert_step`]), remembering its last record
-    /// for [`WriteTx::commit`].
+    /// Stores one evaluated step (see [`Backend::insert_step`]).
     pub(super) fn append_step(
         &self,
         assignments: &[AssignmentRef],
         records: &[ChainedEntry],
         ranges: Option<(&[&str], i64, i64)>,
     ) -> Result<()> {
-        self.backend.insert_step(assignments, records, ranges)?;
-        if let Some(last) = records.last() {
-            self.appended
-                .replace(Some((last.id, last.hash.to_string())));
-        }
-        Ok(())
+        self.backend.insert_step(assignments, records, ranges)
     }
 
     /// Commits. A connection lost during COMMIT (a server restart, a terminated backend) leaves
@@ -361,10 +344,8 @@ impl<'s> WriteTx<'s> {
     /// [`Error::NotCommitted`] never records it twice.
     pub(super) fn commit(mut self) -> Result<()> {
         self.finished = true;
-        let head = match self.appended.take() {
-            Some(appended) => Some(appended),
-            None => self.backend.steps().audit_tail()?,
-        };
+        // PostgreSQL answers from the tail its transaction keeps, with no round trip.
+        let head = self.backend.steps().audit_tail()?;
         match (self.backend.commit(), head) {
             (Err(error), Some((id, hash))) => match self.backend.reconnect_if_lost(false) {
                 // The connection is sound: the server refused the commit.

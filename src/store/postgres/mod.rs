@@ -295,6 +295,17 @@ fn numbered_for_postgres(sql: &str) -> std::borrow::Cow<'_, str> {
     rewritten.map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned)
 }
 
+/// The insert of [`AssignmentColumns`], bound as `$1`..`$6`: alone, or within a step's
+/// statement.
+macro_rules! insert_assignments {
+    () => {
+        "INSERT INTO assignments (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::float8[], \
+         $6::text[])"
+    };
+}
+use insert_assignments;
+
 /// Assignments as the column arrays an `unnest` insert binds.
 struct AssignmentColumns<'a> {
     flags: Vec<&'a str>,
@@ -561,11 +572,9 @@ impl Backend for Postgres {
         params.extend([&range_flags as &(dyn ToSql + Sync), &first_id, &last_id]);
         self.execute(
             concat!(
-                "WITH assigned AS (INSERT INTO assignments \
-                     (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], \
-                                        $5::float8[], $6::text[])), \
-                 ranged AS (INSERT INTO audit_flag_ranges (flag, first_id, last_id) \
+                "WITH assigned AS (",
+                insert_assignments!(),
+                "), ranged AS (INSERT INTO audit_flag_ranges (flag, first_id, last_id) \
                    SELECT unnest($20::text[]), $21, $22) \
                  INSERT INTO audit_log (",
                 sql::audit_columns!(),

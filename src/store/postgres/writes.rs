@@ -1,6 +1,6 @@
 //! What Postgres writes inside a write transaction.
 
-use super::{AssignmentColumns, Postgres};
+use super::{AssignmentColumns, Postgres, insert_assignments};
 use crate::error::Result;
 use crate::flag::Flag;
 use crate::store::TokenRecord;
@@ -55,13 +55,8 @@ impl Writes for Postgres {
     }
 
     fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()> {
-        self.execute(
-            "INSERT INTO assignments (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], \
-                                  $5::float8[], $6::text[])",
-            &AssignmentColumns::of(rows).params(),
-        )
-        .map(|_| ())
+        self.execute(insert_assignments!(), &AssignmentColumns::of(rows).params())
+            .map(|_| ())
     }
 
     fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize> {
