@@ -3,7 +3,7 @@
 //! The writer lock is SQLite's own: every write transaction is `BEGIN IMMEDIATE`.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::backup::Backup;
@@ -15,8 +15,11 @@ use crate::error::{DatabaseError, Error, Result};
 use crate::file::PendingFile;
 use crate::store::sql;
 
+mod checkpointer;
 mod reads;
 mod writes;
+
+use checkpointer::Checkpoints;
 
 mod embedded {
     refinery::embed_migrations!("migrations/sqlite");
@@ -57,8 +60,14 @@ const ROWS_PER_INSERT: usize = 64;
 const LATEST_SCHEMA_VERSION: i64 = 7;
 
 pub(super) struct Sqlite {
+    /// Declared first, so dropped first: its connection closes before `conn`, whose close, the
+    /// last, moves the WAL into the database file and removes it.
+    checkpoints: Checkpoints,
     conn: Connection,
     path: String,
+    /// The database file, for another connection to open; `None` where none can (in memory,
+    /// an immutable snapshot).
+    file: Option<PathBuf>,
 }
 
 impl Sqlite {
@@ -105,7 +114,7 @@ impl Sqlite {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        Sqlite::connect(&uri, display, flags)
+        Sqlite::connect(&uri, None, display, flags)
     }
 
     fn open_with(path: &Path, create: OpenFlags) -> Result<Sqlite> {
@@ -118,24 +127,29 @@ impl Sqlite {
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | create;
-        Sqlite::connect(path, display, flags)
+        Sqlite::connect(path, Some(path), display, flags)
     }
 
     /// Opens `target` (a path or URI) with `flags` and initialises the store; errors name
-    /// the database as `display`.
-    fn connect(target: impl AsRef<Path>, display: String, flags: OpenFlags) -> Result<Sqlite> {
+    /// the database as `display`. `file` is where other connections may open it too.
+    fn connect(
+        target: impl AsRef<Path>,
+        file: Option<&Path>,
+        display: String,
+        flags: OpenFlags,
+    ) -> Result<Sqlite> {
         let conn = Connection::open_with_flags(target, flags).map_err(|source| Error::Open {
             path: display.clone(),
             source: source.into(),
         })?;
-        Sqlite::init(conn, display.clone()).map_err(|e| e.at_database(&display))
+        Sqlite::init(conn, file, display.clone()).map_err(|e| e.at_database(&display))
     }
 
     pub(super) fn in_memory() -> Result<Sqlite> {
-        Sqlite::init(Connection::open_in_memory()?, ":memory:".to_string())
+        Sqlite::init(Connection::open_in_memory()?, None, ":memory:".to_string())
     }
 
-    fn init(mut conn: Connection, path: String) -> Result<Sqlite> {
+    fn init(mut conn: Connection, file: Option<&Path>, path: String) -> Result<Sqlite> {
         conn.busy_handler(Some(wait_for_lock))?;
         // The first read is what fails on a file that is not a database; nothing has been
         // written yet at that point, so the file is left exactly as it was.
@@ -170,7 +184,12 @@ impl Sqlite {
         if schema != SchemaState::Current {
             migrate(&mut conn, &path)?;
         }
-        Ok(Sqlite { conn, path })
+        Ok(Sqlite {
+            checkpoints: Checkpoints::default(),
+            conn,
+            path,
+            file: file.map(Path::to_path_buf),
+        })
     }
 
     fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
@@ -250,7 +269,11 @@ impl Backend for Sqlite {
     }
 
     fn commit(&self) -> Result<()> {
-        Ok(self.conn.execute_batch("COMMIT")?)
+        self.conn.execute_batch("COMMIT")?;
+        if let Some(file) = &self.file {
+            self.checkpoints.committed(file);
+        }
+        Ok(())
     }
 
     fn rollback(&self) {
