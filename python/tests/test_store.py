@@ -1,6 +1,8 @@
 """Persistence, the CLI and Python on one store, threads, PostgreSQL, and bad input."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -121,3 +123,34 @@ def test_a_flag_deleted_elsewhere_is_answered_as_unknown_and_recorded(tmp_path, 
     assert manager.audit_log[-1] == {"flag": "legacy", "result": False, "reason": "unknown flag"}
     record = manager.audit(limit=1)[0]
     assert record["context_key"] == "k" and record["kind"] == "evaluation"
+
+
+def test_a_forked_child_that_drops_the_manager_exits(tmp_path):
+    # A process that forks after committing (multiprocessing's default start on Linux) hands
+    # the child a copy of the manager, but none of its threads: the SQLite checkpointer, started
+    # at the second commit, runs only in the parent.
+    script = """
+import os, sys
+from flagstore import Flag, FlagManager
+manager = FlagManager([Flag("ingest")], db=sys.argv[1])
+for i in range(3):
+    manager.is_enabled("ingest", f"k{i}")
+if os.fork() == 0:
+    del manager
+    os._exit(7)
+_, status = os.wait()
+print(os.waitstatus_to_exitcode(status))
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "flags.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the child hung dropping the manager it was forked with")
+    assert out.strip() == "7"
