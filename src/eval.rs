@@ -3,7 +3,8 @@
 //! It does no I/O. The store hands it what it read and writes back the assignments it reports, so
 //! the same code serves SQLite and PostgreSQL, and it can be property-tested without either.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use md5::{Digest, Md5};
 use serde::Serialize;
@@ -169,10 +170,10 @@ pub struct Evaluation {
 /// `stored` holds the context's assignments by flag name; it must cover every flag in
 /// `flags.closure(requested)`. A dependency decided on the way is decided once and, when its
 /// policy says so, stored too: evaluating F before D must not give D a different answer later.
-pub fn evaluate(
+pub fn evaluate<S: BuildHasher>(
     flags: &FlagSet,
     context: &str,
-    stored: &HashMap<String, StoredAssignment>,
+    stored: &HashMap<String, StoredAssignment, S>,
     requested: &[&str],
 ) -> Vec<Evaluation> {
     evaluate_context(flags, context, stored, requested).evaluations
@@ -189,10 +190,10 @@ pub struct ContextEvaluation {
 }
 
 /// [`evaluate`], also returning the requirements decided on the way.
-pub fn evaluate_context<'a>(
+pub fn evaluate_context<'a, S: BuildHasher>(
     flags: &'a FlagSet,
     context: &'a str,
-    stored: &'a HashMap<String, StoredAssignment>,
+    stored: &'a HashMap<String, StoredAssignment, S>,
     requested: &[&'a str],
 ) -> ContextEvaluation {
     let mut evaluator = ContextEvaluator {
@@ -200,9 +201,9 @@ pub fn evaluate_context<'a>(
         context,
         stored,
         decided: Vec::new(),
-        decided_index: HashMap::new(),
+        decided_index: foldhash::HashMap::default(),
         path: Vec::new(),
-        on_path: HashSet::new(),
+        on_path: foldhash::HashSet::default(),
         new_assignments: Vec::new(),
     };
     let evaluations: Vec<Evaluation> = requested
@@ -239,23 +240,25 @@ enum Decided {
     Uncached(Decision),
 }
 
-struct ContextEvaluator<'a> {
+/// Its maps are keyed by flag names and hashed with foldhash: SipHash, the standard library's
+/// default, was a quarter of a batch's evaluating thread, and flag names come from the store.
+struct ContextEvaluator<'a, S> {
     flags: &'a FlagSet,
     context: &'a str,
-    stored: &'a HashMap<String, StoredAssignment>,
+    stored: &'a HashMap<String, StoredAssignment, S>,
     /// Decisions already made for this context, in the order they were made, so shared
     /// dependencies are decided once; found by name through `decided_index`.
     decided: Vec<(&'a str, Decision)>,
-    decided_index: HashMap<&'a str, usize>,
+    decided_index: foldhash::HashMap<&'a str, usize>,
     /// The flags whose requirements are being checked, outermost first: a flag met again on
     /// this path is a cycle.
     path: Vec<&'a str>,
     /// The names in `path`, to see a cycle without walking a long path at every step.
-    on_path: HashSet<&'a str>,
+    on_path: foldhash::HashSet<&'a str>,
     new_assignments: Vec<NewAssignment>,
 }
 
-impl<'a> ContextEvaluator<'a> {
+impl<'a, S: BuildHasher> ContextEvaluator<'a, S> {
     /// Decides `name` and, first, each flag it requires, depth first. Iterative: a chain of
     /// requirements of any length (a store edited by hand, or written before chains were
     /// limited) uses heap, not the stack of serve's writer thread.
@@ -437,10 +440,10 @@ pub struct Explanation {
 
 /// Explains how `name` is decided for `context`, computing everything an evaluation would and
 /// storing nothing.
-pub fn explain(
+pub fn explain<S: BuildHasher>(
     flags: &FlagSet,
     context: &str,
-    stored: &HashMap<String, StoredAssignment>,
+    stored: &HashMap<String, StoredAssignment, S>,
     name: &str,
 ) -> Explanation {
     let decide = |flag: &str| {

@@ -16,8 +16,6 @@
 //! The reason text is rendered from those facts by [`decode`] and, identically, by the
 //! `audit_evaluations` view in SQL.
 
-use std::collections::HashSet;
-
 use serde_json::Value;
 
 use crate::eval::{ContextEvaluation, Decision, Source};
@@ -33,7 +31,7 @@ pub struct RecordedDecision {
 
 /// The `detail` of the record of `evaluation`. Written by hand: it runs for every key of a batch.
 pub fn encode(evaluation: &ContextEvaluation) -> String {
-    let mut assigned: HashSet<&str> = evaluation
+    let mut assigned: foldhash::HashSet<&str> = evaluation
         .evaluations
         .iter()
         .flat_map(|e| &e.new_assignments)

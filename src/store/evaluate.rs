@@ -2,7 +2,7 @@
 //! and how a transaction's keys are decided (on a second thread, in steps) and written back
 //! with one decision record per key and one `audit_flag_ranges` row per requested flag.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::audit::Entry;
@@ -286,9 +286,9 @@ impl<'a> EvaluationPlan<'a> {
             actor,
             ts,
             chain,
-            stored: HashMap::new(),
+            stored: foldhash::HashMap::default(),
         };
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: foldhash::HashSet<&str> = foldhash::HashSet::default();
         let mut fetch = |step| self.fetch_step(tx.reads(), step, &mut seen);
         if steps.len() <= 1 {
             for step in steps {
@@ -326,7 +326,7 @@ impl<'a> EvaluationPlan<'a> {
         &self,
         tx: &dyn Reads,
         step: &'k [String],
-        seen: &mut HashSet<&'k str>,
+        seen: &mut foldhash::HashSet<&'k str>,
     ) -> Result<Fetched<'k>> {
         let new: Vec<&str> = step
             .iter()
@@ -369,8 +369,10 @@ struct KeyEvaluator<'a, 'k> {
     ts: &'a str,
     /// Where the next decision record links in, when the request is audited.
     chain: Option<Chain>,
-    /// Every key's assignments: as read, then as this transaction stored them.
-    stored: HashMap<&'k str, HashMap<String, StoredAssignment>>,
+    /// Every key's assignments: as read, then as this transaction stored them. Hashed with
+    /// foldhash, as the evaluator's maps are (see `eval::evaluate_context`): the keys come from
+    /// callers, but foldhash is seeded at random and a map lives for one transaction's keys.
+    stored: foldhash::HashMap<&'k str, foldhash::HashMap<String, StoredAssignment>>,
 }
 
 impl<'k> KeyEvaluator<'_, 'k> {
