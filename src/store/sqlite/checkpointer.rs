@@ -4,8 +4,8 @@
 //! serve's latencies. A process that commits again and again (a batch, serve, a Python
 //! pipeline) hands that copying to a thread with a connection of its own, woken by its
 //! commits (at most every [`MIN_INTERVAL`]), so the commit that reaches the limit finds the
-//! pages already copied and only has the WAL restarted. The limit stays where it was: a checkpointer that falls behind, or
-//! fails, leaves the writer doing what it did before.
+//! pages already copied and only has the WAL restarted. The limit stays where it was: a
+//! checkpointer that falls behind, or fails, leaves the writer doing what it did before.
 
 use std::cell::{Cell, OnceCell};
 use std::path::Path;
