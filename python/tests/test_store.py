@@ -154,3 +154,32 @@ print(os.waitstatus_to_exitcode(status))
         process.communicate()
         pytest.fail("the child hung dropping the manager it was forked with")
     assert out.strip() == "7"
+
+
+def test_a_pipeline_that_changes_directory_still_has_its_wal_checkpointed(tmp_path):
+    # The checkpointer opens the database again at the second commit, by the path the store
+    # was opened with: a relative one must still name the same file after a chdir. In WAL mode
+    # only a checkpoint writes the database file, and these commits stay far below the WAL's
+    # limit, so the file grows while the manager is open only if the checkpointer found it.
+    script = """
+import os, sys, time
+from flagstore import Flag, FlagManager
+home, elsewhere = sys.argv[1], sys.argv[2]
+os.chdir(home)
+manager = FlagManager([Flag("ingest"), Flag("enrich", rollout_pct=50)], db="flags.db")
+before = os.path.getsize(os.path.join(home, "flags.db"))
+os.chdir(elsewhere)
+for _ in manager.evaluate_many(f"tenant-{i}" for i in range(5000)):
+    pass
+deadline = time.monotonic() + 10
+while os.path.getsize(os.path.join(home, "flags.db")) == before and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(os.path.getsize(os.path.join(home, "flags.db")) > before, os.listdir(elsewhere))
+"""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(home), str(elsewhere)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "[]"], out.stdout + out.stderr

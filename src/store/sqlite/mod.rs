@@ -68,8 +68,8 @@ pub(super) struct Sqlite {
     checkpoints: Checkpoints,
     conn: Connection,
     path: String,
-    /// The database file, for another connection to open; `None` where none can (in memory,
-    /// an immutable snapshot).
+    /// The database file as an absolute path, for another connection to open; `None` where
+    /// none can (in memory, an immutable snapshot).
     file: Option<PathBuf>,
 }
 
@@ -130,7 +130,9 @@ impl Sqlite {
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | create;
-        Sqlite::connect(path, Some(path), display, flags)
+        // Absolute, so that a process that changes directory still reaches the same file.
+        let file = std::path::absolute(path).ok();
+        Sqlite::connect(path, file.as_deref(), display, flags)
     }
 
     /// Opens `target` (a path or URI) with `flags` and initialises the store; errors name
