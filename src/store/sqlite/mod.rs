@@ -469,4 +469,22 @@ mod tests {
             .max();
         assert_eq!(newest, Some(LATEST_SCHEMA_VERSION));
     }
+
+    /// `.cargo/config.toml` sets it through `LIBSQLITE3_FLAGS`; a build that lost it still
+    /// works, only slower, so nothing else would notice.
+    #[test]
+    fn bundled_sqlite_has_the_lookaside_its_build_flags_give() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_LOOKASIDE=1200,1000"),
+            "{options:?}"
+        );
+    }
 }
