@@ -70,7 +70,7 @@ impl Store {
     ) -> Result<ContextEvaluation> {
         let keys = [context.to_string()];
         let mut results = self.retried_on_new_connection(|store| {
-            let tx = store.write_transaction()?;
+            let tx = store.evaluation_transaction()?;
             let ts = store.now();
             let flags = tx.load_flags()?;
             let results =
@@ -110,7 +110,7 @@ impl Store {
             }
             let started = Instant::now();
             let results = self.retried_on_new_connection(|store| {
-                let tx = store.write_transaction()?;
+                let tx = store.evaluation_transaction()?;
                 let ts = store.now();
                 // Flags are re-read for every chunk so that a kill switch thrown during a long
                 // run takes effect within one chunk.
@@ -146,7 +146,7 @@ impl Store {
         &mut self,
         requests: &[Request],
     ) -> Result<(FlagSet, Vec<Option<ContextEvaluation>>)> {
-        let tx = self.write_transaction()?;
+        let tx = self.evaluation_transaction()?;
         let ts = self.now();
         let flags = tx.load_flags()?;
         let mut results: Vec<Option<ContextEvaluation>> = vec![None; requests.len()];

@@ -45,7 +45,9 @@ mod sqlite;
 mod tokens;
 mod view;
 
-use backend::{AssignmentRef, Backend, ChainedEntry, ReadTx, Reads, Scan, Scope, WriteTx};
+use backend::{
+    AssignmentRef, Backend, ChainedEntry, ReadTx, Reads, References, Scan, Scope, WriteTx,
+};
 use chain::append_audit;
 
 pub use copy::CopyReport;
@@ -363,7 +365,7 @@ impl Store {
     /// reconnects first if the server closed the connection.
     pub fn probe_write(&self) -> Result<()> {
         self.backend.reconnect_if_lost(true)?;
-        let tx = WriteTx::begin(self.backend.as_ref(), self.lock_wait)?;
+        let tx = self.write_transaction()?;
         tx.rewrite_header()?;
         tx.commit()
     }
@@ -384,7 +386,18 @@ impl Store {
     /// pauses, for up to a minute (see [`Store::set_lock_wait`]), so a burst of contention from
     /// many pipeline workers slows them down instead of failing them.
     fn write_transaction(&self) -> Result<WriteTx<'_>> {
-        WriteTx::begin(self.backend.as_ref(), self.lock_wait)
+        WriteTx::begin(self.backend.as_ref(), self.lock_wait, References::Checked)
+    }
+
+    /// [`Store::write_transaction`] for a transaction that only evaluates: everything it
+    /// writes goes through `EvaluationPlan::evaluate_keys` (see
+    /// [`References::EstablishedByTheTransaction`]).
+    fn evaluation_transaction(&self) -> Result<WriteTx<'_>> {
+        WriteTx::begin(
+            self.backend.as_ref(),
+            self.lock_wait,
+            References::EstablishedByTheTransaction,
+        )
     }
 
     fn read_transaction(&self) -> Result<ReadTx<'_>> {

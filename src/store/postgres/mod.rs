@@ -17,7 +17,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
-use super::backend::{AssignmentRef, Backend, ChainedEntry, Steps};
+use super::backend::{AssignmentRef, Backend, ChainedEntry, References, Steps};
 use super::schema::SchemaState;
 use crate::audit::AuditRow;
 use crate::error::{DatabaseError, Error, Result};
@@ -487,7 +487,7 @@ impl Backend for Postgres {
         &self.name
     }
 
-    fn begin_write(&self, lock_wait: Duration) -> Result<()> {
+    fn begin_write(&self, lock_wait: Duration, _: References) -> Result<()> {
         let begun = self.client.borrow_mut().simple_query(&format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED; \
                  SET LOCAL lock_timeout = {}; \

@@ -2,6 +2,7 @@
 //!
 //! The writer lock is SQLite's own: every write transaction is `BEGIN IMMEDIATE`.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, ErrorCode, OpenFlags, ToSql, TransactionBehavior};
 
-use super::backend::{Backend, ChainedEntry, Steps};
+use super::backend::{Backend, ChainedEntry, References, Steps};
 use super::schema::SchemaState;
 use crate::error::{DatabaseError, Error, Result};
 use crate::file::PendingFile;
@@ -67,6 +68,8 @@ pub(super) struct Sqlite {
     /// last, moves the WAL into the database file and removes it.
     checkpoints: Checkpoints,
     conn: Connection,
+    /// Whether `conn` checks foreign keys (see [`References`]).
+    foreign_keys: Cell<bool>,
     path: String,
     /// The database file as an absolute path, for another connection to open; `None` where
     /// none can (in memory, an immutable snapshot).
@@ -192,6 +195,7 @@ impl Sqlite {
         Ok(Sqlite {
             checkpoints: Checkpoints::default(),
             conn,
+            foreign_keys: Cell::new(true),
             path,
             file: file.map(Path::to_path_buf),
         })
@@ -263,7 +267,14 @@ impl Backend for Sqlite {
         &self.path
     }
 
-    fn begin_write(&self, lock_wait: Duration) -> Result<()> {
+    fn begin_write(&self, lock_wait: Duration, references: References) -> Result<()> {
+        // A connection's setting, which SQLite ignores inside a transaction: set before BEGIN,
+        // and only when it changes, which a run of evaluations or of changes never does.
+        let checked = references == References::Checked;
+        if self.foreign_keys.get() != checked {
+            self.conn.pragma_update(None, "foreign_keys", checked)?;
+            self.foreign_keys.set(checked);
+        }
         Ok(retry_while_busy(lock_wait, || {
             self.conn.execute_batch("BEGIN IMMEDIATE")
         })?)
@@ -459,6 +470,7 @@ impl From<rusqlite::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::backend::{AssignmentRef, Writes};
 
     #[test]
     fn latest_schema_version_matches_the_embedded_migrations() {
@@ -468,6 +480,36 @@ mod tests {
             .map(|m| i64::from(m.version()))
             .max();
         assert_eq!(newest, Some(LATEST_SCHEMA_VERSION));
+    }
+
+    /// Evaluating transactions skip SQLite's per-row reference checks; every other write
+    /// transaction after them, on the same connection, has them back.
+    #[test]
+    fn references_are_checked_again_after_an_evaluating_transaction() {
+        let store = Sqlite::in_memory().unwrap();
+        let orphan = AssignmentRef {
+            flag: "no_such_flag",
+            context_key: "tenant-1",
+            decision: true,
+            bucket: 7,
+            rollout_pct: 50.0,
+            assigned_at: "2026-11-29T00:00:00.000Z",
+        };
+        let lock_wait = Duration::from_secs(1);
+        for references in [
+            References::Checked,
+            References::EstablishedByTheTransaction,
+            References::Checked,
+        ] {
+            store.begin_write(lock_wait, references).unwrap();
+            let written = store.insert_assignments(std::slice::from_ref(&orphan));
+            store.rollback();
+            assert_eq!(
+                written.is_ok(),
+                references == References::EstablishedByTheTransaction,
+                "{references:?}: {written:?}"
+            );
+        }
     }
 
     /// `.cargo/config.toml` sets it through `LIBSQLITE3_FLAGS`; a build that lost it still
