@@ -168,13 +168,13 @@ pub(super) trait Reads {
     /// Keys per step of a batch transaction (see `EvaluationPlan::evaluate_keys`).
     fn keys_per_step(&self) -> usize;
 
-    /// Calls `found(i, flag, assignment)` for each stored assignment of any of `keys` (each
-    /// listed once; `i` is the key's index) for any of `flags`.
+    /// Calls `found` for each stored assignment of any of `keys` (each listed once) for any
+    /// of `flags`, its time borrowed from the row read.
     fn fetch_assignments(
         &self,
         flags: &[&str],
         keys: &[&str],
-        found: &mut dyn FnMut(usize, String, StoredAssignment),
+        found: &mut dyn FnMut(FoundAssignment<&str>),
     ) -> Result<()>;
 
     /// Streams assignments, optionally of one flag and/or one context, by flag then context.
@@ -305,6 +305,43 @@ pub(super) enum References {
     /// then skips its per-row checks (a fifth of a fresh batch); `flagstore check` still
     /// proves every reference afterwards. PostgreSQL always checks.
     EstablishedByTheTransaction,
+}
+
+/// A stored assignment as [`Reads::fetch_assignments`] finds it: its key and flag as indexes
+/// into the lists asked for, and its time as `T`, so that a reader on a busy thread need not
+/// allocate per row.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct FoundAssignment<T> {
+    pub(super) key: usize,
+    pub(super) flag: usize,
+    pub(super) decision: bool,
+    pub(super) bucket: u8,
+    pub(super) rollout_pct: f64,
+    pub(super) assigned_at: T,
+}
+
+impl<T> FoundAssignment<T> {
+    pub(super) fn with_time<U>(self, assigned_at: U) -> FoundAssignment<U> {
+        FoundAssignment {
+            key: self.key,
+            flag: self.flag,
+            decision: self.decision,
+            bucket: self.bucket,
+            rollout_pct: self.rollout_pct,
+            assigned_at,
+        }
+    }
+}
+
+impl FoundAssignment<&str> {
+    pub(super) fn to_stored(&self) -> StoredAssignment {
+        StoredAssignment {
+            decision: self.decision,
+            bucket: self.bucket,
+            rollout_pct: self.rollout_pct,
+            assigned_at: self.assigned_at.to_string(),
+        }
+    }
 }
 
 /// Every step a write transaction may take: [`Reads`] and [`Writes`].

@@ -3,6 +3,7 @@
 //! with one decision record per key and one `audit_flag_ranges` row per requested flag.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::Instant;
 
 use crate::audit::Entry;
@@ -12,6 +13,7 @@ use crate::eval::{self, ContextEvaluation, Evaluation, StoredAssignment};
 use crate::flag::{Flag, FlagSet};
 use crate::record;
 
+use super::backend::FoundAssignment;
 use super::chain::{Chain, linked_rows};
 use super::flags::edit_flags;
 use super::{
@@ -191,8 +193,8 @@ impl Store {
         let selection = Selection::Flags(vec![flag.to_string()]);
         let plan = EvaluationPlan::showing_all_assignments(&flags, &selection);
         let mut stored = HashMap::new();
-        tx.fetch_assignments(&plan.lookups, &[context], &mut |_, flag, assignment| {
-            stored.insert(flag, assignment);
+        tx.fetch_assignments(&plan.lookups, &[context], &mut |found| {
+            stored.insert(plan.lookups[found.flag].to_string(), found.to_stored());
         })?;
         Ok((flags, stored))
     }
@@ -328,24 +330,37 @@ impl<'a> EvaluationPlan<'a> {
         step: &'k [String],
         seen: &mut foldhash::HashSet<&'k str>,
     ) -> Result<Fetched<'k>> {
-        let new: Vec<&str> = step
-            .iter()
-            .map(String::as_str)
-            .filter(|key| seen.insert(key))
-            .collect();
-        let mut fetched = Vec::new();
-        if !self.lookups.is_empty() && !new.is_empty() {
-            tx.fetch_assignments(&self.lookups, &new, &mut |i, flag, assignment| {
-                fetched.push((new[i], flag, assignment));
+        let mut fetched = Fetched {
+            keys: step
+                .iter()
+                .map(String::as_str)
+                .filter(|key| seen.insert(key))
+                .collect(),
+            ..Fetched::default()
+        };
+        if !self.lookups.is_empty() && !fetched.keys.is_empty() {
+            tx.fetch_assignments(&self.lookups, &fetched.keys, &mut |found| {
+                let start = fetched.times.len();
+                fetched.times.push_str(found.assigned_at);
+                fetched
+                    .assignments
+                    .push(found.with_time(start..fetched.times.len()));
             })?;
         }
         Ok(fetched)
     }
 }
 
-/// The assignments one step read from the store, as (context key, flag, assignment), for keys
-/// met for the first time in the transaction.
-type Fetched<'k> = Vec<(&'k str, String, StoredAssignment)>;
+/// The assignments one step read from the store, for keys met for the first time in the
+/// transaction, as read: flags as indexes into the plan's lookups and times as ranges of one
+/// buffer, so that the store's thread, the busier one, allocates nothing per row and the
+/// evaluating thread makes them [`StoredAssignment`]s.
+#[derive(Default)]
+struct Fetched<'k> {
+    keys: Vec<&'k str>,
+    assignments: Vec<FoundAssignment<Range<usize>>>,
+    times: String,
+}
 
 /// What the evaluating thread made of one step's keys, in their order.
 struct Evaluated {
@@ -377,7 +392,11 @@ struct KeyEvaluator<'a, 'k> {
 
 impl<'k> KeyEvaluator<'_, 'k> {
     fn evaluate(&mut self, step: &'k [String], fetched: Fetched<'k>) -> Evaluated {
-        for (key, flag, assignment) in fetched {
+        for found in fetched.assignments {
+            let time = &fetched.times[found.assigned_at.clone()];
+            let key = fetched.keys[found.key];
+            let flag = self.plan.lookups[found.flag].to_string();
+            let assignment = found.with_time(time).to_stored();
             self.stored.entry(key).or_default().insert(flag, assignment);
         }
         let mut evaluated = Evaluated {

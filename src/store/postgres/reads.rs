@@ -7,9 +7,8 @@ use postgres::types::ToSql;
 use super::{Postgres, bucket_of, read_audit_row};
 use crate::audit::AuditRow;
 use crate::error::Result;
-use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
-use crate::store::backend::{Reads, Scan};
+use crate::store::backend::{FoundAssignment, Reads, Scan};
 use crate::store::sql;
 use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, query};
 
@@ -53,11 +52,14 @@ impl Reads for Postgres {
         &self,
         flags: &[&str],
         keys: &[&str],
-        found: &mut dyn FnMut(usize, String, StoredAssignment),
+        found: &mut dyn FnMut(FoundAssignment<&str>),
     ) -> Result<()> {
         // One statement for the whole chunk: a round trip per key would cost more than the
         // evaluation itself.
-        let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        let key_index: HashMap<&str, usize> =
+            keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        let flag_index: HashMap<&str, usize> =
+            flags.iter().enumerate().map(|(i, f)| (*f, i)).collect();
         let rows = self.query(
             "SELECT context_key, flag, decision, bucket, rollout_pct, assigned_at \
                FROM assignments \
@@ -66,16 +68,20 @@ impl Reads for Postgres {
             &[&flags, &keys],
         )?;
         for row in rows {
-            let assignment = StoredAssignment {
+            let (Some(&key), Some(&flag)) = (
+                key_index.get(row.get::<_, &str>(0)),
+                flag_index.get(row.get::<_, &str>(1)),
+            ) else {
+                continue;
+            };
+            found(FoundAssignment {
+                key,
+                flag,
                 decision: row.get::<_, i32>(2) == 1,
                 bucket: bucket_of(row.get(3)),
                 rollout_pct: row.get(4),
                 assigned_at: row.get(5),
-            };
-            let key: &str = row.get(0);
-            if let Some(&i) = index.get(key) {
-                found(i, row.get(1), assignment);
-            }
+            });
         }
         Ok(())
     }

@@ -1,15 +1,12 @@
 //! What Sqlite reads inside a transaction.
 
-use std::collections::HashSet;
-
 use rusqlite::OptionalExtension;
 
 use super::Sqlite;
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
-use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
-use crate::store::backend::{Reads, Scan};
+use crate::store::backend::{FoundAssignment, Reads, Scan};
 use crate::store::sql;
 use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, query};
 
@@ -62,29 +59,29 @@ impl Reads for Sqlite {
         &self,
         flags: &[&str],
         keys: &[&str],
-        found: &mut dyn FnMut(usize, String, StoredAssignment),
+        found: &mut dyn FnMut(FoundAssignment<&str>),
     ) -> Result<()> {
-        let wanted: HashSet<&str> = flags.iter().copied().collect();
         let mut lookup = self.conn.prepare_cached(
             "SELECT a.flag, a.decision, a.bucket, a.rollout_pct, a.assigned_at \
                FROM contexts c JOIN assignment_rows a ON a.context_id = c.id \
               WHERE c.key = ?1",
         )?;
-        for (i, key) in keys.iter().enumerate() {
-            let mut rows = lookup.query([key])?;
+        for (key, context) in keys.iter().enumerate() {
+            let mut rows = lookup.query([context])?;
             while let Some(row) = rows.next()? {
-                let flag = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-                if !wanted.contains(flag) {
+                let name = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                // A handful of names: a scan beats hashing each row's.
+                let Some(flag) = flags.iter().position(|wanted| *wanted == name) else {
                     continue;
-                }
-                let flag = flag.to_string();
-                let assignment = StoredAssignment {
+                };
+                found(FoundAssignment {
+                    key,
+                    flag,
                     decision: row.get(1)?,
                     bucket: row.get(2)?,
                     rollout_pct: row.get(3)?,
-                    assigned_at: row.get(4)?,
-                };
-                found(i, flag, assignment);
+                    assigned_at: row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?,
+                });
             }
         }
         Ok(())
