@@ -525,7 +525,7 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert!(
-            options.iter().any(|o| o == "DEFAULT_LOOKASIDE=1200,1000"),
+            options.iter().any(|o| o == "DEFAULT_LOOKASIDE=1200,300"),
             "{options:?}"
         );
     }
