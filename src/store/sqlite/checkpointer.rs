@@ -9,6 +9,8 @@
 
 use std::cell::{Cell, OnceCell};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +50,10 @@ impl Checkpoints {
 struct Checkpointer {
     /// Holds at most one wake-up: commits made while a checkpoint runs ask for one more.
     wake: Option<SyncSender<()>>,
+    /// Whether a commit has asked for a checkpoint that has not begun yet. serve commits
+    /// dozens of times within one [`MIN_INTERVAL`]: only the first of them wakes the thread
+    /// (a futex call on the writer, a context switch on the checkpointer), the rest see this.
+    asked: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -58,17 +64,25 @@ impl Checkpointer {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(file, flags).ok()?;
         let (wake, woken) = mpsc::sync_channel(1);
+        let asked = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".to_string())
-            .spawn(move || checkpoint_when_woken(&conn, &woken))
+            .spawn({
+                let asked = Arc::clone(&asked);
+                move || checkpoint_when_woken(&conn, &woken, &asked)
+            })
             .ok()?;
         Some(Checkpointer {
             wake: Some(wake),
+            asked,
             thread: Some(thread),
         })
     }
 
     fn wake(&self) {
+        if self.asked.swap(true, Ordering::AcqRel) {
+            return;
+        }
         if let Some(wake) = &self.wake {
             // Full: a checkpoint is asked for already, and will see this commit too.
             let _ = wake.try_send(());
@@ -76,12 +90,14 @@ impl Checkpointer {
     }
 }
 
-fn checkpoint_when_woken(conn: &Connection, woken: &Receiver<()>) {
+fn checkpoint_when_woken(conn: &Connection, woken: &Receiver<()>, asked: &AtomicBool) {
     let mut woken_while_pausing = false;
     loop {
         if !woken_while_pausing && woken.recv().is_err() {
             return;
         }
+        // Before the checkpoint, so that a commit made while it runs asks for the next one.
+        asked.store(false, Ordering::Release);
         // PASSIVE: copies what no reader still needs, never waits for a lock, and never
         // restarts the WAL (the writer does that as its next transaction begins). A failure
         // (a full disk) leaves the pages in the WAL, as durable there, for the writer's own
@@ -112,18 +128,16 @@ impl Drop for Checkpointer {
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
+
+    use rusqlite::{Connection, OpenFlags};
 
     use crate::flag::{Flag, FlagSet};
     use crate::store::{Location, Selection, Store, keys_per_transaction};
 
-    /// In WAL mode the database file grows only when a checkpoint copies pages into it, and
-    /// these transactions stay far below the WAL's limit (at which the writer checkpoints): a
-    /// file that grows while the store is open was written by the checkpointer.
-    #[test]
-    fn a_writer_that_commits_again_has_its_wal_copied_in_and_the_last_close_removes_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("flags.db");
+    fn store_of_two_flags(dir: &Path) -> (Store, PathBuf) {
+        let path = dir.join("flags.db");
         let mut store = Store::open(&Location::Sqlite(path.clone())).unwrap();
         store
             .modify("test", "test", false, |_| {
@@ -132,19 +146,34 @@ mod tests {
                     .collect::<FlagSet>())
             })
             .unwrap();
+        (store, path)
+    }
+
+    /// Polls until `done`, failing with `what` after ten seconds.
+    fn wait_until(what: impl Fn() -> String, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{}", what());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// In WAL mode the database file grows only when a checkpoint copies pages into it, and
+    /// these transactions stay far below the WAL's limit (at which the writer checkpoints): a
+    /// file that grows while the store is open was written by the checkpointer.
+    #[test]
+    fn a_writer_that_commits_again_has_its_wal_copied_in_and_the_last_close_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, path) = store_of_two_flags(dir.path());
         let before = std::fs::metadata(&path).unwrap().len();
         let keys = (0..3 * keys_per_transaction(2)).map(|i| Ok(format!("tenant-{i}")));
         store
             .evaluate_batch(&Selection::All, "test", keys, |_, _| Ok(()))
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&path).unwrap().len() == before {
-            assert!(
-                Instant::now() < deadline,
-                "the database file stayed at {before} bytes: nothing was checkpointed"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            || format!("the database file stayed at {before} bytes: nothing was checkpointed"),
+            || std::fs::metadata(&path).unwrap().len() != before,
+        );
         drop(store);
         let wal = dir.path().join("flags.db-wal");
         assert!(!wal.exists(), "{} outlived the store", wal.display());
@@ -152,6 +181,41 @@ mod tests {
         assert_eq!(
             reopened.audit_len().unwrap(),
             2 + 3 * keys_per_transaction(2) as i64
+        );
+    }
+
+    /// Commits come far more often than checkpoints, and only the first commit after a
+    /// checkpoint begins wakes the checkpointer: the commits that find it asked already, the
+    /// last among them included, must still be copied in without any commit after them. A
+    /// fully checkpointed WAL leaves the file exactly as long as the database's pages.
+    #[test]
+    fn the_last_of_a_run_of_commits_is_checkpointed_without_another_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, path) = store_of_two_flags(dir.path());
+        for i in 0..300 {
+            store
+                .evaluate_context(&Selection::All, &format!("tenant-{i}"), "test")
+                .unwrap();
+        }
+        let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let pages: i64 = reader
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .unwrap();
+        let page_size: i64 = reader
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .unwrap();
+        drop(reader);
+        let (pages, page_size) = (pages as u64, page_size as u64);
+        let file_len = || std::fs::metadata(&path).unwrap().len();
+        wait_until(
+            || {
+                format!(
+                    "the database file has {} of its {pages} pages: the last commits were never \
+                     checkpointed",
+                    file_len() / page_size
+                )
+            },
+            || file_len() == pages * page_size,
         );
     }
 }
