@@ -223,13 +223,7 @@ fn row_hash(prev_hash: &str, fields: &[Field]) -> String {
             }
         }
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(64);
-    for byte in hasher.finalize() {
-        hex.push(char::from(HEX[usize::from(byte >> 4)]));
-        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    hex
+    crate::hex::lowercase(&hasher.finalize())
 }
 
 impl AuditRow {

@@ -35,6 +35,7 @@ pub mod eval;
 pub mod explain;
 pub mod file;
 pub mod flag;
+mod hex;
 pub mod output;
 pub mod prototype;
 pub mod record;

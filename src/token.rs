@@ -19,12 +19,12 @@ pub fn random_hex() -> Result<String> {
     getrandom::fill(&mut bytes).map_err(|e| Error::System {
         message: format!("no random bytes from the operating system: {e}"),
     })?;
-    Ok(hex(&bytes))
+    Ok(crate::hex::lowercase(&bytes))
 }
 
 /// The SHA-256 of a token's text, in lowercase hex: what the store keeps and looks up.
 pub fn sha256_hex(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+    crate::hex::lowercase(&Sha256::digest(token.as_bytes()))
 }
 
 /// What a token may do. Each role may do everything the ones before it may.
@@ -61,10 +61,6 @@ impl std::str::FromStr for Role {
             }),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ fn internal_error(details: &str) -> String {
     let mut id = [0u8; 4];
     // Without randomness the ids still tell lines apart by time; never worth a failure.
     let _ = getrandom::fill(&mut id);
-    let id: String = id.iter().map(|byte| format!("{byte:02x}")).collect();
+    let id = crate::hex::lowercase(&id);
     log(&format!("internal error {id}: {details}"));
     format!("internal error {id} (the server's log has the detail)")
 }

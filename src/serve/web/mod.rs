@@ -571,11 +571,7 @@ mod tests {
     fn the_embedded_htmx_is_the_published_file() {
         const HTMX_SHA256: &str =
             "d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717";
-        let digest: String = Sha256::digest(HTMX)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(digest, HTMX_SHA256);
+        assert_eq!(crate::hex::lowercase(&Sha256::digest(HTMX)), HTMX_SHA256);
     }
 
     #[test]
