@@ -9,6 +9,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::http::{json_response, presented_token, unauthorized};
@@ -18,18 +21,43 @@ use crate::flag::FlagSet;
 use crate::store::Selection;
 use crate::token;
 
-fn decision_json(evaluation: &Evaluation) -> Value {
-    let decision = &evaluation.decision;
-    json!({
-        "key": evaluation.flag,
-        "value": decision.enabled,
-        "variant": if decision.enabled { "on" } else { "off" },
-        "reason": decision.source.openfeature_reason(),
-        "metadata": {
-            "source": decision.source.as_str(),
-            "reason": decision.reason(),
-        },
-    })
+/// One flag's answer, serialized as declared: every evaluation request builds one, so it is
+/// written straight to the body instead of through a `serde_json::Value` map.
+#[derive(Serialize)]
+struct DecisionBody<'a> {
+    key: &'a str,
+    value: bool,
+    variant: &'static str,
+    reason: &'static str,
+    metadata: DecisionMetadata,
+}
+
+#[derive(Serialize)]
+struct DecisionMetadata {
+    source: &'static str,
+    reason: String,
+}
+
+impl<'a> DecisionBody<'a> {
+    fn of(evaluation: &'a Evaluation) -> DecisionBody<'a> {
+        let decision = &evaluation.decision;
+        DecisionBody {
+            key: &evaluation.flag,
+            value: decision.enabled,
+            variant: if decision.enabled { "on" } else { "off" },
+            reason: decision.source.openfeature_reason(),
+            metadata: DecisionMetadata {
+                source: decision.source.as_str(),
+                reason: decision.reason(),
+            },
+        }
+    }
+}
+
+/// The bulk endpoint's body.
+#[derive(Serialize)]
+struct BulkBody<'a> {
+    flags: Vec<DecisionBody<'a>>,
 }
 
 /// An OFREP error body; `key` is left out for the bulk endpoint, as the spec shapes it.
@@ -41,9 +69,46 @@ fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Re
     json_response(status, &body)
 }
 
+/// The shape of a well-formed request, read without building a `serde_json::Value` (whose
+/// maps every request paid for); fields other than these are skipped.
+#[derive(Deserialize)]
+struct EvaluationRequest<'a> {
+    #[serde(borrow)]
+    context: Option<RequestContext<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RequestContext<'a> {
+    #[serde(rename = "targetingKey", borrow)]
+    targeting_key: Option<Cow<'a, str>>,
+}
+
 /// The context key of a request body: `context.targetingKey`, or the OFREP error code and
 /// details that refuse it.
 fn targeting_key(body: &[u8]) -> Result<String, (&'static str, String)> {
+    // A body of the usual shape with a key is answered from the typed reading; anything else
+    // (not JSON, another shape, a repeated field, no key) goes through the general one, which
+    // alone decides what is refused and how.
+    if let Ok(EvaluationRequest {
+        context: Some(RequestContext {
+            targeting_key: Some(key),
+        }),
+    }) = serde_json::from_slice(body)
+        && !key.is_empty()
+    {
+        return checked_key(&key);
+    }
+    targeting_key_of_any_body(body)
+}
+
+fn checked_key(key: &str) -> Result<String, (&'static str, String)> {
+    match crate::contexts::key_problem(key) {
+        None => Ok(key.to_string()),
+        Some(why) => Err(("INVALID_CONTEXT", format!("context.targetingKey: {why}"))),
+    }
+}
+
+fn targeting_key_of_any_body(body: &[u8]) -> Result<String, (&'static str, String)> {
     let request: Value = serde_json::from_slice(body)
         .map_err(|e| ("PARSE_ERROR", format!("the body is not JSON: {e}")))?;
     match request
@@ -61,10 +126,7 @@ fn targeting_key(body: &[u8]) -> Result<String, (&'static str, String)> {
             "TARGETING_KEY_MISSING",
             "context.targetingKey is empty: it is the context key decisions stick to".to_string(),
         )),
-        Some(Value::String(key)) => match crate::contexts::key_problem(key) {
-            None => Ok(key.clone()),
-            Some(why) => Err(("INVALID_CONTEXT", format!("context.targetingKey: {why}"))),
-        },
+        Some(Value::String(key)) => checked_key(key),
         Some(other) => Err((
             "INVALID_CONTEXT",
             format!("context.targetingKey must be a string, not {other}"),
@@ -117,7 +179,7 @@ pub(super) async fn evaluate_flag(
     match ask(&shared, &headers, selection, context).await {
         Err(response) => response,
         Ok(Answer::Evaluated { evaluations, .. }) => match evaluations.first() {
-            Some(evaluation) => json_response(StatusCode::OK, &decision_json(evaluation)),
+            Some(evaluation) => json_response(StatusCode::OK, &DecisionBody::of(evaluation)),
             None => internal("no decision was made"),
         },
         Ok(Answer::FlagNotFound) => error(
@@ -143,8 +205,9 @@ pub(super) async fn evaluate_all(
     match ask(&shared, &headers, Selection::All, context.clone()).await {
         Err(response) => response,
         Ok(Answer::Evaluated { flags, evaluations }) => {
-            let body =
-                json!({ "flags": evaluations.iter().map(decision_json).collect::<Vec<_>>() });
+            let body = BulkBody {
+                flags: evaluations.iter().map(DecisionBody::of).collect(),
+            };
             let etag = etag(&flags, &context, &evaluations);
             if if_none_match(&headers, &etag) {
                 return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
@@ -170,12 +233,12 @@ fn etag(flags: &FlagSet, context: &str, evaluations: &[Evaluation]) -> String {
     let decisions: Vec<Value> = evaluations
         .iter()
         .map(|e| {
-            let decision = decision_json(e);
+            let decision = DecisionBody::of(e);
             json!([
-                decision["key"],
-                decision["value"],
-                decision["variant"],
-                decision["reason"]
+                decision.key,
+                decision.value,
+                decision.variant,
+                decision.reason
             ])
         })
         .collect();
@@ -227,10 +290,27 @@ mod tests {
 
     #[test]
     fn the_targeting_key_is_required_and_must_be_text() {
-        assert_eq!(
-            targeting_key(br#"{"context": {"targetingKey": "t:1", "plan": "pro"}}"#),
-            Ok("t:1".to_string())
-        );
+        for (body, key) in [
+            (
+                &br#"{"context": {"targetingKey": "t:1", "plan": "pro"}}"#[..],
+                "t:1",
+            ),
+            (
+                br#"{"flag": 1, "context": {"targetingKey": "t\u003a1"}}"#,
+                "t:1",
+            ),
+            // A repeated name: the last one counts, as a JSON object read whole has it.
+            (
+                br#"{"context": {"targetingKey": "a", "targetingKey": "b"}}"#,
+                "b",
+            ),
+            (
+                br#"{"context": {"targetingKey": "a"}, "context": {"targetingKey": "c"}}"#,
+                "c",
+            ),
+        ] {
+            assert_eq!(targeting_key(body), Ok(key.to_string()), "{body:?}");
+        }
         for (body, code) in [
             (&b"not json"[..], "PARSE_ERROR"),
             (b"", "PARSE_ERROR"),
@@ -240,6 +320,19 @@ mod tests {
                 "TARGETING_KEY_MISSING",
             ),
             (br#"{"context": {}}"#, "TARGETING_KEY_MISSING"),
+            (br#"{"context": 5}"#, "TARGETING_KEY_MISSING"),
+            (
+                br#"[{"context": {"targetingKey": "a"}}]"#,
+                "TARGETING_KEY_MISSING",
+            ),
+            (
+                br#"{"context": {"targetingKey": "a", "targetingKey": null}}"#,
+                "TARGETING_KEY_MISSING",
+            ),
+            (
+                br#"{"context": {"targetingKey": "a", "targetingKey": 7}}"#,
+                "INVALID_CONTEXT",
+            ),
             (br#"{"context": {"targetingKey": 7}}"#, "INVALID_CONTEXT"),
             (
                 br#"{"context": {"targetingKey": "a\u0000b"}}"#,
