@@ -69,15 +69,19 @@ fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Re
     json_response(status, &body)
 }
 
-/// The shape of a well-formed request, read without building a `serde_json::Value` (whose
-/// maps every request paid for); fields other than these are skipped.
+/// The shape of the usual request, read without building a `serde_json::Value` (whose maps
+/// every request paid for). Nothing else may be in it: serde skips an unknown field's value
+/// without the checks a full reading makes (half a surrogate pair in an escape, a number out
+/// of range), so a body with one goes to the full reading.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EvaluationRequest<'a> {
     #[serde(borrow)]
     context: Option<RequestContext<'a>>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RequestContext<'a> {
     #[serde(rename = "targetingKey", borrow)]
     targeting_key: Option<Cow<'a, str>>,
@@ -87,8 +91,8 @@ struct RequestContext<'a> {
 /// details that refuse it.
 fn targeting_key(body: &[u8]) -> Result<String, (&'static str, String)> {
     // A body of the usual shape with a key is answered from the typed reading; anything else
-    // (not JSON, another shape, a repeated field, no key) goes through the general one, which
-    // alone decides what is refused and how.
+    // (not JSON, another shape, another field, a repeated one, no key) goes through the full
+    // reading, which alone decides what is refused and how.
     if let Ok(EvaluationRequest {
         context: Some(RequestContext {
             targeting_key: Some(key),
@@ -313,6 +317,24 @@ mod tests {
         }
         for (body, code) in [
             (&b"not json"[..], "PARSE_ERROR"),
+            // Not UTF-8, a bad escape, half a surrogate pair, a number out of range, each in a
+            // field nobody reads: still not JSON.
+            (
+                b"{\"context\": {\"targetingKey\": \"a\", \"plan\": \"\xff\"}}",
+                "PARSE_ERROR",
+            ),
+            (
+                br#"{"context": {"targetingKey": "a", "plan": "\q"}}"#,
+                "PARSE_ERROR",
+            ),
+            (
+                br#"{"context": {"targetingKey": "a", "plan": "\ud800"}}"#,
+                "PARSE_ERROR",
+            ),
+            (
+                br#"{"context": {"targetingKey": "a"}, "n": 1e400}"#,
+                "PARSE_ERROR",
+            ),
             (b"", "PARSE_ERROR"),
             (b"{}", "TARGETING_KEY_MISSING"),
             (
@@ -348,7 +370,12 @@ mod tests {
                 "INVALID_CONTEXT",
             ),
         ] {
-            assert_eq!(targeting_key(body).unwrap_err().0, code, "{body:?}");
+            assert_eq!(
+                targeting_key(body).map_err(|(code, _)| code),
+                Err(code),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
