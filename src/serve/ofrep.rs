@@ -379,6 +379,55 @@ mod tests {
         }
     }
 
+    /// The typed reading is only a shortcut: for any body, the answer is the full reading's.
+    #[test]
+    fn the_typed_reading_never_answers_otherwise_than_the_full_one() {
+        let keys = [
+            "t:1",
+            "",
+            "a\\u0000b",
+            "\\u00e9t\\u00e9",
+            "\\ud83d\\ude00",
+            "\\ud800",
+            "x\\q",
+        ];
+        let mut bodies = vec![
+            b"".to_vec(),
+            b"null".to_vec(),
+            b"{\"context\": {\"targetingKey\": \"\xff\"}}".to_vec(),
+            format!(
+                r#"{{"context": {{"targetingKey": "{}"}}}}"#,
+                "k".repeat(1025)
+            )
+            .into_bytes(),
+        ];
+        for key in keys {
+            for body in [
+                format!(r#"{{"context": {{"targetingKey": "{key}"}}}}"#),
+                format!(r#"{{"context":{{"targetingKey":"{key}"}}}} "#),
+                format!(r#"{{"context": {{"targetingKey": "{key}"}}}} trailing"#),
+                format!(r#"{{"context": {{"targetingKey": "{key}", "plan": "pro"}}}}"#),
+                format!(r#"{{"context": {{"targetingKey": "{key}", "targetingKey": "b"}}}}"#),
+                format!(r#"{{"context": {{"targetingKey": "b", "targetingKey": "{key}"}}}}"#),
+                format!(r#"{{"context": {{"targetingKey": "{key}"}}, "n": 1e400}}"#),
+                format!(r#"{{"context": {{"targetingKey": "{key}"}}, "context": null}}"#),
+                format!(r#"{{"context": null, "context": {{"targetingKey": "{key}"}}}}"#),
+                format!(r#"[{{"context": {{"targetingKey": "{key}"}}}}]"#),
+                format!(r#"{{"context": {{"targetingKey": ["{key}"]}}}}"#),
+            ] {
+                bodies.push(body.into_bytes());
+            }
+        }
+        for body in &bodies {
+            assert_eq!(
+                targeting_key(body),
+                targeting_key_of_any_body(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
     #[test]
     fn if_none_match_takes_lists_weak_tags_and_star() {
         let mut headers = HeaderMap::new();
