@@ -3,14 +3,13 @@
 //! Reasons are OpenFeature's codes ([`crate::eval::Source::openfeature_reason`]); `metadata`
 //! carries flagstore's own `source` and reason text.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
