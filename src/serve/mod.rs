@@ -16,6 +16,7 @@ mod listener;
 mod metrics;
 mod ofrep;
 mod router;
+mod targeting;
 mod web;
 mod writer;
 

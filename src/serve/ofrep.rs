@@ -3,17 +3,17 @@
 //! Reasons are OpenFeature's codes ([`crate::eval::Source::openfeature_reason`]); `metadata`
 //! carries flagstore's own `source` and reason text.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::http::{json_response, presented_token, unauthorized};
+use super::targeting::targeting_key;
 use super::{Answer, Job, Shared};
 use crate::eval::Evaluation;
 use crate::flag::FlagSet;
@@ -66,75 +66,6 @@ fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Re
         body["key"] = json!(key);
     }
     json_response(status, &body)
-}
-
-/// The shape of the usual request, read without building a `serde_json::Value` (whose maps
-/// every request paid for). Nothing else may be in it: serde skips an unknown field's value
-/// without the checks a full reading makes (half a surrogate pair in an escape, a number out
-/// of range), so a body with one goes to the full reading.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EvaluationRequest<'a> {
-    #[serde(borrow)]
-    context: Option<RequestContext<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequestContext<'a> {
-    #[serde(rename = "targetingKey", borrow)]
-    targeting_key: Option<Cow<'a, str>>,
-}
-
-/// The context key of a request body: `context.targetingKey`, or the OFREP error code and
-/// details that refuse it.
-fn targeting_key(body: &[u8]) -> Result<String, (&'static str, String)> {
-    // A body of the usual shape with a key is answered from the typed reading; anything else
-    // (not JSON, another shape, another field, a repeated one, no key) goes through the full
-    // reading, which alone decides what is refused and how.
-    if let Ok(EvaluationRequest {
-        context: Some(RequestContext {
-            targeting_key: Some(key),
-        }),
-    }) = serde_json::from_slice(body)
-        && !key.is_empty()
-    {
-        return checked_key(&key);
-    }
-    targeting_key_of_any_body(body)
-}
-
-fn checked_key(key: &str) -> Result<String, (&'static str, String)> {
-    match crate::contexts::key_problem(key) {
-        None => Ok(key.to_string()),
-        Some(why) => Err(("INVALID_CONTEXT", format!("context.targetingKey: {why}"))),
-    }
-}
-
-fn targeting_key_of_any_body(body: &[u8]) -> Result<String, (&'static str, String)> {
-    let request: Value = serde_json::from_slice(body)
-        .map_err(|e| ("PARSE_ERROR", format!("the body is not JSON: {e}")))?;
-    match request
-        .get("context")
-        .and_then(|context| context.get("targetingKey"))
-    {
-        // An empty key is a missing one: an unset variable in a client would otherwise put
-        // every caller on one sticky decision.
-        None | Some(Value::Null) => Err((
-            "TARGETING_KEY_MISSING",
-            "context.targetingKey is required: it is the context key decisions stick to"
-                .to_string(),
-        )),
-        Some(Value::String(key)) if key.is_empty() => Err((
-            "TARGETING_KEY_MISSING",
-            "context.targetingKey is empty: it is the context key decisions stick to".to_string(),
-        )),
-        Some(Value::String(key)) => checked_key(key),
-        Some(other) => Err((
-            "INVALID_CONTEXT",
-            format!("context.targetingKey must be a string, not {other}"),
-        )),
-    }
 }
 
 /// Authenticates, queues the request to the writer and waits for its committed answer.
@@ -288,142 +219,6 @@ mod tests {
             let value = HeaderValue::from_str(&format!("{scheme} fst_any_case")).unwrap();
             headers.insert(header::AUTHORIZATION, value);
             assert_eq!(presented_token(&headers), Some("fst_any_case"));
-        }
-    }
-
-    #[test]
-    fn the_targeting_key_is_required_and_must_be_text() {
-        for (body, key) in [
-            (
-                &br#"{"context": {"targetingKey": "t:1", "plan": "pro"}}"#[..],
-                "t:1",
-            ),
-            (
-                br#"{"flag": 1, "context": {"targetingKey": "t\u003a1"}}"#,
-                "t:1",
-            ),
-            // A repeated name: the last one counts, as a JSON object read whole has it.
-            (
-                br#"{"context": {"targetingKey": "a", "targetingKey": "b"}}"#,
-                "b",
-            ),
-            (
-                br#"{"context": {"targetingKey": "a"}, "context": {"targetingKey": "c"}}"#,
-                "c",
-            ),
-        ] {
-            assert_eq!(targeting_key(body), Ok(key.to_string()), "{body:?}");
-        }
-        for (body, code) in [
-            (&b"not json"[..], "PARSE_ERROR"),
-            // Not UTF-8, a bad escape, half a surrogate pair, a number out of range, each in a
-            // field nobody reads: still not JSON.
-            (
-                b"{\"context\": {\"targetingKey\": \"a\", \"plan\": \"\xff\"}}",
-                "PARSE_ERROR",
-            ),
-            (
-                br#"{"context": {"targetingKey": "a", "plan": "\q"}}"#,
-                "PARSE_ERROR",
-            ),
-            (
-                br#"{"context": {"targetingKey": "a", "plan": "\ud800"}}"#,
-                "PARSE_ERROR",
-            ),
-            (
-                br#"{"context": {"targetingKey": "a"}, "n": 1e400}"#,
-                "PARSE_ERROR",
-            ),
-            (b"", "PARSE_ERROR"),
-            (b"{}", "TARGETING_KEY_MISSING"),
-            (
-                br#"{"context": {"targetingKey": ""}}"#,
-                "TARGETING_KEY_MISSING",
-            ),
-            (br#"{"context": {}}"#, "TARGETING_KEY_MISSING"),
-            (br#"{"context": 5}"#, "TARGETING_KEY_MISSING"),
-            (
-                br#"[{"context": {"targetingKey": "a"}}]"#,
-                "TARGETING_KEY_MISSING",
-            ),
-            (
-                br#"{"context": {"targetingKey": "a", "targetingKey": null}}"#,
-                "TARGETING_KEY_MISSING",
-            ),
-            (
-                br#"{"context": {"targetingKey": "a", "targetingKey": 7}}"#,
-                "INVALID_CONTEXT",
-            ),
-            (br#"{"context": {"targetingKey": 7}}"#, "INVALID_CONTEXT"),
-            (
-                br#"{"context": {"targetingKey": "a\u0000b"}}"#,
-                "INVALID_CONTEXT",
-            ),
-            (
-                format!(
-                    r#"{{"context": {{"targetingKey": "{}"}}}}"#,
-                    "k".repeat(1025)
-                )
-                .into_bytes()
-                .leak(),
-                "INVALID_CONTEXT",
-            ),
-        ] {
-            assert_eq!(
-                targeting_key(body).map_err(|(code, _)| code),
-                Err(code),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-    }
-
-    /// The typed reading is only a shortcut: for any body, the answer is the full reading's.
-    #[test]
-    fn the_typed_reading_never_answers_otherwise_than_the_full_one() {
-        let keys = [
-            "t:1",
-            "",
-            "a\\u0000b",
-            "\\u00e9t\\u00e9",
-            "\\ud83d\\ude00",
-            "\\ud800",
-            "x\\q",
-        ];
-        let mut bodies = vec![
-            b"".to_vec(),
-            b"null".to_vec(),
-            b"{\"context\": {\"targetingKey\": \"\xff\"}}".to_vec(),
-            format!(
-                r#"{{"context": {{"targetingKey": "{}"}}}}"#,
-                "k".repeat(1025)
-            )
-            .into_bytes(),
-        ];
-        for key in keys {
-            for body in [
-                format!(r#"{{"context": {{"targetingKey": "{key}"}}}}"#),
-                format!(r#"{{"context":{{"targetingKey":"{key}"}}}} "#),
-                format!(r#"{{"context": {{"targetingKey": "{key}"}}}} trailing"#),
-                format!(r#"{{"context": {{"targetingKey": "{key}", "plan": "pro"}}}}"#),
-                format!(r#"{{"context": {{"targetingKey": "{key}", "targetingKey": "b"}}}}"#),
-                format!(r#"{{"context": {{"targetingKey": "b", "targetingKey": "{key}"}}}}"#),
-                format!(r#"{{"context": {{"targetingKey": "{key}"}}, "n": 1e400}}"#),
-                format!(r#"{{"context": {{"targetingKey": "{key}"}}, "context": null}}"#),
-                format!(r#"{{"context": null, "context": {{"targetingKey": "{key}"}}}}"#),
-                format!(r#"[{{"context": {{"targetingKey": "{key}"}}}}]"#),
-                format!(r#"{{"context": {{"targetingKey": ["{key}"]}}}}"#),
-            ] {
-                bodies.push(body.into_bytes());
-            }
-        }
-        for body in &bodies {
-            assert_eq!(
-                targeting_key(body),
-                targeting_key_of_any_body(body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
         }
     }
 
