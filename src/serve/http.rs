@@ -56,3 +56,26 @@ pub(super) fn presented_token(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
         .filter(|token| !token.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// serde_json refuses a map whose keys are not strings: the client gets a 500 that says
+    /// so, not a half-written body.
+    #[test]
+    fn a_body_that_cannot_be_encoded_is_a_500_naming_why() {
+        let response = json_response(StatusCode::OK, &BTreeMap::from([((1, 2), 3)]));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body =
+            futures_util::FutureExt::now_or_never(axum::body::to_bytes(response.into_body(), 1024))
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            "cannot encode the response: key must be a string\n"
+        );
+    }
+}

@@ -142,7 +142,7 @@ pub(super) async fn evaluate_all(
             let body = BulkBody {
                 flags: evaluations.iter().map(DecisionBody::of).collect(),
             };
-            let etag = etag(&flags, &context, &evaluations);
+            let etag = etag(&flags, &context, &body.flags);
             if if_none_match(&headers, &etag) {
                 return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
             }
@@ -162,12 +162,11 @@ pub(super) async fn evaluate_all(
 /// flag's value, variant and reason): any change to one of them changes it. The metadata is
 /// left out: a repeated request turns "rollout: bucket 20 < 50" into "sticky: on since ...",
 /// but the client's cached answer is as valid as it was.
-fn etag(flags: &FlagSet, context: &str, evaluations: &[Evaluation]) -> String {
+fn etag(flags: &FlagSet, context: &str, decisions: &[DecisionBody]) -> String {
     let definitions: Vec<_> = flags.iter().collect();
-    let decisions: Vec<Value> = evaluations
+    let decisions: Vec<Value> = decisions
         .iter()
-        .map(|e| {
-            let decision = DecisionBody::of(e);
+        .map(|decision| {
             json!([
                 decision.key,
                 decision.value,
