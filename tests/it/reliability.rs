@@ -1050,3 +1050,58 @@ fn a_stalled_export_does_not_pin_the_wal_while_serve_writes() {
     eprintln!("stalled export: WAL peak {wal_peak} bytes over 2,000 requests");
     assert!(wal_peak < 12 << 20, "the WAL grew to {wal_peak} bytes");
 }
+
+/// The bundled SQLite is built with `HAVE_FDATASYNC` (`.cargo/config.toml`): without it SQLite
+/// syncs with `fsync`, which on ext4 also writes the inode for its new times, a second write
+/// and wait per commit. Needs strace (`.ci/run` installs it); skipped, saying so, without.
+#[test]
+fn sqlite_syncs_with_fdatasync() {
+    let strace = std::path::Path::new("/usr/bin/strace");
+    if !strace.exists() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: the fdatasync test: no /usr/bin/strace (apt-get install strace, as .ci/run \
+             does)"
+        );
+        return;
+    }
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let log = env.dir.path().join("syncs.txt");
+    let eval = env.std_cmd();
+    let mut traced = Command::new(strace);
+    traced
+        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&log)
+        .arg(eval.get_program())
+        .args(eval.get_args())
+        .args(["eval", "enrich", "--context", "k"])
+        .current_dir(env.dir.path());
+    for (name, value) in eval.get_envs() {
+        match value {
+            Some(value) => traced.env(name, value),
+            None => traced.env_remove(name),
+        };
+    }
+    let traced = traced.output().unwrap();
+    assert!(traced.status.success(), "{traced:?}");
+    let calls: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            Some(
+                line.split_whitespace()
+                    .nth(1)?
+                    .split('(')
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .collect();
+    // The commit, and the checkpoint as the process closes the store.
+    assert!(
+        calls.iter().filter(|c| *c == "fdatasync").count() >= 2,
+        "{calls:?}"
+    );
+    assert!(!calls.iter().any(|c| c == "fsync"), "{calls:?}");
+}
