@@ -279,7 +279,7 @@ pub fn serve_until(
 
 /// Threads of the HTTP runtime on a machine of `cores` cores: one per core but the writer's.
 /// Under load the writer is busy most of the time, and a runtime with a worker on every core
-/// as well only took turns with it: on 2 cores, one worker answered 4-10% more evaluations
+/// as well only took turns with it: on 2 cores, one worker answered 4-14% more evaluations
 /// than two (`docs/benchmarks.md`).
 fn http_workers(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
