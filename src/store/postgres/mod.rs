@@ -21,6 +21,7 @@ use super::backend::{AssignmentRef, Backend, ChainedEntry, References, Steps};
 use super::schema::SchemaState;
 use crate::audit::AuditRow;
 use crate::error::{DatabaseError, Error, Result};
+use crate::flag::{Flag, FlagSet};
 use crate::store::sql;
 
 mod reads;
@@ -135,6 +136,11 @@ pub(super) struct Postgres {
     /// round trip, under the writer lock, and moved on by each insert, so that linking the
     /// chain costs no round trip of its own. `None` outside a write transaction.
     tail: RefCell<Option<Option<(i64, String)>>>,
+    /// The flags as the write transaction in progress read them in BEGIN's round trip, under
+    /// the writer lock, for its first `load_flags`: every evaluating transaction reads them, and
+    /// a round trip of their own was one of five a group of serve. Dropped by any write to the
+    /// flags and as the transaction ends.
+    flags: RefCell<Option<FlagSet>>,
 }
 
 /// A connection to `url`, and the URL as messages show it (without its password).
@@ -188,6 +194,7 @@ impl Postgres {
             url: url.to_string(),
             statements: RefCell::default(),
             tail: RefCell::default(),
+            flags: RefCell::default(),
         })
     }
 
@@ -478,6 +485,42 @@ fn bucket_of(value: i32) -> u8 {
     u8::try_from(value).unwrap_or(u8::MAX)
 }
 
+/// The flags in BEGIN's rows (see [`Postgres::begin_write`]), or `None` if a row does not read
+/// as a flag: `load_flags` then asks with its typed query, whose errors say what is wrong.
+fn flags_of_rows(messages: &[SimpleQueryMessage]) -> Option<FlagSet> {
+    let mut flags: HashMap<&str, Flag> = HashMap::new();
+    let mut requirements = Vec::new();
+    for message in messages {
+        let SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        match (row.get(0), row.len()) {
+            (Some("flag"), 6) => {
+                let name = row.get(1)?;
+                let flag = Flag {
+                    name: name.to_string(),
+                    enabled: row.get(2)?.parse::<i32>().ok()? == 1,
+                    rollout_pct: row.get(3)?.parse().ok()?,
+                    sticky: row.get(4)?.parse().ok()?,
+                    stale_exempt: row.get(5)?.parse::<i32>().ok()? == 1,
+                    requires: Vec::new(),
+                };
+                flags.insert(name, flag);
+            }
+            (Some("requires"), 3) => requirements.push((row.get(1)?, row.get(2)?)),
+            _ => {}
+        }
+    }
+    for (flag, requires) in requirements {
+        flags.get_mut(flag)?.requires.push(requires.to_string());
+    }
+    let mut set = FlagSet::new();
+    for flag in flags.into_values() {
+        set.insert(flag);
+    }
+    Some(set)
+}
+
 impl Backend for Postgres {
     fn steps(&self) -> &dyn Steps {
         self
@@ -488,11 +531,17 @@ impl Backend for Postgres {
     }
 
     fn begin_write(&self, lock_wait: Duration, _: References) -> Result<()> {
+        // Rows come back as text here: extra_float_digits = 3 has every server print a
+        // rollout in digits that read back as the same f64 (the default before PostgreSQL 12
+        // rounded to 15). Tagged, so that no row is taken for another's.
         let begun = self.client.borrow_mut().simple_query(&format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED; \
                  SET LOCAL lock_timeout = {}; \
                  SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext(current_schema())); \
-                 {}",
+                 {}; \
+                 SET LOCAL extra_float_digits = 3; \
+                 SELECT 'flag', name, enabled, rollout_pct, sticky, stale_exempt FROM flags; \
+                 SELECT 'requires', flag, requires FROM flag_dependencies",
             lock_wait.as_millis().max(1),
             sql::SELECT_AUDIT_TAIL
         ));
@@ -516,21 +565,25 @@ impl Backend for Postgres {
             },
         };
         self.tail.replace(kept);
+        self.flags.replace(flags_of_rows(&begun));
         Ok(())
     }
 
     fn begin_read(&self) -> Result<()> {
         self.tail.take();
+        self.flags.take();
         self.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     }
 
     fn commit(&self) -> Result<()> {
         self.tail.take();
+        self.flags.take();
         self.batch("COMMIT")
     }
 
     fn rollback(&self) {
         self.tail.take();
+        self.flags.take();
         // A failed rollback means the connection is gone, and the server has rolled back.
         let _ = self
             .client
@@ -607,6 +660,7 @@ impl Backend for Postgres {
         // its transaction.
         self.statements.borrow_mut().clear();
         self.tail.take();
+        self.flags.take();
         self.ending.set(false);
         Ok(true)
     }
@@ -764,5 +818,74 @@ mod tests {
             .map(|m| i64::from(m.version()))
             .max();
         assert_eq!(newest, Some(LATEST_SCHEMA_VERSION));
+    }
+
+    /// The flags read as text in BEGIN's round trip are the flags the typed query reads, names
+    /// that would need quoting and rollouts that need 17 digits included; a write to the flags
+    /// in the transaction drops them.
+    #[test]
+    fn flags_read_with_begin_equal_the_typed_reading() {
+        use crate::flag::{Flag, StickyPolicy};
+        use crate::store::backend::{Reads, References, Writes};
+        let Some(url) = std::env::var("FLAGSTORE_TEST_POSTGRES")
+            .ok()
+            .filter(|url| !url.is_empty())
+        else {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"skipped: the PostgreSQL flags-in-BEGIN test: FLAGSTORE_TEST_POSTGRES is unset\n",
+            );
+            return;
+        };
+        let schema = ScratchSchema::create(&url, "flagstore_unit").unwrap();
+        let store = Postgres::open(schema.url(), true).unwrap();
+        let flag = |name: &str, rollout_pct: f64, sticky, requires: &[&str]| Flag {
+            name: name.to_string(),
+            enabled: !name.starts_with('N'),
+            rollout_pct,
+            requires: requires.iter().map(|r| r.to_string()).collect(),
+            sticky,
+            stale_exempt: name.contains(' '),
+        };
+        let flags = [
+            flag("a,b", 100.0 / 3.0, StickyPolicy::All, &[]),
+            flag("{x}", 0.1 + 0.2, StickyPolicy::None, &["a,b"]),
+            flag("q\"uote", 50.0, StickyPolicy::OnOnly, &["a,b", "{x}"]),
+            flag(
+                "back\\slash sp ace",
+                99.99999999999999,
+                StickyPolicy::All,
+                &["q\"uote"],
+            ),
+            flag("NULL", 0.0, StickyPolicy::OnOnly, &["back\\slash sp ace"]),
+            flag("ünï", 5e-324, StickyPolicy::None, &[]),
+        ];
+        let lock_wait = Duration::from_secs(5);
+        let ts = "2026-11-30T00:00:00.000Z";
+        store.begin_write(lock_wait, References::Checked).unwrap();
+        for flag in &flags {
+            store.insert_flag(flag, ts, ts).unwrap();
+        }
+        for flag in &flags {
+            store
+                .replace_requirements(&flag.name, &flag.requires)
+                .unwrap();
+        }
+        store.commit().unwrap();
+
+        store.begin_write(lock_wait, References::Checked).unwrap();
+        assert!(store.flags.borrow().is_some(), "BEGIN read no flags");
+        let prefetched = store.load_flags().unwrap();
+        let typed = store.load_flags().unwrap();
+        assert_eq!(prefetched, typed);
+        assert_eq!(typed.len(), flags.len());
+        store.rollback();
+
+        store.begin_write(lock_wait, References::Checked).unwrap();
+        let changed = flag("a,b", 1.0, StickyPolicy::All, &[]);
+        store.update_flag(&changed, ts).unwrap();
+        let after_write = store.load_flags().unwrap();
+        assert_eq!(after_write.get("a,b").map(|f| f.rollout_pct), Some(1.0));
+        store.rollback();
     }
 }

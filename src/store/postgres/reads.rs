@@ -14,8 +14,11 @@ use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, que
 
 impl Reads for Postgres {
     fn load_flags(&self) -> Result<FlagSet> {
-        // One statement, where SQLite runs two: serve's writer reads the flags in every group,
-        // and each statement is a round trip.
+        // A write transaction's first reading was made in BEGIN's round trip.
+        if let Some(flags) = self.flags.take() {
+            return Ok(flags);
+        }
+        // One statement, where SQLite runs two: each statement is a round trip.
         let mut flags = FlagSet::new();
         let sql = "SELECT f.name, f.enabled, f.rollout_pct, f.sticky, f.stale_exempt, \
                           coalesce(array_agg(d.requires ORDER BY d.requires) \

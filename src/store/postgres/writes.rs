@@ -9,6 +9,7 @@ use crate::store::sql;
 
 impl Writes for Postgres {
     fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
+        self.flags.take();
         self.execute(
             sql::INSERT_FLAG,
             &[
@@ -25,6 +26,7 @@ impl Writes for Postgres {
     }
 
     fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
+        self.flags.take();
         self.execute(
             sql::UPDATE_FLAG,
             &[
@@ -40,6 +42,7 @@ impl Writes for Postgres {
     }
 
     fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
+        self.flags.take();
         self.execute(sql::DELETE_REQUIREMENTS, &[&flag])?;
         self.execute(
             "INSERT INTO flag_dependencies (flag, requires) SELECT $1, unnest($2::text[])",
@@ -49,6 +52,7 @@ impl Writes for Postgres {
     }
 
     fn delete_flag(&self, name: &str) -> Result<usize> {
+        self.flags.take();
         let cleared = self.execute("DELETE FROM assignments WHERE flag = $1", &[&name])?;
         self.execute(sql::DELETE_FLAG, &[&name])?;
         Ok(cleared as usize)
