@@ -138,7 +138,7 @@ pub(super) struct Postgres {
     tail: RefCell<Option<Option<(i64, String)>>>,
     /// The flags as the write transaction in progress read them in BEGIN's round trip, under
     /// the writer lock, for its first `load_flags`: every evaluating transaction reads them, and
-    /// a round trip of their own was one of five a group of serve. Dropped by any write to the
+    /// their own round trip was one of the five a serve group made. Dropped by any write to the
     /// flags and as the transaction ends.
     flags: RefCell<Option<FlagSet>>,
 }
