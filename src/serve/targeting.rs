@@ -4,9 +4,10 @@
 //! Every request is read twice at most. First as the usual shape, without building a
 //! `serde_json::Value` (for a context of five attributes its maps take four times as long as
 //! this reading: 880-1,000 ns against 200-230): an object whose `context` is an object with a
-//! string `targetingKey`, every other value in it read in full and dropped. Anything else (not JSON, another shape, a key that is not a string, an escaped
-//! field name) goes through the full reading as a `Value`, which alone decides what is refused
-//! and how; so the first reading may only ever agree with it, and a test holds it to that.
+//! string `targetingKey`, every other value in it read in full and dropped. Anything else
+//! (not JSON, another shape, a key that is not a string, an escaped field name) goes through
+//! the full reading as a `Value`, which alone decides what is refused and how; so the first
+//! reading may only ever agree with it, and a test holds it to that.
 
 use std::borrow::Cow;
 use std::fmt;
