@@ -105,7 +105,8 @@ fn describe(flag: &Flag) -> String {
     )
 }
 
-/// The changes that turn `current` into `next`, in name order; unchanged flags are left out.
+/// The changes that turn `current` into `next`: creates and updates in `next`'s order, then
+/// deletes in `current`'s; unchanged flags are left out.
 pub fn diff(current: &FlagSet, next: &FlagSet) -> Vec<Change> {
     let mut changes = Vec::new();
     for flag in next.iter() {
@@ -123,7 +124,6 @@ pub fn diff(current: &FlagSet, next: &FlagSet) -> Vec<Change> {
             changes.push(Change::Delete(flag.clone()));
         }
     }
-    changes.sort_by(|a, b| a.flag_name().cmp(b.flag_name()));
     changes
 }
 
@@ -149,10 +149,10 @@ mod tests {
             .collect();
         assert_eq!(
             actions,
-            [("create", "add"), ("update", "change"), ("delete", "drop")]
+            [("update", "change"), ("create", "add"), ("delete", "drop")]
         );
         assert_eq!(
-            changes[1].summary(),
+            changes[0].summary(),
             "updated enabled true -> false, rollout_pct 100 -> 25"
         );
     }

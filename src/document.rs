@@ -103,7 +103,7 @@ impl Document {
         Document::parse(&read_input(path)?, display_path(path))
     }
 
-    /// The export form: every flag with every field explicit, in name order.
+    /// The export form: every flag with every field explicit, in definition order.
     pub fn from_flags(flags: &FlagSet) -> Document {
         Document {
             flags: flags.iter().cloned().collect(),
@@ -365,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn export_is_sorted_explicit_and_reparses_to_the_same_flags() {
+    fn export_keeps_definition_order_is_explicit_and_reparses_to_the_same_flags() {
         let doc = Document::parse(
             r#"{"flags": [{"name": "z", "requires": ["a"]}, {"name": "a", "rollout_pct": 0.5}]}"#,
             "f.json",
@@ -377,19 +377,19 @@ mod tests {
             r#"{
   "flags": [
     {
-      "name": "a",
-      "enabled": true,
-      "rollout_pct": 0.5,
-      "requires": [],
-      "sticky": "on_only"
-    },
-    {
       "name": "z",
       "enabled": true,
       "rollout_pct": 100,
       "requires": [
         "a"
       ],
+      "sticky": "on_only"
+    },
+    {
+      "name": "a",
+      "enabled": true,
+      "rollout_pct": 0.5,
+      "requires": [],
       "sticky": "on_only"
     }
   ]

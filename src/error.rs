@@ -40,6 +40,9 @@ pub enum Error {
     #[error("flag {flag:?} requires itself")]
     SelfDependency { flag: String },
 
+    #[error("flag {flag:?} lists requirement {requires:?} twice")]
+    RepeatedRequirement { flag: String, requires: String },
+
     #[error("dependency cycle: {}", path.join(" -> "))]
     Cycle { path: Vec<String> },
 
@@ -277,6 +280,7 @@ impl Error {
             | Error::UnknownStickyPolicy { .. }
             | Error::UnknownRequirement { .. }
             | Error::SelfDependency { .. }
+            | Error::RepeatedRequirement { .. }
             | Error::Cycle { .. }
             | Error::ChainTooLong { .. }
             | Error::RequiredBy { .. }

@@ -674,7 +674,7 @@ mod tests {
     }
 
     #[test]
-    fn first_failing_requirement_in_name_order_is_named() {
+    fn first_failing_requirement_in_listed_order_is_named() {
         let flags = set(vec![
             flag("top", true, 100.0, &["zeta", "alpha"]),
             flag("alpha", false, 100.0, &[]),
@@ -682,7 +682,7 @@ mod tests {
         ]);
         assert_eq!(
             one(&flags, "top", "k").decision.reason(),
-            "requires alpha: disabled"
+            "requires zeta: disabled"
         );
     }
 

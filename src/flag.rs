@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, shortened};
@@ -76,8 +77,9 @@ pub struct Flag {
     pub enabled: bool,
     #[serde(default = "default_rollout", serialize_with = "serialize_pct")]
     pub rollout_pct: f64,
-    /// Names of the flags this one requires; kept sorted and free of repeats so that the order in
-    /// which dependencies are checked, and therefore which one a reason names, is deterministic.
+    /// Names of the flags this one requires, in the order they are checked: the first that is
+    /// off decides, and the reason names it, as the prototype's `is_enabled` did. Part of the
+    /// definition, so reordering them is an audited change; a name listed twice is refused.
     #[serde(default)]
     pub requires: Vec<String>,
     #[serde(default)]
@@ -122,13 +124,6 @@ impl Flag {
             sticky: StickyPolicy::default(),
             stale_exempt: false,
         }
-    }
-
-    /// Puts `requires` in its canonical form (sorted, no repeats).
-    pub fn normalized(mut self) -> Flag {
-        self.requires.sort();
-        self.requires.dedup();
-        self
     }
 }
 
@@ -177,11 +172,21 @@ pub fn validate_rollout(flag: &str, pct: f64) -> Result<(), Error> {
     }
 }
 
-/// All flags of a store, keyed by name. It may hold a dependency cycle when it was read from a
-/// database edited by hand; [`FlagSet::validate`] is what every write must pass.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// All flags of a store, keyed by name, in definition order: where each was first defined
+/// (a file's order, then creation order), which is the order `evaluate_all`, `run`, exports
+/// and listings follow, as the prototype's dict did. It may hold a dependency cycle when it
+/// was read from a database edited by hand; [`FlagSet::validate`] is what every write must
+/// pass.
+#[derive(Debug, Clone, Default)]
 pub struct FlagSet {
-    flags: BTreeMap<String, Flag>,
+    flags: IndexMap<String, Flag>,
+}
+
+/// Two sets are equal when they define the same flags in the same order.
+impl PartialEq for FlagSet {
+    fn eq(&self, other: &FlagSet) -> bool {
+        self.flags.iter().eq(other.flags.iter())
+    }
 }
 
 impl FlagSet {
@@ -197,17 +202,22 @@ impl FlagSet {
         self.flags.contains_key(name)
     }
 
-    /// Inserts or replaces a flag, normalizing its `requires`.
+    /// Adds a flag at the end, or redefines one where it stands.
     pub fn insert(&mut self, flag: Flag) {
-        let flag = flag.normalized();
         self.flags.insert(flag.name.clone(), flag);
     }
 
+    /// Removes a flag, keeping the others' order.
     pub fn remove(&mut self, name: &str) -> Option<Flag> {
-        self.flags.remove(name)
+        self.flags.shift_remove(name)
     }
 
-    /// Flags in name order.
+    /// Where `name` stands in definition order.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.flags.get_index_of(name)
+    }
+
+    /// Flags in definition order.
     pub fn iter(&self) -> impl Iterator<Item = &Flag> {
         self.flags.values()
     }
@@ -224,7 +234,7 @@ impl FlagSet {
         self.flags.is_empty()
     }
 
-    /// Names of the flags that require `name`, in name order.
+    /// Names of the flags that require `name`, in definition order.
     pub fn dependents_of(&self, name: &str) -> Vec<String> {
         self.iter()
             .filter(|flag| flag.requires.iter().any(|r| r == name))
@@ -263,15 +273,21 @@ impl FlagSet {
     }
 
     /// Checks every rule a stored flag set obeys: valid names and percentages, dependencies that
-    /// exist, no self-dependency and no cycle.
+    /// exist, each listed once, no self-dependency and no cycle.
     pub fn validate(&self) -> Result<(), Error> {
         for flag in self.iter() {
             validate_name(&flag.name)?;
             validate_rollout(&flag.name, flag.rollout_pct)?;
-            for required in &flag.requires {
+            for (index, required) in flag.requires.iter().enumerate() {
                 if required == &flag.name {
                     return Err(Error::SelfDependency {
                         flag: flag.name.clone(),
+                    });
+                }
+                if flag.requires[..index].contains(required) {
+                    return Err(Error::RepeatedRequirement {
+                        flag: flag.name.clone(),
+                        requires: required.clone(),
                     });
                 }
                 if !self.contains(required) {

@@ -33,6 +33,26 @@ impl TrailReason {
     }
 }
 
+/// `value` as the prototype's `json.dumps(value, indent=2)` writes it: two-space indents, `,`
+/// ending a line and `": "` after a key, as serde_json's pretty printer does too, and every
+/// character past `~` escaped as `\uXXXX` (UTF-16 units, lowercase hex), as Python's default
+/// `ensure_ascii` does. Such characters occur only inside strings, so escaping them in the
+/// finished text is the same as escaping them as the strings are written.
+pub fn python_json(value: &serde_json::Value) -> String {
+    let pretty = serde_json::to_string_pretty(value).expect("a JSON value always serializes");
+    let mut text = String::with_capacity(pretty.len());
+    for c in pretty.chars() {
+        if c <= '~' {
+            text.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                text.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    text
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrailEntry {
     pub flag: String,
@@ -196,12 +216,11 @@ mod tests {
                 ("dedupe", true, "ok"),
             ])
         );
-        // Requirements are walked in name order (the store keeps them as a set); the first
-        // that is off ends the walk.
+        // Requirements are walked in the order listed (report: legacy, then ingest); the
+        // first that is off ends the walk, so ingest is not reached.
         assert_eq!(
             entries(&["report", "ghost"]),
             shown(&[
-                ("ingest", true, "ok"),
                 ("legacy", false, "disabled"),
                 ("report", false, "dependency legacy not met"),
                 ("ghost", false, "unknown flag"),

@@ -1,6 +1,5 @@
 //! `flagstore eval`: evaluate flags for one context key, or for every key of a file.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Write};
 use std::time::Duration;
@@ -138,11 +137,12 @@ fn eval_context(
     Ok(Outcome::Success)
 }
 
-/// `{"flag": decision, ...}` in flag name order.
-pub(super) fn decision_map(evaluations: &[Evaluation]) -> BTreeMap<&str, bool> {
+/// `{"flag": decision, ...}` in the order asked (with --all, the store's order); a flag asked
+/// for twice appears once, where it was first asked.
+fn decision_map(evaluations: &[Evaluation]) -> serde_json::Map<String, serde_json::Value> {
     evaluations
         .iter()
-        .map(|e| (e.flag.as_str(), e.decision.enabled))
+        .map(|e| (e.flag.clone(), e.decision.enabled.into()))
         .collect()
 }
 

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::eval::decision_map;
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
 use flagstore::change::differences;
 use flagstore::document::{DEFAULT_CONTEXT_KEY, Document, display_path};
 use flagstore::error::Result;
+use flagstore::eval::ContextEvaluation;
 use flagstore::file::PendingFile;
 use flagstore::flag::FlagSet;
+use flagstore::prototype::{python_json, trail};
 use flagstore::store::Selection;
 
 #[derive(Debug, Args)]
@@ -31,7 +32,8 @@ pub struct RunArgs {
     /// Flags file; its optional "context_key" (default "default") is the context evaluated.
     #[arg(long, value_name = "FILE")]
     pub input: String,
-    /// Where to write the results JSON (also printed to stdout); `-` for stdout only.
+    /// Where to write the results JSON, byte for byte as the prototype wrote it (no final
+    /// newline); also printed to stdout, with one; `-` for stdout only.
     #[arg(long, value_name = "FILE")]
     pub output: PathBuf,
     #[command(flatten)]
@@ -70,8 +72,8 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &RunArgs) -> Result<Ou
             },
             &Selection::Flags(names.clone()),
             context,
-            |flags, changes, evaluations| {
-                text = results(flags, &names, changes.len(), evaluations);
+            |flags, _, evaluated| {
+                text = results(flags, &names, evaluated);
                 match &pending {
                     Some(pending) => pending.write(text.as_bytes()),
                     None => Ok(()),
@@ -82,32 +84,35 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &RunArgs) -> Result<Ou
     if let Some(pending) = pending {
         pending.persist()?;
     }
-    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    writeln!(out, "{text}").map_err(stdout_error)?;
     Ok(Outcome::Success)
 }
 
-/// The prototype's result document. `stats` counts the file's flags by their `enabled`
-/// setting (as the store has it), as the prototype did, not by their decisions.
-fn results(
-    flags: &FlagSet,
-    names: &[String],
-    changes: usize,
-    evaluations: &[flagstore::eval::Evaluation],
-) -> String {
+/// The prototype's result document, as its `json.dumps(summary, indent=2)` wrote it: the
+/// file's flags in the file's order; `stats` counting them by their `enabled` setting (as the
+/// store has it), not by their decisions; and `audit_entries` the entries its `evaluate_all`
+/// appended, a requirement's each time a flag that requires it was evaluated. Stored
+/// assignments change no count: a second run of a file writes the same bytes.
+fn results(flags: &FlagSet, names: &[String], evaluated: &ContextEvaluation) -> String {
     let enabled = names
         .iter()
         .filter(|name| flags.get(name).is_some_and(|f| f.enabled))
         .count();
-    let result = json!({
-        "evaluations": decision_map(evaluations),
+    let decisions: serde_json::Map<String, serde_json::Value> = evaluated
+        .evaluations
+        .iter()
+        .map(|e| (e.flag.clone(), e.decision.enabled.into()))
+        .collect();
+    let requested: Vec<&str> = names.iter().map(String::as_str).collect();
+    python_json(&json!({
+        "evaluations": decisions,
         "stats": {
             "total": names.len(),
             "enabled": enabled,
             "disabled": names.len() - enabled,
         },
-        "audit_entries": changes + evaluations.len(),
-    });
-    format!("{}\n", serde_json::to_string_pretty(&result).expect("json"))
+        "audit_entries": trail(flags, evaluated, &requested).len(),
+    }))
 }
 
 /// One warning per flag the store defines otherwise than the file, naming the differences.

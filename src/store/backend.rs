@@ -239,10 +239,21 @@ pub(super) trait Reads {
 
 /// What only a write transaction, holding the store's writer lock, may do.
 pub(super) trait Writes {
-    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()>;
+    /// Adds a flag at `position` in the store's order (`flags.position`).
+    fn insert_flag(
+        &self,
+        flag: &Flag,
+        position: usize,
+        created_at: &str,
+        updated_at: &str,
+    ) -> Result<()>;
 
     fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()>;
 
+    /// Puts a flag at `position` in the store's order.
+    fn move_flag(&self, name: &str, position: usize) -> Result<()>;
+
+    /// Replaces a flag's requirements with `requires`, kept in that order.
     fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()>;
 
     /// Deletes a flag (its requirements already removed) and its assignments; returns how many

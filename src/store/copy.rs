@@ -47,9 +47,9 @@ impl Store {
         }
 
         let flags = source.load_flags()?;
-        for flag in flags.iter() {
+        for (position, flag) in flags.iter().enumerate() {
             let (created_at, updated_at) = source.flag_times(&flag.name)?.unwrap_or_default();
-            target.insert_flag(flag, &created_at, &updated_at)?;
+            target.insert_flag(flag, position, &created_at, &updated_at)?;
         }
         for flag in flags.iter().filter(|f| !f.requires.is_empty()) {
             target.replace_requirements(&flag.name, &flag.requires)?;

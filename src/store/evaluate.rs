@@ -32,20 +32,19 @@ impl Store {
         edit: impl FnOnce(&FlagSet) -> Result<FlagSet>,
         selection: &Selection,
         context: &str,
-        confirm: impl FnOnce(&FlagSet, &[Change], &[Evaluation]) -> Result<()>,
-    ) -> Result<(Vec<Change>, Vec<Evaluation>)> {
+        confirm: impl FnOnce(&FlagSet, &[Change], &ContextEvaluation) -> Result<()>,
+    ) -> Result<(Vec<Change>, ContextEvaluation)> {
         let tx = self.write_transaction()?;
         let ts = self.now();
         let (next, changes) = edit_flags(&tx, edit, Some((actor, via, ts.as_str())))?;
         let keys = [context.to_string()];
-        let evaluations = EvaluationPlan::new(&next, selection)
+        let evaluated = EvaluationPlan::new(&next, selection)
             .evaluate_keys(&tx, &keys, actor, &ts)?
             .pop()
-            .unwrap_or_default()
-            .evaluations;
-        confirm(&next, &changes, &evaluations)?;
+            .unwrap_or_default();
+        confirm(&next, &changes, &evaluated)?;
         tx.commit()?;
-        Ok((changes, evaluations))
+        Ok((changes, evaluated))
     }
 
     /// Evaluates the selected flags for one context key, storing sticky decisions and one

@@ -41,7 +41,9 @@ impl Store {
         let tx = self.write_transaction()?;
         let ts = self.now();
         let (_, changes) = edit_flags(&tx, edit, (!dry_run).then_some((actor, via, ts.as_str())))?;
-        if !dry_run && !changes.is_empty() {
+        // A new order alone (import --replace of the same flags) changes no definition but
+        // is written all the same.
+        if !dry_run {
             tx.commit()?;
         }
         Ok(changes)
@@ -108,19 +110,38 @@ pub(super) fn edit_flags(
     next.validate()?;
     let changes = change::diff(&current, &next);
     if let Some((actor, via, ts)) = write {
-        write_changes(tx, &changes, actor, via, ts)?;
+        write_changes(tx, &current, &next, &changes, actor, via, ts)?;
     }
     Ok((next, changes))
 }
 
 /// Writes flag rows, then requirements, then deletions, so that every foreign key holds after
-/// each statement whatever order the changes came in.
-fn write_changes(tx: &WriteTx, changes: &[Change], actor: &str, via: &str, ts: &str) -> Result<()> {
+/// each statement whatever order the changes came in. Positions are `next`'s order, written
+/// whole when it is not `current`'s (a flag created or deleted, or a file's new order), so
+/// they stay 0, 1, 2, ... whatever a hand edit left.
+fn write_changes(
+    tx: &WriteTx,
+    current: &FlagSet,
+    next: &FlagSet,
+    changes: &[Change],
+    actor: &str,
+    via: &str,
+    ts: &str,
+) -> Result<()> {
+    let reordered = !current.names().eq(next.names());
+    let position = |name: &str| next.position(name).unwrap_or(usize::MAX);
     for change in changes {
         match change {
-            Change::Create(flag) => tx.insert_flag(flag, ts, ts)?,
+            Change::Create(flag) => tx.insert_flag(flag, position(&flag.name), ts, ts)?,
             Change::Update { after, .. } => tx.update_flag(after, ts)?,
             Change::Delete(_) => {}
+        }
+    }
+    if reordered {
+        for (position, flag) in next.iter().enumerate() {
+            if current.contains(&flag.name) {
+                tx.move_flag(&flag.name, position)?;
+            }
         }
     }
     // Requirements before deletions: a flag being deleted may be required by another being

@@ -58,7 +58,7 @@ impl From<Error> for Scan {
 impl Store {
     /// The flags that are stale `days` days back from now (the store's clock), from the audit
     /// trail: not exempt (`stale_exempt`), no change row in the period, and one answer in
-    /// every decision recorded for them in it (or none recorded), in name order.
+    /// every decision recorded for them in it (or none recorded), in definition order.
     ///
     /// A flag's decisions are read through its index and stop at the first answer that
     /// differs, so a partial rollout costs little; a flag that gave the same answer a million

@@ -14,8 +14,9 @@ pub(super) use audit_columns;
 pub(super) const SELECT_FLAG_TIMES: &str =
     "SELECT created_at, updated_at FROM flags WHERE name = ?1";
 pub(super) const INSERT_FLAG: &str = "INSERT INTO flags \
-     (name, enabled, rollout_pct, sticky, created_at, updated_at, stale_exempt) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+     (name, enabled, rollout_pct, sticky, created_at, updated_at, stale_exempt, position) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+pub(super) const MOVE_FLAG: &str = "UPDATE flags SET position = ?2 WHERE name = ?1";
 pub(super) const UPDATE_FLAG: &str = "UPDATE flags SET enabled = ?2, rollout_pct = ?3, \
      sticky = ?4, updated_at = ?5, stale_exempt = ?6 WHERE name = ?1";
 pub(super) const DELETE_REQUIREMENTS: &str = "DELETE FROM flag_dependencies WHERE flag = ?1";

@@ -295,6 +295,9 @@ fn check_names_flags_edited_without_a_change_row() {
         lines,
         [
             format!(
+                "flagstore: {shown}: flags: flag \"ingest\": enabled is false in the table, true by its change rows"
+            ),
+            format!(
                 "flagstore: {shown}: flags: flag \"dedupe\": requires is [] in the table, [ingest] by its change rows"
             ),
             format!(
@@ -302,9 +305,6 @@ fn check_names_flags_edited_without_a_change_row() {
             ),
             format!(
                 "flagstore: {shown}: flags: flag \"enrich\": sticky is all in the table, on_only by its change rows"
-            ),
-            format!(
-                "flagstore: {shown}: flags: flag \"ingest\": enabled is false in the table, true by its change rows"
             ),
             format!(
                 "flagstore: {shown}: 4 difference(s) between the live state and the audit chain (listed above)"

@@ -11,8 +11,8 @@ const ALL_DESC: [i64; 12] = [8, 8, 7, 6, 5, 5, 5, 5, 4, 3, 2, 1];
 /// time in the middle so time filters have something to cut.
 fn store_with_log() -> (Env, String) {
     let env = Env::new();
-    env.import_json(PIPELINE); // rows 1-4
-    // Row 5, one decision record: dedupe, enrich, ingest, legacy.
+    env.import_json(PIPELINE); // rows 1-4: ingest, dedupe, enrich, legacy, as the file lists them
+    // Row 5, one decision record: ingest, dedupe, enrich, legacy.
     env.ok(&["eval", "--all", "--context", "a"]);
     std::thread::sleep(std::time::Duration::from_millis(30));
     env.cmd()
@@ -57,10 +57,10 @@ fn newest_first_by_default_and_oldest_first_on_request() {
 
 fn filters_combine() {
     let (env, boundary) = store_with_log();
-    assert_eq!(ids(&env, &["--flag", "enrich"]), [8, 7, 6, 5, 2]);
-    assert_eq!(ids(&env, &["--flag", "enrich", "--asc"]), [2, 5, 6, 7, 8]);
+    assert_eq!(ids(&env, &["--flag", "enrich"]), [8, 7, 6, 5, 3]);
+    assert_eq!(ids(&env, &["--flag", "enrich", "--asc"]), [3, 5, 6, 7, 8]);
     assert_eq!(ids(&env, &["--flag", "legacy"]), [8, 5, 4]);
-    assert_eq!(ids(&env, &["--flag", "enrich", "--cursor", "7"]), [6, 5, 2]);
+    assert_eq!(ids(&env, &["--flag", "enrich", "--cursor", "7"]), [6, 5, 3]);
     assert_eq!(ids(&env, &["--flag", "enrich", "--limit", "2"]), [8, 7]);
     assert_eq!(ids(&env, &["--context", "a"]), [8, 8, 5, 5, 5, 5]);
     assert_eq!(ids(&env, &["--flag", "enrich", "--context", "a"]), [8, 5]);

@@ -43,7 +43,8 @@ fn sticky() -> impl Strategy<Value = StickyPolicy> {
     ]
 }
 
-/// Up to 8 flags; each may require any of the flags before it, so the set is acyclic.
+/// Up to 8 flags; each may require any of the flags before it, in any order but each once (a
+/// repeat is refused), so the set is acyclic.
 fn flags() -> impl Strategy<Value = Vec<Flag>> {
     prop::collection::vec(
         (
@@ -57,21 +58,20 @@ fn flags() -> impl Strategy<Value = Vec<Flag>> {
     .prop_map(|specs| {
         let mut flags: Vec<Flag> = Vec::new();
         for (i, (enabled, rollout_pct, sticky, picks)) in specs.into_iter().enumerate() {
-            let requires = if i == 0 {
-                Vec::new()
-            } else {
-                picks.iter().map(|p| format!("f{}", p.index(i))).collect()
-            };
-            flags.push(
-                Flag {
-                    enabled,
-                    rollout_pct,
-                    requires,
-                    sticky,
-                    ..Flag::new(format!("f{i}"))
+            let mut requires: Vec<String> = Vec::new();
+            for pick in picks.iter().filter(|_| i > 0) {
+                let required = format!("f{}", pick.index(i));
+                if !requires.contains(&required) {
+                    requires.push(required);
                 }
-                .normalized(),
-            );
+            }
+            flags.push(Flag {
+                enabled,
+                rollout_pct,
+                requires,
+                sticky,
+                ..Flag::new(format!("f{i}"))
+            });
         }
         flags
     })

@@ -28,7 +28,7 @@ fn sql_in_flag_names_is_stored_verbatim() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["100%_off", INJECTION]);
+    assert_eq!(names, [INJECTION, "100%_off"]);
     assert_eq!(
         env.ok(&["eval", "100%_off", "--context", INJECTION]),
         "true\n"

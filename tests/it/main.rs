@@ -20,6 +20,7 @@ mod import_fuzz;
 mod migration;
 mod ofrep_python;
 mod postgres;
+mod prototype;
 mod python_package;
 mod reliability;
 mod serve;

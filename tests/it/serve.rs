@@ -225,7 +225,11 @@ fn bulk_evaluations_carry_an_etag_that_if_none_match_answers_with_304() {
     assert_eq!(first.status, 200);
     let flags = first.json()["flags"].as_array().unwrap().clone();
     let names: Vec<&str> = flags.iter().map(|f| f["key"].as_str().unwrap()).collect();
-    assert_eq!(names, ["dedupe", "enrich", "ingest", "legacy"]);
+    assert_eq!(
+        names,
+        ["ingest", "dedupe", "enrich", "legacy"],
+        "definition order"
+    );
     let etag = first.etag.clone().expect("an ETag");
     let unchanged = post(
         &url,
@@ -550,7 +554,7 @@ fn the_admin_api_reads_flags_history_and_the_audit_log_without_writing() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["dedupe", "enrich", "ingest", "legacy"]);
+    assert_eq!(names, ["ingest", "dedupe", "enrich", "legacy"]);
 
     let enrich = get(&format!("{api}/flags/enrich"), &viewer);
     assert_eq!(enrich.status, 200);
@@ -648,7 +652,7 @@ fn the_admin_api_answers_for_the_graph_stale_flags_explain_and_a_context() {
     let api = format!("{}/api/admin/v1", server.url);
 
     let graph = get(&format!("{api}/graph"), &viewer).json();
-    let dedupe = &graph["flags"][0];
+    let dedupe = &graph["flags"][1];
     assert_eq!(dedupe["name"], "dedupe");
     assert_eq!(dedupe["requires"], json!(["ingest"]));
     assert_eq!(dedupe["required_by"], json!(["enrich"]));

@@ -440,7 +440,7 @@ fn the_stale_filter_lists_what_flag_list_stale_lists_and_an_exemption_removes_a_
             .map(|row| row.split('"').next().unwrap().to_string())
             .collect()
     };
-    assert_eq!(listed(&browser), ["dedupe", "enrich", "ingest", "legacy"]);
+    assert_eq!(listed(&browser), ["ingest", "dedupe", "enrich", "legacy"]);
     assert!(
         browser
             .get("/ui/flags?stale=1&days=0")
@@ -469,7 +469,7 @@ fn the_stale_filter_lists_what_flag_list_stale_lists_and_an_exemption_removes_a_
         env.text("SELECT actor || ' ' || reason FROM audit_log ORDER BY id DESC LIMIT 1"),
         "ops web: updated stale_exempt false -> true"
     );
-    assert_eq!(listed(&browser), ["dedupe", "enrich", "ingest"]);
+    assert_eq!(listed(&browser), ["ingest", "dedupe", "enrich"]);
     assert!(
         browser
             .get("/ui/flags/legacy")

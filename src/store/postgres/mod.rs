@@ -14,6 +14,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use indexmap::IndexMap;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
@@ -31,9 +32,10 @@ mod embedded {
     refinery::embed_migrations!("migrations/postgres");
 }
 
-/// The newest schema version (see the SQLite backend's). PostgreSQL skipped version 5, which
-/// only changed how SQLite keys assignments: its own are keyed by a hash of the context key.
-const LATEST_SCHEMA_VERSION: i64 = 6;
+/// The newest schema version (see the SQLite backend's). PostgreSQL has no version 7: it never
+/// had SQLite's version 5 (how SQLite keys assignments; its own are keyed by a hash of the
+/// context key), so its 5 and 6 are SQLite's 6 and 7, and version 8 is the same on both.
+const LATEST_SCHEMA_VERSION: i64 = 8;
 
 /// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
 /// can tell whose locks these are. The second half is a hash of the schema's name for the
@@ -488,7 +490,8 @@ fn bucket_of(value: i32) -> u8 {
 /// The flags in BEGIN's rows (see [`Postgres::begin_write`]), or `None` if a row does not read
 /// as a flag: `load_flags` then asks with its typed query, whose errors say what is wrong.
 fn flags_of_rows(messages: &[SimpleQueryMessage]) -> Option<FlagSet> {
-    let mut flags: HashMap<&str, Flag> = HashMap::new();
+    // In the store's order, as the statement sorted them; requirements in each flag's order.
+    let mut flags: IndexMap<&str, Flag> = IndexMap::new();
     let mut requirements = Vec::new();
     for message in messages {
         let SimpleQueryMessage::Row(row) = message else {
@@ -514,11 +517,7 @@ fn flags_of_rows(messages: &[SimpleQueryMessage]) -> Option<FlagSet> {
     for (flag, requires) in requirements {
         flags.get_mut(flag)?.requires.push(requires.to_string());
     }
-    let mut set = FlagSet::new();
-    for flag in flags.into_values() {
-        set.insert(flag);
-    }
-    Some(set)
+    Some(flags.into_values().collect())
 }
 
 impl Backend for Postgres {
@@ -540,8 +539,9 @@ impl Backend for Postgres {
                  SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext(current_schema())); \
                  {}; \
                  SET LOCAL extra_float_digits = 3; \
-                 SELECT 'flag', name, enabled, rollout_pct, sticky, stale_exempt FROM flags; \
-                 SELECT 'requires', flag, requires FROM flag_dependencies",
+                 SELECT 'flag', name, enabled, rollout_pct, sticky, stale_exempt FROM flags \
+                  ORDER BY position, name COLLATE \"C\"; \
+                 SELECT 'requires', flag, requires FROM flag_dependencies ORDER BY position",
             lock_wait.as_millis().max(1),
             sql::SELECT_AUDIT_TAIL
         ));
@@ -850,7 +850,7 @@ mod tests {
         let flags = [
             flag("a,b", 100.0 / 3.0, StickyPolicy::All, &[]),
             flag("{x}", 0.1 + 0.2, StickyPolicy::None, &["a,b"]),
-            flag("q\"uote", 50.0, StickyPolicy::OnOnly, &["a,b", "{x}"]),
+            flag("q\"uote", 50.0, StickyPolicy::OnOnly, &["{x}", "a,b"]),
             flag(
                 "back\\slash sp ace",
                 99.99999999999999,
@@ -863,8 +863,11 @@ mod tests {
         let lock_wait = Duration::from_secs(5);
         let ts = "2026-11-30T00:00:00.000Z";
         store.begin_write(lock_wait, References::Checked).unwrap();
-        for flag in &flags {
-            store.insert_flag(flag, ts, ts).unwrap();
+        // Positions out of name order (and requirements too, above): both readings keep them.
+        for (position, flag) in flags.iter().enumerate().rev() {
+            store
+                .insert_flag(flag, flags.len() - position, ts, ts)
+                .unwrap();
         }
         for flag in &flags {
             store
@@ -878,7 +881,8 @@ mod tests {
         let prefetched = store.load_flags().unwrap();
         let typed = store.load_flags().unwrap();
         assert_eq!(prefetched, typed);
-        assert_eq!(typed.len(), flags.len());
+        let reversed: Vec<&Flag> = flags.iter().rev().collect();
+        assert_eq!(typed.iter().collect::<Vec<_>>(), reversed);
         store.rollback();
 
         store.begin_write(lock_wait, References::Checked).unwrap();

@@ -21,10 +21,11 @@ impl Reads for Postgres {
         // One statement, where SQLite runs two: each statement is a round trip.
         let mut flags = FlagSet::new();
         let sql = "SELECT f.name, f.enabled, f.rollout_pct, f.sticky, f.stale_exempt, \
-                          coalesce(array_agg(d.requires ORDER BY d.requires) \
+                          coalesce(array_agg(d.requires ORDER BY d.position) \
                                    FILTER (WHERE d.requires IS NOT NULL), '{}') \
                      FROM flags f LEFT JOIN flag_dependencies d ON d.flag = f.name \
-                    GROUP BY f.name";
+                    GROUP BY f.name \
+                    ORDER BY f.position, f.name COLLATE \"C\"";
         for row in self.query(sql, &[])? {
             let sticky: &str = row.get(3);
             flags.insert(Flag {

@@ -8,7 +8,13 @@ use crate::store::backend::{AssignmentRef, Writes};
 use crate::store::sql;
 
 impl Writes for Postgres {
-    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
+    fn insert_flag(
+        &self,
+        flag: &Flag,
+        position: usize,
+        created_at: &str,
+        updated_at: &str,
+    ) -> Result<()> {
         self.flags.take();
         self.execute(
             sql::INSERT_FLAG,
@@ -20,6 +26,7 @@ impl Writes for Postgres {
                 &created_at,
                 &updated_at,
                 &i32::from(flag.stale_exempt),
+                &position_column(position),
             ],
         )
         .map(|_| ())
@@ -41,11 +48,19 @@ impl Writes for Postgres {
         .map(|_| ())
     }
 
+    fn move_flag(&self, name: &str, position: usize) -> Result<()> {
+        self.flags.take();
+        self.execute(sql::MOVE_FLAG, &[&name, &position_column(position)])
+            .map(|_| ())
+    }
+
     fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
         self.flags.take();
         self.execute(sql::DELETE_REQUIREMENTS, &[&flag])?;
         self.execute(
-            "INSERT INTO flag_dependencies (flag, requires) SELECT $1, unnest($2::text[])",
+            "INSERT INTO flag_dependencies (flag, requires, position) \
+             SELECT $1, required, ordinality - 1 \
+               FROM unnest($2::text[]) WITH ORDINALITY AS listed (required, ordinality)",
             &[&flag, &requires],
         )
         .map(|_| ())
@@ -101,4 +116,9 @@ impl Writes for Postgres {
         // The writer lock taken and released is the write: PostgreSQL's own disk is its own.
         Ok(())
     }
+}
+
+/// A position as its INTEGER column holds it; a store has far fewer flags than that holds.
+fn position_column(position: usize) -> i32 {
+    i32::try_from(position).unwrap_or(i32::MAX)
 }

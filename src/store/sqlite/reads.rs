@@ -14,15 +14,16 @@ impl Reads for Sqlite {
     fn load_flags(&self) -> Result<FlagSet> {
         let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
         let mut edges = self.conn.prepare_cached(
-            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, requires",
+            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, position",
         )?;
         for edge in edges.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
             let (flag, required): (String, String) = edge?;
             requires.entry(flag).or_default().push(required);
         }
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags")?;
+        let mut statement = self.conn.prepare_cached(
+            "SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags \
+                  ORDER BY position, name",
+        )?;
         let mut rows = statement.query([])?;
         let mut flags = FlagSet::new();
         while let Some(row) = rows.next()? {

@@ -10,7 +10,13 @@ use crate::store::backend::{AssignmentRef, Writes};
 use crate::store::sql;
 
 impl Writes for Sqlite {
-    fn insert_flag(&self, flag: &Flag, created_at: &str, updated_at: &str) -> Result<()> {
+    fn insert_flag(
+        &self,
+        flag: &Flag,
+        position: usize,
+        created_at: &str,
+        updated_at: &str,
+    ) -> Result<()> {
         self.execute(
             sql::INSERT_FLAG,
             (
@@ -21,6 +27,7 @@ impl Writes for Sqlite {
                 created_at,
                 updated_at,
                 flag.stale_exempt,
+                position as i64,
             ),
         )
         .map(|_| ())
@@ -41,12 +48,17 @@ impl Writes for Sqlite {
         .map(|_| ())
     }
 
+    fn move_flag(&self, name: &str, position: usize) -> Result<()> {
+        self.execute(sql::MOVE_FLAG, (name, position as i64))
+            .map(|_| ())
+    }
+
     fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
         self.execute(sql::DELETE_REQUIREMENTS, [flag])?;
-        for required in requires {
+        for (position, required) in requires.iter().enumerate() {
             self.execute(
-                "INSERT INTO flag_dependencies (flag, requires) VALUES (?1, ?2)",
-                (flag, required),
+                "INSERT INTO flag_dependencies (flag, requires, position) VALUES (?1, ?2, ?3)",
+                (flag, required, position as i64),
             )?;
         }
         Ok(())
