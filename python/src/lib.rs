@@ -69,8 +69,9 @@ fn flag_tuple(flag: &flagstore::Flag) -> FlagTuple {
     )
 }
 
-/// What a queued evaluation gets back: the flags of its transaction and its decisions.
-type Evaluated = std::result::Result<(Arc<FlagSet>, Option<ContextEvaluation>), String>;
+/// What a queued evaluation gets back: the flags of its transaction and its decisions, or the
+/// error raised for it (its own, or the store's that every request of the group shares).
+type Evaluated = PyResult<(Arc<FlagSet>, Option<ContextEvaluation>)>;
 
 /// An evaluation waiting for a transaction.
 struct Queued {
@@ -132,13 +133,16 @@ impl Store {
                 Ok((flags, results)) => {
                     let flags = Arc::new(flags);
                     for (q, result) in queued.iter().zip(results) {
-                        let _ = q.reply.send(Ok((Arc::clone(&flags), result)));
+                        let answer = result
+                            .map(|evaluated| (Arc::clone(&flags), evaluated))
+                            .map_err(raised);
+                        let _ = q.reply.send(answer);
                     }
                 }
                 Err(error) => {
                     let message = error.at_database(store.path()).to_string();
                     for q in &queued {
-                        let _ = q.reply.send(Err(message.clone()));
+                        let _ = q.reply.send(Err(StoreError::new_err(message.clone())));
                     }
                 }
             }
@@ -169,9 +173,8 @@ impl Store {
             }
             answer
                 .recv()
-                .unwrap_or_else(|_| Err("the evaluation was dropped".to_string()))
+                .unwrap_or_else(|_| Err(StoreError::new_err("the evaluation was dropped")))
         })
-        .map_err(StoreError::new_err)
     }
 
     /// Runs `work` on the store without the GIL; callers in other threads queue on the lock.

@@ -116,15 +116,18 @@ impl Writer {
             Ok((flags, results)) => {
                 let flags = Arc::new(flags);
                 for ((_, _, _, reply), result) in pending.into_iter().zip(results) {
-                    let answer = match result.map(|evaluated| evaluated.evaluations) {
-                        Some(evaluations) => {
-                            self.metrics.count_evaluations(evaluations.len());
+                    let answer = match result {
+                        Ok(Some(evaluated)) => {
+                            self.metrics.count_evaluations(evaluated.evaluations.len());
                             Answer::Evaluated {
                                 flags: Arc::clone(&flags),
-                                evaluations,
+                                evaluations: evaluated.evaluations,
                             }
                         }
-                        None => Answer::FlagNotFound,
+                        Ok(None) => Answer::FlagNotFound,
+                        // The handlers check the targeting key first; this is the library's
+                        // own check, answering only the request at fault.
+                        Err(refused) => Answer::Failed(refused.to_string()),
                     };
                     let _ = reply.send(answer);
                 }

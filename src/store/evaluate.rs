@@ -17,7 +17,8 @@ use super::backend::FoundAssignment;
 use super::chain::{Chain, linked_rows};
 use super::flags::edit_flags;
 use super::{
-    AssignmentRef, BatchReport, Reads, Request, Selection, Store, WriteTx, keys_per_transaction,
+    AssignmentRef, BatchReport, Reads, Request, RequestResult, Selection, Store, WriteTx,
+    keys_per_transaction,
 };
 
 impl Store {
@@ -130,17 +131,42 @@ impl Store {
     }
 
     /// Evaluates many requests, each for one context and by its own actor, in one transaction:
-    /// the group commit of `flagstore serve`, where one writer answers many connections with
-    /// one fsync. Requests with the same selection and actor are evaluated together, a key
-    /// repeated among them seeing what an earlier one stored. A request naming a single flag
-    /// that does not exist is not evaluated (`None`): there is no decision to record. Returns
-    /// the flags as they were in the transaction, too. A group cut off with its connection (a
-    /// PostgreSQL restart) is evaluated once more on a new one, unless its COMMIT landed.
+    /// the group commit of `flagstore serve` and of the Python package's threads, where one
+    /// writer answers many callers with one fsync. Requests with the same selection and actor
+    /// are evaluated together, a key repeated among them seeing what an earlier one stored. A
+    /// request naming a single flag that does not exist is not evaluated (`Ok(None)`): there
+    /// is no decision to record. Returns the flags as they were in the transaction, too. A
+    /// group cut off with its connection (a PostgreSQL restart) is evaluated once more on a
+    /// new one, unless its COMMIT landed.
+    ///
+    /// One caller's fault stays its own: a request whose key no store takes is answered with
+    /// its error and never joins the transaction, so the others are evaluated as if it had
+    /// not been sent. The outer error is the store's, and every request shares it.
     pub fn evaluate_requests(
         &mut self,
         requests: &[Request],
-    ) -> Result<(FlagSet, Vec<Option<ContextEvaluation>>)> {
-        self.retried_on_new_connection(|store| store.evaluate_requests_once(requests))
+    ) -> Result<(FlagSet, Vec<RequestResult>)> {
+        let mut results: Vec<RequestResult> = Vec::with_capacity(requests.len());
+        let mut admitted: Vec<Request> = Vec::with_capacity(requests.len());
+        for request in requests {
+            match crate::contexts::key_problem(request.context) {
+                Some(why) => results.push(Err(Error::InvalidContextKey {
+                    key: request.context.to_string(),
+                    why,
+                })),
+                None => {
+                    admitted.push(*request);
+                    results.push(Ok(None));
+                }
+            }
+        }
+        let (flags, evaluated) =
+            self.retried_on_new_connection(|store| store.evaluate_requests_once(&admitted))?;
+        let mut evaluated = evaluated.into_iter();
+        for result in results.iter_mut().filter(|result| result.is_ok()) {
+            *result = Ok(evaluated.next().flatten());
+        }
+        Ok((flags, results))
     }
 
     fn evaluate_requests_once(

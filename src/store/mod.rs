@@ -27,6 +27,7 @@ use serde_json::json;
 
 use crate::audit::{Entry, timestamp};
 use crate::error::{DatabaseError, Error, Result};
+use crate::eval::ContextEvaluation;
 use crate::flag::{Flag, FlagSet};
 
 mod backend;
@@ -100,6 +101,10 @@ pub struct Request<'a> {
     pub context: &'a str,
     pub actor: &'a str,
 }
+
+/// What one request of a group got ([`Store::evaluate_requests`]): its decisions, `None` for
+/// a single flag that does not exist, or the fault of what it asked.
+pub type RequestResult = Result<Option<ContextEvaluation>>;
 
 /// What a batch evaluation did, for throughput and latency reports.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -284,7 +284,77 @@ fn names_outside_the_rules_are_refused() {
     assert_eq!(env.snapshot(), before);
 }
 
+/// Requests answered together (serve's and the Python package's group commit): one request's
+/// bad key is answered with its own error and the others are evaluated and recorded as if it
+/// had not been sent.
+fn a_bad_request_in_a_group_is_refused_alone() {
+    use flagstore::store::Request;
+    use flagstore::{Error, Selection};
+
+    let env = Env::new();
+    env.import_json(crate::common::PIPELINE);
+    let mut store = env.open_store();
+    let all = Selection::All;
+    let enrich = Selection::Flags(vec!["enrich".to_string()]);
+    let ghost = Selection::Flags(vec!["ghost".to_string()]);
+    let nothing = Selection::Flags(Vec::new());
+    let long = "k".repeat(2000);
+    let asked = [
+        (&all, "tenant:1"),
+        (&enrich, long.as_str()),
+        (&enrich, "tenant:2"),
+        (&all, "nul\0key"),
+        (&ghost, "tenant:3"),
+        (&nothing, "tenant:4"),
+        (&enrich, "tenant:1"),
+    ];
+    let requests: Vec<Request> = asked
+        .iter()
+        .map(|(selection, context)| Request {
+            selection,
+            context,
+            actor: "tester",
+        })
+        .collect();
+    let (_, results) = store.evaluate_requests(&requests).unwrap();
+    let answered: Vec<Option<usize>> = results
+        .iter()
+        .map(|result| match result {
+            Ok(evaluated) => evaluated.as_ref().map(|e| e.evaluations.len()),
+            Err(Error::InvalidContextKey { .. }) => None,
+            Err(other) => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        [Some(4), None, Some(1), None, None, Some(0), Some(1)]
+    );
+    assert!(
+        matches!(results[5], Ok(Some(_))),
+        "an empty selection is answered"
+    );
+    assert!(
+        matches!(results[4], Ok(None)),
+        "an unknown flag is not evaluated"
+    );
+    let long_refused = results[1].as_ref().unwrap_err().to_string();
+    assert!(long_refused.contains("2000 bytes"), "{long_refused}");
+    // The three requests that asked for flags are recorded; nothing of the refused two.
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log WHERE kind = 'evaluation'"),
+        3
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_log WHERE kind = 'evaluation' \
+              AND context_key IN ('tenant:1', 'tenant:2')"
+        ),
+        3
+    );
+}
+
 contract_tests! {
+    a_bad_request_in_a_group_is_refused_alone,
     sql_in_flag_names_is_stored_verbatim,
     like_wildcards_in_filters_match_only_themselves,
     a_nul_byte_in_a_context_key_is_refused_naming_its_line,
