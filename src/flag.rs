@@ -212,6 +212,40 @@ impl FlagSet {
         self.flags.shift_remove(name)
     }
 
+    /// The set `import` makes of this one: each of `flags` created or redefined (a new one at
+    /// the end); with `replace`, exactly `flags`, in their order.
+    pub fn imported<'a>(
+        &self,
+        flags: impl IntoIterator<Item = &'a Flag>,
+        replace: bool,
+    ) -> FlagSet {
+        let mut next = if replace {
+            FlagSet::new()
+        } else {
+            self.clone()
+        };
+        for flag in flags {
+            next.insert(flag.clone());
+        }
+        next
+    }
+
+    /// Deletes flag `name`, as `flag delete` does: refused, naming them, while other flags
+    /// require it, and naming the nearest name when there is no such flag.
+    pub fn delete(&mut self, name: &str) -> Result<Flag, Error> {
+        let dependents = self.dependents_of(name);
+        if !dependents.is_empty() {
+            return Err(Error::RequiredBy {
+                flag: name.to_string(),
+                dependents,
+            });
+        }
+        self.remove(name).ok_or_else(|| Error::UnknownFlag {
+            name: name.to_string(),
+            suggestion: self.nearest_name(name),
+        })
+    }
+
     /// Where `name` stands in definition order.
     pub fn position(&self, name: &str) -> Option<usize> {
         self.flags.get_index_of(name)

@@ -20,15 +20,29 @@ from __future__ import annotations
 import getpass
 import itertools
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from types import TracebackType
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    Union,
+)
 
 from flagstore._flagstore import Store as _Store
-from flagstore._flagstore import StoreError
+from flagstore._flagstore import StoreError, __version__
 
-__all__ = ["Flag", "FlagManager", "StoreError", "flags_from_config"]
+__all__ = ["Flag", "FlagManager", "StoreError", "flags_from_config", "__version__"]
 
 _FIELDS = ("name", "enabled", "rollout_pct", "requires", "sticky")
 
@@ -44,14 +58,48 @@ class Flag:
     requires: List[str] = field(default_factory=list)
     sticky: str = "on_only"
 
-    def _document(self) -> Dict[str, Any]:
+    def _document(self, index: int) -> Dict[str, Any]:
+        """The flag as an entry of a flags file, for the store to check as `import` does. What
+        JSON cannot carry is refused here, in the same words: a NaN or infinite rollout, and
+        a string where the list of requirements belongs (JSON would carry it, and the store
+        would name it; a tuple or other sequence is taken as the list it is)."""
+        where = f"flags[{index}] ({self.name!r})"
+        pct = self.rollout_pct
+        if isinstance(pct, float) and not math.isfinite(pct):
+            raise ValueError(f"{where}: rollout_pct must be a number from 0 to 100, got {pct}")
+        requires: Any = self.requires
+        if isinstance(requires, (list, tuple)):
+            requires = list(requires)
         return {
             "name": self.name,
             "enabled": self.enabled,
-            "rollout_pct": self.rollout_pct,
-            "requires": list(self.requires),
+            "rollout_pct": pct,
+            "requires": requires,
             "sticky": self.sticky,
         }
+
+
+def _documented(flags: Iterable[Flag]) -> Tuple[List[Flag], str]:
+    """``flags`` as a list, and as a flags file's JSON for the store to check, after the
+    checks JSON cannot make: an iterable of ``Flag``, not a string or a mapping (which
+    iterate as characters and keys)."""
+    if isinstance(flags, (str, bytes, Mapping)) or not isinstance(flags, Iterable):
+        raise TypeError(f"flags must be a list of Flag objects, got {type(flags).__name__}")
+    given = list(flags)
+    entries = []
+    for index, flag in enumerate(given):
+        if not isinstance(flag, Flag):
+            raise TypeError(f"flags[{index}] must be a Flag, got {type(flag).__name__}")
+        entries.append(flag._document(index))
+    return given, json.dumps({"flags": entries})
+
+
+def _iterable_of_str(value: Iterable[str], what: str) -> Iterable[str]:
+    """``value`` if it is an iterable of strings that is not itself a string: a lone string
+    would be taken one character at a time."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{what} must be an iterable of str, got {type(value).__name__}")
+    return value
 
 
 def flags_from_config(raw: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]) -> List[Flag]:
@@ -59,6 +107,8 @@ def flags_from_config(raw: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
     ``run``'s business) or the list itself. An unknown field is refused, naming it: a
     misspelt ``"rollout"`` must not silently mean 100%."""
     items = raw.get("flags", []) if isinstance(raw, Mapping) else raw
+    if not isinstance(items, list):
+        raise ValueError(f"flags: must be a list of flag objects, got {type(items).__name__}")
     flags = []
     for index, item in enumerate(items):
         if not isinstance(item, Mapping):
@@ -94,8 +144,9 @@ class FlagManager:
     ``db`` is an SQLite path or a ``postgres://`` URL; without it, a new store in memory.
     Given ``flags``, it creates those the store lacks (one audited change); where the store
     defines a flag otherwise, the store's definition wins and a ``UserWarning`` names the
-    flag and fields, since the store is the audited source of truth. A ``db`` that does not
-    exist, with no flags to create it from, is a ``StoreError``.
+    flag and fields, since the store is the audited source of truth (``apply`` makes the
+    given flags the store's). A ``db`` that does not exist, with no flags to create it from,
+    is a ``StoreError``. ``close()`` it, or use it in a ``with`` block.
     """
 
     def __init__(
@@ -104,15 +155,15 @@ class FlagManager:
         db: Optional[Union[str, "os.PathLike[str]"]] = None,
         actor: Optional[str] = None,
     ) -> None:
-        given = list(flags) if flags is not None else []
+        given, document = _documented(flags) if flags is not None else ([], "")
         self.actor = actor or _default_actor()
         location = os.fspath(db) if db is not None else None
         self._store = _Store(location, self.actor, flags is not None)
-        self._given = {flag.name: flag for flag in given}
-        self._order = [flag.name for flag in given]
-        self.audit_log: List[Dict[str, Any]] = []
+        self._given: Dict[str, Flag] = {}
+        self._order: List[str] = []
+        self._remember(given)
+        self._audit_log: List[Dict[str, Any]] = []
         if given:
-            document = json.dumps({"flags": [flag._document() for flag in given]})
             for name, fields in self._store.adopt(document):
                 said = " and ".join(f"{f} {mine}" for f, mine, _ in fields)
                 stored = " and ".join(theirs for _, _, theirs in fields)
@@ -122,6 +173,39 @@ class FlagManager:
                     UserWarning,
                     stacklevel=2,
                 )
+
+    def __repr__(self) -> str:
+        return f"FlagManager(db={self._store.path()!r}, actor={self.actor!r})"
+
+    def __enter__(self) -> "FlagManager":
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        error: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the store; a later call raises ``ValueError``. Closing twice does nothing."""
+        self._store.close()
+
+    @property
+    def audit_log(self) -> List[Dict[str, Any]]:
+        """The ``{flag, result, reason}`` entries the prototype would have appended for this
+        manager's calls: a copy, as the prototype's property gave, so changing it changes
+        nothing here."""
+        return [dict(entry) for entry in self._audit_log]
+
+    def _remember(self, flags: Iterable[Flag]) -> None:
+        """Keeps the given definitions (their rollouts as given, for the trail's wording) and
+        their order, a new name at the end."""
+        for flag in flags:
+            self._given[flag.name] = flag
+            if flag.name not in self._order:
+                self._order.append(flag.name)
 
     def _names(self) -> List[str]:
         """Every flag: those given, in their order, then the rest of the store's."""
@@ -138,14 +222,30 @@ class FlagManager:
                 reason = f"rollout {_percent(pct, given.rollout_pct if given else None)}%"
             else:
                 reason = kind
-            self.audit_log.append({"flag": flag, "result": result, "reason": reason})
+            self._audit_log.append({"flag": flag, "result": result, "reason": reason})
 
     def register(self, flag: Flag) -> None:
         """Adds or redefines a flag: an audited change, as ``flagstore flag`` makes."""
-        self._store.register(json.dumps({"flags": [flag._document()]}))
-        self._given[flag.name] = flag
-        if flag.name not in self._order:
-            self._order.append(flag.name)
+        self.apply([flag])
+
+    def apply(self, flags: Iterable[Flag], replace: bool = False) -> None:
+        """Makes ``flags`` the store's definitions in one audited change, as ``flagstore
+        import`` does: each created or redefined (a new one at the end). With
+        ``replace=True``, as ``import --replace``: the store then holds exactly these flags,
+        in this order, and the others are deleted. For a script whose file is the truth."""
+        given, document = _documented(flags)
+        self._store.apply(document, replace)
+        if replace:
+            self._given, self._order = {}, []
+        self._remember(given)
+
+    def delete(self, name: str) -> None:
+        """Deletes flag ``name`` and its assignments, audited, as ``flagstore flag delete``
+        does; refused, naming them, while other flags require it."""
+        self._store.delete(name)
+        self._given.pop(name, None)
+        if name in self._order:
+            self._order.remove(name)
 
     def is_enabled(self, name: str, context_key: str = "") -> bool:
         """Whether ``name`` is on for ``context_key``, recorded and stored before it returns."""
@@ -167,9 +267,13 @@ class FlagManager:
         ``flagstore eval --contexts-file`` decides them, a transaction per chunk of keys.
         Lazy: keys are read from ``context_keys`` as chunks are evaluated and each chunk's
         answers are yielded once it has committed, so a generator of millions of keys runs in
-        bounded memory (``list(...)`` for a list). Not added to ``audit_log``."""
-        chosen = list(names) if names is not None else self._names()
-        keys = iter(context_keys)
+        bounded memory (``list(...)`` for a list). Not added to ``audit_log``. A string given
+        for either argument is a ``TypeError`` at the call, not at the first answer."""
+        chosen = list(_iterable_of_str(names, "names")) if names is not None else self._names()
+        keys = iter(_iterable_of_str(context_keys, "context_keys"))
+        return self._evaluated_chunks(chosen, keys)
+
+    def _evaluated_chunks(self, chosen: List[str], keys: Iterator[str]) -> Iterator[Dict[str, bool]]:
         size = self._store.batch_keys(len(chosen))
         while True:
             chunk = list(itertools.islice(keys, size))

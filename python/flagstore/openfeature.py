@@ -51,7 +51,16 @@ class FlagstoreProvider(AbstractProvider):
                 error_code=ErrorCode.TARGETING_KEY_MISSING,
                 error_message="flagstore decides per context: give a targeting key",
             )
-        resolved = self._store.resolve(flag_key, key)
+        try:
+            resolved = self._store.resolve(flag_key, key)
+        except ValueError as refused:
+            # A key no store takes (over 1,024 bytes, or holding NUL), as serve answers it.
+            return FlagResolutionDetails(
+                value=default_value,
+                reason="ERROR",
+                error_code=ErrorCode.INVALID_CONTEXT,
+                error_message=str(refused),
+            )
         if resolved is None:
             return FlagResolutionDetails(
                 value=default_value,

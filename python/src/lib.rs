@@ -31,8 +31,10 @@ use pyo3::prelude::*;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// Named as `flagstore.StoreError`, where the package exports it: pickle finds an exception's
+// class by its module and name, so one raised in a multiprocessing worker reaches the parent.
 create_exception!(
-    _flagstore,
+    flagstore,
     StoreError,
     PyOSError,
     "The store could not be opened, read or written; the message names it."
@@ -101,9 +103,17 @@ impl Drop for StepDown<'_> {
 
 #[pyclass(frozen)]
 struct Store {
-    store: Mutex<flagstore::Store>,
+    /// `None` once closed.
+    store: Mutex<Option<flagstore::Store>>,
     queue: Mutex<Queue>,
     actor: String,
+    /// The store as messages name it, kept for those made after it is closed.
+    path: String,
+}
+
+/// A manager used after `close()`: the caller's mistake, as with a closed file.
+fn closed(path: &str) -> PyErr {
+    PyValueError::new_err(format!("{path}: the FlagManager is closed"))
 }
 
 impl Store {
@@ -128,7 +138,13 @@ impl Store {
                     actor: &self.actor,
                 })
                 .collect();
-            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(store) = guard.as_mut() else {
+                for q in &queued {
+                    let _ = q.reply.send(Err(closed(&self.path)));
+                }
+                continue;
+            };
             match store.evaluate_requests(&requests) {
                 Ok((flags, results)) => {
                     let flags = Arc::new(flags);
@@ -178,17 +194,40 @@ impl Store {
     }
 
     /// Runs `work` on the store without the GIL; callers in other threads queue on the lock.
+    /// A fault of the store names it.
     fn with<T: Send>(
         &self,
         py: Python<'_>,
         work: impl FnOnce(&mut flagstore::Store) -> flagstore::Result<T> + Send,
     ) -> PyResult<T> {
         py.detach(|| {
-            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            work(&mut store)
+            let mut guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            let store = guard.as_mut().ok_or_else(|| closed(&self.path))?;
+            work(store).map_err(|e| raised(e.at_database(&self.path)))
         })
-        .map_err(raised)
     }
+
+    /// Applies `edit` to the flags as one audited change by this manager's actor.
+    fn modify(
+        &self,
+        py: Python<'_>,
+        edit: impl FnOnce(&FlagSet) -> flagstore::Result<FlagSet> + Send,
+    ) -> PyResult<()> {
+        let actor = &self.actor;
+        self.with(py, move |store| {
+            store.modify(actor, "python", false, |current| {
+                let next = edit(current)?;
+                next.validate()?;
+                Ok(next)
+            })?;
+            Ok(())
+        })
+    }
+}
+
+/// The flags of a flags file's JSON, checked as `import` checks them.
+fn parsed(document: &str) -> flagstore::Result<Vec<flagstore::Flag>> {
+    Ok(flagstore::document::Document::parse(document, "flags")?.flags)
 }
 
 #[pymethods]
@@ -212,15 +251,22 @@ impl Store {
             })
             .map_err(raised)?;
         Ok(Store {
-            store: Mutex::new(store),
+            path: store.path().to_string(),
+            store: Mutex::new(Some(store)),
             queue: Mutex::new(Queue::default()),
             actor,
         })
     }
 
     /// The store as messages name it.
-    fn path(&self, py: Python<'_>) -> PyResult<String> {
-        self.with(py, |store| Ok(store.path().to_string()))
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    /// Closes the store (an SQLite file's WAL is moved into it); later calls raise
+    /// `ValueError`. Closing twice does nothing.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| drop(self.store.lock().unwrap_or_else(|e| e.into_inner()).take()));
     }
 
     fn flags(&self, py: Python<'_>) -> PyResult<Vec<FlagTuple>> {
@@ -235,12 +281,12 @@ impl Store {
     fn adopt(&self, py: Python<'_>, document: String) -> PyResult<Differences> {
         let actor = self.actor.clone();
         self.with(py, move |store| {
-            let given = flagstore::document::Document::parse(&document, "flags")?.flag_set();
+            let given = parsed(&document)?;
             let mut differing = Vec::new();
             store.modify(&actor, "python", false, |current| {
                 differing.clear();
                 let mut next = current.clone();
-                for flag in given.iter() {
+                for flag in &given {
                     match current.get(&flag.name) {
                         Some(stored) => {
                             let fields = flagstore::change::differences(flag, stored);
@@ -262,20 +308,20 @@ impl Store {
         })
     }
 
-    /// Creates or redefines one flag (a flags file's JSON holding it), audited.
-    fn register(&self, py: Python<'_>, document: String) -> PyResult<()> {
-        let actor = self.actor.clone();
-        self.with(py, move |store| {
-            let given = flagstore::document::Document::parse(&document, "flag")?.flag_set();
-            store.modify(&actor, "python", false, |current| {
-                let mut next = current.clone();
-                for flag in given.iter() {
-                    next.insert(flag.clone());
-                }
-                next.validate()?;
-                Ok(next)
-            })?;
-            Ok(())
+    /// Creates or redefines the flags of `document` (a flags file's JSON) in one audited
+    /// change, as `import` does; with `replace`, as `import --replace`: the store then holds
+    /// exactly those flags, in their order.
+    fn apply(&self, py: Python<'_>, document: String, replace: bool) -> PyResult<()> {
+        let given = parsed(&document).map_err(raised)?;
+        self.modify(py, move |current| Ok(current.imported(&given, replace)))
+    }
+
+    /// Deletes flag `name`, audited, as `flag delete` does.
+    fn delete(&self, py: Python<'_>, name: String) -> PyResult<()> {
+        self.modify(py, move |current| {
+            let mut next = current.clone();
+            next.delete(&name)?;
+            Ok(next)
         })
     }
 
@@ -433,5 +479,6 @@ impl Store {
 fn _flagstore(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Store>()?;
     module.add("StoreError", module.py().get_type::<StoreError>())?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,11 +1,12 @@
 """The manager answers, logs and counts as the prototype did, for random flag sets and keys,
 and adds what the prototype lacked: stickiness, persistence and the audit chain."""
 
+import json
 import random
 
 import pytest
 
-from conftest import Reference
+from conftest import ROOT, Reference
 from flagstore import Flag, FlagManager, flags_from_config
 
 ROLLOUTS = [0, 100, 50, 12.5, 50.0, 33, 99.5, 1]
@@ -79,3 +80,21 @@ def test_evaluate_many_streams_chunks_as_the_batch_path():
     for i, answers in enumerate([first] + rest):
         assert answers == reference.evaluate_all(f"tenant:{i}")
     assert manager.audit(limit=1)[0]["context_key"] == "tenant:2999"
+
+
+def shared_vectors():
+    """The team's recorded runs of the prototype (tests/fixtures, copied from shared/)."""
+    return json.loads((ROOT / "tests" / "fixtures" / "prototype_run_vectors.json").read_text())
+
+
+@pytest.mark.parametrize("index", range(30))
+def test_the_prototypes_recorded_runs_are_reproduced(index):
+    vector = shared_vectors()[index]
+    config = vector["config"]
+    summary = json.loads(vector["run_output"])
+    manager = FlagManager(flags_from_config(config))
+    answers = manager.evaluate_all(config.get("context_key", "default"))
+    assert list(answers.items()) == list(summary["evaluations"].items())
+    assert manager.audit_log == vector["audit_log"]
+    assert manager.stats() == summary["stats"]
+    assert len(manager.audit_log) == summary["audit_entries"]

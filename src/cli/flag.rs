@@ -195,16 +195,8 @@ pub fn run(globals: &Globals, out: &mut impl Write, command: FlagCommand) -> Res
                     "flag delete",
                     false,
                     |current| {
-                        existing(current, name)?;
-                        let dependents = current.dependents_of(name);
-                        if !dependents.is_empty() {
-                            return Err(Error::RequiredBy {
-                                flag: name.clone(),
-                                dependents,
-                            });
-                        }
                         let mut next = current.clone();
-                        next.remove(name);
+                        next.delete(name)?;
                         Ok(next)
                     },
                 )

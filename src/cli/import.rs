@@ -8,7 +8,6 @@ use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
 use flagstore::change::Change;
 use flagstore::document::{Document, display_path};
 use flagstore::error::{Error, Result};
-use flagstore::flag::FlagSet;
 use flagstore::store::Store;
 
 #[derive(Debug, Args)]
@@ -112,14 +111,7 @@ fn import_document(
     dry_run: bool,
 ) -> Result<Vec<Change>> {
     store.modify(actor, via, dry_run, |current| {
-        let mut next = if replace {
-            FlagSet::new()
-        } else {
-            current.clone()
-        };
-        for flag in &document.flags {
-            next.insert(flag.clone());
-        }
+        let next = current.imported(&document.flags, replace);
         next.validate().map_err(|e| e.in_file(path))?;
         Ok(next)
     })
