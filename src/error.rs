@@ -40,6 +40,9 @@ pub enum Error {
     #[error("flag {flag:?} requires itself")]
     SelfDependency { flag: String },
 
+    #[error("the wait for the store's write lock was interrupted; nothing was written")]
+    Interrupted,
+
     #[error("flag {flag:?} lists requirement {requires:?} twice")]
     RepeatedRequirement { flag: String, requires: String },
 

@@ -20,7 +20,7 @@ use flagstore::prototype::TrailReason;
 use flagstore::store::{Location, Request, keys_per_transaction};
 use flagstore::{Error, FlagSet, Selection};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 // The extension module's Rust allocations (a batch's decisions, records and bound values)
@@ -109,6 +109,9 @@ struct Store {
     actor: String,
     /// The store as messages name it, kept for those made after it is closed.
     path: String,
+    /// What Python raised when it ran its signal handlers while a call waited for another
+    /// process's lock (Ctrl-C's KeyboardInterrupt), for that call to raise.
+    interrupted: Arc<Mutex<Option<PyErr>>>,
 }
 
 /// A manager used after `close()`: the caller's mistake, as with a closed file.
@@ -153,6 +156,16 @@ impl Store {
                             .map(|evaluated| (Arc::clone(&flags), evaluated))
                             .map_err(raised);
                         let _ = q.reply.send(answer);
+                    }
+                }
+                Err(Error::Interrupted) => {
+                    // The process was interrupted (Ctrl-C): every caller waiting hears it.
+                    let message = Error::Interrupted.to_string();
+                    for q in &queued {
+                        let raised = self
+                            .interruption()
+                            .unwrap_or_else(|| PyKeyboardInterrupt::new_err(message.clone()));
+                        let _ = q.reply.send(Err(raised));
                     }
                 }
                 Err(error) => {
@@ -203,8 +216,21 @@ impl Store {
         py.detach(|| {
             let mut guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
             let store = guard.as_mut().ok_or_else(|| closed(&self.path))?;
-            work(store).map_err(|e| raised(e.at_database(&self.path)))
+            work(store).map_err(|error| match error {
+                Error::Interrupted => self
+                    .interruption()
+                    .unwrap_or_else(|| PyKeyboardInterrupt::new_err(error.to_string())),
+                error => raised(error.at_database(&self.path)),
+            })
         })
+    }
+
+    /// The exception Python raised while a call waited, if it did.
+    fn interruption(&self) -> Option<PyErr> {
+        self.interrupted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Applies `edit` to the flags as one audited change by this manager's actor.
@@ -237,7 +263,7 @@ impl Store {
     #[new]
     #[pyo3(signature = (db, actor, create))]
     fn new(py: Python<'_>, db: Option<String>, actor: String, create: bool) -> PyResult<Store> {
-        let store = py
+        let mut store = py
             .detach(|| match db {
                 None => flagstore::Store::open_in_memory(),
                 Some(db) => {
@@ -250,11 +276,26 @@ impl Store {
                 }
             })
             .map_err(raised)?;
+        // While a call waits for another process's lock, Python runs its signal handlers
+        // every few tens of milliseconds; one that raises (Ctrl-C) ends the wait, before
+        // anything is written, and the call raises what it raised.
+        let interrupted: Arc<Mutex<Option<PyErr>>> = Arc::default();
+        let slot = Arc::clone(&interrupted);
+        store.set_keep_waiting(Arc::new(move || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => true,
+                Err(raised) => {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(raised);
+                    false
+                }
+            })
+        }));
         Ok(Store {
             path: store.path().to_string(),
             store: Mutex::new(Some(store)),
             queue: Mutex::new(Queue::default()),
             actor,
+            interrupted,
         })
     }
 

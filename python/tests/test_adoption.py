@@ -7,10 +7,13 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -268,3 +271,37 @@ print("stats", manager.stats()["total"])
         "delete True",
         "stats 3",
     ]
+
+
+def test_ctrl_c_ends_a_wait_for_another_processs_lock_within_200_ms(tmp_path):
+    db = tmp_path / "flags.db"
+    FlagManager(PIPELINE, db=db).close()
+    script = """
+import sys
+from flagstore import FlagManager
+manager = FlagManager(db=sys.argv[1])
+print("ready", flush=True)
+try:
+    manager.is_enabled("export", "interrupted-key")
+    print("answered", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    child = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(0.5)  # the child is waiting for the lock by now
+        signalled = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        said = child.stdout.readline()
+        waited = time.monotonic() - signalled
+    finally:
+        holder.execute("COMMIT")
+        child.wait(timeout=30)
+    assert said == "interrupted\n"
+    assert waited < 0.2, f"KeyboardInterrupt {waited * 1000:.0f} ms after Ctrl-C"
+    manager = FlagManager(db=db)
+    assert manager.audit(context_key="interrupted-key", limit=0) == [], "nothing written"
+    assert manager.verify()["rows"] == 3

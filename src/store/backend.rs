@@ -3,6 +3,7 @@
 //! reads; a `WriteTx` also the writes, is committed explicitly and rolled back when dropped.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audit::Entry;
@@ -102,8 +103,9 @@ pub(super) trait Backend: Send {
     /// The database as messages name it: a path, or a URL without its password.
     fn name(&self) -> &str;
 
-    /// Begins a transaction holding the store's writer lock, waiting up to `lock_wait` for it.
-    fn begin_write(&self, lock_wait: Duration, references: References) -> Result<()>;
+    /// Begins a transaction holding the store's writer lock, waiting for it as `lock_wait`
+    /// says.
+    fn begin_write(&self, lock_wait: &LockWait, references: References) -> Result<()>;
 
     /// Begins a read-only transaction: one snapshot for all its reads.
     fn begin_read(&self) -> Result<()>;
@@ -360,6 +362,32 @@ pub(super) trait Steps: Reads + Writes {}
 
 impl<T: Reads + Writes + ?Sized> Steps for T {}
 
+/// Asked while a writer waits for the lock: `false` ends the wait.
+pub type KeepWaiting = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How a writer waits for the writer lock another holds.
+#[derive(Clone)]
+pub struct LockWait {
+    /// How long it keeps trying before it reports the store busy.
+    pub budget: Duration,
+    /// Asked at least every [`LockWait::ASKED_EVERY`] while it waits, where given: `false`
+    /// ends the wait with [`Error::Interrupted`], before anything is written. The Python
+    /// package asks whether Ctrl-C was pressed.
+    pub keep_waiting: Option<KeepWaiting>,
+}
+
+impl LockWait {
+    pub const ASKED_EVERY: Duration = Duration::from_millis(50);
+
+    /// Whether to go on waiting, as `keep_waiting` says (always, without it); `Err` to stop.
+    pub(super) fn go_on(&self) -> Result<()> {
+        match &self.keep_waiting {
+            Some(keep_waiting) if !keep_waiting() => Err(Error::Interrupted),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A transaction holding the store's writer lock: committed by [`WriteTx::commit`], which
 /// consumes it, and rolled back if dropped, so an error anywhere leaves the database as it was.
 pub(super) struct WriteTx<'s> {
@@ -368,10 +396,10 @@ pub(super) struct WriteTx<'s> {
 }
 
 impl<'s> WriteTx<'s> {
-    /// Begins a write transaction, waiting up to `lock_wait` for the writer lock.
+    /// Begins a write transaction, waiting for the writer lock as `lock_wait` says.
     pub(super) fn begin(
         backend: &'s dyn Backend,
-        lock_wait: Duration,
+        lock_wait: &LockWait,
         references: References,
     ) -> Result<WriteTx<'s>> {
         backend.begin_write(lock_wait, references)?;

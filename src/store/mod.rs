@@ -49,6 +49,7 @@ mod view;
 use backend::{
     AssignmentRef, Backend, ChainedEntry, ReadTx, Reads, References, Scan, Scope, WriteTx,
 };
+pub use backend::{KeepWaiting, LockWait};
 use chain::append_audit;
 
 pub use copy::CopyReport;
@@ -180,7 +181,7 @@ pub struct Store {
     /// Where it was opened; `None` in memory.
     location: Option<Location>,
     clock: Box<dyn Fn() -> DateTime<Utc> + Send>,
-    lock_wait: Duration,
+    lock_wait: LockWait,
 }
 
 impl Store {
@@ -189,7 +190,10 @@ impl Store {
             backend,
             location: None,
             clock: Box::new(Utc::now),
-            lock_wait: BUSY_RETRY_BUDGET,
+            lock_wait: LockWait {
+                budget: BUSY_RETRY_BUDGET,
+                keep_waiting: None,
+            },
         }
     }
 
@@ -391,7 +395,7 @@ impl Store {
     /// pauses, for up to a minute (see [`Store::set_lock_wait`]), so a burst of contention from
     /// many pipeline workers slows them down instead of failing them.
     fn write_transaction(&self) -> Result<WriteTx<'_>> {
-        WriteTx::begin(self.backend.as_ref(), self.lock_wait, References::Checked)
+        WriteTx::begin(self.backend.as_ref(), &self.lock_wait, References::Checked)
     }
 
     /// [`Store::write_transaction`] for a transaction that only evaluates: everything it
@@ -400,7 +404,7 @@ impl Store {
     fn evaluation_transaction(&self) -> Result<WriteTx<'_>> {
         WriteTx::begin(
             self.backend.as_ref(),
-            self.lock_wait,
+            &self.lock_wait,
             References::EstablishedByTheTransaction,
         )
     }
@@ -432,7 +436,15 @@ impl Store {
     /// How long a writer keeps retrying a busy database before it reports "database is
     /// locked" (`BUSY_RETRY_BUDGET` unless changed).
     pub fn set_lock_wait(&mut self, budget: Duration) {
-        self.lock_wait = budget;
+        self.lock_wait.budget = budget;
+    }
+
+    /// Has a writer waiting for the lock ask `keep_waiting` at least every
+    /// [`LockWait::ASKED_EVERY`], and give up with [`Error::Interrupted`], having written
+    /// nothing, when it answers `false`. On PostgreSQL the wait is the server's and is not
+    /// asked: it ends with the lock wait's budget.
+    pub fn set_keep_waiting(&mut self, keep_waiting: KeepWaiting) {
+        self.lock_wait.keep_waiting = Some(keep_waiting);
     }
 
     /// Replaces the clock that timestamps rows (tests use it to turn time back).

@@ -205,6 +205,59 @@ fn a_writer_held_up_past_the_busy_timeout_retries_and_succeeds() {
     );
 }
 
+/// A writer told to stop waiting (the Python package's Ctrl-C) stops within a turn of the
+/// busy poll and writes nothing; one told to go on gets the lock once it is free. SQLite only:
+/// PostgreSQL's wait is the server's, which is not asked (README: Python).
+#[test]
+fn a_writer_asked_to_stop_waiting_stops_having_written_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let rows = env.count("SELECT count(*) FROM audit_log");
+    let holder = env.sql();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut store = env.open_store();
+    let stop = Arc::new(AtomicBool::new(false));
+    let asked = Arc::clone(&stop);
+    store.set_keep_waiting(Arc::new(move || !asked.load(Ordering::SeqCst)));
+    let selection = flagstore::Selection::Flags(vec!["ingest".to_string()]);
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        Instant::now()
+    });
+    let outcome = store.evaluate(&selection, "k", "tester");
+    let returned = Instant::now();
+    let stopped = stopper.join().unwrap();
+    assert!(
+        matches!(outcome, Err(flagstore::Error::Interrupted)),
+        "{outcome:?}"
+    );
+    let late = returned - stopped;
+    assert!(
+        late < Duration::from_millis(150),
+        "it stopped {late:?} after being asked"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    assert_eq!(env.count("SELECT count(*) FROM audit_log"), rows);
+
+    // Asked and told to go on, it waits for the lock as before.
+    let go_on = env.sql();
+    go_on.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut store = env.open_store();
+    store.set_keep_waiting(Arc::new(|| true));
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        go_on.execute_batch("COMMIT").unwrap();
+    });
+    let evaluated = store.evaluate(&selection, "k", "tester").unwrap();
+    releaser.join().unwrap();
+    assert!(evaluated[0].decision.enabled);
+    assert_eq!(env.count("SELECT count(*) FROM audit_log"), rows + 1);
+}
+
 #[test]
 fn readers_do_not_block_writers_and_keep_their_snapshot() {
     let env = Env::new();

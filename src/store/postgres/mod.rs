@@ -12,13 +12,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 
 use indexmap::IndexMap;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
-use super::backend::{AssignmentRef, Backend, ChainedEntry, References, Steps};
+use super::backend::{AssignmentRef, Backend, ChainedEntry, LockWait, References, Steps};
 use super::schema::SchemaState;
 use crate::audit::AuditRow;
 use crate::error::{DatabaseError, Error, Result};
@@ -529,7 +528,7 @@ impl Backend for Postgres {
         &self.name
     }
 
-    fn begin_write(&self, lock_wait: Duration, _: References) -> Result<()> {
+    fn begin_write(&self, lock_wait: &LockWait, _: References) -> Result<()> {
         // Rows come back as text here: extra_float_digits = 3 has every server print a
         // rollout in digits that read back as the same f64 (the default before PostgreSQL 12
         // rounded to 15). Tagged, so that no row is taken for another's.
@@ -542,7 +541,7 @@ impl Backend for Postgres {
                  SELECT 'flag', name, enabled, rollout_pct, sticky, stale_exempt FROM flags \
                   ORDER BY position, name COLLATE \"C\"; \
                  SELECT 'requires', flag, requires FROM flag_dependencies ORDER BY position",
-            lock_wait.as_millis().max(1),
+            lock_wait.budget.as_millis().max(1),
             sql::SELECT_AUDIT_TAIL
         ));
         // Bound first: the client's borrow must end before a rollback takes it again.
@@ -860,9 +859,12 @@ mod tests {
             flag("NULL", 0.0, StickyPolicy::OnOnly, &["back\\slash sp ace"]),
             flag("ünï", 5e-324, StickyPolicy::None, &[]),
         ];
-        let lock_wait = Duration::from_secs(5);
+        let lock_wait = LockWait {
+            budget: std::time::Duration::from_secs(5),
+            keep_waiting: None,
+        };
         let ts = "2026-11-30T00:00:00.000Z";
-        store.begin_write(lock_wait, References::Checked).unwrap();
+        store.begin_write(&lock_wait, References::Checked).unwrap();
         // Positions out of name order (and requirements too, above): both readings keep them.
         for (position, flag) in flags.iter().enumerate().rev() {
             store
@@ -876,7 +878,7 @@ mod tests {
         }
         store.commit().unwrap();
 
-        store.begin_write(lock_wait, References::Checked).unwrap();
+        store.begin_write(&lock_wait, References::Checked).unwrap();
         assert!(store.flags.borrow().is_some(), "BEGIN read no flags");
         let prefetched = store.load_flags().unwrap();
         let typed = store.load_flags().unwrap();
@@ -885,7 +887,7 @@ mod tests {
         assert_eq!(typed.iter().collect::<Vec<_>>(), reversed);
         store.rollback();
 
-        store.begin_write(lock_wait, References::Checked).unwrap();
+        store.begin_write(&lock_wait, References::Checked).unwrap();
         let changed = flag("a,b", 1.0, StickyPolicy::All, &[]);
         store.update_flag(&changed, ts).unwrap();
         let after_write = store.load_flags().unwrap();

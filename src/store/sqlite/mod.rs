@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, ErrorCode, OpenFlags, ToSql, TransactionBehavior};
 
-use super::backend::{Backend, ChainedEntry, References, Steps};
+use super::backend::{Backend, ChainedEntry, LockWait, References, Steps};
 use super::schema::SchemaState;
 use crate::error::{DatabaseError, Error, Result};
 use crate::file::PendingFile;
@@ -40,6 +40,15 @@ fn wait_for_lock(attempts_so_far: i32) -> bool {
     std::thread::sleep(BUSY_POLL);
     attempts_so_far < BUSY_POLLS
 }
+
+/// [`wait_for_lock`] for a writer that is asked whether to go on waiting (see
+/// [`LockWait::keep_waiting`]): it hands back to the writer every [`LockWait::ASKED_EVERY`].
+fn wait_briefly_for_lock(attempts_so_far: i32) -> bool {
+    std::thread::sleep(BUSY_POLL);
+    attempts_so_far < BRIEF_POLLS
+}
+
+const BRIEF_POLLS: i32 = (LockWait::ASKED_EVERY.as_millis() / BUSY_POLL.as_millis()) as i32;
 
 /// Prepared statements kept per connection: a statement for every row count of the three
 /// multi-row inserts (decision records, assignments, contexts; see `insert_rows`), and room for
@@ -267,7 +276,7 @@ impl Backend for Sqlite {
         &self.path
     }
 
-    fn begin_write(&self, lock_wait: Duration, references: References) -> Result<()> {
+    fn begin_write(&self, lock_wait: &LockWait, references: References) -> Result<()> {
         // A connection's setting, which SQLite ignores inside a transaction: set before BEGIN,
         // and only when it changes, which a run of evaluations or of changes never does.
         let checked = references == References::Checked;
@@ -275,9 +284,25 @@ impl Backend for Sqlite {
             self.conn.pragma_update(None, "foreign_keys", checked)?;
             self.foreign_keys.set(checked);
         }
-        Ok(retry_while_busy(lock_wait, || {
-            self.conn.execute_batch("BEGIN IMMEDIATE")
-        })?)
+        let begin = || self.conn.execute_batch("BEGIN IMMEDIATE");
+        if lock_wait.keep_waiting.is_none() {
+            return Ok(retry_while_busy(lock_wait.budget, begin)?);
+        }
+        // Polled in short turns, asking between them, with nothing written until it begins.
+        self.conn.busy_handler(Some(wait_briefly_for_lock))?;
+        let deadline = Instant::now() + lock_wait.budget;
+        let begun = loop {
+            match begin() {
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    if let Err(interrupted) = lock_wait.go_on() {
+                        break Err(interrupted);
+                    }
+                }
+                outcome => break outcome.map_err(Error::from),
+            }
+        };
+        self.conn.busy_handler(Some(wait_for_lock))?;
+        begun
     }
 
     fn begin_read(&self) -> Result<()> {
@@ -408,18 +433,20 @@ fn retry_while_busy<T>(
     let mut pause = Duration::from_millis(25);
     loop {
         match attempt() {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                ) && Instant::now() < deadline =>
-            {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             outcome => return outcome,
         }
     }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Brings the schema up to date. refinery's transactions take the write lock as they begin
@@ -495,13 +522,16 @@ mod tests {
             rollout_pct: 50.0,
             assigned_at: "2026-11-29T00:00:00.000Z",
         };
-        let lock_wait = Duration::from_secs(1);
+        let lock_wait = LockWait {
+            budget: std::time::Duration::from_secs(1),
+            keep_waiting: None,
+        };
         for references in [
             References::Checked,
             References::EstablishedByTheTransaction,
             References::Checked,
         ] {
-            store.begin_write(lock_wait, references).unwrap();
+            store.begin_write(&lock_wait, references).unwrap();
             let written = store.insert_assignments(std::slice::from_ref(&orphan));
             store.rollback();
             assert_eq!(
