@@ -254,9 +254,9 @@ class FlagManager:
         return answers[0]
 
     def evaluate_all(self, context_key: str = "") -> Dict[str, bool]:
-        """Every flag for ``context_key``, in the prototype's order, as one decision record."""
-        names = self._names()
-        answers, trail = self._store.evaluate(names, context_key)
+        """Every flag for ``context_key``, in the prototype's order (the flags given, then the
+        store's others, read in the same transaction), as one decision record."""
+        names, answers, trail = self._store.evaluate_all(self._order, context_key)
         self._record(trail)
         return dict(zip(names, answers))
 

@@ -251,6 +251,37 @@ impl Store {
     }
 }
 
+/// The answers of an evaluation, in the order asked, and the prototype's trail of it.
+fn answers_and_trail(
+    flags: &FlagSet,
+    evaluated: &ContextEvaluation,
+) -> (Vec<bool>, Vec<TrailTuple>) {
+    let requested: Vec<&str> = evaluated
+        .evaluations
+        .iter()
+        .map(|e| e.flag.as_str())
+        .collect();
+    let answers = evaluated
+        .evaluations
+        .iter()
+        .map(|e| e.decision.enabled)
+        .collect();
+    let trail = flagstore::prototype::trail(flags, evaluated, &requested)
+        .into_iter()
+        .map(|entry| {
+            let (kind, dependency, pct) = match entry.reason {
+                TrailReason::UnknownFlag => ("unknown flag", None, None),
+                TrailReason::Disabled => ("disabled", None, None),
+                TrailReason::DependencyNotMet(name) => ("dependency", Some(name), None),
+                TrailReason::Rollout(pct) => ("rollout", None, Some(pct)),
+                TrailReason::Ok => ("ok", None, None),
+            };
+            (entry.flag, entry.result, kind, dependency, pct)
+        })
+        .collect();
+    (answers, trail)
+}
+
 /// The flags of a flags file's JSON, checked as `import` checks them.
 fn parsed(document: &str) -> flagstore::Result<Vec<flagstore::Flag>> {
     Ok(flagstore::document::Document::parse(document, "flags")?.flags)
@@ -389,26 +420,28 @@ impl Store {
                 (flags, evaluated)
             }
         };
-        let requested: Vec<&str> = names.iter().map(String::as_str).collect();
-        let answers = evaluated
+        Ok(answers_and_trail(&flags, &evaluated))
+    }
+
+    /// Every flag for `key`, durably recorded: those of `first` in that order (the flags the
+    /// manager was given), then the store's others, as read in the evaluating transaction;
+    /// their names, answers and the prototype's trail.
+    fn evaluate_all(
+        &self,
+        py: Python<'_>,
+        first: Vec<String>,
+        key: String,
+    ) -> PyResult<(Vec<String>, Vec<bool>, Vec<TrailTuple>)> {
+        let (flags, evaluated) = self.evaluate_queued(py, Selection::AllAfter(first), key)?;
+        // Only a request for one flag that does not exist goes unevaluated.
+        let evaluated = evaluated.unwrap_or_default();
+        let names = evaluated
             .evaluations
             .iter()
-            .map(|e| e.decision.enabled)
+            .map(|e| e.flag.clone())
             .collect();
-        let trail = flagstore::prototype::trail(&flags, &evaluated, &requested)
-            .into_iter()
-            .map(|entry| {
-                let (kind, dependency, pct) = match entry.reason {
-                    TrailReason::UnknownFlag => ("unknown flag", None, None),
-                    TrailReason::Disabled => ("disabled", None, None),
-                    TrailReason::DependencyNotMet(name) => ("dependency", Some(name), None),
-                    TrailReason::Rollout(pct) => ("rollout", None, Some(pct)),
-                    TrailReason::Ok => ("ok", None, None),
-                };
-                (entry.flag, entry.result, kind, dependency, pct)
-            })
-            .collect();
-        Ok((answers, trail))
+        let (answers, trail) = answers_and_trail(&flags, &evaluated);
+        Ok((names, answers, trail))
     }
 
     /// One flag for `key` as `serve` answers OFREP: value, OpenFeature reason, flagstore's

@@ -18,6 +18,7 @@ import time
 import pytest
 
 import flagstore
+from conftest import run_cli
 from flagstore import Flag, FlagManager, StoreError, flags_from_config
 
 PIPELINE = [Flag("ingest"), Flag("dedupe", requires=["ingest"]), Flag("export", rollout_pct=50, requires=["dedupe"])]
@@ -305,3 +306,14 @@ except KeyboardInterrupt:
     manager = FlagManager(db=db)
     assert manager.audit(context_key="interrupted-key", limit=0) == [], "nothing written"
     assert manager.verify()["rows"] == 3
+
+
+def test_evaluate_all_follows_the_order_given_then_the_stores(tmp_path, flagstore_bin):
+    db = str(tmp_path / "flags.db")
+    run_cli(flagstore_bin, "--db", db, "flag", "create", "b")
+    run_cli(flagstore_bin, "--db", db, "flag", "create", "a")
+    manager = FlagManager([Flag("a"), Flag("b")], db=db)
+    run_cli(flagstore_bin, "--db", db, "flag", "create", "c")
+    assert list(manager.evaluate_all("k")) == ["a", "b", "c"]
+    assert [entry["flag"] for entry in manager.audit_log] == ["a", "b", "c"]
+    assert list(FlagManager(db=db).evaluate_all("k")) == ["b", "a", "c"], "the store's order"

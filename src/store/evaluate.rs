@@ -97,6 +97,7 @@ impl Store {
         let flags_per_key = match selection {
             Selection::All => self.flags()?.len(),
             Selection::Flags(names) => names.len(),
+            Selection::AllAfter(first) => self.flags()?.len().max(first.len()),
         };
         let chunk_keys = keys_per_transaction(flags_per_key);
         let mut keys = keys.into_iter();

@@ -82,8 +82,13 @@ pub fn keys_per_transaction(flags: usize) -> usize {
 /// Which flags to evaluate.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Selection {
+    /// Every flag, in the store's order.
     All,
     Flags(Vec<String>),
+    /// These flags, in this order (one the store lacks answered as unknown), then every other
+    /// flag in the store's order, read in the evaluating transaction: the Python manager's
+    /// `evaluate_all`, whose order is that of the flags it was given, as the prototype's was.
+    AllAfter(Vec<String>),
 }
 
 impl Selection {
@@ -91,6 +96,15 @@ impl Selection {
         match self {
             Selection::All => flags.names().collect(),
             Selection::Flags(names) => names.iter().map(String::as_str).collect(),
+            Selection::AllAfter(first) => {
+                let mut names: Vec<&str> = first.iter().map(String::as_str).collect();
+                names.extend(
+                    flags
+                        .names()
+                        .filter(|name| !first.iter().any(|f| f == name)),
+                );
+                names
+            }
         }
     }
 }

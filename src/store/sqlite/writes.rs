@@ -100,13 +100,15 @@ impl Writes for Sqlite {
     }
 
     fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()> {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(flags.len() * 3);
         for flag in flags {
-            self.execute(
-                "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES (?1, ?2, ?3)",
-                (flag, first_id, last_id),
-            )?;
+            values.extend([flag as &dyn ToSql, &first_id, &last_id]);
         }
-        Ok(())
+        self.insert_rows(
+            "INSERT INTO audit_flag_ranges (flag, first_id, last_id)",
+            3,
+            &values,
+        )
     }
 
     fn insert_token(&self, token: &TokenRecord) -> Result<()> {
