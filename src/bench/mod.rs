@@ -1,5 +1,7 @@
 //! `flagstore bench`: batch evaluation throughput on a fresh store and again on the same keys,
-//! so anyone can reproduce the figures the README quotes.
+//! so anyone can reproduce the figures the README quotes. Keys are loaded as users send them:
+//! random (UUID-shaped, in no order) on a store that already holds [`Load::preload`] contexts,
+//! since keys that count up on a new store are the kindest case for every index.
 
 mod load;
 
@@ -48,10 +50,49 @@ pub enum Scratch {
     Postgres(String),
 }
 
+/// How a bench's keys arrive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    pub order: KeyOrder,
+    /// Contexts the store holds before the measured passes (one flag each, not timed).
+    pub preload: u64,
+}
+
+impl Load {
+    /// The key of the `i`th measured request or key, after the preloaded ones.
+    fn key(&self, i: u64) -> String {
+        ordered_key(self.preload + i, self.order)
+    }
+
+    /// Fills the store with [`Load::preload`] contexts, a decision of one flag each, in batch
+    /// transactions, and says so on `out`.
+    fn preload(&self, store: &mut Store, out: &mut impl Write) -> Result<()> {
+        if self.preload == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let one_flag = Selection::Flags(vec![PRELOAD_FLAG.to_string()]);
+        let keys = (0..self.preload).map(|i| Ok(ordered_key(i, self.order)));
+        store.evaluate_batch(&one_flag, "bench", keys, |_, _| Ok(()))?;
+        writeln!(
+            out,
+            "preloaded {} contexts (flag {PRELOAD_FLAG}) in {:.1} s",
+            self.preload,
+            started.elapsed().as_secs_f64()
+        )
+        .map_err(write_error)
+    }
+}
+
+/// The flag the preloaded contexts are evaluated for: the cheapest, one decision each.
+const PRELOAD_FLAG: &str = "ingest";
+
 /// Runs both passes over `keys` generated keys in a fresh store, which is removed afterwards,
 /// and prints one line per pass.
-pub fn run(keys: u64, order: KeyOrder, scratch: &Scratch, out: &mut impl Write) -> Result<()> {
-    in_scratch_store(scratch, |store| run_in(store, keys, order, out))
+pub fn run(keys: u64, arrival: Load, scratch: &Scratch, out: &mut impl Write) -> Result<()> {
+    in_scratch_location(scratch, |store, location| {
+        run_in(store, location, keys, arrival, out)
+    })
 }
 
 /// Fills a fresh log with `rows` evaluation rows and prints the median time of each query.
@@ -94,10 +135,12 @@ const SERVED_FLAG: &str = "enrich";
 pub fn run_serve(
     requests: u64,
     connections: usize,
+    arrival: Load,
     scratch: &Scratch,
     out: &mut impl Write,
 ) -> Result<()> {
     in_scratch_location(scratch, |store, location| {
+        arrival.preload(store, out)?;
         writeln!(
             out,
             "{requests} requests of flag {SERVED_FLAG} over {connections} keep-alive connections, \
@@ -112,7 +155,8 @@ pub fn run_serve(
         )
         .map_err(write_error)?;
         let path = format!("/ofrep/v1/evaluate/flags/{SERVED_FLAG}");
-        let body = |i: u64| format!(r#"{{"context":{{"targetingKey":"tenant-{i:09}"}}}}"#);
+        let body =
+            move |i: u64| format!(r#"{{"context":{{"targetingKey":"{}"}}}}"#, arrival.key(i));
         let ceiling = with_server(ServerKind::Ceiling, |address| {
             load::run(address, connections, requests, &path, body)
         })?;
@@ -122,16 +166,28 @@ pub fn run_serve(
             no_auth: true,
             limits: Limits::default(),
         };
+        let size = StoreSize::of(location);
+        let before = size.measure();
         let passes = with_server(
             ServerKind::Flagstore(Store::open(location)?, config),
             |address| {
                 let fresh = load::run(address, connections, requests, &path, body)?;
+                let after_fresh = size.measure();
                 let again = load::run(address, connections, requests, &path, body)?;
-                Ok((fresh, again))
+                Ok((fresh, after_fresh, again))
             },
         )?;
-        writeln!(out, "{}", load_line("fresh (misses)", &passes.0)).map_err(write_error)?;
-        writeln!(out, "{}", load_line("again (hits)", &passes.1)).map_err(write_error)?;
+        let (fresh, after_fresh, again) = passes;
+        let after_again = size.measure();
+        writeln!(out, "{}", load_line("fresh (misses)", &fresh)).map_err(write_error)?;
+        writeln!(out, "{}", load_line("again (hits)", &again)).map_err(write_error)?;
+        writeln!(
+            out,
+            "per fresh request: {}; per repeated request: {}",
+            before.per(&after_fresh, requests),
+            after_fresh.per(&after_again, requests)
+        )
+        .map_err(write_error)?;
         let rss = peak_rss_kib().map_or("unknown".to_string(), |kib| {
             format!("{:.1} MB", kib as f64 / 1024.0)
         });
@@ -272,19 +328,27 @@ pub enum KeyOrder {
 }
 
 fn generated_keys(range: std::ops::Range<u64>) -> impl Iterator<Item = Result<String>> {
-    ordered_keys(range, KeyOrder::Sequential)
+    range.map(|i| Ok(ordered_key(i, KeyOrder::Sequential)))
 }
 
-fn ordered_keys(
-    range: std::ops::Range<u64>,
-    order: KeyOrder,
-) -> impl Iterator<Item = Result<String>> {
-    range.map(move |i| {
-        Ok(match order {
-            KeyOrder::Sequential => format!("tenant-{i:09}"),
-            KeyOrder::Random => format!("tenant-{:016x}", scramble(i)),
-        })
-    })
+/// The `i`th key: `tenant-000000042`, or a UUID-shaped key of 32 hex digits that are a
+/// bijection of `i` (its first 16) and a second scramble of it, so distinct `i` give distinct
+/// keys in no order, 36 characters long as the UUIDs users send.
+fn ordered_key(i: u64, order: KeyOrder) -> String {
+    match order {
+        KeyOrder::Sequential => format!("tenant-{i:09}"),
+        KeyOrder::Random => {
+            let (high, low) = (scramble(i), scramble(!i));
+            format!(
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                high >> 32,
+                (high >> 16) & 0xffff,
+                high & 0xffff,
+                low >> 48,
+                low & 0xffff_ffff_ffff
+            )
+        }
+    }
 }
 
 /// SplitMix64's finalizer: a bijection of u64, so distinct numbers give distinct keys, whose
@@ -295,9 +359,15 @@ fn scramble(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn run_in(store: &mut Store, keys: u64, order: KeyOrder, out: &mut impl Write) -> Result<()> {
+fn run_in(
+    store: &mut Store,
+    location: &Location,
+    keys: u64,
+    arrival: Load,
+    out: &mut impl Write,
+) -> Result<()> {
     let flag_count = bench_flags().len();
-    let order_name = match order {
+    let order_name = match arrival.order {
         KeyOrder::Sequential => "sequential",
         KeyOrder::Random => "random",
     };
@@ -308,23 +378,27 @@ fn run_in(store: &mut Store, keys: u64, order: KeyOrder, out: &mut impl Write) -
         store.path()
     )
     .map_err(write_error)?;
+    arrival.preload(store, out)?;
     writeln!(
         out,
-        "{:<18} {:>12} {:>9} {:>12} {:>11} {:>11}",
+        "{:<18} {:>12} {:>9} {:>12} {:>11} {:>11}  per key",
         "pass", "evaluations", "seconds", "evals/s", "batch p50", "batch p99"
     )
     .map_err(write_error)?;
+    let size = StoreSize::of(location);
     for pass in ["fresh (misses)", "again (hits)"] {
+        let before = size.measure();
         let started = Instant::now();
         let mut sink = io::sink();
         let report = store.evaluate_batch(
             &Selection::All,
             "bench",
-            ordered_keys(0..keys, order),
+            (0..keys).map(|i| Ok(arrival.key(i))),
             |key, evaluations| write_batch_line(&mut sink, key, evaluations).map_err(write_error),
         )?;
         let elapsed = started.elapsed();
-        writeln!(out, "{}", pass_line(pass, &report, elapsed)).map_err(write_error)?;
+        let per_key = before.per(&size.measure(), keys);
+        writeln!(out, "{}  {per_key}", pass_line(pass, &report, elapsed)).map_err(write_error)?;
     }
     let rss = peak_rss_kib().map_or("unknown".to_string(), |kib| {
         format!("{:.1} MB", kib as f64 / 1024.0)
@@ -468,6 +542,68 @@ fn pass_line(pass: &str, report: &BatchReport, elapsed: Duration) -> String {
     )
 }
 
+/// What a bench's writes cost an SQLite store: bytes this process wrote to disk (Linux's
+/// `/proc/self/io`, WAL and database together, checkpoints included) and the bytes its files
+/// grew by. A PostgreSQL server writes in processes of its own, so neither is measured there.
+struct StoreSize<'a> {
+    file: Option<&'a Path>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    written: Option<u64>,
+    on_disk: Option<u64>,
+}
+
+impl<'a> StoreSize<'a> {
+    fn of(location: &'a Location) -> StoreSize<'a> {
+        StoreSize {
+            file: match location {
+                Location::Sqlite(path) => Some(path),
+                Location::Postgres(_) => None,
+            },
+        }
+    }
+
+    fn measure(&self) -> Measured {
+        let Some(file) = self.file else {
+            return Measured {
+                written: None,
+                on_disk: None,
+            };
+        };
+        let io = std::fs::read_to_string("/proc/self/io").ok();
+        let written = io.as_deref().and_then(|io| {
+            let line = io.lines().find(|l| l.starts_with("write_bytes:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        });
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let mut wal = file.as_os_str().to_owned();
+        wal.push("-wal");
+        Measured {
+            written,
+            on_disk: Some(size(file) + size(Path::new(&wal))),
+        }
+    }
+}
+
+impl Measured {
+    /// From this measure to `after`, per one of `count`: "N bytes written, M grown".
+    fn per(&self, after: &Measured, count: u64) -> String {
+        let per = |before: Option<u64>, after: Option<u64>| match (before, after) {
+            (Some(before), Some(after)) if count > 0 => {
+                format!("{:.0}", (after as f64 - before as f64) / count as f64)
+            }
+            _ => "n/a".to_string(),
+        };
+        format!(
+            "{} bytes written, {} grown on disk",
+            per(self.written, after.written),
+            per(self.on_disk, after.on_disk)
+        )
+    }
+}
+
 /// The process's peak resident set size (Linux `VmHWM`), if the platform tells.
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -500,30 +636,60 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let mut out = Vec::new();
+            let arrival = Load {
+                order,
+                preload: 200,
+            };
             run(
                 300,
-                order,
+                arrival,
                 &Scratch::Directory(dir.path().to_path_buf()),
                 &mut out,
             )
             .unwrap();
             let text = String::from_utf8(out).unwrap();
             let lines: Vec<&str> = text.lines().collect();
-            assert_eq!(lines.len(), 5, "{text}");
+            assert_eq!(lines.len(), 6, "{text}");
             assert!(lines[0].starts_with(name), "{text}");
-            assert!(lines[2].starts_with("fresh (misses)") && lines[2].contains(" 1500 "));
-            assert!(lines[3].starts_with("again (hits)") && lines[3].contains(" 1500 "));
-            assert!(lines[4].starts_with("peak RSS"));
+            assert!(lines[1].starts_with("preloaded 200 contexts"), "{text}");
+            for (line, pass) in lines[3..5].iter().zip(["fresh (misses)", "again (hits)"]) {
+                assert!(line.starts_with(pass) && line.contains(" 1500 "), "{text}");
+                let written: f64 = line
+                    .split("  ")
+                    .last()
+                    .and_then(|per_key| per_key.split_whitespace().next())
+                    .and_then(|bytes| bytes.parse().ok())
+                    .unwrap_or_else(|| panic!("bytes written per key: {line}"));
+                assert!(written >= 0.0, "{line}");
+                assert!(line.ends_with("grown on disk"), "{line}");
+            }
+            assert!(lines[5].starts_with("peak RSS"));
             // The database is cleaned up.
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
     }
 
     #[test]
+    fn preloaded_and_measured_keys_are_distinct() {
+        let arrival = Load {
+            order: KeyOrder::Random,
+            preload: 1_000,
+        };
+        let mut keys: Vec<String> = (0..1_000)
+            .map(|i| ordered_key(i, KeyOrder::Random))
+            .chain((0..1_000).map(|i| arrival.key(i)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 2_000);
+        assert!(keys.iter().all(|key| key.len() == 36), "UUID-shaped");
+    }
+
+    #[test]
     fn random_keys_are_distinct_and_unordered() {
-        let keys: Vec<String> = ordered_keys(0..10_000, KeyOrder::Random)
-            .collect::<Result<_>>()
-            .unwrap();
+        let keys: Vec<String> = (0..10_000)
+            .map(|i| ordered_key(i, KeyOrder::Random))
+            .collect();
         let mut sorted = keys.clone();
         sorted.sort();
         sorted.dedup();
@@ -539,18 +705,25 @@ mod tests {
     fn serve_bench_runs_every_pass_and_every_request_succeeds() {
         let dir = tempfile::tempdir().unwrap();
         let mut out = Vec::new();
+        let arrival = Load {
+            order: KeyOrder::Random,
+            preload: 100,
+        };
         run_serve(
             400,
             8,
+            arrival,
             &Scratch::Directory(dir.path().to_path_buf()),
             &mut out,
         )
         .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!(lines.len(), 8, "{text}");
+        assert!(lines[0].starts_with("preloaded 100 contexts"), "{text}");
+        assert!(lines[6].starts_with("per fresh request: "), "{text}");
         for (line, pass) in
-            lines[2..5]
+            lines[3..6]
                 .iter()
                 .zip(["ceiling (no store)", "fresh (misses)", "again (hits)"])
         {

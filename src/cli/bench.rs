@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::Outcome;
-use flagstore::bench::{KeyOrder, Scratch};
+use flagstore::bench::{KeyOrder, Load, Scratch};
 use flagstore::error::{Error, Result};
 use flagstore::store::Location;
 
@@ -14,17 +14,16 @@ use flagstore::store::Location;
 pub enum BenchCommand {
     /// Batch evaluation: a fresh store (all sticky misses), then the same keys again (hits).
     #[command(after_help = "Examples:
-  flagstore bench eval --keys 1000000
+  flagstore bench eval --keys 200000
   flagstore bench eval --keys 200000 --dir /dev/shm
-  flagstore bench eval --keys 200000 --order random
+  flagstore bench eval --keys 200000 --order sequential --preload 0
   flagstore bench eval --keys 200000 --db postgres://postgres@localhost/test")]
     Eval {
         /// Context keys per pass.
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 200_000)]
         keys: u64,
-        /// The order of the generated keys.
-        #[arg(long, value_enum, default_value_t = KeyOrder::Sequential)]
-        order: KeyOrder,
+        #[command(flatten)]
+        load: LoadArgs,
         #[command(flatten)]
         scratch: ScratchArgs,
     },
@@ -53,8 +52,31 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         connections: usize,
         #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
         scratch: ScratchArgs,
     },
+}
+
+/// How the bench's keys arrive: as users send them unless told otherwise.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The order of the generated keys: random (UUID-shaped, as tenant and user ids arrive)
+    /// or sequential (each sorting after the one before: the kindest case for the indexes).
+    #[arg(long, value_enum, default_value_t = KeyOrder::Random)]
+    order: KeyOrder,
+    /// Contexts the store holds before the measured passes, one decision each (not timed).
+    #[arg(long, value_name = "CONTEXTS", default_value_t = 1_000_000)]
+    preload: u64,
+}
+
+impl LoadArgs {
+    fn load(&self) -> Load {
+        Load {
+            order: self.order,
+            preload: self.preload,
+        }
+    }
 }
 
 /// Where a bench's throw-away store goes.
@@ -92,19 +114,24 @@ pub fn run(out: &mut impl Write, command: &BenchCommand) -> Result<Outcome> {
     match command {
         BenchCommand::Eval {
             keys,
-            order,
+            load,
             scratch,
-        } => flagstore::bench::run(*keys, *order, &scratch.scratch()?, out)?,
+        } => flagstore::bench::run(*keys, load.load(), &scratch.scratch()?, out)?,
         BenchCommand::Audit { rows, scratch } => {
             flagstore::bench::run_audit(*rows, &scratch.scratch()?, out)?
         }
         BenchCommand::Serve {
             requests,
             connections,
+            load,
             scratch,
-        } => {
-            flagstore::bench::run_serve(*requests, (*connections).max(1), &scratch.scratch()?, out)?
-        }
+        } => flagstore::bench::run_serve(
+            *requests,
+            (*connections).max(1),
+            load.load(),
+            &scratch.scratch()?,
+            out,
+        )?,
     }
     Ok(Outcome::Success)
 }
