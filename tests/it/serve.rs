@@ -315,6 +315,95 @@ fn concurrent_clients_on_the_same_keys_agree() {
     env.ok(&["audit", "verify"]);
 }
 
+/// The group commit answers many connections from one transaction: one client sending every
+/// kind of bad request meanwhile costs the others nothing. Each valid answer is counted against
+/// what the store recorded for its key.
+fn valid_clients_are_answered_while_another_sends_bad_requests() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let server = Server::start(&env, &[]);
+    let bearer = format!("Bearer {token}");
+    let single = format!("{}/ofrep/v1/evaluate/flags/enrich", server.url);
+    let bulk = format!("{}/ofrep/v1/evaluate/flags", server.url);
+    let bad_bodies = [
+        context(&"k".repeat(1_025)),
+        r#"{"context": {"targetingKey": "nul\u0000key"}}"#.to_string(),
+        r#"{"context": {"targetingKey": "\ud800"}}"#.to_string(),
+        "not json".to_string(),
+        "{}".to_string(),
+    ];
+    let (answered, refused) = std::thread::scope(|scope| {
+        let valid: Vec<_> = (0..4)
+            .map(|client| {
+                let (single, bulk, bearer) = (&single, &bulk, &bearer);
+                scope.spawn(move || {
+                    (0..40)
+                        .map(|i| {
+                            let key = format!("c{client}-{i}");
+                            let auth = [("Authorization", bearer.as_str())];
+                            let reply = if i % 4 == 0 {
+                                post(bulk, &auth, &context(&key))
+                            } else {
+                                post(single, &auth, &context(&key))
+                            };
+                            assert_eq!(reply.status, 200, "{key}: {}", reply.body);
+                            let enrich = match reply.json().get("flags") {
+                                Some(flags) => flags
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .find(|f| f["key"] == "enrich")
+                                    .unwrap()["value"]
+                                    .clone(),
+                                None => reply.json()["value"].clone(),
+                            };
+                            (key, enrich)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let hostile = scope.spawn(|| {
+            let mut refused = 0;
+            for i in 0..40 {
+                let auth = [("Authorization", bearer.as_str())];
+                for body in &bad_bodies {
+                    refused += usize::from(post(&single, &auth, body).status == 400);
+                    refused += usize::from(post(&bulk, &auth, body).status == 400);
+                }
+                let ghost = format!("{}/ofrep/v1/evaluate/flags/ghost", server.url);
+                refused +=
+                    usize::from(post(&ghost, &auth, &context(&format!("g{i}"))).status == 404);
+                let forged = [("Authorization", "Bearer fst_not_a_token")];
+                refused += usize::from(post(&single, &forged, &context("forged")).status == 401);
+            }
+            refused
+        });
+        let answered: Vec<(String, Value)> =
+            valid.into_iter().flat_map(|c| c.join().unwrap()).collect();
+        (answered, hostile.join().unwrap())
+    });
+    assert_eq!(
+        refused,
+        40 * (2 * bad_bodies.len() + 2),
+        "every bad request refused"
+    );
+    assert_eq!(answered.len(), 160);
+    assert_eq!(
+        evaluations_recorded(&env),
+        160,
+        "one record per valid request, no other"
+    );
+    for (key, value) in &answered {
+        let recorded = env.text(&format!(
+            "SELECT CAST(result AS TEXT) FROM audit_evaluations \
+             WHERE flag = 'enrich' AND context_key = '{key}'"
+        ));
+        assert_eq!(recorded == "1", value == &json!(true), "{key}");
+    }
+    env.ok(&["audit", "verify"]);
+}
+
 /// Requests in flight when SIGTERM arrives are answered; the server exits 0.
 /// SQLite only (it holds the file's write lock from outside): reads run on connections of
 /// their own, and /healthz on what the writer last did, so they answer while the writer waits
@@ -1182,6 +1271,7 @@ fn admins_list_create_and_revoke_tokens_over_the_api() {
 }
 
 contract_tests! {
+    valid_clients_are_answered_while_another_sends_bad_requests,
     admins_list_create_and_revoke_tokens_over_the_api,
     audit_answers_are_bounded_in_bytes_and_end_at_a_record,
     mistyped_urls_are_404_in_their_apis_shape_and_bearer_takes_any_case,
