@@ -750,24 +750,10 @@ fn assignments_list_and_reset() {
 
 fn run_imports_evaluates_and_writes_the_result() {
     let env = Env::new();
-    let input = env.write(
-        "job.json",
-        r#"{"context_key": "batch-7", "flags": [{"name": "a"}, {"name": "b", "requires": ["a"], "enabled": false}]}"#,
-    );
-    let output = env.dir.path().join("result.json");
-    let printed = env.ok(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let job = r#"{"context_key": "batch-7", "flags": [{"name": "a"}, {"name": "b", "requires": ["a"], "enabled": false}]}"#;
+    let written = crate::prototype::run(&env, job);
     assert_eq!(
-        format!("{}\n", std::fs::read_to_string(&output).unwrap()),
-        printed
-    );
-    assert_eq!(
-        json(&printed),
+        json(&written),
         serde_json::json!({
             "evaluations": {"a": true, "b": false},
             "stats": {"total": 2, "enabled": 1, "disabled": 1},
@@ -782,14 +768,7 @@ fn run_imports_evaluates_and_writes_the_result() {
     // not the rows appended: 2 change rows and one decision record.
     assert_eq!(env.count("SELECT count(*) FROM audit_log"), 3);
     // A second run changes no flag and writes the same count.
-    let again = env.ok(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
-    assert_eq!(json(&again)["audit_entries"], 2);
+    assert_eq!(json(&crate::prototype::run(&env, job))["audit_entries"], 2);
 }
 
 fn run_uses_the_default_context_and_the_shipped_example_works() {

@@ -21,8 +21,9 @@ fn shared_vectors() -> Vec<RunVector> {
         .expect("fixture parses")
 }
 
-/// `flagstore run` on `config`, returning the output file's bytes.
-fn run(env: &Env, config: &str) -> String {
+/// `flagstore run` on `config`, returning the output file's bytes (stdout must be the same
+/// and a newline).
+pub fn run(env: &Env, config: &str) -> String {
     let input = env.write("flags.json", config);
     let output = env.dir.path().join("summary.json");
     let printed = env.ok(&[
