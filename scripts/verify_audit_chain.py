@@ -4,22 +4,19 @@
 Usage: python3 verify_audit_chain.py flagstore.db
 
 Prints "audit log verified: N rows, head HASH" and exits 0, or names the first row that does
-not verify on stderr and exits 2. It uses no assert, so python3 -O checks as much.
+not verify on stderr and exits 2. It uses no assert, so python3 -O checks as much. It opens the
+file read-only, and where it may not write beside it (a reviewer's copy), as immutable: a WAL
+a writer left beside it is then not read, and the line says so.
 """
 import hashlib
+import os
 import sqlite3
 import sys
+import urllib.parse
 
 GENESIS = "0" * 64
-
-
-def encode(value):
-    if value is None:
-        return b"N"
-    if isinstance(value, int):
-        return b"I%d;" % value
-    data = value.encode("utf-8")
-    return b"T%d:" % len(data) + data
+COLUMNS = ("id", "ts", "kind", "actor", "action", "flag", "context_key", "result", "source",
+           "reason", "detail")
 
 
 def fail(message):
@@ -27,8 +24,22 @@ def fail(message):
     sys.exit(2)
 
 
+def encode(row_id, column, value):
+    if value is None:
+        return b"N"
+    if isinstance(value, int):
+        return b"I%d;" % value
+    if isinstance(value, str):
+        data = value.encode("utf-8")
+        return b"T%d:" % len(data) + data
+    kind = "BLOB" if isinstance(value, bytes) else "REAL"
+    fail(f"row {row_id}: {column} holds a {kind}, not text, an integer or NULL")
+
+
 def main(path):
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    writable = os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro" + ("" if writable else "&immutable=1")
+    db = sqlite3.connect(uri, uri=True)
     rows = db.execute(
         "SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, detail,"
         " prev_hash, hash FROM audit_log ORDER BY id"
@@ -40,11 +51,12 @@ def main(path):
             fail(f"row {row_id}: expected row {expected_id} next (rows missing)")
         if prev_hash != head:
             fail(f"row {row_id}: prev_hash does not match the previous row's hash")
-        digest = hashlib.sha256(head.encode() + b"".join(map(encode, columns))).hexdigest()
-        if digest != stored_hash:
+        encoded = b"".join(encode(row_id, name, value) for name, value in zip(COLUMNS, columns))
+        if hashlib.sha256(head.encode() + encoded).hexdigest() != stored_hash:
             fail(f"row {row_id}: hash does not match the row's contents")
         head, expected_id = stored_hash, expected_id + 1
-    print(f"audit log verified: {expected_id - 1} rows, head {head}")
+    how = "" if writable else " (read-only, immutable: no writer's WAL read)"
+    print(f"audit log verified: {expected_id - 1} rows{how}, head {head}")
 
 
 if __name__ == "__main__":

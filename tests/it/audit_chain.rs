@@ -137,6 +137,100 @@ fn an_edited_row_is_named_by_flagstore_and_by_the_script() {
     }
 }
 
+/// Runs the README's verifier on `db`, as this process's user or as nobody (with Debian's
+/// `/usr/bin/python3`: a pyenv shim under root's home is out of nobody's reach), and returns
+/// its exit code, stdout and stderr.
+fn script_on(db: &std::path::Path, as_nobody: bool) -> (Option<i32>, String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_audit_chain.py");
+    let mut command = if as_nobody {
+        let mut setpriv = std::process::Command::new("setpriv");
+        setpriv.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+        ]);
+        setpriv
+    } else {
+        std::process::Command::new("python3")
+    };
+    let output = command.arg(script).arg(db).output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// A reviewer may only read the file: the script opens it read-only, `immutable=1` where it
+/// cannot write beside it (SQLite otherwise needs to make its shared-memory file), and says
+/// so; a path holding URI characters is read as the path it is.
+#[test]
+fn the_script_verifies_a_file_the_reviewer_may_only_read() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0"
+        || !std::path::Path::new("/usr/bin/python3").exists()
+    {
+        eprintln!("skipped: reading as an unprivileged user needs root and /usr/bin/python3");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let env = store_with_history();
+    let verified = env.ok(&["audit", "verify"]);
+    // Not under the test's temporary directory, whose parent only root may enter.
+    let home = tempfile::Builder::new()
+        .prefix("flagstore-review-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let db = home.path().join("a?b#c%20.db");
+    std::fs::copy(&env.db, &db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let (code, stdout, stderr) = script_on(&db, true);
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        verified.replace(
+            " rows, head ",
+            " rows (read-only, immutable: no writer's WAL read), head "
+        )
+    );
+    assert_eq!(
+        script_on(&db, false).1,
+        verified,
+        "root may write beside it"
+    );
+}
+
+/// A BLOB where the chain hashes text (any column takes one, whatever its declared type; a
+/// REAL, past a CHECK turned off, is named the same way) is named with its row and column,
+/// not a traceback.
+#[test]
+fn the_script_names_a_row_whose_column_has_the_wrong_type() {
+    for (sql, named) in [
+        (
+            "UPDATE audit_log SET detail = CAST(detail AS BLOB) WHERE id = 2",
+            "row 2: detail holds a BLOB, not text, an integer or NULL",
+        ),
+        (
+            "UPDATE audit_log SET actor = CAST(actor AS BLOB) WHERE id = 6",
+            "row 6: actor holds a BLOB, not text, an integer or NULL",
+        ),
+    ] {
+        let env = store_with_history();
+        tamper(&env, sql);
+        let (code, stdout, stderr) = script_on(&env.db, false);
+        assert_eq!(code, Some(2), "{sql}: {stderr}");
+        assert!(stdout.is_empty());
+        assert_eq!(
+            stderr,
+            format!("audit log does not verify: {named}\n"),
+            "{sql}"
+        );
+    }
+}
+
 /// The verifier printed in the README for reviewers is the script the tests run.
 #[test]
 fn the_readme_verifier_is_the_tested_script() {
