@@ -1,6 +1,6 @@
 //! `flagstore bench`: batch evaluation throughput on a fresh store and again on the same keys,
 //! so anyone can reproduce the figures the README quotes. Keys are loaded as users send them:
-//! random (UUID-shaped, in no order) on a store that already holds [`Load::preload`] contexts,
+//! random (UUID-shaped, in no order) on a store that already holds `Load::preload` contexts,
 //! since keys that count up on a new store are the kindest case for every index.
 
 mod load;
