@@ -17,9 +17,14 @@ use flagstore::store::Store;
      evaluation row that stored it;
   3. the audit log's hash chain (as `audit verify`);
   4. the live state: each flag's stored definition is the one its change rows leave, and
-     each assignment's decision, bucket and rollout the ones its record stored; and the
-     index of decision records by flag (audit_flag_ranges) lists each record under exactly
-     the flags it was asked for (one line per difference).
+     each assignment's decision, bucket and rollout the ones its record stored; the index of
+     decision records by flag (audit_flag_ranges) lists each record under exactly the flags
+     it was asked for; every API token row the one its change rows leave (its role,
+     creation and revocation); and the schema's triggers, views and indexes (and SQLite's table
+     texts, PostgreSQL's functions) are the ones the migrations make, run anew in an empty
+     database (on PostgreSQL in a scratch schema rolled back, which a role that may not
+     create a schema cannot do: the summary then says they were not compared) (one line
+     per difference).
 
 With --repair-index, decision records missing from the index are added back, recorded in
 the audit log as one change row per flag (action reindex); a range that lists too much
@@ -70,6 +75,13 @@ fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) ->
     }
     let mut differences = store.unexplained_state()?;
     differences.extend(index.lines());
+    let schema = match store.schema_differences()? {
+        Ok(found) => {
+            differences.extend(found);
+            "the schema the migrations make".to_string()
+        }
+        Err(why) => format!("the schema not compared ({why})"),
+    };
     if !differences.is_empty() {
         for line in &differences {
             eprintln!("flagstore: {}: {line}", store.path());
@@ -86,7 +98,9 @@ fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) ->
         out,
         "store checked: {storage}, foreign keys hold, {assignments} assignments each with the \
          evaluation that stored it, the flags the ones their change rows leave, every decision \
-         record indexed under the flags it was asked for; audit log verified: {} rows, head {}",
+         record indexed under the flags it was asked for, every API token the one its change rows \
+         leave, {schema}; audit log verified: {} rows, \
+         head {}",
         verified.rows, verified.head
     )
     .map_err(stdout_error)?;

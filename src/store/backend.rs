@@ -158,6 +158,24 @@ pub(super) trait Backend: Send {
     /// Writes a copy of the whole store as one SQLite file, from one snapshot; `None` when the
     /// backend has no such copy of its own (the caller copies row by row instead).
     fn backup_to(&self, destination: &Path) -> Option<Result<()>>;
+
+    /// The schema objects whose loss or change would go unseen by the chain (triggers, views,
+    /// indexes, and what defines them: SQLite's table texts with their constraints,
+    /// PostgreSQL's functions), as this store has them and as the migrations make them in a
+    /// new, empty database, each sorted; outside any transaction of the caller's.
+    fn schema_objects(&self) -> Result<SchemaObjects>;
+}
+
+/// A schema object: its kind (`trigger`, `view`, ...), its name and its definition as the
+/// database prints it.
+pub type SchemaObject = (String, String, String);
+
+/// The schema objects of a store, and those the migrations make ([`Backend::schema_objects`]):
+/// `Err` naming why they could not be made (a PostgreSQL role that may not create the scratch
+/// schema they are made in).
+pub struct SchemaObjects {
+    pub live: Vec<SchemaObject>,
+    pub made: std::result::Result<Vec<SchemaObject>, String>,
 }
 
 /// What any transaction may read: in a [`ReadTx`], all from one snapshot.
@@ -236,7 +254,9 @@ pub(super) trait Reads {
     fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally>;
 
     /// Every API token, active and revoked, by name.
-    fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Every API token by name; without `digests`, each `sha256` empty and the column not
+    /// read, for a role that may read everything but the digests (README: PostgreSQL roles).
+    fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>>;
 }
 
 /// What only a write transaction, holding the store's writer lock, may do.

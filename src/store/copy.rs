@@ -100,7 +100,7 @@ impl Store {
             audit_rows += page.len() as u64;
             head = page.last().map(|row| row.hash.clone());
         }
-        for token in source.list_tokens()? {
+        for token in source.list_tokens(true)? {
             target.insert_token(&token)?;
         }
         let mut after = (i64::MIN, String::new());

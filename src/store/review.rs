@@ -1,6 +1,6 @@
 //! Reading the audit log back: verifying its chain and rebuilding past states from it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::TimeDelta;
 
@@ -121,51 +121,74 @@ impl Store {
     /// The flag definitions in force just before `until` (a normalized, exclusive bound), rebuilt
     /// from the full before/after states the change rows hold.
     pub fn flags_as_of(&self, until: &str) -> Result<FlagSet> {
-        self.replayed_flags(Some(until))
+        Ok(self.replayed(Some(until))?.flags)
     }
 
-    /// The flag definitions the change rows (before `until`, or all of them) leave.
-    fn replayed_flags(&self, until: Option<&str>) -> Result<FlagSet> {
+    /// The flag definitions and the API tokens the change rows (before `until`, or all of
+    /// them) leave.
+    fn replayed(&self, until: Option<&str>) -> Result<Replayed> {
         let changes = AuditQuery {
             kind: Some("change".to_string()),
             until: until.map(str::to_string),
             ascending: true,
             ..AuditQuery::default()
         };
-        let mut flags = FlagSet::new();
+        let mut replayed = Replayed::default();
         self.query_audit(&changes, |row| {
             let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
             let detail: serde_json::Value =
                 serde_json::from_str(&row.detail).map_err(|e| unreadable(e.to_string()))?;
+            let token = || {
+                detail["token"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| unreadable("detail.token is not a token's name".to_string()))
+            };
             match row.action.as_deref() {
                 Some("create" | "update") => {
                     let after: Flag = serde_json::from_value(detail["after"].clone())
                         .map_err(|e| unreadable(format!("detail.after: {e}")))?;
-                    flags.insert(after);
+                    replayed.flags.insert(after);
                 }
                 Some("delete") => {
                     if let Some(flag) = &row.flag {
-                        flags.remove(flag);
+                        replayed.flags.remove(flag);
+                    }
+                }
+                Some("token_create") => {
+                    let role = detail["role"].as_str().unwrap_or_default().to_string();
+                    replayed
+                        .tokens
+                        .insert(token()?, (role, row.ts.clone(), None));
+                }
+                Some("token_revoke") => {
+                    if let Some((_, _, revoked)) = replayed.tokens.get_mut(&token()?) {
+                        *revoked = Some(row.ts.clone());
                     }
                 }
                 _ => {}
             }
             Ok::<(), Error>(())
         })?;
-        Ok(flags)
+        Ok(replayed)
     }
 
     /// Where the live state is not the one the chain explains: a stored flag that is not the
     /// one its change rows leave (a writer with SQL access who ran `UPDATE flags SET enabled
-    /// = 0` changed what is served with no change row), or an assignment whose decision,
-    /// bucket or rollout is not the one its record stored (the first found). One line per
+    /// = 0` changed what is served with no change row), an API token row its change rows do
+    /// not leave (see `unexplained_tokens`), or an assignment whose decision, bucket or
+    /// rollout is not the one its record stored (the first found). One line per
     /// difference, naming the table, the key and both values; none when the chain explains the
     /// state. Compared at one head of the log: a change made meanwhile starts it again.
     pub fn unexplained_state(&self) -> Result<Vec<String>> {
         for _ in 0..3 {
             let head = self.read_transaction()?.audit_tail()?;
             let stored = self.flags()?;
-            let replayed = self.replayed_flags(None)?;
+            let tokens = self.read_transaction()?.list_tokens(false)?;
+            let Replayed {
+                flags: replayed,
+                tokens: replayed_tokens,
+            } = self.replayed(None)?;
             if self.read_transaction()?.audit_tail()? != head {
                 continue;
             }
@@ -193,6 +216,7 @@ impl Store {
                     flag.name
                 ));
             }
+            found.extend(unexplained_tokens(&tokens, &replayed_tokens));
             if let Some(wrong) = self.read_transaction()?.misrecorded_assignment()? {
                 let shown = |(decision, bucket, pct): (i64, i64, f64)| {
                     format!(
@@ -219,6 +243,45 @@ impl Store {
                       check again"
                 .to_string(),
         })
+    }
+
+    /// Where the schema is not the one the migrations make (compared with them run anew in an
+    /// empty database): a trigger, view or index, or what defines one, dropped, altered or
+    /// added, one line each; none when it is theirs. A dropped or no-op trigger lets rows be
+    /// rewritten, a redefined view changes what reviewers' SQL answers, and neither leaves a
+    /// row in the chain. `Err` says why they could not be compared (a PostgreSQL role that may
+    /// not create a schema).
+    pub fn schema_differences(&self) -> Result<std::result::Result<Vec<String>, String>> {
+        let objects = self.backend.schema_objects()?;
+        let made = match objects.made {
+            Ok(made) => made,
+            Err(why) => return Ok(Err(why)),
+        };
+        let keyed = |objects: Vec<(String, String, String)>| -> BTreeMap<(String, String), String> {
+            objects
+                .into_iter()
+                .map(|(kind, name, definition)| ((kind, name), definition))
+                .collect()
+        };
+        let (live, made) = (keyed(objects.live), keyed(made));
+        let mut found = Vec::new();
+        for ((kind, name), definition) in &made {
+            match live.get(&(kind.clone(), name.clone())) {
+                None => found.push(format!(
+                    "schema: {kind} {name} is missing (the migrations made it)"
+                )),
+                Some(live) if live != definition => found.push(format!(
+                    "schema: {kind} {name} is not the one the migrations made"
+                )),
+                Some(_) => {}
+            }
+        }
+        for (kind, name) in live.keys().filter(|key| !made.contains_key(*key)) {
+            found.push(format!(
+                "schema: {kind} {name} was added (the migrations made no such {kind})"
+            ));
+        }
+        Ok(Ok(found))
     }
 
     /// The assignments `context` had just before `until`, replayed from the log: each stored
@@ -379,6 +442,55 @@ impl Store {
 }
 
 /// The assignments an evaluation row stored, as the evaluator reads them back.
+/// What the change rows leave: flag definitions, and per API token its role, when it was
+/// created and when revoked.
+#[derive(Default)]
+struct Replayed {
+    flags: FlagSet,
+    tokens: BTreeMap<String, (String, String, Option<String>)>,
+}
+
+/// A line per `api_tokens` row the token change rows do not explain (an admin token inserted
+/// by SQL, a role raised, a revocation undone, a row deleted), naming the field and both
+/// values. The chain holds no token's digest (reviewers are kept from those), so a row whose
+/// digest was swapped keeps its name, role and times and is not named.
+fn unexplained_tokens(
+    stored: &[super::TokenRecord],
+    replayed: &BTreeMap<String, (String, String, Option<String>)>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let shown = |time: &Option<String>| time.clone().unwrap_or_else(|| "(none)".to_string());
+    for token in stored {
+        let Some((role, created_at, revoked_at)) = replayed.get(&token.name) else {
+            found.push(format!(
+                "api_tokens: token {:?} is stored, but no change row created it",
+                token.name
+            ));
+            continue;
+        };
+        let fields = [
+            ("role", token.role.as_str().to_string(), role.clone()),
+            ("created_at", token.created_at.clone(), created_at.clone()),
+            ("revoked_at", shown(&token.revoked_at), shown(revoked_at)),
+        ];
+        for (field, live, recorded) in fields.into_iter().filter(|(_, a, b)| a != b) {
+            found.push(format!(
+                "api_tokens: token {:?}: {field} is {live} in the table, {recorded} by its change \
+                 rows",
+                token.name
+            ));
+        }
+    }
+    for name in replayed.keys() {
+        if !stored.iter().any(|token| &token.name == name) {
+            found.push(format!(
+                "api_tokens: token {name:?} is missing from the table, but its change rows leave it"
+            ));
+        }
+    }
+    found
+}
+
 fn stored_by(row: &AuditRow, context: &str) -> Result<Vec<(String, StoredAssignment)>> {
     let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
     let detail: serde_json::Value =

@@ -36,7 +36,7 @@ impl Store {
             other => other,
         })?;
         let tx = self.write_transaction()?;
-        if tx.list_tokens()?.iter().any(|t| t.name == name) {
+        if tx.list_tokens(false)?.iter().any(|t| t.name == name) {
             return Err(Error::TokenExists {
                 name: name.to_string(),
             });
@@ -68,7 +68,7 @@ impl Store {
 
     /// Every API token, active and revoked, by name.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.read_transaction()?.list_tokens()
+        self.read_transaction()?.list_tokens(true)
     }
 }
 

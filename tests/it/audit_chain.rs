@@ -367,6 +367,100 @@ fn a_bad_checkpoint_file_is_named() {
     }
 }
 
+/// The lines `check` prints on stderr, after asserting that it failed (exit 2, nothing on
+/// stdout), each without the store's name before it.
+fn check_failures(env: &Env) -> Vec<String> {
+    let output = env.cmd().arg("check").output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty());
+    let prefix = format!("flagstore: {}: ", env.shown());
+    stderr
+        .lines()
+        .map(|line| line.strip_prefix(&prefix).unwrap_or(line).to_string())
+        .collect()
+}
+
+/// The chain holds rows, not the schema that guards them: a dropped (or, on PostgreSQL,
+/// disabled or emptied) trigger, a redefined view and an added index leave no row, and
+/// `check` names each against the schema the migrations make.
+fn check_names_schema_objects_dropped_altered_or_added() {
+    let env = store_with_history();
+    env.ok(&["check"]);
+    // Each change lets rows be rewritten or reviewers' SQL answer otherwise, with no row in
+    // the chain: the view now answers nothing.
+    let (tampered, found) = match env.backend {
+        Backend::Sqlite => (
+            "DROP TRIGGER audit_log_no_delete; \
+             DROP VIEW audit_evaluations; \
+             CREATE VIEW audit_evaluations AS SELECT id AS audit_id FROM audit_log WHERE 0; \
+             CREATE INDEX by_actor ON audit_log (actor)",
+            vec![
+                "schema: trigger audit_log_no_delete is missing (the migrations made it)",
+                "schema: view audit_evaluations is not the one the migrations made",
+                "schema: index by_actor was added (the migrations made no such index)",
+            ],
+        ),
+        Backend::Postgres => (
+            "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update; \
+             CREATE OR REPLACE FUNCTION audit_flag_ranges_refuse_change() RETURNS trigger \
+                 LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$; \
+             DROP TRIGGER audit_log_no_truncate ON audit_log; \
+             DROP VIEW audit_evaluations; \
+             CREATE VIEW audit_evaluations AS SELECT id AS audit_id FROM audit_log WHERE false; \
+             CREATE INDEX by_actor ON audit_log (actor)",
+            vec![
+                "schema: function audit_flag_ranges_refuse_change is not the one the migrations made",
+                "schema: trigger audit_log_no_truncate on audit_log is missing (the migrations made it)",
+                "schema: trigger audit_log_no_update on audit_log is not the one the migrations made",
+                "schema: view audit_evaluations is not the one the migrations made",
+                "schema: index by_actor was added (the migrations made no such index)",
+            ],
+        ),
+    };
+    env.execute(tampered).unwrap();
+    let mut expected: Vec<String> = found.iter().map(|line| line.to_string()).collect();
+    expected.push(format!(
+        "{} difference(s) between the live state and the audit chain (listed above)",
+        found.len()
+    ));
+    assert_eq!(check_failures(&env), expected);
+}
+
+/// Every `api_tokens` row is explained by the token change rows: an admin token inserted by
+/// SQL (which serve would accept), a role raised and a revocation undone are each named.
+fn check_names_token_rows_the_chain_does_not_explain() {
+    let env = store_with_history();
+    env.ok(&["token", "create", "worker"]);
+    env.ok(&["token", "create", "retired", "--role", "operator"]);
+    env.ok(&["token", "revoke", "retired"]);
+    env.ok(&["check"]);
+    env.execute(
+        "INSERT INTO api_tokens (name, token_sha256, role, created_at) VALUES \
+             ('mallory', '0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef', \
+              'admin', '2026-12-06T00:00:00.000Z'); \
+         UPDATE api_tokens SET role = 'admin' WHERE name = 'worker'; \
+         UPDATE api_tokens SET revoked_at = NULL WHERE name = 'retired'",
+    )
+    .unwrap();
+    let lines = check_failures(&env);
+    let retired_at =
+        env.text("SELECT ts FROM audit_log WHERE action = 'token_revoke' ORDER BY id DESC LIMIT 1");
+    assert_eq!(
+        lines,
+        [
+            "api_tokens: token \"mallory\" is stored, but no change row created it".to_string(),
+            format!(
+                "api_tokens: token \"retired\": revoked_at is (none) in the table, {retired_at} \
+                 by its change rows"
+            ),
+            "api_tokens: token \"worker\": role is admin in the table, viewer by its change rows"
+                .to_string(),
+            "3 difference(s) between the live state and the audit chain (listed above)".to_string(),
+        ]
+    );
+}
+
 /// The chain protects the log, not the table beside it: a writer with SQL access who turns a
 /// flag off (or changes its rollout, requirements or policy) without a change row is named
 /// by `check`, one line per field with both values, and check exits 2.
@@ -527,6 +621,8 @@ fn check_finds_and_repairs_a_flags_missing_decision_index() {
 }
 
 contract_tests! {
+    check_names_token_rows_the_chain_does_not_explain,
+    check_names_schema_objects_dropped_altered_or_added,
     check_finds_and_repairs_a_flags_missing_decision_index,
     check_names_an_assignment_that_differs_from_its_record,
     check_names_flags_edited_without_a_change_row,

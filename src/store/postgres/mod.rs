@@ -17,7 +17,9 @@ use indexmap::IndexMap;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
-use super::backend::{AssignmentRef, Backend, ChainedEntry, LockWait, References, Steps};
+use super::backend::{
+    AssignmentRef, Backend, ChainedEntry, LockWait, References, SchemaObject, SchemaObjects, Steps,
+};
 use super::schema::SchemaState;
 use crate::audit::AuditRow;
 use crate::error::{DatabaseError, Error, Result};
@@ -283,6 +285,69 @@ impl Postgres {
             .borrow_mut()
             .batch_execute(sql)
             .map_err(|e| self.fail(e))
+    }
+}
+
+impl Postgres {
+    /// In the open transaction: the migrations run in a new schema `scratch`, and what they
+    /// made there; `Err` saying so for a role that may not create it.
+    fn made_in(&self, scratch: &str) -> Result<std::result::Result<Vec<SchemaObject>, String>> {
+        let created = self.client.borrow_mut().batch_execute(&format!(
+            "CREATE SCHEMA {scratch}; SET LOCAL search_path TO {scratch}"
+        ));
+        match created {
+            Err(e) if e.code() == Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                return Ok(Err(
+                    "this role may not create the scratch schema they are made in".to_string(),
+                ));
+            }
+            created => created.map_err(|e| self.fail(e))?,
+        }
+        for migration in embedded::migrations::runner().get_migrations() {
+            self.batch(migration.sql().unwrap_or_default())?;
+        }
+        Ok(Ok(self.schema_objects_in(&format!("'{scratch}'"))?))
+    }
+
+    /// The triggers (with whether they are enabled), the functions they call, the views and
+    /// the indexes of `schema` (an SQL expression naming it), each definition as the server
+    /// prints it with the schema's own name taken out, so two schemas' objects compare.
+    fn schema_objects_in(&self, schema: &str) -> Result<Vec<SchemaObject>> {
+        // Each branch filters by the schema itself, before the definition is printed: printed
+        // first, an object another session drops meanwhile fails the whole query.
+        let rows = self.query(
+            &format!(
+                "WITH s AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = {schema}) \
+                 SELECT kind, name, replace(replace(definition, quote_ident(s.nspname) || '.', ''), \
+                                            s.nspname || '.', '') \
+                   FROM s, ( \
+                     SELECT 'function' AS kind, p.proname::text AS name, \
+                            pg_get_functiondef(p.oid) AS definition \
+                       FROM pg_proc p WHERE p.pronamespace = (SELECT oid FROM s) \
+                     UNION ALL \
+                     SELECT 'index', c.relname::text, pg_get_indexdef(c.oid) \
+                       FROM pg_class c \
+                      WHERE c.relnamespace = (SELECT oid FROM s) AND c.relkind IN ('i', 'I') \
+                        AND c.relname NOT LIKE 'refinery\\_schema\\_history%' \
+                     UNION ALL \
+                     SELECT 'trigger', t.tgname || ' on ' || c.relname, \
+                            pg_get_triggerdef(t.oid) \
+                              || CASE t.tgenabled WHEN 'D' THEN ' (disabled)' ELSE '' END \
+                       FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+                      WHERE c.relnamespace = (SELECT oid FROM s) AND NOT t.tgisinternal \
+                     UNION ALL \
+                     SELECT 'view', c.relname::text, pg_get_viewdef(c.oid) \
+                       FROM pg_class c \
+                      WHERE c.relnamespace = (SELECT oid FROM s) AND c.relkind IN ('v', 'm') \
+                   ) o \
+                  ORDER BY kind, name"
+            ),
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
     }
 }
 
@@ -688,6 +753,21 @@ impl Backend for Postgres {
 
     fn backup_to(&self, _destination: &Path) -> Option<Result<()>> {
         None
+    }
+
+    /// The migrations are run in a scratch schema inside a transaction that is rolled back,
+    /// so nothing of them stays; a role that may not create a schema cannot compare.
+    fn schema_objects(&self) -> Result<SchemaObjects> {
+        let live = self.schema_objects_in("current_schema()")?;
+        let scratch = format!(
+            "flagstore_made_{}_{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        );
+        self.batch("BEGIN")?;
+        let made = self.made_in(&scratch);
+        self.rollback();
+        Ok(SchemaObjects { live, made: made? })
     }
 }
 

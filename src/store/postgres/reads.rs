@@ -289,10 +289,15 @@ impl Reads for Postgres {
             }))
     }
 
-    fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+    fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>> {
         self.query(
-            "SELECT name, token_sha256, created_at, revoked_at, role FROM api_tokens \
-             ORDER BY name COLLATE \"C\"",
+            if digests {
+                "SELECT name, token_sha256, created_at, revoked_at, role FROM api_tokens \
+                 ORDER BY name COLLATE \"C\""
+            } else {
+                "SELECT name, '', created_at, revoked_at, role FROM api_tokens \
+                 ORDER BY name COLLATE \"C\""
+            },
             &[],
         )?
         .iter()

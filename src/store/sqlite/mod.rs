@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, ErrorCode, OpenFlags, ToSql, TransactionBehavior};
 
-use super::backend::{Backend, ChainedEntry, LockWait, References, Steps};
+use super::backend::{
+    Backend, ChainedEntry, LockWait, References, SchemaObject, SchemaObjects, Steps,
+};
 use super::schema::SchemaState;
 use crate::error::{DatabaseError, Error, Result};
 use crate::file::PendingFile;
@@ -385,6 +387,13 @@ impl Backend for Sqlite {
             .map_err(|e| Error::from(e).at_database(&self.path))
     }
 
+    fn schema_objects(&self) -> Result<SchemaObjects> {
+        Ok(SchemaObjects {
+            live: schema_objects(&self.conn)?,
+            made: Ok(schema_objects(&Sqlite::in_memory()?.conn)?),
+        })
+    }
+
     fn reconnect_if_lost(&self, _ask_server: bool) -> Result<bool> {
         Ok(false)
     }
@@ -449,6 +458,19 @@ fn retry_while_busy<T>(
             outcome => return outcome,
         }
     }
+}
+
+/// Every object of the schema but SQLite's own (`sqlite_*`, which have no text), with the
+/// text SQLite keeps of it: a table's holds its columns and constraints, a trigger's its body.
+fn schema_objects(conn: &Connection) -> Result<Vec<SchemaObject>> {
+    let mut statement = conn.prepare(
+        "SELECT type, name, coalesce(sql, '') FROM sqlite_schema \
+          WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name",
+    )?;
+    let objects = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(objects)
 }
 
 fn is_busy(error: &rusqlite::Error) -> bool {

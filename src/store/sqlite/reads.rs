@@ -314,10 +314,12 @@ impl Reads for Sqlite {
         )
     }
 
-    fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT name, token_sha256, created_at, revoked_at, role FROM api_tokens ORDER BY name",
-        )?;
+    fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>> {
+        let mut statement = self.conn.prepare_cached(if digests {
+            "SELECT name, token_sha256, created_at, revoked_at, role FROM api_tokens ORDER BY name"
+        } else {
+            "SELECT name, '', created_at, revoked_at, role FROM api_tokens ORDER BY name"
+        })?;
         let mut rows = statement.query([])?;
         let mut tokens = Vec::new();
         while let Some(row) = rows.next()? {

@@ -298,15 +298,23 @@ impl Env {
 
     /// Runs `sql` with the append-only triggers of `audit_log` and `audit_flag_ranges` out of
     /// the way, as an attacker with direct access to the database would: dropped from an
-    /// SQLite file, disabled by PostgreSQL's table owner.
+    /// SQLite file, disabled by PostgreSQL's table owner; and put back afterwards, as a careful
+    /// attacker would (`check` names a missing one).
     pub fn tamper(&self, sql: &str) {
         let bypassed = match self.backend {
-            Backend::Sqlite => format!(
-                "DROP TRIGGER IF EXISTS audit_log_no_update; \
-                 DROP TRIGGER IF EXISTS audit_log_no_delete; \
-                 DROP TRIGGER IF EXISTS audit_flag_ranges_no_update; \
-                 DROP TRIGGER IF EXISTS audit_flag_ranges_no_delete; {sql}"
-            ),
+            Backend::Sqlite => {
+                let triggers = self.texts(
+                    "SELECT sql FROM sqlite_schema WHERE type = 'trigger' \
+                       AND tbl_name IN ('audit_log', 'audit_flag_ranges')",
+                );
+                format!(
+                    "DROP TRIGGER IF EXISTS audit_log_no_update; \
+                     DROP TRIGGER IF EXISTS audit_log_no_delete; \
+                     DROP TRIGGER IF EXISTS audit_flag_ranges_no_update; \
+                     DROP TRIGGER IF EXISTS audit_flag_ranges_no_delete; {sql}; {};",
+                    triggers.join("; ")
+                )
+            }
             Backend::Postgres => format!(
                 "ALTER TABLE audit_log DISABLE TRIGGER USER; \
                  ALTER TABLE audit_flag_ranges DISABLE TRIGGER USER; {sql}; \
