@@ -216,10 +216,11 @@ impl Tokens {
             // unauthorized never reach the evaluation that would reconnect. A read that still
             // fails keeps the last list: the evaluation's own transaction reports a store
             // that is down.
+            // Only tokens the chain explains: a row inserted or raised by SQL is refused.
             let read = store
-                .tokens()
+                .explained_tokens()
                 .or_else(|error| match store.reconnect_if_lost() {
-                    Ok(true) => store.tokens(),
+                    Ok(true) => store.explained_tokens(),
                     _ => Err(error),
                 });
             if let Ok(tokens) = read {

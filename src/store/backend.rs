@@ -254,6 +254,9 @@ pub(super) trait Reads {
     fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally>;
 
     /// Every API token, active and revoked, by name.
+    /// The token change rows, oldest first: (id, action, ts, detail).
+    fn token_changes(&self) -> Result<Vec<(i64, String, String, String)>>;
+
     /// Every API token by name; without `digests`, each `sha256` empty and the column not
     /// read, for a role that may read everything but the digests (README: PostgreSQL roles).
     fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>>;

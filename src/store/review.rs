@@ -10,6 +10,7 @@ use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
 
 use super::Store;
+use super::tokens::{token_history, unexplained_tokens};
 
 /// The stale period, in days, wherever none is given.
 pub const DEFAULT_STALE_DAYS: u32 = 30;
@@ -121,56 +122,38 @@ impl Store {
     /// The flag definitions in force just before `until` (a normalized, exclusive bound), rebuilt
     /// from the full before/after states the change rows hold.
     pub fn flags_as_of(&self, until: &str) -> Result<FlagSet> {
-        Ok(self.replayed(Some(until))?.flags)
+        self.replayed_flags(Some(until))
     }
 
-    /// The flag definitions and the API tokens the change rows (before `until`, or all of
-    /// them) leave.
-    fn replayed(&self, until: Option<&str>) -> Result<Replayed> {
+    /// The flag definitions the change rows (before `until`, or all of them) leave.
+    fn replayed_flags(&self, until: Option<&str>) -> Result<FlagSet> {
         let changes = AuditQuery {
             kind: Some("change".to_string()),
             until: until.map(str::to_string),
             ascending: true,
             ..AuditQuery::default()
         };
-        let mut replayed = Replayed::default();
+        let mut flags = FlagSet::new();
         self.query_audit(&changes, |row| {
             let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
             let detail: serde_json::Value =
                 serde_json::from_str(&row.detail).map_err(|e| unreadable(e.to_string()))?;
-            let token = || {
-                detail["token"]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| unreadable("detail.token is not a token's name".to_string()))
-            };
             match row.action.as_deref() {
                 Some("create" | "update") => {
                     let after: Flag = serde_json::from_value(detail["after"].clone())
                         .map_err(|e| unreadable(format!("detail.after: {e}")))?;
-                    replayed.flags.insert(after);
+                    flags.insert(after);
                 }
                 Some("delete") => {
                     if let Some(flag) = &row.flag {
-                        replayed.flags.remove(flag);
-                    }
-                }
-                Some("token_create") => {
-                    let role = detail["role"].as_str().unwrap_or_default().to_string();
-                    replayed
-                        .tokens
-                        .insert(token()?, (role, row.ts.clone(), None));
-                }
-                Some("token_revoke") => {
-                    if let Some((_, _, revoked)) = replayed.tokens.get_mut(&token()?) {
-                        *revoked = Some(row.ts.clone());
+                        flags.remove(flag);
                     }
                 }
                 _ => {}
             }
             Ok::<(), Error>(())
         })?;
-        Ok(replayed)
+        Ok(flags)
     }
 
     /// Where the live state is not the one the chain explains: a stored flag that is not the
@@ -184,11 +167,11 @@ impl Store {
         for _ in 0..3 {
             let head = self.read_transaction()?.audit_tail()?;
             let stored = self.flags()?;
-            let tokens = self.read_transaction()?.list_tokens(false)?;
-            let Replayed {
-                flags: replayed,
-                tokens: replayed_tokens,
-            } = self.replayed(None)?;
+            let (tokens, history) = {
+                let tx = self.read_transaction()?;
+                (tx.list_tokens(false)?, token_history(&*tx)?)
+            };
+            let replayed = self.replayed_flags(None)?;
             if self.read_transaction()?.audit_tail()? != head {
                 continue;
             }
@@ -216,7 +199,7 @@ impl Store {
                     flag.name
                 ));
             }
-            found.extend(unexplained_tokens(&tokens, &replayed_tokens));
+            found.extend(unexplained_tokens(&tokens, &history));
             if let Some(wrong) = self.read_transaction()?.misrecorded_assignment()? {
                 let shown = |(decision, bucket, pct): (i64, i64, f64)| {
                     format!(
@@ -442,55 +425,6 @@ impl Store {
 }
 
 /// The assignments an evaluation row stored, as the evaluator reads them back.
-/// What the change rows leave: flag definitions, and per API token its role, when it was
-/// created and when revoked.
-#[derive(Default)]
-struct Replayed {
-    flags: FlagSet,
-    tokens: BTreeMap<String, (String, String, Option<String>)>,
-}
-
-/// A line per `api_tokens` row the token change rows do not explain (an admin token inserted
-/// by SQL, a role raised, a revocation undone, a row deleted), naming the field and both
-/// values. The chain holds no token's digest (reviewers are kept from those), so a row whose
-/// digest was swapped keeps its name, role and times and is not named.
-fn unexplained_tokens(
-    stored: &[super::TokenRecord],
-    replayed: &BTreeMap<String, (String, String, Option<String>)>,
-) -> Vec<String> {
-    let mut found = Vec::new();
-    let shown = |time: &Option<String>| time.clone().unwrap_or_else(|| "(none)".to_string());
-    for token in stored {
-        let Some((role, created_at, revoked_at)) = replayed.get(&token.name) else {
-            found.push(format!(
-                "api_tokens: token {:?} is stored, but no change row created it",
-                token.name
-            ));
-            continue;
-        };
-        let fields = [
-            ("role", token.role.as_str().to_string(), role.clone()),
-            ("created_at", token.created_at.clone(), created_at.clone()),
-            ("revoked_at", shown(&token.revoked_at), shown(revoked_at)),
-        ];
-        for (field, live, recorded) in fields.into_iter().filter(|(_, a, b)| a != b) {
-            found.push(format!(
-                "api_tokens: token {:?}: {field} is {live} in the table, {recorded} by its change \
-                 rows",
-                token.name
-            ));
-        }
-    }
-    for name in replayed.keys() {
-        if !stored.iter().any(|token| &token.name == name) {
-            found.push(format!(
-                "api_tokens: token {name:?} is missing from the table, but its change rows leave it"
-            ));
-        }
-    }
-    found
-}
-
 fn stored_by(row: &AuditRow, context: &str) -> Result<Vec<(String, StoredAssignment)>> {
     let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
     let detail: serde_json::Value =

@@ -27,6 +27,10 @@ pub(super) const SELECT_AUDIT_TAIL: &str =
 pub(super) const SELECT_AUDIT_HASH: &str = "SELECT hash FROM audit_log WHERE id = ?1";
 pub(super) const COUNT_AUDIT_ROWS: &str = "SELECT count(*) FROM audit_log";
 
+/// The token change rows, oldest first, through the partial index of schema 9.
+pub(super) const SELECT_TOKEN_CHANGES: &str = "SELECT id, action, ts, detail FROM audit_log \
+     WHERE action = 'token_create' OR action = 'token_revoke' ORDER BY id";
+
 pub(super) const INSERT_TOKEN: &str = "INSERT INTO api_tokens \
      (name, token_sha256, created_at, revoked_at, role) VALUES (?1, ?2, ?3, ?4, ?5)";
 pub(super) const REVOKE_TOKEN: &str =

@@ -1,5 +1,8 @@
 //! API tokens for `serve`: stored as the SHA-256 of their text, each creation and revocation
-//! a change row of the audit log that names no flag.
+//! a change row of the audit log that names no flag. A token row the change rows do not
+//! explain (inserted or edited by SQL) is refused by `serve` and named by `check`.
+
+use std::collections::BTreeMap;
 
 use serde_json::json;
 
@@ -7,7 +10,7 @@ use crate::audit::Entry;
 use crate::error::{Error, Result};
 use crate::token::Role;
 
-use super::{Store, WriteTx, append_audit};
+use super::{Reads, Store, WriteTx, append_audit};
 
 /// An API token of `flagstore serve`, as stored: only the SHA-256 of its text.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +73,108 @@ impl Store {
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
         self.read_transaction()?.list_tokens(true)
     }
+
+    /// The API tokens the chain explains (their role, creation and revocation are those their
+    /// change rows leave), by name, from one snapshot: what `serve` accepts.
+    pub fn explained_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let tx = self.read_transaction()?;
+        let history = token_history(&*tx)?;
+        Ok(tx
+            .list_tokens(true)?
+            .into_iter()
+            .filter(|token| token_differences(token, &history).is_empty())
+            .collect())
+    }
+}
+
+/// What the token change rows leave of one token.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct TokenState {
+    role: String,
+    created_at: String,
+    revoked_at: Option<String>,
+}
+
+/// What the token change rows leave, by token name.
+pub(super) type TokenHistory = BTreeMap<String, TokenState>;
+
+/// Replays the token change rows, oldest first.
+pub(super) fn token_history(reads: &dyn Reads) -> Result<TokenHistory> {
+    let mut history = TokenHistory::new();
+    for (id, action, ts, detail) in reads.token_changes()? {
+        let unreadable = |why: String| Error::UnreadableAuditRow { id, why };
+        let detail: serde_json::Value =
+            serde_json::from_str(&detail).map_err(|e| unreadable(e.to_string()))?;
+        let name = detail["token"]
+            .as_str()
+            .ok_or_else(|| unreadable("detail.token is not a token's name".to_string()))?
+            .to_string();
+        if action == "token_create" {
+            let role = detail["role"].as_str().unwrap_or_default().to_string();
+            let state = TokenState {
+                role,
+                created_at: ts,
+                revoked_at: None,
+            };
+            history.insert(name, state);
+        } else if let Some(state) = history.get_mut(&name) {
+            state.revoked_at = Some(ts);
+        }
+    }
+    Ok(history)
+}
+
+/// How `token` differs from what its change rows leave, a line per field with both values;
+/// none when they explain it. The chain holds no token's digest (reviewers are kept from
+/// those), so a digest swapped under a name the chain explains does not show here.
+fn token_differences(token: &TokenRecord, history: &TokenHistory) -> Vec<String> {
+    let Some(state) = history.get(&token.name) else {
+        return vec![format!(
+            "api_tokens: token {:?} is stored, but no change row created it",
+            token.name
+        )];
+    };
+    let shown = |time: &Option<String>| time.clone().unwrap_or_else(|| "(none)".to_string());
+    [
+        ("role", token.role.as_str().to_string(), state.role.clone()),
+        (
+            "created_at",
+            token.created_at.clone(),
+            state.created_at.clone(),
+        ),
+        (
+            "revoked_at",
+            shown(&token.revoked_at),
+            shown(&state.revoked_at),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, live, recorded)| live != recorded)
+    .map(|(field, live, recorded)| {
+        format!(
+            "api_tokens: token {:?}: {field} is {live} in the table, {recorded} by its change \
+             rows",
+            token.name
+        )
+    })
+    .collect()
+}
+
+/// A line per `api_tokens` row the token change rows do not explain (an admin token inserted
+/// by SQL, a role raised, a revocation undone) and per token they leave that the table lacks.
+pub(super) fn unexplained_tokens(stored: &[TokenRecord], history: &TokenHistory) -> Vec<String> {
+    let mut found: Vec<String> = stored
+        .iter()
+        .flat_map(|token| token_differences(token, history))
+        .collect();
+    for name in history.keys() {
+        if !stored.iter().any(|token| &token.name == name) {
+            found.push(format!(
+                "api_tokens: token {name:?} is missing from the table, but its change rows leave it"
+            ));
+        }
+    }
+    found
 }
 
 /// The change row of a token created or revoked: it names the token, never its text.

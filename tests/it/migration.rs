@@ -61,7 +61,7 @@ fn a_schema_1_store_migrates_keeping_every_row_and_the_head() {
     assert_eq!(verified, fixture(".verify.txt"));
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        8
+        9
     );
     assert_eq!(assignments(&env), stored);
     assert_eq!(

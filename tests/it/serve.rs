@@ -315,6 +315,38 @@ fn concurrent_clients_on_the_same_keys_agree() {
     env.ok(&["audit", "verify"]);
 }
 
+/// `serve` accepts only the tokens the chain explains: an admin token inserted by SQL, and a
+/// token whose role was raised by SQL, are refused as unknown (within the token refresh), while
+/// the others go on.
+fn a_token_the_chain_does_not_explain_is_refused() {
+    use sha2::{Digest, Sha256};
+    let env = Env::new();
+    let worker = store_with_token(&env);
+    let kept = env.ok(&["token", "create", "kept"]).trim().to_string();
+    let server = Server::start(&env, &[]);
+    assert_eq!(one(&server, "enrich", &worker, "k").status, 200);
+    let forged = "fst_forged_by_sql";
+    let digest: String = Sha256::digest(forged.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    env.execute(&format!(
+        "INSERT INTO api_tokens (name, token_sha256, role, created_at) \
+         VALUES ('mallory', '{digest}', 'admin', '2026-12-06T00:00:00.000Z'); \
+         UPDATE api_tokens SET role = 'admin' WHERE name = 'worker'"
+    ))
+    .unwrap();
+    // The server re-reads its tokens at most a second after it last did.
+    std::thread::sleep(Duration::from_millis(1_200));
+    for token in [forged, worker.as_str()] {
+        let reply = one(&server, "enrich", token, "k");
+        assert_eq!(reply.status, 401, "{token}: {}", reply.body);
+    }
+    assert_eq!(one(&server, "enrich", &kept, "k").status, 200);
+    let tokens = get(&format!("{}/api/admin/v1/tokens", server.url), forged);
+    assert_eq!(tokens.status, 401, "{}", tokens.body);
+}
+
 /// The group commit answers many connections from one transaction: one client sending every
 /// kind of bad request meanwhile costs the others nothing. Each valid answer is counted against
 /// what the store recorded for its key.
@@ -1271,6 +1303,7 @@ fn admins_list_create_and_revoke_tokens_over_the_api() {
 }
 
 contract_tests! {
+    a_token_the_chain_does_not_explain_is_refused,
     valid_clients_are_answered_while_another_sends_bad_requests,
     admins_list_create_and_revoke_tokens_over_the_api,
     audit_answers_are_bounded_in_bytes_and_end_at_a_record,

@@ -35,8 +35,8 @@ mod embedded {
 
 /// The newest schema version (see the SQLite backend's). PostgreSQL has no version 7: it never
 /// had SQLite's version 5 (how SQLite keys assignments; its own are keyed by a hash of the
-/// context key), so its 5 and 6 are SQLite's 6 and 7, and version 8 is the same on both.
-const LATEST_SCHEMA_VERSION: i64 = 8;
+/// context key), so its 5 and 6 are SQLite's 6 and 7; from version 8 on they are the same.
+const LATEST_SCHEMA_VERSION: i64 = 9;
 
 /// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
 /// can tell whose locks these are. The second half is a hash of the schema's name for the

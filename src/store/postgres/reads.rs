@@ -289,6 +289,14 @@ impl Reads for Postgres {
             }))
     }
 
+    fn token_changes(&self) -> Result<Vec<(i64, String, String, String)>> {
+        Ok(self
+            .query(sql::SELECT_TOKEN_CHANGES, &[])?
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+            .collect())
+    }
+
     fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>> {
         self.query(
             if digests {

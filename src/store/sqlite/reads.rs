@@ -314,6 +314,16 @@ impl Reads for Sqlite {
         )
     }
 
+    fn token_changes(&self) -> Result<Vec<(i64, String, String, String)>> {
+        let mut statement = self.conn.prepare_cached(sql::SELECT_TOKEN_CHANGES)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>> {
         let mut statement = self.conn.prepare_cached(if digests {
             "SELECT name, token_sha256, created_at, revoked_at, role FROM api_tokens ORDER BY name"
