@@ -60,9 +60,9 @@ class Flag:
 
     def _document(self, index: int) -> Dict[str, Any]:
         """The flag as an entry of a flags file, for the store to check as `import` does. What
-        JSON cannot carry is refused here, in the same words: a NaN or infinite rollout, and
-        a string where the list of requirements belongs (JSON would carry it, and the store
-        would name it; a tuple or other sequence is taken as the list it is)."""
+        JSON cannot carry, a NaN or infinite rollout, is refused here in the store's words;
+        anything else wrong (``requires=None`` or a string, a wrong type) goes to the store
+        as given, which names the flag and field. A tuple of requirements is the list it is."""
         where = f"flags[{index}] ({self.name!r})"
         pct = self.rollout_pct
         if isinstance(pct, float) and not math.isfinite(pct):
