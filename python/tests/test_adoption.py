@@ -2,6 +2,7 @@
 caller's bad input kept its own, config as code, and the manager as a resource."""
 
 import concurrent.futures
+import contextlib
 import math
 import multiprocessing
 import os
@@ -274,8 +275,31 @@ print("stats", manager.stats()["total"])
     ]
 
 
-def test_ctrl_c_ends_a_wait_for_another_processs_lock_within_200_ms(tmp_path):
-    db = tmp_path / "flags.db"
+@contextlib.contextmanager
+def lock_held(backend, db):
+    """Another process holding the store's write lock: SQLite's, or flagstore's advisory lock
+    on PostgreSQL ("flag" in ASCII and a hash of the schema's name), held by psql."""
+    if backend == "sqlite":
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.execute("COMMIT")
+        return
+    hold = "BEGIN; SELECT pg_advisory_xact_lock(1718378855, hashtext(current_schema())); SELECT pg_sleep(60)"
+    holder = subprocess.Popen(["psql", db, "-qc", hold], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # psql has the lock by now
+        yield
+    finally:
+        holder.terminate()  # its connection closes, and the lock goes with it
+        holder.wait(timeout=30)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_ctrl_c_ends_a_wait_for_another_processs_lock_within_200_ms(backend, tmp_path, request):
+    db = str(tmp_path / "flags.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
     FlagManager(PIPELINE, db=db).close()
     script = """
 import sys
@@ -288,19 +312,18 @@ try:
 except KeyboardInterrupt:
     print("interrupted", flush=True)
 """
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    child = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline() == "ready\n"
-        time.sleep(0.5)  # the child is waiting for the lock by now
-        signalled = time.monotonic()
-        child.send_signal(signal.SIGINT)
-        said = child.stdout.readline()
-        waited = time.monotonic() - signalled
-    finally:
-        holder.execute("COMMIT")
-        child.wait(timeout=30)
+    with lock_held(backend, db):
+        child = subprocess.Popen([sys.executable, "-c", script, db], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline() == "ready\n"
+            time.sleep(0.5)  # the child is waiting for the lock by now
+            signalled = time.monotonic()
+            child.send_signal(signal.SIGINT)
+            said = child.stdout.readline()
+            waited = time.monotonic() - signalled
+        finally:
+            child.kill()
+            child.wait(timeout=30)
     assert said == "interrupted\n"
     assert waited < 0.2, f"KeyboardInterrupt {waited * 1000:.0f} ms after Ctrl-C"
     manager = FlagManager(db=db)

@@ -455,8 +455,8 @@ impl Store {
 
     /// Has a writer waiting for the lock ask `keep_waiting` at least every
     /// [`LockWait::ASKED_EVERY`], and give up with [`Error::Interrupted`], having written
-    /// nothing, when it answers `false`. On PostgreSQL the wait is the server's and is not
-    /// asked: it ends with the lock wait's budget.
+    /// nothing, when it answers `false`. On PostgreSQL, where the server does the waiting, it
+    /// then waits in turns of that length, queueing for the lock again after each.
     pub fn set_keep_waiting(&mut self, keep_waiting: KeepWaiting) {
         self.lock_wait.keep_waiting = Some(keep_waiting);
     }

@@ -206,8 +206,8 @@ fn a_writer_held_up_past_the_busy_timeout_retries_and_succeeds() {
 }
 
 /// A writer told to stop waiting (the Python package's Ctrl-C) stops within a turn of the
-/// busy poll and writes nothing; one told to go on gets the lock once it is free. SQLite only:
-/// PostgreSQL's wait is the server's, which is not asked (README: Python).
+/// busy poll and writes nothing; one told to go on gets the lock once it is free. SQLite's
+/// busy handler; postgres.rs has PostgreSQL's turns.
 #[test]
 fn a_writer_asked_to_stop_waiting_stops_having_written_nothing() {
     use std::sync::Arc;

@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use postgres::types::ToSql;
@@ -289,6 +290,50 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// Begins a write transaction, waiting up to `wait` for the store's lock, and reads the
+    /// chain's tail and the flags in the same round trip. Rows come back as text here:
+    /// extra_float_digits = 3 has every server print a rollout in digits that read back as
+    /// the same f64 (the default before PostgreSQL 12 rounded to 15). Tagged, so that no row
+    /// is taken for another's.
+    fn begin_locked(
+        &self,
+        wait: Duration,
+    ) -> std::result::Result<Vec<SimpleQueryMessage>, postgres::Error> {
+        self.client.borrow_mut().simple_query(&format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; \
+                 SET LOCAL lock_timeout = {}; \
+                 SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext(current_schema())); \
+                 {}; \
+                 SET LOCAL extra_float_digits = 3; \
+                 SELECT 'flag', name, enabled, rollout_pct, sticky, stale_exempt FROM flags \
+                  ORDER BY position, name COLLATE \"C\"; \
+                 SELECT 'requires', flag, requires FROM flag_dependencies ORDER BY position",
+            wait.as_millis().max(1),
+            sql::SELECT_AUDIT_TAIL
+        ))
+    }
+
+    /// Keeps the tail and the flags [`Postgres::begin_locked`] read, for the transaction's
+    /// first `audit_tail` and `load_flags`.
+    fn keep_what_begin_read(&self, begun: &[SimpleQueryMessage]) {
+        let tail = begun.iter().find_map(|message| match message {
+            // The tail's row; the lock's has one column.
+            SimpleQueryMessage::Row(row) if row.len() == 2 => Some(row),
+            _ => None,
+        });
+        // Text that does not read as a row (the columns forbid it) is not kept: audit_tail then
+        // asks with a typed query, whose errors say what is wrong.
+        let kept = match tail {
+            None => Some(None),
+            Some(row) => match (row.get(0).map(str::parse::<i64>), row.get(1)) {
+                (Some(Ok(id)), Some(hash)) => Some(Some((id, hash.to_string()))),
+                _ => None,
+            },
+        };
+        self.tail.replace(kept);
+        self.flags.replace(flags_of_rows(begun));
+    }
+
     /// In the open transaction: the migrations run in a new schema `scratch`, and what they
     /// made there; `Err` saying so for a role that may not create it.
     fn made_in(&self, scratch: &str) -> Result<std::result::Result<Vec<SchemaObject>, String>> {
@@ -594,43 +639,38 @@ impl Backend for Postgres {
     }
 
     fn begin_write(&self, lock_wait: &LockWait, _: References) -> Result<()> {
-        // Rows come back as text here: extra_float_digits = 3 has every server print a
-        // rollout in digits that read back as the same f64 (the default before PostgreSQL 12
-        // rounded to 15). Tagged, so that no row is taken for another's.
-        let begun = self.client.borrow_mut().simple_query(&format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; \
-                 SET LOCAL lock_timeout = {}; \
-                 SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext(current_schema())); \
-                 {}; \
-                 SET LOCAL extra_float_digits = 3; \
-                 SELECT 'flag', name, enabled, rollout_pct, sticky, stale_exempt FROM flags \
-                  ORDER BY position, name COLLATE \"C\"; \
-                 SELECT 'requires', flag, requires FROM flag_dependencies ORDER BY position",
-            lock_wait.budget.as_millis().max(1),
-            sql::SELECT_AUDIT_TAIL
-        ));
-        // Bound first: the client's borrow must end before a rollback takes it again.
-        let begun = begun
-            .map_err(|e| self.fail(e))
-            // A lock timeout leaves the transaction aborted; end it so the connection is usable.
-            .inspect_err(|_| self.rollback())?;
-        let tail = begun.iter().find_map(|message| match message {
-            // The tail's row; the lock's has one column.
-            SimpleQueryMessage::Row(row) if row.len() == 2 => Some(row),
-            _ => None,
-        });
-        // Text that does not read as a row (the columns forbid it) is not kept: audit_tail then
-        // asks with a typed query, whose errors say what is wrong.
-        let kept = match tail {
-            None => Some(None),
-            Some(row) => match (row.get(0).map(str::parse::<i64>), row.get(1)) {
-                (Some(Ok(id)), Some(hash)) => Some(Some((id, hash.to_string()))),
-                _ => None,
-            },
-        };
-        self.tail.replace(kept);
-        self.flags.replace(flags_of_rows(&begun));
-        Ok(())
+        // A writer asked whether to go on waiting (see `LockWait::keep_waiting`) waits in
+        // turns of `LockWait::ASKED_EVERY`, asking between them: the server's wait cannot be
+        // interrupted from here, so each turn ends with a lock timeout, rolled back (nothing
+        // was written), and the next queues for the lock again.
+        let deadline = Instant::now() + lock_wait.budget;
+        loop {
+            let turn = match lock_wait.keep_waiting {
+                Some(_) => {
+                    LockWait::ASKED_EVERY.min(deadline.saturating_duration_since(Instant::now()))
+                }
+                None => lock_wait.budget,
+            };
+            match self.begin_locked(turn) {
+                Err(e)
+                    if lock_wait.keep_waiting.is_some()
+                        && e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                        && Instant::now() < deadline =>
+                {
+                    self.rollback();
+                    lock_wait.go_on()?;
+                }
+                // A lock timeout leaves the transaction aborted; end it so the connection is
+                // usable.
+                begun => {
+                    let begun = begun
+                        .map_err(|e| self.fail(e))
+                        .inspect_err(|_| self.rollback())?;
+                    self.keep_what_begin_read(&begun);
+                    return Ok(());
+                }
+            }
+        }
     }
 
     fn begin_read(&self) -> Result<()> {
