@@ -17,14 +17,15 @@ use flagstore::store::Store;
      evaluation row that stored it;
   3. the audit log's hash chain (as `audit verify`);
   4. the live state: each flag's stored definition is the one its change rows leave, and
-     each assignment's decision, bucket and rollout the ones its record stored; the index of
-     decision records by flag (audit_flag_ranges) lists each record under exactly the flags
-     it was asked for; every API token row the one its change rows leave (its role,
-     creation and revocation); and the schema's triggers, views and indexes (and SQLite's table
-     texts, PostgreSQL's functions) are the ones the migrations make, run anew in an empty
-     database (on PostgreSQL in a scratch schema rolled back, which a role that may not
-     create a schema cannot do: the summary then says they were not compared) (one line
-     per difference).
+     each assignment's decision, bucket and rollout the ones its record stored; every
+     assignment a record stored still there unless a later reset or deletion removed it;
+     the index of decision records by flag (audit_flag_ranges) lists each record under
+     exactly the flags it was asked for; every API token row the one its change rows leave
+     (its role, creation and revocation); and the schema's triggers, views and indexes (and
+     SQLite's table texts, PostgreSQL's functions) are the ones the migrations make, run
+     anew in an empty database (on PostgreSQL in a scratch schema rolled back, which a role
+     that may not create a schema cannot do: the summary then says they were not compared)
+     (one line per difference).
 
 With --repair-index, decision records missing from the index are added back, recorded in
 the audit log as one change row per flag (action reindex); a range that lists too much

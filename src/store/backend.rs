@@ -247,6 +247,11 @@ pub(super) trait Reads {
     /// stored it says.
     fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>>;
 
+    /// An assignment a record stored that the table no longer holds, though no later change
+    /// row removed it (a reset of its flag, for every context or its own, or its flag's
+    /// deletion): the first such record's flag, context and id.
+    fn lost_assignment(&self) -> Result<Option<(String, String, i64)>>;
+
     fn assignment_count(&self) -> Result<i64>;
 
     /// Of `flag`'s stored assignments: how many are on, how many off, and how many were

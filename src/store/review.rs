@@ -200,6 +200,12 @@ impl Store {
                 ));
             }
             found.extend(unexplained_tokens(&tokens, &history));
+            if let Some((flag, context, record)) = self.read_transaction()?.lost_assignment()? {
+                found.push(format!(
+                    "assignments: flag {flag:?}, context {context:?}: stored by record {record}, \
+                     missing from the table, and no audited reset or deletion removed it"
+                ));
+            }
             if let Some(wrong) = self.read_transaction()?.misrecorded_assignment()? {
                 let shown = |(decision, bucket, pct): (i64, i64, f64)| {
                     format!(

@@ -529,6 +529,50 @@ fn check_names_an_assignment_that_differs_from_its_record() {
     );
 }
 
+/// A sticky assignment deleted by SQL flips its context silently (on to a fresh rollout): the
+/// record that stored it is named, while assignments an audited reset or a flag's deletion
+/// removed are not.
+fn check_names_an_assignment_deleted_without_a_reset() {
+    let env = Env::new();
+    env.import_json(
+        r#"{"flags": [{"name": "enrich", "rollout_pct": 30}, {"name": "gone"},
+                      {"name": "score", "sticky": "all"}]}"#,
+    );
+    // Python: int(hashlib.md5(b"enrich:k14").hexdigest(), 16) % 100 == 12, under 30: on.
+    env.ok(&["eval", "enrich", "gone", "score", "--context", "k14"]);
+    env.ok(&["eval", "score", "--context", "k15"]);
+    let record = env.count("SELECT min(id) FROM audit_log WHERE kind = 'evaluation'");
+    // Removed on the record: score's for k15 by a reset, gone's with the flag.
+    env.ok(&[
+        "assignments",
+        "reset",
+        "--flag",
+        "score",
+        "--context",
+        "k15",
+    ]);
+    env.ok(&["flag", "delete", "gone"]);
+    env.ok(&["check"]);
+    let delete = match env.backend {
+        Backend::Sqlite => {
+            "DELETE FROM assignment_rows WHERE flag = 'enrich' \
+               AND context_id = (SELECT id FROM contexts WHERE key = 'k14')"
+        }
+        Backend::Postgres => "DELETE FROM assignments WHERE flag = 'enrich'",
+    };
+    env.execute(delete).unwrap();
+    assert_eq!(
+        check_failures(&env),
+        [
+            format!(
+                "assignments: flag \"enrich\", context \"k14\": stored by record {record}, \
+                 missing from the table, and no audited reset or deletion removed it"
+            ),
+            "1 difference(s) between the live state and the audit chain (listed above)".to_string(),
+        ]
+    );
+}
+
 /// Deleting a flag's ranges hides its decision records from `audit --flag`: check names the
 /// flag and the records, and exits 2; `check --repair-index` adds them back as one audited
 /// change row, after which the flag's audit reads as before and the whole store checks out.
@@ -621,6 +665,7 @@ fn check_finds_and_repairs_a_flags_missing_decision_index() {
 }
 
 contract_tests! {
+    check_names_an_assignment_deleted_without_a_reset,
     check_names_token_rows_the_chain_does_not_explain,
     check_names_schema_objects_dropped_altered_or_added,
     check_finds_and_repairs_a_flags_missing_decision_index,

@@ -230,6 +230,42 @@ impl Reads for Postgres {
             .map(|row| (row.get(0), row.get(1))))
     }
 
+    fn lost_assignment(&self) -> Result<Option<(String, String, i64)>> {
+        Ok(self
+            .query_opt(
+                // As in unaudited_assignment, set operations first; the few stored decisions
+                // the table lacks are then matched with the change rows that may explain it.
+                "WITH stored AS MATERIALIZED (
+                     SELECT d ->> 'flag' AS flag, l.context_key, l.id FROM audit_log l
+                      CROSS JOIN LATERAL jsonb_array_elements(
+                            CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
+                            WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
+                      WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1'
+                     UNION ALL
+                     SELECT s, l.context_key, l.id FROM audit_log l
+                      CROSS JOIN LATERAL jsonb_array_elements_text(
+                            CASE jsonb_typeof(l.detail::jsonb -> 'assigned')
+                            WHEN 'array' THEN l.detail::jsonb -> 'assigned' END) s
+                      WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL),
+                 missing AS (
+                     SELECT flag, context_key FROM stored
+                     EXCEPT
+                     SELECT flag, context_key FROM assignments)
+                 SELECT s.flag, s.context_key, s.id
+                   FROM missing m
+                   JOIN stored s ON s.flag = m.flag AND s.context_key = m.context_key
+                  WHERE NOT EXISTS (SELECT 1 FROM audit_log c
+                                     WHERE c.flag = s.flag AND c.id > s.id AND c.kind = 'change'
+                                       AND (c.action = 'delete'
+                                            OR (c.action = 'reset_assignments'
+                                                AND (c.context_key IS NULL
+                                                     OR c.context_key = s.context_key))))
+                  ORDER BY s.id LIMIT 1",
+                &[],
+            )?
+            .map(|row| (row.get(0), row.get(1), row.get(2))))
+    }
+
     fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>> {
         Ok(self
             .query_opt(
