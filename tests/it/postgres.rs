@@ -210,63 +210,6 @@ fn concurrent_batches_and_rollout_changes_share_one_store() {
 /// The server ends a batch's connection mid-run, twice: the transaction cut off is run again
 /// on a new connection (or found committed, when the cut came during COMMIT), so the batch
 /// finishes with every key answered and recorded exactly once.
-/// A writer told to stop waiting for the store's lock, which another connection holds (the
-/// Python package's Ctrl-C), stops within a turn and writes nothing; one told to go on waits
-/// for the lock across its turns and gets it once it is free.
-#[test]
-fn a_writer_asked_to_stop_waiting_stops_having_written_nothing() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::{Duration, Instant};
-
-    if !use_postgres() {
-        return;
-    }
-    let env = Env::new();
-    env.import_json(PIPELINE);
-    let rows = env.count("SELECT count(*) FROM audit_log");
-    // flagstore's lock: "flag" in ASCII and a hash of the schema's name.
-    let hold = "BEGIN; SELECT pg_advisory_xact_lock(1718378855, hashtext(current_schema()))";
-    let mut holder = env.postgres();
-    holder.batch_execute(hold).unwrap();
-    let mut store = env.open_store();
-    let stop = Arc::new(AtomicBool::new(false));
-    let asked = Arc::clone(&stop);
-    store.set_keep_waiting(Arc::new(move || !asked.load(Ordering::SeqCst)));
-    let selection = flagstore::Selection::Flags(vec!["ingest".to_string()]);
-    let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::SeqCst);
-        Instant::now()
-    });
-    let outcome = store.evaluate(&selection, "k", "tester");
-    let returned = Instant::now();
-    let stopped = stopper.join().unwrap();
-    assert!(
-        matches!(outcome, Err(flagstore::Error::Interrupted)),
-        "{outcome:?}"
-    );
-    let late = returned - stopped;
-    assert!(
-        late < Duration::from_millis(150),
-        "it stopped {late:?} after being asked"
-    );
-    holder.batch_execute("COMMIT").unwrap();
-    assert_eq!(env.count("SELECT count(*) FROM audit_log"), rows);
-
-    holder.batch_execute(hold).unwrap();
-    let mut store = env.open_store();
-    store.set_keep_waiting(Arc::new(|| true));
-    let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(400));
-        holder.batch_execute("COMMIT").unwrap();
-    });
-    let evaluated = store.evaluate(&selection, "k", "tester").unwrap();
-    releaser.join().unwrap();
-    assert!(evaluated[0].decision.enabled);
-    assert_eq!(env.count("SELECT count(*) FROM audit_log"), rows + 1);
-}
-
 #[test]
 fn a_batch_whose_connection_is_cut_goes_on_and_records_every_key_once() {
     if !use_postgres() {

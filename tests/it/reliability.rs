@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, succeeded};
+use crate::common::{Backend, Env, succeeded};
 use flagstore::store::keys_per_transaction;
 use serde_json::Value;
 
@@ -205,10 +205,44 @@ fn a_writer_held_up_past_the_busy_timeout_retries_and_succeeds() {
     );
 }
 
-/// A writer told to stop waiting (the Python package's Ctrl-C) stops within a turn of the
-/// busy poll and writes nothing; one told to go on gets the lock once it is free. SQLite's
-/// busy handler; postgres.rs has PostgreSQL's turns.
-#[test]
+/// Another connection holding the store's write lock: SQLite's, or on PostgreSQL flagstore's
+/// advisory lock ("flag" in ASCII and a hash of the schema's name).
+enum LockHolder {
+    Sqlite(rusqlite::Connection),
+    Postgres(::postgres::Client),
+}
+
+impl LockHolder {
+    fn take(env: &Env) -> LockHolder {
+        match env.backend {
+            Backend::Sqlite => {
+                let holder = env.sql();
+                holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+                LockHolder::Sqlite(holder)
+            }
+            Backend::Postgres => {
+                let mut holder = env.postgres();
+                holder
+                    .batch_execute(
+                        "BEGIN; SELECT pg_advisory_xact_lock(1718378855, hashtext(current_schema()))",
+                    )
+                    .unwrap();
+                LockHolder::Postgres(holder)
+            }
+        }
+    }
+
+    fn release(self) {
+        match self {
+            LockHolder::Sqlite(holder) => holder.execute_batch("COMMIT").unwrap(),
+            LockHolder::Postgres(mut holder) => holder.batch_execute("COMMIT").unwrap(),
+        }
+    }
+}
+
+/// A writer told to stop waiting for the lock another connection holds (the Python package's
+/// Ctrl-C) stops within a turn (SQLite's busy handler, PostgreSQL's lock_timeout) and writes
+/// nothing; one told to go on waits across its turns and gets the lock once it is free.
 fn a_writer_asked_to_stop_waiting_stops_having_written_nothing() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,8 +250,7 @@ fn a_writer_asked_to_stop_waiting_stops_having_written_nothing() {
     let env = Env::new();
     env.import_json(FLAGS);
     let rows = env.count("SELECT count(*) FROM audit_log");
-    let holder = env.sql();
-    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let holder = LockHolder::take(&env);
     let mut store = env.open_store();
     let stop = Arc::new(AtomicBool::new(false));
     let asked = Arc::clone(&stop);
@@ -240,17 +273,15 @@ fn a_writer_asked_to_stop_waiting_stops_having_written_nothing() {
         late < Duration::from_millis(150),
         "it stopped {late:?} after being asked"
     );
-    holder.execute_batch("COMMIT").unwrap();
+    holder.release();
     assert_eq!(env.count("SELECT count(*) FROM audit_log"), rows);
 
-    // Asked and told to go on, it waits for the lock as before.
-    let go_on = env.sql();
-    go_on.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let holder = LockHolder::take(&env);
     let mut store = env.open_store();
     store.set_keep_waiting(Arc::new(|| true));
     let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        go_on.execute_batch("COMMIT").unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        holder.release();
     });
     let evaluated = store.evaluate(&selection, "k", "tester").unwrap();
     releaser.join().unwrap();
@@ -334,6 +365,7 @@ fn a_view_reads_one_state_while_another_process_writes() {
 
 contract_tests! {
     a_view_reads_one_state_while_another_process_writes,
+    a_writer_asked_to_stop_waiting_stops_having_written_nothing,
 }
 
 /// A small deterministic generator, so a failing crash iteration can be replayed by seed.

@@ -12,6 +12,25 @@ use crate::store::backend::{FoundAssignment, Reads, Scan};
 use crate::store::sql;
 use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, query};
 
+/// Every assignment a record says it stored, as `(flag, context_key, ts, id)` of the record:
+/// a decision record's decisions marked `assigned`, parsed once per record, and the list a
+/// schema-1 evaluation row (copied from SQLite) keeps.
+macro_rules! stored_assignments {
+    () => {
+        "SELECT d ->> 'flag' AS flag, l.context_key, l.ts, l.id FROM audit_log l
+          CROSS JOIN LATERAL jsonb_array_elements(
+                CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
+                WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
+          WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1'
+         UNION ALL
+         SELECT s, l.context_key, l.ts, l.id FROM audit_log l
+          CROSS JOIN LATERAL jsonb_array_elements_text(
+                CASE jsonb_typeof(l.detail::jsonb -> 'assigned')
+                WHEN 'array' THEN l.detail::jsonb -> 'assigned' END) s
+          WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL"
+    };
+}
+
 impl Reads for Postgres {
     fn load_flags(&self) -> Result<FlagSet> {
         // A write transaction's first reading was made in BEGIN's round trip.
@@ -207,24 +226,15 @@ impl Reads for Postgres {
                 // Every (flag, context, time) a record says it stored, parsed once per record
                 // and set-subtracted: as NOT EXISTS the planner looked each assignment up in
                 // turn, 7 minutes for 100,000.
-                "WITH stored AS (
-                     SELECT d ->> 'flag' AS flag, l.context_key, l.ts FROM audit_log l
-                      CROSS JOIN LATERAL jsonb_array_elements(
-                            CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
-                            WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
-                      WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1'
-                     UNION ALL
-                     -- a schema-1 evaluation row (copied from SQLite) lists what it stored
-                     SELECT s, l.context_key, l.ts FROM audit_log l
-                      CROSS JOIN LATERAL jsonb_array_elements_text(
-                            CASE jsonb_typeof(l.detail::jsonb -> 'assigned')
-                            WHEN 'array' THEN l.detail::jsonb -> 'assigned' END) s
-                      WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL)
-                 SELECT flag, context_key FROM (
-                     SELECT flag, context_key, assigned_at FROM assignments
-                     EXCEPT
-                     SELECT flag, context_key, ts FROM stored) unaudited
-                  LIMIT 1",
+                concat!(
+                    "WITH stored AS (",
+                    stored_assignments!(),
+                    ") SELECT flag, context_key FROM (
+                         SELECT flag, context_key, assigned_at FROM assignments
+                         EXCEPT
+                         SELECT flag, context_key, ts FROM stored) unaudited
+                      LIMIT 1"
+                ),
                 &[],
             )?
             .map(|row| (row.get(0), row.get(1))))
@@ -235,32 +245,20 @@ impl Reads for Postgres {
             .query_opt(
                 // As in unaudited_assignment, set operations first; the few stored decisions
                 // the table lacks are then matched with the change rows that may explain it.
-                "WITH stored AS MATERIALIZED (
-                     SELECT d ->> 'flag' AS flag, l.context_key, l.id FROM audit_log l
-                      CROSS JOIN LATERAL jsonb_array_elements(
-                            CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
-                            WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
-                      WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1'
-                     UNION ALL
-                     SELECT s, l.context_key, l.id FROM audit_log l
-                      CROSS JOIN LATERAL jsonb_array_elements_text(
-                            CASE jsonb_typeof(l.detail::jsonb -> 'assigned')
-                            WHEN 'array' THEN l.detail::jsonb -> 'assigned' END) s
-                      WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL),
-                 missing AS (
-                     SELECT flag, context_key FROM stored
-                     EXCEPT
-                     SELECT flag, context_key FROM assignments)
-                 SELECT s.flag, s.context_key, s.id
-                   FROM missing m
-                   JOIN stored s ON s.flag = m.flag AND s.context_key = m.context_key
-                  WHERE NOT EXISTS (SELECT 1 FROM audit_log c
-                                     WHERE c.flag = s.flag AND c.id > s.id AND c.kind = 'change'
-                                       AND (c.action = 'delete'
-                                            OR (c.action = 'reset_assignments'
-                                                AND (c.context_key IS NULL
-                                                     OR c.context_key = s.context_key))))
-                  ORDER BY s.id LIMIT 1",
+                concat!(
+                    "WITH stored AS MATERIALIZED (",
+                    stored_assignments!(),
+                    "), missing AS (
+                         SELECT flag, context_key FROM stored
+                         EXCEPT
+                         SELECT flag, context_key FROM assignments)
+                     SELECT s.flag, s.context_key, s.id
+                       FROM missing m
+                       JOIN stored s ON s.flag = m.flag AND s.context_key = m.context_key
+                      WHERE ",
+                    sql::not_removed_later!(),
+                    " ORDER BY s.id LIMIT 1"
+                ),
                 &[],
             )?
             .map(|row| (row.get(0), row.get(1), row.get(2))))

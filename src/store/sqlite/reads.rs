@@ -269,26 +269,24 @@ impl Reads for Sqlite {
         Ok(self
             .conn
             .query_row(
-                "WITH stored AS (
-                     SELECT json_extract(d.value, '$.flag') AS flag, l.context_key, l.id
-                       FROM audit_log l, json_each(l.detail, '$.decisions') d
-                      WHERE l.kind = 'evaluation' AND l.flag IS NULL
-                        AND json_extract(d.value, '$.assigned') = 1
-                     UNION ALL
-                     -- a schema-1 evaluation row lists what it stored
-                     SELECT s.value, l.context_key, l.id
-                       FROM audit_log l, json_each(l.detail, '$.assigned') s
-                      WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL)
-                 SELECT s.flag, s.context_key, s.id FROM stored s
-                  WHERE NOT EXISTS (SELECT 1 FROM assignments a
-                                     WHERE a.flag = s.flag AND a.context_key = s.context_key)
-                    AND NOT EXISTS (SELECT 1 FROM audit_log c
-                                     WHERE c.flag = s.flag AND c.id > s.id AND c.kind = 'change'
-                                       AND (c.action = 'delete'
-                                            OR (c.action = 'reset_assignments'
-                                                AND (c.context_key IS NULL
-                                                     OR c.context_key = s.context_key))))
-                  ORDER BY s.id LIMIT 1",
+                concat!(
+                    "WITH stored AS (
+                         SELECT json_extract(d.value, '$.flag') AS flag, l.context_key, l.id
+                           FROM audit_log l, json_each(l.detail, '$.decisions') d
+                          WHERE l.kind = 'evaluation' AND l.flag IS NULL
+                            AND json_extract(d.value, '$.assigned') = 1
+                         UNION ALL
+                         -- a schema-1 evaluation row lists what it stored
+                         SELECT s.value, l.context_key, l.id
+                           FROM audit_log l, json_each(l.detail, '$.assigned') s
+                          WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL)
+                     SELECT s.flag, s.context_key, s.id FROM stored s
+                      WHERE NOT EXISTS (SELECT 1 FROM assignments a
+                                         WHERE a.flag = s.flag AND a.context_key = s.context_key)
+                        AND ",
+                    sql::not_removed_later!(),
+                    " ORDER BY s.id LIMIT 1"
+                ),
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
