@@ -139,7 +139,9 @@ fn eval_context(
 
 /// `{"flag": decision, ...}` in the order asked (with --all, the store's order); a flag asked
 /// for twice appears once, where it was first asked.
-fn decision_map(evaluations: &[Evaluation]) -> serde_json::Map<String, serde_json::Value> {
+pub(super) fn decision_map(
+    evaluations: &[Evaluation],
+) -> serde_json::Map<String, serde_json::Value> {
     evaluations
         .iter()
         .map(|e| (e.flag.clone(), e.decision.enabled.into()))

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
+use super::eval::decision_map;
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
 use flagstore::change::differences;
 use flagstore::document::{DEFAULT_CONTEXT_KEY, Document, display_path};
@@ -98,14 +99,9 @@ fn results(flags: &FlagSet, names: &[String], evaluated: &ContextEvaluation) -> 
         .iter()
         .filter(|name| flags.get(name).is_some_and(|f| f.enabled))
         .count();
-    let decisions: serde_json::Map<String, serde_json::Value> = evaluated
-        .evaluations
-        .iter()
-        .map(|e| (e.flag.clone(), e.decision.enabled.into()))
-        .collect();
     let requested: Vec<&str> = names.iter().map(String::as_str).collect();
     python_json(&json!({
-        "evaluations": decisions,
+        "evaluations": decision_map(&evaluated.evaluations),
         "stats": {
             "total": names.len(),
             "enabled": enabled,
