@@ -64,6 +64,21 @@ impl Load {
         ordered_key(self.preload + i, self.order)
     }
 
+    /// The key of the `i`th request of the pass that repeats the `count` keys of the first:
+    /// with random keys, the same keys in another order, as contexts come back in life (in
+    /// the first pass's order, the contexts numbered together in it would come back
+    /// together, flattering every index kept by context number); with sequential keys, the
+    /// same order, the kind case.
+    fn repeated_key(&self, i: u64, count: u64) -> String {
+        match self.order {
+            KeyOrder::Sequential => self.key(i),
+            // A stride prime to any count a bench uses visits each index once.
+            KeyOrder::Random => {
+                self.key((u128::from(i) * REPEAT_STRIDE % u128::from(count.max(1))) as u64)
+            }
+        }
+    }
+
     /// Fills the store with [`Load::preload`] contexts, a decision of one flag each, in batch
     /// transactions, and says so on `out`.
     fn preload(&self, store: &mut Store, out: &mut impl Write) -> Result<()> {
@@ -83,6 +98,9 @@ impl Load {
         .map_err(write_error)
     }
 }
+
+/// A prime (Knuth's multiplicative hash constant) larger than any bench's key count.
+const REPEAT_STRIDE: u128 = 2_654_435_761;
 
 /// The flag the preloaded contexts are evaluated for: the cheapest, one decision each.
 const PRELOAD_FLAG: &str = "ingest";
@@ -155,8 +173,9 @@ pub fn run_serve(
         )
         .map_err(write_error)?;
         let path = format!("/ofrep/v1/evaluate/flags/{SERVED_FLAG}");
-        let body =
-            move |i: u64| format!(r#"{{"context":{{"targetingKey":"{}"}}}}"#, arrival.key(i));
+        let request = |key: String| format!(r#"{{"context":{{"targetingKey":"{key}"}}}}"#);
+        let body = move |i: u64| request(arrival.key(i));
+        let repeated_body = move |i: u64| request(arrival.repeated_key(i, requests));
         let ceiling = with_server(ServerKind::Ceiling, |address| {
             load::run(address, connections, requests, &path, body)
         })?;
@@ -173,7 +192,7 @@ pub fn run_serve(
             |address| {
                 let fresh = load::run(address, connections, requests, &path, body)?;
                 let after_fresh = size.measure(store);
-                let again = load::run(address, connections, requests, &path, body)?;
+                let again = load::run(address, connections, requests, &path, repeated_body)?;
                 Ok((fresh, after_fresh, again))
             },
         )?;
@@ -386,14 +405,18 @@ fn run_in(
     )
     .map_err(write_error)?;
     let size = StoreSize::of(location);
-    for pass in ["fresh (misses)", "again (hits)"] {
+    for (pass, repeated) in [("fresh (misses)", false), ("again (hits)", true)] {
         let before = size.measure(store);
         let started = Instant::now();
         let mut sink = io::sink();
+        let key = |i| match repeated {
+            false => arrival.key(i),
+            true => arrival.repeated_key(i, keys),
+        };
         let report = store.evaluate_batch(
             &Selection::All,
             "bench",
-            (0..keys).map(|i| Ok(arrival.key(i))),
+            (0..keys).map(|i| Ok(key(i))),
             |key, evaluations| write_batch_line(&mut sink, key, evaluations).map_err(write_error),
         )?;
         let elapsed = started.elapsed();
@@ -696,6 +719,26 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len(), 2_000);
         assert!(keys.iter().all(|key| key.len() == 36), "UUID-shaped");
+    }
+
+    #[test]
+    fn the_second_pass_repeats_every_key_once_in_another_order_when_keys_are_random() {
+        for (order, count) in [(KeyOrder::Random, 1_000), (KeyOrder::Random, 997)] {
+            let arrival = Load { order, preload: 10 };
+            let first: Vec<String> = (0..count).map(|i| arrival.key(i)).collect();
+            let again: Vec<String> = (0..count).map(|i| arrival.repeated_key(i, count)).collect();
+            assert_ne!(first, again);
+            let (mut first, mut again) = (first, again);
+            first.sort();
+            again.sort();
+            again.dedup();
+            assert_eq!(first, again, "{count} keys");
+        }
+        let sequential = Load {
+            order: KeyOrder::Sequential,
+            preload: 0,
+        };
+        assert!((0..100).all(|i| sequential.repeated_key(i, 100) == sequential.key(i)));
     }
 
     #[test]
