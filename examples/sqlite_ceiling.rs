@@ -212,8 +212,8 @@ fn insert_pass(
 ) -> rusqlite::Result<f64> {
     let audit_sql = multi_row_insert(
         "INSERT OR ROLLBACK INTO audit_log (id, ts, kind, actor, action, flag, context_key, \
-         result, source, reason, detail, prev_hash, hash)",
-        13,
+         result, source, reason, detail, prev_hash, hash, context_id)",
+        14,
     );
     let compact_sql = multi_row_insert(
         "INSERT OR ROLLBACK INTO compact_log (id, ts, flag_id, context_id, result, source, \
@@ -234,9 +234,10 @@ fn insert_pass(
             .map(|k| format!("tenant-{k:09}"))
             .collect();
         conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Numbered as flagstore numbers new context keys, ROWS_PER_INSERT per statement; on
+        // the second pass, looked up.
+        let mut context_ids: Vec<i64> = Vec::with_capacity(names.len());
         if assign {
-            // Numbered as flagstore numbers new context keys, ROWS_PER_INSERT per statement.
-            let mut context_ids: Vec<i64> = Vec::with_capacity(names.len());
             for group in names.chunks(ROWS_PER_INSERT) {
                 let mut number =
                     conn.prepare_cached(&format!("{} RETURNING id", context_sql[group.len()]))?;
@@ -245,6 +246,13 @@ fn insert_pass(
                     context_ids.push(row.get(0)?);
                 }
             }
+        } else {
+            let mut lookup = conn.prepare_cached("SELECT id FROM contexts WHERE key = ?1")?;
+            for name in &names {
+                context_ids.push(lookup.query_row([name], |row| row.get(0))?);
+            }
+        }
+        if assign {
             let mut insert = conn.prepare_cached(&assignment_sql[workload.assigned.len()])?;
             for context_id in &context_ids {
                 let mut values: Vec<&dyn ToSql> = Vec::new();
@@ -255,18 +263,12 @@ fn insert_pass(
             }
         }
         match variant.rows {
-            Rows::PerEvaluation => insert_audit_rows(
-                conn,
-                &audit_sql,
-                &names,
-                &flags,
-                Some("rollout: bucket 42 < 50"),
-                PER_EVALUATION_DETAIL,
-                id,
-            )?,
+            Rows::PerEvaluation => {
+                insert_audit_rows(conn, &audit_sql, &names, &context_ids, &flags, id)?
+            }
             Rows::Records => {
                 let first_id = *id + 1;
-                insert_audit_rows(conn, &audit_sql, &names, &[], None, RECORD_DETAIL, id)?;
+                insert_audit_rows(conn, &audit_sql, &names, &context_ids, &[], id)?;
                 let mut range = conn.prepare_cached(
                     "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES (?1, ?2, ?3)",
                 )?;
@@ -283,33 +285,38 @@ fn insert_pass(
     Ok((keys * workload.flags.len()) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Audit rows for each of `names` and each of `flags`, or one per name (a decision record)
-/// when `flags` is empty, ROWS_PER_INSERT per INSERT.
+/// Audit rows for each of `names` (numbered `context_ids`) and each of `flags`, or one per name
+/// (a decision record) when `flags` is empty, ROWS_PER_INSERT per INSERT.
 fn insert_audit_rows(
     conn: &Connection,
     audit_sql: &[String],
     names: &[String],
+    context_ids: &[i64],
     flags: &[&str],
-    reason: Option<&str>,
-    detail: &str,
     id: &mut i64,
 ) -> rusqlite::Result<()> {
+    let (reason, detail) = if flags.is_empty() {
+        (None, RECORD_DETAIL)
+    } else {
+        (Some("rollout: bucket 42 < 50"), PER_EVALUATION_DETAIL)
+    };
     let per_key: Vec<Option<&str>> = if flags.is_empty() {
         vec![None]
     } else {
         flags.iter().copied().map(Some).collect()
     };
-    let rows: Vec<(i64, Option<&str>, &String)> = names
+    let rows: Vec<(i64, Option<&str>, &String, &i64)> = names
         .iter()
-        .flat_map(|key| per_key.iter().map(move |flag| (*flag, key)))
-        .map(|(flag, key)| {
+        .zip(context_ids)
+        .flat_map(|(key, number)| per_key.iter().map(move |flag| (*flag, key, number)))
+        .map(|(flag, key, number)| {
             *id += 1;
-            (*id, flag, key)
+            (*id, flag, key, number)
         })
         .collect();
     for group in rows.chunks(ROWS_PER_INSERT) {
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 13);
-        for (id, flag, key) in group {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 14);
+        for (id, flag, key, number) in group {
             values.extend([
                 id as &dyn ToSql,
                 &TS,
@@ -332,6 +339,7 @@ fn insert_audit_rows(
                 &detail,
                 &HASH,
                 &HASH,
+                *number,
             ]);
         }
         conn.prepare_cached(&audit_sql[group.len()])?

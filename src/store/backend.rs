@@ -247,6 +247,12 @@ pub(super) trait Reads {
     /// stored it says.
     fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>>;
 
+    /// The first audit row filed under another context than its own key (a number that does
+    /// not name its `context_key`, which the hash covers), which a query by context would not
+    /// find: its id and key. Only SQLite numbers contexts (schema 10); PostgreSQL finds a
+    /// context's rows by the key itself, so none of its rows can be misfiled.
+    fn misfiled_context(&self) -> Result<Option<(i64, Option<String>)>>;
+
     /// An assignment a record stored that the table no longer holds, though no later change
     /// row removed it (a reset of its flag, for every context or its own, or its flag's
     /// deletion): the first such record's flag, context and id.

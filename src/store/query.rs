@@ -30,46 +30,51 @@ pub(super) enum Param<'a> {
     Text(&'a str),
 }
 
+/// How a backend finds a context's audit rows: the text before and after the key's
+/// placeholder in the condition.
+pub(super) type ContextCondition = (&'static str, &'static str);
+
 /// The SQL of one page of `scan`, with `placeholder(n)` for the n-th parameter (1-based), and
 /// its parameters. The text is assembled from constant fragments only; every value is bound.
 pub(super) fn scan_sql<'a>(
     scan: &Scan<'a>,
     placeholder: impl Fn(usize) -> String,
+    by_context: ContextCondition,
 ) -> (String, Vec<Param<'a>>) {
     let query = scan.query;
-    let mut conditions: Vec<&str> = Vec::new();
+    let mut conditions: Vec<(&str, &str)> = Vec::new();
     let mut params: Vec<Param> = Vec::new();
     match scan.scope {
         Scope::Everything => {}
         Scope::FlagColumn(flag) => {
-            conditions.push("flag = ");
+            conditions.push(("flag = ", ""));
             params.push(Param::Text(flag));
         }
         Scope::Records { first_id, last_id } => {
-            conditions.push("flag IS NULL AND id >= ");
+            conditions.push(("flag IS NULL AND id >= ", ""));
             params.push(Param::Int(first_id));
-            conditions.push("id <= ");
+            conditions.push(("id <= ", ""));
             params.push(Param::Int(last_id));
         }
         Scope::Ids { first_id, last_id } => {
-            conditions.push("id >= ");
+            conditions.push(("id >= ", ""));
             params.push(Param::Int(first_id));
-            conditions.push("id <= ");
+            conditions.push(("id <= ", ""));
             params.push(Param::Int(last_id));
         }
     }
     let text = |value: &'a Option<String>| value.as_deref().map(Param::Text);
     let filters = [
-        ("context_key = ", text(&query.context)),
-        ("kind = ", text(&query.kind)),
-        ("actor = ", text(&query.actor)),
-        ("ts >= ", text(&query.since)),
-        ("ts < ", text(&query.until)),
+        (by_context, text(&query.context)),
+        (("kind = ", ""), text(&query.kind)),
+        (("actor = ", ""), text(&query.actor)),
+        (("ts >= ", ""), text(&query.since)),
+        (("ts < ", ""), text(&query.until)),
         (
-            if query.ascending { "id > " } else { "id < " },
+            (if query.ascending { "id > " } else { "id < " }, ""),
             scan.cursor.map(Param::Int),
         ),
-        ("id <= ", scan.through.map(Param::Int)),
+        (("id <= ", ""), scan.through.map(Param::Int)),
     ];
     for (condition, value) in filters {
         if let Some(value) = value {
@@ -82,10 +87,11 @@ pub(super) fn scan_sql<'a>(
         super::sql::audit_columns!(),
         " FROM audit_log"
     ));
-    for (n, condition) in conditions.iter().enumerate() {
+    for (n, (before, after)) in conditions.iter().enumerate() {
         sql.push_str(if n == 0 { " WHERE " } else { " AND " });
-        sql.push_str(condition);
+        sql.push_str(before);
         sql.push_str(&placeholder(n + 1));
+        sql.push_str(after);
     }
     sql.push_str(if query.ascending {
         " ORDER BY id ASC LIMIT "
@@ -276,7 +282,7 @@ impl Store {
     ///
     /// A flag's decision records are found through `audit_flag_ranges` (one row per
     /// transaction and flag), its changes through the index on (flag, id); a context's rows
-    /// through the index on (context_key, id).
+    /// through its index on the context (SQLite: on the context's number, since schema 10).
     pub fn query_audit<E: From<Error>>(
         &self,
         query: &AuditQuery,

@@ -200,6 +200,14 @@ impl Store {
                 ));
             }
             found.extend(unexplained_tokens(&tokens, &history));
+            if let Some((id, key)) = self.read_transaction()?.misfiled_context()? {
+                let context =
+                    key.map_or("no context".to_string(), |key| format!("context {key:?}"));
+                found.push(format!(
+                    "audit_log: row {id}, of {context}, is filed under another context number: \
+                     queries by context do not find it"
+                ));
+            }
             if let Some((flag, context, record)) = self.read_transaction()?.lost_assignment()? {
                 found.push(format!(
                     "assignments: flag {flag:?}, context {context:?}: stored by record {record}, \

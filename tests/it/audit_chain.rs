@@ -573,6 +573,36 @@ fn check_names_an_assignment_deleted_without_a_reset() {
     );
 }
 
+/// On SQLite a context's audit rows are found by its number (schema 10), which the hash does
+/// not cover: a row refiled under another context would vanish from `audit --context` and from
+/// the reviewers' view by context. check names it.
+#[test]
+fn check_names_an_audit_row_filed_under_another_context() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "enrich", "rollout_pct": 30}]}"#);
+    env.ok(&["eval", "enrich", "--context", "k14"]);
+    env.ok(&["eval", "enrich", "--context", "k15"]);
+    env.ok(&["check"]);
+    let record = env.count("SELECT max(id) FROM audit_log");
+    let by_context = ["audit", "--context", "k15", "--format", "jsonl"];
+    assert_eq!(env.ok(&by_context).lines().count(), 1);
+    env.tamper(&format!(
+        "UPDATE audit_log SET context_id = (SELECT id FROM contexts WHERE key = 'k14') \
+          WHERE id = {record}"
+    ));
+    assert_eq!(env.ok(&by_context), "", "the record is hidden");
+    assert_eq!(
+        check_failures(&env),
+        [
+            format!(
+                "audit_log: row {record}, of context \"k15\", is filed under another context \
+                 number: queries by context do not find it"
+            ),
+            "1 difference(s) between the live state and the audit chain (listed above)".to_string(),
+        ]
+    );
+}
+
 /// Deleting a flag's ranges hides its decision records from `audit --flag`: check names the
 /// flag and the records, and exits 2; `check --repair-index` adds them back as one audited
 /// change row, after which the flag's audit reads as before and the whole store checks out.

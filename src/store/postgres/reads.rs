@@ -185,7 +185,7 @@ impl Reads for Postgres {
     }
 
     fn audit_page(&self, scan: &Scan) -> Result<Vec<AuditRow>> {
-        let (sql, params) = query::scan_sql(scan, |n| format!("${n}"));
+        let (sql, params) = query::scan_sql(scan, |n| format!("${n}"), ("context_key = ", ""));
         let values: Vec<Box<dyn ToSql + Sync>> = params
             .iter()
             .map(|p| match p {
@@ -238,6 +238,10 @@ impl Reads for Postgres {
                 &[],
             )?
             .map(|row| (row.get(0), row.get(1))))
+    }
+
+    fn misfiled_context(&self) -> Result<Option<(i64, Option<String>)>> {
+        Ok(None)
     }
 
     fn lost_assignment(&self) -> Result<Option<(String, String, i64)>> {

@@ -11,7 +11,8 @@ use rusqlite::backup::Backup;
 use rusqlite::{Connection, ErrorCode, OpenFlags, ToSql, TransactionBehavior};
 
 use super::backend::{
-    Backend, ChainedEntry, LockWait, References, SchemaObject, SchemaObjects, Steps,
+    AssignmentRef, Backend, ChainedEntry, LockWait, References, SchemaObject, SchemaObjects, Steps,
+    Writes,
 };
 use super::schema::SchemaState;
 use crate::error::{DatabaseError, Error, Result};
@@ -72,7 +73,10 @@ const ROWS_PER_INSERT: usize = 64;
 /// The newest schema version, a constant because building refinery's runner parses every
 /// migration's name with a regex: most of a short process's start-up. A test keeps it equal to
 /// the embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 9;
+const LATEST_SCHEMA_VERSION: i64 = 10;
+
+/// The number of each context key a step names.
+type ContextIds<'k> = HashMap<&'k str, i64>;
 
 pub(super) struct Sqlite {
     /// Declared first, so dropped first: its connection closes before `conn`, whose close, the
@@ -240,10 +244,7 @@ impl Sqlite {
     }
 
     /// The number of each of `keys` in contexts, numbering the keys it lacks.
-    fn context_ids<'k>(
-        &self,
-        keys: impl Iterator<Item = &'k str>,
-    ) -> Result<HashMap<&'k str, i64>> {
+    fn context_ids<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Result<ContextIds<'k>> {
         let mut distinct: Vec<&str> = Vec::new();
         let mut ids: HashMap<&str, Option<i64>> = HashMap::new();
         for key in keys {
@@ -276,6 +277,67 @@ impl Sqlite {
                 None => Ok((key, lookup.query_row([key], |row| row.get(0))?)),
             })
             .collect()
+    }
+
+    /// Inserts audit rows, each with the number of its context key in `ids`.
+    fn insert_numbered_audit(&self, rows: &[ChainedEntry], ids: &ContextIds) -> Result<()> {
+        let numbers: Vec<Option<i64>> = rows
+            .iter()
+            .map(|row| row.entry.context_key.map(|key| ids[key]))
+            .collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 14);
+        for (row, number) in rows.iter().zip(&numbers) {
+            let entry = &row.entry;
+            values.extend([
+                &row.id as &dyn ToSql,
+                &entry.ts,
+                &entry.kind,
+                &entry.actor,
+                &entry.action,
+                &entry.flag,
+                &entry.context_key,
+                &entry.result,
+                &entry.source,
+                &entry.reason,
+                &entry.detail,
+                &row.prev_hash,
+                &row.hash,
+                number,
+            ]);
+        }
+        self.insert_rows(
+            // OR ROLLBACK: a failed audit insert aborts the whole transaction anyway, and
+            // saying so spares SQLite the statement journal it keeps for a multi-row insert
+            // that may abort.
+            concat!(
+                "INSERT OR ROLLBACK INTO audit_log (",
+                sql::audit_columns!(),
+                ", context_id)"
+            ),
+            14,
+            &values,
+        )
+    }
+
+    /// Inserts assignments, each with the number of its context key in `ids`.
+    fn insert_numbered_assignments(&self, rows: &[AssignmentRef], ids: &ContextIds) -> Result<()> {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 6);
+        for row in rows {
+            values.extend([
+                &ids[row.context_key] as &dyn ToSql,
+                &row.flag,
+                &row.decision,
+                &row.bucket,
+                &row.rollout_pct,
+                &row.assigned_at,
+            ]);
+        }
+        self.insert_rows(
+            "INSERT INTO assignment_rows \
+             (context_id, flag, decision, bucket, rollout_pct, assigned_at)",
+            6,
+            &values,
+        )
     }
 }
 
@@ -336,37 +398,28 @@ impl Backend for Sqlite {
     }
 
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 13);
-        for row in rows {
-            let entry = &row.entry;
-            values.extend([
-                &row.id as &dyn ToSql,
-                &entry.ts,
-                &entry.kind,
-                &entry.actor,
-                &entry.action,
-                &entry.flag,
-                &entry.context_key,
-                &entry.result,
-                &entry.source,
-                &entry.reason,
-                &entry.detail,
-                &row.prev_hash,
-                &row.hash,
-            ]);
+        let ids = self.context_ids(rows.iter().filter_map(|row| row.entry.context_key))?;
+        self.insert_numbered_audit(rows, &ids)
+    }
+
+    /// The contexts of a step's assignments and records are numbered together: a key's
+    /// number is looked up once, where inserting each kind of row on its own would look it up
+    /// twice.
+    fn insert_step(
+        &self,
+        assignments: &[AssignmentRef],
+        records: &[ChainedEntry],
+        ranges: Option<(&[&str], i64, i64)>,
+    ) -> Result<()> {
+        let keys = assignments.iter().map(|row| row.context_key);
+        let ids =
+            self.context_ids(keys.chain(records.iter().filter_map(|row| row.entry.context_key)))?;
+        self.insert_numbered_assignments(assignments, &ids)?;
+        self.insert_numbered_audit(records, &ids)?;
+        if let Some((flags, first_id, last_id)) = ranges {
+            self.insert_flag_ranges(flags, first_id, last_id)?;
         }
-        self.insert_rows(
-            // OR ROLLBACK: a failed audit insert aborts the whole transaction anyway, and
-            // saying so spares SQLite the statement journal it keeps for a multi-row insert
-            // that may abort.
-            concat!(
-                "INSERT OR ROLLBACK INTO audit_log (",
-                sql::audit_columns!(),
-                ")"
-            ),
-            13,
-            &values,
-        )
+        Ok(())
     }
 
     fn limit_wal(&self, pages: i64) -> Result<()> {

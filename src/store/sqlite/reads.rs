@@ -180,7 +180,11 @@ impl Reads for Sqlite {
     }
 
     fn audit_page(&self, scan: &Scan) -> Result<Vec<AuditRow>> {
-        let (sql, params) = query::scan_sql(scan, |_| "?".to_string());
+        let (sql, params) = query::scan_sql(
+            scan,
+            |_| "?".to_string(),
+            ("context_id = (SELECT id FROM contexts WHERE key = ", ")"),
+        );
         let mut statement = self.conn.prepare_cached(&sql)?;
         let values = params.iter().map(|p| match p {
             query::Param::Int(v) => rusqlite::types::Value::Integer(*v),
@@ -246,9 +250,10 @@ impl Reads for Sqlite {
         Ok(self
             .conn
             .query_row(
-                "SELECT a.flag, a.context_key FROM assignments a WHERE NOT EXISTS (
+                "SELECT a.flag, c.key FROM assignment_rows a JOIN contexts c ON c.id = a.context_id
+                  WHERE NOT EXISTS (
                      SELECT 1 FROM audit_log l
-                      WHERE l.context_key = a.context_key AND l.kind = 'evaluation'
+                      WHERE l.context_id = a.context_id AND l.kind = 'evaluation'
                         AND l.ts = a.assigned_at
                         AND (EXISTS (SELECT 1 FROM json_each(l.detail, '$.decisions') d
                                       WHERE json_extract(d.value, '$.flag') = a.flag
@@ -263,6 +268,20 @@ impl Reads for Sqlite {
             .optional()?)
     }
 
+    fn misfiled_context(&self) -> Result<Option<(i64, Option<String>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT l.id, l.context_key FROM audit_log l
+                   LEFT JOIN contexts c ON c.id = l.context_id
+                  WHERE c.key IS NOT l.context_key
+                  LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
     fn lost_assignment(&self) -> Result<Option<(String, String, i64)>> {
         // Looked up one stored decision at a time: SQLite finds each assignment by its key,
         // where grouping them first would hold every one in a temporary table.
@@ -271,18 +290,19 @@ impl Reads for Sqlite {
             .query_row(
                 concat!(
                     "WITH stored AS (
-                         SELECT json_extract(d.value, '$.flag') AS flag, l.context_key, l.id
+                         SELECT json_extract(d.value, '$.flag') AS flag, l.context_key,
+                                l.context_id, l.id
                            FROM audit_log l, json_each(l.detail, '$.decisions') d
                           WHERE l.kind = 'evaluation' AND l.flag IS NULL
                             AND json_extract(d.value, '$.assigned') = 1
                          UNION ALL
                          -- a schema-1 evaluation row lists what it stored
-                         SELECT s.value, l.context_key, l.id
+                         SELECT s.value, l.context_key, l.context_id, l.id
                            FROM audit_log l, json_each(l.detail, '$.assigned') s
                           WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL)
                      SELECT s.flag, s.context_key, s.id FROM stored s
-                      WHERE NOT EXISTS (SELECT 1 FROM assignments a
-                                         WHERE a.flag = s.flag AND a.context_key = s.context_key)
+                      WHERE NOT EXISTS (SELECT 1 FROM assignment_rows a
+                                         WHERE a.context_id = s.context_id AND a.flag = s.flag)
                         AND ",
                     sql::not_removed_later!(),
                     " ORDER BY s.id LIMIT 1"
@@ -297,11 +317,12 @@ impl Reads for Sqlite {
         Ok(self
             .conn
             .query_row(
-                "SELECT a.flag, a.context_key, a.decision, a.bucket, a.rollout_pct, l.id,
+                "SELECT a.flag, c.key, a.decision, a.bucket, a.rollout_pct, l.id,
                         json_extract(d.value, '$.result'), json_extract(d.value, '$.bucket'),
                         CAST(json_extract(d.value, '$.rollout_pct') AS REAL)
-                   FROM assignments a
-                   JOIN audit_log l ON l.context_key = a.context_key AND l.kind = 'evaluation'
+                   FROM assignment_rows a
+                   JOIN contexts c ON c.id = a.context_id
+                   JOIN audit_log l ON l.context_id = a.context_id AND l.kind = 'evaluation'
                                    AND l.flag IS NULL AND l.ts = a.assigned_at
                    JOIN json_each(l.detail, '$.decisions') d
                      ON json_extract(d.value, '$.flag') = a.flag

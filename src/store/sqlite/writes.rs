@@ -72,23 +72,7 @@ impl Writes for Sqlite {
 
     fn insert_assignments(&self, rows: &[AssignmentRef]) -> Result<()> {
         let ids = self.context_ids(rows.iter().map(|row| row.context_key))?;
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 6);
-        for row in rows {
-            values.extend([
-                &ids[row.context_key] as &dyn ToSql,
-                &row.flag,
-                &row.decision,
-                &row.bucket,
-                &row.rollout_pct,
-                &row.assigned_at,
-            ]);
-        }
-        self.insert_rows(
-            "INSERT INTO assignment_rows \
-             (context_id, flag, decision, bucket, rollout_pct, assigned_at)",
-            6,
-            &values,
-        )
+        self.insert_numbered_assignments(rows, &ids)
     }
 
     fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize> {

@@ -296,6 +296,25 @@ impl Env {
         }
     }
 
+    /// Takes an SQLite store back to schema 9, as the flagstore before schema 10 left it:
+    /// audit rows indexed by their key, not by their context's number, and keys without
+    /// assignments unnumbered; the view as schema 3 defined it.
+    pub fn as_sqlite_schema_9(&self) {
+        assert_eq!(self.backend, Backend::Sqlite);
+        let schema_3 = include_str!("../../../migrations/sqlite/V3__api_tokens.sql");
+        let view = &schema_3[schema_3.find("CREATE VIEW audit_evaluations").unwrap()..];
+        self.execute(&format!(
+            "DROP VIEW audit_evaluations; \
+             DROP INDEX audit_log_context; \
+             ALTER TABLE audit_log DROP COLUMN context_id; \
+             CREATE INDEX audit_log_context ON audit_log (context_key, id); \
+             DELETE FROM contexts WHERE id NOT IN (SELECT context_id FROM assignment_rows); \
+             DELETE FROM refinery_schema_history WHERE version >= 10; \
+             {view}"
+        ))
+        .unwrap();
+    }
+
     /// Runs `sql` with the append-only triggers of `audit_log` and `audit_flag_ranges` out of
     /// the way, as an attacker with direct access to the database would: dropped from an
     /// SQLite file, disabled by PostgreSQL's table owner; and put back afterwards, as a careful
