@@ -232,6 +232,12 @@ impl AuditRow {
         self.entry().hash(self.id, prev_hash)
     }
 
+    /// Whether the row's `hash` is the one its columns and its `prev_hash` give; whether
+    /// `prev_hash` is the previous row's is the chain's to say ([`ChainVerifier`]).
+    pub fn hash_matches(&self) -> bool {
+        self.hash == self.expected_hash(&self.prev_hash)
+    }
+
     /// The row as CSV exports write it, one field per [`COLUMNS`] entry, every field a
     /// spreadsheet would take for a formula made inert (see [`spreadsheet_safe`]).
     pub fn csv_record(&self) -> Vec<String> {
@@ -339,6 +345,12 @@ impl Default for ChainVerifier {
 
 impl ChainVerifier {
     pub fn check(&mut self, row: &AuditRow) -> Result<(), ChainBreak> {
+        self.check_hashed(row, row.hash_matches())
+    }
+
+    /// [`ChainVerifier::check`] of a row whose hash was recomputed elsewhere (on another
+    /// thread, while the next rows are read): `hash_matches` is [`AuditRow::hash_matches`].
+    pub fn check_hashed(&mut self, row: &AuditRow, hash_matches: bool) -> Result<(), ChainBreak> {
         let broken = |why: String| ChainBreak { id: row.id, why };
         if row.id != self.next_id {
             return Err(broken(if row.id > self.next_id {
@@ -358,7 +370,7 @@ impl ChainVerifier {
                 row.prev_hash, self.head
             )));
         }
-        if row.hash != row.expected_hash(&row.prev_hash) {
+        if !hash_matches {
             return Err(broken(
                 "hash does not match the row's contents (the row was edited)".to_string(),
             ));

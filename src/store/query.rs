@@ -245,16 +245,27 @@ impl Store {
         &self,
         mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
+        self.for_each_audit_page(|page| page.into_iter().try_for_each(&mut visit))
+    }
+
+    /// [`Store::for_each_audit_row`], a page of rows at a time.
+    pub(super) fn for_each_audit_page<E: From<Error>>(
+        &self,
+        mut visit: impl FnMut(Vec<AuditRow>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let everything = AuditQuery {
             ascending: true,
             ..AuditQuery::default()
         };
         let reader = Reader::short(self)?;
-        let mut rows = Pages::new(&everything, Scope::Everything, &reader, PAGE_ROWS);
-        while let Some(row) = rows.next(&reader)? {
-            visit(row)?;
+        let mut pages = Pages::new(&everything, Scope::Everything, &reader, PAGE_ROWS);
+        loop {
+            let page = pages.next_page(&reader)?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            visit(page)?;
         }
-        Ok(())
     }
 
     /// The audit rows with ids from `first_id` to `last_id`, as stored (a decision record is

@@ -694,7 +694,59 @@ fn check_finds_and_repairs_a_flags_missing_decision_index() {
     );
 }
 
+/// Verification reads the log a page of 5,000 rows at a time and hashes each page on another
+/// thread while the next is read: an edit is named at its row in a later page too, and a
+/// checkpoint there is found; an untouched log of several pages verifies to its head.
+fn an_edit_deep_in_a_long_log_is_named_at_its_row() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let keys: String = (0..12_000).map(|i| format!("tenant-{i}\n")).collect();
+    let contexts = env.dir.path().join("contexts.txt");
+    std::fs::write(&contexts, keys).unwrap();
+    env.ok(&[
+        "eval",
+        "ingest",
+        "--contexts-file",
+        contexts.to_str().unwrap(),
+    ]);
+    let total = rows(&env);
+    assert!(total > 12_000, "{total}");
+    let head = env.ok(&["audit", "verify"]);
+    assert!(
+        head.starts_with(&format!("audit log verified: {total} rows, head ")),
+        "{head}"
+    );
+    let checkpoint = env.dir.path().join("checkpoint.json");
+    std::fs::write(
+        &checkpoint,
+        format!(
+            r#"{{"id": 11000, "hash": "{}"}}"#,
+            env.texts("SELECT hash FROM audit_log WHERE id = 11000")[0]
+        ),
+    )
+    .unwrap();
+    let with_checkpoint = [
+        "audit",
+        "verify",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ];
+    assert_eq!(env.ok(&with_checkpoint), head);
+    tamper(
+        &env,
+        "UPDATE audit_log SET actor = 'someone else' WHERE id = 11000",
+    );
+    let broken = "audit log does not verify at row 11000: hash does not match the row's \
+                  contents (the row was edited)";
+    assert_eq!(
+        env.fails(&["audit", "verify"]),
+        format!("flagstore: {broken}")
+    );
+    assert_eq!(env.fails(&with_checkpoint), format!("flagstore: {broken}"));
+}
+
 contract_tests! {
+    an_edit_deep_in_a_long_log_is_named_at_its_row,
     check_names_an_assignment_deleted_without_a_reset,
     check_names_token_rows_the_chain_does_not_explain,
     check_names_schema_objects_dropped_altered_or_added,
