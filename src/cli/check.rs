@@ -99,8 +99,8 @@ fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) ->
         out,
         "store checked: {storage}, foreign keys hold, {assignments} assignments each with the \
          evaluation that stored it, the flags the ones their change rows leave, every decision \
-         record indexed under the flags it was asked for, every API token the one its change rows \
-         leave, {schema}; audit log verified: {} rows, \
+         record indexed under the flags it was asked for and filed under its own context, every \
+         API token the one its change rows leave, {schema}; audit log verified: {} rows, \
          head {}",
         verified.rows, verified.head
     )
