@@ -5,6 +5,7 @@
 
 mod load;
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -207,6 +208,13 @@ pub fn run_serve(
             after_fresh.per(&after_again, requests)
         )
         .map_err(write_error)?;
+        writeln!(
+            out,
+            "grown per request by table and index: fresh: {}; again: {}",
+            before.grown_by_object(&after_fresh, requests),
+            after_fresh.grown_by_object(&after_again, requests)
+        )
+        .map_err(write_error)?;
         let rss = peak_rss_kib().map_or("unknown".to_string(), |kib| {
             format!("{:.1} MB", kib as f64 / 1024.0)
         });
@@ -405,6 +413,7 @@ fn run_in(
     )
     .map_err(write_error)?;
     let size = StoreSize::of(location);
+    let mut grown = Vec::new();
     for (pass, repeated) in [("fresh (misses)", false), ("again (hits)", true)] {
         let before = size.measure(store);
         let started = Instant::now();
@@ -420,9 +429,21 @@ fn run_in(
             |key, evaluations| write_batch_line(&mut sink, key, evaluations).map_err(write_error),
         )?;
         let elapsed = started.elapsed();
-        let per_key = before.per(&size.measure(store), keys);
+        let after = size.measure(store);
+        let per_key = before.per(&after, keys);
         writeln!(out, "{}  {per_key}", pass_line(pass, &report, elapsed)).map_err(write_error)?;
+        grown.push(format!(
+            "{}: {}",
+            pass.split(' ').next().unwrap_or(pass),
+            before.grown_by_object(&after, keys)
+        ));
     }
+    writeln!(
+        out,
+        "grown per key by table and index: {}",
+        grown.join("; ")
+    )
+    .map_err(write_error)?;
     let rss = peak_rss_kib().map_or("unknown".to_string(), |kib| {
         format!("{:.1} MB", kib as f64 / 1024.0)
     });
@@ -574,10 +595,12 @@ struct StoreSize<'a> {
     file: Option<&'a Path>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Measured {
     written: Option<u64>,
     on_disk: Option<u64>,
+    /// Bytes by table and index (`Store::space_by_object`), both backends.
+    objects: BTreeMap<String, i64>,
 }
 
 impl<'a> StoreSize<'a> {
@@ -597,6 +620,7 @@ impl<'a> StoreSize<'a> {
             return Measured {
                 written: None,
                 on_disk: None,
+                objects: objects_of(store),
             };
         };
         let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
@@ -619,8 +643,17 @@ impl<'a> StoreSize<'a> {
         Measured {
             written,
             on_disk: Some(size(file) + size(Path::new(&wal))),
+            objects: objects_of(store),
         }
     }
+}
+
+/// The bytes of each table and index of `store`; none if they cannot be read (a bench reports
+/// speed first, and says "n/a" for what it could not measure).
+fn objects_of(store: &Store) -> BTreeMap<String, i64> {
+    store
+        .space_by_object()
+        .map_or_else(|_| BTreeMap::new(), |objects| objects.into_iter().collect())
 }
 
 impl Measured {
@@ -637,6 +670,32 @@ impl Measured {
             per(self.written, after.written),
             per(self.on_disk, after.on_disk)
         )
+    }
+
+    /// The tables and indexes that grew from this measure to `after`, largest growth first,
+    /// each with its growth per one of `count`: "audit_log 821, contexts 45".
+    fn grown_by_object(&self, after: &Measured, count: u64) -> String {
+        let mut grown: Vec<(&str, i64)> = after
+            .objects
+            .iter()
+            .map(|(name, bytes)| {
+                let before = self.objects.get(name).copied().unwrap_or(0);
+                (name.as_str(), bytes - before)
+            })
+            .filter(|(_, growth)| *growth != 0)
+            .collect();
+        grown.sort_by_key(|(name, growth)| (-growth, *name));
+        if grown.is_empty() || count == 0 {
+            return "n/a".to_string();
+        }
+        grown
+            .iter()
+            .map(|(name, growth)| match *growth as f64 / count as f64 {
+                per if per.abs() < 1.0 => format!("{name} <1"),
+                per => format!("{name} {per:.0}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -685,8 +744,15 @@ mod tests {
             .unwrap();
             let text = String::from_utf8(out).unwrap();
             let lines: Vec<&str> = text.lines().collect();
-            assert_eq!(lines.len(), 6, "{text}");
+            assert_eq!(lines.len(), 7, "{text}");
             assert!(lines[0].starts_with(name), "{text}");
+            let grown = lines[5]
+                .strip_prefix("grown per key by table and index: fresh: ")
+                .unwrap_or_else(|| panic!("{text}"));
+            // Every fresh key adds a decision record and numbers its context.
+            for object in ["audit_log ", "contexts "] {
+                assert!(grown.contains(object), "{object}in {text}");
+            }
             assert!(lines[1].starts_with("preloaded 200 contexts"), "{text}");
             for (line, pass) in lines[3..5].iter().zip(["fresh (misses)", "again (hits)"]) {
                 assert!(line.starts_with(pass) && line.contains(" 1500 "), "{text}");
@@ -699,7 +765,7 @@ mod tests {
                 assert!(written >= 0.0, "{line}");
                 assert!(line.ends_with("grown on disk"), "{line}");
             }
-            assert!(lines[5].starts_with("peak RSS"));
+            assert!(lines[6].starts_with("peak RSS"));
             // The database is cleaned up.
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
@@ -775,9 +841,14 @@ mod tests {
         .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 8, "{text}");
+        assert_eq!(lines.len(), 9, "{text}");
         assert!(lines[0].starts_with("preloaded 100 contexts"), "{text}");
         assert!(lines[6].starts_with("per fresh request: "), "{text}");
+        assert!(
+            lines[7].starts_with("grown per request by table and index: fresh: ")
+                && lines[7].contains("audit_log "),
+            "{text}"
+        );
         for (line, pass) in
             lines[3..6]
                 .iter()

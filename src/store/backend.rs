@@ -260,6 +260,11 @@ pub(super) trait Reads {
 
     fn assignment_count(&self) -> Result<i64>;
 
+    /// The bytes each table and index of the store occupies, by name: on SQLite the pages
+    /// `dbstat` counts for it, on PostgreSQL `pg_relation_size` of each table and index in
+    /// the store's schema (TOAST data apart).
+    fn space_by_object(&self) -> Result<Vec<(String, i64)>>;
+
     /// Of `flag`'s stored assignments: how many are on, how many off, and how many were
     /// decided otherwise than a hash under `rollout_pct` would decide them now.
     fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally>;

@@ -370,6 +370,12 @@ impl Store {
         self.backend.checkpoint()
     }
 
+    /// The bytes each table and index occupies, by name (see `Reads::space_by_object`): what
+    /// a benchmark reports as the cost of each kind of row.
+    pub fn space_by_object(&self) -> Result<Vec<(String, i64)>> {
+        self.read_transaction()?.space_by_object()
+    }
+
     /// A warning for the operator when this connection could rewrite history unseen by the
     /// triggers (on PostgreSQL, a superuser or the owner of `audit_log`); `None` when it cannot
     /// or the backend has no roles (SQLite: the file's owner is the operating system's matter).

@@ -193,7 +193,37 @@ fn a_missing_contexts_file_is_named() {
     );
 }
 
+/// What a benchmark reports as the cost of each kind of row: the space of every table and
+/// index by name, which grows where a batch writes (its records, its assignments) and nowhere
+/// a batch does not (the flags).
+fn the_space_of_each_table_and_index_grows_where_a_batch_writes() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let store = env.open_store();
+    let before: std::collections::BTreeMap<String, i64> =
+        store.space_by_object().unwrap().into_iter().collect();
+    for object in ["audit_log", "flags"] {
+        assert!(before.contains_key(object), "{object} in {before:?}");
+    }
+    let keys: String = (0..3_000).map(|i| format!("tenant-{i}\n")).collect();
+    batch(&env, keys, &[]);
+    let after: std::collections::BTreeMap<String, i64> =
+        store.space_by_object().unwrap().into_iter().collect();
+    let assignments = match env.backend {
+        crate::common::Backend::Sqlite => "assignment_rows",
+        crate::common::Backend::Postgres => "assignments",
+    };
+    for object in ["audit_log", assignments] {
+        assert!(
+            after[object] > before[object],
+            "{object}: {before:?} -> {after:?}"
+        );
+    }
+    assert_eq!(after["flags"], before["flags"]);
+}
+
 contract_tests! {
+    the_space_of_each_table_and_index_grows_where_a_batch_writes,
     empty_input_evaluates_nothing,
     the_longest_key_is_kept_whole,
     batch_results_equal_single_evaluations_on_a_separate_store,

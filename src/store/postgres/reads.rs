@@ -306,6 +306,20 @@ impl Reads for Postgres {
             }))
     }
 
+    fn space_by_object(&self) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .query(
+                "SELECT c.relname::text, pg_relation_size(c.oid) FROM pg_class c \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i') \
+                  ORDER BY c.relname",
+                &[],
+            )?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
+    }
+
     fn assignment_count(&self) -> Result<i64> {
         Ok(self
             .query("SELECT count(*) FROM assignments", &[])?

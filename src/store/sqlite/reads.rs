@@ -345,6 +345,16 @@ impl Reads for Sqlite {
             .optional()?)
     }
 
+    fn space_by_object(&self) -> Result<Vec<(String, i64)>> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT name, pgsize FROM dbstat WHERE aggregate = TRUE ORDER BY name")?;
+        let objects = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(objects)
+    }
+
     fn assignment_count(&self) -> Result<i64> {
         Ok(self
             .conn
