@@ -276,6 +276,10 @@ pub(super) trait Reads {
     /// Every API token by name; without `digests`, each `sha256` empty and the column not
     /// read, for a role that may read everything but the digests (README: PostgreSQL roles).
     fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>>;
+
+    /// Whether this connection may read the tokens' digests: on PostgreSQL a reviewer's role
+    /// may not (README: PostgreSQL roles); an SQLite file's reader reads everything.
+    fn may_read_token_digests(&self) -> Result<bool>;
 }
 
 /// What only a write transaction, holding the store's writer lock, may do.

@@ -170,7 +170,8 @@ impl Store {
             let stored = self.flags()?;
             let (tokens, history) = {
                 let tx = self.read_transaction()?;
-                (tx.list_tokens(false)?, token_history(&*tx)?)
+                let digests = tx.may_read_token_digests()?;
+                (tx.list_tokens(digests)?, token_history(&*tx)?)
             };
             let replayed = self.replayed_flags(None)?;
             if self.read_transaction()?.audit_tail()? != head {

@@ -52,7 +52,7 @@ impl Store {
             created_at: ts.clone(),
             revoked_at: None,
         })?;
-        append_token_change(&tx, "token_create", name, Some(role), actor, &ts)?;
+        append_token_change(&tx, "token_create", name, Some((role, sha256)), actor, &ts)?;
         tx.commit()
     }
 
@@ -93,6 +93,9 @@ pub(super) struct TokenState {
     role: String,
     created_at: String,
     revoked_at: Option<String>,
+    /// The SHA-256 of the token's stored digest, which its creation row binds; `None` for a
+    /// token created before creation rows did.
+    digest_sha256: Option<String>,
 }
 
 /// What the token change rows leave, by token name.
@@ -115,6 +118,7 @@ pub(super) fn token_history(reads: &dyn Reads) -> Result<TokenHistory> {
                 role,
                 created_at: ts,
                 revoked_at: None,
+                digest_sha256: detail["digest_sha256"].as_str().map(str::to_string),
             };
             history.insert(name, state);
         } else if let Some(state) = history.get_mut(&name) {
@@ -125,8 +129,9 @@ pub(super) fn token_history(reads: &dyn Reads) -> Result<TokenHistory> {
 }
 
 /// How `token` differs from what its change rows leave, a line per field with both values;
-/// none when they explain it. The chain holds no token's digest (reviewers are kept from
-/// those), so a digest swapped under a name the chain explains does not show here.
+/// none when they explain it. The chain holds not the token's digest (reviewers are kept from
+/// those) but the digest's own SHA-256, which names a digest swapped under the token's name
+/// and cannot be turned back into one that `serve` would accept.
 fn token_differences(token: &TokenRecord, history: &TokenHistory) -> Vec<String> {
     let Some(state) = history.get(&token.name) else {
         return vec![format!(
@@ -149,6 +154,21 @@ fn token_differences(token: &TokenRecord, history: &TokenHistory) -> Vec<String>
         ),
     ]
     .into_iter()
+    // A digest read as empty was not read (a role that may not: see `list_tokens`); a stored
+    // one is 64 hex digits.
+    .chain(
+        state
+            .digest_sha256
+            .as_ref()
+            .filter(|_| !token.sha256.is_empty())
+            .map(|bound| {
+                (
+                    "the SHA-256 of token_sha256",
+                    crate::token::sha256_hex(&token.sha256),
+                    bound.clone(),
+                )
+            }),
+    )
     .filter(|(_, live, recorded)| live != recorded)
     .map(|(field, live, recorded)| {
         format!(
@@ -177,22 +197,24 @@ pub(super) fn unexplained_tokens(stored: &[TokenRecord], history: &TokenHistory)
     found
 }
 
-/// The change row of a token created or revoked: it names the token, never its text.
+/// The change row of a token created (with its role and stored digest) or revoked: it names
+/// the token, never its text nor its digest, and binds the digest by its own SHA-256.
 fn append_token_change(
     tx: &WriteTx,
     action: &str,
     name: &str,
-    role: Option<Role>,
+    created: Option<(Role, &str)>,
     actor: &str,
     ts: &str,
 ) -> Result<()> {
-    let done = match role {
-        Some(role) => format!("created with role {}", role.as_str()),
+    let done = match created {
+        Some((role, _)) => format!("created with role {}", role.as_str()),
         None => "revoked".to_string(),
     };
     let mut detail = json!({ "token": name });
-    if let Some(role) = role {
+    if let Some((role, digest)) = created {
         detail["role"] = json!(role.as_str());
+        detail["digest_sha256"] = json!(crate::token::sha256_hex(digest));
     }
     append_audit(
         tx,

@@ -434,14 +434,26 @@ fn check_names_token_rows_the_chain_does_not_explain() {
     env.ok(&["token", "create", "worker"]);
     env.ok(&["token", "create", "retired", "--role", "operator"]);
     env.ok(&["token", "revoke", "retired"]);
+    env.ok(&["token", "create", "swapped", "--role", "admin"]);
     env.ok(&["check"]);
-    env.execute(
+    let sha256 = |text: &str| -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let bound = sha256(&env.text("SELECT token_sha256 FROM api_tokens WHERE name = 'swapped'"));
+    // The digest of a token the writer knows, under the name of an admin token.
+    let forged = sha256("fst_chosen_by_the_writer");
+    env.execute(&format!(
         "INSERT INTO api_tokens (name, token_sha256, role, created_at) VALUES \
              ('mallory', '0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef', \
               'admin', '2026-12-06T00:00:00.000Z'); \
          UPDATE api_tokens SET role = 'admin' WHERE name = 'worker'; \
-         UPDATE api_tokens SET revoked_at = NULL WHERE name = 'retired'",
-    )
+         UPDATE api_tokens SET revoked_at = NULL WHERE name = 'retired'; \
+         UPDATE api_tokens SET token_sha256 = '{forged}' WHERE name = 'swapped'"
+    ))
     .unwrap();
     let lines = check_failures(&env);
     let retired_at =
@@ -454,9 +466,14 @@ fn check_names_token_rows_the_chain_does_not_explain() {
                 "api_tokens: token \"retired\": revoked_at is (none) in the table, {retired_at} \
                  by its change rows"
             ),
+            format!(
+                "api_tokens: token \"swapped\": the SHA-256 of token_sha256 is {} in the table, \
+                 {bound} by its change rows",
+                sha256(&forged)
+            ),
             "api_tokens: token \"worker\": role is admin in the table, viewer by its change rows"
                 .to_string(),
-            "3 difference(s) between the live state and the audit chain (listed above)".to_string(),
+            "4 difference(s) between the live state and the audit chain (listed above)".to_string(),
         ]
     );
 }

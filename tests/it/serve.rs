@@ -315,30 +315,37 @@ fn concurrent_clients_on_the_same_keys_agree() {
     env.ok(&["audit", "verify"]);
 }
 
-/// `serve` accepts only the tokens the chain explains: an admin token inserted by SQL, and a
-/// token whose role was raised by SQL, are refused as unknown (within the token refresh), while
-/// the others go on.
+/// `serve` accepts only the tokens the chain explains: an admin token inserted by SQL, a token
+/// whose role was raised by SQL, and a token known to the writer whose digest was put under an
+/// explained token's name, are refused as unknown (within the token refresh), while the others
+/// go on.
 fn a_token_the_chain_does_not_explain_is_refused() {
     use sha2::{Digest, Sha256};
     let env = Env::new();
     let worker = store_with_token(&env);
     let kept = env.ok(&["token", "create", "kept"]).trim().to_string();
+    env.ok(&["token", "create", "admin", "--role", "admin"]);
     let server = Server::start(&env, &[]);
     assert_eq!(one(&server, "enrich", &worker, "k").status, 200);
-    let forged = "fst_forged_by_sql";
-    let digest: String = Sha256::digest(forged.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let digest = |token: &str| -> String {
+        Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let (forged, swapped_in) = ("fst_forged_by_sql", "fst_swapped_in_by_sql");
     env.execute(&format!(
         "INSERT INTO api_tokens (name, token_sha256, role, created_at) \
-         VALUES ('mallory', '{digest}', 'admin', '2026-12-06T00:00:00.000Z'); \
-         UPDATE api_tokens SET role = 'admin' WHERE name = 'worker'"
+         VALUES ('mallory', '{}', 'admin', '2026-12-06T00:00:00.000Z'); \
+         UPDATE api_tokens SET role = 'admin' WHERE name = 'worker'; \
+         UPDATE api_tokens SET token_sha256 = '{}' WHERE name = 'admin'",
+        digest(forged),
+        digest(swapped_in)
     ))
     .unwrap();
     // The server re-reads its tokens at most a second after it last did.
     std::thread::sleep(Duration::from_millis(1_200));
-    for token in [forged, worker.as_str()] {
+    for token in [forged, swapped_in, worker.as_str()] {
         let reply = one(&server, "enrich", token, "k");
         assert_eq!(reply.status, 401, "{token}: {}", reply.body);
     }

@@ -349,6 +349,16 @@ impl Reads for Postgres {
             .collect())
     }
 
+    fn may_read_token_digests(&self) -> Result<bool> {
+        Ok(self
+            .query(
+                "SELECT has_column_privilege('api_tokens', 'token_sha256', 'SELECT')",
+                &[],
+            )?
+            .first()
+            .is_some_and(|row| row.get(0)))
+    }
+
     fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>> {
         self.query(
             if digests {

@@ -385,6 +385,10 @@ impl Reads for Sqlite {
         Ok(rows)
     }
 
+    fn may_read_token_digests(&self) -> Result<bool> {
+        Ok(true)
+    }
+
     fn list_tokens(&self, digests: bool) -> Result<Vec<TokenRecord>> {
         let mut statement = self.conn.prepare_cached(if digests {
             "SELECT name, token_sha256, created_at, revoked_at, role FROM api_tokens ORDER BY name"
