@@ -430,17 +430,24 @@ impl Store {
         };
         // Rows are hashed on a thread of their own while the next page is read: hashing (SHA-256
         // and hex) is about a quarter of walking the chain, the rest reading rows.
+        let hash_page = |page: Vec<AuditRow>| {
+            let hashes_match: Vec<bool> = page.iter().map(AuditRow::hash_matches).collect();
+            (page, hashes_match)
+        };
         std::thread::scope(|scope| {
             let (to_hasher, pages) = mpsc::sync_channel::<Vec<AuditRow>>(1);
             let (from_hasher, hashed) = mpsc::sync_channel(1);
-            scope.spawn(move || {
+            let hasher = std::thread::Builder::new().spawn_scoped(scope, move || {
                 for page in pages {
-                    let hashes_match: Vec<bool> = page.iter().map(AuditRow::hash_matches).collect();
-                    if from_hasher.send((page, hashes_match)).is_err() {
+                    if from_hasher.send(hash_page(page)).is_err() {
                         return;
                     }
                 }
             });
+            if hasher.is_err() {
+                // No thread to be had (a process at its limit): hashed here, between reads.
+                return self.for_each_audit_page(|page| check_page(hash_page(page)));
+            }
             let mut hashing = 0;
             self.for_each_audit_page(|page| {
                 // The hasher ends only when a channel closes, which happens only below.

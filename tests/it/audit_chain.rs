@@ -203,6 +203,46 @@ fn the_script_verifies_a_file_the_reviewer_may_only_read() {
     );
 }
 
+/// A process that may start no thread (as nobody, at `prlimit --nproc=1`) still verifies: the
+/// rows it would hash on a second thread are hashed between reads instead.
+#[test]
+fn verify_needs_no_second_thread() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: running as an unprivileged user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let env = store_with_history();
+    let verified = env.ok(&["audit", "verify"]);
+    // Not under the test's temporary directory, whose parent only root may enter.
+    let home = tempfile::Builder::new()
+        .prefix("flagstore-threadless-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let (db, binary) = (home.path().join("s.db"), home.path().join("flagstore"));
+    std::fs::copy(&env.db, &db).unwrap();
+    let built = assert_cmd::cargo::cargo_bin("flagstore");
+    std::fs::hard_link(&built, &binary)
+        .or_else(|_| std::fs::copy(&built, &binary).map(|_| ()))
+        .unwrap();
+    for path in [home.path(), db.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["prlimit", "--nproc=1"])
+        .arg(&binary)
+        .arg("--db")
+        .arg(&db)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), verified);
+}
+
 /// A BLOB where the chain hashes text (any column takes one, whatever its declared type; a
 /// REAL, past a CHECK turned off, is named the same way) is named with its row and column,
 /// not a traceback.
