@@ -318,23 +318,26 @@ impl<'a> EvaluationPlan<'a> {
         };
         let mut seen: foldhash::HashSet<&str> = foldhash::HashSet::default();
         let mut fetch = |step| self.fetch_step(tx.reads(), step, &mut seen);
-        if steps.len() <= 1 {
-            for step in steps {
-                let evaluated = evaluator.evaluate(step, fetch(step)?);
-                writer.write(step, evaluated)?;
-            }
-        } else {
-            std::thread::scope(|scope| -> Result<()> {
+        // Several steps are evaluated on a second thread while this one reads and writes; one
+        // step, or a process that can start no thread (at its limit), on this thread alone.
+        let threaded = steps.len() > 1
+            && std::thread::scope(|scope| -> Result<bool> {
                 let (to_evaluate, fetched_steps) = std::sync::mpsc::channel();
                 let (to_write, evaluated_steps) = std::sync::mpsc::channel();
-                scope.spawn(move || {
-                    for (step, fetched) in fetched_steps {
-                        let evaluated = evaluator.evaluate(step, fetched);
-                        if to_write.send((step, evaluated)).is_err() {
-                            break;
+                let evaluating = std::thread::Builder::new().spawn_scoped(scope, {
+                    let evaluator = &mut evaluator;
+                    move || {
+                        for (step, fetched) in fetched_steps {
+                            let evaluated = evaluator.evaluate(step, fetched);
+                            if to_write.send((step, evaluated)).is_err() {
+                                break;
+                            }
                         }
                     }
                 });
+                if evaluating.is_err() {
+                    return Ok(false);
+                }
                 for &step in &steps {
                     // Fails only if the evaluator panicked, which the scope raises again.
                     let _ = to_evaluate.send((step, fetch(step)?));
@@ -343,8 +346,13 @@ impl<'a> EvaluationPlan<'a> {
                 for (step, evaluated) in evaluated_steps {
                     writer.write(step, evaluated)?;
                 }
-                Ok(())
+                Ok(true)
             })?;
+        if !threaded {
+            for step in steps {
+                let evaluated = evaluator.evaluate(step, fetch(step)?);
+                writer.write(step, evaluated)?;
+            }
         }
         Ok(writer.results)
     }

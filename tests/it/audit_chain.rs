@@ -203,10 +203,11 @@ fn the_script_verifies_a_file_the_reviewer_may_only_read() {
     );
 }
 
-/// A process that may start no thread (as nobody, at `prlimit --nproc=1`) still verifies: the
-/// rows it would hash on a second thread are hashed between reads instead.
+/// A process that may start no thread (as nobody, at `prlimit --nproc=1`) still verifies and
+/// evaluates a batch of several steps: what it would hash or evaluate on a second thread it
+/// does between reads instead, and the answers and records are the same.
 #[test]
-fn verify_needs_no_second_thread() {
+fn verify_and_a_batch_need_no_second_thread() {
     let uid = std::process::Command::new("id").arg("-u").output().unwrap();
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         eprintln!("skipped: running as an unprivileged user needs root");
@@ -229,18 +230,35 @@ fn verify_needs_no_second_thread() {
     for path in [home.path(), db.as_path()] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
-    let output = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["prlimit", "--nproc=1"])
-        .arg(&binary)
-        .arg("--db")
-        .arg(&db)
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout), verified);
+    let threadless = |args: &[&str]| {
+        let output = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["prlimit", "--nproc=1"])
+            .arg(&binary)
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(threadless(&["audit", "verify"]), verified);
+    let keys: String = (0..1_000).map(|i| format!("tenant-{i}\n")).collect();
+    let contexts = home.path().join("contexts.txt");
+    std::fs::write(&contexts, &keys).unwrap();
+    std::fs::set_permissions(&contexts, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let batch = [
+        "eval",
+        "--all",
+        "--contexts-file",
+        contexts.to_str().unwrap(),
+    ];
+    let answered = threadless(&batch);
+    assert_eq!(answered, env.ok(&batch), "the same answers as with threads");
+    assert_eq!(answered.lines().count(), 1_000);
+    threadless(&["check"]);
 }
 
 /// A BLOB where the chain hashes text (any column takes one, whatever its declared type; a
