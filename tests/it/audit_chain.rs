@@ -1,7 +1,7 @@
 //! Tamper evidence, tested by tampering for real: plain SQL against the database file, with the
 //! append-only triggers dropped as an attacker with file access would.
 
-use crate::common::{Backend, Env, PIPELINE};
+use crate::common::{Backend, Env, PIPELINE, directory_nobody_reaches, running_as_root};
 
 /// A store with some history: changes, evaluations, a reset.
 fn store_with_history() -> Env {
@@ -167,21 +167,17 @@ fn script_on(db: &std::path::Path, as_nobody: bool) -> (Option<i32>, String, Str
 /// so; a path holding URI characters is read as the path it is.
 #[test]
 fn the_script_verifies_a_file_the_reviewer_may_only_read() {
-    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0"
-        || !std::path::Path::new("/usr/bin/python3").exists()
-    {
-        eprintln!("skipped: reading as an unprivileged user needs root and /usr/bin/python3");
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: reading as an unprivileged user needs /usr/bin/python3");
+        return;
+    }
+    if !running_as_root("reading as an unprivileged user") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
     let env = store_with_history();
     let verified = env.ok(&["audit", "verify"]);
-    // Not under the test's temporary directory, whose parent only root may enter.
-    let home = tempfile::Builder::new()
-        .prefix("flagstore-review-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let home = directory_nobody_reaches("flagstore-review-");
     let db = home.path().join("a?b#c%20.db");
     std::fs::copy(&env.db, &db).unwrap();
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
@@ -208,25 +204,15 @@ fn the_script_verifies_a_file_the_reviewer_may_only_read() {
 /// does between reads instead, and the answers and records are the same.
 #[test]
 fn verify_and_a_batch_need_no_second_thread() {
-    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: running as an unprivileged user needs root");
+    if !running_as_root("running as an unprivileged user") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
     let env = store_with_history();
     let verified = env.ok(&["audit", "verify"]);
-    // Not under the test's temporary directory, whose parent only root may enter.
-    let home = tempfile::Builder::new()
-        .prefix("flagstore-threadless-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let (db, binary) = (home.path().join("s.db"), home.path().join("flagstore"));
+    let home = directory_nobody_reaches("flagstore-threadless-");
+    let db = home.path().join("s.db");
     std::fs::copy(&env.db, &db).unwrap();
-    let built = assert_cmd::cargo::cargo_bin("flagstore");
-    std::fs::hard_link(&built, &binary)
-        .or_else(|_| std::fs::copy(&built, &binary).map(|_| ()))
-        .unwrap();
     for path in [home.path(), db.as_path()] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
@@ -234,7 +220,7 @@ fn verify_and_a_batch_need_no_second_thread() {
         let output = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .args(["prlimit", "--nproc=1"])
-            .arg(&binary)
+            .arg(assert_cmd::cargo::cargo_bin("flagstore"))
             .arg("--db")
             .arg(&db)
             .args(args)

@@ -322,9 +322,7 @@ fn as_nobody(db: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_reviewer_who_can_only_read_the_file_runs_every_read_command() {
-    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: switching to an unprivileged user needs root");
+    if !crate::common::running_as_root("switching to an unprivileged user") {
         return;
     }
     let env = Env::new();

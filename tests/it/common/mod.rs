@@ -50,6 +50,26 @@ pub fn use_postgres() -> bool {
     false
 }
 
+/// Whether the tests run as root, which switching to the unprivileged user `nobody` takes (CI
+/// runs as root); when not, says on stderr that `skipped` is skipped.
+pub fn running_as_root(skipped: &str) -> bool {
+    let uid = StdCommand::new("id").arg("-u").output().unwrap();
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    if !root {
+        eprintln!("skipped: {skipped} needs root");
+    }
+    root
+}
+
+/// A directory `nobody` may reach: not under a test's temporary directory, whose parent only
+/// root may enter.
+pub fn directory_nobody_reaches(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
 fn postgres_url() -> Option<String> {
     std::env::var(POSTGRES_VARIABLE)
         .ok()
