@@ -143,6 +143,24 @@ pub enum Error {
     )]
     CheckpointMissing { hash: String, at: String, rows: i64 },
 
+    #[error("{path}: {why}")]
+    BadKey { path: String, why: String },
+
+    #[error("{path}: {at}: {why}")]
+    BadHeads {
+        path: String,
+        at: String,
+        why: String,
+    },
+
+    /// The store no longer holds what a signed head covers, or cannot extend it.
+    #[error("{path}: {at}: {why}")]
+    HeadMismatch {
+        path: String,
+        at: String,
+        why: String,
+    },
+
     #[error("{path}: not a checkpoint file: {why}")]
     BadCheckpoint { path: String, why: String },
 
@@ -302,7 +320,9 @@ impl Error {
             | Error::InvalidTokenName { .. }
             | Error::TokenExists { .. }
             | Error::UnknownToken { .. }
-            | Error::BadUrl { .. } => Fault::Input,
+            | Error::BadUrl { .. }
+            | Error::BadKey { .. }
+            | Error::BadHeads { .. } => Fault::Input,
             Error::Read { .. }
             | Error::Write { .. }
             | Error::NotADatabase { .. }
@@ -320,6 +340,7 @@ impl Error {
             | Error::Damaged { .. }
             | Error::Inconsistent { .. }
             | Error::AuditChain { .. }
+            | Error::HeadMismatch { .. }
             | Error::UnreadableAuditRow { .. }
             | Error::Migration { .. } => Fault::Storage,
             _ => Fault::Other,

@@ -245,12 +245,13 @@ impl Store {
         &self,
         mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.for_each_audit_page(|page| page.into_iter().try_for_each(&mut visit))
+        self.for_each_audit_page(1, |page| page.into_iter().try_for_each(&mut visit))
     }
 
-    /// [`Store::for_each_audit_row`], a page of rows at a time.
+    /// [`Store::for_each_audit_row`] from row `first_id` on, a page of rows at a time.
     pub(super) fn for_each_audit_page<E: From<Error>>(
         &self,
+        first_id: i64,
         mut visit: impl FnMut(Vec<AuditRow>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let everything = AuditQuery {
@@ -258,7 +259,11 @@ impl Store {
             ..AuditQuery::default()
         };
         let reader = Reader::short(self)?;
-        let mut pages = Pages::new(&everything, Scope::Everything, &reader, PAGE_ROWS);
+        let scope = Scope::Ids {
+            first_id,
+            last_id: i64::MAX,
+        };
+        let mut pages = Pages::new(&everything, scope, &reader, PAGE_ROWS);
         loop {
             let page = pages.next_page(&reader)?;
             if page.is_empty() {

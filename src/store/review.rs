@@ -406,9 +406,20 @@ impl Store {
     pub(super) fn verify_audit_visiting(
         &self,
         checkpoint: Option<&Checkpoint>,
+        visit: impl FnMut(&AuditRow) -> Result<()>,
+    ) -> Result<Verified> {
+        self.verify_chain_from(ChainVerifier::default(), checkpoint, visit)
+    }
+
+    /// [`Store::verify_audit_visiting`] from where `verifier` stands: the rows after those it
+    /// has verified, the first linked to its head.
+    pub(super) fn verify_chain_from(
+        &self,
+        mut verifier: ChainVerifier,
+        checkpoint: Option<&Checkpoint>,
         mut visit: impl FnMut(&AuditRow) -> Result<()>,
     ) -> Result<Verified> {
-        let mut verifier = ChainVerifier::default();
+        let first_id = verifier.rows() + 1;
         let mut checkpoint_seen = false;
         let mut check_page = |(page, hashes_match): (Vec<AuditRow>, Vec<bool>)| {
             for (row, hash_matches) in page.iter().zip(hashes_match) {
@@ -446,10 +457,10 @@ impl Store {
             });
             if hasher.is_err() {
                 // No thread to be had (a process at its limit): hashed here, between reads.
-                return self.for_each_audit_page(|page| check_page(hash_page(page)));
+                return self.for_each_audit_page(first_id, |page| check_page(hash_page(page)));
             }
             let mut hashing = 0;
-            self.for_each_audit_page(|page| {
+            self.for_each_audit_page(first_id, |page| {
                 // The hasher ends only when a channel closes, which happens only below.
                 to_hasher.send(page).expect("the hasher is running");
                 hashing += 1;

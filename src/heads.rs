@@ -1,0 +1,520 @@
+//! Signed tree heads: the audit log's Merkle root at a size, signed with an Ed25519 key that
+//! lives in a file outside the store, and published to a heads file the store's owner cannot
+//! rewrite (a witness: another host's disk, an append-only bucket). Whoever can write the
+//! database can re-hash its chain, but cannot sign; once a head is published, changing any row
+//! it covers is found by `audit verify --heads`.
+//!
+//! The signature is over this text (UTF-8, each line ending in `\n`), so a reviewer checks it
+//! with `openssl pkeyutl -verify -rawin` and nothing of ours:
+//!
+//! ```text
+//! flagstore tree head v1
+//! size <rows covered: 1..=size>
+//! root <the RFC 9162 Merkle root over those rows' hashes, lowercase hex>
+//! last <the hash of row `size`, where the chain continues>
+//! time <when it was signed, RFC 3339 UTC, milliseconds>
+//! ```
+//!
+//! A heads file holds one JSON object per line: those fields, `peaks` (the roots of the tree's
+//! perfect subtrees, from which the next head is computed without re-reading older rows;
+//! checked against `root`), `key` (the key's id) and `signature` (hex).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::hex::lowercase;
+use crate::merkle::{Frontier, Hash};
+
+/// The private half: signs heads. Never stored in the database.
+pub struct HeadKey {
+    signing: SigningKey,
+}
+
+/// The public half: what a reviewer holds to check heads.
+#[derive(Debug, Clone)]
+pub struct HeadVerifier {
+    key: VerifyingKey,
+}
+
+impl HeadKey {
+    /// Makes a new key and writes it to `path` (PKCS#8 PEM, readable by its owner only) and
+    /// its public half to `path.pub` (SubjectPublicKeyInfo PEM, as openssl reads it). Refuses
+    /// to replace an existing file: a lost key cannot sign again, a replaced one strands every
+    /// head signed before.
+    pub fn generate(path: &Path) -> Result<HeadKey> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::Write {
+            path: path.display().to_string(),
+            source: std::io::Error::other(format!("no randomness for a key: {e}")),
+        })?;
+        let key = HeadKey {
+            signing: SigningKey::from_bytes(&seed),
+        };
+        let private = key
+            .signing
+            .to_pkcs8_pem(Default::default())
+            .map_err(|e| key_error(path, e.to_string()))?;
+        let public_path = public_path(path);
+        write_new(&public_path, key.public().pem().as_bytes(), 0o644)?;
+        write_new(path, private.as_bytes(), 0o600).inspect_err(|_| {
+            let _ = std::fs::remove_file(&public_path);
+        })?;
+        Ok(key)
+    }
+
+    pub fn load(path: &Path) -> Result<HeadKey> {
+        let text = read_text(path)?;
+        let signing = SigningKey::from_pkcs8_pem(&text).map_err(|e| {
+            key_error(
+                path,
+                format!("not an Ed25519 private key made by `flagstore keys generate` ({e})"),
+            )
+        })?;
+        Ok(HeadKey { signing })
+    }
+
+    pub fn public(&self) -> HeadVerifier {
+        HeadVerifier {
+            key: self.signing.verifying_key(),
+        }
+    }
+
+    /// Signs the head of the tree `frontier` holds, whose last row has hash `last`.
+    pub fn sign(&self, frontier: &Frontier, last: Hash, time: String) -> SignedHead {
+        let mut head = SignedHead {
+            size: frontier.size(),
+            root: HexHash(frontier.root()),
+            last: HexHash(last),
+            time,
+            peaks: frontier.peaks().iter().copied().map(HexHash).collect(),
+            key: self.public().id(),
+            signature: String::new(),
+        };
+        head.signature = lowercase(&self.signing.sign(head.signed_text().as_bytes()).to_bytes());
+        head
+    }
+}
+
+/// Where `flagstore keys generate` writes the public half of the key at `path`.
+pub fn public_path(path: &Path) -> PathBuf {
+    let mut public = path.as_os_str().to_owned();
+    public.push(".pub");
+    PathBuf::from(public)
+}
+
+impl HeadVerifier {
+    pub fn load(path: &Path) -> Result<HeadVerifier> {
+        let text = read_text(path)?;
+        let key = VerifyingKey::from_public_key_pem(&text)
+            .or_else(|_| SigningKey::from_pkcs8_pem(&text).map(|key| key.verifying_key()))
+            .map_err(|e| {
+                key_error(
+                    path,
+                    format!("not an Ed25519 public key (BEGIN PUBLIC KEY) ({e})"),
+                )
+            })?;
+        Ok(HeadVerifier { key })
+    }
+
+    /// The key's id, written in every head it signs: the first 8 bytes of the SHA-256 of
+    /// the raw 32-byte public key, in hex.
+    pub fn id(&self) -> String {
+        lowercase(&Sha256::digest(self.key.as_bytes())[..8])
+    }
+
+    pub fn pem(&self) -> String {
+        self.key
+            .to_public_key_pem(Default::default())
+            .expect("a 32-byte key encodes")
+    }
+
+    /// Checks that `head` was signed by this key and that its peaks make its root; says what
+    /// is wrong otherwise.
+    pub fn check(&self, head: &SignedHead) -> std::result::Result<Frontier, String> {
+        if head.key != self.id() {
+            return Err(format!(
+                "signed by key {}, not by the key given ({})",
+                head.key,
+                self.id()
+            ));
+        }
+        let signature = crate::hex::decode(&head.signature)
+            .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
+            .ok_or("the signature is not 64 bytes of hex")?;
+        self.key
+            .verify_strict(
+                head.signed_text().as_bytes(),
+                &Signature::from_bytes(&signature),
+            )
+            .map_err(|_| "the signature does not match the head (the head was altered)")?;
+        let peaks = head.peaks.iter().map(|peak| peak.0).collect();
+        let frontier = Frontier::from_peaks(head.size, peaks)
+            .filter(|frontier| frontier.root() == head.root.0)
+            .ok_or("its peaks do not make its root")?;
+        if head.size == 0 {
+            return Err("a head of no rows".into());
+        }
+        Ok(frontier)
+    }
+}
+
+/// A hash written as 64 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexHash(pub Hash);
+
+impl std::fmt::Display for HexHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&lowercase(&self.0))
+    }
+}
+
+impl Serialize for HexHash {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HexHash {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        HexHash::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not 64 hex digits")))
+    }
+}
+
+impl HexHash {
+    pub fn parse(text: &str) -> Option<HexHash> {
+        crate::hex::decode(text)
+            .and_then(|bytes| Hash::try_from(bytes).ok())
+            .map(HexHash)
+    }
+}
+
+/// One line of a heads file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedHead {
+    pub size: u64,
+    pub root: HexHash,
+    pub last: HexHash,
+    pub time: String,
+    pub peaks: Vec<HexHash>,
+    pub key: String,
+    pub signature: String,
+}
+
+impl SignedHead {
+    /// The bytes the signature is over (see the module's documentation).
+    pub fn signed_text(&self) -> String {
+        format!(
+            "flagstore tree head v1\nsize {}\nroot {}\nlast {}\ntime {}\n",
+            self.size, self.root, self.last, self.time
+        )
+    }
+
+    /// The line a heads file holds, without its newline.
+    pub fn line(&self) -> String {
+        serde_json::to_string(self).expect("a head serializes")
+    }
+}
+
+/// A heads file opened to publish: locked against other publishers until dropped, so heads
+/// are appended one at a time and never move backwards.
+pub struct HeadsFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl HeadsFile {
+    /// Opens (creating) and locks the heads file at `path`, waiting for another publisher to
+    /// finish. A last line cut short by a crash (never fsynced whole, so never published) is
+    /// removed.
+    pub fn open(path: &Path) -> Result<HeadsFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|source| write_error(path, source))?;
+        file.lock().map_err(|source| write_error(path, source))?;
+        let mut heads = HeadsFile {
+            path: path.to_path_buf(),
+            file,
+        };
+        heads.drop_torn_line()?;
+        Ok(heads)
+    }
+
+    fn drop_torn_line(&mut self) -> Result<()> {
+        let whole = self.whole_lines_len()?;
+        let len = self.len()?;
+        if whole < len {
+            self.file
+                .set_len(whole)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|source| write_error(&self.path, source))?;
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> Result<u64> {
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|source| read_error(&self.path, source))?
+            .len())
+    }
+
+    /// The length of the file up to and including its last newline.
+    fn whole_lines_len(&mut self) -> Result<u64> {
+        let mut end = self.len()?;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while end > 0 {
+            let start = end.saturating_sub(chunk.len() as u64);
+            let piece = &mut chunk[..(end - start) as usize];
+            self.read_at(start, piece)?;
+            if let Some(newline) = piece.iter().rposition(|&b| b == b'\n') {
+                return Ok(start + newline as u64 + 1);
+            }
+            end = start;
+        }
+        Ok(0)
+    }
+
+    fn read_at(&mut self, offset: u64, buffer: &mut [u8]) -> Result<()> {
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.read_exact(buffer))
+            .map_err(|source| read_error(&self.path, source))
+    }
+
+    /// The newest head, read from the end of the file (a year of heads is not re-read).
+    pub fn newest(&mut self) -> Result<Option<SignedHead>> {
+        let end = self.whole_lines_len()?;
+        if end == 0 {
+            return Ok(None);
+        }
+        let mut start = end - 1;
+        let mut chunk = vec![0u8; 4096];
+        let line_start = loop {
+            let from = start.saturating_sub(chunk.len() as u64);
+            let piece = &mut chunk[..(start - from) as usize];
+            self.read_at(from, piece)?;
+            if let Some(newline) = piece.iter().rposition(|&b| b == b'\n') {
+                break from + newline as u64 + 1;
+            }
+            if from == 0 {
+                break 0;
+            }
+            start = from;
+        };
+        let mut line = vec![0u8; (end - 1 - line_start) as usize];
+        self.read_at(line_start, &mut line)?;
+        parse_head(&self.path, None, &line).map(Some)
+    }
+
+    /// Appends `head` and waits until it is on disk: a head is published once fsynced.
+    pub fn append(&mut self, head: &SignedHead) -> Result<()> {
+        let mut line = head.line();
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| write_error(&self.path, source))
+    }
+}
+
+/// The heads of a file, in order, each with its line number. A last line cut short by a crash
+/// is not a head (it was never published): the iterator ends before it and says so in
+/// [`HeadLines::torn`].
+pub struct HeadLines {
+    path: PathBuf,
+    reader: BufReader<File>,
+    number: usize,
+    torn: bool,
+}
+
+impl HeadLines {
+    pub fn open(path: &Path) -> Result<HeadLines> {
+        let file = File::open(path).map_err(|source| read_error(path, source))?;
+        Ok(HeadLines {
+            path: path.to_path_buf(),
+            reader: BufReader::new(file),
+            number: 0,
+            torn: false,
+        })
+    }
+
+    /// Whether the file ended in a line cut short.
+    pub fn torn(&self) -> bool {
+        self.torn
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Iterator for HeadLines {
+    type Item = Result<(usize, SignedHead)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = Vec::new();
+        if let Err(source) = self.reader.read_until(b'\n', &mut line) {
+            return Some(Err(read_error(&self.path, source)));
+        }
+        match line.pop() {
+            None => None,
+            Some(b'\n') => {
+                self.number += 1;
+                Some(parse_head(&self.path, Some(self.number), &line).map(|h| (self.number, h)))
+            }
+            Some(_) => {
+                self.torn = true;
+                None
+            }
+        }
+    }
+}
+
+fn parse_head(path: &Path, line: Option<usize>, text: &[u8]) -> Result<SignedHead> {
+    serde_json::from_slice(text).map_err(|e| Error::BadHeads {
+        path: path.display().to_string(),
+        at: line.map_or("last line".to_string(), |n| format!("line {n}")),
+        why: format!("not a signed head: {e}"),
+    })
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| read_error(path, source))
+}
+
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
+        .map_err(|source| write_error(path, source))
+}
+
+fn key_error(path: &Path, why: String) -> Error {
+    Error::BadKey {
+        path: path.display().to_string(),
+        why,
+    }
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Read {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Write {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::leaf_hash;
+
+    fn signed(key: &HeadKey, rows: u64) -> SignedHead {
+        let mut frontier = Frontier::default();
+        (0..rows).for_each(|i| frontier.push(leaf_hash(&i.to_be_bytes())));
+        key.sign(&frontier, [7; 32], "2026-12-06T08:00:00.000Z".into())
+    }
+
+    #[test]
+    fn a_signed_head_checks_and_any_change_to_it_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = HeadKey::generate(&dir.path().join("heads.key")).unwrap();
+        let verifier = HeadVerifier::load(&dir.path().join("heads.key.pub")).unwrap();
+        let head = signed(&key, 5);
+        assert_eq!(verifier.check(&head).map(|f| f.size()), Ok(5));
+
+        let mut moved = head.clone();
+        moved.size = 6;
+        assert!(verifier.check(&moved).unwrap_err().contains("altered"));
+        let mut retimed = head.clone();
+        retimed.time = "2026-12-06T08:00:00.001Z".into();
+        assert!(verifier.check(&retimed).unwrap_err().contains("altered"));
+        let mut repeaked = head.clone();
+        repeaked.peaks[0] = HexHash([0; 32]);
+        assert!(verifier.check(&repeaked).unwrap_err().contains("peaks"));
+
+        let other = HeadKey::generate(&dir.path().join("other.key")).unwrap();
+        assert!(
+            other
+                .public()
+                .check(&head)
+                .unwrap_err()
+                .contains("not by the key")
+        );
+    }
+
+    #[test]
+    fn keys_are_never_overwritten_and_the_private_half_is_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heads.key");
+        HeadKey::generate(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let before = std::fs::read(&path).unwrap();
+        assert!(HeadKey::generate(&path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert!(HeadKey::load(&path).is_ok());
+        let not_a_key = HeadKey::load(&public_path(&path))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(not_a_key.contains("heads.key.pub"), "{not_a_key}");
+    }
+
+    #[test]
+    fn the_newest_head_is_the_last_whole_line_and_a_torn_one_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = HeadKey::generate(&dir.path().join("k")).unwrap();
+        let path = dir.path().join("heads.jsonl");
+        let mut heads = HeadsFile::open(&path).unwrap();
+        assert_eq!(heads.newest().unwrap(), None);
+        for rows in [1, 3, 9] {
+            heads.append(&signed(&key, rows)).unwrap();
+        }
+        assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(9));
+        drop(heads);
+
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"size":12,"ro"#).unwrap();
+        let mut lines = HeadLines::open(&path).unwrap();
+        let seen: Vec<(usize, u64)> = lines
+            .by_ref()
+            .map(|head| head.map(|(line, head)| (line, head.size)).unwrap())
+            .collect();
+        assert!(lines.torn());
+        assert_eq!(seen, [(1, 1), (2, 3), (3, 9)]);
+        let mut heads = HeadsFile::open(&path).unwrap();
+        assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(9));
+        assert!(std::fs::read(&path).unwrap().ends_with(b"}\n"));
+    }
+}
