@@ -258,9 +258,8 @@ impl HeadsFile {
     }
 
     fn drop_torn_line(&mut self) -> Result<()> {
-        let whole = self.whole_lines_len()?;
-        let len = self.len()?;
-        if whole < len {
+        let whole = whole_lines_len(&mut self.file, &self.path)?;
+        if whole < file_len(&self.file, &self.path)? {
             self.file
                 .set_len(whole)
                 .and_then(|()| self.file.sync_all())
@@ -269,60 +268,9 @@ impl HeadsFile {
         Ok(())
     }
 
-    fn len(&self) -> Result<u64> {
-        Ok(self
-            .file
-            .metadata()
-            .map_err(|source| read_error(&self.path, source))?
-            .len())
-    }
-
-    /// The length of the file up to and including its last newline.
-    fn whole_lines_len(&mut self) -> Result<u64> {
-        let mut end = self.len()?;
-        let mut chunk = vec![0u8; 64 * 1024];
-        while end > 0 {
-            let start = end.saturating_sub(chunk.len() as u64);
-            let piece = &mut chunk[..(end - start) as usize];
-            self.read_at(start, piece)?;
-            if let Some(newline) = piece.iter().rposition(|&b| b == b'\n') {
-                return Ok(start + newline as u64 + 1);
-            }
-            end = start;
-        }
-        Ok(0)
-    }
-
-    fn read_at(&mut self, offset: u64, buffer: &mut [u8]) -> Result<()> {
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| self.file.read_exact(buffer))
-            .map_err(|source| read_error(&self.path, source))
-    }
-
     /// The newest head, read from the end of the file (a year of heads is not re-read).
     pub fn newest(&mut self) -> Result<Option<SignedHead>> {
-        let end = self.whole_lines_len()?;
-        if end == 0 {
-            return Ok(None);
-        }
-        let mut start = end - 1;
-        let mut chunk = vec![0u8; 4096];
-        let line_start = loop {
-            let from = start.saturating_sub(chunk.len() as u64);
-            let piece = &mut chunk[..(start - from) as usize];
-            self.read_at(from, piece)?;
-            if let Some(newline) = piece.iter().rposition(|&b| b == b'\n') {
-                break from + newline as u64 + 1;
-            }
-            if from == 0 {
-                break 0;
-            }
-            start = from;
-        };
-        let mut line = vec![0u8; (end - 1 - line_start) as usize];
-        self.read_at(line_start, &mut line)?;
-        parse_head(&self.path, None, &line).map(Some)
+        newest_in(&mut self.file, &self.path)
     }
 
     /// Appends `head` and waits until it is on disk: a head is published once fsynced.
@@ -334,6 +282,61 @@ impl HeadsFile {
             .and_then(|()| self.file.sync_data())
             .map_err(|source| write_error(&self.path, source))
     }
+}
+
+/// The newest head of the heads file at `path`, read without writing to it (a reviewer's
+/// copy may be read-only); a last line cut short is not a head.
+pub fn newest_head(path: &Path) -> Result<Option<SignedHead>> {
+    let mut file = File::open(path).map_err(|source| read_error(path, source))?;
+    newest_in(&mut file, path)
+}
+
+fn newest_in(file: &mut File, path: &Path) -> Result<Option<SignedHead>> {
+    let end = whole_lines_len(file, path)?;
+    if end == 0 {
+        return Ok(None);
+    }
+    let line_start = match last_newline_before(file, path, end - 1)? {
+        Some(newline) => newline + 1,
+        None => 0,
+    };
+    let mut line = vec![0u8; (end - 1 - line_start) as usize];
+    read_at(file, path, line_start, &mut line)?;
+    parse_head(path, None, &line).map(Some)
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64> {
+    Ok(file
+        .metadata()
+        .map_err(|source| read_error(path, source))?
+        .len())
+}
+
+/// The length of the file up to and including its last newline.
+fn whole_lines_len(file: &mut File, path: &Path) -> Result<u64> {
+    let len = file_len(file, path)?;
+    Ok(last_newline_before(file, path, len)?.map_or(0, |newline| newline + 1))
+}
+
+/// The offset of the last newline before offset `end`, read backwards in chunks.
+fn last_newline_before(file: &mut File, path: &Path, mut end: u64) -> Result<Option<u64>> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let piece = &mut chunk[..(end - start) as usize];
+        read_at(file, path, start, piece)?;
+        if let Some(newline) = piece.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + newline as u64));
+        }
+        end = start;
+    }
+    Ok(None)
+}
+
+fn read_at(file: &mut File, path: &Path, offset: u64, buffer: &mut [u8]) -> Result<()> {
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(buffer))
+        .map_err(|source| read_error(path, source))
 }
 
 /// The heads of a file, in order, each with its line number. A last line cut short by a crash
@@ -360,10 +363,6 @@ impl HeadLines {
     /// Whether the file ended in a line cut short.
     pub fn torn(&self) -> bool {
         self.torn
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -9,7 +9,8 @@ use super::{ActorOption, DbOption, Globals, Outcome, stdout_error, table};
 use flagstore::audit::{AuditQuery, AuditRow, Checkpoint, parse_time_bound};
 use flagstore::error::{Error, Result};
 use flagstore::file::write_atomically;
-use flagstore::store::Store;
+use flagstore::heads::{HeadVerifier, newest_head};
+use flagstore::store::{HeadsVerified, Store};
 
 #[derive(Debug, Args)]
 #[command(
@@ -76,10 +77,44 @@ pub enum AuditCommand {
   flagstore audit checkpoint -o anchor.json
   flagstore audit checkpoint | ssh vault 'cat >> flagstore-anchors.jsonl'")]
     Checkpoint(CheckpointArgs),
+    /// Print a proof, as JSON, that a row is in the tree a signed head covers (inclusion), or
+    /// that a later tree extends an earlier one (consistency); scripts/verify_tree_proof.py
+    /// checks it with the public key alone.
+    #[command(after_help = "Examples:
+  flagstore audit prove 1234 --heads /mnt/witness/heads.jsonl > row-1234.json
+  flagstore audit prove --from-size 1000 --heads /mnt/witness/heads.jsonl")]
+    Prove(ProveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProveArgs {
+    /// The row to prove included.
+    #[arg(value_name = "ROW", required_unless_present = "from_size")]
+    pub row: Option<i64>,
+    /// Prove instead that the tree of the first SIZE rows is a prefix of the later tree.
+    #[arg(long, value_name = "SIZE", conflicts_with = "row")]
+    pub from_size: Option<u64>,
+    /// Prove against the newest head of this heads file, printed with the proof (without it,
+    /// against every row the store holds now, which nobody signed).
+    #[arg(long, value_name = "FILE")]
+    pub heads: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbOption,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Also hold the log to every signed head of this heads file: each signature, each head
+    /// larger than the last, and the root the store's rows give at each head's size.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub heads: Option<PathBuf>,
+    /// The public key that signed the heads (FILE.pub of `flagstore keys generate`).
+    #[arg(long, value_name = "FILE", requires = "heads")]
+    pub public_key: Option<PathBuf>,
+    /// With --heads: check only the newest head and the rows after it, trusting the head for
+    /// the rows it covers (logarithmic in them instead of linear).
+    #[arg(long, requires = "heads")]
+    pub from_newest_head: bool,
     /// Also require this hash (a head printed earlier) to be in the chain.
     #[arg(long, value_name = "HASH", conflicts_with = "checkpoint")]
     pub expect_head: Option<String>,
@@ -99,6 +134,55 @@ pub struct CheckpointArgs {
     pub db: DbOption,
 }
 
+fn print_heads_verified(
+    out: &mut impl Write,
+    heads: &Path,
+    from_newest: bool,
+    held: &HeadsVerified,
+) -> Result<Outcome> {
+    let mut text = match (&held.newest, from_newest) {
+        (None, _) => format!(
+            "audit log verified: {} rows, head {}; {} holds no head yet: no row is signed",
+            held.rows,
+            held.head,
+            heads.display()
+        ),
+        (Some((_, newest)), true) => format!(
+            "audit log verified from the newest head of {} (signed {}, rows 1..={} taken as \
+             signed): {} rows, head {}",
+            heads.display(),
+            newest.time,
+            newest.size,
+            held.rows,
+            held.head
+        ),
+        (Some((line, newest)), false) => format!(
+            "audit log verified: {} rows, head {}; all {} signed heads of {} hold, the newest \
+             (line {line}, signed {}) covers rows 1..={}",
+            held.rows,
+            held.head,
+            held.heads,
+            heads.display(),
+            newest.time,
+            newest.size
+        ),
+    };
+    let signed = held.newest.as_ref().map_or(0, |(_, head)| head.size);
+    let unsigned = u64::try_from(held.rows).unwrap_or(0).saturating_sub(signed);
+    if unsigned > 0 {
+        text.push_str(&format!(
+            "; rows {}..={} are not yet under a signed head",
+            signed + 1,
+            held.rows
+        ));
+    }
+    if held.torn_line {
+        text.push_str("; its last line was cut short (not a head; the next publisher removes it)");
+    }
+    writeln!(out, "{text}").map_err(stdout_error)?;
+    Ok(Outcome::Success)
+}
+
 /// Runs an `audit` subcommand, or a query when none is given.
 pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<Outcome> {
     match &args.command {
@@ -112,6 +196,14 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<
                 (None, None) => None,
             };
             store.check_storage(true)?;
+            if let (Some(heads), Some(public_key)) = (&verify.heads, &verify.public_key) {
+                let verifier = HeadVerifier::load(public_key)?;
+                let held = store.verify_heads(&verifier, heads, verify.from_newest_head)?;
+                if let Some(checkpoint) = &checkpoint {
+                    store.verify_audit(Some(checkpoint))?;
+                }
+                return print_heads_verified(out, heads, verify.from_newest_head, &held);
+            }
             let verified = store.verify_audit(checkpoint.as_ref())?;
             writeln!(
                 out,
@@ -119,6 +211,26 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<
                 verified.rows, verified.head
             )
             .map_err(stdout_error)?;
+            Ok(Outcome::Success)
+        }),
+        Some(AuditCommand::Prove(prove)) => globals.with_store(&prove.db, |store| {
+            let signed = match &prove.heads {
+                None => None,
+                Some(path) => Some(newest_head(path)?.ok_or_else(|| Error::BadHeads {
+                    path: path.display().to_string(),
+                    at: "end".into(),
+                    why: "no head to prove against".into(),
+                })?),
+            };
+            let size = signed.as_ref().map(|head| head.size);
+            let mut proof = match (prove.row, prove.from_size) {
+                (Some(row), _) => store.inclusion_proof(row, size)?,
+                (None, Some(old)) => store.consistency_proof(old, size)?,
+                (None, None) => unreachable!("clap requires a row or --from-size"),
+            };
+            proof.head = signed;
+            let json = serde_json::to_string_pretty(&proof).expect("a proof serializes");
+            writeln!(out, "{json}").map_err(stdout_error)?;
             Ok(Outcome::Success)
         }),
         Some(AuditCommand::Checkpoint(checkpoint)) => globals.with_store(&checkpoint.db, |store| {

@@ -17,16 +17,19 @@ mod flag;
 mod history;
 mod import;
 mod init;
+mod keys;
 mod run;
 mod serve;
 mod token;
 
 use std::ffi::OsString;
 use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use flagstore::error::{Error, Result};
+use flagstore::heads::HeadKey;
 pub(crate) use flagstore::output::escaped;
 use flagstore::store::{Location, Store};
 
@@ -51,8 +54,65 @@ pub struct Cli {
     #[command(flatten)]
     pub actor: ActorOption,
 
+    #[command(flatten)]
+    pub witness: WitnessOption,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where a command that writes publishes a signed tree head of the audit log, and with which
+/// key. Both or neither; given before the command, or in the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WitnessOption {
+    /// After a command that writes, sign a head over the audit log with this Ed25519 key
+    /// (made by `flagstore keys generate`) [default: $FLAGSTORE_SIGNING_KEY].
+    #[arg(long = "signing-key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The heads file the signed heads are appended to: somewhere the store's owner cannot
+    /// rewrite [default: $FLAGSTORE_HEADS].
+    #[arg(long = "heads", value_name = "FILE")]
+    pub heads: Option<PathBuf>,
+}
+
+/// A loaded signing key and where its heads go.
+pub struct Witness {
+    key: HeadKey,
+    heads: PathBuf,
+}
+
+impl WitnessOption {
+    /// The key and heads file given, from the options or the environment; `None` when
+    /// neither is, an error naming the missing one when only one is.
+    fn load(&self) -> Result<Option<Witness>> {
+        let given = |option: &Option<PathBuf>, variable| {
+            option.clone().or_else(|| {
+                std::env::var_os(variable)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+        };
+        match (
+            given(&self.key, "FLAGSTORE_SIGNING_KEY"),
+            given(&self.heads, "FLAGSTORE_HEADS"),
+        ) {
+            (None, None) => Ok(None),
+            (Some(key), Some(heads)) => Ok(Some(Witness {
+                key: HeadKey::load(&key)?,
+                heads,
+            })),
+            (Some(_), None) => Err(Error::InvalidFilter {
+                message: "--signing-key needs --heads FILE (or $FLAGSTORE_HEADS): where to \
+                          publish the heads it signs"
+                    .into(),
+            }),
+            (None, Some(_)) => Err(Error::InvalidFilter {
+                message: "--heads needs --signing-key FILE (or $FLAGSTORE_SIGNING_KEY): the \
+                          key that signs the heads it holds"
+                    .into(),
+            }),
+        }
+    }
 }
 
 /// `--db`, accepted before the command and after it by the commands that use a database.
@@ -117,6 +177,9 @@ pub enum Command {
     /// Create, list and revoke the API tokens `serve` accepts.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Make the Ed25519 key that signs tree heads of the audit log.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Measure throughput and latency on a temporary database (not --db).
     #[cfg(feature = "bench")]
     #[command(subcommand)]
@@ -136,6 +199,7 @@ pub enum Outcome {
 pub struct Globals {
     db: DbOption,
     actor: ActorOption,
+    witness: WitnessOption,
 }
 
 impl Globals {
@@ -160,7 +224,32 @@ impl Globals {
     ) -> Result<T> {
         let mut store = Store::open(&self.database(local))?;
         warn_if_owner(&store)?;
-        work(&mut store).map_err(|e| e.at_database(store.path()))
+        self.witnessed(&mut store, work)
+    }
+
+    /// Runs `work` on `store`, then, when a signing key is given and `work` added audit rows,
+    /// publishes a signed head over them. The key is read first: a command that cannot sign
+    /// what it writes writes nothing.
+    fn witnessed<T>(
+        &self,
+        store: &mut Store,
+        work: impl FnOnce(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        let witness = self.witness.load()?;
+        let witnessed_work = || {
+            let rows_before = match &witness {
+                Some(_) => store.audit_len()?,
+                None => 0,
+            };
+            let done = work(store)?;
+            if let Some(witness) = &witness
+                && store.audit_len()? > rows_before
+            {
+                store.publish_head(&witness.key, &witness.heads)?;
+            }
+            Ok(done)
+        };
+        witnessed_work().map_err(|e: Error| e.at_database(store.path()))
     }
 
     /// Runs `work` on the store of a command that reads or evaluates: it must exist.
@@ -170,7 +259,7 @@ impl Globals {
         work: impl FnOnce(&mut Store) -> Result<T>,
     ) -> Result<T> {
         let mut store = self.open_existing(local)?;
-        work(&mut store).map_err(|e| e.at_database(store.path()))
+        self.witnessed(&mut store, work)
     }
 
     /// The store of a command that reads or evaluates, which must exist.
@@ -215,6 +304,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     let globals = Globals {
         db: cli.db,
         actor: cli.actor,
+        witness: cli.witness,
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -234,6 +324,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Copy(args) => copy::run(&globals, &mut out, &args),
         Command::Serve(args) => serve::run(&globals, &mut out, &args),
         Command::Token(command) => token::run(&globals, &mut out, command),
+        Command::Keys(command) => keys::run(&mut out, &command),
         #[cfg(feature = "bench")]
         Command::Bench(command) => bench::run(&mut out, &command),
         Command::Completions(args) => completions::run(&mut out, &args),

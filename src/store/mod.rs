@@ -45,6 +45,7 @@ mod sql;
 mod sqlite;
 mod tokens;
 mod view;
+mod witness;
 
 use backend::{
     AssignmentRef, Backend, ChainedEntry, ReadTx, Reads, References, Scan, Scope, WriteTx,
@@ -59,6 +60,7 @@ pub use ranges::{IndexReport, Reindexed, Runs};
 pub use review::{DEFAULT_STALE_DAYS, StaleFlag};
 pub use tokens::TokenRecord;
 pub use view::View;
+pub use witness::{HeadsVerified, Proof};
 
 /// How long a writer whose connection was cut during COMMIT keeps trying to ask the server
 /// whether it landed, before it reports that it cannot tell.

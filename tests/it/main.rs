@@ -24,5 +24,6 @@ mod prototype;
 mod python_package;
 mod reliability;
 mod serve;
+mod signed_heads;
 mod stale;
 mod web;

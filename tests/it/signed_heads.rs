@@ -1,0 +1,378 @@
+//! Signed tree heads against an insider who can write the store: every writing command
+//! publishes a head, and rewriting what a head covers, even with every hash recomputed so the
+//! chain verifies, is named by `audit verify --heads` and refused by the next publisher. The
+//! reviewer's script checks the same heads and proofs with openssl alone.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::{Env, PIPELINE};
+
+/// A store whose commands sign heads with a fresh key into `heads.jsonl` beside it.
+struct Witnessed {
+    env: Env,
+    key: PathBuf,
+    public_key: PathBuf,
+    heads: PathBuf,
+}
+
+impl Witnessed {
+    fn new() -> Witnessed {
+        let env = Env::new();
+        let key = env.dir.path().join("heads.key");
+        let said = env.ok(&["keys", "generate", key.to_str().unwrap()]);
+        assert!(said.contains("key id "), "{said}");
+        let heads = env.dir.path().join("heads.jsonl");
+        let witnessed = Witnessed {
+            public_key: env.dir.path().join("heads.key.pub"),
+            env,
+            key,
+            heads,
+        };
+        let pipeline = witnessed.env.write("pipeline.json", PIPELINE);
+        witnessed.ok(&["import", pipeline.to_str().unwrap()]);
+        witnessed.ok(&["flag", "set", "enrich", "--rollout", "25"]);
+        for context in ["tenant:ü", "b", "c"] {
+            witnessed.ok(&["eval", "--all", "--context", context]);
+        }
+        witnessed
+    }
+
+    /// `flagstore ARGS` with the signing key and heads file in the environment.
+    fn cmd(&self) -> assert_cmd::Command {
+        let mut cmd = self.env.cmd();
+        cmd.env("FLAGSTORE_SIGNING_KEY", &self.key)
+            .env("FLAGSTORE_HEADS", &self.heads);
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.cmd().args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.cmd().args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .trim_end()
+            .to_string()
+    }
+
+    fn heads(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.heads)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    fn verify_args(&self) -> Vec<String> {
+        ["audit", "verify", "--heads"]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                self.heads.display().to_string(),
+                "--public-key".into(),
+                self.public_key.display().to_string(),
+            ])
+            .collect()
+    }
+
+    fn verify(&self) -> String {
+        let args = self.verify_args();
+        self.env
+            .ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn verify_fails(&self) -> String {
+        let args = self.verify_args();
+        self.env
+            .fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The reviewer's script on `args`: its exit code and what it said.
+    fn script(&self, args: &[&str]) -> (Option<i32>, String) {
+        let output = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/verify_tree_proof.py"
+            ))
+            .arg("--public-key")
+            .arg(&self.public_key)
+            .args(args)
+            .current_dir(self.env.dir.path())
+            .output()
+            .expect("python3 runs");
+        let said = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), said.trim_end().to_string())
+    }
+
+    fn rows(&self) -> i64 {
+        self.env.count("SELECT count(*) FROM audit_log")
+    }
+
+    /// Rewrites every row from `first` on as an insider would who wants `audit verify` and
+    /// the chain script to pass: row `first` gets another actor, and each row from there on
+    /// its hash (and the next its prev_hash) recomputed.
+    fn rewrite_from(&self, first: i64) {
+        let store = self.env.open_store();
+        let mut rows = store.stored_audit_rows(first, i64::MAX).unwrap();
+        drop(store);
+        rows[0].actor = "mallory".into();
+        let mut prev_hash = rows[0].prev_hash.clone();
+        let mut sql = String::new();
+        for row in &mut rows {
+            row.hash = row.expected_hash(&prev_hash);
+            sql.push_str(&format!(
+                "UPDATE audit_log SET actor = '{}', prev_hash = '{prev_hash}', hash = '{}' \
+                 WHERE id = {};",
+                row.actor, row.hash, row.id
+            ));
+            prev_hash.clone_from(&row.hash);
+        }
+        self.env.tamper(&sql);
+    }
+}
+
+fn heads_from_writing_commands_verify_and_prove() {
+    let witnessed = Witnessed::new();
+    let heads = witnessed.heads();
+    // import, flag set and three evaluations: a head each, covering the rows so far.
+    assert_eq!(heads.len(), 5, "{heads:?}");
+    let rows = witnessed.rows();
+    assert_eq!(heads.last().unwrap()["size"], rows);
+    // Commands that only read publish nothing.
+    witnessed.ok(&["audit", "--limit", "3"]);
+    witnessed.ok(&["flag", "list"]);
+    assert_eq!(witnessed.heads().len(), 5);
+
+    let verified = witnessed.verify();
+    assert!(
+        verified.contains(&format!("audit log verified: {rows} rows"))
+            && verified.contains("all 5 signed heads of")
+            && verified.contains(&format!("covers rows 1..={rows}\n")),
+        "{verified}"
+    );
+    let mut from_newest = witnessed.verify_args();
+    from_newest.push("--from-newest-head".into());
+    let from_newest: Vec<&str> = from_newest.iter().map(String::as_str).collect();
+    // Rows written without the key are verified after the head and said to be unsigned.
+    witnessed
+        .env
+        .ok(&["eval", "ingest", "--context", "unsigned"]);
+    let tail = witnessed.env.ok(&from_newest);
+    assert!(
+        tail.contains(&format!("rows 1..={rows} taken as signed"))
+            && tail.contains(&format!(
+                "rows {}..={} are not yet under",
+                rows + 1,
+                rows + 1
+            )),
+        "{tail}"
+    );
+    // The next signed command covers them too.
+    witnessed.ok(&["eval", "ingest", "--context", "signed"]);
+    assert_eq!(witnessed.heads().last().unwrap()["size"], rows + 2);
+
+    let (code, said) = witnessed.script(&["--heads", witnessed.heads.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("heads verified: 6 signed heads"), "{said}");
+    let heads_file = witnessed.heads.to_str().unwrap();
+    for row in 1..=rows + 2 {
+        let proof = witnessed.ok(&["audit", "prove", &row.to_string(), "--heads", heads_file]);
+        let path = witnessed.env.write("proof.json", &proof);
+        let (code, said) = witnessed.script(&[path.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "row {row}: {said}");
+        assert!(said.contains(&format!("row {row} (hash ")), "{said}");
+    }
+    let first_size = heads[0]["size"].to_string();
+    let proof = witnessed.ok(&[
+        "audit",
+        "prove",
+        "--from-size",
+        &first_size,
+        "--heads",
+        heads_file,
+    ]);
+    let path = witnessed.env.write("consistency.json", &proof);
+    let (code, said) = witnessed.script(&[path.to_str().unwrap(), "--heads", heads_file]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("extends that of rows 1..={first_size}, as signed")),
+        "{said}"
+    );
+
+    // A proof edited to claim another row does not hold.
+    let forged = proof.replace("\"old_size\": ", "\"old_size\": 1");
+    let path = witnessed.env.write("forged.json", forged);
+    let (code, said) = witnessed.script(&[path.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{said}");
+}
+
+fn a_rewritten_tail_passes_the_chain_but_not_the_heads() {
+    let witnessed = Witnessed::new();
+    let heads = witnessed.heads();
+    let (second, third) = (
+        heads[1]["size"].as_i64().unwrap(),
+        heads[2]["size"].as_i64().unwrap(),
+    );
+    // A row under the third head, past the second.
+    witnessed.rewrite_from(third);
+    assert!(
+        witnessed
+            .env
+            .ok(&["audit", "verify"])
+            .starts_with("audit log verified")
+    );
+
+    let named = witnessed.verify_fails();
+    assert!(named.contains(": line 3: the store's rows 1..="), "{named}");
+    // The first difference lies after the last head that holds, up to this one.
+    let after_time = named.split("Z: ").nth(1).unwrap();
+    let bounds: Vec<i64> = after_time
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .take(2)
+        .collect();
+    let (first, last) = (bounds[0], *bounds.get(1).unwrap_or(&bounds[0]));
+    assert!(second < first && first <= third && third <= last, "{named}");
+
+    // The next writer with the key refuses to sign over it, and says where to look.
+    let refused = witnessed.fails(&["eval", "ingest", "--context", "after"]);
+    assert!(
+        refused.contains("newest head: the head signed")
+            && refused.contains("were rewritten or removed"),
+        "{refused}"
+    );
+    assert_eq!(witnessed.heads().len(), heads.len());
+}
+
+fn rows_cut_from_the_end_are_named() {
+    let witnessed = Witnessed::new();
+    let rows = witnessed.rows();
+    witnessed.env.tamper(&format!(
+        "DELETE FROM audit_flag_ranges WHERE first_id > {cut}; \
+         DELETE FROM audit_log WHERE id > {cut}",
+        cut = rows - 2
+    ));
+    assert!(
+        witnessed
+            .env
+            .ok(&["audit", "verify"])
+            .starts_with("audit log verified")
+    );
+    // The first head past the cut is named: it covered row rows - 1, now gone.
+    let named = witnessed.verify_fails();
+    assert!(
+        named.ends_with(&format!(
+            "but the store has {} rows: row {} was removed",
+            rows - 2,
+            rows - 1
+        )),
+        "{named}"
+    );
+    // Rows written since are no cover: they are not the rows signed.
+    witnessed.env.ok(&["eval", "--all", "--context", "refill"]);
+    let named = witnessed.verify_fails();
+    assert!(
+        named.contains(&format!("row {} differs from what was signed", rows - 1)),
+        "{named}"
+    );
+    let refused = witnessed.fails(&["eval", "ingest", "--context", "after"]);
+    assert!(
+        refused.contains(&format!("the store's row {rows} has hash")),
+        "{refused}"
+    );
+}
+
+fn an_altered_reordered_or_foreign_heads_file_is_named() {
+    let witnessed = Witnessed::new();
+    let text = std::fs::read_to_string(&witnessed.heads).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+
+    let second = &witnessed.heads()[1];
+    let moved = lines[1].replacen(
+        &format!("\"size\":{}", second["size"]),
+        &format!("\"size\":{}", second["size"].as_i64().unwrap() + 1),
+        1,
+    );
+    std::fs::write(
+        &witnessed.heads,
+        [lines[0], &moved, lines[2]].join("\n") + "\n",
+    )
+    .unwrap();
+    let named = witnessed.verify_fails();
+    assert!(
+        named.ends_with("line 2: the signature does not match the head (the head was altered)"),
+        "{named}"
+    );
+    let (code, said) = witnessed.script(&["--heads", witnessed.heads.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        said.contains("line 2: the signature does not match"),
+        "{said}"
+    );
+
+    std::fs::write(&witnessed.heads, [lines[1], lines[0]].join("\n") + "\n").unwrap();
+    let named = witnessed.verify_fails();
+    assert!(
+        named.contains("line 2: its size") && named.ends_with("heads never move backwards"),
+        "{named}"
+    );
+
+    std::fs::write(&witnessed.heads, text.clone()).unwrap();
+    let other = witnessed.env.dir.path().join("other.key");
+    witnessed
+        .env
+        .ok(&["keys", "generate", other.to_str().unwrap()]);
+    let mut args = witnessed.verify_args();
+    args[5] = format!("{}.pub", other.display());
+    let named = witnessed
+        .env
+        .fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(named.contains("line 1: signed by key"), "{named}");
+}
+
+contract_tests!(
+    heads_from_writing_commands_verify_and_prove,
+    a_rewritten_tail_passes_the_chain_but_not_the_heads,
+    rows_cut_from_the_end_are_named,
+    an_altered_reordered_or_foreign_heads_file_is_named,
+);
+
+#[test]
+fn a_signing_key_needs_a_heads_file_and_a_bad_key_writes_nothing() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let before = env.snapshot();
+    let key = env.write("key.pem", "not a key");
+    let message = env
+        .cmd()
+        .env("FLAGSTORE_SIGNING_KEY", &key)
+        .args(["eval", "ingest", "--context", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(message.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&message.stderr).contains("--signing-key needs --heads"));
+    let message = env
+        .cmd()
+        .args(["--signing-key", key.to_str().unwrap(), "--heads", "h.jsonl"])
+        .args(["eval", "ingest", "--context", "k"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&message.stderr);
+    assert!(
+        said.contains("key.pem: not an Ed25519 private key"),
+        "{said}"
+    );
+    assert_eq!(env.snapshot(), before);
+    assert!(!env.dir.path().join("h.jsonl").exists());
+}
