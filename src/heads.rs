@@ -37,6 +37,15 @@ pub struct HeadKey {
     signing: SigningKey,
 }
 
+/// Shows the key's id, never the key.
+impl std::fmt::Debug for HeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadKey")
+            .field("id", &self.public().id())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The public half: what a reviewer holds to check heads.
 #[derive(Debug, Clone)]
 pub struct HeadVerifier {

@@ -185,11 +185,12 @@ pub fn run_serve(
             listen: ([127, 0, 0, 1], 0).into(),
             no_auth: true,
             limits: Limits::default(),
+            publishing: None,
         };
         let size = StoreSize::of(location);
         let before = size.measure(store);
         let passes = with_server(
-            ServerKind::Flagstore(Store::open(location)?, config),
+            ServerKind::Flagstore(Store::open(location)?, Box::new(config)),
             |address| {
                 let fresh = load::run(address, connections, requests, &path, body)?;
                 let after_fresh = size.measure(store);
@@ -226,7 +227,7 @@ pub fn run_serve(
 enum ServerKind {
     /// A handler answering every request with the same decision, touching no store.
     Ceiling,
-    Flagstore(Store, ServeConfig),
+    Flagstore(Store, Box<ServeConfig>),
 }
 
 /// Starts a server on a free loopback port in a thread of its own, runs `load` against its

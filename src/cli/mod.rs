@@ -77,8 +77,8 @@ pub struct WitnessOption {
 
 /// A loaded signing key and where its heads go.
 pub struct Witness {
-    key: HeadKey,
-    heads: PathBuf,
+    pub key: HeadKey,
+    pub heads: PathBuf,
 }
 
 impl WitnessOption {
@@ -230,12 +230,17 @@ impl Globals {
     /// Runs `work` on `store`, then, when a signing key is given and `work` added audit rows,
     /// publishes a signed head over them. The key is read first: a command that cannot sign
     /// what it writes writes nothing.
+    /// The signing key and heads file given, loaded; `None` when none is.
+    fn witness(&self) -> Result<Option<Witness>> {
+        self.witness.load()
+    }
+
     fn witnessed<T>(
         &self,
         store: &mut Store,
         work: impl FnOnce(&mut Store) -> Result<T>,
     ) -> Result<T> {
-        let witness = self.witness.load()?;
+        let witness = self.witness()?;
         let witnessed_work = || {
             let rows_before = match &witness {
                 Some(_) => store.audit_len()?,

@@ -2,13 +2,14 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
 use flagstore::error::Result;
-use flagstore::serve::{Limits, ServeConfig, serve};
+use flagstore::serve::{Limits, Publishing, ServeConfig, serve};
 
 #[derive(Debug, Args)]
 #[command(
@@ -22,6 +23,9 @@ Each request is authenticated by `Authorization: Bearer TOKEN` or `X-API-Key: TO
 under. Every decision is committed before it is answered. SIGTERM or SIGINT stops accepting,
 answers what is in flight (for up to --shutdown-timeout) and exits 0.
 The same listener serves the web UI under /ui and the admin API under /api/admin/v1.
+Given a signing key (`flagstore --signing-key KEY --heads FILE serve`, or the environment), a
+signed tree head over the audit log is published every --head-every seconds while requests
+are recorded, sooner after --head-every-rows of them, and once more at shutdown.
 
 Examples:
   flagstore serve --listen 0.0.0.0:8016
@@ -46,6 +50,14 @@ pub struct ServeArgs {
     /// Seconds requests in flight have after SIGTERM before their connections are closed.
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout: u64,
+    /// With a signing key (--signing-key and --heads before `serve`): publish a signed tree
+    /// head at least this often while requests are recorded.
+    #[arg(long, default_value_t = 1, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub head_every: u64,
+    /// With a signing key: publish a head as soon as this many requests were recorded since
+    /// the last.
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub head_every_rows: u64,
     #[command(flatten)]
     pub db: DbOption,
 }
@@ -59,6 +71,12 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &ServeArgs) -> Result<
             max_connections: args.max_connections as usize,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         },
+        publishing: globals.witness()?.map(|witness| Publishing {
+            key: Arc::new(witness.key),
+            heads: witness.heads,
+            every: Duration::from_secs(args.head_every),
+            every_rows: args.head_every_rows,
+        }),
     };
     let store = globals.open_existing(&args.db)?;
     if store.flags()?.is_empty() {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Upper bounds of the commit latency buckets, in seconds.
 const COMMIT_BUCKETS: [f64; 10] = [
@@ -17,6 +17,15 @@ pub(super) struct Metrics {
     evaluations: AtomicU64,
     csp_violations: AtomicU64,
     commits: Mutex<Commits>,
+    /// Tree heads, when `serve` publishes them.
+    heads: Mutex<Option<Heads>>,
+}
+
+#[derive(Default)]
+struct Heads {
+    /// The newest head this server published: its size and when.
+    newest: Option<(u64, Instant)>,
+    failures: u64,
 }
 
 #[derive(Default)]
@@ -54,6 +63,25 @@ impl Metrics {
             commits.count += 1;
             commits.seconds += seconds;
             commits.requests += requests as u64;
+        }
+    }
+
+    /// From now on, the tree heads this server publishes are reported.
+    pub(super) fn publishing_heads(&self) {
+        if let Ok(mut heads) = self.heads.lock() {
+            heads.get_or_insert_with(Heads::default);
+        }
+    }
+
+    pub(super) fn head_published(&self, size: u64) {
+        if let Ok(mut heads) = self.heads.lock() {
+            heads.get_or_insert_with(Heads::default).newest = Some((size, Instant::now()));
+        }
+    }
+
+    pub(super) fn head_failed(&self) {
+        if let Ok(mut heads) = self.heads.lock() {
+            heads.get_or_insert_with(Heads::default).failures += 1;
         }
     }
 
@@ -114,6 +142,31 @@ impl Metrics {
                 requests = commits.requests,
             );
         }
+        if let Ok(heads) = self.heads.lock()
+            && let Some(heads) = heads.as_ref()
+        {
+            let _ = write!(
+                text,
+                "# HELP flagstore_tree_head_failures_total Signed tree heads this server could \
+                 not publish (the log has the reason).\n\
+                 # TYPE flagstore_tree_head_failures_total counter\n\
+                 flagstore_tree_head_failures_total {}\n",
+                heads.failures
+            );
+            if let Some((size, published)) = heads.newest {
+                let _ = write!(
+                    text,
+                    "# HELP flagstore_tree_head_age_seconds Seconds since this server published \
+                     its newest signed tree head.\n\
+                     # TYPE flagstore_tree_head_age_seconds gauge\n\
+                     flagstore_tree_head_age_seconds {}\n\
+                     # HELP flagstore_tree_head_rows Audit rows its newest signed tree head covers.\n\
+                     # TYPE flagstore_tree_head_rows gauge\n\
+                     flagstore_tree_head_rows {size}\n",
+                    published.elapsed().as_secs_f64()
+                );
+            }
+        }
         text
     }
 }
@@ -133,6 +186,11 @@ mod tests {
         metrics.count_response(401);
         metrics.count_evaluations(5);
         metrics.count_csp_violation();
+        assert!(!metrics.render().contains("tree_head"));
+        metrics.publishing_heads();
+        assert!(!metrics.render().contains("tree_head_rows"));
+        metrics.head_failed();
+        metrics.head_published(42);
         let text = metrics.render();
         for line in [
             "flagstore_http_responses_total{code=\"200\"} 2",
@@ -146,6 +204,8 @@ mod tests {
             "flagstore_commit_seconds_bucket{le=\"+Inf\"} 3",
             "flagstore_commit_seconds_count 3",
             "flagstore_commit_requests_total 7",
+            "flagstore_tree_head_failures_total 1",
+            "flagstore_tree_head_rows 42",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -15,6 +15,7 @@ mod listener;
 
 mod metrics;
 mod ofrep;
+mod publisher;
 mod router;
 mod targeting;
 mod web;
@@ -34,6 +35,7 @@ use access::{Caller, Read, Readers, Refusal, Tokens, as_caller, as_reader, forge
 use health::Health;
 pub use listener::Limits;
 use metrics::Metrics;
+pub use publisher::Publishing;
 use writer::Writer;
 
 /// Requests evaluated in one transaction at most: enough to amortise a commit over many
@@ -79,6 +81,8 @@ pub struct ServeConfig {
     /// Accept requests without a token. Only on a loopback address.
     pub no_auth: bool,
     pub limits: Limits,
+    /// Sign tree heads of the audit log as requests are recorded.
+    pub publishing: Option<Publishing>,
 }
 
 /// What a handler asks the writer.
@@ -222,6 +226,23 @@ pub fn serve_until(
             message: format!("cannot start the HTTP runtime: {e}"),
         })?;
     store.limit_wal(WAL_PAGES)?;
+    // The publisher stops when the writer drops its end of `nudges`, after the last commit.
+    let (nudges, publisher) = match (&config.publishing, store.location()) {
+        (Some(publishing), Some(location)) => {
+            metrics.publishing_heads();
+            let (nudge, nudges) = std::sync::mpsc::sync_channel(1);
+            let (publishing, location) = (publishing.clone(), location.clone());
+            let metrics = Arc::clone(&metrics);
+            let publisher = std::thread::Builder::new()
+                .name("flagstore-publisher".to_string())
+                .spawn(move || publisher::run(&location, &publishing, &nudges, &metrics))
+                .map_err(|e| Error::System {
+                    message: format!("cannot start the tree head publisher: {e}"),
+                })?;
+            (Some(nudge), Some(publisher))
+        }
+        _ => (None, None),
+    };
     // The writer holds no sender (so not `shared`): it stops once the handlers are gone.
     let writer = {
         let writer = Writer {
@@ -230,6 +251,8 @@ pub fn serve_until(
             health: Arc::clone(&shared.health),
             metrics,
             runtime: runtime.handle().clone(),
+            nudges,
+            every_rows: config.publishing.as_ref().map_or(0, |p| p.every_rows),
         };
         std::thread::Builder::new()
             .name("flagstore-writer".to_string())
@@ -270,6 +293,11 @@ pub fn serve_until(
         message: "the writer thread panicked".to_string(),
     })?;
     readers.close();
+    if let Some(publisher) = publisher {
+        publisher.join().map_err(|_| Error::System {
+            message: "the tree head publisher panicked".to_string(),
+        })?;
+    }
     store.close()?;
     served.map_err(|source| Error::Listen {
         address: address.to_string(),

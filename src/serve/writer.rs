@@ -1,6 +1,7 @@
 //! The writer thread: it owns the store, takes every job queued at that moment, evaluates the
 //! requests among them in one transaction and answers each only after the commit.
 
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,6 +18,10 @@ pub(super) struct Writer {
     pub(super) metrics: Arc<Metrics>,
     /// For waiting on the queue with a deadline.
     pub(super) runtime: tokio::runtime::Handle,
+    /// Tells the tree head publisher that `every_rows` requests were recorded since it was
+    /// last told; dropped with the writer, which tells it to publish a last head and stop.
+    pub(super) nudges: Option<SyncSender<()>>,
+    pub(super) every_rows: u64,
 }
 
 impl Writer {
@@ -25,6 +30,7 @@ impl Writer {
     /// queue is empty.
     pub(super) fn run(self, mut store: Store, mut queue: mpsc::Receiver<Job>) -> Store {
         let mut written = false;
+        let mut unsigned = 0;
         loop {
             let next = match written {
                 true => self
@@ -50,12 +56,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            written |= self.serve_group(&mut store, jobs);
+            let recorded = self.serve_group(&mut store, jobs);
+            written |= recorded > 0;
+            unsigned += recorded as u64;
+            if let Some(nudges) = self.nudges.as_ref().filter(|_| unsigned >= self.every_rows) {
+                // Full: the publisher has a nudge it has not taken yet, which covers these.
+                let _ = nudges.try_send(());
+                unsigned = 0;
+            }
         }
     }
 
-    /// Does `jobs`, evaluations in one transaction; returns whether anything was written.
-    fn serve_group(&self, store: &mut Store, jobs: Vec<Job>) -> bool {
+    /// Does `jobs`, evaluations in one transaction; returns how many requests it recorded.
+    fn serve_group(&self, store: &mut Store, jobs: Vec<Job>) -> usize {
         let lookup = |store: &Store, sha256: &str| {
             let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
             tokens.lookup(store, sha256)
@@ -95,7 +108,7 @@ impl Writer {
             }
         }
         if pending.is_empty() {
-            return false;
+            return 0;
         }
         let requests: Vec<Request> = pending
             .iter()
@@ -114,6 +127,7 @@ impl Writer {
             .set(outcome.as_ref().map(|_| ()).map_err(Clone::clone));
         match outcome {
             Ok((flags, results)) => {
+                let recorded = pending.len();
                 let flags = Arc::new(flags);
                 for ((_, _, _, reply), result) in pending.into_iter().zip(results) {
                     let answer = match result {
@@ -131,13 +145,13 @@ impl Writer {
                     };
                     let _ = reply.send(answer);
                 }
-                true
+                recorded
             }
             Err(message) => {
                 for (_, _, _, reply) in pending {
                     let _ = reply.send(Answer::Failed(message.clone()));
                 }
-                false
+                0
             }
         }
     }

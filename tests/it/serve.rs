@@ -1309,7 +1309,85 @@ fn admins_list_create_and_revoke_tokens_over_the_api() {
     );
 }
 
+/// serve signs heads as it records, sooner after --head-every-rows requests, and once more
+/// at shutdown: every row it wrote is under a head when it has exited.
+fn serve_publishes_signed_heads_and_a_last_one_at_shutdown() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let key = env.dir.path().join("heads.key");
+    env.ok(&["keys", "generate", key.to_str().unwrap()]);
+    let heads = env.dir.path().join("heads.jsonl");
+    let mut cmd = env.std_cmd();
+    cmd.env("FLAGSTORE_SIGNING_KEY", &key)
+        .env("FLAGSTORE_HEADS", &heads);
+    // A head every hour at most by the clock: only the row count and shutdown publish here.
+    let mut server = Server::start_with(cmd, &["--head-every", "3600", "--head-every-rows", "5"]);
+    let newest_size = || {
+        std::fs::read_to_string(&heads)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .map_or(0, |line| {
+                serde_json::from_str::<Value>(line).unwrap()["size"]
+                    .as_i64()
+                    .unwrap()
+            })
+    };
+    for i in 0..5 {
+        assert_eq!(one(&server, "enrich", &token, &format!("k{i}")).status, 200);
+    }
+    let rows = env.count("SELECT count(*) FROM audit_log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while newest_size() < rows && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(newest_size(), rows, "five requests published a head");
+    let metrics = get(&format!("{}/metrics", server.url), &token).body;
+    assert!(
+        metrics.contains(&format!("flagstore_tree_head_rows {rows}"))
+            && metrics.contains("flagstore_tree_head_failures_total 0"),
+        "{metrics}"
+    );
+
+    for i in 5..8 {
+        assert_eq!(one(&server, "enrich", &token, &format!("k{i}")).status, 200);
+    }
+    server.signal("TERM");
+    let (code, stderr) = server.exit();
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows = env.count("SELECT count(*) FROM audit_log");
+    assert_eq!(
+        newest_size(),
+        rows,
+        "the rows of the last requests are signed at shutdown"
+    );
+    let public_key = format!("{}.pub", key.display());
+    let verified = env.ok(&[
+        "audit",
+        "verify",
+        "--heads",
+        heads.to_str().unwrap(),
+        "--public-key",
+        &public_key,
+    ]);
+    assert!(verified.contains("all 2 signed heads"), "{verified}");
+
+    // By the clock alone: a request's row is signed within a second or so.
+    let mut cmd = env.std_cmd();
+    cmd.env("FLAGSTORE_SIGNING_KEY", &key)
+        .env("FLAGSTORE_HEADS", &heads);
+    let server = Server::start_with(cmd, &["--head-every", "1", "--head-every-rows", "100000"]);
+    assert_eq!(one(&server, "enrich", &token, "late").status, 200);
+    let rows = env.count("SELECT count(*) FROM audit_log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while newest_size() < rows && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(newest_size(), rows, "a head within the interval");
+}
+
 contract_tests! {
+    serve_publishes_signed_heads_and_a_last_one_at_shutdown,
     a_token_the_chain_does_not_explain_is_refused,
     valid_clients_are_answered_while_another_sends_bad_requests,
     admins_list_create_and_revoke_tokens_over_the_api,
