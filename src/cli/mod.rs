@@ -243,12 +243,12 @@ impl Globals {
         let witness = self.witness()?;
         let witnessed_work = || {
             let rows_before = match &witness {
-                Some(_) => store.audit_len()?,
+                Some(_) => store.last_audit_id()?,
                 None => 0,
             };
             let done = work(store)?;
             if let Some(witness) = &witness
-                && store.audit_len()? > rows_before
+                && store.last_audit_id()? > rows_before
             {
                 store.publish_head(&witness.key, &witness.heads)?;
             }

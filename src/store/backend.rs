@@ -72,11 +72,9 @@ pub(super) enum Scope<'a> {
         first_id: i64,
         last_id: i64,
     },
-    /// Every row with an id in this range.
-    Ids {
-        first_id: i64,
-        last_id: i64,
-    },
+    /// Every row with an id up to this one (where a scan starts is its query's cursor: see
+    /// [`Store::for_each_audit_page`](super::Store)).
+    Through(i64),
 }
 
 /// One page of audit rows: `scope` under the query's filters (all but `flag`, which decision

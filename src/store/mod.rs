@@ -413,6 +413,15 @@ impl Store {
         self.read_transaction()?.audit_len()
     }
 
+    /// The id of the audit log's last row (0 when it is empty): what a writer appended since
+    /// an earlier call, at the cost of one index lookup, where [`Store::audit_len`] counts.
+    pub fn last_audit_id(&self) -> Result<i64> {
+        Ok(self
+            .read_transaction()?
+            .audit_tail()?
+            .map_or(0, |(id, _)| id))
+    }
+
     /// Takes the writer lock. A writer kept waiting by other processes retries, with growing
     /// pauses, for up to a minute (see [`Store::set_lock_wait`]), so a burst of contention from
     /// many pipeline workers slows them down instead of failing them.

@@ -56,9 +56,7 @@ pub(super) fn scan_sql<'a>(
             conditions.push(("id <= ", ""));
             params.push(Param::Int(last_id));
         }
-        Scope::Ids { first_id, last_id } => {
-            conditions.push(("id >= ", ""));
-            params.push(Param::Int(first_id));
+        Scope::Through(last_id) => {
             conditions.push(("id <= ", ""));
             params.push(Param::Int(last_id));
         }
@@ -254,16 +252,15 @@ impl Store {
         first_id: i64,
         mut visit: impl FnMut(Vec<AuditRow>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
+        // The start is a cursor, not a scope's `id >=`: SQLite bounds a rowid scan by one lower
+        // bound only, and with both it took the scope's and scanned from there for every page.
         let everything = AuditQuery {
             ascending: true,
+            cursor: Some(first_id - 1),
             ..AuditQuery::default()
         };
         let reader = Reader::short(self)?;
-        let scope = Scope::Ids {
-            first_id,
-            last_id: i64::MAX,
-        };
-        let mut pages = Pages::new(&everything, scope, &reader, PAGE_ROWS);
+        let mut pages = Pages::new(&everything, Scope::Everything, &reader, PAGE_ROWS);
         loop {
             let page = pages.next_page(&reader)?;
             if page.is_empty() {
@@ -278,10 +275,11 @@ impl Store {
     pub fn stored_audit_rows(&self, first_id: i64, last_id: i64) -> Result<Vec<AuditRow>> {
         let everything = AuditQuery {
             ascending: true,
+            cursor: Some(first_id - 1),
             ..AuditQuery::default()
         };
         let reader = Reader::short(self)?;
-        let scope = Scope::Ids { first_id, last_id };
+        let scope = Scope::Through(last_id);
         let mut pages = Pages::new(&everything, scope, &reader, PAGE_ROWS);
         let mut rows = Vec::new();
         while let Some(row) = pages.next(&reader)? {
