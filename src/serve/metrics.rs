@@ -85,6 +85,33 @@ impl Metrics {
         }
     }
 
+    /// The tree heads this server published, in words for its pages.
+    pub(super) fn heads_said(&self) -> String {
+        let heads = self.heads.lock().ok();
+        match heads.as_deref().and_then(Option::as_ref) {
+            None => "This server publishes no signed tree heads (start it with --signing-key \
+                     and --heads): nothing outside the store vouches for these rows."
+                .to_string(),
+            Some(heads) => {
+                let newest = match heads.newest {
+                    None => "It has published no signed tree head yet.".to_string(),
+                    Some((size, published)) => format!(
+                        "The newest signed tree head this server published covers rows 1..={size}, \
+                         {} s ago.",
+                        published.elapsed().as_secs()
+                    ),
+                };
+                match heads.failures {
+                    0 => newest,
+                    n => format!(
+                        "{newest} {n} head{} could not be published (the server's log says why).",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                }
+            }
+        }
+    }
+
     /// The Prometheus text exposition of everything counted so far.
     pub(super) fn render(&self) -> String {
         let mut text = String::new();
@@ -187,10 +214,24 @@ mod tests {
         metrics.count_evaluations(5);
         metrics.count_csp_violation();
         assert!(!metrics.render().contains("tree_head"));
+        assert!(
+            metrics
+                .heads_said()
+                .contains("publishes no signed tree heads")
+        );
         metrics.publishing_heads();
         assert!(!metrics.render().contains("tree_head_rows"));
+        assert!(
+            metrics
+                .heads_said()
+                .contains("published no signed tree head yet")
+        );
         metrics.head_failed();
         metrics.head_published(42);
+        assert!(metrics.heads_said().starts_with(
+            "The newest signed tree head this server published covers rows 1..=42, 0 s ago. \
+             1 head could not be published"
+        ));
         let text = metrics.render();
         for line in [
             "flagstore_http_responses_total{code=\"200\"} 2",

@@ -734,6 +734,47 @@ fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
     );
 }
 
+fn the_audit_page_says_what_signed_heads_vouch_for() {
+    let env = Env::new();
+    let (_, viewer) = store_with_tokens(&env);
+    let (server, browser) = signed_in(&env, &viewer);
+    let page = browser.get("/ui/audit");
+    assert!(
+        page.body
+            .contains("This server publishes no signed tree heads"),
+        "{}",
+        page.body
+    );
+    drop(server);
+
+    let key = env.dir.path().join("heads.key");
+    env.ok(&["keys", "generate", key.to_str().unwrap()]);
+    let mut cmd = env.std_cmd();
+    cmd.env("FLAGSTORE_SIGNING_KEY", &key)
+        .env("FLAGSTORE_HEADS", env.dir.path().join("heads.jsonl"));
+    let server = Server::start_with(cmd, &["--head-every", "1"]);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&viewer);
+    assert!(
+        browser
+            .get("/ui/audit")
+            .body
+            .contains("It has published no signed tree head yet.")
+    );
+    // Rows written by another command are covered by the server's next head too.
+    env.ok(&["eval", "ingest", "--context", "k"]);
+    let rows = env.count("SELECT count(*) FROM audit_log");
+    let said = format!("The newest signed tree head this server published covers rows 1..={rows},");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !browser.get("/ui/audit").body.contains(&said) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no head covering {rows} rows"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn a_pasted_checkpoint_opens_its_row_and_is_compared() {
     let env = Env::new();
     let (_, viewer) = store_with_tokens(&env);
@@ -955,6 +996,7 @@ contract_tests! {
     the_graph_lists_each_flag_under_what_it_requires,
     the_audit_page_pages_verifies_and_exports_what_the_cli_prints,
     a_pasted_checkpoint_opens_its_row_and_is_compared,
+    the_audit_page_says_what_signed_heads_vouch_for,
     explain_at_a_past_time_shows_the_cli_steps_and_links_the_recorded_row,
     a_revoked_token_ends_its_sessions,
 }

@@ -132,6 +132,8 @@ struct AuditPage {
     checkpoint_text: String,
     checkpoint: Option<CheckpointShown>,
     checkpoint_problem: Option<String>,
+    /// What this server's signed tree heads vouch for, in words.
+    heads: String,
     /// Why the filters were refused; the page then shows them in its form and no rows.
     problem: Option<String>,
     filters_shown: Option<String>,
@@ -147,6 +149,7 @@ async fn audit_page(
         (Ok(filters), Ok(paging)) => (filters.0, paging.0),
         (Err(rejection), _) | (_, Err(rejection)) => return bad_query(&rejection),
     };
+    let heads = shared.metrics.heads_said();
     let shown = as_visitor(
         &shared,
         &headers,
@@ -166,6 +169,7 @@ async fn audit_page(
                 checkpoint_text: params.checkpoint.clone(),
                 checkpoint: None,
                 checkpoint_problem: None,
+                heads,
                 problem: None,
                 filters_shown: filters.shown(),
                 filters,
