@@ -19,6 +19,7 @@
 use serde_json::Value;
 
 use crate::eval::{ContextEvaluation, Decision, Source};
+use crate::flag::{Flag, FlagSet};
 
 /// One requested decision read back from a record, with its reason rendered.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +141,90 @@ pub fn decode(detail: &str) -> Result<Vec<RecordedDecision>, String> {
             })
         })
         .collect()
+}
+
+/// What in the record `detail`, for context `context`, the flag definitions in force when it
+/// was written (`flags`) do not give: one line per decision, naming the flag, what the record
+/// says and why those definitions disagree. A record that agrees gives none. Sticky decisions
+/// are held here only to their flag being enabled and its requirements on; their values are
+/// the assignments', which `check` holds to the records that stored them.
+pub fn disagreements(detail: &str, context: &str, flags: &FlagSet) -> Result<Vec<String>, String> {
+    let value: Value = serde_json::from_str(detail).map_err(|e| e.to_string())?;
+    let decisions = value["decisions"]
+        .as_array()
+        .ok_or("no \"decisions\" list")?;
+    let decided_on = |name: &str| {
+        decisions
+            .iter()
+            .find(|d| d["flag"].as_str() == Some(name))
+            .map(|d| d["result"].as_i64() == Some(1))
+    };
+    let first_not_on = |flag: &Flag| {
+        flag.requires
+            .iter()
+            .find(|required| decided_on(required) != Some(true))
+            .map(|required| format!("its requirement {required:?} was not decided on"))
+    };
+    let mut found = Vec::new();
+    for decision in decisions {
+        let name = text(decision, "flag")?;
+        let on = decision["result"].as_i64() == Some(1);
+        let why = match (flags.get(name), text(decision, "source")?) {
+            (_, "cycle") => None,
+            (None, "unknown") => on.then(|| "an unknown flag is off".to_string()),
+            (None, _) => Some("it was not defined".to_string()),
+            (Some(_), "unknown") => Some("it was defined".to_string()),
+            (Some(flag), "disabled") => match (flag.enabled, on) {
+                (true, _) => Some("it was enabled".to_string()),
+                (false, true) => Some("a disabled flag is off".to_string()),
+                (false, false) => None,
+            },
+            (Some(flag), _) if !flag.enabled => Some("it was disabled".to_string()),
+            (Some(flag), "dependency") => {
+                let off = decision["requires"][0].as_str().unwrap_or_default();
+                match flag.requires.iter().position(|required| required == off) {
+                    _ if on => Some("a flag whose requirement is off is off".to_string()),
+                    None => Some(format!(
+                        "{off:?} was not among its requirements {:?}",
+                        flag.requires
+                    )),
+                    Some(at) => first_not_on(&Flag {
+                        requires: flag.requires[..at].to_vec(),
+                        ..flag.clone()
+                    })
+                    .or_else(|| {
+                        (decided_on(off) != Some(false))
+                            .then(|| format!("its requirement {off:?} was not decided off"))
+                    }),
+                }
+            }
+            (Some(flag), "rollout") => first_not_on(flag).or_else(|| {
+                let bucket = crate::eval::bucket(name, context);
+                let pct = flag.rollout_pct.to_string();
+                if decision["bucket"].as_u64() != Some(u64::from(bucket)) {
+                    Some(format!("the key's bucket is {bucket}"))
+                } else if decision["rollout_pct"].as_str() != Some(&pct) {
+                    Some(format!("its rollout was {pct}"))
+                } else if on != (f64::from(bucket) < flag.rollout_pct) {
+                    Some(format!(
+                        "bucket {bucket} against rollout {pct} decides the other way"
+                    ))
+                } else {
+                    None
+                }
+            }),
+            (Some(flag), _) => first_not_on(flag),
+        };
+        if let Some(why) = why {
+            let reason = reason(decision, decisions).unwrap_or_else(|e| e);
+            let on_off = if on { "on" } else { "off" };
+            found.push(format!(
+                "flag {name:?} is recorded {on_off} ({reason}), but {why} in the definitions in \
+                 force then"
+            ));
+        }
+    }
+    Ok(found)
 }
 
 fn text<'a>(decision: &'a Value, field: &str) -> Result<&'a str, String> {
@@ -278,6 +363,51 @@ mod tests {
              {\"flag\":\"enrich\",\"result\":0,\"source\":\"dependency\",\"requires\":[\"dedupe\"]},\
              {\"flag\":\"ingest\",\"result\":1,\"source\":\"rollout\",\"bucket\":15,\"rollout_pct\":\"100\",\"assigned\":1},\
              {\"flag\":\"dedupe\",\"result\":0,\"source\":\"disabled\"}]}"
+        );
+    }
+
+    /// Every record the evaluator writes agrees with the definitions it was written under,
+    /// and a record of another definition is named, one line per decision that differs.
+    #[test]
+    fn records_agree_with_the_definitions_they_were_written_under() {
+        let flags = flags();
+        let requested = ["enrich", "export", "shadow", "ghost", "dedupe", "ingest"];
+        for key in ["k", "tenant:é", "", "42"] {
+            let evaluation = evaluate_context(&flags, key, &HashMap::new(), &requested);
+            assert_eq!(disagreements(&encode(&evaluation), key, &flags), Ok(vec![]));
+        }
+
+        let evaluation = evaluate_context(&flags, "k", &HashMap::new(), &requested);
+        let detail = encode(&evaluation);
+        let mut changed = flags.clone();
+        let mut export = changed.get("export").unwrap().clone();
+        export.rollout_pct = 90.0;
+        changed.insert(export);
+        let mut dedupe = changed.get("dedupe").unwrap().clone();
+        dedupe.enabled = true;
+        changed.insert(dedupe);
+        changed.remove("shadow");
+        let found = disagreements(&detail, "k", &changed).unwrap();
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(
+            found[0].starts_with("flag \"export\" is recorded"),
+            "{found:#?}"
+        );
+        assert!(
+            found[0].contains("but its rollout was 90 in the definitions"),
+            "{found:#?}"
+        );
+        assert!(found[1].contains("\"shadow\"") && found[1].contains("it was not defined"));
+        assert!(
+            found[2].starts_with("flag \"dedupe\" is recorded off (disabled), but it was enabled")
+        );
+        // The same record under another key: every rollout bucket is checked against the key.
+        let elsewhere = disagreements(&detail, "another key", &flags).unwrap();
+        assert!(
+            elsewhere
+                .iter()
+                .any(|line| line.contains("the key's bucket is")),
+            "{elsewhere:#?}"
         );
     }
 

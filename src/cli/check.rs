@@ -55,7 +55,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<
 fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) -> Result<Outcome> {
     let storage = store.check_storage(false)?;
     let assignments = store.check_references()?;
-    let (verified, mut index) = store.verify_audit_and_index(None)?;
+    let (verified, mut index, decisions) = store.verify_audit_for_check(None)?;
     if let Some(actor) = repair_actor
         && !index.missing.is_empty()
     {
@@ -76,6 +76,7 @@ fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) ->
     }
     let mut differences = store.unexplained_state()?;
     differences.extend(index.lines());
+    differences.extend(decisions);
     let schema = match store.schema_differences()? {
         Ok(found) => {
             differences.extend(found);
@@ -99,7 +100,8 @@ fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) ->
         out,
         "store checked: {storage}, foreign keys hold, {assignments} assignments each with the \
          evaluation that stored it, the flags the ones their change rows leave, every decision \
-         record indexed under the flags it was asked for and filed under its own context, every \
+         record indexed under the flags it was asked for, filed under its own context and agreeing \
+         with the definitions in force when it was written, every \
          API token the one its change rows leave, {schema}; audit log verified: {} rows, \
          head {}",
         verified.rows, verified.head

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::audit::{AuditRow, Checkpoint, Entry, Verified};
 use crate::error::{Error, Result};
 
+use super::review::DecisionWalk;
 use super::{Store, append_audit};
 
 /// Ranges read per page while walking the log.
@@ -259,14 +260,19 @@ pub struct Reindexed {
 
 impl Store {
     /// [`Store::verify_audit`] and, in the same pass over the log, how `audit_flag_ranges`
-    /// differs from what the decision records say.
-    pub fn verify_audit_and_index(
+    /// differs from what the decision records say, and where a record's decisions are not
+    /// what the definitions in force when it was written give (one line each, the first few).
+    pub fn verify_audit_for_check(
         &self,
         checkpoint: Option<&Checkpoint>,
-    ) -> Result<(Verified, IndexReport)> {
-        let mut walk = IndexWalk::new(self);
-        let verified = self.verify_audit_visiting(checkpoint, |row| walk.visit(row))?;
-        Ok((verified, walk.finish()?))
+    ) -> Result<(Verified, IndexReport, Vec<String>)> {
+        let mut index = IndexWalk::new(self);
+        let mut decisions = DecisionWalk::default();
+        let verified = self.verify_audit_visiting(checkpoint, |row| {
+            index.visit(row)?;
+            decisions.visit(row)
+        })?;
+        Ok((verified, index.finish()?, decisions.lines()))
     }
 
     /// Adds the ranges `report` finds missing, each flag's in one change row of the audit log

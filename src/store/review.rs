@@ -135,25 +135,7 @@ impl Store {
             ..AuditQuery::default()
         };
         let mut flags = FlagSet::new();
-        self.query_audit(&changes, |row| {
-            let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
-            let detail: serde_json::Value =
-                serde_json::from_str(&row.detail).map_err(|e| unreadable(e.to_string()))?;
-            match row.action.as_deref() {
-                Some("create" | "update") => {
-                    let after: Flag = serde_json::from_value(detail["after"].clone())
-                        .map_err(|e| unreadable(format!("detail.after: {e}")))?;
-                    flags.insert(after);
-                }
-                Some("delete") => {
-                    if let Some(flag) = &row.flag {
-                        flags.remove(flag);
-                    }
-                }
-                _ => {}
-            }
-            Ok::<(), Error>(())
-        })?;
+        self.query_audit(&changes, |row| replay_change(&mut flags, &row))?;
         Ok(flags)
     }
 
@@ -487,6 +469,76 @@ impl Store {
             rows: verifier.rows(),
             head: verifier.head().to_string(),
         })
+    }
+}
+
+/// Applies change row `row` to `flags`: a creation or update leaves the definition its detail
+/// holds in full (`after`), a deletion removes the flag; other rows change no definition.
+fn replay_change(flags: &mut FlagSet, row: &AuditRow) -> Result<()> {
+    let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
+    match row.action.as_deref() {
+        Some("create" | "update") => {
+            let detail: serde_json::Value =
+                serde_json::from_str(&row.detail).map_err(|e| unreadable(e.to_string()))?;
+            let after: Flag = serde_json::from_value(detail["after"].clone())
+                .map_err(|e| unreadable(format!("detail.after: {e}")))?;
+            flags.insert(after);
+        }
+        Some("delete") => {
+            if let Some(flag) = &row.flag {
+                flags.remove(flag);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Decision records held, as a walk of the log in id order reaches them, to the definitions
+/// the change rows before them leave: what a record says that those do not give (a flag
+/// served from an `UPDATE flags` made without a change row, later put back) is named.
+#[derive(Default)]
+pub(super) struct DecisionWalk {
+    flags: FlagSet,
+    found: Vec<String>,
+    /// Records that disagree beyond those whose lines fill [`DecisionWalk::SHOWN`].
+    more: usize,
+}
+
+impl DecisionWalk {
+    const SHOWN: usize = 10;
+
+    pub(super) fn visit(&mut self, row: &AuditRow) -> Result<()> {
+        match (row.kind.as_str(), &row.flag, &row.context_key) {
+            ("change", _, _) => replay_change(&mut self.flags, row),
+            // A decision record (a schema-1 evaluation row names its flag and holds no
+            // decisions to hold).
+            ("evaluation", None, Some(context)) => {
+                let found = crate::record::disagreements(&row.detail, context, &self.flags)
+                    .map_err(|why| Error::UnreadableAuditRow { id: row.id, why })?;
+                match (found.is_empty(), self.found.len() >= Self::SHOWN) {
+                    (true, _) => {}
+                    (false, true) => self.more += 1,
+                    (false, false) => self.found.extend(found.into_iter().map(|line| {
+                        format!("audit_log: record {}, context {context:?}: {line}", row.id)
+                    })),
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One line per decision that disagrees (the first few), and how many records more.
+    pub(super) fn lines(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.found.push(format!(
+                "audit_log: {} more decision record{} disagree with the definitions in force then",
+                self.more,
+                if self.more == 1 { "" } else { "s" }
+            ));
+        }
+        self.found
     }
 }
 

@@ -562,6 +562,35 @@ fn check_names_flags_edited_without_a_change_row() {
     );
 }
 
+/// A flag served from a definition no change row made, then put back: the table and its
+/// change rows agree again, but the record written meanwhile says what was served, and check
+/// names it against the definitions in force then.
+fn check_names_a_record_decided_by_a_definition_no_change_row_made() {
+    let env = store_with_history();
+    env.execute("UPDATE flags SET rollout_pct = 100 WHERE name = 'enrich'")
+        .unwrap();
+    env.ok(&["eval", "--all", "--context", "served-while-edited"]);
+    env.execute("UPDATE flags SET rollout_pct = 25 WHERE name = 'enrich'")
+        .unwrap();
+    let record = env.count("SELECT max(id) FROM audit_log");
+    let bucket = flagstore::bucket("enrich", "served-while-edited");
+    assert!(
+        bucket >= 25,
+        "the key must be one the real rollout leaves out"
+    );
+    assert_eq!(
+        check_failures(&env),
+        [
+            format!(
+                "audit_log: record {record}, context \"served-while-edited\": flag \"enrich\" is \
+                 recorded on (rollout: bucket {bucket} < 100), but its rollout was 25 in the \
+                 definitions in force then"
+            ),
+            "1 difference(s) between the live state and the audit chain (listed above)".into(),
+        ]
+    );
+}
+
 /// Flipping a stored sticky decision changes what is served while the record that stored it
 /// says the opposite: check names the assignment, both values and the record.
 fn check_names_an_assignment_that_differs_from_its_record() {
@@ -808,6 +837,7 @@ fn an_edit_deep_in_a_long_log_is_named_at_its_row() {
 
 contract_tests! {
     an_edit_deep_in_a_long_log_is_named_at_its_row,
+    check_names_a_record_decided_by_a_definition_no_change_row_made,
     check_names_an_assignment_deleted_without_a_reset,
     check_names_token_rows_the_chain_does_not_explain,
     check_names_schema_objects_dropped_altered_or_added,
