@@ -156,10 +156,16 @@ pub fn run_serve(
     connections: usize,
     arrival: Load,
     scratch: &Scratch,
+    signed: bool,
     out: &mut impl Write,
 ) -> Result<()> {
+    let witness = signed.then(BenchWitness::create).transpose()?;
     in_scratch_location(scratch, |store, location| {
         arrival.preload(store, out)?;
+        if let Some(witness) = &witness {
+            // As a store that has been signed all along: serve extends the head it finds.
+            store.publish_head(&witness.key, &witness.heads())?;
+        }
         writeln!(
             out,
             "{requests} requests of flag {SERVED_FLAG} over {connections} keep-alive connections, \
@@ -185,7 +191,7 @@ pub fn run_serve(
             listen: ([127, 0, 0, 1], 0).into(),
             no_auth: true,
             limits: Limits::default(),
-            publishing: None,
+            publishing: witness.as_ref().map(BenchWitness::publishing),
         };
         let size = StoreSize::of(location);
         let before = size.measure(store);
@@ -220,8 +226,74 @@ pub fn run_serve(
             format!("{:.1} MB", kib as f64 / 1024.0)
         });
         writeln!(out, "peak RSS {rss} (server and load generator)").map_err(write_error)?;
+        if let Some(witness) = &witness {
+            witness.report(store, 2 * requests, out)?;
+        }
         Ok(())
     })
+}
+
+/// `bench serve --signed`: a signing key and heads file of the bench's own, in a temporary
+/// directory removed when the bench ends.
+struct BenchWitness {
+    dir: PathBuf,
+    key: std::sync::Arc<crate::heads::HeadKey>,
+}
+
+impl BenchWitness {
+    fn create() -> Result<BenchWitness> {
+        let dir =
+            std::env::temp_dir().join(format!("flagstore-bench-heads-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let key = crate::heads::HeadKey::generate(&dir.join("heads.key"))?;
+        Ok(BenchWitness {
+            dir,
+            key: std::sync::Arc::new(key),
+        })
+    }
+
+    fn heads(&self) -> PathBuf {
+        self.dir.join("heads.jsonl")
+    }
+
+    /// serve's defaults: a head every second, or after 10,000 requests.
+    fn publishing(&self) -> crate::serve::Publishing {
+        crate::serve::Publishing {
+            key: std::sync::Arc::clone(&self.key),
+            heads: self.heads(),
+            every: Duration::from_secs(1),
+            every_rows: 10_000,
+        }
+    }
+
+    /// How many heads serve published over `requests` requests, what they cost in bytes, and
+    /// that its last head, at shutdown, covers every row.
+    fn report(&self, store: &Store, requests: u64, out: &mut impl Write) -> Result<()> {
+        let text = std::fs::read_to_string(self.heads()).map_err(|source| Error::Read {
+            path: self.heads().display().to_string(),
+            source,
+        })?;
+        let newest = crate::heads::newest_head(&self.heads())?.map_or(0, |head| head.size);
+        writeln!(
+            out,
+            "signed heads: {} published ({} bytes, {:.1} per request); the last covers {newest} \
+             of {} audit rows",
+            text.lines().count(),
+            text.len(),
+            text.len() as f64 / requests as f64,
+            store.last_audit_id()?
+        )
+        .map_err(write_error)
+    }
+}
+
+impl Drop for BenchWitness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 enum ServerKind {

@@ -51,6 +51,10 @@ pub enum BenchCommand {
         /// Concurrent keep-alive connections.
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        /// Publish signed tree heads as `serve` does with a signing key (a key and heads file
+        /// of the bench's own, removed afterwards), and report them.
+        #[arg(long)]
+        signed: bool,
         #[command(flatten)]
         load: LoadArgs,
         #[command(flatten)]
@@ -123,6 +127,7 @@ pub fn run(out: &mut impl Write, command: &BenchCommand) -> Result<Outcome> {
         BenchCommand::Serve {
             requests,
             connections,
+            signed,
             load,
             scratch,
         } => flagstore::bench::run_serve(
@@ -130,6 +135,7 @@ pub fn run(out: &mut impl Write, command: &BenchCommand) -> Result<Outcome> {
             (*connections).max(1),
             load.load(),
             &scratch.scratch()?,
+            *signed,
             out,
         )?,
     }

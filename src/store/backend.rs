@@ -209,6 +209,10 @@ pub(super) trait Reads {
     /// The hash of audit row `id`, if there is one.
     fn audit_hash(&self, id: i64) -> Result<Option<String>>;
 
+    /// Id, `prev_hash` and `hash` of the first `limit` audit rows after row `after_id`: the
+    /// chain's links without the rows' contents.
+    fn audit_links(&self, after_id: i64, limit: i64) -> Result<Vec<(i64, String, String)>>;
+
     /// The `(first_id, last_id)` ranges listing `flag`, after `cursor` (ascending: ranges
     /// ending past it; descending: ranges starting before it), in order of `last_id`.
     fn flag_ranges(

@@ -13,6 +13,9 @@ use crate::merkle::{self, Frontier, Hash};
 
 use super::Store;
 
+/// Links read per page when a publisher extends a head.
+const LINK_PAGE: i64 = 5_000;
+
 /// What `audit verify --heads` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeadsVerified {
@@ -72,12 +75,8 @@ impl Store {
             None => Start::genesis(),
             Some(head) => self.start_at(heads, head, &key.public())?,
         };
-        let (mut frontier, verifier) = (start.frontier, start.verifier);
-        let verified = self
-            .verify_chain_from(verifier, None, |row| {
-                frontier.push(leaf_of(row)?);
-                Ok(())
-            })
+        let (frontier, last) = self
+            .extend_by_links(start)
             .map_err(|e| beyond_head(heads, newest.as_ref(), e))?;
         if newest
             .as_ref()
@@ -86,10 +85,48 @@ impl Store {
         {
             return Ok(None);
         }
-        let last = HexHash::parse(&verified.head).expect("a verified row's hash is hex");
         let head = key.sign(&frontier, last.0, self.now());
         file.append(&head)?;
         Ok(Some(head))
+    }
+
+    /// The tree of `start` grown by every row after it, and the last row's hash, read from
+    /// the chain's links alone: each row must follow the one before (its id next, its
+    /// `prev_hash` that row's hash). Rows' contents are not re-hashed: whoever can write rows
+    /// can write them with matching hashes, so what keeps a signer from vouching for a
+    /// rewrite is the link to what it signed before; a row whose hash does not match its
+    /// contents is signed as it stands, and named by every verifier.
+    fn extend_by_links(&self, start: Start) -> Result<(Frontier, HexHash)> {
+        let mut frontier = start.frontier;
+        let mut rows = start.verifier.rows();
+        let mut last = start.verifier.head().to_string();
+        let mut last_hash =
+            HexHash::parse(&last).expect("a signed head's hash and the genesis hash are hex");
+        loop {
+            let links = self.read_transaction()?.audit_links(rows, LINK_PAGE)?;
+            if links.is_empty() {
+                break;
+            }
+            for (id, prev_hash, hash) in links {
+                let broken = |why: String| Error::AuditChain { id, why };
+                if id != rows + 1 {
+                    return Err(broken(format!("expected row {} next", rows + 1)));
+                }
+                if prev_hash != last {
+                    return Err(broken(format!(
+                        "prev_hash {prev_hash} does not match the previous row's hash {last} \
+                         (broken link)"
+                    )));
+                }
+                let leaf = HexHash::parse(&hash)
+                    .ok_or_else(|| broken(format!("hash {hash:?} is not 64 hex digits")))?;
+                frontier.push(merkle::leaf_hash(&leaf.0));
+                rows = id;
+                last = hash;
+                last_hash = leaf;
+            }
+        }
+        Ok((frontier, last_hash))
     }
 
     /// Verifies the whole audit log and holds it to every head of the heads file at `heads`:
@@ -230,19 +267,15 @@ impl Store {
         };
         let start = Start::at(head, verifier).map_err(mismatch)?;
         let last_row = start.verifier.rows();
-        let stored = self.stored_audit_rows(last_row, last_row)?;
-        match stored.first() {
-            Some(row) if row.hash == head.last.to_string() => Ok(start),
+        match self.read_transaction()?.audit_hash(last_row)? {
+            Some(hash) if hash == head.last.to_string() => Ok(start),
             found => Err(mismatch(format!(
                 "the head signed {} covers rows 1..={last_row} ending in {}; the store's row \
                  {last_row} {}: rows the head covers were rewritten or removed (see `flagstore \
                  audit verify --heads`)",
                 head.time,
                 head.last,
-                found.map_or("is missing".to_string(), |row| format!(
-                    "has hash {}",
-                    row.hash
-                ))
+                found.map_or("is missing".to_string(), |hash| format!("has hash {hash}"))
             ))),
         }
     }

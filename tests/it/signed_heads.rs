@@ -293,6 +293,30 @@ fn rows_cut_from_the_end_are_named() {
     );
 }
 
+/// Rows written after the newest head are signed only if they link to it and to each other.
+fn a_broken_link_after_the_newest_head_is_not_signed() {
+    let witnessed = Witnessed::new();
+    let signed = witnessed.rows();
+    witnessed
+        .env
+        .ok(&["eval", "--all", "--context", "unsigned-1"]);
+    witnessed
+        .env
+        .ok(&["eval", "--all", "--context", "unsigned-2"]);
+    let forged = "ab".repeat(32);
+    witnessed.env.tamper(&format!(
+        "UPDATE audit_log SET prev_hash = '{forged}' WHERE id = {}",
+        signed + 2
+    ));
+    let refused = witnessed.fails(&["eval", "ingest", "--context", "after"]);
+    assert!(
+        refused.contains(&format!("row {} does not continue it", signed + 2))
+            && refused.contains("(broken link)"),
+        "{refused}"
+    );
+    assert_eq!(witnessed.heads().last().unwrap()["size"], signed);
+}
+
 fn an_altered_reordered_or_foreign_heads_file_is_named() {
     let witnessed = Witnessed::new();
     let text = std::fs::read_to_string(&witnessed.heads).unwrap();
@@ -345,6 +369,7 @@ contract_tests!(
     heads_from_writing_commands_verify_and_prove,
     a_rewritten_tail_passes_the_chain_but_not_the_heads,
     rows_cut_from_the_end_are_named,
+    a_broken_link_after_the_newest_head_is_not_signed,
     an_altered_reordered_or_foreign_heads_file_is_named,
 );
 

@@ -149,6 +149,14 @@ impl Reads for Postgres {
             .map(|row| (row.get(0), row.get(1))))
     }
 
+    fn audit_links(&self, after_id: i64, limit: i64) -> Result<Vec<(i64, String, String)>> {
+        Ok(self
+            .query(sql::SELECT_AUDIT_LINKS, &[&after_id, &limit])?
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+
     fn audit_hash(&self, id: i64) -> Result<Option<String>> {
         Ok(self
             .query_opt(sql::SELECT_AUDIT_HASH, &[&id])?

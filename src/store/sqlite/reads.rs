@@ -142,6 +142,16 @@ impl Reads for Sqlite {
             .optional()?)
     }
 
+    fn audit_links(&self, after_id: i64, limit: i64) -> Result<Vec<(i64, String, String)>> {
+        let mut statement = self.conn.prepare_cached(sql::SELECT_AUDIT_LINKS)?;
+        let links = statement
+            .query_map([after_id, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(links)
+    }
+
     fn audit_hash(&self, id: i64) -> Result<Option<String>> {
         Ok(self
             .conn
