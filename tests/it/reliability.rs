@@ -1136,57 +1136,85 @@ fn a_stalled_export_does_not_pin_the_wal_while_serve_writes() {
     assert!(wal_peak < 12 << 20, "the WAL grew to {wal_peak} bytes");
 }
 
-/// The bundled SQLite is built with `HAVE_FDATASYNC` (`.cargo/config.toml`): without it SQLite
-/// syncs with `fsync`, which on ext4 also writes the inode for its new times, a second write
-/// and wait per commit. Needs strace (`.ci/run` installs it); skipped, saying so, without.
-#[test]
-fn sqlite_syncs_with_fdatasync() {
+/// The sync calls (`fsync`, `fdatasync`) `flagstore ARGS` makes on `env`'s store, as strace
+/// shows them with the path of the file synced (`fdatasync(5</tmp/.../flags.db-wal>)`); with
+/// `variables` in its environment. `None` (saying so) without strace (`.ci/run` installs it).
+fn syncs(env: &Env, variables: &[(&str, &std::path::Path)], args: &[&str]) -> Option<Vec<String>> {
     let strace = std::path::Path::new("/usr/bin/strace");
     if !strace.exists() {
         let _ = writeln!(
             std::io::stderr(),
-            "skipped: the fdatasync test: no /usr/bin/strace (apt-get install strace, as .ci/run \
-             does)"
+            "skipped: a sync test: no /usr/bin/strace (apt-get install strace, as .ci/run does)"
         );
-        return;
+        return None;
     }
-    let env = Env::new();
-    env.import_json(FLAGS);
     let log = env.dir.path().join("syncs.txt");
-    let eval = env.std_cmd();
+    let command = env.std_cmd();
     let mut traced = Command::new(strace);
     traced
-        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(&log)
-        .arg(eval.get_program())
-        .args(eval.get_args())
-        .args(["eval", "enrich", "--context", "k"])
+        .arg(command.get_program())
+        .args(command.get_args())
+        .args(args)
         .current_dir(env.dir.path());
-    for (name, value) in eval.get_envs() {
+    for (name, value) in command.get_envs() {
         match value {
             Some(value) => traced.env(name, value),
             None => traced.env_remove(name),
         };
     }
+    for (name, value) in variables {
+        traced.env(name, value);
+    }
     let traced = traced.output().unwrap();
     assert!(traced.status.success(), "{traced:?}");
-    let calls: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            Some(
-                line.split_whitespace()
-                    .nth(1)?
-                    .split('(')
-                    .next()?
-                    .to_string(),
-            )
-        })
-        .collect();
+    Some(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
+            .collect(),
+    )
+}
+
+/// The bundled SQLite is built with `HAVE_FDATASYNC` (`.cargo/config.toml`): without it SQLite
+/// syncs with `fsync`, which on ext4 also writes the inode for its new times, a second write
+/// and wait per commit.
+#[test]
+fn sqlite_syncs_with_fdatasync() {
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let Some(calls) = syncs(&env, &[], &["eval", "enrich", "--context", "k"]) else {
+        return;
+    };
     // The commit, and the checkpoint as the process closes the store.
     assert!(
-        calls.iter().filter(|c| *c == "fdatasync").count() >= 2,
+        calls.iter().filter(|c| c.starts_with("fdatasync(")).count() >= 2,
         "{calls:?}"
     );
-    assert!(!calls.iter().any(|c| c == "fsync"), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("fsync(")), "{calls:?}");
+}
+
+/// A signed head is published once it is on disk: the heads file is synced after the commit
+/// whose rows it covers.
+#[test]
+fn a_signed_head_is_synced_to_its_file() {
+    let env = Env::new();
+    env.import_json(FLAGS);
+    let key = env.dir.path().join("heads.key");
+    env.ok(&["keys", "generate", key.to_str().unwrap()]);
+    let heads = env.dir.path().join("heads.jsonl");
+    let variables = [
+        ("FLAGSTORE_SIGNING_KEY", key.as_path()),
+        ("FLAGSTORE_HEADS", heads.as_path()),
+    ];
+    let Some(calls) = syncs(&env, &variables, &["eval", "enrich", "--context", "k"]) else {
+        return;
+    };
+    let synced = |name: &str| calls.iter().position(|c| c.contains(&format!("{name}>")));
+    let commit = synced("flags.db-wal").expect("the commit synced the WAL");
+    let head = synced("heads.jsonl").unwrap_or_else(|| panic!("heads file not synced: {calls:?}"));
+    assert!(commit < head, "{calls:?}");
+    assert_eq!(std::fs::read_to_string(&heads).unwrap().lines().count(), 1);
 }
