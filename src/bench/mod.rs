@@ -260,8 +260,8 @@ impl BenchWitness {
     }
 
     /// serve's defaults: a head every second, or after 10,000 requests.
-    fn publishing(&self) -> crate::serve::Publishing {
-        crate::serve::Publishing {
+    fn publishing(&self) -> crate::store::Publishing {
+        crate::store::Publishing {
             key: std::sync::Arc::clone(&self.key),
             heads: self.heads(),
             every: Duration::from_secs(1),
@@ -909,12 +909,21 @@ mod tests {
             8,
             arrival,
             &Scratch::Directory(dir.path().to_path_buf()),
+            true,
             &mut out,
         )
         .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 9, "{text}");
+        assert_eq!(lines.len(), 10, "{text}");
+        // The last head, published at shutdown, covers every row: the preload's, 800 requests'
+        // and the flags' creation.
+        let rows = 100 + 800 + bench_flags().len();
+        assert!(
+            lines[9].starts_with("signed heads: ")
+                && lines[9].ends_with(&format!("the last covers {rows} of {rows} audit rows")),
+            "{text}"
+        );
         assert!(lines[0].starts_with("preloaded 100 contexts"), "{text}");
         assert!(lines[6].starts_with("per fresh request: "), "{text}");
         assert!(

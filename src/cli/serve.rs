@@ -9,7 +9,8 @@ use clap::Args;
 
 use super::{DbOption, Globals, Outcome, stdout_error};
 use flagstore::error::Result;
-use flagstore::serve::{Limits, Publishing, ServeConfig, serve};
+use flagstore::serve::{Limits, ServeConfig, serve};
+use flagstore::store::Publishing;
 
 #[derive(Debug, Args)]
 #[command(

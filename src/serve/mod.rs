@@ -15,7 +15,6 @@ mod listener;
 
 mod metrics;
 mod ofrep;
-mod publisher;
 mod router;
 mod targeting;
 mod web;
@@ -30,12 +29,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::eval::Evaluation;
 use crate::flag::FlagSet;
-use crate::store::{Selection, Store};
+use crate::store::{Publisher, Publishing, Selection, Store};
 use access::{Caller, Read, Readers, Refusal, Tokens, as_caller, as_reader, forget_tokens};
 use health::Health;
 pub use listener::Limits;
 use metrics::Metrics;
-pub use publisher::Publishing;
 use writer::Writer;
 
 /// Requests evaluated in one transaction at most: enough to amortise a commit over many
@@ -226,22 +224,24 @@ pub fn serve_until(
             message: format!("cannot start the HTTP runtime: {e}"),
         })?;
     store.limit_wal(WAL_PAGES)?;
-    // The publisher stops when the writer drops its end of `nudges`, after the last commit.
-    let (nudges, publisher) = match (&config.publishing, store.location()) {
+    // Owned by the writer, whose end drops it: a last head over its last commit.
+    let publisher = match (&config.publishing, store.location()) {
         (Some(publishing), Some(location)) => {
             metrics.publishing_heads();
-            let (nudge, nudges) = std::sync::mpsc::sync_channel(1);
-            let (publishing, location) = (publishing.clone(), location.clone());
             let metrics = Arc::clone(&metrics);
-            let publisher = std::thread::Builder::new()
-                .name("flagstore-publisher".to_string())
-                .spawn(move || publisher::run(&location, &publishing, &nudges, &metrics))
-                .map_err(|e| Error::System {
-                    message: format!("cannot start the tree head publisher: {e}"),
-                })?;
-            (Some(nudge), Some(publisher))
+            Some(Publisher::start(
+                location,
+                publishing,
+                move |published| match published {
+                    Ok(head) => metrics.head_published(head.size),
+                    Err(e) => {
+                        log(&format!("cannot publish a tree head: {e}"));
+                        metrics.head_failed();
+                    }
+                },
+            )?)
         }
-        _ => (None, None),
+        _ => None,
     };
     // The writer holds no sender (so not `shared`): it stops once the handlers are gone.
     let writer = {
@@ -251,7 +251,7 @@ pub fn serve_until(
             health: Arc::clone(&shared.health),
             metrics,
             runtime: runtime.handle().clone(),
-            nudges,
+            publisher,
             every_rows: config.publishing.as_ref().map_or(0, |p| p.every_rows),
         };
         std::thread::Builder::new()
@@ -293,11 +293,6 @@ pub fn serve_until(
         message: "the writer thread panicked".to_string(),
     })?;
     readers.close();
-    if let Some(publisher) = publisher {
-        publisher.join().map_err(|_| Error::System {
-            message: "the tree head publisher panicked".to_string(),
-        })?;
-    }
     store.close()?;
     served.map_err(|source| Error::Listen {
         address: address.to_string(),

@@ -1,14 +1,13 @@
 //! The writer thread: it owns the store, takes every job queued at that moment, evaluates the
 //! requests among them in one transaction and answers each only after the commit.
 
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::{ANONYMOUS_ACTOR, Answer, Health, IDLE_CHECKPOINT, Job, MAX_GROUP, Metrics, Tokens};
-use crate::store::{Request, Store};
+use crate::store::{Publisher, Request, Store};
 
 /// What the writer thread shares with the handlers.
 pub(super) struct Writer {
@@ -18,9 +17,9 @@ pub(super) struct Writer {
     pub(super) metrics: Arc<Metrics>,
     /// For waiting on the queue with a deadline.
     pub(super) runtime: tokio::runtime::Handle,
-    /// Tells the tree head publisher that `every_rows` requests were recorded since it was
-    /// last told; dropped with the writer, which tells it to publish a last head and stop.
-    pub(super) nudges: Option<SyncSender<()>>,
+    /// Nudged every `every_rows` requests recorded; dropped with the writer, which makes it
+    /// publish a last head and stop.
+    pub(super) publisher: Option<Publisher>,
     pub(super) every_rows: u64,
 }
 
@@ -59,9 +58,12 @@ impl Writer {
             let recorded = self.serve_group(&mut store, jobs);
             written |= recorded > 0;
             unsigned += recorded as u64;
-            if let Some(nudges) = self.nudges.as_ref().filter(|_| unsigned >= self.every_rows) {
-                // Full: the publisher has a nudge it has not taken yet, which covers these.
-                let _ = nudges.try_send(());
+            if let Some(publisher) = self
+                .publisher
+                .as_ref()
+                .filter(|_| unsigned >= self.every_rows)
+            {
+                publisher.nudge();
                 unsigned = 0;
             }
         }
