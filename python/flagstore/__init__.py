@@ -147,6 +147,11 @@ class FlagManager:
     flag and fields, since the store is the audited source of truth (``apply`` makes the
     given flags the store's). A ``db`` that does not exist, with no flags to create it from,
     is a ``StoreError``. ``close()`` it, or use it in a ``with`` block.
+
+    Given ``signing_key`` (a key made by ``flagstore keys generate``) and ``heads`` (a heads
+    file, somewhere the store's owner cannot rewrite), the manager publishes a signed tree
+    head of the audit log every second while it records, and a last one at ``close()``,
+    which raises ``StoreError`` if that head could not be published.
     """
 
     def __init__(
@@ -154,11 +159,19 @@ class FlagManager:
         flags: Optional[Iterable[Flag]] = None,
         db: Optional[Union[str, "os.PathLike[str]"]] = None,
         actor: Optional[str] = None,
+        signing_key: Optional[Union[str, "os.PathLike[str]"]] = None,
+        heads: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> None:
         given, document = _documented(flags) if flags is not None else ([], "")
         self.actor = actor or _default_actor()
         location = os.fspath(db) if db is not None else None
-        self._store = _Store(location, self.actor, flags is not None)
+        self._store = _Store(
+            location,
+            self.actor,
+            flags is not None,
+            os.fspath(signing_key) if signing_key is not None else None,
+            os.fspath(heads) if heads is not None else None,
+        )
         self._given: Dict[str, Flag] = {}
         self._order: List[str] = []
         self._remember(given)

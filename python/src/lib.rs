@@ -10,14 +10,17 @@
 //! that arrived during the one before.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use flagstore::audit::{AuditQuery, parse_time_bound};
 use flagstore::error::Fault;
 use flagstore::eval::ContextEvaluation;
+use flagstore::heads::HeadKey;
 use flagstore::prototype::TrailReason;
-use flagstore::store::{Location, Request, keys_per_transaction};
+use flagstore::store::{Location, Publisher, Publishing, Request, keys_per_transaction};
 use flagstore::{Error, FlagSet, Selection};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
@@ -112,6 +115,44 @@ struct Store {
     /// What Python raised when it ran its signal handlers while a call waited for another
     /// process's lock (Ctrl-C's KeyboardInterrupt), for that call to raise.
     interrupted: Arc<Mutex<Option<PyErr>>>,
+    /// Publishes signed tree heads, given a signing key; its last head at `close()`.
+    publisher: Mutex<Option<Publisher>>,
+    /// Why the newest head could not be published, for `close()` to raise.
+    unpublished: Arc<Mutex<Option<String>>>,
+}
+
+/// How often a manager given a signing key publishes a head while it records decisions.
+const HEAD_EVERY: Duration = Duration::from_secs(1);
+
+/// The signing key at `key` and the heads file `heads`, both or neither, as a publisher of
+/// heads of the store at `location` would use them.
+fn publishing(
+    location: Option<&Location>,
+    key: Option<String>,
+    heads: Option<String>,
+) -> PyResult<Option<(Location, Publishing)>> {
+    let (key, heads) = match (key, heads) {
+        (None, None) => return Ok(None),
+        (Some(key), Some(heads)) => (key, heads),
+        _ => {
+            return Err(PyValueError::new_err(
+                "signing_key and heads go together: the key signs heads, the file keeps them",
+            ));
+        }
+    };
+    let location = location.ok_or_else(|| {
+        PyValueError::new_err("signing heads needs a store that outlives the process (db=...)")
+    })?;
+    let key = HeadKey::load(Path::new(&key)).map_err(raised)?;
+    Ok(Some((
+        location.clone(),
+        Publishing {
+            key: Arc::new(key),
+            heads: heads.into(),
+            every: HEAD_EVERY,
+            every_rows: u64::MAX,
+        },
+    )))
 }
 
 /// A manager used after `close()`: the caller's mistake, as with a closed file.
@@ -292,21 +333,37 @@ impl Store {
     /// Opens `db` (an SQLite path or a PostgreSQL URL), creating it if `create`; without `db`,
     /// a new store in memory.
     #[new]
-    #[pyo3(signature = (db, actor, create))]
-    fn new(py: Python<'_>, db: Option<String>, actor: String, create: bool) -> PyResult<Store> {
+    #[pyo3(signature = (db, actor, create, signing_key=None, heads=None))]
+    fn new(
+        py: Python<'_>,
+        db: Option<String>,
+        actor: String,
+        create: bool,
+        signing_key: Option<String>,
+        heads: Option<String>,
+    ) -> PyResult<Store> {
+        let location = db.map(|db| Location::parse(OsStr::new(&db)));
+        let publishing = publishing(location.as_ref(), signing_key, heads)?;
         let mut store = py
-            .detach(|| match db {
+            .detach(|| match &location {
                 None => flagstore::Store::open_in_memory(),
-                Some(db) => {
-                    let location = Location::parse(OsStr::new(&db));
-                    if create {
-                        flagstore::Store::open(&location)
-                    } else {
-                        flagstore::Store::open_existing(&location)
-                    }
-                }
+                Some(location) if create => flagstore::Store::open(location),
+                Some(location) => flagstore::Store::open_existing(location),
             })
             .map_err(raised)?;
+        let unpublished: Arc<Mutex<Option<String>>> = Arc::default();
+        let publisher = match publishing {
+            None => None,
+            Some((location, publishing)) => {
+                let failure = Arc::clone(&unpublished);
+                let publisher = Publisher::start(&location, &publishing, move |published| {
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                        published.err().map(|e| e.to_string());
+                })
+                .map_err(raised)?;
+                Some(publisher)
+            }
+        };
         // While a call waits for another process's lock, Python runs its signal handlers
         // every few tens of milliseconds; one that raises (Ctrl-C) ends the wait, before
         // anything is written, and the call raises what it raised.
@@ -327,6 +384,8 @@ impl Store {
             queue: Mutex::new(Queue::default()),
             actor,
             interrupted,
+            publisher: Mutex::new(publisher),
+            unpublished,
         })
     }
 
@@ -335,10 +394,30 @@ impl Store {
         self.path.clone()
     }
 
-    /// Closes the store (an SQLite file's WAL is moved into it); later calls raise
-    /// `ValueError`. Closing twice does nothing.
-    fn close(&self, py: Python<'_>) {
-        py.detach(|| drop(self.store.lock().unwrap_or_else(|e| e.into_inner()).take()));
+    /// Closes the store (an SQLite file's WAL is moved into it), after a last signed head
+    /// over everything recorded when a signing key was given; later calls raise `ValueError`.
+    /// Closing twice does nothing. Raises `StoreError` if the last head could not be published.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            drop(
+                self.publisher
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            drop(self.store.lock().unwrap_or_else(|e| e.into_inner()).take());
+        });
+        match self
+            .unpublished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(why) => Err(StoreError::new_err(format!(
+                "cannot publish a tree head: {why}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn flags(&self, py: Python<'_>) -> PyResult<Vec<FlagTuple>> {

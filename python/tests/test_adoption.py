@@ -3,6 +3,7 @@ caller's bad input kept its own, config as code, and the manager as a resource."
 
 import concurrent.futures
 import contextlib
+import json
 import math
 import multiprocessing
 import os
@@ -340,3 +341,28 @@ def test_evaluate_all_follows_the_order_given_then_the_stores(tmp_path, flagstor
     assert list(manager.evaluate_all("k")) == ["a", "b", "c"]
     assert [entry["flag"] for entry in manager.audit_log] == ["a", "b", "c"]
     assert list(FlagManager(db=db).evaluate_all("k")) == ["b", "a", "c"], "the store's order"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_manager_given_a_key_publishes_signed_heads(backend, tmp_path, request, flagstore_bin):
+    db = str(tmp_path / "flags.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    key, heads = tmp_path / "heads.key", tmp_path / "heads.jsonl"
+    run_cli(flagstore_bin, "keys", "generate", str(key))
+    with FlagManager(PIPELINE, db=db, signing_key=key, heads=heads) as manager:
+        for i in range(20):
+            manager.is_enabled("export", f"tenant-{i}")
+        rows, head = manager._store.verify()
+    # The last head, at close, covers every row, ending in the chain's head.
+    newest = json.loads(heads.read_text().splitlines()[-1])
+    assert (newest["size"], newest["last"]) == (rows, head)
+    verified = run_cli(
+        flagstore_bin, "--db", db, "audit", "verify", "--heads", str(heads), "--public-key", f"{key}.pub"
+    )
+    assert f"covers rows 1..={rows}" in verified
+
+    with pytest.raises(ValueError, match="signing_key and heads go together"):
+        FlagManager(PIPELINE, db=db, signing_key=key)
+    with pytest.raises(ValueError, match="needs a store that outlives the process"):
+        FlagManager(PIPELINE, signing_key=key, heads=heads)
+    with pytest.raises(ValueError, match="heads.key.pub: not an Ed25519 private key"):
+        FlagManager(PIPELINE, db=db, signing_key=f"{key}.pub", heads=heads)
