@@ -161,25 +161,42 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
     if index >= size {
         return false;
     }
-    let (mut f, mut s) = (index, size - 1);
     let mut r = *leaf;
-    for p in proof {
+    let climbed = climb(index, size - 1, proof, |sibling, side| {
+        r = match side {
+            Side::Left => node_hash(sibling, &r),
+            Side::Right => node_hash(&r, sibling),
+        }
+    });
+    climbed && r == *root
+}
+
+/// Where a proof's hash stands beside the node reached so far.
+enum Side {
+    Left,
+    Right,
+}
+
+/// RFC 9162's walk up a proof path from the node at index `f` of a level whose last index is
+/// `s`, handing `join` each hash and its side. Whether the path ends at the root, exactly.
+fn climb(mut f: u64, mut s: u64, path: &[Hash], mut join: impl FnMut(&Hash, Side)) -> bool {
+    for sibling in path {
         if s == 0 {
             return false;
         }
         if f & 1 == 1 || f == s {
-            r = node_hash(p, &r);
+            join(sibling, Side::Left);
             while f & 1 == 0 && f != 0 {
                 f >>= 1;
                 s >>= 1;
             }
         } else {
-            r = node_hash(&r, p);
+            join(sibling, Side::Right);
         }
         f >>= 1;
         s >>= 1;
     }
-    s == 0 && r == *root
+    s == 0
 }
 
 /// Whether `proof` shows that the tree of `new_size` leaves with root `new_root` extends the
@@ -216,24 +233,15 @@ pub fn verify_consistency(
         s >>= 1;
     }
     let (mut fr, mut sr) = (*start, *start);
-    for c in path {
-        if s == 0 {
-            return false;
+    // The earlier tree's root is built from the left siblings only: the right ones are newer.
+    let climbed = climb(f, s, path, |sibling, side| match side {
+        Side::Left => {
+            fr = node_hash(sibling, &fr);
+            sr = node_hash(sibling, &sr);
         }
-        if f & 1 == 1 || f == s {
-            fr = node_hash(c, &fr);
-            sr = node_hash(c, &sr);
-            while f & 1 == 0 && f != 0 {
-                f >>= 1;
-                s >>= 1;
-            }
-        } else {
-            sr = node_hash(&sr, c);
-        }
-        f >>= 1;
-        s >>= 1;
-    }
-    s == 0 && fr == *old_root && sr == *new_root
+        Side::Right => sr = node_hash(&sr, sibling),
+    });
+    climbed && fr == *old_root && sr == *new_root
 }
 
 #[cfg(test)]

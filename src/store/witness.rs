@@ -202,19 +202,15 @@ impl Store {
     /// when `None`), from a walk that verifies the chain.
     pub fn inclusion_proof(&self, row: i64, size: Option<u64>) -> Result<Proof> {
         let leaves = self.leaves(size)?;
-        let index = usize::try_from(row - 1).ok().filter(|i| *i < leaves.len());
-        let proof = index
+        let proof = usize::try_from(row - 1)
+            .ok()
             .and_then(|index| merkle::inclusion_proof(&leaves, index))
             .ok_or_else(|| Error::OutOfRange {
                 what: "row",
                 value: row.to_string(),
                 range: format!("the tree's rows 1..={}", leaves.len()),
             })?;
-        let hash = self
-            .stored_audit_rows(row, row)?
-            .into_iter()
-            .next()
-            .map(|r| r.hash);
+        let hash = self.read_transaction()?.audit_hash(row)?;
         Ok(Proof {
             kind: "inclusion",
             row: Some(row),
@@ -232,17 +228,14 @@ impl Store {
     /// `size` (every row when `None`).
     pub fn consistency_proof(&self, old_size: u64, size: Option<u64>) -> Result<Proof> {
         let leaves = self.leaves(size)?;
-        let old = usize::try_from(old_size)
+        let (old, proof) = usize::try_from(old_size)
             .ok()
-            .filter(|old| *old <= leaves.len());
-        let proof = old
-            .and_then(|old| merkle::consistency_proof(&leaves, old))
+            .and_then(|old| Some((old, merkle::consistency_proof(&leaves, old)?)))
             .ok_or_else(|| Error::OutOfRange {
                 what: "size",
                 value: old_size.to_string(),
                 range: format!("0..={} (the later tree's size)", leaves.len()),
             })?;
-        let old = old.expect("checked above");
         Ok(Proof {
             kind: "consistency",
             row: None,
