@@ -9,7 +9,7 @@ use super::{ActorOption, DbOption, Globals, Outcome, stdout_error, table};
 use flagstore::audit::{AuditQuery, AuditRow, Checkpoint, parse_time_bound};
 use flagstore::error::{Error, Result};
 use flagstore::file::write_atomically;
-use flagstore::heads::{HeadVerifier, newest_head};
+use flagstore::heads::{HeadLines, HeadVerifier, SignedHead, newest_head};
 use flagstore::store::{HeadsVerified, Store};
 
 #[derive(Debug, Args)]
@@ -82,6 +82,7 @@ pub enum AuditCommand {
     /// checks it with the public key alone.
     #[command(after_help = "Examples:
   flagstore audit prove 1234 --heads /mnt/witness/heads.jsonl > row-1234.json
+  flagstore audit prove 1234 --heads /mnt/witness/heads.jsonl --size 5000
   flagstore audit prove --from-size 1000 --heads /mnt/witness/heads.jsonl")]
     Prove(ProveArgs),
 }
@@ -98,6 +99,10 @@ pub struct ProveArgs {
     /// against every row the store holds now, which nobody signed).
     #[arg(long, value_name = "FILE")]
     pub heads: Option<PathBuf>,
+    /// Prove against the tree of this many rows: with --heads, the head of that size (one a
+    /// reviewer kept), else the store's first SIZE rows.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<u64>,
     #[command(flatten)]
     pub db: DbOption,
 }
@@ -132,6 +137,24 @@ pub struct CheckpointArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub db: DbOption,
+}
+
+/// The head of `heads` a proof is made against: the one of `size` rows, else the newest.
+fn head_to_prove_against(heads: &Path, size: Option<u64>) -> Result<SignedHead> {
+    let missing = |why: String| Error::BadHeads {
+        path: heads.display().to_string(),
+        at: "end".into(),
+        why,
+    };
+    match size {
+        None => newest_head(heads)?.ok_or_else(|| missing("no head to prove against".into())),
+        Some(size) => HeadLines::open(heads)?
+            .find_map(|head| match head {
+                Ok((_, head)) if head.size != size => None,
+                found => Some(found.map(|(_, head)| head)),
+            })
+            .unwrap_or_else(|| Err(missing(format!("no head of {size} rows")))),
+    }
 }
 
 fn print_heads_verified(
@@ -216,13 +239,9 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<
         Some(AuditCommand::Prove(prove)) => globals.with_store(&prove.db, |store| {
             let signed = match &prove.heads {
                 None => None,
-                Some(path) => Some(newest_head(path)?.ok_or_else(|| Error::BadHeads {
-                    path: path.display().to_string(),
-                    at: "end".into(),
-                    why: "no head to prove against".into(),
-                })?),
+                Some(path) => Some(head_to_prove_against(path, prove.size)?),
             };
-            let size = signed.as_ref().map(|head| head.size);
+            let size = signed.as_ref().map(|head| head.size).or(prove.size);
             let mut proof = match (prove.row, prove.from_size) {
                 (Some(row), _) => store.inclusion_proof(row, size)?,
                 (None, Some(old)) => store.consistency_proof(old, size)?,

@@ -199,6 +199,24 @@ fn heads_from_writing_commands_verify_and_prove() {
         assert_eq!(code, Some(0), "row {row}: {said}");
         assert!(said.contains(&format!("row {row} (hash ")), "{said}");
     }
+    // Against an older head, kept by a reviewer: the proof carries that head.
+    let older = heads[2]["size"].to_string();
+    let proof = witnessed.ok(&[
+        "audit", "prove", "2", "--heads", heads_file, "--size", &older,
+    ]);
+    let path = witnessed.env.write("older.json", &proof);
+    let (code, said) = witnessed.script(&[path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("in the tree of rows 1..={older},")),
+        "{said}"
+    );
+    let none = witnessed.fails(&["audit", "prove", "2", "--heads", heads_file, "--size", "3"]);
+    assert!(
+        none.ends_with("heads.jsonl: end: no head of 3 rows"),
+        "{none}"
+    );
+
     let first_size = heads[0]["size"].to_string();
     let proof = witnessed.ok(&[
         "audit",
@@ -359,6 +377,18 @@ fn an_altered_reordered_or_foreign_heads_file_is_named() {
         .env
         .fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(named.contains("line 1: signed by key"), "{named}");
+    // Nor does another key extend this file: a new key starts a new heads file.
+    let refused = witnessed
+        .env
+        .cmd()
+        .env("FLAGSTORE_SIGNING_KEY", &other)
+        .env("FLAGSTORE_HEADS", &witnessed.heads)
+        .args(["eval", "ingest", "--context", "rotated"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(said.contains("newest head: signed by key"), "{said}");
 }
 
 contract_tests!(
