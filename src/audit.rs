@@ -238,6 +238,28 @@ impl AuditRow {
         self.hash == self.expected_hash(&self.prev_hash)
     }
 
+    /// The row as `flagstore audit export` writes it, one JSON object: exactly the fields the
+    /// hash covers, `detail` as the very text hashed (parsed and written again, JSON may
+    /// spell its numbers otherwise: `0.00001`, `1e-7`), and both hashes.
+    pub fn stored_json(&self) -> String {
+        serde_json::json!({
+            "id": self.id,
+            "ts": self.ts,
+            "kind": self.kind,
+            "actor": self.actor,
+            "action": self.action,
+            "flag": self.flag,
+            "context_key": self.context_key,
+            "result": self.result,
+            "source": self.source,
+            "reason": self.reason,
+            "detail": &*self.detail,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        })
+        .to_string()
+    }
+
     /// The row as CSV exports write it, one field per [`COLUMNS`] entry, every field a
     /// spreadsheet would take for a formula made inert (see [`spreadsheet_safe`]).
     pub fn csv_record(&self) -> Vec<String> {

@@ -85,6 +85,21 @@ pub enum AuditCommand {
   flagstore audit prove 1234 --heads /mnt/witness/heads.jsonl --size 5000
   flagstore audit prove --from-size 1000 --heads /mnt/witness/heads.jsonl")]
     Prove(ProveArgs),
+    /// Write the audit rows as stored, one JSON object per line: exactly what each row's hash
+    /// covers, so scripts/verify_audit_chain.py re-hashes the export as it does the database.
+    #[command(after_help = "Examples:
+  flagstore audit export > audit-chain.jsonl
+  flagstore audit export --after 1000000 | gzip > audit-rows-after-1000000.jsonl.gz")]
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only the rows after this one (its hash is the first exported row's prev_hash).
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    pub after: i64,
+    #[command(flatten)]
+    pub db: DbOption,
 }
 
 #[derive(Debug, Args)]
@@ -234,6 +249,12 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<
                 verified.rows, verified.head
             )
             .map_err(stdout_error)?;
+            Ok(Outcome::Success)
+        }),
+        Some(AuditCommand::Export(export)) => globals.with_store(&export.db, |store| {
+            store.for_each_audit_row(export.after.max(0) + 1, |row| {
+                writeln!(out, "{}", row.stored_json()).map_err(stdout_error)
+            })?;
             Ok(Outcome::Success)
         }),
         Some(AuditCommand::Prove(prove)) => globals.with_store(&prove.db, |store| {

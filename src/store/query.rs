@@ -236,14 +236,15 @@ impl<'q> Pages<'q> {
 }
 
 impl Store {
-    /// Calls `visit` with every audit row as stored, in id order, up to the head when it began,
-    /// streaming in pages, so a log of any size can be verified in constant memory. Stops at the first error
-    /// `visit` returns.
+    /// Calls `visit` with every audit row as stored from row `first_id` on, in id order, up
+    /// to the head when it began, streaming in pages, so a log of any size can be exported or
+    /// verified in constant memory. Stops at the first error `visit` returns.
     pub fn for_each_audit_row<E: From<Error>>(
         &self,
+        first_id: i64,
         mut visit: impl FnMut(AuditRow) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.for_each_audit_page(1, |page| page.into_iter().try_for_each(&mut visit))
+        self.for_each_audit_page(first_id, |page| page.into_iter().try_for_each(&mut visit))
     }
 
     /// [`Store::for_each_audit_row`] from row `first_id` on, a page of rows at a time.

@@ -288,6 +288,60 @@ fn the_readme_verifier_is_the_tested_script() {
     assert_eq!(&readme[start..end], script);
 }
 
+/// The script re-hashes an export as it does the database: the export carries exactly what
+/// each hash covers, `detail` as the text hashed (numbers such as 1e-7 spelt as stored).
+fn an_export_is_rehashed_by_the_script_as_the_database_is() {
+    let env = store_with_history();
+    env.ok(&["flag", "set", "enrich", "--rollout", "0.0000001"]);
+    env.ok(&["flag", "set", "ingest", "--rollout", "0.00001"]);
+    env.ok(&["eval", "--all", "--context", "tiny rollouts"]);
+    let verified = env.ok(&["audit", "verify"]);
+    let export = env.write("audit.jsonl", env.ok(&["audit", "export"]));
+    let script = |path: &std::path::Path| {
+        let output = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/verify_audit_chain.py"
+            ))
+            .arg(path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), said.trim_end().to_string())
+    };
+    assert_eq!(script(&export), (Some(0), verified.trim_end().to_string()));
+
+    let rows = rows(&env);
+    let tail = env.write("tail.jsonl", env.ok(&["audit", "export", "--after", "3"]));
+    let (code, said) = script(&tail);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "audit log verified: {} rows (rows 4..{rows} of an export, row 4's prev_hash as given)",
+            rows - 3
+        )),
+        "{said}"
+    );
+
+    let text = std::fs::read_to_string(&export).unwrap();
+    let edited = text.replacen("\"actor\":\"tester\"", "\"actor\":\"mallory\"", 1);
+    let first_edited = text[..text.find("\"actor\":\"tester\"").unwrap()]
+        .lines()
+        .count();
+    let export = env.write("edited.jsonl", edited);
+    assert_eq!(
+        script(&export),
+        (
+            Some(2),
+            format!(
+                "audit log does not verify: row {}: hash does not match the row's contents",
+                first_edited
+            )
+        )
+    );
+}
+
 /// SQLite only: reads the row to forge with rusqlite.
 #[test]
 fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
@@ -837,6 +891,7 @@ fn an_edit_deep_in_a_long_log_is_named_at_its_row() {
 
 contract_tests! {
     an_edit_deep_in_a_long_log_is_named_at_its_row,
+    an_export_is_rehashed_by_the_script_as_the_database_is,
     check_names_a_record_decided_by_a_definition_no_change_row_made,
     check_names_an_assignment_deleted_without_a_reset,
     check_names_token_rows_the_chain_does_not_explain,
