@@ -327,19 +327,22 @@ fn whole_lines_len(file: &mut File, path: &Path) -> Result<u64> {
     Ok(last_newline_before(file, path, len)?.map_or(0, |newline| newline + 1))
 }
 
-/// The offset of the last newline before offset `end`, read backwards in chunks.
-fn last_newline_before(file: &mut File, path: &Path, mut end: u64) -> Result<Option<u64>> {
-    let mut chunk = vec![0u8; 64 * 1024];
-    while end > 0 {
-        let start = end.saturating_sub(chunk.len() as u64);
-        let piece = &mut chunk[..(end - start) as usize];
-        read_at(file, path, start, piece)?;
-        if let Some(newline) = piece.iter().rposition(|&b| b == b'\n') {
-            return Ok(Some(start + newline as u64));
-        }
-        end = start;
+/// The offset of the last newline before offset `end`, `None` when the file has none there.
+/// Reads back one line's worth at most: no line of a heads file is longer than
+/// [`MAX_LINE_BYTES`], so a file whose end has no newline within that is not a heads file.
+fn last_newline_before(file: &mut File, path: &Path, end: u64) -> Result<Option<u64>> {
+    let start = end.saturating_sub(MAX_LINE_BYTES + 1);
+    let mut piece = vec![0u8; (end - start) as usize];
+    read_at(file, path, start, &mut piece)?;
+    match piece.iter().rposition(|&b| b == b'\n') {
+        Some(newline) => Ok(Some(start + newline as u64)),
+        None if start == 0 => Ok(None),
+        None => Err(Error::BadHeads {
+            path: path.display().to_string(),
+            at: "end".to_string(),
+            why: format!("no line break in its last {MAX_LINE_BYTES} bytes: not a heads file"),
+        }),
     }
-    Ok(None)
 }
 
 fn read_at(file: &mut File, path: &Path, offset: u64, buffer: &mut [u8]) -> Result<()> {
@@ -347,6 +350,11 @@ fn read_at(file: &mut File, path: &Path, offset: u64, buffer: &mut [u8]) -> Resu
         .and_then(|_| file.read_exact(buffer))
         .map_err(|source| read_error(path, source))
 }
+
+/// The longest line a heads file may hold: a head of the largest tree (64 peaks) is under
+/// 5 KB, so a longer line is not one, and reading it whole would let a hostile file exhaust
+/// a reviewer's memory.
+const MAX_LINE_BYTES: u64 = 64 * 1024;
 
 /// The heads of a file, in order, each with its line number. A last line cut short by a crash
 /// is not a head (it was never published): the iterator ends before it and says so in
@@ -380,8 +388,16 @@ impl Iterator for HeadLines {
 
     fn next(&mut self) -> Option<Self::Item> {
         let mut line = Vec::new();
-        if let Err(source) = self.reader.read_until(b'\n', &mut line) {
+        let mut bounded = (&mut self.reader).take(MAX_LINE_BYTES + 1);
+        if let Err(source) = bounded.read_until(b'\n', &mut line) {
             return Some(Err(read_error(&self.path, source)));
+        }
+        if line.len() as u64 > MAX_LINE_BYTES {
+            return Some(Err(Error::BadHeads {
+                path: self.path.display().to_string(),
+                at: format!("line {}", self.number + 1),
+                why: format!("longer than {MAX_LINE_BYTES} bytes: not a signed head"),
+            }));
         }
         match line.pop() {
             None => None,
@@ -521,6 +537,20 @@ mod tests {
             .collect();
         assert!(lines.torn());
         assert_eq!(seen, [(1, 1), (2, 3), (3, 9)]);
+
+        let long = dir.path().join("long.jsonl");
+        std::fs::write(&long, vec![b' '; 100_000]).unwrap();
+        let refused = HeadLines::open(&long).unwrap().next().unwrap().unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .ends_with("line 1: longer than 65536 bytes: not a signed head")
+        );
+        let refused = newest_head(&long).unwrap_err().to_string();
+        assert!(refused.ends_with("no line break in its last 65536 bytes: not a heads file"));
+        // A publisher neither signs onto it nor cuts it short as a torn line.
+        assert!(HeadsFile::open(&long).is_err());
+        assert_eq!(std::fs::metadata(&long).unwrap().len(), 100_000);
         let mut heads = HeadsFile::open(&path).unwrap();
         assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(9));
         assert!(std::fs::read(&path).unwrap().ends_with(b"}\n"));
