@@ -1342,7 +1342,13 @@ fn serve_publishes_signed_heads_and_a_last_one_at_shutdown() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(newest_size(), rows, "five requests published a head");
-    let metrics = get(&format!("{}/metrics", server.url), &token).body;
+    // The metrics are told once the head is in the file: a moment later.
+    let metrics = || get(&format!("{}/metrics", server.url), &token).body;
+    let published = format!("flagstore_tree_head_rows {rows}");
+    while !metrics().contains(&published) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = metrics();
     assert!(
         metrics.contains(&format!("flagstore_tree_head_rows {rows}"))
             && metrics.contains("flagstore_tree_head_failures_total 0"),
