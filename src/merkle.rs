@@ -12,6 +12,8 @@
 //!     below n, the node hash of the root of the first k leaves and the root of the rest
 //! ```
 
+use std::ops::Range;
+
 use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest: a leaf hash, a node hash or a root.
@@ -84,72 +86,63 @@ impl Frontier {
     }
 }
 
-/// The root of the tree whose leaf hashes are `leaves`.
-pub fn root(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => empty_root(),
-        1 => leaves[0],
-        n => {
-            let k = split(n);
-            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
-        }
-    }
-}
-
 /// The largest power of two below `n` (n > 1): where RFC 9162 splits a tree of n leaves.
-fn split(n: usize) -> usize {
+fn split(n: u64) -> u64 {
     debug_assert!(n > 1);
-    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+    1 << (u64::BITS - 1 - (n - 1).leading_zeros())
 }
 
-/// The inclusion proof of leaf `index` in the tree of `leaves` (RFC 9162 2.1.3.1), or `None`
-/// when the tree has no such leaf.
-pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
-    fn path(index: usize, leaves: &[Hash], proof: &mut Vec<Hash>) {
-        if leaves.len() <= 1 {
+/// The leaves (a range of their indexes) of each subtree whose root is a hash of the inclusion
+/// proof of leaf `index` in a tree of `size` leaves (RFC 9162 2.1.3.1), in the proof's order;
+/// `None` when the tree has no such leaf. The proof is their roots, which a caller streaming
+/// the leaves computes in logarithmic memory.
+pub fn inclusion_ranges(index: u64, size: u64) -> Option<Vec<Range<u64>>> {
+    fn path(index: u64, leaves: Range<u64>, proof: &mut Vec<Range<u64>>) {
+        if leaves.end - leaves.start <= 1 {
             return;
         }
-        let k = split(leaves.len());
-        if index < k {
-            path(index, &leaves[..k], proof);
-            proof.push(root(&leaves[k..]));
+        let middle = leaves.start + split(leaves.end - leaves.start);
+        if leaves.start + index < middle {
+            path(index, leaves.start..middle, proof);
+            proof.push(middle..leaves.end);
         } else {
-            path(index - k, &leaves[k..], proof);
-            proof.push(root(&leaves[..k]));
+            path(leaves.start + index - middle, middle..leaves.end, proof);
+            proof.push(leaves.start..middle);
         }
     }
-    (index < leaves.len()).then(|| {
+    (index < size).then(|| {
         let mut proof = Vec::new();
-        path(index, leaves, &mut proof);
+        path(index, 0..size, &mut proof);
         proof
     })
 }
 
-/// The consistency proof from the tree of the first `old_size` of `leaves` to the tree of
-/// all of them (RFC 9162 2.1.4.1), or `None` when `old_size` is larger than the tree. Empty
-/// when either tree is empty or they are the same tree: nothing needs proving.
-pub fn consistency_proof(leaves: &[Hash], old_size: usize) -> Option<Vec<Hash>> {
-    fn subproof(m: usize, leaves: &[Hash], complete: bool, proof: &mut Vec<Hash>) {
-        let n = leaves.len();
+/// The subtrees, as [`inclusion_ranges`] gives them, of the consistency proof from the tree
+/// of the first `old_size` leaves to the tree of `size` (RFC 9162 2.1.4.1); `None` when
+/// `old_size` is larger. None when either tree is empty or they are the same tree: nothing
+/// needs proving.
+pub fn consistency_ranges(old_size: u64, size: u64) -> Option<Vec<Range<u64>>> {
+    fn subproof(m: u64, leaves: Range<u64>, complete: bool, proof: &mut Vec<Range<u64>>) {
+        let n = leaves.end - leaves.start;
         if m == n {
             if !complete {
-                proof.push(root(leaves));
+                proof.push(leaves);
             }
             return;
         }
-        let k = split(n);
-        if m <= k {
-            subproof(m, &leaves[..k], complete, proof);
-            proof.push(root(&leaves[k..]));
+        let middle = leaves.start + split(n);
+        if leaves.start + m <= middle {
+            subproof(m, leaves.start..middle, complete, proof);
+            proof.push(middle..leaves.end);
         } else {
-            subproof(m - k, &leaves[k..], false, proof);
-            proof.push(root(&leaves[..k]));
+            subproof(leaves.start + m - middle, middle..leaves.end, false, proof);
+            proof.push(leaves.start..middle);
         }
     }
-    (old_size <= leaves.len()).then(|| {
+    (old_size <= size).then(|| {
         let mut proof = Vec::new();
         if old_size > 0 {
-            subproof(old_size, leaves, true, &mut proof);
+            subproof(old_size, 0..size, true, &mut proof);
         }
         proof
     })
@@ -249,6 +242,42 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The root of the tree whose leaf hashes are `leaves`, as RFC 9162 defines it: the
+    /// reference the frontier and the proofs are held to.
+    fn root(leaves: &[Hash]) -> Hash {
+        match leaves.len() {
+            0 => empty_root(),
+            1 => leaves[0],
+            n => {
+                let k = split(n as u64) as usize;
+                node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+            }
+        }
+    }
+
+    /// The roots of `ranges` of `leaves`: a proof from the subtrees that make it, as the
+    /// store computes it streaming.
+    fn roots_of(leaves: &[Hash], ranges: Vec<Range<u64>>) -> Vec<Hash> {
+        ranges
+            .into_iter()
+            .map(|range| root(&leaves[range.start as usize..range.end as usize]))
+            .collect()
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `leaves` (RFC 9162 2.1.3.1), or `None`
+    /// when the tree has no such leaf.
+    fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
+        let ranges = inclusion_ranges(index as u64, leaves.len() as u64)?;
+        Some(roots_of(leaves, ranges))
+    }
+
+    /// The consistency proof from the tree of the first `old_size` of `leaves` to the tree of
+    /// all of them (RFC 9162 2.1.4.1), or `None` when `old_size` is larger than the tree.
+    fn consistency_proof(leaves: &[Hash], old_size: usize) -> Option<Vec<Hash>> {
+        let ranges = consistency_ranges(old_size as u64, leaves.len() as u64)?;
+        Some(roots_of(leaves, ranges))
+    }
 
     fn unhex(text: &str) -> Vec<u8> {
         (0..text.len())

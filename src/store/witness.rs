@@ -2,6 +2,7 @@
 //! last one, verifying the rows against every head of a heads file, and the proofs a reviewer
 //! checks with a published head alone.
 
+use std::ops::Range;
 use std::path::Path;
 
 use serde::Serialize;
@@ -199,17 +200,18 @@ impl Store {
     }
 
     /// The inclusion proof of row `row` in the tree of the first `size` rows (every row
-    /// when `None`), from a walk that verifies the chain.
+    /// when `None`), from a walk that verifies the chain, in memory logarithmic in the rows.
     pub fn inclusion_proof(&self, row: i64, size: Option<u64>) -> Result<Proof> {
-        let leaves = self.leaves(size)?;
-        let proof = usize::try_from(row - 1)
+        let size = self.tree_size(size)?;
+        let ranges = u64::try_from(row - 1)
             .ok()
-            .and_then(|index| merkle::inclusion_proof(&leaves, index))
+            .and_then(|index| merkle::inclusion_ranges(index, size))
             .ok_or_else(|| Error::OutOfRange {
                 what: "row",
                 value: row.to_string(),
-                range: format!("the tree's rows 1..={}", leaves.len()),
+                range: format!("the tree's rows 1..={size}"),
             })?;
+        let (root, proof) = self.roots(size, ranges)?;
         let hash = self.read_transaction()?.audit_hash(row)?;
         Ok(Proof {
             kind: "inclusion",
@@ -217,9 +219,9 @@ impl Store {
             leaf: hash.as_deref().and_then(HexHash::parse),
             old_size: None,
             old_root: None,
-            size: leaves.len() as u64,
-            root: HexHash(merkle::root(&leaves)),
-            proof: proof.into_iter().map(HexHash).collect(),
+            size,
+            root,
+            proof,
             head: None,
         })
     }
@@ -227,26 +229,65 @@ impl Store {
     /// The consistency proof from the tree of the first `old_size` rows to that of the first
     /// `size` (every row when `None`).
     pub fn consistency_proof(&self, old_size: u64, size: Option<u64>) -> Result<Proof> {
-        let leaves = self.leaves(size)?;
-        let (old, proof) = usize::try_from(old_size)
-            .ok()
-            .and_then(|old| Some((old, merkle::consistency_proof(&leaves, old)?)))
-            .ok_or_else(|| Error::OutOfRange {
+        let size = self.tree_size(size)?;
+        let mut ranges =
+            merkle::consistency_ranges(old_size, size).ok_or_else(|| Error::OutOfRange {
                 what: "size",
                 value: old_size.to_string(),
-                range: format!("0..={} (the later tree's size)", leaves.len()),
+                range: format!("0..={size} (the later tree's size)"),
             })?;
+        ranges.push(0..old_size);
+        let (root, mut proof) = self.roots(size, ranges)?;
+        let old_root = proof.pop();
         Ok(Proof {
             kind: "consistency",
             row: None,
             leaf: None,
             old_size: Some(old_size),
-            old_root: Some(HexHash(merkle::root(&leaves[..old]))),
-            size: leaves.len() as u64,
-            root: HexHash(merkle::root(&leaves)),
-            proof: proof.into_iter().map(HexHash).collect(),
+            old_root,
+            size,
+            root,
+            proof,
             head: None,
         })
+    }
+
+    /// `size`, if the store holds that many rows; else every row's.
+    fn tree_size(&self, size: Option<u64>) -> Result<u64> {
+        let rows = u64::try_from(self.last_audit_id()?).unwrap_or(0);
+        match size {
+            None => Ok(rows),
+            Some(size) if size <= rows => Ok(size),
+            Some(size) => Err(Error::OutOfRange {
+                what: "tree size",
+                value: size.to_string(),
+                range: format!("1..={rows} (the rows the store holds)"),
+            }),
+        }
+    }
+
+    /// The root of the tree of the first `size` rows and the roots of `ranges` of its
+    /// leaves, from one walk that verifies the whole chain, keeping only a frontier per range.
+    fn roots(&self, size: u64, ranges: Vec<Range<u64>>) -> Result<(HexHash, Vec<HexHash>)> {
+        let mut growing: Vec<(Range<u64>, Frontier)> = std::iter::once(0..size)
+            .chain(ranges)
+            .map(|range| (range, Frontier::default()))
+            .collect();
+        self.verify_audit_visiting(None, |row| {
+            let index = u64::try_from(row.id - 1).unwrap_or(u64::MAX);
+            if index < size {
+                let leaf = leaf_of(row)?;
+                for (_, frontier) in growing.iter_mut().filter(|(r, _)| r.contains(&index)) {
+                    frontier.push(leaf);
+                }
+            }
+            Ok(())
+        })?;
+        let mut roots = growing
+            .into_iter()
+            .map(|(_, frontier)| HexHash(frontier.root()));
+        let root = roots.next().expect("the whole tree's range comes first");
+        Ok((root, roots.collect()))
     }
 
     /// Where a walk of the rows after `head` begins, once its signature holds and the store
@@ -271,25 +312,6 @@ impl Store {
                 found.map_or("is missing".to_string(), |hash| format!("has hash {hash}"))
             ))),
         }
-    }
-
-    /// The leaves of the first `size` rows (all when `None`), the chain verified on the way.
-    fn leaves(&self, size: Option<u64>) -> Result<Vec<Hash>> {
-        let mut leaves = Vec::new();
-        let verified = self.verify_audit_visiting(None, |row| {
-            if size.is_none_or(|size| (leaves.len() as u64) < size) {
-                leaves.push(leaf_of(row)?);
-            }
-            Ok(())
-        })?;
-        if let Some(size) = size.filter(|size| *size > leaves.len() as u64) {
-            return Err(Error::OutOfRange {
-                what: "tree size",
-                value: size.to_string(),
-                range: format!("1..={} (the rows the store holds)", verified.rows),
-            });
-        }
-        Ok(leaves)
     }
 }
 
