@@ -101,12 +101,12 @@ impl WitnessOption {
                 key: HeadKey::load(&key)?,
                 heads,
             })),
-            (Some(_), None) => Err(Error::InvalidFilter {
+            (Some(_), None) => Err(Error::Usage {
                 message: "--signing-key needs --heads FILE (or $FLAGSTORE_HEADS): where to \
                           publish the heads it signs"
                     .into(),
             }),
-            (None, Some(_)) => Err(Error::InvalidFilter {
+            (None, Some(_)) => Err(Error::Usage {
                 message: "--heads needs --signing-key FILE (or $FLAGSTORE_SIGNING_KEY): the \
                           key that signs the heads it holds"
                     .into(),
