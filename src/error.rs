@@ -153,6 +153,9 @@ pub enum Error {
         why: String,
     },
 
+    #[error("the witness at {url} did not take the head of {size} rows: {why}")]
+    Witness { url: String, size: u64, why: String },
+
     /// The store no longer holds what a signed head covers, or cannot extend it.
     #[error("{path}: {at}: {why}")]
     HeadMismatch {
@@ -341,6 +344,7 @@ impl Error {
             | Error::Inconsistent { .. }
             | Error::AuditChain { .. }
             | Error::HeadMismatch { .. }
+            | Error::Witness { .. }
             | Error::UnreadableAuditRow { .. }
             | Error::Migration { .. } => Fault::Storage,
             _ => Fault::Other,

@@ -239,6 +239,33 @@ impl SignedHead {
     }
 }
 
+/// How long a witness has to answer: a publisher waits for nothing else.
+const WITNESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hands `head` to the witness at `url`: an HTTP POST of its heads-file line (JSON), taken
+/// when the witness answers 2xx.
+pub fn hand_to_witness(url: &str, head: &SignedHead) -> Result<()> {
+    let refused = |why: String| Error::Witness {
+        url: url.to_string(),
+        size: head.size,
+        why,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(WITNESS_TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let answer = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(head.line())
+        .map_err(|e| refused(e.to_string()))?;
+    match answer.status().as_u16() {
+        200..=299 => Ok(()),
+        code => Err(refused(format!("it answered {code}"))),
+    }
+}
+
 /// A heads file opened to publish: locked against other publishers until dropped, so heads
 /// are appended one at a time and never move backwards.
 pub struct HeadsFile {

@@ -151,6 +151,7 @@ fn publishing(
             heads: heads.into(),
             every: HEAD_EVERY,
             every_rows: u64::MAX,
+            witness: None,
         },
     )))
 }

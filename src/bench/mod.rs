@@ -266,6 +266,7 @@ impl BenchWitness {
             heads: self.heads(),
             every: Duration::from_secs(1),
             every_rows: 10_000,
+            witness: None,
         }
     }
 

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use flagstore::error::{Error, Result};
-use flagstore::heads::HeadKey;
+use flagstore::heads::{HeadKey, hand_to_witness};
 pub(crate) use flagstore::output::escaped;
 use flagstore::store::{Location, Store};
 
@@ -73,12 +73,18 @@ pub struct WitnessOption {
     /// rewrite [default: $FLAGSTORE_HEADS].
     #[arg(long = "heads", value_name = "FILE")]
     pub heads: Option<PathBuf>,
+    /// Also hand each signed head to this witness, an HTTP(S) URL that takes it as a POST of
+    /// its JSON line; a head it does not take (no 2xx within 10 s) fails the command
+    /// [default: $FLAGSTORE_WITNESS_URL].
+    #[arg(long = "witness-url", value_name = "URL")]
+    pub witness_url: Option<String>,
 }
 
 /// A loaded signing key and where its heads go.
 pub struct Witness {
     pub key: HeadKey,
     pub heads: PathBuf,
+    pub witness_url: Option<String>,
 }
 
 impl WitnessOption {
@@ -92,14 +98,25 @@ impl WitnessOption {
                     .map(PathBuf::from)
             })
         };
+        let witness_url = self.witness_url.clone().or_else(|| {
+            std::env::var("FLAGSTORE_WITNESS_URL")
+                .ok()
+                .filter(|v| !v.is_empty())
+        });
         match (
             given(&self.key, "FLAGSTORE_SIGNING_KEY"),
             given(&self.heads, "FLAGSTORE_HEADS"),
         ) {
-            (None, None) => Ok(None),
+            (None, None) if witness_url.is_none() => Ok(None),
+            (None, None) => Err(Error::Usage {
+                message: "--witness-url needs --signing-key and --heads (or their variables): \
+                          the heads it is handed"
+                    .into(),
+            }),
             (Some(key), Some(heads)) => Ok(Some(Witness {
                 key: HeadKey::load(&key)?,
                 heads,
+                witness_url,
             })),
             (Some(_), None) => Err(Error::Usage {
                 message: "--signing-key needs --heads FILE (or $FLAGSTORE_HEADS): where to \
@@ -249,8 +266,10 @@ impl Globals {
             let done = work(store)?;
             if let Some(witness) = &witness
                 && store.last_audit_id()? > rows_before
+                && let Some(head) = store.publish_head(&witness.key, &witness.heads)?
+                && let Some(url) = &witness.witness_url
             {
-                store.publish_head(&witness.key, &witness.heads)?;
+                hand_to_witness(url, &head)?;
             }
             Ok(done)
         };

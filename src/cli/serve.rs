@@ -77,6 +77,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &ServeArgs) -> Result<
             heads: witness.heads,
             every: Duration::from_secs(args.head_every),
             every_rows: args.head_every_rows,
+            witness: witness.witness_url,
         }),
     };
     let store = globals.open_existing(&args.db)?;

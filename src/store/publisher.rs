@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::heads::{HeadKey, SignedHead};
+use crate::heads::{HeadKey, SignedHead, hand_to_witness};
 
 use super::{Location, Store};
 
@@ -25,6 +25,9 @@ pub struct Publishing {
     /// For a writer that nudges: publish as soon as this many requests were recorded since
     /// the last head.
     pub every_rows: u64,
+    /// A witness each head is handed to as well (see [`hand_to_witness`]); a head it does not
+    /// take is reported as not published, though it is in the heads file.
+    pub witness: Option<String>,
 }
 
 /// The publishing thread's handle: [`Publisher::nudge`] asks for a head now; dropping it
@@ -91,7 +94,10 @@ fn publish_until_dropped(
             Err(RecvTimeoutError::Disconnected)
         );
         match store.publish_head(&publishing.key, &publishing.heads) {
-            Ok(Some(head)) => report(Ok(head)),
+            Ok(Some(head)) => report(match &publishing.witness {
+                Some(url) => hand_to_witness(url, &head).map(|()| head),
+                None => Ok(head),
+            }),
             Ok(None) => {}
             Err(e) => report(Err(e.at_database(store.path()))),
         }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, PIPELINE, Server};
+use crate::common::{Env, FakeWitness, PIPELINE, Server};
 use serde_json::{Value, json};
 
 fn agent() -> ureq::Agent {
@@ -1392,8 +1392,47 @@ fn serve_publishes_signed_heads_and_a_last_one_at_shutdown() {
     assert_eq!(newest_size(), rows, "a head within the interval");
 }
 
+/// serve hands every head it publishes to its witness; one refused is a failure in its
+/// metrics and log.
+fn serve_hands_its_heads_to_a_witness() {
+    let env = Env::new();
+    let token = store_with_token(&env);
+    let key = env.dir.path().join("heads.key");
+    env.ok(&["keys", "generate", key.to_str().unwrap()]);
+    let heads = env.dir.path().join("heads.jsonl");
+    let serving = |witness: &FakeWitness| {
+        let mut cmd = env.std_cmd();
+        cmd.env("FLAGSTORE_SIGNING_KEY", &key)
+            .env("FLAGSTORE_HEADS", &heads)
+            .env("FLAGSTORE_WITNESS_URL", &witness.url);
+        Server::start_with(cmd, &["--head-every", "3600", "--head-every-rows", "1"])
+    };
+    let accepting = FakeWitness::start(200);
+    let mut server = serving(&accepting);
+    assert_eq!(one(&server, "enrich", &token, "k1").status, 200);
+    server.signal("TERM");
+    assert_eq!(server.exit().0, Some(0));
+    let text = std::fs::read_to_string(&heads).unwrap();
+    assert_eq!(
+        accepting.bodies().last().map(String::as_str),
+        text.lines().last()
+    );
+
+    let refusing = FakeWitness::start(503);
+    let server = serving(&refusing);
+    assert_eq!(one(&server, "enrich", &token, "k2").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = || get(&format!("{}/metrics", server.url), &token).body;
+    while !metrics().contains("flagstore_tree_head_failures_total 1") {
+        assert!(Instant::now() < deadline, "{}", metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(refusing.bodies().len(), 1);
+}
+
 contract_tests! {
     serve_publishes_signed_heads_and_a_last_one_at_shutdown,
+    serve_hands_its_heads_to_a_witness,
     a_token_the_chain_does_not_explain_is_refused,
     valid_clients_are_answered_while_another_sends_bad_requests,
     admins_list_create_and_revoke_tokens_over_the_api,

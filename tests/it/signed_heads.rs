@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::common::{Env, PIPELINE};
+use crate::common::{Env, FakeWitness, PIPELINE};
 
 /// A store whose commands sign heads with a fresh key into `heads.jsonl` beside it.
 struct Witnessed {
@@ -391,8 +391,60 @@ fn an_altered_reordered_or_foreign_heads_file_is_named() {
     assert!(said.contains("newest head: signed by key"), "{said}");
 }
 
+/// Each head is handed to the witness URL as well; one it refuses fails the command, though
+/// the head is in the heads file.
+fn a_witness_url_is_handed_every_head() {
+    let witnessed = Witnessed::new();
+    let accepting = FakeWitness::start(200);
+    for context in ["w1", "w2"] {
+        let output = witnessed
+            .cmd()
+            .env("FLAGSTORE_WITNESS_URL", &accepting.url)
+            .args(["eval", "ingest", "--context", context])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let text = std::fs::read_to_string(&witnessed.heads).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(accepting.bodies(), lines[lines.len() - 2..]);
+
+    let refusing = FakeWitness::start(503);
+    let output = witnessed
+        .cmd()
+        .env("FLAGSTORE_WITNESS_URL", &refusing.url)
+        .args(["eval", "ingest", "--context", "w3"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    let rows = witnessed.rows();
+    assert!(
+        said.trim_end().ends_with(&format!(
+            "the witness at {} did not take the head of {rows} rows: it answered 503",
+            refusing.url
+        )),
+        "{said}"
+    );
+    assert_eq!(witnessed.heads().last().unwrap()["size"], rows);
+
+    let alone = witnessed.env.fails(&[
+        "--witness-url",
+        &accepting.url,
+        "eval",
+        "ingest",
+        "--context",
+        "w4",
+    ]);
+    assert!(
+        alone.contains("--witness-url needs --signing-key and --heads"),
+        "{alone}"
+    );
+}
+
 contract_tests!(
     heads_from_writing_commands_verify_and_prove,
+    a_witness_url_is_handed_every_head,
     a_rewritten_tail_passes_the_chain_but_not_the_heads,
     rows_cut_from_the_end_are_named,
     a_broken_link_after_the_newest_head_is_not_signed,

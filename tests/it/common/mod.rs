@@ -377,6 +377,51 @@ impl Env {
     }
 }
 
+/// A witness for signed heads on a loopback port: it answers every POST with `status` and
+/// keeps the bodies it was sent.
+pub struct FakeWitness {
+    pub url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeWitness {
+    pub fn start(status: u16) -> FakeWitness {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/heads", listener.local_addr().unwrap());
+        let bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let kept = std::sync::Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+                kept.lock().unwrap().push(String::from_utf8(body).unwrap());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} Witness\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        FakeWitness { url, bodies }
+    }
+
+    /// The bodies it was sent, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
 /// A running `flagstore serve` on a free loopback port, killed when dropped.
 pub struct Server {
     pub child: Child,
