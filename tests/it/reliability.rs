@@ -1202,12 +1202,10 @@ fn sqlite_syncs_with_fdatasync() {
 fn a_signed_head_is_synced_to_its_file() {
     let env = Env::new();
     env.import_json(FLAGS);
-    let key = env.dir.path().join("heads.key");
-    env.ok(&["keys", "generate", key.to_str().unwrap()]);
-    let heads = env.dir.path().join("heads.jsonl");
+    let signing = env.signing();
     let variables = [
-        ("FLAGSTORE_SIGNING_KEY", key.as_path()),
-        ("FLAGSTORE_HEADS", heads.as_path()),
+        ("FLAGSTORE_SIGNING_KEY", signing.key.as_path()),
+        ("FLAGSTORE_HEADS", signing.heads.as_path()),
     ];
     let Some(calls) = syncs(&env, &variables, &["eval", "enrich", "--context", "k"]) else {
         return;
@@ -1216,5 +1214,11 @@ fn a_signed_head_is_synced_to_its_file() {
     let commit = synced("flags.db-wal").expect("the commit synced the WAL");
     let head = synced("heads.jsonl").unwrap_or_else(|| panic!("heads file not synced: {calls:?}"));
     assert!(commit < head, "{calls:?}");
-    assert_eq!(std::fs::read_to_string(&heads).unwrap().lines().count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&signing.heads)
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
 }

@@ -1314,16 +1314,15 @@ fn admins_list_create_and_revoke_tokens_over_the_api() {
 fn serve_publishes_signed_heads_and_a_last_one_at_shutdown() {
     let env = Env::new();
     let token = store_with_token(&env);
-    let key = env.dir.path().join("heads.key");
-    env.ok(&["keys", "generate", key.to_str().unwrap()]);
-    let heads = env.dir.path().join("heads.jsonl");
-    let mut cmd = env.std_cmd();
-    cmd.env("FLAGSTORE_SIGNING_KEY", &key)
-        .env("FLAGSTORE_HEADS", &heads);
+    let signing = env.signing();
+    let heads = &signing.heads;
     // A head every hour at most by the clock: only the row count and shutdown publish here.
-    let mut server = Server::start_with(cmd, &["--head-every", "3600", "--head-every-rows", "5"]);
+    let mut server = Server::start_with(
+        env.signing_cmd(&signing),
+        &["--head-every", "3600", "--head-every-rows", "5"],
+    );
     let newest_size = || {
-        std::fs::read_to_string(&heads)
+        std::fs::read_to_string(heads)
             .unwrap_or_default()
             .lines()
             .last()
@@ -1367,22 +1366,21 @@ fn serve_publishes_signed_heads_and_a_last_one_at_shutdown() {
         rows,
         "the rows of the last requests are signed at shutdown"
     );
-    let public_key = format!("{}.pub", key.display());
     let verified = env.ok(&[
         "audit",
         "verify",
         "--heads",
         heads.to_str().unwrap(),
         "--public-key",
-        &public_key,
+        signing.public_key.to_str().unwrap(),
     ]);
     assert!(verified.contains("all 2 signed heads"), "{verified}");
 
     // By the clock alone: a request's row is signed within a second or so.
-    let mut cmd = env.std_cmd();
-    cmd.env("FLAGSTORE_SIGNING_KEY", &key)
-        .env("FLAGSTORE_HEADS", &heads);
-    let server = Server::start_with(cmd, &["--head-every", "1", "--head-every-rows", "100000"]);
+    let server = Server::start_with(
+        env.signing_cmd(&signing),
+        &["--head-every", "1", "--head-every-rows", "100000"],
+    );
     assert_eq!(one(&server, "enrich", &token, "late").status, 200);
     let rows = env.count("SELECT count(*) FROM audit_log");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1397,14 +1395,10 @@ fn serve_publishes_signed_heads_and_a_last_one_at_shutdown() {
 fn serve_hands_its_heads_to_a_witness() {
     let env = Env::new();
     let token = store_with_token(&env);
-    let key = env.dir.path().join("heads.key");
-    env.ok(&["keys", "generate", key.to_str().unwrap()]);
-    let heads = env.dir.path().join("heads.jsonl");
+    let signing = env.signing();
     let serving = |witness: &FakeWitness| {
-        let mut cmd = env.std_cmd();
-        cmd.env("FLAGSTORE_SIGNING_KEY", &key)
-            .env("FLAGSTORE_HEADS", &heads)
-            .env("FLAGSTORE_WITNESS_URL", &witness.url);
+        let mut cmd = env.signing_cmd(&signing);
+        cmd.env("FLAGSTORE_WITNESS_URL", &witness.url);
         Server::start_with(cmd, &["--head-every", "3600", "--head-every-rows", "1"])
     };
     let accepting = FakeWitness::start(200);
@@ -1412,7 +1406,7 @@ fn serve_hands_its_heads_to_a_witness() {
     assert_eq!(one(&server, "enrich", &token, "k1").status, 200);
     server.signal("TERM");
     assert_eq!(server.exit().0, Some(0));
-    let text = std::fs::read_to_string(&heads).unwrap();
+    let text = std::fs::read_to_string(&signing.heads).unwrap();
     assert_eq!(
         accepting.bodies().last().map(String::as_str),
         text.lines().last()

@@ -3,31 +3,22 @@
 //! chain verifies, is named by `audit verify --heads` and refused by the next publisher. The
 //! reviewer's script checks the same heads and proofs with openssl alone.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::common::{Env, FakeWitness, PIPELINE};
+use crate::common::{Env, FakeWitness, PIPELINE, Signing};
 
 /// A store whose commands sign heads with a fresh key into `heads.jsonl` beside it.
 struct Witnessed {
     env: Env,
-    key: PathBuf,
-    public_key: PathBuf,
-    heads: PathBuf,
+    signing: Signing,
 }
 
 impl Witnessed {
     fn new() -> Witnessed {
         let env = Env::new();
-        let key = env.dir.path().join("heads.key");
-        let said = env.ok(&["keys", "generate", key.to_str().unwrap()]);
-        assert!(said.contains("key id "), "{said}");
-        let heads = env.dir.path().join("heads.jsonl");
         let witnessed = Witnessed {
-            public_key: env.dir.path().join("heads.key.pub"),
+            signing: env.signing(),
             env,
-            key,
-            heads,
         };
         let pipeline = witnessed.env.write("pipeline.json", PIPELINE);
         witnessed.ok(&["import", pipeline.to_str().unwrap()]);
@@ -40,10 +31,7 @@ impl Witnessed {
 
     /// `flagstore ARGS` with the signing key and heads file in the environment.
     fn cmd(&self) -> assert_cmd::Command {
-        let mut cmd = self.env.cmd();
-        cmd.env("FLAGSTORE_SIGNING_KEY", &self.key)
-            .env("FLAGSTORE_HEADS", &self.heads);
-        cmd
+        assert_cmd::Command::from_std(self.env.signing_cmd(&self.signing))
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -57,16 +45,19 @@ impl Witnessed {
     }
 
     fn fails(&self, args: &[&str]) -> String {
-        let output = self.cmd().args(args).output().unwrap();
-        assert_eq!(output.status.code(), Some(2), "{args:?}");
-        String::from_utf8(output.stderr)
-            .unwrap()
-            .trim_end()
-            .to_string()
+        self.fails_with(("FLAGSTORE_ACTOR", "tester"), args)
+    }
+
+    /// [`Witnessed::fails`] with one more variable in the environment (or one replaced).
+    fn fails_with(&self, (name, value): (&str, &str), args: &[&str]) -> String {
+        let output = self.cmd().env(name, value).args(args).output().unwrap();
+        let said = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {said}");
+        said.trim_end().to_string()
     }
 
     fn heads(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.heads)
+        std::fs::read_to_string(&self.signing.heads)
             .unwrap()
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
@@ -78,9 +69,9 @@ impl Witnessed {
             .into_iter()
             .map(String::from)
             .chain([
-                self.heads.display().to_string(),
+                self.signing.heads.display().to_string(),
                 "--public-key".into(),
-                self.public_key.display().to_string(),
+                self.signing.public_key.display().to_string(),
             ])
             .collect()
     }
@@ -105,7 +96,7 @@ impl Witnessed {
                 "/scripts/verify_tree_proof.py"
             ))
             .arg("--public-key")
-            .arg(&self.public_key)
+            .arg(&self.signing.public_key)
             .args(args)
             .current_dir(self.env.dir.path())
             .output()
@@ -188,10 +179,10 @@ fn heads_from_writing_commands_verify_and_prove() {
     witnessed.ok(&["eval", "ingest", "--context", "signed"]);
     assert_eq!(witnessed.heads().last().unwrap()["size"], rows + 2);
 
-    let (code, said) = witnessed.script(&["--heads", witnessed.heads.to_str().unwrap()]);
+    let (code, said) = witnessed.script(&["--heads", witnessed.signing.heads.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("heads verified: 6 signed heads"), "{said}");
-    let heads_file = witnessed.heads.to_str().unwrap();
+    let heads_file = witnessed.signing.heads.to_str().unwrap();
     for row in 1..=rows + 2 {
         let proof = witnessed.ok(&["audit", "prove", &row.to_string(), "--heads", heads_file]);
         let path = witnessed.env.write("proof.json", &proof);
@@ -333,7 +324,7 @@ fn a_broken_link_after_the_newest_head_is_not_signed() {
 
 fn an_altered_reordered_or_foreign_heads_file_is_named() {
     let witnessed = Witnessed::new();
-    let text = std::fs::read_to_string(&witnessed.heads).unwrap();
+    let text = std::fs::read_to_string(&witnessed.signing.heads).unwrap();
     let lines: Vec<&str> = text.lines().collect();
 
     let second = &witnessed.heads()[1];
@@ -343,7 +334,7 @@ fn an_altered_reordered_or_foreign_heads_file_is_named() {
         1,
     );
     std::fs::write(
-        &witnessed.heads,
+        &witnessed.signing.heads,
         [lines[0], &moved, lines[2]].join("\n") + "\n",
     )
     .unwrap();
@@ -352,21 +343,25 @@ fn an_altered_reordered_or_foreign_heads_file_is_named() {
         named.ends_with("line 2: the signature does not match the head (the head was altered)"),
         "{named}"
     );
-    let (code, said) = witnessed.script(&["--heads", witnessed.heads.to_str().unwrap()]);
+    let (code, said) = witnessed.script(&["--heads", witnessed.signing.heads.to_str().unwrap()]);
     assert_eq!(code, Some(2));
     assert!(
         said.contains("line 2: the signature does not match"),
         "{said}"
     );
 
-    std::fs::write(&witnessed.heads, [lines[1], lines[0]].join("\n") + "\n").unwrap();
+    std::fs::write(
+        &witnessed.signing.heads,
+        [lines[1], lines[0]].join("\n") + "\n",
+    )
+    .unwrap();
     let named = witnessed.verify_fails();
     assert!(
         named.contains("line 2: its size") && named.ends_with("heads never move backwards"),
         "{named}"
     );
 
-    std::fs::write(&witnessed.heads, text.clone()).unwrap();
+    std::fs::write(&witnessed.signing.heads, text.clone()).unwrap();
     let other = witnessed.env.dir.path().join("other.key");
     witnessed
         .env
@@ -378,16 +373,10 @@ fn an_altered_reordered_or_foreign_heads_file_is_named() {
         .fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(named.contains("line 1: signed by key"), "{named}");
     // Nor does another key extend this file: a new key starts a new heads file.
-    let refused = witnessed
-        .env
-        .cmd()
-        .env("FLAGSTORE_SIGNING_KEY", &other)
-        .env("FLAGSTORE_HEADS", &witnessed.heads)
-        .args(["eval", "ingest", "--context", "rotated"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{said}");
+    let said = witnessed.fails_with(
+        ("FLAGSTORE_SIGNING_KEY", other.to_str().unwrap()),
+        &["eval", "ingest", "--context", "rotated"],
+    );
     assert!(said.contains("newest head: signed by key"), "{said}");
 }
 
@@ -405,19 +394,15 @@ fn a_witness_url_is_handed_every_head() {
             .unwrap();
         assert!(output.status.success(), "{output:?}");
     }
-    let text = std::fs::read_to_string(&witnessed.heads).unwrap();
+    let text = std::fs::read_to_string(&witnessed.signing.heads).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(accepting.bodies(), lines[lines.len() - 2..]);
 
     let refusing = FakeWitness::start(503);
-    let output = witnessed
-        .cmd()
-        .env("FLAGSTORE_WITNESS_URL", &refusing.url)
-        .args(["eval", "ingest", "--context", "w3"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{said}");
+    let said = witnessed.fails_with(
+        ("FLAGSTORE_WITNESS_URL", &refusing.url),
+        &["eval", "ingest", "--context", "w3"],
+    );
     let rows = witnessed.rows();
     assert!(
         said.trim_end().ends_with(&format!(

@@ -747,13 +747,9 @@ fn the_audit_page_says_what_signed_heads_vouch_for() {
     );
     drop(server);
 
-    let key = env.dir.path().join("heads.key");
-    env.ok(&["keys", "generate", key.to_str().unwrap()]);
+    let signing = env.signing();
     let signing = |every: &str| {
-        let mut cmd = env.std_cmd();
-        cmd.env("FLAGSTORE_SIGNING_KEY", &key)
-            .env("FLAGSTORE_HEADS", env.dir.path().join("heads.jsonl"));
-        let server = Server::start_with(cmd, &["--head-every", every]);
+        let server = Server::start_with(env.signing_cmd(&signing), &["--head-every", every]);
         let mut browser = Browser::new(&server);
         browser.sign_in(&viewer);
         (server, browser)

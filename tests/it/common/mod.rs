@@ -365,6 +365,27 @@ impl Env {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// A key for signing tree heads, made by `flagstore keys generate` in this env's
+    /// directory, and the heads file beside it.
+    pub fn signing(&self) -> Signing {
+        let key = self.dir.path().join("heads.key");
+        let said = self.ok(&["keys", "generate", key.to_str().unwrap()]);
+        assert!(said.contains("key id "), "{said}");
+        Signing {
+            public_key: self.dir.path().join("heads.key.pub"),
+            heads: self.dir.path().join("heads.jsonl"),
+            key,
+        }
+    }
+
+    /// [`Env::std_cmd`] signing heads as `signing` says, through the environment.
+    pub fn signing_cmd(&self, signing: &Signing) -> StdCommand {
+        let mut cmd = self.std_cmd();
+        cmd.env("FLAGSTORE_SIGNING_KEY", &signing.key)
+            .env("FLAGSTORE_HEADS", &signing.heads);
+        cmd
+    }
+
     /// Starts `flagstore ARGS` without waiting for it, stdout and stderr captured.
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.std_cmd()
@@ -375,6 +396,13 @@ impl Env {
             .spawn()
             .expect("flagstore starts")
     }
+}
+
+/// Where an [`Env`]'s signed heads go, and the key that signs them.
+pub struct Signing {
+    pub key: PathBuf,
+    pub public_key: PathBuf,
+    pub heads: PathBuf,
 }
 
 /// A witness for signed heads on a loopback port: it answers every POST with `status` and
