@@ -101,8 +101,6 @@ impl Store {
         let mut frontier = start.frontier;
         let mut rows = start.verifier.rows();
         let mut last = start.verifier.head().to_string();
-        let mut last_hash =
-            HexHash::parse(&last).expect("a signed head's hash and the genesis hash are hex");
         loop {
             let links = self.read_transaction()?.audit_links(rows, LINK_PAGE)?;
             if links.is_empty() {
@@ -124,10 +122,11 @@ impl Store {
                 frontier.push(merkle::leaf_hash(&leaf.0));
                 rows = id;
                 last = hash;
-                last_hash = leaf;
             }
         }
-        Ok((frontier, last_hash))
+        let last =
+            HexHash::parse(&last).expect("a head's, the genesis and every read hash are hex");
+        Ok((frontier, last))
     }
 
     /// Verifies the whole audit log and holds it to every head of the heads file at `heads`:
@@ -148,7 +147,6 @@ impl Store {
         walk.next_head(&mut lines)?;
         let verified = self.verify_audit_visiting(None, |row| {
             walk.frontier.push(leaf_of(row)?);
-            walk.last = row.hash.clone();
             while walk
                 .pending
                 .as_ref()
@@ -363,7 +361,6 @@ struct HeadWalk<'a> {
     path: &'a Path,
     verifier: &'a HeadVerifier,
     frontier: Frontier,
-    last: String,
     /// The next head to hold the rows to, once the walk reaches its size.
     pending: Option<(usize, SignedHead)>,
     newest: Option<(usize, SignedHead)>,
@@ -376,7 +373,6 @@ impl<'a> HeadWalk<'a> {
             path,
             verifier,
             frontier: Frontier::default(),
-            last: String::new(),
             pending: None,
             newest: None,
             checked: 0,
@@ -417,7 +413,8 @@ impl<'a> HeadWalk<'a> {
     /// Holds the rows walked so far to the pending head, whose size they have reached.
     fn hold_to_pending(&mut self) -> Result<()> {
         let (line, head) = self.pending.take().expect("a pending head");
-        if head.root.0 != self.frontier.root() || head.last.to_string() != self.last {
+        // The root covers every row, the last too: `head.last` needs no comparing of its own.
+        if head.root.0 != self.frontier.root() {
             let (first, last) = self.first_difference(&head);
             let rows = if first == last {
                 format!("row {first} differs")

@@ -297,25 +297,15 @@ fn an_export_is_rehashed_by_the_script_as_the_database_is() {
     env.ok(&["eval", "--all", "--context", "tiny rollouts"]);
     let verified = env.ok(&["audit", "verify"]);
     let export = env.write("audit.jsonl", env.ok(&["audit", "export"]));
-    let script = |path: &std::path::Path| {
-        let output = std::process::Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/verify_audit_chain.py"
-            ))
-            .arg(path)
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&output.stdout).to_string()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.code(), said.trim_end().to_string())
-    };
-    assert_eq!(script(&export), (Some(0), verified.trim_end().to_string()));
+    assert_eq!(
+        script_on(&export, false),
+        (Some(0), verified, String::new())
+    );
 
     let rows = rows(&env);
     let tail = env.write("tail.jsonl", env.ok(&["audit", "export", "--after", "3"]));
-    let (code, said) = script(&tail);
-    assert_eq!(code, Some(0), "{said}");
+    let (code, said, stderr) = script_on(&tail, false);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         said.starts_with(&format!(
             "audit log verified: {} rows (rows 4..{rows} of an export, row 4's prev_hash as given)",
@@ -331,12 +321,13 @@ fn an_export_is_rehashed_by_the_script_as_the_database_is() {
         .count();
     let export = env.write("edited.jsonl", edited);
     assert_eq!(
-        script(&export),
+        script_on(&export, false),
         (
             Some(2),
+            String::new(),
             format!(
-                "audit log does not verify: row {}: hash does not match the row's contents",
-                first_edited
+                "audit log does not verify: row {first_edited}: hash does not match the row's \
+                 contents\n"
             )
         )
     );

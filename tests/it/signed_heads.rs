@@ -45,12 +45,17 @@ impl Witnessed {
     }
 
     fn fails(&self, args: &[&str]) -> String {
-        self.fails_with(("FLAGSTORE_ACTOR", "tester"), args)
+        self.fails_with(&[], args)
     }
 
-    /// [`Witnessed::fails`] with one more variable in the environment (or one replaced).
-    fn fails_with(&self, (name, value): (&str, &str), args: &[&str]) -> String {
-        let output = self.cmd().env(name, value).args(args).output().unwrap();
+    /// [`Witnessed::fails`] with more variables in the environment (or some replaced).
+    fn fails_with(&self, variables: &[(&str, &str)], args: &[&str]) -> String {
+        let output = self
+            .cmd()
+            .envs(variables.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
         let said = String::from_utf8(output.stderr).unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}: {said}");
         said.trim_end().to_string()
@@ -201,6 +206,21 @@ fn heads_from_writing_commands_verify_and_prove() {
     assert!(
         said.contains(&format!("in the tree of rows 1..={older},")),
         "{said}"
+    );
+    let store_rows = witnessed.rows();
+    let outside = witnessed.fails(&["audit", "prove", "0"]);
+    assert!(
+        outside.ends_with(&format!(
+            "row 0 is outside the tree's rows 1..={store_rows}"
+        )),
+        "{outside}"
+    );
+    let too_big = witnessed.fails(&["audit", "prove", "1", "--size", "999999"]);
+    assert!(
+        too_big.ends_with(&format!(
+            "tree size 999999 is outside 1..={store_rows} (the rows the store holds)"
+        )),
+        "{too_big}"
     );
     let none = witnessed.fails(&["audit", "prove", "2", "--heads", heads_file, "--size", "3"]);
     assert!(
@@ -374,7 +394,7 @@ fn an_altered_reordered_or_foreign_heads_file_is_named() {
     assert!(named.contains("line 1: signed by key"), "{named}");
     // Nor does another key extend this file: a new key starts a new heads file.
     let said = witnessed.fails_with(
-        ("FLAGSTORE_SIGNING_KEY", other.to_str().unwrap()),
+        &[("FLAGSTORE_SIGNING_KEY", other.to_str().unwrap())],
         &["eval", "ingest", "--context", "rotated"],
     );
     assert!(said.contains("newest head: signed by key"), "{said}");
@@ -400,7 +420,7 @@ fn a_witness_url_is_handed_every_head() {
 
     let refusing = FakeWitness::start(503);
     let said = witnessed.fails_with(
-        ("FLAGSTORE_WITNESS_URL", &refusing.url),
+        &[("FLAGSTORE_WITNESS_URL", &refusing.url)],
         &["eval", "ingest", "--context", "w3"],
     );
     let rows = witnessed.rows();
