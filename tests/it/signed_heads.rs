@@ -87,6 +87,14 @@ impl Witnessed {
             .ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// `audit verify --heads ... --from-newest-head`, run without the signing key.
+    fn verify_from_newest_head(&self) -> String {
+        let mut args = self.verify_args();
+        args.push("--from-newest-head".into());
+        self.env
+            .ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     fn verify_fails(&self) -> String {
         let args = self.verify_args();
         self.env
@@ -163,14 +171,11 @@ fn heads_from_writing_commands_verify_and_prove() {
             && verified.contains(&format!("covers rows 1..={rows}\n")),
         "{verified}"
     );
-    let mut from_newest = witnessed.verify_args();
-    from_newest.push("--from-newest-head".into());
-    let from_newest: Vec<&str> = from_newest.iter().map(String::as_str).collect();
     // Rows written without the key are verified after the head and said to be unsigned.
     witnessed
         .env
         .ok(&["eval", "ingest", "--context", "unsigned"]);
-    let tail = witnessed.env.ok(&from_newest);
+    let tail = witnessed.verify_from_newest_head();
     assert!(
         tail.contains(&format!("rows 1..={rows} taken as signed"))
             && tail.contains(&format!(
@@ -487,10 +492,7 @@ fn from_the_newest_head_only_the_tail_is_read() {
     bytes[(first_leaf - 1) * page..first_leaf * page].fill(0xA5);
     std::fs::write(&witnessed.env.db, bytes).unwrap();
 
-    let mut from_newest = witnessed.verify_args();
-    from_newest.push("--from-newest-head".into());
-    let from_newest: Vec<&str> = from_newest.iter().map(String::as_str).collect();
-    let tail = witnessed.env.ok(&from_newest);
+    let tail = witnessed.verify_from_newest_head();
     assert!(
         tail.contains("taken as signed, their pages not read"),
         "{tail}"
