@@ -133,7 +133,8 @@ pub struct VerifyArgs {
     pub public_key: Option<PathBuf>,
     /// With --heads: check only the newest head and the rows after it, trusting the head for
     /// the rows it covers (logarithmic in them instead of linear); their pages are not read
-    /// either: `audit verify` without this, or `check`, reads every page.
+    /// either (but for --checkpoint, which walks the whole log): `audit verify` without this,
+    /// or `check`, reads every page.
     #[arg(long, requires = "heads")]
     pub from_newest_head: bool,
     /// Also require this hash (a head printed earlier) to be in the chain.
