@@ -13,12 +13,13 @@ use flagstore::store::Store;
     after_help = "Checks, in order, and stops at the first failure (exit 2):
   1. pages: every page of the file is well formed and every index holds exactly its
      table's rows (SQLite's integrity_check);
-  2. references: every foreign key holds, and every stored assignment has the
-     evaluation row that stored it;
+  2. references: every foreign key holds;
   3. the audit log's hash chain (as `audit verify`);
   4. the live state: each flag's stored definition is the one its change rows leave, and
-     each assignment's decision, bucket and rollout the ones its record stored; every
-     assignment a record stored still there unless a later reset or deletion removed it;
+     the assignments table exactly what the decision records stored, less what later
+     audited resets and deletions removed (an assignment no record stored, one whose
+     decision, bucket, rollout or time is not its record's, one a record stored that is
+     missing);
      the index of decision records by flag (audit_flag_ranges) lists each record under
      exactly the flags it was asked for; every API token row the one its change rows leave
      (its role, creation and revocation); and the schema's triggers, views and indexes (and
@@ -54,7 +55,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<
 /// Checks `store`; with `repair_actor`, first adds what the index misses, as that actor.
 fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) -> Result<Outcome> {
     let storage = store.check_storage(false)?;
-    let assignments = store.check_references()?;
+    store.check_references()?;
     let (verified, mut index, decisions) = store.verify_audit_for_check(None)?;
     if let Some(actor) = repair_actor
         && !index.missing.is_empty()
@@ -75,6 +76,8 @@ fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) ->
         index.missing.clear();
     }
     let mut differences = store.unexplained_state()?;
+    let assignments = store.unexplained_assignments()?;
+    differences.extend(assignments.differences);
     differences.extend(index.lines());
     differences.extend(decisions);
     let schema = match store.schema_differences()? {
@@ -98,13 +101,13 @@ fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) ->
     }
     writeln!(
         out,
-        "store checked: {storage}, foreign keys hold, {assignments} assignments each with the \
-         evaluation that stored it, the flags the ones their change rows leave, every decision \
+        "store checked: {storage}, foreign keys hold, {} assignments each the one its \
+         evaluation record stored, the flags the ones their change rows leave, every decision \
          record indexed under the flags it was asked for, filed under its own context and agreeing \
          with the definitions in force when it was written, every \
          API token the one its change rows leave, {schema}; audit log verified: {} rows, \
          head {}",
-        verified.rows, verified.head
+        assignments.checked, verified.rows, verified.head
     )
     .map_err(stdout_error)?;
     Ok(Outcome::Success)

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 use crate::eval::{NewAssignment, StoredAssignment};
 use crate::flag::{Flag, FlagSet};
 
-use super::{AssignmentRow, AssignmentTally, COMMIT_OUTCOME_WAIT, Misrecorded, TokenRecord};
+use super::sticky_audit::ContextItem;
+use super::{AssignmentRow, AssignmentTally, COMMIT_OUTCOME_WAIT, TokenRecord};
 
 /// An assignment about to be stored, borrowed from a decision or from a row being copied.
 pub(super) struct AssignmentRef<'a> {
@@ -242,23 +243,18 @@ pub(super) trait Reads {
     /// A foreign key that does not hold, as `(table, row, parent table)`.
     fn broken_reference(&self) -> Result<Option<(String, String, String)>>;
 
-    /// An assignment, `(flag, context_key)`, with no evaluation row that stored it.
-    fn unaudited_assignment(&self) -> Result<Option<(String, String)>>;
-
-    /// An assignment whose decision, bucket or rollout is not what the decision record that
-    /// stored it says.
-    fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>>;
+    /// Every context's evaluation rows and rows of the assignments table, in one pass: the
+    /// items of a context together (`true` with its first), its evaluation rows in id order.
+    fn for_each_context_item(
+        &self,
+        visit: &mut dyn FnMut(bool, ContextItem) -> Result<()>,
+    ) -> Result<()>;
 
     /// The first audit row filed under another context than its own key (a number that does
     /// not name its `context_key`, which the hash covers), which a query by context would not
     /// find: its id and key. Only SQLite numbers contexts (schema 10); PostgreSQL finds a
     /// context's rows by the key itself, so none of its rows can be misfiled.
     fn misfiled_context(&self) -> Result<Option<(i64, Option<String>)>>;
-
-    /// An assignment a record stored that the table no longer holds, though no later change
-    /// row removed it (a reset of its flag, for every context or its own, or its flag's
-    /// deletion): the first such record's flag, context and id.
-    fn lost_assignment(&self) -> Result<Option<(String, String, i64)>>;
 
     fn assignment_count(&self) -> Result<i64>;
 

@@ -44,6 +44,7 @@ mod review;
 mod schema;
 mod sql;
 mod sqlite;
+mod sticky_audit;
 mod tokens;
 mod view;
 mod witness;
@@ -60,6 +61,7 @@ pub use postgres::{ScratchSchema, redacted_url, url_to_repeat};
 pub use publisher::{Publisher, Publishing};
 pub use ranges::{IndexReport, Reindexed, Runs};
 pub use review::{DEFAULT_STALE_DAYS, StaleFlag};
+pub use sticky_audit::StickyReport;
 pub use tokens::TokenRecord;
 pub use view::View;
 pub use witness::{HeadsVerified, Proof};
@@ -181,17 +183,6 @@ impl DatabaseError {
             None => error.to_string(),
         })
     }
-}
-
-/// An assignment that differs from the record that stored it: the table's values and the
-/// record's, as `(decision, bucket, rollout_pct)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Misrecorded {
-    pub flag: String,
-    pub context_key: String,
-    pub stored: (i64, i64, f64),
-    pub record_id: i64,
-    pub recorded: (i64, i64, f64),
 }
 
 pub struct Store {

@@ -11,6 +11,8 @@ use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
 
 use super::Store;
+use super::query::{Reader, query_audit};
+use super::sticky_audit::{EvaluationRow, Removals, StickyAudit, StickyReport};
 use super::tokens::{token_history, unexplained_tokens};
 
 /// The stale period, in days, wherever none is given.
@@ -142,9 +144,9 @@ impl Store {
     /// Where the live state is not the one the chain explains: a stored flag that is not the
     /// one its change rows leave (a writer with SQL access who ran `UPDATE flags SET enabled
     /// = 0` changed what is served with no change row), an API token row its change rows do
-    /// not leave (see `unexplained_tokens`), or an assignment whose decision, bucket or
-    /// rollout is not the one its record stored (the first found). One line per
-    /// difference, naming the table, the key and both values; none when the chain explains the
+    /// not leave (see `unexplained_tokens`), or an audit row filed under another context's
+    /// number (the first found; the assignments are [`Store::unexplained_assignments`]'s). One
+    /// line per difference, naming the table, the key and both values; none when the chain explains the
     /// state. Compared at one head of the log: a change made meanwhile starts it again.
     pub fn unexplained_state(&self) -> Result<Vec<String>> {
         for _ in 0..3 {
@@ -190,30 +192,6 @@ impl Store {
                 found.push(format!(
                     "audit_log: row {id}, of {context}, is filed under another context number: \
                      queries by context do not find it"
-                ));
-            }
-            if let Some((flag, context, record)) = self.read_transaction()?.lost_assignment()? {
-                found.push(format!(
-                    "assignments: flag {flag:?}, context {context:?}: stored by record {record}, \
-                     missing from the table, and no audited reset or deletion removed it"
-                ));
-            }
-            if let Some(wrong) = self.read_transaction()?.misrecorded_assignment()? {
-                let shown = |(decision, bucket, pct): (i64, i64, f64)| {
-                    format!(
-                        "decision {}, bucket {bucket}, rollout {}",
-                        decision == 1,
-                        crate::output::percentage(pct)
-                    )
-                };
-                found.push(format!(
-                    "assignments: flag {:?}, context {:?}: {} in the table, {} in record {} that \
-                     stored it",
-                    wrong.flag,
-                    wrong.context_key,
-                    shown(wrong.stored),
-                    shown(wrong.recorded),
-                    wrong.record_id
                 ));
             }
             return Ok(found);
@@ -314,7 +292,7 @@ impl Store {
             while let Some((_, flag)) = forgets.next_if(|(id, _)| *id < row.id) {
                 assignments.remove(&flag);
             }
-            for (flag, assignment) in stored_by(&row, context)? {
+            for (flag, assignment) in EvaluationRow::of(&row, context).stored()? {
                 assignments.insert(flag, (assignment, row.id));
             }
             Ok::<(), Error>(())
@@ -357,26 +335,37 @@ impl Store {
     }
 
     /// Checks what the database cannot: every foreign key holds (an SQLite file edited with
-    /// foreign keys off), and every stored assignment has the evaluation row that stored it,
-    /// written in the same transaction. Returns the number of assignments checked.
-    pub fn check_references(&self) -> Result<i64> {
+    /// foreign keys off).
+    pub fn check_references(&self) -> Result<()> {
+        if let Some((table, row, parent)) = self.read_transaction()?.broken_reference()? {
+            return Err(Error::Inconsistent {
+                path: self.path().to_string(),
+                problem: format!("{table} row {row} refers to a missing row of {parent}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Where the assignments table is not what the decision records stored, less what audited
+    /// resets and flag deletions removed after them: an assignment no record stored (or one
+    /// a later change row removed), one whose decision, bucket, rollout or time is not its
+    /// record's, and one a record stored that is missing (a context silently flipped). Read
+    /// in one snapshot, one context at a time.
+    pub fn unexplained_assignments(&self) -> Result<StickyReport> {
         let tx = self.read_transaction()?;
-        let inconsistent = |problem: String| Error::Inconsistent {
-            path: self.path().to_string(),
-            problem,
+        let mut removals = Removals::default();
+        let changes = AuditQuery {
+            kind: Some("change".to_string()),
+            ascending: true,
+            ..AuditQuery::default()
         };
-        if let Some((table, row, parent)) = tx.broken_reference()? {
-            return Err(inconsistent(format!(
-                "{table} row {row} refers to a missing row of {parent}"
-            )));
-        }
-        if let Some((flag, context)) = tx.unaudited_assignment()? {
-            return Err(inconsistent(format!(
-                "the assignment of flag {flag:?} for context {context:?} has no evaluation row \
-                 that stored it"
-            )));
-        }
-        tx.assignment_count()
+        query_audit(&Reader::Within(&*tx), &changes, |row| {
+            removals.note(&row);
+            Ok::<(), Error>(())
+        })?;
+        let mut audit = StickyAudit::new(removals);
+        tx.for_each_context_item(&mut |starts_context, item| audit.visit(starts_context, item))?;
+        Ok(audit.finish())
     }
 
     /// Verifies the whole audit log of `store`, and that it still contains `checkpoint`.
@@ -539,67 +528,5 @@ impl DecisionWalk {
             ));
         }
         self.found
-    }
-}
-
-/// The assignments an evaluation row stored, as the evaluator reads them back.
-fn stored_by(row: &AuditRow, context: &str) -> Result<Vec<(String, StoredAssignment)>> {
-    let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
-    let detail: serde_json::Value =
-        serde_json::from_str(&row.detail).map_err(|e| unreadable(e.to_string()))?;
-    let stored = |flag: &str, decision: bool, bucket: u8, rollout_pct: f64| {
-        let assignment = StoredAssignment {
-            decision,
-            bucket,
-            rollout_pct,
-            assigned_at: row.ts.clone(),
-        };
-        (flag.to_string(), assignment)
-    };
-    // Read through query_audit, a decision record comes as one of its decisions' rows, with
-    // the record's detail: the detail says which kind of row this is.
-    match (detail["decisions"].as_array(), &row.flag) {
-        // A decision record: every decision marked assigned, with its bucket and rollout.
-        (Some(decisions), _) => decisions
-            .iter()
-            .filter(|d| d["assigned"].as_i64() == Some(1))
-            .map(|d| {
-                let flag = d["flag"]
-                    .as_str()
-                    .ok_or_else(|| unreadable("a decision without flag".into()))?;
-                let bucket = d["bucket"].as_u64().and_then(|b| u8::try_from(b).ok());
-                let pct = d["rollout_pct"].as_str().and_then(|p| p.parse().ok());
-                match (bucket, pct) {
-                    (Some(bucket), Some(pct)) => {
-                        Ok(stored(flag, d["result"].as_i64() == Some(1), bucket, pct))
-                    }
-                    _ => Err(unreadable(format!(
-                        "assignment of {flag:?} without bucket or rollout"
-                    ))),
-                }
-            })
-            .collect(),
-        // A schema-1 row: its own flag, if the row lists it as assigned; the rollout is the
-        // number its reason ends with ("rollout: bucket 14 < 30").
-        (None, None) => Ok(Vec::new()),
-        (None, Some(flag)) => {
-            let listed = detail["assigned"]
-                .as_array()
-                .is_some_and(|names| names.iter().any(|n| n.as_str() == Some(flag)));
-            let pct = row
-                .reason
-                .as_deref()
-                .and_then(|reason| reason.rsplit(' ').next())
-                .and_then(|p| p.parse().ok());
-            Ok(match (listed, pct) {
-                (true, Some(pct)) => vec![stored(
-                    flag,
-                    row.result == Some(1),
-                    crate::eval::bucket(flag, context),
-                    pct,
-                )],
-                _ => Vec::new(),
-            })
-        }
     }
 }

@@ -11,20 +11,6 @@ macro_rules! audit_columns {
 }
 pub(super) use audit_columns;
 
-/// The condition that no change row after the record `s.id` removed the assignment of
-/// `s.flag` for `s.context_key`: a reset of the flag for every context or that one, or the
-/// flag's deletion.
-macro_rules! not_removed_later {
-    () => {
-        "NOT EXISTS (SELECT 1 FROM audit_log c \
-                      WHERE c.flag = s.flag AND c.id > s.id AND c.kind = 'change' \
-                        AND (c.action = 'delete' \
-                             OR (c.action = 'reset_assignments' \
-                                 AND (c.context_key IS NULL OR c.context_key = s.context_key))))"
-    };
-}
-pub(super) use not_removed_later;
-
 pub(super) const SELECT_FLAG_TIMES: &str =
     "SELECT created_at, updated_at FROM flags WHERE name = ?1";
 pub(super) const INSERT_FLAG: &str = "INSERT INTO flags \

@@ -708,6 +708,41 @@ fn check_names_an_assignment_deleted_without_a_reset() {
     );
 }
 
+/// An assignment an audited reset removed, put back by SQL, sends its context the old answer
+/// again: each row is still one some record stored, so check names the reset after it.
+fn check_names_an_assignment_put_back_after_its_reset() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "enrich", "rollout_pct": 30}]}"#);
+    // Python: int(hashlib.md5(b"enrich:k14").hexdigest(), 16) % 100 == 12, under 30: on.
+    env.ok(&["eval", "enrich", "--context", "k14"]);
+    let record = env.count("SELECT max(id) FROM audit_log");
+    env.ok(&[
+        "assignments",
+        "reset",
+        "--flag",
+        "enrich",
+        "--context",
+        "k14",
+    ]);
+    let reset = env.count("SELECT max(id) FROM audit_log");
+    env.ok(&["check"]);
+    env.execute(&format!(
+        "INSERT INTO assignments (flag, context_key, decision, bucket, rollout_pct, assigned_at) \
+         SELECT 'enrich', 'k14', 1, 12, 30, ts FROM audit_log WHERE id = {record}"
+    ))
+    .unwrap();
+    assert_eq!(
+        check_failures(&env),
+        [
+            format!(
+                "assignments: flag \"enrich\", context \"k14\": in the table, but change row \
+                 {reset} removed what record {record} stored"
+            ),
+            "1 difference(s) between the live state and the audit chain (listed above)".to_string(),
+        ]
+    );
+}
+
 /// On SQLite a context's audit rows are found by its number (schema 10), which the hash does
 /// not cover: a row refiled under another context would vanish from `audit --context` and from
 /// the reviewers' view by context. check names it.
@@ -885,6 +920,7 @@ contract_tests! {
     an_export_is_rehashed_by_the_script_as_the_database_is,
     check_names_a_record_decided_by_a_definition_no_change_row_made,
     check_names_an_assignment_deleted_without_a_reset,
+    check_names_an_assignment_put_back_after_its_reset,
     check_names_token_rows_the_chain_does_not_explain,
     check_names_schema_objects_dropped_altered_or_added,
     check_finds_and_repairs_a_flags_missing_decision_index,

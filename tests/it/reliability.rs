@@ -878,8 +878,10 @@ fn check_passes_a_sound_store_and_names_broken_references() {
     assert_eq!(
         env.fails(&["check"]),
         format!(
-            "flagstore: {}: the assignment of flag \"ingest\" for context \"forged\" has no \
-             evaluation row that stored it",
+            "flagstore: {0}: assignments: flag \"ingest\", context \"forged\": in the table, \
+             but no evaluation record stored it\n\
+             flagstore: {0}: 1 difference(s) between the live state and the audit chain (listed \
+             above)",
             env.db.display()
         )
     );

@@ -10,26 +10,8 @@ use crate::error::Result;
 use crate::flag::{Flag, FlagSet};
 use crate::store::backend::{FoundAssignment, Reads, Scan};
 use crate::store::sql;
-use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, query};
-
-/// Every assignment a record says it stored, as `(flag, context_key, ts, id)` of the record:
-/// a decision record's decisions marked `assigned`, parsed once per record, and the list a
-/// schema-1 evaluation row (copied from SQLite) keeps.
-macro_rules! stored_assignments {
-    () => {
-        "SELECT d ->> 'flag' AS flag, l.context_key, l.ts, l.id FROM audit_log l
-          CROSS JOIN LATERAL jsonb_array_elements(
-                CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
-                WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
-          WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1'
-         UNION ALL
-         SELECT s, l.context_key, l.ts, l.id FROM audit_log l
-          CROSS JOIN LATERAL jsonb_array_elements_text(
-                CASE jsonb_typeof(l.detail::jsonb -> 'assigned')
-                WHEN 'array' THEN l.detail::jsonb -> 'assigned' END) s
-          WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL"
-    };
-}
+use crate::store::sticky_audit::{ContextItem, EvaluationRow};
+use crate::store::{AssignmentRow, AssignmentTally, TokenRecord, query};
 
 impl Reads for Postgres {
     fn load_flags(&self) -> Result<FlagSet> {
@@ -228,90 +210,61 @@ impl Reads for Postgres {
         Ok(None)
     }
 
-    fn unaudited_assignment(&self) -> Result<Option<(String, String)>> {
-        Ok(self
-            .query_opt(
-                // Every (flag, context, time) a record says it stored, parsed once per record
-                // and set-subtracted: as NOT EXISTS the planner looked each assignment up in
-                // turn, 7 minutes for 100,000.
-                concat!(
-                    "WITH stored AS (",
-                    stored_assignments!(),
-                    ") SELECT flag, context_key FROM (
-                         SELECT flag, context_key, assigned_at FROM assignments
-                         EXCEPT
-                         SELECT flag, context_key, ts FROM stored) unaudited
-                      LIMIT 1"
-                ),
-                &[],
-            )?
-            .map(|row| (row.get(0), row.get(1))))
+    fn for_each_context_item(
+        &self,
+        visit: &mut dyn FnMut(bool, ContextItem) -> Result<()>,
+    ) -> Result<()> {
+        // Sorted by the server (in its work memory, spilling to disk), streamed here: the
+        // client holds one row at a time. Assignments come first in a context (id NULL).
+        let mut client = self.client.borrow_mut();
+        let mut rows = client
+            .query_raw(
+                "SELECT * FROM (
+                     SELECT context_key, id, flag, ts, result::bigint AS value, reason, detail,
+                            NULL::bigint AS bucket, NULL::double precision AS rollout_pct
+                       FROM audit_log WHERE kind = 'evaluation' AND context_key IS NOT NULL
+                     UNION ALL
+                     SELECT context_key, NULL, flag, assigned_at, decision::bigint, NULL, NULL,
+                            bucket::bigint, rollout_pct
+                       FROM assignments) items
+                  ORDER BY context_key COLLATE \"C\", id NULLS FIRST",
+                std::iter::empty::<&(dyn ToSql + Sync)>(),
+            )
+            .map_err(|e| self.fail(e))?;
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut context: Option<String> = None;
+        while let Some(row) = rows.next().map_err(|e| self.fail(e))? {
+            let key: String = row.get(0);
+            let starts_context = context.as_deref() != Some(key.as_str());
+            let item = match row.get::<_, Option<i64>>(1) {
+                Some(id) => ContextItem::Record(EvaluationRow {
+                    id,
+                    flag: row.get(2),
+                    ts: row.get(3),
+                    context_key: key.clone(),
+                    result: row.get(4),
+                    reason: row.get(5),
+                    detail: row.get(6),
+                }),
+                None => ContextItem::Assignment(AssignmentRow {
+                    flag: row.get(2),
+                    assigned_at: row.get(3),
+                    context_key: key.clone(),
+                    decision: row.get::<_, i64>(4) == 1,
+                    bucket: bucket_of(i32::try_from(row.get::<_, i64>(7)).unwrap_or(i32::MAX)),
+                    rollout_pct: row.get(8),
+                }),
+            };
+            if starts_context {
+                context = Some(key);
+            }
+            visit(starts_context, item)?;
+        }
+        Ok(())
     }
 
     fn misfiled_context(&self) -> Result<Option<(i64, Option<String>)>> {
         Ok(None)
-    }
-
-    fn lost_assignment(&self) -> Result<Option<(String, String, i64)>> {
-        Ok(self
-            .query_opt(
-                // As in unaudited_assignment, set operations first; the few stored decisions
-                // the table lacks are then matched with the change rows that may explain it.
-                concat!(
-                    "WITH stored AS MATERIALIZED (",
-                    stored_assignments!(),
-                    "), missing AS (
-                         SELECT flag, context_key FROM stored
-                         EXCEPT
-                         SELECT flag, context_key FROM assignments)
-                     SELECT s.flag, s.context_key, s.id
-                       FROM missing m
-                       JOIN stored s ON s.flag = m.flag AND s.context_key = m.context_key
-                      WHERE ",
-                    sql::not_removed_later!(),
-                    " ORDER BY s.id LIMIT 1"
-                ),
-                &[],
-            )?
-            .map(|row| (row.get(0), row.get(1), row.get(2))))
-    }
-
-    fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>> {
-        Ok(self
-            .query_opt(
-                // As in unaudited_assignment, set operations first: joined directly, the
-                // planner looked each assignment up in turn (10 minutes for 40,000). The few
-                // assignments that differ are then matched with their records.
-                "WITH stored AS MATERIALIZED (
-                     SELECT d ->> 'flag' AS flag, l.context_key, l.ts, l.id,
-                            (d ->> 'result')::bigint AS decision, (d ->> 'bucket')::bigint AS bucket,
-                            (d ->> 'rollout_pct')::double precision AS rollout_pct
-                       FROM audit_log l
-                      CROSS JOIN LATERAL jsonb_array_elements(
-                            CASE jsonb_typeof(l.detail::jsonb -> 'decisions')
-                            WHEN 'array' THEN l.detail::jsonb -> 'decisions' END) d
-                      WHERE l.kind = 'evaluation' AND l.flag IS NULL AND d ->> 'assigned' = '1'),
-                 differing AS (
-                     SELECT flag, context_key, assigned_at AS ts, decision::bigint AS decision,
-                            bucket::bigint AS bucket, rollout_pct
-                       FROM assignments
-                     EXCEPT
-                     SELECT flag, context_key, ts, decision, bucket, rollout_pct FROM stored)
-                 SELECT w.flag, w.context_key, w.decision, w.bucket, w.rollout_pct,
-                        s.id, s.decision, s.bucket, s.rollout_pct
-                   FROM differing w
-                   JOIN stored s ON s.flag = w.flag AND s.context_key = w.context_key
-                                AND s.ts = w.ts
-                  LIMIT 1",
-                &[],
-            )?
-            .map(|row| Misrecorded {
-                flag: row.get(0),
-                context_key: row.get(1),
-                stored: (row.get(2), row.get(3), row.get(4)),
-                record_id: row.get(5),
-                recorded: (row.get(6), row.get(7), row.get(8)),
-            }))
     }
 
     fn space_by_object(&self) -> Result<Vec<(String, i64)>> {

@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet};
 use crate::store::backend::{FoundAssignment, Reads, Scan};
 use crate::store::sql;
-use crate::store::{AssignmentRow, AssignmentTally, Misrecorded, TokenRecord, query};
+use crate::store::sticky_audit::{ContextItem, EvaluationRow};
+use crate::store::{AssignmentRow, AssignmentTally, TokenRecord, query};
 
 impl Reads for Sqlite {
     fn load_flags(&self) -> Result<FlagSet> {
@@ -256,26 +257,48 @@ impl Reads for Sqlite {
             .optional()?)
     }
 
-    fn unaudited_assignment(&self) -> Result<Option<(String, String)>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT a.flag, c.key FROM assignment_rows a JOIN contexts c ON c.id = a.context_id
-                  WHERE NOT EXISTS (
-                     SELECT 1 FROM audit_log l
-                      WHERE l.context_id = a.context_id AND l.kind = 'evaluation'
-                        AND l.ts = a.assigned_at
-                        AND (EXISTS (SELECT 1 FROM json_each(l.detail, '$.decisions') d
-                                      WHERE json_extract(d.value, '$.flag') = a.flag
-                                        AND json_extract(d.value, '$.assigned') = 1)
-                             -- a schema-1 evaluation row lists what it stored
-                             OR EXISTS (SELECT 1 FROM json_each(l.detail, '$.assigned')
-                                         WHERE value = a.flag)))
-                 LIMIT 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?)
+    fn for_each_context_item(
+        &self,
+        visit: &mut dyn FnMut(bool, ContextItem) -> Result<()>,
+    ) -> Result<()> {
+        // Two ordered scans merged (audit_log_context and the table's key, both by context
+        // number): no sort of the log, whatever its size. Assignments come first in a context
+        // (their id is NULL).
+        let mut statement = self.conn.prepare(
+            "SELECT context_id, id, flag, ts, context_key, result, reason, detail, NULL, NULL
+               FROM audit_log WHERE kind = 'evaluation' AND context_id IS NOT NULL
+             UNION ALL
+             SELECT a.context_id, NULL, a.flag, a.assigned_at, c.key, a.decision, NULL, NULL,
+                    a.bucket, a.rollout_pct
+               FROM assignment_rows a JOIN contexts c ON c.id = a.context_id
+             ORDER BY 1, 2",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut context = None;
+        while let Some(row) = rows.next()? {
+            let number: i64 = row.get(0)?;
+            let item = match row.get::<_, Option<i64>>(1)? {
+                Some(id) => ContextItem::Record(EvaluationRow {
+                    id,
+                    flag: row.get(2)?,
+                    ts: row.get(3)?,
+                    context_key: row.get(4)?,
+                    result: row.get(5)?,
+                    reason: row.get(6)?,
+                    detail: row.get(7)?,
+                }),
+                None => ContextItem::Assignment(AssignmentRow {
+                    flag: row.get(2)?,
+                    assigned_at: row.get(3)?,
+                    context_key: row.get(4)?,
+                    decision: row.get(5)?,
+                    bucket: row.get(8)?,
+                    rollout_pct: row.get(9)?,
+                }),
+            };
+            visit(context.replace(number) != Some(number), item)?;
+        }
+        Ok(())
     }
 
     fn misfiled_context(&self) -> Result<Option<(i64, Option<String>)>> {
@@ -288,69 +311,6 @@ impl Reads for Sqlite {
                   LIMIT 1",
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?)
-    }
-
-    fn lost_assignment(&self) -> Result<Option<(String, String, i64)>> {
-        // Looked up one stored decision at a time: SQLite finds each assignment by its key,
-        // where grouping them first would hold every one in a temporary table.
-        Ok(self
-            .conn
-            .query_row(
-                concat!(
-                    "WITH stored AS (
-                         SELECT json_extract(d.value, '$.flag') AS flag, l.context_key,
-                                l.context_id, l.id
-                           FROM audit_log l, json_each(l.detail, '$.decisions') d
-                          WHERE l.kind = 'evaluation' AND l.flag IS NULL
-                            AND json_extract(d.value, '$.assigned') = 1
-                         UNION ALL
-                         -- a schema-1 evaluation row lists what it stored
-                         SELECT s.value, l.context_key, l.context_id, l.id
-                           FROM audit_log l, json_each(l.detail, '$.assigned') s
-                          WHERE l.kind = 'evaluation' AND l.flag IS NOT NULL)
-                     SELECT s.flag, s.context_key, s.id FROM stored s
-                      WHERE NOT EXISTS (SELECT 1 FROM assignment_rows a
-                                         WHERE a.context_id = s.context_id AND a.flag = s.flag)
-                        AND ",
-                    sql::not_removed_later!(),
-                    " ORDER BY s.id LIMIT 1"
-                ),
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()?)
-    }
-
-    fn misrecorded_assignment(&self) -> Result<Option<Misrecorded>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT a.flag, c.key, a.decision, a.bucket, a.rollout_pct, l.id,
-                        json_extract(d.value, '$.result'), json_extract(d.value, '$.bucket'),
-                        CAST(json_extract(d.value, '$.rollout_pct') AS REAL)
-                   FROM assignment_rows a
-                   JOIN contexts c ON c.id = a.context_id
-                   JOIN audit_log l ON l.context_id = a.context_id AND l.kind = 'evaluation'
-                                   AND l.flag IS NULL AND l.ts = a.assigned_at
-                   JOIN json_each(l.detail, '$.decisions') d
-                     ON json_extract(d.value, '$.flag') = a.flag
-                    AND json_extract(d.value, '$.assigned') = 1
-                  WHERE json_extract(d.value, '$.result') IS NOT a.decision
-                     OR json_extract(d.value, '$.bucket') IS NOT a.bucket
-                     OR CAST(json_extract(d.value, '$.rollout_pct') AS REAL) IS NOT a.rollout_pct
-                  LIMIT 1",
-                [],
-                |row| {
-                    Ok(Misrecorded {
-                        flag: row.get(0)?,
-                        context_key: row.get(1)?,
-                        stored: (row.get(2)?, row.get(3)?, row.get(4)?),
-                        record_id: row.get(5)?,
-                        recorded: (row.get(6)?, row.get(7)?, row.get(8)?),
-                    })
-                },
             )
             .optional()?)
     }
