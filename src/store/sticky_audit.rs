@@ -164,7 +164,7 @@ pub(super) struct StickyAudit {
     more: usize,
 }
 
-/// What [`StickyAudit`] found: the assignments it compared, and one line per difference.
+/// What the walk over the contexts found: the assignments it compared, and one line per difference.
 #[derive(Debug)]
 pub struct StickyReport {
     pub checked: i64,
