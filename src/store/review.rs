@@ -145,9 +145,9 @@ impl Store {
     /// one its change rows leave (a writer with SQL access who ran `UPDATE flags SET enabled
     /// = 0` changed what is served with no change row), an API token row its change rows do
     /// not leave (see `unexplained_tokens`), or an audit row filed under another context's
-    /// number (the first found; the assignments are [`Store::unexplained_assignments`]'s). One
-    /// line per difference, naming the table, the key and both values; none when the chain explains the
-    /// state. Compared at one head of the log: a change made meanwhile starts it again.
+    /// number (the first found; the assignments are [`Store::unexplained_assignments`]'s).
+    /// One line per difference, naming the table, the key and both values; none when the
+    /// chain explains the state. Compared at one head of the log: a change made meanwhile starts it again.
     pub fn unexplained_state(&self) -> Result<Vec<String>> {
         for _ in 0..3 {
             let head = self.read_transaction()?.audit_tail()?;

@@ -124,7 +124,7 @@ impl Removals {
     pub(super) fn note(&mut self, row: &AuditRow) {
         let Some(flag) = &row.flag else { return };
         let newest = match (row.action.as_deref(), &row.context_key) {
-            (Some("delete") | Some("reset_assignments"), None) => {
+            (Some("delete"), _) | (Some("reset_assignments"), None) => {
                 self.every_context.entry(flag.clone()).or_default()
             }
             (Some("reset_assignments"), Some(context)) => self
