@@ -40,8 +40,19 @@ impl EvaluationRow {
         }
     }
 
-    /// The assignments this row stored, as the evaluator reads them back.
+    /// The assignments this row stored, as the evaluator reads them back: a schema-1 row's
+    /// own flag only, when the row lists it.
     pub(super) fn stored(&self) -> Result<Vec<(String, StoredAssignment)>> {
+        Ok(match self.facts()? {
+            Facts::Record(stored) => stored,
+            Facts::Schema1 { own, listed } => own
+                .filter(|(flag, _)| listed.contains(flag))
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    fn facts(&self) -> Result<Facts> {
         let unreadable = |why: String| Error::UnreadableAuditRow { id: self.id, why };
         let detail: serde_json::Value =
             serde_json::from_str(&self.detail).map_err(|e| unreadable(e.to_string()))?;
@@ -76,31 +87,46 @@ impl EvaluationRow {
                         ))),
                     }
                 })
-                .collect(),
-            // A schema-1 row: its own flag, if the row lists it as assigned; the rollout is the
-            // number its reason ends with ("rollout: bucket 14 < 30").
-            (None, None) => Ok(Vec::new()),
+                .collect::<Result<_>>()
+                .map(Facts::Record),
+            (None, None) => Ok(Facts::Record(Vec::new())),
+            // A schema-1 row: the rollout is the number its reason ends with ("rollout: bucket
+            // 14 < 30").
             (None, Some(flag)) => {
-                let listed = detail["assigned"]
-                    .as_array()
-                    .is_some_and(|names| names.iter().any(|n| n.as_str() == Some(flag)));
                 let pct = self
                     .reason
                     .as_deref()
                     .and_then(|reason| reason.rsplit(' ').next())
                     .and_then(|p| p.parse().ok());
-                Ok(match (listed, pct) {
-                    (true, Some(pct)) => vec![stored(
-                        flag,
-                        self.result == Some(1),
-                        crate::eval::bucket(flag, &self.context_key),
-                        pct,
-                    )],
-                    _ => Vec::new(),
+                let listed = detail["assigned"].as_array().map_or(Vec::new(), |names| {
+                    names
+                        .iter()
+                        .filter_map(|name| name.as_str().map(str::to_string))
+                        .collect()
+                });
+                Ok(Facts::Schema1 {
+                    own: pct.map(|pct| {
+                        let bucket = crate::eval::bucket(flag, &self.context_key);
+                        stored(flag, self.result == Some(1), bucket, pct)
+                    }),
+                    listed,
                 })
             }
         }
     }
+}
+
+/// What an evaluation row says was stored.
+enum Facts {
+    /// A decision record's assignments (or none).
+    Record(Vec<(String, StoredAssignment)>),
+    /// A schema-1 row: its own flag's rollout, if a rollout decided it, and the flags its
+    /// request stored while evaluating it, a requirement's too, whose rollout is in the
+    /// requirement's own row of the same request.
+    Schema1 {
+        own: Option<(String, StoredAssignment)>,
+        listed: Vec<String>,
+    },
 }
 
 /// What [`Reads::for_each_context_item`](super::backend::Reads::for_each_context_item)
@@ -154,6 +180,10 @@ pub(super) struct StickyAudit {
     /// The current context's assignments as its records leave them, by flag: the record
     /// that stored each last, and what it stored.
     stored: HashMap<String, (i64, StoredAssignment)>,
+    /// The current context's schema-1 rollouts, by time and flag, and the (time, flag) its
+    /// schema-1 rows list as stored: matched when the context ends.
+    schema1_rollouts: HashMap<(String, String), (i64, StoredAssignment)>,
+    schema1_listed: Vec<(String, String)>,
     /// The current context's rows of the table.
     live: Vec<AssignmentRow>,
     context: Option<String>,
@@ -178,6 +208,8 @@ impl StickyAudit {
         StickyAudit {
             removals,
             stored: HashMap::new(),
+            schema1_rollouts: HashMap::new(),
+            schema1_listed: Vec::new(),
             live: Vec::new(),
             context: None,
             checked: 0,
@@ -194,8 +226,21 @@ impl StickyAudit {
         }
         match item {
             ContextItem::Record(record) => {
-                for (flag, assignment) in record.stored()? {
-                    self.stored.insert(flag, (record.id, assignment));
+                match record.facts()? {
+                    Facts::Record(stored) => {
+                        for (flag, assignment) in stored {
+                            self.stored.insert(flag, (record.id, assignment));
+                        }
+                    }
+                    Facts::Schema1 { own, listed } => {
+                        if let Some((flag, assignment)) = own {
+                            let at = (record.ts.clone(), flag);
+                            self.schema1_rollouts.insert(at, (record.id, assignment));
+                        }
+                        for flag in listed {
+                            self.schema1_listed.push((record.ts.clone(), flag));
+                        }
+                    }
                 }
                 self.context.get_or_insert(record.context_key);
             }
@@ -227,6 +272,17 @@ impl StickyAudit {
         let Some(context) = self.context.take() else {
             return;
         };
+        for at in std::mem::take(&mut self.schema1_listed) {
+            let Some((id, assignment)) = self.schema1_rollouts.get(&at) else {
+                continue;
+            };
+            // Schema-1 rows precede every decision record: a newer record's stays.
+            let (_, flag) = at;
+            if self.stored.get(&flag).is_none_or(|(newer, _)| newer < id) {
+                self.stored.insert(flag, (*id, assignment.clone()));
+            }
+        }
+        self.schema1_rollouts.clear();
         let mut lines = Vec::new();
         for live in std::mem::take(&mut self.live) {
             self.checked += 1;
