@@ -194,7 +194,8 @@ pub(super) struct StickyAudit {
     more: usize,
 }
 
-/// What the walk over the contexts found: the assignments it compared, and one line per difference.
+/// What the walk over the contexts found: the assignments it compared, and one line per
+/// difference.
 #[derive(Debug)]
 pub struct StickyReport {
     pub checked: i64,
@@ -257,7 +258,7 @@ impl StickyAudit {
         if self.more > 0 {
             self.found.push(format!(
                 "assignments: {} more difference{} between the table and the records that \
-                 stored it",
+                 stored them",
                 self.more,
                 if self.more == 1 { "" } else { "s" }
             ));
