@@ -221,11 +221,11 @@ impl Reads for Postgres {
             .query_raw(
                 "SELECT * FROM (
                      SELECT context_key, id, flag, ts, result::bigint AS value, reason, detail,
-                            NULL::bigint AS bucket, NULL::double precision AS rollout_pct
+                            NULL::integer AS bucket, NULL::double precision AS rollout_pct
                        FROM audit_log WHERE kind = 'evaluation' AND context_key IS NOT NULL
                      UNION ALL
                      SELECT context_key, NULL, flag, assigned_at, decision::bigint, NULL, NULL,
-                            bucket::bigint, rollout_pct
+                            bucket, rollout_pct
                        FROM assignments) items
                   ORDER BY context_key COLLATE \"C\", id NULLS FIRST",
                 std::iter::empty::<&(dyn ToSql + Sync)>(),
@@ -251,7 +251,7 @@ impl Reads for Postgres {
                     assigned_at: row.get(3),
                     context_key: key.clone(),
                     decision: row.get::<_, i64>(4) == 1,
-                    bucket: bucket_of(i32::try_from(row.get::<_, i64>(7)).unwrap_or(i32::MAX)),
+                    bucket: bucket_of(row.get(7)),
                     rollout_pct: row.get(8),
                 }),
             };
