@@ -12,7 +12,7 @@ use crate::flag::{Flag, FlagSet};
 
 use super::Store;
 use super::query::{Reader, query_audit};
-use super::sticky_audit::{EvaluationRow, Removals, StickyAudit, StickyReport};
+use super::sticky_audit::{EvaluationRow, Removals, Replay, StickyAudit, StickyReport};
 use super::tokens::{token_history, unexplained_tokens};
 
 /// The stale period, in days, wherever none is given.
@@ -243,34 +243,27 @@ impl Store {
         Ok(Ok(found))
     }
 
-    /// The assignments `context` had just before `until`, replayed from the log: each stored
-    /// by the decision record (or schema-1 evaluation row) that lists it as assigned, and
-    /// forgotten by a later reset of its flag (for every context or this one) or the flag's
-    /// deletion. With each, the id of the row that stored it.
+    /// The assignments `context` had just before `until`, replayed from the log as `check`
+    /// replays them: each stored by the decision record (or schema-1 evaluation row) that
+    /// lists it as assigned, less those a later reset of its flag (for every context or this
+    /// one) or the flag's deletion removed. With each, the id of the row that stored it. Read
+    /// in one snapshot.
     pub fn assignments_as_of(
         &self,
         context: &str,
         until: &str,
     ) -> Result<HashMap<String, (StoredAssignment, i64)>> {
-        let forgetting = AuditQuery {
+        let tx = self.read_transaction()?;
+        let reader = Reader::Within(&*tx);
+        let mut removals = Removals::default();
+        let changes = AuditQuery {
             kind: Some("change".to_string()),
             until: Some(until.to_string()),
             ascending: true,
             ..AuditQuery::default()
         };
-        // (id, flag) of each change that forgets assignments of this context; changes are few.
-        let mut forgets: Vec<(i64, String)> = Vec::new();
-        self.query_audit(&forgetting, |row| {
-            let reaches = match row.action.as_deref() {
-                Some("reset_assignments") => {
-                    row.context_key.as_deref().is_none_or(|k| k == context)
-                }
-                Some("delete") => true,
-                _ => false,
-            };
-            if let (true, Some(flag)) = (reaches, row.flag) {
-                forgets.push((row.id, flag));
-            }
+        query_audit(&reader, &changes, |row| {
+            removals.note(&row);
             Ok::<(), Error>(())
         })?;
         let storing = AuditQuery {
@@ -280,27 +273,22 @@ impl Store {
             ascending: true,
             ..AuditQuery::default()
         };
-        let mut assignments: HashMap<String, (StoredAssignment, i64)> = HashMap::new();
-        let mut forgets = forgets.into_iter().peekable();
+        let mut replay = Replay::default();
         let mut last_record = None;
-        self.query_audit(&storing, |row| {
+        query_audit(&reader, &storing, |row| {
             // A record is shown as a row per decision; its facts are read once.
-            if last_record == Some(row.id) {
-                return Ok(());
-            }
-            last_record = Some(row.id);
-            while let Some((_, flag)) = forgets.next_if(|(id, _)| *id < row.id) {
-                assignments.remove(&flag);
-            }
-            for (flag, assignment) in EvaluationRow::of(&row, context).stored()? {
-                assignments.insert(flag, (assignment, row.id));
+            if last_record != Some(row.id) {
+                last_record = Some(row.id);
+                replay.take(&EvaluationRow::of(&row, context))?;
             }
             Ok::<(), Error>(())
         })?;
-        for (_, flag) in forgets {
-            assignments.remove(&flag);
-        }
-        Ok(assignments)
+        Ok(replay
+            .finish()
+            .into_iter()
+            .filter(|(flag, (id, _))| removals.after(flag, context, *id).is_none())
+            .map(|(flag, (id, assignment))| (flag, (assignment, id)))
+            .collect())
     }
 
     /// The evaluation of `flag` for `context` recorded last before `until` (exclusive), if any.

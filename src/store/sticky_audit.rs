@@ -40,18 +40,6 @@ impl EvaluationRow {
         }
     }
 
-    /// The assignments this row stored, as the evaluator reads them back: a schema-1 row's
-    /// own flag only, when the row lists it.
-    pub(super) fn stored(&self) -> Result<Vec<(String, StoredAssignment)>> {
-        Ok(match self.facts()? {
-            Facts::Record(stored) => stored,
-            Facts::Schema1 { own, listed } => own
-                .filter(|(flag, _)| listed.contains(flag))
-                .into_iter()
-                .collect(),
-        })
-    }
-
     fn facts(&self) -> Result<Facts> {
         let unreadable = |why: String| Error::UnreadableAuditRow { id: self.id, why };
         let detail: serde_json::Value =
@@ -164,7 +152,7 @@ impl Removals {
 
     /// The newest change row after row `record` that removed `flag`'s assignment for
     /// `context`, if any.
-    fn after(&self, flag: &str, context: &str, record: i64) -> Option<i64> {
+    pub(super) fn after(&self, flag: &str, context: &str, record: i64) -> Option<i64> {
         let every = self.every_context.get(flag).copied();
         let one = self
             .one_context
@@ -174,16 +162,62 @@ impl Removals {
     }
 }
 
+/// A context's assignments as its evaluation rows, taken in id order, leave them.
+#[derive(Default)]
+pub(super) struct Replay {
+    /// By flag: the row that stored each last, and what it stored.
+    stored: HashMap<String, (i64, StoredAssignment)>,
+    /// Schema-1 rollouts, by time and flag, and the (time, flag) schema-1 rows list as
+    /// stored: a requirement's rollout is in its own row, its listing in its dependent's, so
+    /// they are paired once every row is in.
+    schema1_rollouts: HashMap<(String, String), (i64, StoredAssignment)>,
+    schema1_listed: Vec<(String, String)>,
+}
+
+impl Replay {
+    pub(super) fn take(&mut self, record: &EvaluationRow) -> Result<()> {
+        match record.facts()? {
+            Facts::Record(stored) => {
+                for (flag, assignment) in stored {
+                    self.stored.insert(flag, (record.id, assignment));
+                }
+            }
+            Facts::Schema1 { own, listed } => {
+                if let Some((flag, assignment)) = own {
+                    let at = (record.ts.clone(), flag);
+                    self.schema1_rollouts.insert(at, (record.id, assignment));
+                }
+                for flag in listed {
+                    self.schema1_listed.push((record.ts.clone(), flag));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the rows taken stored, by flag: the row that stored each last, and what it
+    /// stored. Leaves the replay empty, for the next context.
+    pub(super) fn finish(&mut self) -> HashMap<String, (i64, StoredAssignment)> {
+        for at in std::mem::take(&mut self.schema1_listed) {
+            let Some((id, assignment)) = self.schema1_rollouts.get(&at) else {
+                continue;
+            };
+            // Schema-1 rows precede every decision record: a newer record's stays.
+            let (_, flag) = at;
+            if self.stored.get(&flag).is_none_or(|(newer, _)| newer < id) {
+                self.stored.insert(flag, (*id, assignment.clone()));
+            }
+        }
+        self.schema1_rollouts.clear();
+        std::mem::take(&mut self.stored)
+    }
+}
+
 /// The walk over the contexts: what the chain leaves for each against the table.
 pub(super) struct StickyAudit {
     removals: Removals,
-    /// The current context's assignments as its records leave them, by flag: the record
-    /// that stored each last, and what it stored.
-    stored: HashMap<String, (i64, StoredAssignment)>,
-    /// The current context's schema-1 rollouts, by time and flag, and the (time, flag) its
-    /// schema-1 rows list as stored: matched when the context ends.
-    schema1_rollouts: HashMap<(String, String), (i64, StoredAssignment)>,
-    schema1_listed: Vec<(String, String)>,
+    /// The current context's records.
+    replay: Replay,
     /// The current context's rows of the table.
     live: Vec<AssignmentRow>,
     context: Option<String>,
@@ -208,9 +242,7 @@ impl StickyAudit {
     pub(super) fn new(removals: Removals) -> StickyAudit {
         StickyAudit {
             removals,
-            stored: HashMap::new(),
-            schema1_rollouts: HashMap::new(),
-            schema1_listed: Vec::new(),
+            replay: Replay::default(),
             live: Vec::new(),
             context: None,
             checked: 0,
@@ -227,22 +259,7 @@ impl StickyAudit {
         }
         match item {
             ContextItem::Record(record) => {
-                match record.facts()? {
-                    Facts::Record(stored) => {
-                        for (flag, assignment) in stored {
-                            self.stored.insert(flag, (record.id, assignment));
-                        }
-                    }
-                    Facts::Schema1 { own, listed } => {
-                        if let Some((flag, assignment)) = own {
-                            let at = (record.ts.clone(), flag);
-                            self.schema1_rollouts.insert(at, (record.id, assignment));
-                        }
-                        for flag in listed {
-                            self.schema1_listed.push((record.ts.clone(), flag));
-                        }
-                    }
-                }
+                self.replay.take(&record)?;
                 self.context.get_or_insert(record.context_key);
             }
             ContextItem::Assignment(row) => {
@@ -273,22 +290,12 @@ impl StickyAudit {
         let Some(context) = self.context.take() else {
             return;
         };
-        for at in std::mem::take(&mut self.schema1_listed) {
-            let Some((id, assignment)) = self.schema1_rollouts.get(&at) else {
-                continue;
-            };
-            // Schema-1 rows precede every decision record: a newer record's stays.
-            let (_, flag) = at;
-            if self.stored.get(&flag).is_none_or(|(newer, _)| newer < id) {
-                self.stored.insert(flag, (*id, assignment.clone()));
-            }
-        }
-        self.schema1_rollouts.clear();
+        let mut stored = self.replay.finish();
         let mut lines = Vec::new();
         for live in std::mem::take(&mut self.live) {
             self.checked += 1;
             let flag = &live.flag;
-            let said = match self.stored.remove(flag) {
+            let said = match stored.remove(flag) {
                 None => "in the table, but no evaluation record stored it".to_string(),
                 Some((record, stored)) => match self.removals.after(flag, &context, record) {
                     Some(removal) => format!(
@@ -303,8 +310,7 @@ impl StickyAudit {
             };
             lines.push(format!("flag {flag:?}, context {context:?}: {said}"));
         }
-        let mut lost: Vec<(i64, String)> = self
-            .stored
+        let mut lost: Vec<(i64, String)> = stored
             .drain()
             .filter(|(flag, (record, _))| self.removals.after(flag, &context, *record).is_none())
             .map(|(flag, (record, _))| (record, flag))

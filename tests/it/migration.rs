@@ -273,3 +273,66 @@ fn the_reviewers_query_by_context_reads_through_the_indexes() {
         "{plan:#?}"
     );
 }
+
+/// In schema 1 a row lists every assignment its request stored, a requirement's too (dedupe's
+/// row lists ingest), while the requirement's rollout is in its own row of the request:
+/// `explain --at` pairs them as `check` does. Replayed just after the fixture's last row, every
+/// flag and context gets the assignment the table holds, and none where it holds none.
+#[test]
+fn explain_at_replays_the_assignments_schema_1_rows_stored() {
+    let env = v1_store();
+    let after_the_last_row = "2026-11-25T18:55:01.788Z";
+    assert_eq!(
+        env.texts("SELECT max(ts) FROM audit_log"),
+        ["2026-11-25T18:55:01.787Z"]
+    );
+    // (decision, bucket, rollout, assigned_at); the rollout as a number, 100 and 100.0 alike.
+    let fields = |assignment: &Value| {
+        assignment.as_object().map(|_| {
+            (
+                assignment["decision"].as_bool().unwrap(),
+                assignment["bucket"].as_i64().unwrap(),
+                assignment["rollout_pct"].as_f64().unwrap(),
+                assignment["assigned_at"].as_str().unwrap().to_string(),
+            )
+        })
+    };
+    let in_table = |flag: &str, context: &str| {
+        let rows = env.texts(&format!(
+            "SELECT json_object('decision', json(iif(decision, 'true', 'false')), \
+                    'bucket', bucket, 'rollout_pct', rollout_pct, 'assigned_at', assigned_at) \
+               FROM assignments WHERE flag = '{flag}' AND context_key = '{context}'"
+        ));
+        rows.first()
+            .and_then(|row| fields(&serde_json::from_str(row).unwrap()))
+    };
+    let mut replayed = 0;
+    for flag in env.texts("SELECT name FROM flags ORDER BY name") {
+        for context in env.texts(
+            "SELECT DISTINCT context_key FROM audit_log WHERE context_key IS NOT NULL \
+              ORDER BY context_key",
+        ) {
+            let explained: Value = serde_json::from_str(&env.ok(&[
+                "explain",
+                &flag,
+                "--context",
+                &context,
+                "--at",
+                after_the_last_row,
+                "--json",
+            ]))
+            .unwrap();
+            let assignment = fields(&explained["assignment"]);
+            replayed += usize::from(assignment.is_some());
+            assert_eq!(
+                assignment,
+                in_table(&flag, &context),
+                "{flag} for {context}"
+            );
+        }
+    }
+    assert_eq!(
+        replayed, 15,
+        "the fixture's assignments, one per row of the table"
+    );
+}
