@@ -133,8 +133,9 @@ pub struct VerifyArgs {
     pub public_key: Option<PathBuf>,
     /// With --heads: check only the newest head and the rows after it, trusting the head for
     /// the rows it covers (logarithmic in them instead of linear); their pages are not read
-    /// either (but for --checkpoint, which walks the whole log): `audit verify` without this,
-    /// or `check`, reads every page.
+    /// either, but for the rows from a --checkpoint's row on (every row for --expect-head,
+    /// whose row is found by walking): `audit verify` without this, or `check`, reads every
+    /// page.
     #[arg(long, requires = "heads")]
     pub from_newest_head: bool,
     /// Also require this hash (a head printed earlier) to be in the chain.
@@ -189,10 +190,18 @@ fn print_heads_verified(
         ),
         (Some((_, newest)), true) => format!(
             "audit log verified from the newest head of {} (signed {}, rows 1..={} taken as \
-             signed, their pages not read): {} rows, head {}",
+             signed, {}): {} rows, head {}",
             heads.display(),
             newest.time,
             newest.size,
+            match u64::try_from(held.read_from - 1).unwrap_or(0) {
+                0 => "every row re-hashed to find the checkpoint".to_string(),
+                before if before < newest.size => format!(
+                    "rows {}..={} re-hashed from the checkpoint's row on, pages before it not read",
+                    held.read_from, newest.size
+                ),
+                _ => "their pages not read".to_string(),
+            },
             held.rows,
             held.head
         ),
@@ -242,10 +251,12 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<
             }
             if let (Some(heads), Some(public_key)) = (&verify.heads, &verify.public_key) {
                 let verifier = HeadVerifier::load(public_key)?;
-                let held = store.verify_heads(&verifier, heads, verify.from_newest_head)?;
-                if let Some(checkpoint) = &checkpoint {
-                    store.verify_audit(Some(checkpoint))?;
-                }
+                let held = store.verify_heads(
+                    &verifier,
+                    heads,
+                    verify.from_newest_head,
+                    checkpoint.as_ref(),
+                )?;
                 return print_heads_verified(out, heads, verify.from_newest_head, &held);
             }
             let verified = store.verify_audit(checkpoint.as_ref())?;

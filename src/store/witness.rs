@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::audit::{AuditRow, ChainVerifier};
+use crate::audit::{AuditRow, ChainVerifier, Checkpoint, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::heads::{HeadKey, HeadLines, HeadVerifier, HeadsFile, HexHash, SignedHead, newest_head};
 use crate::merkle::{self, Frontier, Hash};
@@ -22,6 +22,9 @@ const LINK_PAGE: i64 = 5_000;
 pub struct HeadsVerified {
     /// Rows in the store, all verified (or, from the newest head, those after it).
     pub rows: i64,
+    /// The first row re-hashed: 1, or from the newest head the row after it, or the
+    /// checkpoint's row when that comes before.
+    pub read_from: i64,
     /// The hash of the last row.
     pub head: String,
     /// Heads checked: signature, peaks, and the store's rows against them.
@@ -131,21 +134,23 @@ impl Store {
 
     /// Verifies the whole audit log and holds it to every head of the heads file at `heads`:
     /// each signed by `verifier`'s key, larger than the one before, and with the root the
-    /// store's first rows give. `from_newest` checks only the newest head and the rows after
-    /// it, trusting the head for the rows it covers.
+    /// store's first rows give; and, in the same walk, that the log still contains
+    /// `checkpoint`. `from_newest` checks only the newest head and the rows after it,
+    /// trusting the head for the rows it covers.
     pub fn verify_heads(
         &self,
         verifier: &HeadVerifier,
         heads: &Path,
         from_newest: bool,
+        checkpoint: Option<&Checkpoint>,
     ) -> Result<HeadsVerified> {
         if from_newest {
-            return self.verify_after_newest(verifier, heads);
+            return self.verify_after_newest(verifier, heads, checkpoint);
         }
         let mut lines = HeadLines::open(heads)?;
         let mut walk = HeadWalk::new(heads, verifier);
         walk.next_head(&mut lines)?;
-        let verified = self.verify_audit_visiting(None, |row| {
+        let verified = self.verify_audit_visiting(checkpoint, |row| {
             walk.frontier.push(leaf_of(row)?);
             while walk
                 .pending
@@ -171,6 +176,7 @@ impl Store {
         }
         Ok(HeadsVerified {
             rows: verified.rows,
+            read_from: 1,
             head: verified.head,
             heads: walk.checked,
             newest: walk.newest,
@@ -178,18 +184,46 @@ impl Store {
         })
     }
 
-    fn verify_after_newest(&self, verifier: &HeadVerifier, heads: &Path) -> Result<HeadsVerified> {
+    /// The rows after the newest head, linked to its last row. A checkpoint of a row the head
+    /// covers is held by re-hashing from that row on: the rows from it to the head's last
+    /// link its hash to the signed one. A bare hash (`--expect-head`) is found only by
+    /// walking from row 1.
+    fn verify_after_newest(
+        &self,
+        verifier: &HeadVerifier,
+        heads: &Path,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<HeadsVerified> {
         let newest = newest_head(heads)?.ok_or_else(|| Error::BadHeads {
             path: heads.display().to_string(),
             at: "end".into(),
             why: "no head to start from".into(),
         })?;
         let start = self.start_at(heads, &newest, verifier)?;
+        let signed = start.verifier.rows();
+        let chain = match checkpoint.map(|checkpoint| checkpoint.id) {
+            None => start.verifier,
+            Some(Some(row)) if row > signed => start.verifier,
+            Some(None) => ChainVerifier::default(),
+            Some(Some(row)) => {
+                let before = match row - 1 {
+                    0 => Some(GENESIS_HASH.to_string()),
+                    before => self.read_transaction()?.audit_hash(before)?,
+                };
+                // Row 1 and up are stored gaplessly, so the row before one the head covers
+                // is there unless rows were removed, which the walk from row 1 names.
+                before.map_or_else(ChainVerifier::default, |hash| {
+                    ChainVerifier::resume(row - 1, hash)
+                })
+            }
+        };
+        let read_from = chain.rows() + 1;
         let verified = self
-            .verify_chain_from(start.verifier, None, |_| Ok(()))
+            .verify_chain_from(chain, checkpoint, |_| Ok(()))
             .map_err(|e| beyond_head(heads, Some(&newest), e))?;
         Ok(HeadsVerified {
             rows: verified.rows,
+            read_from,
             head: verified.head,
             heads: 1,
             newest: Some((0, newest)),
@@ -339,19 +373,24 @@ impl Start {
 }
 
 /// A chain error met after a head, said as what it means for the head: the rows it signed
-/// were rewritten (the next row no longer links to its last) or cut.
+/// were rewritten (the next row no longer links to its last) or cut. An error in the rows the
+/// head covers (a walk from a checkpoint) names its row as any walk does.
 fn beyond_head(heads: &Path, head: Option<&SignedHead>, error: Error) -> Error {
     match (head, error) {
-        (Some(head), Error::AuditChain { id, why }) => Error::HeadMismatch {
-            path: heads.display().to_string(),
-            at: "newest head".into(),
-            why: format!(
-                "the head signed {} covers rows 1..={} ending in {}; row {id} does not continue \
-                 it: {why}. Rows the head covers were rewritten or removed: see `flagstore audit \
-                 verify --heads`",
-                head.time, head.size, head.last
-            ),
-        },
+        (Some(head), Error::AuditChain { id, why })
+            if u64::try_from(id).is_ok_and(|id| id > head.size) =>
+        {
+            Error::HeadMismatch {
+                path: heads.display().to_string(),
+                at: "newest head".into(),
+                why: format!(
+                    "the head signed {} covers rows 1..={} ending in {}; row {id} does not \
+                     continue it: {why}. Rows the head covers were rewritten or removed: see \
+                     `flagstore audit verify --heads`",
+                    head.time, head.size, head.last
+                ),
+            }
+        }
         (_, error) => error,
     }
 }

@@ -452,8 +452,110 @@ fn a_witness_url_is_handed_every_head() {
     );
 }
 
+/// A checkpoint is held in the walk that holds the heads, whole or from the newest head: from
+/// there, a checkpoint of a row the head covers is reached by re-hashing from its row on (those
+/// rows link it to the head's signed last row), one after the head by the tail walk, and a bare
+/// hash (`--expect-head`) by walking every row. A checkpoint of another log is named, and so is
+/// a row rewritten between the checkpoint and the head; a row before the checkpoint is left to
+/// the whole verify.
+fn a_checkpoint_is_held_in_the_walk_that_holds_the_heads() {
+    let witnessed = Witnessed::new();
+    let checkpoint = |name: &str| {
+        let path = witnessed.env.dir.path().join(name);
+        witnessed
+            .env
+            .ok(&["audit", "checkpoint", "-o", path.to_str().unwrap()]);
+        path.display().to_string()
+    };
+    let early = checkpoint("early.json");
+    let early_row = witnessed.rows();
+    for context in ["d", "e"] {
+        witnessed.ok(&["eval", "--all", "--context", context]);
+    }
+    let signed = witnessed.rows();
+    witnessed
+        .env
+        .ok(&["eval", "ingest", "--context", "unsigned"]);
+    let late = checkpoint("late.json");
+    let rows = witnessed.rows();
+    let verify = |extra: &[&str]| {
+        let mut args = witnessed.verify_args();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        witnessed
+            .env
+            .ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let verify_fails = |extra: &[&str]| {
+        let mut args = witnessed.verify_args();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        witnessed
+            .env
+            .fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let tail = "--from-newest-head";
+
+    assert_eq!(verify(&["--checkpoint", &early]), verify(&[]));
+    let from_early = verify(&[tail, "--checkpoint", &early]);
+    assert!(
+        from_early.contains(&format!(
+            "rows {early_row}..={signed} re-hashed from the checkpoint's row on, pages before \
+             it not read): {rows} rows"
+        )),
+        "{from_early}"
+    );
+    let from_late = verify(&[tail, "--checkpoint", &late]);
+    assert!(
+        from_late.contains(&format!("their pages not read): {rows} rows")),
+        "{from_late}"
+    );
+    let early_hash = witnessed.env.texts(&format!(
+        "SELECT hash FROM audit_log WHERE id = {early_row}"
+    ));
+    let by_hash = verify(&[tail, "--expect-head", &early_hash[0]]);
+    assert!(
+        by_hash.contains("every row re-hashed to find the checkpoint"),
+        "{by_hash}"
+    );
+
+    let foreign = witnessed.env.write(
+        "foreign.json",
+        format!(r#"{{"id": {early_row}, "hash": "{}"}}"#, "ab".repeat(32)),
+    );
+    let foreign = foreign.to_str().unwrap();
+    for mode in [&[][..], &[tail][..]] {
+        let named = verify_fails(&[mode, &["--checkpoint", foreign]].concat());
+        assert!(
+            named.contains(&format!(
+                "does not contain checkpoint {} at row {early_row}",
+                "ab".repeat(32)
+            )),
+            "{mode:?}: {named}"
+        );
+    }
+
+    witnessed.env.tamper(&format!(
+        "UPDATE audit_log SET actor = 'mallory' WHERE id = {}",
+        early_row - 1
+    ));
+    verify(&[tail, "--checkpoint", &early]);
+    let whole = verify_fails(&["--checkpoint", &early]);
+    assert!(whole.contains(&format!("row {}", early_row - 1)), "{whole}");
+    witnessed.env.tamper(&format!(
+        "UPDATE audit_log SET actor = 'mallory' WHERE id = {}",
+        early_row + 1
+    ));
+    let between = verify_fails(&[tail, "--checkpoint", &early]);
+    assert!(
+        between.contains(&format!("row {}", early_row + 1)),
+        "{between}"
+    );
+    let unchecked = verify(&[tail]);
+    assert!(unchecked.contains("their pages not read"), "{unchecked}");
+}
+
 contract_tests!(
     heads_from_writing_commands_verify_and_prove,
+    a_checkpoint_is_held_in_the_walk_that_holds_the_heads,
     a_witness_url_is_handed_every_head,
     a_rewritten_tail_passes_the_chain_but_not_the_heads,
     rows_cut_from_the_end_are_named,
