@@ -323,7 +323,7 @@ fn a_database_from_a_newer_flagstore_is_refused() {
     assert_eq!(
         message,
         format!(
-            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to 10)",
+            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to 11)",
             env.db.display()
         )
     );

@@ -61,7 +61,7 @@ fn a_schema_1_store_migrates_keeping_every_row_and_the_head() {
     assert_eq!(verified, fixture(".verify.txt"));
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        10
+        11
     );
     assert_eq!(assignments(&env), stored);
     assert_eq!(
@@ -224,7 +224,7 @@ fn a_schema_9_store_files_every_row_under_its_contexts_number() {
     let verified = env.ok(&["audit", "verify"]);
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        10
+        11
     );
     assert_eq!(env.texts(view), before);
     assert_eq!(by_context("tenant:acme"), acme);

@@ -202,7 +202,8 @@ pub fn a_store_from_before_definition_order_keeps_the_order_it_showed() {
         env.as_sqlite_schema_9();
     }
     env.execute(
-        "DROP INDEX audit_log_token_changes; \
+        "DROP INDEX IF EXISTS audit_log_changes; \
+         DROP INDEX audit_log_token_changes; \
          ALTER TABLE flag_dependencies DROP COLUMN position; \
          ALTER TABLE flags DROP COLUMN position; \
          DELETE FROM refinery_schema_history WHERE version >= 8; \

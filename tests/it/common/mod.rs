@@ -318,13 +318,14 @@ impl Env {
 
     /// Takes an SQLite store back to schema 9, as the flagstore before schema 10 left it:
     /// audit rows indexed by their key, not by their context's number, and keys without
-    /// assignments unnumbered; the view as schema 3 defined it.
+    /// assignments unnumbered; the view as schema 3 defined it; no index of change rows.
     pub fn as_sqlite_schema_9(&self) {
         assert_eq!(self.backend, Backend::Sqlite);
         let schema_3 = include_str!("../../../migrations/sqlite/V3__api_tokens.sql");
         let view = &schema_3[schema_3.find("CREATE VIEW audit_evaluations").unwrap()..];
         self.execute(&format!(
             "DROP VIEW audit_evaluations; \
+             DROP INDEX audit_log_changes; \
              DROP INDEX audit_log_context; \
              ALTER TABLE audit_log DROP COLUMN context_id; \
              CREATE INDEX audit_log_context ON audit_log (context_key, id); \
