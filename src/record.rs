@@ -16,7 +16,9 @@
 //! The reason text is rendered from those facts by [`decode`] and, identically, by the
 //! `audit_evaluations` view in SQL.
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde::Deserialize;
 
 use crate::eval::{ContextEvaluation, Decision, Source};
 use crate::flag::{Flag, FlagSet};
@@ -28,6 +30,106 @@ pub struct RecordedDecision {
     pub enabled: bool,
     pub source: String,
     pub reason: String,
+}
+
+/// A stored `detail` as its walks read it, without a `serde_json::Value`: `check` reads every
+/// record twice, and a `Value` of each (maps that keep their order) was a third of the command.
+/// Strings are borrowed where they hold no escape. A schema-1 row's detail has no decisions but
+/// the flags its request stored.
+#[derive(Debug, Deserialize)]
+pub struct StoredDetail<'a> {
+    requested: Option<usize>,
+    #[serde(borrow)]
+    decisions: Option<Vec<StoredDecision<'a>>>,
+    assigned: Option<Vec<String>>,
+}
+
+/// One decision of a record as stored, each field as the module's documentation lists it.
+#[derive(Debug, Deserialize)]
+pub struct StoredDecision<'a> {
+    #[serde(borrow)]
+    flag: Option<Cow<'a, str>>,
+    result: Option<i64>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    bucket: Option<u64>,
+    #[serde(borrow)]
+    rollout_pct: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    since: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    requires: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    assigned: Option<i64>,
+}
+
+impl<'a> StoredDetail<'a> {
+    pub fn parse(detail: &'a str) -> Result<StoredDetail<'a>, String> {
+        serde_json::from_str(detail).map_err(|e| e.to_string())
+    }
+
+    /// A decision record's decisions; `None` for a schema-1 row's detail.
+    pub fn decisions(&self) -> Option<&[StoredDecision<'a>]> {
+        self.decisions.as_deref()
+    }
+
+    /// The flags the record was asked for: its first `requested` decisions' (a schema-1 row's
+    /// detail: none).
+    pub fn requested_flags(&self) -> Result<Vec<&str>, String> {
+        let decisions = self.decisions().unwrap_or_default();
+        let requested = self.requested.unwrap_or(0);
+        decisions
+            .iter()
+            .take(requested)
+            .map(StoredDecision::flag)
+            .collect()
+    }
+
+    /// The flags a schema-1 row lists as stored by its request.
+    pub fn schema_1_assigned(&self) -> &[String] {
+        self.assigned.as_deref().unwrap_or_default()
+    }
+
+    fn decisions_or_error(&self) -> Result<&[StoredDecision<'a>], String> {
+        self.decisions()
+            .ok_or_else(|| "no \"decisions\" list".to_string())
+    }
+}
+
+impl StoredDecision<'_> {
+    pub fn flag(&self) -> Result<&str, String> {
+        text(&self.flag, "flag")
+    }
+
+    pub fn on(&self) -> bool {
+        self.result == Some(1)
+    }
+
+    fn source(&self) -> Result<&str, String> {
+        text(&self.source, "source")
+    }
+
+    /// Whether this request stored the flag's assignment.
+    pub fn assigned(&self) -> bool {
+        self.assigned == Some(1)
+    }
+
+    pub fn bucket(&self) -> Option<u8> {
+        self.bucket.and_then(|bucket| u8::try_from(bucket).ok())
+    }
+
+    /// The rollout, as the text the reason prints.
+    pub fn rollout_pct(&self) -> Option<&str> {
+        self.rollout_pct.as_deref()
+    }
+
+    fn first_requirement(&self) -> &str {
+        self.requires
+            .as_ref()
+            .and_then(|chain| chain.first())
+            .map_or("", |name| name)
+    }
 }
 
 /// The `detail` of the record of `evaluation`. Written by hand: it runs for every key of a batch.
@@ -117,13 +219,9 @@ fn push_string(detail: &mut String, text: &str) {
 
 /// The requested decisions of a record, with their reasons, or why the detail is not a record.
 pub fn decode(detail: &str) -> Result<Vec<RecordedDecision>, String> {
-    let value: Value = serde_json::from_str(detail).map_err(|e| e.to_string())?;
-    let requested = value["requested"]
-        .as_u64()
-        .ok_or("no \"requested\" count")? as usize;
-    let decisions = value["decisions"]
-        .as_array()
-        .ok_or("no \"decisions\" list")?;
+    let stored = StoredDetail::parse(detail)?;
+    let requested = stored.requested.ok_or("no \"requested\" count")?;
+    let decisions = stored.decisions_or_error()?;
     if requested > decisions.len() {
         return Err(format!(
             "{requested} requested but {} decisions",
@@ -134,9 +232,9 @@ pub fn decode(detail: &str) -> Result<Vec<RecordedDecision>, String> {
         .iter()
         .map(|decision| {
             Ok(RecordedDecision {
-                flag: text(decision, "flag")?.to_string(),
-                enabled: decision["result"].as_i64() == Some(1),
-                source: text(decision, "source")?.to_string(),
+                flag: decision.flag()?.to_string(),
+                enabled: decision.on(),
+                source: decision.source()?.to_string(),
                 reason: reason(decision, decisions)?,
             })
         })
@@ -149,15 +247,13 @@ pub fn decode(detail: &str) -> Result<Vec<RecordedDecision>, String> {
 /// are held here only to their flag being enabled and its requirements on; their values are
 /// the assignments', which `check` holds to the records that stored them.
 pub fn disagreements(detail: &str, context: &str, flags: &FlagSet) -> Result<Vec<String>, String> {
-    let value: Value = serde_json::from_str(detail).map_err(|e| e.to_string())?;
-    let decisions = value["decisions"]
-        .as_array()
-        .ok_or("no \"decisions\" list")?;
+    let stored = StoredDetail::parse(detail)?;
+    let decisions = stored.decisions_or_error()?;
     let decided_on = |name: &str| {
         decisions
             .iter()
-            .find(|d| d["flag"].as_str() == Some(name))
-            .map(|d| d["result"].as_i64() == Some(1))
+            .find(|d| d.flag.as_deref() == Some(name))
+            .map(StoredDecision::on)
     };
     let first_not_on = |flag: &Flag| {
         flag.requires
@@ -167,9 +263,9 @@ pub fn disagreements(detail: &str, context: &str, flags: &FlagSet) -> Result<Vec
     };
     let mut found = Vec::new();
     for decision in decisions {
-        let name = text(decision, "flag")?;
-        let on = decision["result"].as_i64() == Some(1);
-        let why = match (flags.get(name), text(decision, "source")?) {
+        let name = decision.flag()?;
+        let on = decision.on();
+        let why = match (flags.get(name), decision.source()?) {
             (_, "cycle") => None,
             (None, "unknown") => on.then(|| "an unknown flag is off".to_string()),
             (None, _) => Some("it was not defined".to_string()),
@@ -181,7 +277,7 @@ pub fn disagreements(detail: &str, context: &str, flags: &FlagSet) -> Result<Vec
             },
             (Some(flag), _) if !flag.enabled => Some("it was disabled".to_string()),
             (Some(flag), "dependency") => {
-                let off = decision["requires"][0].as_str().unwrap_or_default();
+                let off = decision.first_requirement();
                 match flag.requires.iter().position(|required| required == off) {
                     _ if on => Some("a flag whose requirement is off is off".to_string()),
                     None => Some(format!(
@@ -201,9 +297,9 @@ pub fn disagreements(detail: &str, context: &str, flags: &FlagSet) -> Result<Vec
             (Some(flag), "rollout") => first_not_on(flag).or_else(|| {
                 let bucket = crate::eval::bucket(name, context);
                 let pct = flag.rollout_pct.to_string();
-                if decision["bucket"].as_u64() != Some(u64::from(bucket)) {
+                if decision.bucket != Some(u64::from(bucket)) {
                     Some(format!("the key's bucket is {bucket}"))
-                } else if decision["rollout_pct"].as_str() != Some(&pct) {
+                } else if decision.rollout_pct() != Some(&pct) {
                     Some(format!("its rollout was {pct}"))
                 } else if on != (f64::from(bucket) < flag.rollout_pct) {
                     Some(format!(
@@ -227,40 +323,35 @@ pub fn disagreements(detail: &str, context: &str, flags: &FlagSet) -> Result<Vec
     Ok(found)
 }
 
-fn text<'a>(decision: &'a Value, field: &str) -> Result<&'a str, String> {
-    decision[field]
-        .as_str()
-        .ok_or_else(|| format!("a decision without {field:?}"))
+fn text<'v>(field: &'v Option<Cow<'_, str>>, name: &str) -> Result<&'v str, String> {
+    field
+        .as_deref()
+        .ok_or_else(|| format!("a decision without {name:?}"))
 }
 
 /// The reason as the evaluator words it, from the stored facts.
-fn reason(decision: &Value, all: &[Value]) -> Result<String, String> {
-    let on = decision["result"].as_i64() == Some(1);
-    let on_off = if on { "on" } else { "off" };
-    Ok(match text(decision, "source")? {
+fn reason(decision: &StoredDecision, all: &[StoredDecision]) -> Result<String, String> {
+    let on_off = if decision.on() { "on" } else { "off" };
+    Ok(match decision.source()? {
         "unknown" => "unknown flag".to_string(),
         "disabled" => "disabled".to_string(),
-        "cycle" => text(decision, "reason")?.to_string(),
+        "cycle" => text(&decision.reason, "reason")?.to_string(),
         "rollout" => format!(
             "rollout: bucket {} {} {}",
-            decision["bucket"]
-                .as_u64()
-                .ok_or("a rollout without bucket")?,
-            if on { "<" } else { ">=" },
-            text(decision, "rollout_pct")?
+            decision.bucket.ok_or("a rollout without bucket")?,
+            if decision.on() { "<" } else { ">=" },
+            text(&decision.rollout_pct, "rollout_pct")?
         ),
-        "sticky" => format!("sticky: {on_off} since {}", text(decision, "since")?),
+        "sticky" => format!("sticky: {on_off} since {}", text(&decision.since, "since")?),
         "dependency" => {
-            let chain: Vec<&str> = decision["requires"]
-                .as_array()
-                .ok_or("a dependency without requires")?
-                .iter()
-                .map(|name| name.as_str().ok_or("a requirement that is not a name"))
-                .collect::<Result<_, _>>()?;
+            let chain = decision
+                .requires
+                .as_deref()
+                .ok_or("a dependency without requires")?;
             let last = chain.last().ok_or("a dependency with no requirement")?;
             let decided = all
                 .iter()
-                .find(|d| d["flag"].as_str() == Some(last))
+                .find(|d| d.flag.as_ref() == Some(last))
                 .ok_or_else(|| format!("requirement {last:?} is not in the record"))?;
             let prefix: String = chain.iter().map(|f| format!("requires {f}: ")).collect();
             prefix + &reason(decided, all)?

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use serde::Deserialize;
+use crate::record::StoredDetail;
 use serde_json::json;
 
 use crate::audit::{AuditRow, Checkpoint, Entry, Verified};
@@ -105,36 +105,16 @@ impl IndexReport {
     }
 }
 
-/// The flags a decision record was asked for: the first `requested` of its decisions.
-#[derive(Deserialize)]
-struct AskedFor {
-    #[serde(default)]
-    requested: usize,
-    /// Absent from schema-1 evaluation rows, which are found by their flag column instead.
-    decisions: Option<Vec<Decided>>,
-}
-
-#[derive(Deserialize)]
-struct Decided {
-    flag: String,
-}
-
+/// The flags a decision record was asked for; none for a schema-1 evaluation row, which is
+/// found by its flag column instead.
 fn flags_asked_for(row: &AuditRow) -> Result<BTreeSet<String>> {
     if row.kind != "evaluation" {
         return Ok(BTreeSet::new());
     }
-    let record: AskedFor =
-        serde_json::from_str(&row.detail).map_err(|e| Error::UnreadableAuditRow {
-            id: row.id,
-            why: e.to_string(),
-        })?;
-    Ok(record
-        .decisions
-        .unwrap_or_default()
-        .into_iter()
-        .take(record.requested)
-        .map(|d| d.flag)
-        .collect())
+    let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
+    let detail = StoredDetail::parse(&row.detail).map_err(unreadable)?;
+    let asked = detail.requested_flags().map_err(unreadable)?;
+    Ok(asked.into_iter().map(str::to_string).collect())
 }
 
 /// Walks the ranges in the order of the records they list, beside the records themselves,

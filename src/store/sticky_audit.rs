@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
 use crate::eval::StoredAssignment;
+use crate::record::StoredDetail;
 
 use super::AssignmentRow;
 
@@ -42,8 +43,7 @@ impl EvaluationRow {
 
     fn facts(&self) -> Result<Facts> {
         let unreadable = |why: String| Error::UnreadableAuditRow { id: self.id, why };
-        let detail: serde_json::Value =
-            serde_json::from_str(&self.detail).map_err(|e| unreadable(e.to_string()))?;
+        let detail = StoredDetail::parse(&self.detail).map_err(unreadable)?;
         let stored = |flag: &str, decision: bool, bucket: u8, rollout_pct: f64| {
             let assignment = StoredAssignment {
                 decision,
@@ -55,21 +55,16 @@ impl EvaluationRow {
         };
         // Read through query_audit, a decision record comes as one of its decisions' rows,
         // with the record's detail: the detail says which kind of row this is.
-        match (detail["decisions"].as_array(), &self.flag) {
+        match (detail.decisions(), &self.flag) {
             // A decision record: every decision marked assigned, with its bucket and rollout.
             (Some(decisions), _) => decisions
                 .iter()
-                .filter(|d| d["assigned"].as_i64() == Some(1))
+                .filter(|d| d.assigned())
                 .map(|d| {
-                    let flag = d["flag"]
-                        .as_str()
-                        .ok_or_else(|| unreadable("a decision without flag".into()))?;
-                    let bucket = d["bucket"].as_u64().and_then(|b| u8::try_from(b).ok());
-                    let pct = d["rollout_pct"].as_str().and_then(|p| p.parse().ok());
-                    match (bucket, pct) {
-                        (Some(bucket), Some(pct)) => {
-                            Ok(stored(flag, d["result"].as_i64() == Some(1), bucket, pct))
-                        }
+                    let flag = d.flag().map_err(unreadable)?;
+                    let pct = d.rollout_pct().and_then(|p| p.parse().ok());
+                    match (d.bucket(), pct) {
+                        (Some(bucket), Some(pct)) => Ok(stored(flag, d.on(), bucket, pct)),
                         _ => Err(unreadable(format!(
                             "assignment of {flag:?} without bucket or rollout"
                         ))),
@@ -86,18 +81,12 @@ impl EvaluationRow {
                     .as_deref()
                     .and_then(|reason| reason.rsplit(' ').next())
                     .and_then(|p| p.parse().ok());
-                let listed = detail["assigned"].as_array().map_or(Vec::new(), |names| {
-                    names
-                        .iter()
-                        .filter_map(|name| name.as_str().map(str::to_string))
-                        .collect()
-                });
                 Ok(Facts::Schema1 {
                     own: pct.map(|pct| {
                         let bucket = crate::eval::bucket(flag, &self.context_key);
                         stored(flag, self.result == Some(1), bucket, pct)
                     }),
-                    listed,
+                    listed: detail.schema_1_assigned().to_vec(),
                 })
             }
         }
