@@ -175,12 +175,8 @@ fn head_to_prove_against(heads: &Path, size: Option<u64>) -> Result<SignedHead> 
     }
 }
 
-fn print_heads_verified(
-    out: &mut impl Write,
-    heads: &Path,
-    from_newest: bool,
-    held: &HeadsVerified,
-) -> Result<Outcome> {
+/// What `audit verify --heads` says it held.
+fn heads_verified_line(heads: &Path, from_newest: bool, held: &HeadsVerified) -> String {
     let mut text = match (&held.newest, from_newest) {
         (None, _) => format!(
             "audit log verified: {} rows, head {}; {} holds no head yet: no row is signed",
@@ -228,46 +224,50 @@ fn print_heads_verified(
     if held.torn_line {
         text.push_str("; its last line was cut short (not a head; the next publisher removes it)");
     }
-    writeln!(out, "{text}").map_err(stdout_error)?;
+    text
+}
+
+/// `audit verify`: the chain (and the heads, given), and every page unless from the newest
+/// head; its line is printed once all of it held.
+fn verify(store: &Store, out: &mut impl Write, args: &VerifyArgs) -> Result<Outcome> {
+    let checkpoint = match (&args.expect_head, &args.checkpoint) {
+        (Some(hash), _) => Some(Checkpoint {
+            id: None,
+            hash: hash.clone(),
+        }),
+        (None, Some(path)) => Some(read_checkpoint(path)?),
+        (None, None) => None,
+    };
+    let walk = || -> Result<String> {
+        if let (Some(heads), Some(public_key)) = (&args.heads, &args.public_key) {
+            let verifier = HeadVerifier::load(public_key)?;
+            let held =
+                store.verify_heads(&verifier, heads, args.from_newest_head, checkpoint.as_ref())?;
+            return Ok(heads_verified_line(heads, args.from_newest_head, &held));
+        }
+        let verified = store.verify_audit(checkpoint.as_ref())?;
+        Ok(format!(
+            "audit log verified: {} rows, head {}",
+            verified.rows, verified.head
+        ))
+    };
+    // From a head, only the rows after it are read: a check of every page would make the
+    // cheap, frequent check cost as much as the whole one.
+    let line = if args.from_newest_head {
+        walk()?
+    } else {
+        store.with_storage_checked(true, walk)?.1
+    };
+    writeln!(out, "{line}").map_err(stdout_error)?;
     Ok(Outcome::Success)
 }
 
 /// Runs an `audit` subcommand, or a query when none is given.
 pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<Outcome> {
     match &args.command {
-        Some(AuditCommand::Verify(verify)) => globals.with_store(&verify.db, |store| {
-            let checkpoint = match (&verify.expect_head, &verify.checkpoint) {
-                (Some(hash), _) => Some(Checkpoint {
-                    id: None,
-                    hash: hash.clone(),
-                }),
-                (None, Some(path)) => Some(read_checkpoint(path)?),
-                (None, None) => None,
-            };
-            // From a head, only the rows after it are read: a check of every page would make
-            // the cheap, frequent check cost as much as the whole one.
-            if !verify.from_newest_head {
-                store.check_storage(true)?;
-            }
-            if let (Some(heads), Some(public_key)) = (&verify.heads, &verify.public_key) {
-                let verifier = HeadVerifier::load(public_key)?;
-                let held = store.verify_heads(
-                    &verifier,
-                    heads,
-                    verify.from_newest_head,
-                    checkpoint.as_ref(),
-                )?;
-                return print_heads_verified(out, heads, verify.from_newest_head, &held);
-            }
-            let verified = store.verify_audit(checkpoint.as_ref())?;
-            writeln!(
-                out,
-                "audit log verified: {} rows, head {}",
-                verified.rows, verified.head
-            )
-            .map_err(stdout_error)?;
-            Ok(Outcome::Success)
-        }),
+        Some(AuditCommand::Verify(args)) => {
+            globals.with_store(&args.db, |store| verify(store, out, args))
+        }
         Some(AuditCommand::Export(export)) => globals.with_store(&export.db, |store| {
             store.for_each_audit_row(export.after.max(0) + 1, |row| {
                 writeln!(out, "{}", row.stored_json()).map_err(stdout_error)

@@ -54,9 +54,10 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<
 
 /// Checks `store`; with `repair_actor`, first adds what the index misses, as that actor.
 fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) -> Result<Outcome> {
-    let storage = store.check_storage(false)?;
-    store.check_references()?;
-    let (verified, mut index, decisions) = store.verify_audit_for_check(None)?;
+    let (storage, (verified, mut index, decisions)) = store.with_storage_checked(false, || {
+        store.check_references()?;
+        store.verify_audit_for_check(None)
+    })?;
     if let Some(actor) = repair_actor
         && !index.missing.is_empty()
     {

@@ -10,10 +10,10 @@ use crate::error::{Error, Result};
 use crate::eval::StoredAssignment;
 use crate::flag::{Flag, FlagSet};
 
-use super::Store;
 use super::query::{Reader, query_audit};
 use super::sticky_audit::{EvaluationRow, Removals, Replay, StickyAudit, StickyReport};
 use super::tokens::{token_history, unexplained_tokens};
+use super::{Location, Store};
 
 /// The stale period, in days, wherever none is given.
 pub const DEFAULT_STALE_DAYS: u32 = 30;
@@ -320,6 +320,39 @@ impl Store {
     /// checked, in words.
     pub fn check_storage(&self, quick: bool) -> Result<&'static str> {
         self.read_transaction()?.check_storage(quick)
+    }
+
+    /// [`Store::check_storage`] on a connection of its own, on another thread, while `work`
+    /// runs on this one: the check reads the whole file, and beside work that reads it too
+    /// it takes little time of its own on a second core. A damaged page is the error, before
+    /// whatever `work` met (maybe the same damage, said less clearly). Where there is no file
+    /// to check (PostgreSQL) or to open again (a store in memory), or no thread to be had, the
+    /// check runs first, as alone.
+    pub fn with_storage_checked<T>(
+        &self,
+        quick: bool,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<(&'static str, T)> {
+        let sequential = |work: Box<dyn FnOnce() -> Result<T> + '_>| {
+            let storage = self.check_storage(quick)?;
+            Ok((storage, work()?))
+        };
+        let Some(location @ Location::Sqlite(_)) = self.location() else {
+            return sequential(Box::new(work));
+        };
+        std::thread::scope(|scope| {
+            let checker = std::thread::Builder::new().spawn_scoped(scope, move || {
+                Store::open_existing(location)?.check_storage(quick)
+            });
+            let Ok(checker) = checker else {
+                return sequential(Box::new(work));
+            };
+            let worked = work();
+            let storage = checker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            Ok((storage, worked?))
+        })
     }
 
     /// Checks what the database cannot: every foreign key holds (an SQLite file edited with
