@@ -333,25 +333,31 @@ impl Store {
         quick: bool,
         work: impl FnOnce() -> Result<T>,
     ) -> Result<(&'static str, T)> {
-        let sequential = |work: Box<dyn FnOnce() -> Result<T> + '_>| {
-            let storage = self.check_storage(quick)?;
-            Ok((storage, work()?))
-        };
-        let Some(location @ Location::Sqlite(_)) = self.location() else {
-            return sequential(Box::new(work));
+        let file = match self.location() {
+            Some(location @ Location::Sqlite(_)) => Some(location),
+            _ => None,
         };
         std::thread::scope(|scope| {
-            let checker = std::thread::Builder::new().spawn_scoped(scope, move || {
-                Store::open_existing(location)?.check_storage(quick)
+            let checker = file.and_then(|location| {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || {
+                        Store::open_existing(location)?.check_storage(quick)
+                    })
+                    .ok()
             });
-            let Ok(checker) = checker else {
-                return sequential(Box::new(work));
-            };
-            let worked = work();
-            let storage = checker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            Ok((storage, worked?))
+            match checker {
+                Some(checker) => {
+                    let worked = work();
+                    let storage = checker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                    Ok((storage, worked?))
+                }
+                None => {
+                    let storage = self.check_storage(quick)?;
+                    Ok((storage, work()?))
+                }
+            }
         })
     }
 
