@@ -81,24 +81,35 @@ impl Witnessed {
             .collect()
     }
 
-    fn verify(&self) -> String {
+    /// `run` given `audit verify --heads ... EXTRA`, run without the signing key.
+    fn run_verify<T>(&self, extra: &[&str], run: impl Fn(&Env, &[&str]) -> T) -> T {
         let args = self.verify_args();
-        self.env
-            .ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        let args: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        run(&self.env, &args)
     }
 
-    /// `audit verify --heads ... --from-newest-head`, run without the signing key.
+    fn verify_with(&self, extra: &[&str]) -> String {
+        self.run_verify(extra, Env::ok)
+    }
+
+    fn verify_refused_with(&self, extra: &[&str]) -> String {
+        self.run_verify(extra, Env::fails)
+    }
+
+    fn verify(&self) -> String {
+        self.verify_with(&[])
+    }
+
     fn verify_from_newest_head(&self) -> String {
-        let mut args = self.verify_args();
-        args.push("--from-newest-head".into());
-        self.env
-            .ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        self.verify_with(&["--from-newest-head"])
     }
 
     fn verify_fails(&self) -> String {
-        let args = self.verify_args();
-        self.env
-            .fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        self.verify_refused_with(&[])
     }
 
     /// The reviewer's script on `args`: its exit code and what it said.
@@ -478,20 +489,8 @@ fn a_checkpoint_is_held_in_the_walk_that_holds_the_heads() {
         .ok(&["eval", "ingest", "--context", "unsigned"]);
     let late = checkpoint("late.json");
     let rows = witnessed.rows();
-    let verify = |extra: &[&str]| {
-        let mut args = witnessed.verify_args();
-        args.extend(extra.iter().map(|arg| arg.to_string()));
-        witnessed
-            .env
-            .ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
-    let verify_fails = |extra: &[&str]| {
-        let mut args = witnessed.verify_args();
-        args.extend(extra.iter().map(|arg| arg.to_string()));
-        witnessed
-            .env
-            .fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let verify = |extra: &[&str]| witnessed.verify_with(extra);
+    let verify_fails = |extra: &[&str]| witnessed.verify_refused_with(extra);
     let tail = "--from-newest-head";
 
     assert_eq!(verify(&["--checkpoint", &early]), verify(&[]));
