@@ -16,8 +16,6 @@
 //! The reason text is rendered from those facts by [`decode`] and, identically, by the
 //! `audit_evaluations` view in SQL.
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 
 use crate::eval::{ContextEvaluation, Decision, Source};
@@ -32,45 +30,37 @@ pub struct RecordedDecision {
     pub reason: String,
 }
 
-/// A stored `detail` as its walks read it, without a `serde_json::Value`: `check` reads every
-/// record twice, and a `Value` of each (maps that keep their order) was a third of the command.
-/// Strings are borrowed where they hold no escape. A schema-1 row's detail has no decisions but
-/// the flags its request stored.
+/// A stored `detail` as its walks read it, into fields, not a `serde_json::Value`: `check`
+/// reads every record twice, and a `Value` of each (maps that keep their order) was a third
+/// of the command. A schema-1 row's detail has no decisions but the flags its request stored.
 #[derive(Debug, Deserialize)]
-pub struct StoredDetail<'a> {
+pub struct StoredDetail {
     requested: Option<usize>,
-    #[serde(borrow)]
-    decisions: Option<Vec<StoredDecision<'a>>>,
+    decisions: Option<Vec<StoredDecision>>,
     assigned: Option<Vec<String>>,
 }
 
 /// One decision of a record as stored, each field as the module's documentation lists it.
 #[derive(Debug, Deserialize)]
-pub struct StoredDecision<'a> {
-    #[serde(borrow)]
-    flag: Option<Cow<'a, str>>,
+pub struct StoredDecision {
+    flag: Option<String>,
     result: Option<i64>,
-    #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
+    source: Option<String>,
     bucket: Option<u64>,
-    #[serde(borrow)]
-    rollout_pct: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    since: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    requires: Option<Vec<Cow<'a, str>>>,
-    #[serde(borrow)]
-    reason: Option<Cow<'a, str>>,
+    rollout_pct: Option<String>,
+    since: Option<String>,
+    requires: Option<Vec<String>>,
+    reason: Option<String>,
     assigned: Option<i64>,
 }
 
-impl<'a> StoredDetail<'a> {
-    pub fn parse(detail: &'a str) -> Result<StoredDetail<'a>, String> {
+impl StoredDetail {
+    pub fn parse(detail: &str) -> Result<StoredDetail, String> {
         serde_json::from_str(detail).map_err(|e| e.to_string())
     }
 
     /// A decision record's decisions; `None` for a schema-1 row's detail.
-    pub fn decisions(&self) -> Option<&[StoredDecision<'a>]> {
+    pub fn decisions(&self) -> Option<&[StoredDecision]> {
         self.decisions.as_deref()
     }
 
@@ -91,13 +81,13 @@ impl<'a> StoredDetail<'a> {
         self.assigned.as_deref().unwrap_or_default()
     }
 
-    fn decisions_or_error(&self) -> Result<&[StoredDecision<'a>], String> {
+    fn decisions_or_error(&self) -> Result<&[StoredDecision], String> {
         self.decisions()
             .ok_or_else(|| "no \"decisions\" list".to_string())
     }
 }
 
-impl StoredDecision<'_> {
+impl StoredDecision {
     pub fn flag(&self) -> Result<&str, String> {
         text(&self.flag, "flag")
     }
@@ -323,7 +313,7 @@ pub fn disagreements(detail: &str, context: &str, flags: &FlagSet) -> Result<Vec
     Ok(found)
 }
 
-fn text<'v>(field: &'v Option<Cow<'_, str>>, name: &str) -> Result<&'v str, String> {
+fn text<'v>(field: &'v Option<String>, name: &str) -> Result<&'v str, String> {
     field
         .as_deref()
         .ok_or_else(|| format!("a decision without {name:?}"))
