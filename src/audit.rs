@@ -81,6 +81,17 @@ pub struct AuditQuery {
 pub const KINDS: [&str; 2] = ["evaluation", "change"];
 
 impl AuditQuery {
+    /// Every change row in id order, those before `until` when given: what a replay of the
+    /// flags' history or of the assignments' removals reads.
+    pub fn changes(until: Option<&str>) -> AuditQuery {
+        AuditQuery {
+            kind: Some("change".to_string()),
+            until: until.map(str::to_string),
+            ascending: true,
+            ..AuditQuery::default()
+        }
+    }
+
     /// Refuses a query no row could match because of a mistake, so that a reviewer's typo is
     /// an error naming the value, not a page that looks like "no records": an unknown kind,
     /// a negative cursor, `since` after `until`.

@@ -130,14 +130,10 @@ impl Store {
 
     /// The flag definitions the change rows (before `until`, or all of them) leave.
     fn replayed_flags(&self, until: Option<&str>) -> Result<FlagSet> {
-        let changes = AuditQuery {
-            kind: Some("change".to_string()),
-            until: until.map(str::to_string),
-            ascending: true,
-            ..AuditQuery::default()
-        };
         let mut flags = FlagSet::new();
-        self.query_audit(&changes, |row| replay_change(&mut flags, &row))?;
+        self.query_audit(&AuditQuery::changes(until), |row| {
+            replay_change(&mut flags, &row)
+        })?;
         Ok(flags)
     }
 
@@ -255,17 +251,7 @@ impl Store {
     ) -> Result<HashMap<String, (StoredAssignment, i64)>> {
         let tx = self.read_transaction()?;
         let reader = Reader::Within(&*tx);
-        let mut removals = Removals::default();
-        let changes = AuditQuery {
-            kind: Some("change".to_string()),
-            until: Some(until.to_string()),
-            ascending: true,
-            ..AuditQuery::default()
-        };
-        query_audit(&reader, &changes, |row| {
-            removals.note(&row);
-            Ok::<(), Error>(())
-        })?;
+        let removals = Removals::read(&reader, Some(until))?;
         let storing = AuditQuery {
             context: Some(context.to_string()),
             kind: Some("evaluation".to_string()),
@@ -380,16 +366,7 @@ impl Store {
     /// in one snapshot, one context at a time.
     pub fn unexplained_assignments(&self) -> Result<StickyReport> {
         let tx = self.read_transaction()?;
-        let mut removals = Removals::default();
-        let changes = AuditQuery {
-            kind: Some("change".to_string()),
-            ascending: true,
-            ..AuditQuery::default()
-        };
-        query_audit(&Reader::Within(&*tx), &changes, |row| {
-            removals.note(&row);
-            Ok::<(), Error>(())
-        })?;
+        let removals = Removals::read(&Reader::Within(&*tx), None)?;
         let mut audit = StickyAudit::new(removals);
         tx.for_each_context_item(&mut |starts_context, item| audit.visit(starts_context, item))?;
         Ok(audit.finish())

@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 
-use crate::audit::AuditRow;
+use crate::audit::{AuditQuery, AuditRow};
 use crate::error::{Error, Result};
 use crate::eval::StoredAssignment;
 use crate::record::StoredDetail;
 
 use super::AssignmentRow;
+use super::query::{Reader, query_audit};
 
 /// The columns of an evaluation row that say what it stored.
 #[derive(Debug, Clone)]
@@ -119,12 +120,23 @@ pub(super) enum ContextItem {
 #[derive(Debug, Default)]
 pub(super) struct Removals {
     every_context: HashMap<String, i64>,
-    one_context: HashMap<(String, String), i64>,
+    /// By flag, then context: looked up by borrowed names, once per assignment `check` reads.
+    one_context: HashMap<String, HashMap<String, i64>>,
 }
 
 impl Removals {
+    /// The change rows of the log through `reader`, before `until` when given.
+    pub(super) fn read(reader: &Reader, until: Option<&str>) -> Result<Removals> {
+        let mut removals = Removals::default();
+        query_audit(reader, &AuditQuery::changes(until), |row| {
+            removals.note(&row);
+            Ok::<(), Error>(())
+        })?;
+        Ok(removals)
+    }
+
     /// Takes note of change row `row` if it removes assignments.
-    pub(super) fn note(&mut self, row: &AuditRow) {
+    fn note(&mut self, row: &AuditRow) {
         let Some(flag) = &row.flag else { return };
         let newest = match (row.action.as_deref(), &row.context_key) {
             (Some("delete"), _) | (Some("reset_assignments"), None) => {
@@ -132,7 +144,9 @@ impl Removals {
             }
             (Some("reset_assignments"), Some(context)) => self
                 .one_context
-                .entry((flag.clone(), context.clone()))
+                .entry(flag.clone())
+                .or_default()
+                .entry(context.clone())
                 .or_default(),
             _ => return,
         };
@@ -145,7 +159,8 @@ impl Removals {
         let every = self.every_context.get(flag).copied();
         let one = self
             .one_context
-            .get(&(flag.to_string(), context.to_string()))
+            .get(flag)
+            .and_then(|by_context| by_context.get(context))
             .copied();
         every.max(one).filter(|&removal| removal > record)
     }
