@@ -141,20 +141,24 @@ def verify_consistency(first, second, first_root, second_root, proof):
 
 
 def read_heads(path):
-    heads = []
+    """The heads of a heads file with their line numbers, and the numbers of the lines cut
+    short: a publisher stopped while writing a line leaves it without the brace that ends
+    every head (the next publisher ends it with a line break); it was never published."""
+    heads, cut_short = [], []
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
-            if not line.endswith(b"\n"):
-                break  # cut short by a crash while being written: never published
+            if not line.endswith(b"}\n"):
+                cut_short.append(number)
+                continue
             try:
                 heads.append((number, json.loads(line)))
             except ValueError as error:
                 fail(f"{path}: line {number}: not a signed head ({error})")
-    return heads
+    return heads, cut_short
 
 
 def check_heads(path, public_key_path, key_id):
-    heads = read_heads(path)
+    heads, cut_short = read_heads(path)
     before = 0
     for number, head in heads:
         check_head(f"{path}: line {number}", head, public_key_path, key_id)
@@ -162,7 +166,7 @@ def check_heads(path, public_key_path, key_id):
             fail(f"{path}: line {number}: size {head['size']} is not above the head before it "
                  f"({before})")
         before = head["size"]
-    return heads
+    return heads, cut_short
 
 
 def check_proof(path, public_key_path, key_id, heads_path):
@@ -179,7 +183,7 @@ def check_proof(path, public_key_path, key_id, heads_path):
         held = verify_consistency(old_size, size, old_root, root, hashes)
         what = f"the tree of rows 1..={size} extends that of rows 1..={old_size}"
         if heads_path:
-            earlier = [head for _, head in check_heads(heads_path, public_key_path, key_id)
+            earlier = [head for _, head in check_heads(heads_path, public_key_path, key_id)[0]
                        if head["size"] == old_size]
             if not earlier:
                 fail(f"{heads_path}: no signed head of size {old_size} to hold the proof to")
@@ -210,9 +214,11 @@ def main():
     if not args.proofs:
         if not args.heads:
             parser.error("give a heads file, proofs, or both")
-        heads = check_heads(args.heads, args.public_key, key_id)
+        heads, cut_short = check_heads(args.heads, args.public_key, key_id)
         newest = f", the newest covers rows 1..={heads[-1][1]['size']}" if heads else ""
-        print(f"heads verified: {len(heads)} signed heads by key {key_id}{newest}")
+        passed = "".join(f"; line {number} was cut short (a publisher stopped while writing "
+                         "it): not a head" for number in cut_short)
+        print(f"heads verified: {len(heads)} signed heads by key {key_id}{newest}{passed}")
     for path in args.proofs:
         check_proof(path, args.public_key, key_id, args.heads)
 

@@ -276,7 +276,8 @@ pub struct HeadsFile {
 impl HeadsFile {
     /// Opens (creating) and locks the heads file at `path`, waiting for another publisher to
     /// finish. A last line cut short by a crash (never fsynced whole, so never published) is
-    /// removed.
+    /// ended with a line break, not cut from the file: a witness's file may be append-only,
+    /// where nothing may shorten it, and readers pass over such a line (see [`cut_short`]).
     pub fn open(path: &Path) -> Result<HeadsFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -289,17 +290,14 @@ impl HeadsFile {
             path: path.to_path_buf(),
             file,
         };
-        heads.drop_torn_line()?;
+        heads.seal_torn_line()?;
         Ok(heads)
     }
 
-    fn drop_torn_line(&mut self) -> Result<()> {
+    fn seal_torn_line(&mut self) -> Result<()> {
         let whole = whole_lines_len(&mut self.file, &self.path)?;
         if whole < file_len(&self.file, &self.path)? {
-            self.file
-                .set_len(whole)
-                .and_then(|()| self.file.sync_all())
-                .map_err(|source| write_error(&self.path, source))?;
+            self.write_durably(b"\n")?;
         }
         Ok(())
     }
@@ -313,32 +311,65 @@ impl HeadsFile {
     pub fn append(&mut self, head: &SignedHead) -> Result<()> {
         let mut line = head.line();
         line.push('\n');
+        self.write_durably(line.as_bytes())
+    }
+
+    fn write_durably(&mut self, bytes: &[u8]) -> Result<()> {
         self.file
-            .write_all(line.as_bytes())
+            .write_all(bytes)
             .and_then(|()| self.file.sync_data())
             .map_err(|source| write_error(&self.path, source))
     }
 }
 
 /// The newest head of the heads file at `path`, read without writing to it (a reviewer's
-/// copy may be read-only); a last line cut short is not a head.
+/// copy may be read-only); a line cut short is not a head.
 pub fn newest_head(path: &Path) -> Result<Option<SignedHead>> {
     let mut file = File::open(path).map_err(|source| read_error(path, source))?;
     newest_in(&mut file, path)
 }
 
+/// The last line that is not cut short, read back from the end in pieces, each byte once: a
+/// run of lines cut short costs no more than reading them.
 fn newest_in(file: &mut File, path: &Path) -> Result<Option<SignedHead>> {
-    let end = whole_lines_len(file, path)?;
-    if end == 0 {
-        return Ok(None);
+    // `tail` holds the file's bytes from offset `start` to the end of the line being looked
+    // at, line break included: each line found cut short is dropped from its end.
+    let mut start = whole_lines_len(file, path)?;
+    let mut tail = Vec::new();
+    loop {
+        let body = &tail[..tail.len().saturating_sub(1)];
+        let line_start = body.iter().rposition(|&b| b == b'\n').map(|at| at + 1);
+        if line_start.is_none() && start > 0 {
+            if body.len() as u64 > MAX_LINE_BYTES {
+                return Err(Error::BadHeads {
+                    path: path.display().to_string(),
+                    at: format!("byte {start}"),
+                    why: format!("a line longer than {MAX_LINE_BYTES} bytes: not a heads file"),
+                });
+            }
+            let piece_start = start.saturating_sub(MAX_LINE_BYTES);
+            let mut piece = vec![0u8; (start - piece_start) as usize];
+            read_at(file, path, piece_start, &mut piece)?;
+            piece.append(&mut tail);
+            (start, tail) = (piece_start, piece);
+            continue;
+        }
+        let line_start = line_start.unwrap_or(0);
+        match &body[line_start..] {
+            [] if tail.is_empty() => return Ok(None),
+            line if cut_short(line) => tail.truncate(line_start),
+            line => return parse_head(path, None, line).map(Some),
+        }
     }
-    let line_start = match last_newline_before(file, path, end - 1)? {
-        Some(newline) => newline + 1,
-        None => 0,
-    };
-    let mut line = vec![0u8; (end - 1 - line_start) as usize];
-    read_at(file, path, line_start, &mut line)?;
-    parse_head(path, None, &line).map(Some)
+}
+
+/// Whether a line of a heads file (without its line break) was cut short by a publisher
+/// stopped while writing it, and later sealed with a line break: every head's line ends with
+/// the brace that closes its object, and no cut-short line does (what a crash leaves of the
+/// line, or the zeros a file system may show in its place). Such a line was never published;
+/// a reader passes over it and says so.
+fn cut_short(line: &[u8]) -> bool {
+    line.last() != Some(&b'}')
 }
 
 fn file_len(file: &File, path: &Path) -> Result<u64> {
@@ -383,14 +414,14 @@ fn read_at(file: &mut File, path: &Path, offset: u64, buffer: &mut [u8]) -> Resu
 /// a reviewer's memory.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
 
-/// The heads of a file, in order, each with its line number. A last line cut short by a crash
-/// is not a head (it was never published): the iterator ends before it and says so in
-/// [`HeadLines::torn`].
+/// The heads of a file, in order, each with its line number. A line cut short by a crash is
+/// not a head (it was never published): the iterator passes over it and names it in
+/// [`HeadLines::cut_short`].
 pub struct HeadLines {
     path: PathBuf,
     reader: BufReader<File>,
     number: usize,
-    torn: bool,
+    cut_short: Vec<usize>,
 }
 
 impl HeadLines {
@@ -400,13 +431,14 @@ impl HeadLines {
             path: path.to_path_buf(),
             reader: BufReader::new(file),
             number: 0,
-            torn: false,
+            cut_short: Vec::new(),
         })
     }
 
-    /// Whether the file ended in a line cut short.
-    pub fn torn(&self) -> bool {
-        self.torn
+    /// The numbers of the lines read so far that were cut short, the file's last line too
+    /// when it has no line break yet.
+    pub fn cut_short(&self) -> &[usize] {
+        &self.cut_short
     }
 }
 
@@ -414,28 +446,33 @@ impl Iterator for HeadLines {
     type Item = Result<(usize, SignedHead)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut line = Vec::new();
-        let mut bounded = (&mut self.reader).take(MAX_LINE_BYTES + 1);
-        if let Err(source) = bounded.read_until(b'\n', &mut line) {
-            return Some(Err(read_error(&self.path, source)));
-        }
-        if line.len() as u64 > MAX_LINE_BYTES {
-            return Some(Err(Error::BadHeads {
-                path: self.path.display().to_string(),
-                at: format!("line {}", self.number + 1),
-                why: format!("longer than {MAX_LINE_BYTES} bytes: not a signed head"),
-            }));
-        }
-        match line.pop() {
-            None => None,
-            Some(b'\n') => {
-                self.number += 1;
-                Some(parse_head(&self.path, Some(self.number), &line).map(|h| (self.number, h)))
+        loop {
+            let mut line = Vec::new();
+            let mut bounded = (&mut self.reader).take(MAX_LINE_BYTES + 1);
+            if let Err(source) = bounded.read_until(b'\n', &mut line) {
+                return Some(Err(read_error(&self.path, source)));
             }
-            Some(_) => {
-                self.torn = true;
-                None
+            if line.len() as u64 > MAX_LINE_BYTES {
+                return Some(Err(Error::BadHeads {
+                    path: self.path.display().to_string(),
+                    at: format!("line {}", self.number + 1),
+                    why: format!("longer than {MAX_LINE_BYTES} bytes: not a signed head"),
+                }));
             }
+            if line.is_empty() {
+                return None;
+            }
+            self.number += 1;
+            if line.pop() != Some(b'\n') {
+                self.cut_short.push(self.number);
+                return None;
+            }
+            if cut_short(&line) {
+                self.cut_short.push(self.number);
+                continue;
+            }
+            let number = self.number;
+            return Some(parse_head(&self.path, Some(number), &line).map(|h| (number, h)));
         }
     }
 }
@@ -543,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_head_is_the_last_whole_line_and_a_torn_one_is_dropped() {
+    fn lines_cut_short_are_sealed_and_passed_over() {
         let dir = tempfile::tempdir().unwrap();
         let key = HeadKey::generate(&dir.path().join("k")).unwrap();
         let path = dir.path().join("heads.jsonl");
@@ -555,15 +592,51 @@ mod tests {
         assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(9));
         drop(heads);
 
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(br#"{"size":12,"ro"#).unwrap();
-        let mut lines = HeadLines::open(&path).unwrap();
-        let seen: Vec<(usize, u64)> = lines
-            .by_ref()
-            .map(|head| head.map(|(line, head)| (line, head.size)).unwrap())
-            .collect();
-        assert!(lines.torn());
-        assert_eq!(seen, [(1, 1), (2, 3), (3, 9)]);
+        let crash = |leaves: &[u8]| {
+            let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+            file.write_all(leaves).unwrap();
+        };
+        let read_all = || {
+            let mut lines = HeadLines::open(&path).unwrap();
+            let seen: Vec<(usize, u64)> = lines
+                .by_ref()
+                .map(|head| head.map(|(line, head)| (line, head.size)).unwrap())
+                .collect();
+            (seen, lines.cut_short().to_vec())
+        };
+        crash(br#"{"size":12,"ro"#);
+        assert_eq!(read_all(), (vec![(1, 1), (2, 3), (3, 9)], vec![4]));
+        let before_sealing = std::fs::read(&path).unwrap();
+        let mut heads = HeadsFile::open(&path).unwrap();
+        let mut sealed = before_sealing.clone();
+        sealed.push(b'\n');
+        assert_eq!(std::fs::read(&path).unwrap(), sealed);
+        assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(9));
+        heads.append(&signed(&key, 12)).unwrap();
+        drop(heads);
+        assert_eq!(read_all(), (vec![(1, 1), (2, 3), (3, 9), (5, 12)], vec![4]));
+
+        // Crashes in a row, one leaving zeros where its line was to be: the newest head is
+        // found before them, and a publisher seals only the last (the others have breaks).
+        crash(b"{\"size\":13\n\0\0\0");
+        assert_eq!(newest_head(&path).unwrap().map(|h| h.size), Some(12));
+        assert_eq!(read_all().1, [4, 6, 7]);
+        let mut heads = HeadsFile::open(&path).unwrap();
+        assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(12));
+        heads.append(&signed(&key, 14)).unwrap();
+        assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(14));
+        drop(heads);
+        assert_eq!(
+            read_all(),
+            (
+                vec![(1, 1), (2, 3), (3, 9), (5, 12), (8, 14)],
+                vec![4, 6, 7]
+            )
+        );
+        // Read back past a long run of them, in pieces: the head before them is found.
+        crash(&b"{\"size\":15,\"root\"\n".repeat(20_000));
+        assert_eq!(newest_head(&path).unwrap().map(|h| h.size), Some(14));
+        assert_eq!(read_all().1.len(), 3 + 20_000);
 
         let long = dir.path().join("long.jsonl");
         std::fs::write(&long, vec![b' '; 100_000]).unwrap();
@@ -575,11 +648,8 @@ mod tests {
         );
         let refused = newest_head(&long).unwrap_err().to_string();
         assert!(refused.ends_with("no line break in its last 65536 bytes: not a heads file"));
-        // A publisher neither signs onto it nor cuts it short as a torn line.
+        // A publisher neither signs onto it nor seals it as a line cut short.
         assert!(HeadsFile::open(&long).is_err());
         assert_eq!(std::fs::metadata(&long).unwrap().len(), 100_000);
-        let mut heads = HeadsFile::open(&path).unwrap();
-        assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(9));
-        assert!(std::fs::read(&path).unwrap().ends_with(b"}\n"));
     }
 }

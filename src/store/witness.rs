@@ -31,8 +31,8 @@ pub struct HeadsVerified {
     pub heads: usize,
     /// The newest head and its line in the heads file.
     pub newest: Option<(usize, SignedHead)>,
-    /// The heads file ended in a line cut short (a publisher stopped while writing it).
-    pub torn_line: bool,
+    /// The lines of the heads file cut short (a publisher stopped while writing them).
+    pub cut_short: Vec<usize>,
 }
 
 /// An inclusion proof of one row, or a consistency proof between two sizes, in the tree of
@@ -180,7 +180,7 @@ impl Store {
             head: verified.head,
             heads: walk.checked,
             newest: walk.newest,
-            torn_line: lines.torn(),
+            cut_short: lines.cut_short().to_vec(),
         })
     }
 
@@ -227,7 +227,7 @@ impl Store {
             head: verified.head,
             heads: 1,
             newest: Some((0, newest)),
-            torn_line: false,
+            cut_short: Vec::new(),
         })
     }
 

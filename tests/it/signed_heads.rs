@@ -630,3 +630,99 @@ fn a_signing_key_needs_a_heads_file_and_a_bad_key_writes_nothing() {
     assert_eq!(env.snapshot(), before);
     assert!(!env.dir.path().join("h.jsonl").exists());
 }
+
+/// `chattr +a` on a file for as long as it lives: the append-only attribute, which lets a
+/// process append and nothing else (not even root may shorten the file while it is set).
+struct AppendOnly<'a>(&'a std::path::Path);
+
+impl<'a> AppendOnly<'a> {
+    /// `None`, and why, where the attribute cannot be set (not root, a file system without it).
+    fn set(path: &'a std::path::Path) -> Result<AppendOnly<'a>, String> {
+        match Command::new("chattr").arg("+a").arg(path).output() {
+            Ok(done) if done.status.success() => Ok(AppendOnly(path)),
+            Ok(done) => Err(String::from_utf8_lossy(&done.stderr).trim_end().to_string()),
+            Err(e) => Err(format!("chattr: {e}")),
+        }
+    }
+}
+
+impl Drop for AppendOnly<'_> {
+    fn drop(&mut self) {
+        let cleared = Command::new("chattr").arg("-a").arg(self.0).status();
+        assert!(cleared.is_ok_and(|status| status.success()), "chattr -a");
+    }
+}
+
+/// The README recommends an append-only mount for the heads file. A publisher stopped while
+/// writing a head leaves a line cut short; the next one must carry on without shortening the
+/// file, and every reader must take the line for what it is: no head.
+#[test]
+fn a_line_cut_short_in_an_append_only_heads_file_is_sealed_not_cut() {
+    let witnessed = Witnessed::new();
+    let heads = &witnessed.signing.heads;
+    let whole = std::fs::read(heads).unwrap();
+    let signed_before = witnessed.heads().last().unwrap()["size"].as_u64().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(heads)
+        .unwrap();
+    std::io::Write::write_all(&mut file, br#"{"size":99,"root":"ab"#).unwrap();
+    drop(file);
+    let append_only = match AppendOnly::set(heads) {
+        Ok(append_only) => append_only,
+        Err(why) => {
+            eprintln!("skipped: the append-only heads file: chattr +a failed: {why}");
+            return;
+        }
+    };
+    let cut_line = whole.iter().filter(|&&b| b == b'\n').count() + 1;
+    let cut_short = format!(
+        "; line {cut_line} was cut short (a publisher stopped while writing it): not a head"
+    );
+    let said = witnessed.verify();
+    assert!(said.trim_end().ends_with(&cut_short), "{said}");
+
+    witnessed.ok(&["eval", "--all", "--context", "after-the-crash"]);
+    witnessed.ok(&["eval", "--all", "--context", "and-again"]);
+    let now = std::fs::read(heads).unwrap();
+    assert!(now.starts_with(&whole), "the heads signed before were kept");
+    let later: Vec<&[u8]> = now[whole.len()..].split(|&b| b == b'\n').collect();
+    assert_eq!(later[0], br#"{"size":99,"root":"ab"#, "sealed as it was");
+    assert_eq!(
+        later.len(),
+        4,
+        "the sealed line, two heads, and nothing after the last break"
+    );
+    let newest: serde_json::Value = serde_json::from_slice(later[2]).unwrap();
+    assert_eq!(newest["size"], witnessed.rows());
+
+    let said = witnessed.verify();
+    assert!(
+        said.contains(&format!("covers rows 1..={}", witnessed.rows()))
+            && said.trim_end().ends_with(&cut_short),
+        "{said}"
+    );
+    assert!(
+        witnessed
+            .verify_from_newest_head()
+            .contains("audit log verified")
+    );
+    let (code, said) = witnessed.script(&["--heads", heads.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.ends_with(&cut_short), "{said}");
+    // Proofs find their heads on either side of the sealed line.
+    let heads = heads.to_str().unwrap();
+    for size in [
+        None,
+        Some(signed_before),
+        Some(newest["size"].as_u64().unwrap()),
+    ] {
+        let size = size.map(|size| size.to_string());
+        let mut args = vec!["audit", "prove", "1", "--heads", heads];
+        args.extend(size.iter().flat_map(|size| ["--size", size.as_str()]));
+        let proof = witnessed.env.write("proof.json", witnessed.ok(&args));
+        let (code, said) = witnessed.script(&[proof.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{args:?}: {said}");
+    }
+    drop(append_only);
+}
