@@ -54,10 +54,13 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<
 
 /// Checks `store`; with `repair_actor`, first adds what the index misses, as that actor.
 fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) -> Result<Outcome> {
-    let (storage, (verified, mut index, decisions)) = store.with_storage_checked(false, || {
-        store.check_references()?;
-        store.verify_audit_for_check(None)
-    })?;
+    let (storage, (assignments, (verified, mut index, decisions))) =
+        store.with_storage_checked(false, || {
+            store.beside(Store::unexplained_assignments, || {
+                store.check_references()?;
+                store.verify_audit_for_check(None)
+            })
+        })?;
     if let Some(actor) = repair_actor
         && !index.missing.is_empty()
     {
@@ -77,7 +80,6 @@ fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) ->
         index.missing.clear();
     }
     let mut differences = store.unexplained_state()?;
-    let assignments = store.unexplained_assignments()?;
     differences.extend(assignments.differences);
     differences.extend(index.lines());
     differences.extend(decisions);

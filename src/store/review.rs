@@ -308,40 +308,54 @@ impl Store {
         self.read_transaction()?.check_storage(quick)
     }
 
-    /// [`Store::check_storage`] on a connection of its own, on another thread, while `work`
-    /// runs on this one: the check reads the whole file, and beside work that reads it too
-    /// it takes little time of its own on a second core. A damaged page is the error, before
-    /// whatever `work` met (maybe the same damage, said less clearly). Where there is no file
-    /// to check (PostgreSQL) or to open again (a store in memory), or no thread to be had, the
-    /// check runs first, as alone.
+    /// [`Store::check_storage`] beside `work` (see [`Store::beside`]): the check reads the
+    /// whole file, and beside work that reads it too it takes little time of its own on a
+    /// second core. A damaged page is the error, before whatever `work` met (maybe the same
+    /// damage, said less clearly). Where there is no file to check (PostgreSQL) the check
+    /// runs first, as alone.
     pub fn with_storage_checked<T>(
         &self,
         quick: bool,
         work: impl FnOnce() -> Result<T>,
     ) -> Result<(&'static str, T)> {
-        let file = match self.location() {
-            Some(location @ Location::Sqlite(_)) => Some(location),
-            _ => None,
-        };
+        let check = |store: &Store| store.check_storage(quick);
+        match self.location() {
+            Some(Location::Sqlite(_)) => self.beside(check, work),
+            _ => {
+                let storage = check(self)?;
+                Ok((storage, work()?))
+            }
+        }
+    }
+
+    /// Runs `other` on a connection of its own to this store, on another thread, while `work`
+    /// runs on this one: for reviews that each read much of the store, which a second core
+    /// then serves at once. Each sees its own snapshot, as steps in their own transactions
+    /// would. `other`'s error comes first. Where there is no connection to open again (a store
+    /// in memory), or no thread to be had, `other` runs first on this one.
+    pub fn beside<U: Send, T>(
+        &self,
+        other: impl Fn(&Store) -> Result<U> + Sync,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<(U, T)> {
         std::thread::scope(|scope| {
-            let checker = file.and_then(|location| {
+            let other = &other;
+            let thread = self.location().and_then(|location| {
                 std::thread::Builder::new()
-                    .spawn_scoped(scope, move || {
-                        Store::open_existing(location)?.check_storage(quick)
-                    })
+                    .spawn_scoped(scope, move || other(&Store::open_existing(location)?))
                     .ok()
             });
-            match checker {
-                Some(checker) => {
+            match thread {
+                Some(thread) => {
                     let worked = work();
-                    let storage = checker
+                    let beside = thread
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-                    Ok((storage, worked?))
+                    Ok((beside, worked?))
                 }
                 None => {
-                    let storage = self.check_storage(quick)?;
-                    Ok((storage, work()?))
+                    let beside = other(self)?;
+                    Ok((beside, work()?))
                 }
             }
         })
