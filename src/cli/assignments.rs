@@ -63,7 +63,7 @@ pub fn run(
         AssignmentsCommand::List(args) => {
             let (flag, context) = (args.flag.as_deref(), args.context.as_deref());
             let format = if args.json { Format::Json } else { args.format };
-            globals.with_store(&args.db, |store| match format {
+            globals.reading(&args.db, |store| match format {
                 Format::Table => {
                     // Column widths come from every row, so the table holds them all; JSON
                     // streams, for listings too long to hold.

@@ -277,15 +277,15 @@ fn verify(store: &Store, out: &mut impl Write, args: &VerifyArgs) -> Result<Outc
 pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<Outcome> {
     match &args.command {
         Some(AuditCommand::Verify(args)) => {
-            globals.with_store(&args.db, |store| verify(store, out, args))
+            globals.reading(&args.db, |store| verify(store, out, args))
         }
-        Some(AuditCommand::Export(export)) => globals.with_store(&export.db, |store| {
+        Some(AuditCommand::Export(export)) => globals.reading(&export.db, |store| {
             store.for_each_audit_row(export.after.max(0) + 1, |row| {
                 writeln!(out, "{}", row.stored_json()).map_err(stdout_error)
             })?;
             Ok(Outcome::Success)
         }),
-        Some(AuditCommand::Prove(prove)) => globals.with_store(&prove.db, |store| {
+        Some(AuditCommand::Prove(prove)) => globals.reading(&prove.db, |store| {
             let signed = match &prove.heads {
                 None => None,
                 Some(path) => Some(head_to_prove_against(path, prove.size)?),
@@ -301,7 +301,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<
             writeln!(out, "{json}").map_err(stdout_error)?;
             Ok(Outcome::Success)
         }),
-        Some(AuditCommand::Checkpoint(checkpoint)) => globals.with_store(&checkpoint.db, |store| {
+        Some(AuditCommand::Checkpoint(checkpoint)) => globals.reading(&checkpoint.db, |store| {
             let verified = store.verify_audit(None)?;
             let anchor = Checkpoint {
                 id: Some(verified.rows),
@@ -316,7 +316,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &AuditArgs) -> Result<
         }),
         None => {
             let actor = globals.actor_filter(&args.actor);
-            let next_page = globals.with_store(&args.db, |store| {
+            let next_page = globals.reading(&args.db, |store| {
                 audit_query(store, out, args, actor.as_deref())
             })?;
             if let Some(cursor) = next_page {

@@ -27,7 +27,7 @@ pub struct BackupArgs {
 }
 
 pub fn run(globals: &Globals, out: &mut impl Write, args: &BackupArgs) -> Result<Outcome> {
-    globals.with_store(&args.db, |store| {
+    globals.reading(&args.db, |store| {
         store.backup_to(&args.output)?;
         writeln!(
             out,

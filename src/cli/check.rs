@@ -49,7 +49,12 @@ pub struct CheckArgs {
 
 pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<Outcome> {
     let actor = args.repair_index.then(|| globals.writer(&args.actor));
-    globals.with_store(&args.db, |store| check(store, out, actor.as_deref()))
+    let checked = |store: &mut Store| check(store, out, actor.as_deref());
+    if args.repair_index {
+        globals.with_store(&args.db, checked)
+    } else {
+        globals.reading(&args.db, checked)
+    }
 }
 
 /// Checks `store`; with `repair_actor`, first adds what the index misses, as that actor.

@@ -41,7 +41,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &CopyArgs) -> Result<O
         None => args.db.clone(),
     };
     let destination = Location::parse(&args.to);
-    globals.with_store(&source, |store| {
+    globals.reading(&source, |store| {
         let report = store.copy_to_location(&destination)?;
         writeln!(
             out,

@@ -30,7 +30,7 @@ pub struct ExplainArgs {
 }
 
 pub fn run(globals: &Globals, out: &mut impl Write, args: &ExplainArgs) -> Result<Outcome> {
-    let report = globals.with_store(&args.db, |store| {
+    let report = globals.reading(&args.db, |store| {
         explain(store, &args.flag, &args.context, args.at.as_deref())
     })?;
     let text = if args.json {

@@ -23,7 +23,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(globals: &Globals, out: &mut impl Write, args: &ExportArgs) -> Result<Outcome> {
-    let flags = globals.with_store(&args.db, |store| store.flags())?;
+    let flags = globals.reading(&args.db, |store| store.flags())?;
     let json = Document::from_flags(&flags).to_json();
     match &args.output {
         Some(path) => write_atomically(path, json.as_bytes())?,

@@ -132,7 +132,7 @@ fn percentage(value: &str) -> std::result::Result<f64, String> {
 pub fn run(globals: &Globals, out: &mut impl Write, command: FlagCommand) -> Result<Outcome> {
     let text = match command {
         FlagCommand::List(args) if args.stale => {
-            let stale = globals.with_store(&args.db, |store| store.stale_flags(args.stale_days))?;
+            let stale = globals.reading(&args.db, |store| store.stale_flags(args.stale_days))?;
             if args.json {
                 format!("{}\n", serde_json::to_string_pretty(&stale).expect("json"))
             } else {
@@ -140,7 +140,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, command: FlagCommand) -> Res
             }
         }
         FlagCommand::List(args) => {
-            let flags = globals.with_store(&args.db, |store| store.flags())?;
+            let flags = globals.reading(&args.db, |store| store.flags())?;
             if args.json {
                 let list: Vec<&Flag> = flags.iter().collect();
                 format!(
@@ -151,7 +151,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, command: FlagCommand) -> Res
                 flag_table(&flags)
             }
         }
-        FlagCommand::Show(args) => globals.with_store(&args.db, |store| {
+        FlagCommand::Show(args) => globals.reading(&args.db, |store| {
             let Some(record) = store.flag(&args.name)? else {
                 return Err(store.unknown_flag(&args.name)?);
             };

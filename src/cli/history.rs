@@ -25,7 +25,7 @@ pub struct HistoryArgs {
 }
 
 pub fn run(globals: &Globals, out: &mut impl Write, args: &HistoryArgs) -> Result<Outcome> {
-    globals.with_store(&args.db, |store| history(store, out, args))
+    globals.reading(&args.db, |store| history(store, out, args))
 }
 
 fn history(store: &Store, out: &mut impl Write, args: &HistoryArgs) -> Result<Outcome> {

@@ -35,7 +35,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &ImportArgs) -> Result
     let document = Document::read(&args.file)?;
     let actor = globals.writer(&args.actor);
     if args.dry_run {
-        return match globals.with_store(&args.db, |store| {
+        return match globals.reading(&args.db, |store| {
             report(store, out, &actor, args, &document)
         }) {
             // What would change in a store that does not exist yet, without creating one.

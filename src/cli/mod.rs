@@ -244,14 +244,14 @@ impl Globals {
         self.witnessed(&mut store, work)
     }
 
-    /// Runs `work` on `store`, then, when a signing key is given and `work` added audit rows,
-    /// publishes a signed head over them. The key is read first: a command that cannot sign
-    /// what it writes writes nothing.
     /// The signing key and heads file given, loaded; `None` when none is.
     fn witness(&self) -> Result<Option<Witness>> {
         self.witness.load()
     }
 
+    /// Runs `work` on `store`, then, when a signing key is given and `work` added audit rows,
+    /// publishes a signed head over them. The key is read first: a command that cannot sign
+    /// what it writes writes nothing.
     fn witnessed<T>(
         &self,
         store: &mut Store,
@@ -276,7 +276,7 @@ impl Globals {
         witnessed_work().map_err(|e: Error| e.at_database(store.path()))
     }
 
-    /// Runs `work` on the store of a command that reads or evaluates: it must exist.
+    /// Runs `work` on the store of a command that evaluates or changes it: it must exist.
     fn with_store<T>(
         &self,
         local: &DbOption,
@@ -284,6 +284,19 @@ impl Globals {
     ) -> Result<T> {
         let mut store = self.open_existing(local)?;
         self.witnessed(&mut store, work)
+    }
+
+    /// Runs `work` on the store of a command that only reads it, which must exist. No signing
+    /// key is read: there is nothing to sign, and a reviewer may share the operator's
+    /// environment without the key, which is the operator's alone.
+    fn reading<T>(
+        &self,
+        local: &DbOption,
+        work: impl FnOnce(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        let mut store = self.open_existing(local)?;
+        let done = work(&mut store);
+        done.map_err(|e| e.at_database(store.path()))
     }
 
     /// The store of a command that reads or evaluates, which must exist.

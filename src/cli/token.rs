@@ -67,7 +67,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, command: TokenCommand) -> Re
             writeln!(out, "{secret}").map_err(stdout_error)?;
         }
         TokenCommand::List(args) => {
-            let tokens = globals.with_store(&args.db, |store| store.tokens())?;
+            let tokens = globals.reading(&args.db, |store| store.tokens())?;
             let rows = tokens
                 .into_iter()
                 .map(|t| {

@@ -726,3 +726,61 @@ fn a_line_cut_short_in_an_append_only_heads_file_is_sealed_not_cut() {
     }
     drop(append_only);
 }
+
+/// A reviewer may share the operator's environment but never the private key, which is the
+/// operator's alone: every command that only reads works without it and leaves the store as
+/// it was, and one that writes is still refused before it writes.
+#[test]
+fn commands_that_only_read_need_no_signing_key() {
+    let witnessed = Witnessed::new();
+    let path = |name: &str| witnessed.env.dir.path().join(name).display().to_string();
+    let (heads, public_key) = (path("heads.jsonl"), path("heads.key.pub"));
+    let (missing_key, pipeline) = (path("operators-only.key"), path("pipeline.json"));
+    let (backup, copy) = (path("backup.db"), path("copy.db"));
+    let reviewer = [
+        ("FLAGSTORE_SIGNING_KEY", missing_key.as_str()),
+        ("FLAGSTORE_HEADS", heads.as_str()),
+    ];
+    let before = witnessed.env.snapshot();
+    let heads_before = std::fs::read(&heads).unwrap();
+    let reading: [&[&str]; 17] = [
+        &[
+            "audit",
+            "verify",
+            "--heads",
+            &heads,
+            "--public-key",
+            &public_key,
+        ],
+        &["audit", "prove", "1", "--heads", &heads],
+        &["audit", "--limit", "1"],
+        &["audit", "export"],
+        &["audit", "checkpoint"],
+        &["explain", "enrich", "--context", "b"],
+        &["history", "enrich"],
+        &["flag", "list"],
+        &["flag", "list", "--stale"],
+        &["flag", "show", "enrich"],
+        &["export"],
+        &["assignments", "list"],
+        &["check"],
+        &["token", "list"],
+        &["import", "--dry-run", &pipeline],
+        &["backup", "--output", &backup],
+        &["copy", "--to", &copy],
+    ];
+    for args in reading {
+        let output = witnessed.cmd().envs(reviewer).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(witnessed.env.snapshot(), before);
+    assert_eq!(std::fs::read(&heads).unwrap(), heads_before);
+
+    let refused = witnessed.fails_with(&reviewer, &["eval", "ingest", "--context", "new"]);
+    assert!(refused.contains("operators-only.key"), "{refused}");
+    assert_eq!(witnessed.env.snapshot(), before);
+}
