@@ -277,7 +277,7 @@ impl HeadsFile {
     /// Opens (creating) and locks the heads file at `path`, waiting for another publisher to
     /// finish. A last line cut short by a crash (never fsynced whole, so never published) is
     /// ended with a line break, not cut from the file: a witness's file may be append-only,
-    /// where nothing may shorten it, and readers pass over such a line (see [`cut_short`]).
+    /// where nothing may shorten it, and readers pass over such a line (see [`HeadLines`]).
     pub fn open(path: &Path) -> Result<HeadsFile> {
         let file = OpenOptions::new()
             .read(true)
