@@ -606,10 +606,9 @@ mod tests {
         };
         crash(br#"{"size":12,"ro"#);
         assert_eq!(read_all(), (vec![(1, 1), (2, 3), (3, 9)], vec![4]));
-        let before_sealing = std::fs::read(&path).unwrap();
-        let mut heads = HeadsFile::open(&path).unwrap();
-        let mut sealed = before_sealing.clone();
+        let mut sealed = std::fs::read(&path).unwrap();
         sealed.push(b'\n');
+        let mut heads = HeadsFile::open(&path).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), sealed);
         assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(9));
         heads.append(&signed(&key, 12)).unwrap();
