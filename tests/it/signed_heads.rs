@@ -636,7 +636,7 @@ fn a_signing_key_needs_a_heads_file_and_a_bad_key_writes_nothing() {
 struct AppendOnly<'a>(&'a std::path::Path);
 
 impl<'a> AppendOnly<'a> {
-    /// `None`, and why, where the attribute cannot be set (not root, a file system without it).
+    /// Why not, where the attribute cannot be set (not root, a file system without it).
     fn set(path: &'a std::path::Path) -> Result<AppendOnly<'a>, String> {
         match Command::new("chattr").arg("+a").arg(path).output() {
             Ok(done) if done.status.success() => Ok(AppendOnly(path)),
@@ -647,9 +647,16 @@ impl<'a> AppendOnly<'a> {
 }
 
 impl Drop for AppendOnly<'_> {
+    /// Clears the attribute, or the temporary directory could not be removed; a failure to
+    /// is reported unless the test is failing already (a second panic would abort the run).
     fn drop(&mut self) {
         let cleared = Command::new("chattr").arg("-a").arg(self.0).status();
-        assert!(cleared.is_ok_and(|status| status.success()), "chattr -a");
+        let cleared = cleared.is_ok_and(|status| status.success());
+        assert!(
+            cleared || std::thread::panicking(),
+            "chattr -a {}",
+            self.0.display()
+        );
     }
 }
 
