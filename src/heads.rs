@@ -322,6 +322,36 @@ impl HeadsFile {
     }
 }
 
+/// Refuses `key` for the heads file at `path` when the file's newest head is another key's
+/// (see [`same_key`]). Called before a command writes, so one that could not sign writes
+/// nothing. A file not there yet takes any key.
+pub fn check_key_for(path: &Path, key: &HeadVerifier) -> Result<()> {
+    match newest_head(path) {
+        Err(Error::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        newest => newest?.map_or(Ok(()), |head| same_key(path, &head, key)),
+    }
+}
+
+/// Refuses `key` for the heads file at `path` whose newest head is `head`, signed by another
+/// key: a heads file holds one key's heads, and a publisher extends the newest head's tree
+/// only once it has checked its signature. A new key (the old one retired or exposed)
+/// publishes to a new heads file, whose first head covers every row.
+pub fn same_key(path: &Path, head: &SignedHead, key: &HeadVerifier) -> Result<()> {
+    if head.key == key.id() {
+        return Ok(());
+    }
+    Err(Error::HeadMismatch {
+        path: path.display().to_string(),
+        at: "newest head".into(),
+        why: format!(
+            "signed by key {}, not by this signing key ({}): a heads file holds one key's heads; \
+             a new key publishes to a new heads file, whose first head covers every row",
+            head.key,
+            key.id()
+        ),
+    })
+}
+
 /// The newest head of the heads file at `path`, read without writing to it (a reviewer's
 /// copy may be read-only); a line cut short is not a head.
 pub fn newest_head(path: &Path) -> Result<Option<SignedHead>> {

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use flagstore::error::{Error, Result};
-use flagstore::heads::{HeadKey, hand_to_witness};
+use flagstore::heads::{HeadKey, check_key_for, hand_to_witness};
 pub(crate) use flagstore::output::escaped;
 use flagstore::store::{Location, Store};
 
@@ -258,6 +258,9 @@ impl Globals {
         work: impl FnOnce(&mut Store) -> Result<T>,
     ) -> Result<T> {
         let witness = self.witness()?;
+        if let Some(witness) = &witness {
+            check_key_for(&witness.heads, &witness.key.public())?;
+        }
         let witnessed_work = || {
             let rows_before = match &witness {
                 Some(_) => store.last_audit_id()?,

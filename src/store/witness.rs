@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::audit::{AuditRow, ChainVerifier, Checkpoint, GENESIS_HASH};
 use crate::error::{Error, Result};
-use crate::heads::{HeadKey, HeadLines, HeadVerifier, HeadsFile, HexHash, SignedHead, newest_head};
+use crate::heads::{
+    HeadKey, HeadLines, HeadVerifier, HeadsFile, HexHash, SignedHead, newest_head, same_key,
+};
 use crate::merkle::{self, Frontier, Hash};
 
 use super::Store;
@@ -77,7 +79,11 @@ impl Store {
         let newest = file.newest()?;
         let start = match &newest {
             None => Start::genesis(),
-            Some(head) => self.start_at(heads, head, &key.public())?,
+            Some(head) => {
+                let verifier = key.public();
+                same_key(heads, head, &verifier)?;
+                self.start_at(heads, head, &verifier)?
+            }
         };
         let (frontier, last) = self
             .extend_by_links(start)

@@ -791,3 +791,74 @@ fn commands_that_only_read_need_no_signing_key() {
     assert!(refused.contains("operators-only.key"), "{refused}");
     assert_eq!(witnessed.env.snapshot(), before);
 }
+
+/// A heads file holds one key's heads. A new key (the old one retired or exposed) is refused
+/// there, naming both keys, and publishes to a new heads file instead, whose first head covers
+/// every row; the old file still holds under the old public key.
+#[test]
+fn a_new_key_signs_into_a_new_heads_file_from_row_one() {
+    let witnessed = Witnessed::new();
+    let new_key = witnessed.env.dir.path().join("new.key");
+    witnessed
+        .env
+        .ok(&["keys", "generate", new_key.to_str().unwrap()]);
+    let new_key = new_key.to_str().unwrap();
+    let old_heads = witnessed.signing.heads.to_str().unwrap();
+    let new_heads = witnessed.env.dir.path().join("new-heads.jsonl");
+    let new_heads = new_heads.to_str().unwrap();
+    let before = witnessed.env.snapshot();
+
+    let old_heads_kept = std::fs::read(old_heads).unwrap();
+    let with_new_key = [("FLAGSTORE_SIGNING_KEY", new_key)];
+    for command in [
+        &["eval", "ingest", "--context", "k"][..],
+        &["serve", "--listen", "127.0.0.1:0", "--no-auth"],
+    ] {
+        let refused = witnessed.fails_with(&with_new_key, command);
+        assert!(
+            refused.contains("newest head: signed by key ")
+                && refused.contains("not by this signing key")
+                && refused.contains("a new key publishes to a new heads file"),
+            "{refused}"
+        );
+        // Refused before writing: no record, no head.
+        assert_eq!(witnessed.env.snapshot(), before);
+        assert_eq!(std::fs::read(old_heads).unwrap(), old_heads_kept);
+    }
+
+    let rotated = [
+        ("FLAGSTORE_SIGNING_KEY", new_key),
+        ("FLAGSTORE_HEADS", new_heads),
+    ];
+    let output = witnessed
+        .cmd()
+        .envs(rotated)
+        .args(["eval", "ingest", "--context", "k"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_ne!(witnessed.env.snapshot(), before);
+    let rows = witnessed.rows();
+    let new_public = format!("{new_key}.pub");
+    let said = witnessed.env.ok(&[
+        "audit",
+        "verify",
+        "--heads",
+        new_heads,
+        "--public-key",
+        &new_public,
+    ]);
+    assert!(
+        said.contains("all 1 signed heads") && said.contains(&format!("covers rows 1..={rows}")),
+        "{said}"
+    );
+    // The old heads still hold under the old key: the rows after them are not under one.
+    assert_eq!(std::fs::read(old_heads).unwrap(), old_heads_kept);
+    let said = witnessed.verify();
+    assert!(
+        said.contains(&format!(
+            "rows {rows}..={rows} are not yet under a signed head"
+        )),
+        "{said}"
+    );
+}
