@@ -141,20 +141,34 @@ def verify_consistency(first, second, first_root, second_root, proof):
 
 
 def read_heads(path):
-    """The heads of a heads file with their line numbers, and the numbers of the lines cut
-    short: a publisher stopped while writing a line leaves it without the brace that ends
-    every head (the next publisher ends it with a line break); it was never published."""
-    heads, cut_short = [], []
+    """The heads of a heads file with their line numbers, and the lines cut short: how many,
+    and the first ten by number. A publisher stopped while writing a line leaves it without
+    the brace that ends every head (the next publisher ends it with a line break); it was
+    never published."""
+    heads, cut_short = [], [0, []]
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
             if not line.endswith(b"}\n"):
-                cut_short.append(number)
+                cut_short[0] += 1
+                if len(cut_short[1]) < 10:
+                    cut_short[1].append(number)
                 continue
             try:
                 heads.append((number, json.loads(line)))
             except ValueError as error:
                 fail(f"{path}: line {number}: not a signed head ({error})")
     return heads, cut_short
+
+
+def describe_cut_short(count, first):
+    named = ", ".join(str(number) for number in first)
+    if count == 0:
+        return ""
+    if count == 1:
+        return f"; line {named} was cut short (a publisher stopped while writing it): not a head"
+    more = f" and {count - len(first)} more" if count > len(first) else ""
+    return (f"; lines {named}{more} were cut short (publishers stopped while writing them): "
+            "not heads")
 
 
 def check_heads(path, public_key_path, key_id):
@@ -216,8 +230,7 @@ def main():
             parser.error("give a heads file, proofs, or both")
         heads, cut_short = check_heads(args.heads, args.public_key, key_id)
         newest = f", the newest covers rows 1..={heads[-1][1]['size']}" if heads else ""
-        passed = "".join(f"; line {number} was cut short (a publisher stopped while writing "
-                         "it): not a head" for number in cut_short)
+        passed = describe_cut_short(*cut_short)
         print(f"heads verified: {len(heads)} signed heads by key {key_id}{newest}{passed}")
     for path in args.proofs:
         check_proof(path, args.public_key, key_id, args.heads)

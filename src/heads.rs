@@ -444,14 +444,57 @@ fn read_at(file: &mut File, path: &Path, offset: u64, buffer: &mut [u8]) -> Resu
 /// a reviewer's memory.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
 
+/// The lines of a heads file found cut short: how many, and the first few by number. A
+/// hostile file of nothing else must fill neither a reviewer's memory nor their screen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CutShortLines {
+    pub count: usize,
+    pub first: Vec<usize>,
+}
+
+impl CutShortLines {
+    /// How many are named by number.
+    const NAMED: usize = 10;
+
+    fn push(&mut self, line: usize) {
+        if self.first.len() < Self::NAMED {
+            self.first.push(line);
+        }
+        self.count += 1;
+    }
+}
+
+impl std::fmt::Display for CutShortLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let named: Vec<String> = self.first.iter().map(usize::to_string).collect();
+        match (self.count, self.count - self.first.len()) {
+            (0, _) => Ok(()),
+            (1, _) => write!(
+                f,
+                "line {} was cut short (a publisher stopped while writing it): not a head",
+                named.join("")
+            ),
+            (_, unnamed) => write!(
+                f,
+                "lines {}{} were cut short (publishers stopped while writing them): not heads",
+                named.join(", "),
+                match unnamed {
+                    0 => String::new(),
+                    more => format!(" and {more} more"),
+                }
+            ),
+        }
+    }
+}
+
 /// The heads of a file, in order, each with its line number. A line cut short by a crash is
-/// not a head (it was never published): the iterator passes over it and names it in
+/// not a head (it was never published): the iterator passes over it and counts it in
 /// [`HeadLines::cut_short`].
 pub struct HeadLines {
     path: PathBuf,
     reader: BufReader<File>,
     number: usize,
-    cut_short: Vec<usize>,
+    cut_short: CutShortLines,
 }
 
 impl HeadLines {
@@ -461,13 +504,13 @@ impl HeadLines {
             path: path.to_path_buf(),
             reader: BufReader::new(file),
             number: 0,
-            cut_short: Vec::new(),
+            cut_short: CutShortLines::default(),
         })
     }
 
-    /// The numbers of the lines read so far that were cut short, the file's last line too
-    /// when it has no line break yet.
-    pub fn cut_short(&self) -> &[usize] {
+    /// The lines read so far that were cut short, the file's last line too when it has no
+    /// line break yet.
+    pub fn cut_short(&self) -> &CutShortLines {
         &self.cut_short
     }
 }
@@ -632,7 +675,7 @@ mod tests {
                 .by_ref()
                 .map(|head| head.map(|(line, head)| (line, head.size)).unwrap())
                 .collect();
-            (seen, lines.cut_short().to_vec())
+            (seen, lines.cut_short().first.clone())
         };
         crash(br#"{"size":12,"ro"#);
         assert_eq!(read_all(), (vec![(1, 1), (2, 3), (3, 9)], vec![4]));
@@ -665,7 +708,16 @@ mod tests {
         // Read back past a long run of them, in pieces: the head before them is found.
         crash(&b"{\"size\":15,\"root\"\n".repeat(20_000));
         assert_eq!(newest_head(&path).unwrap().map(|h| h.size), Some(14));
-        assert_eq!(read_all().1.len(), 3 + 20_000);
+        let mut lines = HeadLines::open(&path).unwrap();
+        assert_eq!(lines.by_ref().count(), 5);
+        let cut_short = lines.cut_short();
+        assert_eq!((cut_short.count, cut_short.first.len()), (3 + 20_000, 10));
+        assert!(cut_short.to_string().starts_with("lines 4, 6, 7, 9, 10,"));
+        assert!(
+            cut_short
+                .to_string()
+                .contains(", 15 and 19993 more were cut short")
+        );
 
         let long = dir.path().join("long.jsonl");
         std::fs::write(&long, vec![b' '; 100_000]).unwrap();

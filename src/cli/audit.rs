@@ -221,19 +221,8 @@ fn heads_verified_line(heads: &Path, from_newest: bool, held: &HeadsVerified) ->
             held.rows
         ));
     }
-    match held.cut_short.as_slice() {
-        [] => {}
-        [line] => text.push_str(&format!(
-            "; line {line} was cut short (a publisher stopped while writing it): not a head"
-        )),
-        lines => text.push_str(&format!(
-            "; lines {} were cut short (publishers stopped while writing them): not heads",
-            lines
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+    if held.cut_short.count > 0 {
+        text.push_str(&format!("; {}", held.cut_short));
     }
     text
 }

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::audit::{AuditRow, ChainVerifier, Checkpoint, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::heads::{
-    HeadKey, HeadLines, HeadVerifier, HeadsFile, HexHash, SignedHead, newest_head, same_key,
+    CutShortLines, HeadKey, HeadLines, HeadVerifier, HeadsFile, HexHash, SignedHead, newest_head,
+    same_key,
 };
 use crate::merkle::{self, Frontier, Hash};
 
@@ -34,7 +35,7 @@ pub struct HeadsVerified {
     /// The newest head and its line in the heads file.
     pub newest: Option<(usize, SignedHead)>,
     /// The lines of the heads file cut short (a publisher stopped while writing them).
-    pub cut_short: Vec<usize>,
+    pub cut_short: CutShortLines,
 }
 
 /// An inclusion proof of one row, or a consistency proof between two sizes, in the tree of
@@ -186,7 +187,7 @@ impl Store {
             head: verified.head,
             heads: walk.checked,
             newest: walk.newest,
-            cut_short: lines.cut_short().to_vec(),
+            cut_short: lines.cut_short().clone(),
         })
     }
 
@@ -233,7 +234,7 @@ impl Store {
             head: verified.head,
             heads: 1,
             newest: Some((0, newest)),
-            cut_short: Vec::new(),
+            cut_short: CutShortLines::default(),
         })
     }
 
