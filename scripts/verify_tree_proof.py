@@ -231,7 +231,8 @@ def main():
         heads, cut_short = check_heads(args.heads, args.public_key, key_id)
         newest = f", the newest covers rows 1..={heads[-1][1]['size']}" if heads else ""
         passed = describe_cut_short(*cut_short)
-        print(f"heads verified: {len(heads)} signed heads by key {key_id}{newest}{passed}")
+        counted = "1 signed head" if len(heads) == 1 else f"{len(heads)} signed heads"
+        print(f"heads verified: {counted} by key {key_id}{newest}{passed}")
     for path in args.proofs:
         check_proof(path, args.public_key, key_id, args.heads)
 

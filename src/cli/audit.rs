@@ -202,12 +202,16 @@ fn heads_verified_line(heads: &Path, from_newest: bool, held: &HeadsVerified) ->
             held.head
         ),
         (Some((line, newest)), false) => format!(
-            "audit log verified: {} rows, head {}; all {} signed heads of {} hold, the newest \
-             (line {line}, signed {}) covers rows 1..={}",
+            "audit log verified: {} rows, head {}; {} of {} {}, the newest (line {line}, signed \
+             {}) covers rows 1..={}",
             held.rows,
             held.head,
-            held.heads,
+            match held.heads {
+                1 => "the one signed head".to_string(),
+                heads => format!("all {heads} signed heads"),
+            },
             heads.display(),
+            if held.heads == 1 { "holds" } else { "hold" },
             newest.time,
             newest.size
         ),

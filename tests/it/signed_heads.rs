@@ -849,7 +849,8 @@ fn a_new_key_signs_into_a_new_heads_file_from_row_one() {
         &new_public,
     ]);
     assert!(
-        said.contains("all 1 signed heads") && said.contains(&format!("covers rows 1..={rows}")),
+        said.contains("the one signed head of")
+            && said.contains(&format!("covers rows 1..={rows}")),
         "{said}"
     );
     // The old heads still hold under the old key: the rows after them are not under one.
