@@ -239,34 +239,41 @@ impl Globals {
         local: &DbOption,
         work: impl FnOnce(&mut Store) -> Result<T>,
     ) -> Result<T> {
-        let mut store = Store::open(&self.database(local))?;
-        warn_if_owner(&store)?;
-        self.witnessed(&mut store, work)
+        let open = || {
+            let store = Store::open(&self.database(local))?;
+            warn_if_owner(&store)?;
+            Ok(store)
+        };
+        self.witnessed(open, work)
     }
 
-    /// The signing key and heads file given, loaded; `None` when none is.
+    /// The signing key and heads file given, loaded, and the key held to the heads file's
+    /// newest head; `None` when none is given.
     fn witness(&self) -> Result<Option<Witness>> {
-        self.witness.load()
-    }
-
-    /// Runs `work` on `store`, then, when a signing key is given and `work` added audit rows,
-    /// publishes a signed head over them. The key is read first: a command that cannot sign
-    /// what it writes writes nothing.
-    fn witnessed<T>(
-        &self,
-        store: &mut Store,
-        work: impl FnOnce(&mut Store) -> Result<T>,
-    ) -> Result<T> {
-        let witness = self.witness()?;
+        let witness = self.witness.load()?;
         if let Some(witness) = &witness {
             check_key_for(&witness.heads, &witness.key.public())?;
         }
+        Ok(witness)
+    }
+
+    /// Opens the store with `open` and runs `work` on it, then, when a signing key is given
+    /// and `work` added audit rows, publishes a signed head over them. The key is read before
+    /// the store is opened: a command that cannot sign what it writes writes nothing, not
+    /// even a new store.
+    fn witnessed<T>(
+        &self,
+        open: impl FnOnce() -> Result<Store>,
+        work: impl FnOnce(&mut Store) -> Result<T>,
+    ) -> Result<T> {
+        let witness = self.witness()?;
+        let mut store = open()?;
         let witnessed_work = || {
             let rows_before = match &witness {
                 Some(_) => store.last_audit_id()?,
                 None => 0,
             };
-            let done = work(store)?;
+            let done = work(&mut store)?;
             if let Some(witness) = &witness
                 && store.last_audit_id()? > rows_before
                 && let Some(head) = store.publish_head(&witness.key, &witness.heads)?
@@ -285,8 +292,7 @@ impl Globals {
         local: &DbOption,
         work: impl FnOnce(&mut Store) -> Result<T>,
     ) -> Result<T> {
-        let mut store = self.open_existing(local)?;
-        self.witnessed(&mut store, work)
+        self.witnessed(|| self.open_existing(local), work)
     }
 
     /// Runs `work` on the store of a command that only reads it, which must exist. No signing

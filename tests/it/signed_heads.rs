@@ -810,9 +810,13 @@ fn a_new_key_signs_into_a_new_heads_file_from_row_one() {
 
     let old_heads_kept = std::fs::read(old_heads).unwrap();
     let with_new_key = [("FLAGSTORE_SIGNING_KEY", new_key)];
+    let new_store = witnessed.env.dir.path().join("new-store.db");
+    let pipeline = witnessed.env.dir.path().join("pipeline.json");
+    let (new_store, pipeline) = (new_store.to_str().unwrap(), pipeline.to_str().unwrap());
     for command in [
         &["eval", "ingest", "--context", "k"][..],
         &["serve", "--listen", "127.0.0.1:0", "--no-auth"],
+        &["--db", new_store, "import", pipeline],
     ] {
         let refused = witnessed.fails_with(&with_new_key, command);
         assert!(
@@ -821,9 +825,10 @@ fn a_new_key_signs_into_a_new_heads_file_from_row_one() {
                 && refused.contains("a new key publishes to a new heads file"),
             "{refused}"
         );
-        // Refused before writing: no record, no head.
+        // Refused before writing: no record, no head, not even a new store.
         assert_eq!(witnessed.env.snapshot(), before);
         assert_eq!(std::fs::read(old_heads).unwrap(), old_heads_kept);
+        assert!(!std::path::Path::new(new_store).exists(), "{command:?}");
     }
 
     let rotated = [
