@@ -18,7 +18,7 @@ use std::time::Duration;
 use flagstore::audit::{AuditQuery, parse_time_bound};
 use flagstore::error::Fault;
 use flagstore::eval::ContextEvaluation;
-use flagstore::heads::HeadKey;
+use flagstore::heads::{HeadKey, check_key_for};
 use flagstore::prototype::TrailReason;
 use flagstore::store::{Location, Publisher, Publishing, Request, keys_per_transaction};
 use flagstore::{Error, FlagSet, Selection};
@@ -144,6 +144,8 @@ fn publishing(
         PyValueError::new_err("signing heads needs a store that outlives the process (db=...)")
     })?;
     let key = HeadKey::load(Path::new(&key)).map_err(raised)?;
+    // Before the store is opened (or made): a manager that could not sign writes nothing.
+    check_key_for(Path::new(&heads), &key.public()).map_err(raised)?;
     Ok(Some((
         location.clone(),
         Publishing {

@@ -366,3 +366,12 @@ def test_a_manager_given_a_key_publishes_signed_heads(backend, tmp_path, request
         FlagManager(PIPELINE, signing_key=key, heads=heads)
     with pytest.raises(ValueError, match="heads.key.pub: not an Ed25519 private key"):
         FlagManager(PIPELINE, db=db, signing_key=f"{key}.pub", heads=heads)
+
+    # A new key signs into a new heads file: the old one's is refused before anything is
+    # written, not even a store that was not there.
+    new_key = tmp_path / "new.key"
+    run_cli(flagstore_bin, "keys", "generate", str(new_key))
+    new_db = str(tmp_path / "new.db")
+    with pytest.raises(StoreError, match="not by this signing key .*a new key publishes to a new heads file"):
+        FlagManager(PIPELINE, db=new_db, signing_key=new_key, heads=heads)
+    assert not os.path.exists(new_db)
