@@ -332,7 +332,8 @@ impl Store {
     /// runs on this one: for reviews that each read much of the store, which a second core
     /// then serves at once. Each sees its own snapshot, as steps in their own transactions
     /// would. `other`'s error comes first. Where there is no connection to open again (a store
-    /// in memory), or no thread to be had, `other` runs first on this one.
+    /// in memory), or no thread to be had, `other` runs first on this one; where the second
+    /// connection is refused (a role allowed one connection), after `work`, on this one.
     pub fn beside<U: Send, T>(
         &self,
         other: impl Fn(&Store) -> Result<U> + Sync,
@@ -342,7 +343,11 @@ impl Store {
             let other = &other;
             let thread = self.location().and_then(|location| {
                 std::thread::Builder::new()
-                    .spawn_scoped(scope, move || other(&Store::open_existing(location)?))
+                    .spawn_scoped(scope, move || {
+                        Store::open_existing(location)
+                            .ok()
+                            .map(|store| other(&store))
+                    })
                     .ok()
             });
             match thread {
@@ -350,7 +355,8 @@ impl Store {
                     let worked = work();
                     let beside = thread
                         .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    let beside = beside.unwrap_or_else(|| other(self))?;
                     Ok((beside, worked?))
                 }
                 None => {

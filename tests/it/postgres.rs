@@ -574,6 +574,20 @@ fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
         let (code, _, stderr) = run("flagstore_reviewer", &args);
         assert_eq!((code, stderr.as_str()), (Some(0), ""), "reviewer: {args:?}");
     }
+    // A role may be allowed one connection: `check`, which reads on a second one beside its
+    // walk where it can, then reads on the one it has.
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {} CONNECTION LIMIT 1",
+            roles.role("flagstore_reviewer")
+        ))
+        .unwrap();
+    let (code, _, stderr) = run("flagstore_reviewer", &["check"]);
+    assert_eq!(
+        (code, stderr.as_str()),
+        (Some(0), ""),
+        "one connection: check"
+    );
     let mut reviewer =
         postgres::Client::connect(&url("flagstore_reviewer"), postgres::NoTls).unwrap();
     let decisions: i64 = reviewer
