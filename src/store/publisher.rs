@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::heads::{HeadKey, SignedHead, check_key_for, hand_to_witness};
+use crate::heads::{HeadKey, SignedHead, hand_to_witness};
 
 use super::{Location, Store};
 
@@ -39,15 +39,12 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts publishing heads of the store at `location`; `report` is told of every head
-    /// published and every one that could not be, on the publishing thread. A key the heads
-    /// file does not take (another key's heads are in it) is refused here, before anything
-    /// is written.
+    /// published and every one that could not be, on the publishing thread.
     pub fn start(
         location: &Location,
         publishing: &Publishing,
         report: impl FnMut(Result<SignedHead>) + Send + 'static,
     ) -> Result<Publisher> {
-        check_key_for(&publishing.heads, &publishing.key.public())?;
         let (nudge, nudges) = std::sync::mpsc::sync_channel(1);
         let (location, publishing) = (location.clone(), publishing.clone());
         let thread = std::thread::Builder::new()

@@ -629,6 +629,25 @@ fn a_signing_key_needs_a_heads_file_and_a_bad_key_writes_nothing() {
     );
     assert_eq!(env.snapshot(), before);
     assert!(!env.dir.path().join("h.jsonl").exists());
+
+    // A heads path that cannot be read as a heads file is named before any store is made.
+    let signing = env.signing();
+    let not_a_file = env.dir.path().join("heads-dir");
+    std::fs::create_dir(&not_a_file).unwrap();
+    let new_store = env.dir.path().join("new.db");
+    let message = env
+        .std_cmd()
+        .env("FLAGSTORE_SIGNING_KEY", &signing.key)
+        .env("FLAGSTORE_HEADS", &not_a_file)
+        .arg("--db")
+        .arg(&new_store)
+        .args(["flag", "create", "f"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&message.stderr);
+    assert_eq!(message.status.code(), Some(2), "{said}");
+    assert!(said.contains("heads-dir: Is a directory"), "{said}");
+    assert!(!new_store.exists());
 }
 
 /// `chattr +a` on a file for as long as it lives: the append-only attribute, which lets a

@@ -635,10 +635,7 @@ mod tests {
     #[test]
     fn change_rows_are_read_through_their_index() {
         let store = Sqlite::in_memory().unwrap();
-        let changes = AuditQuery {
-            kind: Some("change".to_string()),
-            ..AuditQuery::default()
-        };
+        let changes = AuditQuery::changes(None);
         for (ascending, cursor) in [(false, None), (true, Some(5)), (false, Some(500))] {
             let query = AuditQuery {
                 ascending,
