@@ -408,3 +408,71 @@ fn explain_at_answers_what_was_recorded(
     }
     Ok(())
 }
+
+/// What an evaluation reads is the flags the tables hold when it runs, however many times
+/// the same connection evaluated before: a change through another connection, an edit by SQL
+/// (as an operator may make in a pinch), and this connection's own changes, committed or
+/// rolled back.
+fn each_evaluation_reads_the_flags_the_tables_hold_then() {
+    let env = Env::new();
+    let mut evaluating = env.open_store();
+    evaluating
+        .modify("test", "import", false, |_| {
+            Ok([Flag::new("ingest")].into_iter().collect::<FlagSet>())
+        })
+        .unwrap();
+    let answer = |store: &mut Store, key: &str| evaluate_one(store, "ingest", key);
+    assert!(answer(&mut evaluating, "k1"));
+    assert!(answer(&mut evaluating, "k2"));
+
+    let switch = |enabled: bool| {
+        move |current: &FlagSet| -> flagstore::Result<FlagSet> {
+            let mut next = current.clone();
+            next.insert(Flag {
+                enabled,
+                ..Flag::new("ingest")
+            });
+            Ok(next)
+        }
+    };
+    env.open_store()
+        .modify("test", "flag set", false, switch(false))
+        .unwrap();
+    assert!(
+        !answer(&mut evaluating, "k3"),
+        "the kill switch of another connection"
+    );
+
+    env.execute("UPDATE flags SET enabled = 1 WHERE name = 'ingest'")
+        .unwrap();
+    assert!(answer(&mut evaluating, "k4"), "an edit made by SQL");
+
+    evaluating
+        .modify("test", "flag set", false, switch(false))
+        .unwrap();
+    assert!(!answer(&mut evaluating, "k5"), "its own change");
+    evaluating
+        .modify("test", "flag set", false, switch(true))
+        .unwrap();
+
+    let refused = evaluating.modify_and_evaluate(
+        "test",
+        "run",
+        switch(false),
+        &Selection::Flags(vec!["ingest".to_string()]),
+        "k6",
+        |_, _, evaluated| {
+            assert!(!evaluated.evaluations[0].decision.enabled);
+            Err(flagstore::Error::InvalidContextKey {
+                key: "k6".to_string(),
+                why: "refused by the test".to_string(),
+            })
+        },
+    );
+    assert!(refused.is_err());
+    assert!(answer(&mut evaluating, "k7"), "a change rolled back");
+}
+
+contract_tests! {
+    each_evaluation_reads_the_flags_the_tables_hold_then,
+}

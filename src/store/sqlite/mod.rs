@@ -2,7 +2,7 @@
 //!
 //! The writer lock is SQLite's own: every write transaction is `BEGIN IMMEDIATE`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use super::backend::{
 use super::schema::SchemaState;
 use crate::error::{DatabaseError, Error, Result};
 use crate::file::PendingFile;
+use crate::flag::FlagSet;
 use crate::store::sql;
 
 mod checkpointer;
@@ -85,6 +86,11 @@ pub(super) struct Sqlite {
     conn: Connection,
     /// Whether `conn` checks foreign keys (see [`References`]).
     foreign_keys: Cell<bool>,
+    /// The flags as last read, with the `data_version` they were read at: while no other
+    /// connection has committed, only this one can have changed them, and its writes to them
+    /// (and its rollbacks) clear this. Reading them again was a sixth of an in-memory
+    /// evaluation.
+    flags_read: RefCell<Option<(i64, FlagSet)>>,
     path: String,
     /// The database file as an absolute path, for another connection to open; `None` where
     /// none can (in memory, an immutable snapshot).
@@ -221,9 +227,16 @@ impl Sqlite {
             checkpoints: Checkpoints::default(),
             conn,
             foreign_keys: Cell::new(true),
+            flags_read: RefCell::default(),
             path,
             file: file.map(Path::to_path_buf),
         })
+    }
+
+    /// Forgets the flags as last read: this connection is changing them, or has rolled back
+    /// a transaction that may have.
+    fn flags_changed(&self) {
+        self.flags_read.take();
     }
 
     fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
@@ -392,6 +405,7 @@ impl Backend for Sqlite {
     }
 
     fn rollback(&self) {
+        self.flags_changed();
         // Nothing useful can be done with a failed rollback: SQLite rolls back an unfinished
         // transaction itself when the connection closes.
         let _ = self.conn.execute_batch("ROLLBACK");

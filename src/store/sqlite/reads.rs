@@ -13,32 +13,19 @@ use crate::store::{AssignmentRow, AssignmentTally, TokenRecord, query};
 
 impl Reads for Sqlite {
     fn load_flags(&self) -> Result<FlagSet> {
-        let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
-        let mut edges = self.conn.prepare_cached(
-            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, position",
-        )?;
-        for edge in edges.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
-            let (flag, required): (String, String) = edge?;
-            requires.entry(flag).or_default().push(required);
+        // Read first: flags read after it are at least as new as the version they are kept
+        // under, even outside a transaction.
+        let version: i64 = self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |row| row.get(0))?;
+        if let Some((read_at, flags)) = &*self.flags_read.borrow()
+            && *read_at == version
+        {
+            return Ok(flags.clone());
         }
-        let mut statement = self.conn.prepare_cached(
-            "SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags \
-                  ORDER BY position, name",
-        )?;
-        let mut rows = statement.query([])?;
-        let mut flags = FlagSet::new();
-        while let Some(row) = rows.next()? {
-            let name: String = row.get(0)?;
-            let sticky: String = row.get(3)?;
-            flags.insert(Flag {
-                requires: requires.remove(&name).unwrap_or_default(),
-                enabled: row.get(1)?,
-                rollout_pct: row.get(2)?,
-                sticky: sticky.parse()?,
-                stale_exempt: row.get(4)?,
-                name,
-            });
-        }
+        let flags = self.read_flags()?;
+        *self.flags_read.borrow_mut() = Some((version, flags.clone()));
         Ok(flags)
     }
 
@@ -378,5 +365,38 @@ impl Reads for Sqlite {
             });
         }
         Ok(tokens)
+    }
+}
+
+impl Sqlite {
+    /// The flags as the tables hold them, in definition order.
+    fn read_flags(&self) -> Result<FlagSet> {
+        let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut edges = self.conn.prepare_cached(
+            "SELECT flag, requires FROM flag_dependencies ORDER BY flag, position",
+        )?;
+        for edge in edges.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
+            let (flag, required): (String, String) = edge?;
+            requires.entry(flag).or_default().push(required);
+        }
+        let mut statement = self.conn.prepare_cached(
+            "SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags \
+                  ORDER BY position, name",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut flags = FlagSet::new();
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            let sticky: String = row.get(3)?;
+            flags.insert(Flag {
+                requires: requires.remove(&name).unwrap_or_default(),
+                enabled: row.get(1)?,
+                rollout_pct: row.get(2)?,
+                sticky: sticky.parse()?,
+                stale_exempt: row.get(4)?,
+                name,
+            });
+        }
+        Ok(flags)
     }
 }

@@ -17,6 +17,7 @@ impl Writes for Sqlite {
         created_at: &str,
         updated_at: &str,
     ) -> Result<()> {
+        self.flags_changed();
         self.execute(
             sql::INSERT_FLAG,
             (
@@ -34,6 +35,7 @@ impl Writes for Sqlite {
     }
 
     fn update_flag(&self, flag: &Flag, ts: &str) -> Result<()> {
+        self.flags_changed();
         self.execute(
             sql::UPDATE_FLAG,
             (
@@ -49,11 +51,13 @@ impl Writes for Sqlite {
     }
 
     fn move_flag(&self, name: &str, position: usize) -> Result<()> {
+        self.flags_changed();
         self.execute(sql::MOVE_FLAG, (name, position as i64))
             .map(|_| ())
     }
 
     fn replace_requirements(&self, flag: &str, requires: &[String]) -> Result<()> {
+        self.flags_changed();
         self.execute(sql::DELETE_REQUIREMENTS, [flag])?;
         for (position, required) in requires.iter().enumerate() {
             self.execute(
@@ -65,6 +69,7 @@ impl Writes for Sqlite {
     }
 
     fn delete_flag(&self, name: &str) -> Result<usize> {
+        self.flags_changed();
         let cleared = self.execute("DELETE FROM assignment_rows WHERE flag = ?1", [name])?;
         self.execute(sql::DELETE_FLAG, [name])?;
         Ok(cleared)
