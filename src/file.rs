@@ -1,7 +1,7 @@
-//! Files written whole or not at all.
+//! Files written whole or not at all, and small files read no further than they may go.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -105,4 +105,24 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let pending = PendingFile::create(path)?;
     pending.write(contents)?;
     pending.persist()
+}
+
+/// The text of a file that is small by nature (a key, a checkpoint), `None` if it holds more
+/// than `limit` bytes: a path given by mistake (the database, `/dev/zero`) is refused having
+/// read `limit + 1` bytes, not read whole into memory.
+pub fn read_small_text(path: &Path, limit: u64) -> Result<Option<String>> {
+    let read_error = |source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|file| file.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    if bytes.len() as u64 > limit {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| read_error(io::Error::new(io::ErrorKind::InvalidData, e)))
 }

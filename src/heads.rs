@@ -79,7 +79,7 @@ impl HeadKey {
     }
 
     pub fn load(path: &Path) -> Result<HeadKey> {
-        let text = read_text(path)?;
+        let text = read_key_text(path)?;
         let signing = SigningKey::from_pkcs8_pem(&text).map_err(|e| {
             key_error(
                 path,
@@ -120,7 +120,7 @@ pub fn public_path(path: &Path) -> PathBuf {
 
 impl HeadVerifier {
     pub fn load(path: &Path) -> Result<HeadVerifier> {
-        let text = read_text(path)?;
+        let text = read_key_text(path)?;
         let key = VerifyingKey::from_public_key_pem(&text)
             .or_else(|_| SigningKey::from_pkcs8_pem(&text).map(|key| key.verifying_key()))
             .map_err(|e| {
@@ -558,8 +558,11 @@ fn parse_head(path: &Path, line: Option<usize>, text: &[u8]) -> Result<SignedHea
     })
 }
 
-fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| read_error(path, source))
+/// The text of a key file. An Ed25519 key in PEM is under 200 bytes.
+fn read_key_text(path: &Path) -> Result<String> {
+    const LIMIT: u64 = 4096;
+    crate::file::read_small_text(path, LIMIT)?
+        .ok_or_else(|| key_error(path, format!("larger than {LIMIT} bytes: not a key")))
 }
 
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {

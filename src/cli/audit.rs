@@ -477,12 +477,13 @@ fn audit_table_row(row: &AuditRow) -> Vec<String> {
 }
 
 fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Checkpoint::parse(&text).map_err(|why| Error::BadCheckpoint {
+    // `audit checkpoint` writes about 100 bytes.
+    const LIMIT: u64 = 4096;
+    let bad = |why| Error::BadCheckpoint {
         path: path.display().to_string(),
         why,
-    })
+    };
+    let text = flagstore::file::read_small_text(path, LIMIT)?
+        .ok_or_else(|| bad(format!("larger than {LIMIT} bytes")))?;
+    Checkpoint::parse(&text).map_err(bad)
 }

@@ -650,6 +650,54 @@ fn a_signing_key_needs_a_heads_file_and_a_bad_key_writes_nothing() {
     assert!(!new_store.exists());
 }
 
+/// A key or a checkpoint is a few hundred bytes. A path given by mistake (the database, a
+/// device) is refused for its size, having read no more than the limit, not taken into memory
+/// whole: `/dev/zero` would never end.
+#[test]
+fn a_key_or_checkpoint_path_naming_something_large_is_refused_unread() {
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let before = env.snapshot();
+    let large = env.write("large.bin", vec![b'-'; 1 << 20]);
+    let large = large.to_str().unwrap();
+    for path in [large, "/dev/zero"] {
+        let said = env.fails(&[
+            "--signing-key",
+            path,
+            "--heads",
+            "h.jsonl",
+            "flag",
+            "create",
+            "f",
+        ]);
+        assert!(
+            said.contains(&format!("{path}: larger than 4096 bytes: not a key")),
+            "{said}"
+        );
+        let said = env.fails(&[
+            "audit",
+            "verify",
+            "--heads",
+            "h.jsonl",
+            "--public-key",
+            path,
+        ]);
+        assert!(
+            said.contains(&format!("{path}: larger than 4096 bytes: not a key")),
+            "{said}"
+        );
+        let said = env.fails(&["audit", "verify", "--checkpoint", path]);
+        assert!(
+            said.contains(&format!(
+                "{path}: not a checkpoint file: larger than 4096 bytes"
+            )),
+            "{said}"
+        );
+    }
+    assert_eq!(env.snapshot(), before);
+    assert!(!env.dir.path().join("h.jsonl").exists());
+}
+
 /// `chattr +a` on a file for as long as it lives: the append-only attribute, which lets a
 /// process append and nothing else (not even root may shorten the file while it is set).
 struct AppendOnly<'a>(&'a std::path::Path);
