@@ -1,10 +1,14 @@
 //! Context keys for batch evaluation: one per line, read as a stream so memory stays flat.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use crate::error::{Error, Result};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The longest line that can hold a key, in bytes: a byte order mark, the longest key and a
+/// `\r\n` line end.
+const LONGEST_LINE: u64 = (UTF8_BOM.len() + MAX_KEY_BYTES + 2) as u64;
 
 /// The longest context key, in UTF-8 bytes. Every decision record holds its key and the log
 /// is append-only, so a key of megabytes would grow the log by megabytes for good with each
@@ -48,8 +52,8 @@ impl<R: BufRead> ContextKeys<R> {
     fn next_key(&mut self) -> Result<Option<String>> {
         loop {
             self.buffer.clear();
-            let read = self
-                .input
+            let read = (&mut self.input)
+                .take(LONGEST_LINE + 1)
                 .read_until(b'\n', &mut self.buffer)
                 .map_err(|source| Error::Read {
                     path: self.source_name.clone(),
@@ -59,6 +63,18 @@ impl<R: BufRead> ContextKeys<R> {
                 return Ok(None);
             }
             self.line_number += 1;
+            let refused = |why: String| Error::BadContextLine {
+                path: self.source_name.clone(),
+                line: self.line_number,
+                why,
+            };
+            // Not read to its end: a file given by mistake (a binary, `/dev/zero`) would
+            // otherwise be taken into memory whole, looking for a line break.
+            if read as u64 > LONGEST_LINE {
+                return Err(refused(format!(
+                    "longer than {MAX_KEY_BYTES} bytes, the limit for a context key"
+                )));
+            }
             let mut line = self.buffer.as_slice();
             if self.line_number == 1 {
                 line = line.strip_prefix(UTF8_BOM).unwrap_or(line);
@@ -68,11 +84,6 @@ impl<R: BufRead> ContextKeys<R> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let refused = |why: String| Error::BadContextLine {
-                path: self.source_name.clone(),
-                line: self.line_number,
-                why,
-            };
             return match std::str::from_utf8(line) {
                 Ok(key) => match key_problem(key) {
                     None => Ok(Some(key.to_string())),
@@ -135,6 +146,32 @@ mod tests {
         assert_eq!(
             key_problem("a\0b").as_deref(),
             Some("contains a NUL byte (byte 2)")
+        );
+    }
+
+    /// A file given by mistake (a binary, a one-line dump, `/dev/zero`) must not be read into
+    /// memory a line at a time: no line longer than the longest key can hold one.
+    #[test]
+    fn a_line_longer_than_any_key_is_refused_before_it_is_read_whole() {
+        struct Counted<R>(R, u64);
+        impl<R: std::io::Read> std::io::Read for Counted<R> {
+            fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+                let read = self.0.read(buffer)?;
+                self.1 += read as u64;
+                Ok(read)
+            }
+        }
+        let endless = std::io::Read::take(std::io::repeat(b'x'), 64 << 20);
+        let mut input = std::io::BufReader::new(Counted(endless, 0));
+        let first = ContextKeys::new(&mut input, "keys.txt").next().unwrap();
+        assert_eq!(
+            first.unwrap_err().to_string(),
+            "keys.txt: line 1: longer than 1024 bytes, the limit for a context key"
+        );
+        assert!(
+            input.get_ref().1 <= 16 << 10,
+            "read {} bytes",
+            input.get_ref().1
         );
     }
 
