@@ -130,21 +130,37 @@ pub fn display_path(path: &str) -> &str {
     if path == "-" { "stdin" } else { path }
 }
 
+/// The largest flags file taken. Names are at most 128 characters and a definition a few
+/// hundred bytes, so this is hundreds of thousands of flags; a larger file is a path given by
+/// mistake (the database, a device), refused before it is read into memory whole.
+const MAX_DOCUMENT_BYTES: u64 = 64 << 20;
+
 /// The whole text of `path`, or of standard input when it is `-`.
 pub fn read_input(path: &str) -> Result<String> {
     let read_error = |source| Error::Read {
         path: display_path(path).to_string(),
         source,
     };
-    if path == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(read_error)?;
-        Ok(text)
+    let input: Box<dyn Read> = if path == "-" {
+        Box::new(std::io::stdin())
     } else {
-        std::fs::read_to_string(path).map_err(read_error)
+        Box::new(std::fs::File::open(path).map_err(read_error)?)
+    };
+    let mut text = String::new();
+    input
+        .take(MAX_DOCUMENT_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB: not a flags file",
+                MAX_DOCUMENT_BYTES >> 20
+            ),
+        )));
     }
+    Ok(text)
 }
 
 /// One entry of the `flags` list, or (where, why) it is refused.

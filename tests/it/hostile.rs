@@ -284,6 +284,30 @@ fn names_outside_the_rules_are_refused() {
     assert_eq!(env.snapshot(), before);
 }
 
+/// A flags file is at most megabytes (a name is at most 128 characters, a chain 64 flags).
+/// A path given by mistake (the database, a device) is refused for its size, not read into
+/// memory whole first: `/dev/zero` would never end.
+#[test]
+fn a_flags_file_larger_than_any_flag_set_is_refused_unread() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "f"}]}"#);
+    let before = env.snapshot();
+    let large = env.write("large.json", vec![b' '; (64 << 20) + 1]);
+    for path in [large.to_str().unwrap(), "/dev/zero"] {
+        for command in [
+            vec!["import", path],
+            vec!["run", "--input", path, "--output", "-"],
+        ] {
+            let message = env.fails(&command);
+            assert_eq!(
+                message,
+                format!("flagstore: cannot read {path}: larger than 64 MiB: not a flags file")
+            );
+        }
+    }
+    assert_eq!(env.snapshot(), before);
+}
+
 /// Requests answered together (serve's and the Python package's group commit): one request's
 /// bad key is answered with its own error and the others are evaluated and recorded as if it
 /// had not been sent.
