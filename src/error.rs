@@ -201,8 +201,8 @@ pub enum Error {
     #[error("{message}")]
     System { message: String },
 
-    #[error("{path} is a directory; --db names a database file")]
-    IsDirectory { path: String },
+    #[error("{path} is {kind}; --db names a database file")]
+    NotAFile { path: String, kind: &'static str },
 
     #[error("{path} already exists")]
     AlreadyExists { path: String },
@@ -331,7 +331,7 @@ impl Error {
             | Error::NotADatabase { .. }
             | Error::NewerSchema { .. }
             | Error::NoDatabase { .. }
-            | Error::IsDirectory { .. }
+            | Error::NotAFile { .. }
             | Error::AlreadyExists { .. }
             | Error::ReadOnly { .. }
             | Error::Open { .. }

@@ -3,6 +3,7 @@
 
 use crate::common::{Env, PIPELINE, snapshot};
 use serde_json::Value;
+use std::process::Command;
 
 fn pipeline_example() -> String {
     format!("{}/examples/pipeline.json", env!("CARGO_MANIFEST_DIR"))
@@ -182,17 +183,37 @@ fn reading_commands_refuse_a_database_that_does_not_exist() {
     );
 }
 
+/// Anything but a file given as the database is named for what it is, and nothing is written
+/// beside it: SQLite would take a FIFO or a device for a file, and then fail with "disk I/O
+/// error", fail to migrate `/dev/null` (leaving `/dev/null-journal` behind, as root), or read
+/// `/dev/zero` for ever.
 #[test]
-fn a_directory_given_as_the_database_is_named_as_one() {
+fn a_directory_or_device_given_as_the_database_is_named_as_one() {
     let env = Env::new();
-    let dir = env.dir.path().to_str().unwrap();
+    let dir = env.dir.path().to_str().unwrap().to_string();
+    let fifo = env.dir.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap().to_string();
     let flags = env.write("flags.json", PIPELINE);
-    let import = ["--db", dir, "import", flags.to_str().unwrap()];
-    for command in [&["--db", dir, "flag", "list"][..], &import] {
-        assert_eq!(
-            env.fails(command),
-            format!("flagstore: {dir} is a directory; --db names a database file"),
-        );
+    let flags = flags.to_str().unwrap();
+    for (db, kind) in [
+        (dir.as_str(), "a directory"),
+        (fifo.as_str(), "a FIFO"),
+        ("/dev/null", "a character device"),
+        ("/dev/zero", "a character device"),
+    ] {
+        for command in [
+            &["--db", db, "flag", "list"][..],
+            &["--db", db, "import", flags],
+        ] {
+            assert_eq!(
+                env.fails(command),
+                format!("flagstore: {db} is {kind}; --db names a database file"),
+            );
+        }
+        assert!(!std::path::Path::new(&format!("{db}-journal")).exists());
+        assert!(!std::path::Path::new(&format!("{db}-wal")).exists());
     }
 }
 

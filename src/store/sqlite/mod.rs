@@ -146,8 +146,11 @@ impl Sqlite {
 
     fn open_with(path: &Path, create: OpenFlags) -> Result<Sqlite> {
         let display = path.display().to_string();
-        if path.is_dir() {
-            return Err(Error::IsDirectory { path: display });
+        if let Some(kind) = not_a_file(path) {
+            return Err(Error::NotAFile {
+                path: display,
+                kind,
+            });
         }
         // Without CREATE, SQLite opens a file it may not write read-only.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -484,6 +487,29 @@ impl Backend for Sqlite {
             copied?;
             pending.persist()
         })())
+    }
+}
+
+/// What `path` is when it exists and is not a file (symbolic links followed). SQLite takes a
+/// FIFO or a device for a file: it then fails with "disk I/O error", writes a journal beside
+/// `/dev/null`, or reads `/dev/zero` for ever.
+fn not_a_file(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
     }
 }
 
