@@ -146,6 +146,9 @@ pub enum Error {
     #[error("{path}: {why}")]
     BadKey { path: String, why: String },
 
+    #[error("{path}: is {kind}, not a file: heads are appended to a file and read back")]
+    HeadsNotAFile { path: String, kind: &'static str },
+
     #[error("{path}: {at}: {why}")]
     BadHeads {
         path: String,
@@ -325,7 +328,8 @@ impl Error {
             | Error::UnknownToken { .. }
             | Error::BadUrl { .. }
             | Error::BadKey { .. }
-            | Error::BadHeads { .. } => Fault::Input,
+            | Error::BadHeads { .. }
+            | Error::HeadsNotAFile { .. } => Fault::Input,
             Error::Read { .. }
             | Error::Write { .. }
             | Error::NotADatabase { .. }

@@ -126,3 +126,27 @@ pub fn read_small_text(path: &Path, limit: u64) -> Result<Option<String>> {
         .map(Some)
         .map_err(|e| read_error(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
+
+/// What `path` is when it exists and is not a file (symbolic links followed): a store or a
+/// heads file given a FIFO or a device would block, or lose what is written to it. SQLite
+/// takes either for a file, then fails with "disk I/O error", writes a journal beside
+/// `/dev/null`, or reads `/dev/zero` for ever.
+pub fn not_a_file(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
+    }
+}

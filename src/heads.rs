@@ -279,6 +279,7 @@ impl HeadsFile {
     /// ended with a line break, not cut from the file: a witness's file may be append-only,
     /// where nothing may shorten it, and readers pass over such a line (see [`HeadLines`]).
     pub fn open(path: &Path) -> Result<HeadsFile> {
+        a_file(path)?;
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -326,6 +327,7 @@ impl HeadsFile {
 /// (see [`same_key`]). Called before a command writes, so one that could not sign writes
 /// nothing. A file not there yet takes any key.
 pub fn check_key_for(path: &Path, key: &HeadVerifier) -> Result<()> {
+    a_file(path)?;
     match newest_head(path) {
         Err(Error::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
         newest => newest?.map_or(Ok(()), |head| same_key(path, &head, key)),
@@ -587,6 +589,18 @@ fn read_error(path: &Path, source: std::io::Error) -> Error {
     Error::Read {
         path: path.display().to_string(),
         source,
+    }
+}
+
+/// Refuses a heads path that exists and is not a file: a FIFO blocks the publisher (in `open`,
+/// or once its buffer is full), and a device keeps nothing to read back.
+fn a_file(path: &Path) -> Result<()> {
+    match crate::file::not_a_file(path) {
+        Some(kind) => Err(Error::HeadsNotAFile {
+            path: path.display().to_string(),
+            kind,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -3,6 +3,7 @@
 //! chain verifies, is named by `audit verify --heads` and refused by the next publisher. The
 //! reviewer's script checks the same heads and proofs with openssl alone.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::common::{Env, FakeWitness, PIPELINE, Signing};
@@ -629,25 +630,51 @@ fn a_signing_key_needs_a_heads_file_and_a_bad_key_writes_nothing() {
     );
     assert_eq!(env.snapshot(), before);
     assert!(!env.dir.path().join("h.jsonl").exists());
+}
 
-    // A heads path that cannot be read as a heads file is named before any store is made.
+/// A heads file is appended to and read back (the newest head is checked before anything is
+/// written): a FIFO blocked the command in `open` for ever, and `/dev/null` took every head and
+/// gave none back. Each, and a directory, is named before a store is made.
+#[test]
+fn a_heads_path_that_is_not_a_file_is_refused_before_anything_is_written() {
+    let env = Env::new();
     let signing = env.signing();
-    let not_a_file = env.dir.path().join("heads-dir");
-    std::fs::create_dir(&not_a_file).unwrap();
+    let fifo = env.dir.path().join("heads.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dir = env.dir.path().join("heads-dir");
+    std::fs::create_dir(&dir).unwrap();
     let new_store = env.dir.path().join("new.db");
-    let message = env
-        .std_cmd()
-        .env("FLAGSTORE_SIGNING_KEY", &signing.key)
-        .env("FLAGSTORE_HEADS", &not_a_file)
-        .arg("--db")
-        .arg(&new_store)
-        .args(["flag", "create", "f"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&message.stderr);
-    assert_eq!(message.status.code(), Some(2), "{said}");
-    assert!(said.contains("heads-dir: Is a directory"), "{said}");
-    assert!(!new_store.exists());
+    for (heads, kind) in [
+        (dir.as_path(), "a directory"),
+        (fifo.as_path(), "a FIFO"),
+        (Path::new("/dev/null"), "a character device"),
+    ] {
+        let output = assert_cmd::Command::from_std(env.std_cmd())
+            .env("FLAGSTORE_SIGNING_KEY", &signing.key)
+            .env("FLAGSTORE_HEADS", heads)
+            .arg("--db")
+            .arg(&new_store)
+            .args(["flag", "create", "f"])
+            .timeout(std::time::Duration::from_secs(20))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{said}");
+        assert_eq!(
+            said.trim_end(),
+            format!(
+                "flagstore: {}: is {kind}, not a file: heads are appended to a file and read back",
+                heads.display()
+            )
+        );
+        assert!(!new_store.exists());
+    }
 }
 
 /// A key or a checkpoint is a few hundred bytes. A path given by mistake (the database, a

@@ -146,7 +146,7 @@ impl Sqlite {
 
     fn open_with(path: &Path, create: OpenFlags) -> Result<Sqlite> {
         let display = path.display().to_string();
-        if let Some(kind) = not_a_file(path) {
+        if let Some(kind) = crate::file::not_a_file(path) {
             return Err(Error::NotAFile {
                 path: display,
                 kind,
@@ -487,29 +487,6 @@ impl Backend for Sqlite {
             copied?;
             pending.persist()
         })())
-    }
-}
-
-/// What `path` is when it exists and is not a file (symbolic links followed). SQLite takes a
-/// FIFO or a device for a file: it then fails with "disk I/O error", writes a journal beside
-/// `/dev/null`, or reads `/dev/zero` for ever.
-fn not_a_file(path: &Path) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = std::fs::metadata(path).ok()?.file_type();
-    if kind.is_file() {
-        None
-    } else if kind.is_dir() {
-        Some("a directory")
-    } else if kind.is_fifo() {
-        Some("a FIFO")
-    } else if kind.is_char_device() {
-        Some("a character device")
-    } else if kind.is_block_device() {
-        Some("a block device")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else {
-        Some("not a file")
     }
 }
 
