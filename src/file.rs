@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 /// and removed if dropped before that: a reader never sees half a file, and a failed write
 /// leaves the old one.
 pub struct PendingFile {
+    /// The destination as the caller named it, for messages.
+    named: PathBuf,
+    /// Where the file is renamed to: the destination, or the file a symbolic link there
+    /// points to, so that the link stays.
     destination: PathBuf,
     temporary: PathBuf,
     persisted: bool,
@@ -18,13 +22,24 @@ pub struct PendingFile {
 impl PendingFile {
     /// Creates the temporary file, so a destination that cannot be written fails here, before
     /// any other work. Temporary files for the same destination left by a process that was
-    /// killed (and an SQLite copy's `-wal`, `-shm` and `-journal` beside them) are removed.
+    /// killed (and an SQLite copy's `-wal`, `-shm` and `-journal` beside them) are removed. A
+    /// destination that exists and is not a file (a directory, a FIFO, a device) is refused:
+    /// renaming over it would replace it.
     pub fn create(destination: &Path) -> Result<PendingFile> {
-        remove_abandoned(destination);
+        let named = destination.to_path_buf();
+        if let Some(kind) = not_a_file(destination) {
+            return Err(Error::Write {
+                path: named.display().to_string(),
+                source: io::Error::other(format!("it is {kind}, not a file")),
+            });
+        }
+        let destination = std::fs::canonicalize(destination).unwrap_or(named.clone());
+        remove_abandoned(&destination);
         let mut temporary = destination.as_os_str().to_owned();
         temporary.push(format!(".tmp-{}", std::process::id()));
         let pending = PendingFile {
-            destination: destination.to_path_buf(),
+            named,
+            destination,
             temporary: PathBuf::from(temporary),
             persisted: false,
         };
@@ -52,7 +67,7 @@ impl PendingFile {
 
     fn error(&self, source: io::Error) -> Error {
         Error::Write {
-            path: self.destination.display().to_string(),
+            path: self.named.display().to_string(),
             source,
         }
     }
@@ -100,8 +115,20 @@ fn remove_abandoned(destination: &Path) {
     }
 }
 
-/// Writes `contents` to `path` atomically (see [`PendingFile`]).
+/// Writes `contents` to `path` atomically (see [`PendingFile`]); to a FIFO or a device
+/// (`/dev/stdout`, a pipe to another program) as it is, since there is nothing to rename.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let streamed = std::fs::metadata(path).is_ok_and(|found| !found.is_file() && !found.is_dir());
+    if streamed {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut stream| stream.write_all(contents))
+            .map_err(|source| Error::Write {
+                path: path.display().to_string(),
+                source,
+            });
+    }
     let pending = PendingFile::create(path)?;
     pending.write(contents)?;
     pending.persist()

@@ -217,6 +217,54 @@ fn a_directory_or_device_given_as_the_database_is_named_as_one() {
     }
 }
 
+/// An output file is written beside its destination and renamed into place, so a reader never
+/// sees half of it. That must not replace what the destination is: a FIFO (or, as root, a
+/// device such as /dev/full, which `export --output /dev/full` turned into a regular file)
+/// is written to as it is, and a symbolic link keeps pointing where it did, at the new file.
+#[test]
+fn an_output_that_is_a_fifo_or_a_link_stays_one() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = Env::new();
+    env.import_json(PIPELINE);
+    let expected = env.ok(&["export"]);
+
+    let fifo = env.dir.path().join("flags.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::read_to_string(fifo).unwrap()
+    });
+    env.ok(&["export", "--output", fifo.to_str().unwrap()]);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert_eq!(reader.join().unwrap().trim_end(), expected.trim_end());
+
+    let target = env.write("real.json", "old");
+    let link = env.dir.path().join("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    env.ok(&["export", "--output", link.to_str().unwrap()]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap().trim_end(),
+        expected.trim_end()
+    );
+}
+
 #[test]
 fn eval_of_an_unknown_flag_answers_false_and_warns() {
     let env = Env::new();
