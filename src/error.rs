@@ -204,7 +204,7 @@ pub enum Error {
     #[error("{message}")]
     System { message: String },
 
-    #[error("{path} is {kind}; --db names a database file")]
+    #[error("{path} is {kind}, not a database file")]
     NotAFile { path: String, kind: &'static str },
 
     #[error("{path} already exists")]

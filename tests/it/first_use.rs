@@ -209,7 +209,7 @@ fn a_directory_or_device_given_as_the_database_is_named_as_one() {
         ] {
             assert_eq!(
                 env.fails(command),
-                format!("flagstore: {db} is {kind}; --db names a database file"),
+                format!("flagstore: {db} is {kind}, not a database file"),
             );
         }
         assert!(!std::path::Path::new(&format!("{db}-journal")).exists());
@@ -220,7 +220,8 @@ fn a_directory_or_device_given_as_the_database_is_named_as_one() {
 /// An output file is written beside its destination and renamed into place, so a reader never
 /// sees half of it. That must not replace what the destination is: a FIFO (or, as root, a
 /// device such as /dev/full, which `export --output /dev/full` turned into a regular file)
-/// is written to as it is, and a symbolic link keeps pointing where it did, at the new file.
+/// is written to as it is (or refused where a file is needed), and a symbolic link keeps
+/// pointing where it did, at the new file.
 #[test]
 fn an_output_that_is_a_fifo_or_a_link_stays_one() {
     use std::os::unix::fs::FileTypeExt;
@@ -248,6 +249,25 @@ fn an_output_that_is_a_fifo_or_a_link_stays_one() {
             .is_fifo()
     );
     assert_eq!(reader.join().unwrap().trim_end(), expected.trim_end());
+    // Those that need a file to rename into place refuse it, before writing anything.
+    let flags = env.write("flags.json", PIPELINE);
+    let fifo = fifo.to_str().unwrap();
+    let before = env.snapshot();
+    for command in [
+        &["run", "--input", flags.to_str().unwrap(), "--output", fifo][..],
+        &["backup", "--output", fifo],
+    ] {
+        assert_eq!(
+            env.fails(command),
+            format!("flagstore: cannot write {fifo}: it is a FIFO, not a file"),
+            "{command:?}"
+        );
+    }
+    assert_eq!(
+        env.fails(&["copy", "--to", fifo]),
+        format!("flagstore: {fifo} is a FIFO, not a database file")
+    );
+    assert_eq!(env.snapshot(), before);
 
     let target = env.write("real.json", "old");
     let link = env.dir.path().join("link.json");
