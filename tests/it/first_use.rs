@@ -3,7 +3,6 @@
 
 use crate::common::{Env, PIPELINE, snapshot};
 use serde_json::Value;
-use std::process::Command;
 
 fn pipeline_example() -> String {
     format!("{}/examples/pipeline.json", env!("CARGO_MANIFEST_DIR"))
@@ -191,10 +190,7 @@ fn reading_commands_refuse_a_database_that_does_not_exist() {
 fn a_directory_or_device_given_as_the_database_is_named_as_one() {
     let env = Env::new();
     let dir = env.dir.path().to_str().unwrap().to_string();
-    let fifo = env.dir.path().join("fifo");
-    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(made.success());
-    let fifo = fifo.to_str().unwrap().to_string();
+    let fifo = env.fifo("fifo").to_str().unwrap().to_string();
     let flags = env.write("flags.json", PIPELINE);
     let flags = flags.to_str().unwrap();
     for (db, kind) in [
@@ -229,14 +225,7 @@ fn an_output_that_is_a_fifo_or_a_link_stays_one() {
     env.import_json(PIPELINE);
     let expected = env.ok(&["export"]);
 
-    let fifo = env.dir.path().join("flags.fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = env.fifo("flags.fifo");
     let reader = std::thread::spawn({
         let fifo = fifo.clone();
         move || std::fs::read_to_string(fifo).unwrap()

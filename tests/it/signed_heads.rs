@@ -639,14 +639,7 @@ fn a_signing_key_needs_a_heads_file_and_a_bad_key_writes_nothing() {
 fn a_heads_path_that_is_not_a_file_is_refused_before_anything_is_written() {
     let env = Env::new();
     let signing = env.signing();
-    let fifo = env.dir.path().join("heads.fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = env.fifo("heads.fifo");
     let dir = env.dir.path().join("heads-dir");
     std::fs::create_dir(&dir).unwrap();
     let new_store = env.dir.path().join("new.db");

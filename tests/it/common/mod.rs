@@ -209,6 +209,17 @@ impl Env {
         stderr.trim_end().to_string()
     }
 
+    /// A FIFO named `name` in the test's directory.
+    pub fn fifo(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let made = StdCommand::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success(), "mkfifo {}", path.display());
+        path
+    }
+
     pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write fixture");
