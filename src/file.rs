@@ -174,6 +174,6 @@ pub fn not_a_file(path: &Path) -> Option<&'static str> {
     } else if kind.is_socket() {
         Some("a socket")
     } else {
-        Some("not a file")
+        Some("an unknown kind of file")
     }
 }
