@@ -141,13 +141,17 @@ def verify_consistency(first, second, first_root, second_root, proof):
 
 
 def read_heads(path):
-    """The heads of a heads file with their line numbers, and the lines cut short: how many,
-    and the first ten by number. A publisher stopped while writing a line leaves it without
-    the brace that ends every head (the next publisher ends it with a line break); it was
-    never published."""
-    heads, cut_short = [], [0, []]
+    """The heads of a heads file with their line numbers, and the lines that are not heads:
+    those cut short (how many, and the first ten by number), and the last line when it has no
+    line break yet. A publisher stopped while writing a line leaves it without the brace that
+    ends every head (the next publisher ends it with a line break); it was never published.
+    Until then the last line may as well be a head being written as the file is read."""
+    heads, cut_short = [], [0, [], None]
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, 1):
+            if not line.endswith(b"\n"):
+                cut_short[2] = number
+                continue
             if not line.endswith(b"}\n"):
                 cut_short[0] += 1
                 if len(cut_short[1]) < 10:
@@ -160,15 +164,20 @@ def read_heads(path):
     return heads, cut_short
 
 
-def describe_cut_short(count, first):
+def describe_cut_short(count, first, unfinished):
     named = ", ".join(str(number) for number in first)
     if count == 0:
-        return ""
-    if count == 1:
-        return f"; line {named} was cut short (a publisher stopped while writing it): not a head"
-    more = f" and {count - len(first)} more" if count > len(first) else ""
-    return (f"; lines {named}{more} were cut short (publishers stopped while writing them): "
-            "not heads")
+        said = ""
+    elif count == 1:
+        said = f"; line {named} was cut short (a publisher stopped while writing it): not a head"
+    else:
+        more = f" and {count - len(first)} more" if count > len(first) else ""
+        said = (f"; lines {named}{more} were cut short (publishers stopped while writing them): "
+                "not heads")
+    if unfinished is not None:
+        said += (f"; line {unfinished} has no line break yet (a head being written, or one whose "
+                 "publisher stopped): not a head")
+    return said
 
 
 def check_heads(path, public_key_path, key_id):

@@ -446,12 +446,17 @@ fn read_at(file: &mut File, path: &Path, offset: u64, buffer: &mut [u8]) -> Resu
 /// a reviewer's memory.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
 
-/// The lines of a heads file found cut short: how many, and the first few by number. A
-/// hostile file of nothing else must fill neither a reviewer's memory nor their screen.
+/// The lines of a heads file that are not heads: those found cut short (how many, and the
+/// first few by number: a hostile file of nothing else must fill neither a reviewer's memory
+/// nor their screen), and the last line when it has no line break yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CutShortLines {
     pub count: usize,
     pub first: Vec<usize>,
+    /// The last line, without its line break: a head a publisher is writing as the file is
+    /// read, or one whose publisher stopped and that no publisher has sealed since. Which of
+    /// the two, a reader cannot tell, so it does not call the line cut short.
+    pub unfinished: Option<usize>,
 }
 
 impl CutShortLines {
@@ -463,6 +468,11 @@ impl CutShortLines {
             self.first.push(line);
         }
         self.count += 1;
+    }
+
+    /// Whether every line was a head.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0 && self.unfinished.is_none()
     }
 }
 
@@ -484,6 +494,15 @@ impl std::fmt::Display for CutShortLines {
                     0 => String::new(),
                     more => format!(" and {more} more"),
                 }
+            ),
+        }?;
+        match (self.unfinished, self.count) {
+            (None, _) => Ok(()),
+            (Some(line), cut_short) => write!(
+                f,
+                "{}line {line} has no line break yet (a head being written, or one whose \
+                 publisher stopped): not a head",
+                if cut_short > 0 { "; " } else { "" }
             ),
         }
     }
@@ -510,8 +529,7 @@ impl HeadLines {
         })
     }
 
-    /// The lines read so far that were cut short, the file's last line too when it has no
-    /// line break yet.
+    /// The lines read so far that were not heads: cut short, or the last one unfinished.
     pub fn cut_short(&self) -> &CutShortLines {
         &self.cut_short
     }
@@ -539,7 +557,7 @@ impl Iterator for HeadLines {
             }
             self.number += 1;
             if line.pop() != Some(b'\n') {
-                self.cut_short.push(self.number);
+                self.cut_short.unfinished = Some(self.number);
                 return None;
             }
             if cut_short(&line) {
@@ -692,10 +710,12 @@ mod tests {
                 .by_ref()
                 .map(|head| head.map(|(line, head)| (line, head.size)).unwrap())
                 .collect();
-            (seen, lines.cut_short().first.clone())
+            let not_heads = lines.cut_short();
+            (seen, not_heads.first.clone(), not_heads.unfinished)
         };
+        // Unsealed, the last line is unfinished: it may be a head being written.
         crash(br#"{"size":12,"ro"#);
-        assert_eq!(read_all(), (vec![(1, 1), (2, 3), (3, 9)], vec![4]));
+        assert_eq!(read_all(), (vec![(1, 1), (2, 3), (3, 9)], vec![], Some(4)));
         let mut sealed = std::fs::read(&path).unwrap();
         sealed.push(b'\n');
         let mut heads = HeadsFile::open(&path).unwrap();
@@ -703,13 +723,24 @@ mod tests {
         assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(9));
         heads.append(&signed(&key, 12)).unwrap();
         drop(heads);
-        assert_eq!(read_all(), (vec![(1, 1), (2, 3), (3, 9), (5, 12)], vec![4]));
+        assert_eq!(
+            read_all(),
+            (vec![(1, 1), (2, 3), (3, 9), (5, 12)], vec![4], None)
+        );
 
         // Crashes in a row, one leaving zeros where its line was to be: the newest head is
         // found before them, and a publisher seals only the last (the others have breaks).
         crash(b"{\"size\":13\n\0\0\0");
         assert_eq!(newest_head(&path).unwrap().map(|h| h.size), Some(12));
-        assert_eq!(read_all().1, [4, 6, 7]);
+        assert_eq!((read_all().1, read_all().2), (vec![4, 6], Some(7)));
+        let mut lines = HeadLines::open(&path).unwrap();
+        lines.by_ref().for_each(drop);
+        assert_eq!(
+            lines.cut_short().to_string(),
+            "lines 4, 6 were cut short (publishers stopped while writing them): not heads; \
+             line 7 has no line break yet (a head being written, or one whose publisher \
+             stopped): not a head"
+        );
         let mut heads = HeadsFile::open(&path).unwrap();
         assert_eq!(heads.newest().unwrap().map(|h| h.size), Some(12));
         heads.append(&signed(&key, 14)).unwrap();
@@ -719,7 +750,8 @@ mod tests {
             read_all(),
             (
                 vec![(1, 1), (2, 3), (3, 9), (5, 12), (8, 14)],
-                vec![4, 6, 7]
+                vec![4, 6, 7],
+                None
             )
         );
         // Read back past a long run of them, in pieces: the head before them is found.

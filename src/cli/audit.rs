@@ -225,7 +225,7 @@ fn heads_verified_line(heads: &Path, from_newest: bool, held: &HeadsVerified) ->
             held.rows
         ));
     }
-    if held.cut_short.count > 0 {
+    if !held.cut_short.is_empty() {
         text.push_str(&format!("; {}", held.cut_short));
     }
     text
