@@ -49,6 +49,18 @@ def test_store_error_is_flagstores_own_and_crosses_processes(tmp_path):
             executor.submit(open_missing, missing).result()
 
 
+def test_a_db_path_that_is_not_a_file_is_named_and_left_alone(tmp_path):
+    """A FIFO blocked or failed with "disk I/O error", /dev/null got a journal written beside it
+    (as root), and /dev/zero was read for ever."""
+    fifo = tmp_path / "store.fifo"
+    os.mkfifo(fifo)
+    for db, kind in [(str(tmp_path), "a directory"), (str(fifo), "a FIFO"),
+                     ("/dev/null", "a character device"), ("/dev/zero", "a character device")]:
+        with pytest.raises(StoreError, match=f"^{db} is {kind}, not a database file$"):
+            FlagManager(PIPELINE, db=db)
+        assert not os.path.exists(f"{db}-journal")
+
+
 def test_a_bad_key_is_a_value_error_from_every_method():
     manager = FlagManager(PIPELINE)
     for key in BAD_KEYS:
