@@ -134,10 +134,15 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     pending.persist()
 }
 
+/// The most a file small by nature is read to: a key in PEM is under 200 bytes, a checkpoint
+/// about 100.
+pub const SMALL_FILE_BYTES: u64 = 4096;
+
 /// The text of a file that is small by nature (a key, a checkpoint), `None` if it holds more
-/// than `limit` bytes: a path given by mistake (the database, `/dev/zero`) is refused having
-/// read `limit + 1` bytes, not read whole into memory.
-pub fn read_small_text(path: &Path, limit: u64) -> Result<Option<String>> {
+/// than [`SMALL_FILE_BYTES`]: a path given by mistake (the database, `/dev/zero`) is refused
+/// having read one byte more, not read whole into memory.
+pub fn read_small_text(path: &Path) -> Result<Option<String>> {
+    let limit = SMALL_FILE_BYTES;
     let read_error = |source| Error::Read {
         path: path.display().to_string(),
         source,

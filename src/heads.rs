@@ -578,11 +578,14 @@ fn parse_head(path: &Path, line: Option<usize>, text: &[u8]) -> Result<SignedHea
     })
 }
 
-/// The text of a key file. An Ed25519 key in PEM is under 200 bytes.
 fn read_key_text(path: &Path) -> Result<String> {
-    const LIMIT: u64 = 4096;
-    crate::file::read_small_text(path, LIMIT)?
-        .ok_or_else(|| key_error(path, format!("larger than {LIMIT} bytes: not a key")))
+    use crate::file::{SMALL_FILE_BYTES, read_small_text};
+    read_small_text(path)?.ok_or_else(|| {
+        key_error(
+            path,
+            format!("larger than {SMALL_FILE_BYTES} bytes: not a key"),
+        )
+    })
 }
 
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {

@@ -477,13 +477,12 @@ fn audit_table_row(row: &AuditRow) -> Vec<String> {
 }
 
 fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
-    // `audit checkpoint` writes about 100 bytes.
-    const LIMIT: u64 = 4096;
+    use flagstore::file::{SMALL_FILE_BYTES, read_small_text};
     let bad = |why| Error::BadCheckpoint {
         path: path.display().to_string(),
         why,
     };
-    let text = flagstore::file::read_small_text(path, LIMIT)?
-        .ok_or_else(|| bad(format!("larger than {LIMIT} bytes")))?;
+    let text = read_small_text(path)?
+        .ok_or_else(|| bad(format!("larger than {SMALL_FILE_BYTES} bytes")))?;
     Checkpoint::parse(&text).map_err(bad)
 }

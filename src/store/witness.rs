@@ -34,7 +34,8 @@ pub struct HeadsVerified {
     pub heads: usize,
     /// The newest head and its line in the heads file.
     pub newest: Option<(usize, SignedHead)>,
-    /// The lines of the heads file cut short (a publisher stopped while writing them).
+    /// The lines of the heads file that were not heads: cut short (a publisher stopped while
+    /// writing them), or the last one unfinished.
     pub cut_short: CutShortLines,
 }
 
