@@ -6,8 +6,8 @@
 //! Each variant fills a fresh store holding `flagstore bench`'s flags (created and migrated by
 //! flagstore, so the schema is the real one) with KEYS keys' decision records shaped like the
 //! real ones (one row per key, same columns and detail length, 64 rows per INSERT, as many keys
-//! per BEGIN IMMEDIATE ... COMMIT as a batch, one `audit_flag_ranges` row per flag and
-//! transaction), first with the assignment every enabled flag stores for a fresh key, then
+//! per BEGIN IMMEDIATE ... COMMIT as a batch, one `audit_ranges` row per transaction naming
+//! its set of flags), first with the assignment every enabled flag stores for a fresh key, then
 //! audit rows alone as on a second pass. Variants run in turn, ROUNDS times, and the
 //! medians are printed. Only `as built` is what flagstore promises; the others show what each
 //! relaxation of the schema or of durability would buy (see `Rows`).
@@ -269,12 +269,16 @@ fn insert_pass(
             Rows::Records => {
                 let first_id = *id + 1;
                 insert_audit_rows(conn, &audit_sql, &names, &context_ids, &[], id)?;
-                let mut range = conn.prepare_cached(
-                    "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES (?1, ?2, ?3)",
-                )?;
-                for flag in &flags {
-                    range.execute((flag, first_id, *id))?;
-                }
+                let set = serde_json::to_string(&flags).expect("a list of names serializes");
+                conn.prepare_cached(
+                    "INSERT INTO audit_flag_sets (flags) VALUES (?1) ON CONFLICT (flags) DO NOTHING",
+                )?
+                .execute([&set])?;
+                conn.prepare_cached(
+                    "INSERT INTO audit_ranges (first_id, last_id, flag_set) \
+                     SELECT ?2, ?3, id FROM audit_flag_sets WHERE flags = ?1",
+                )?
+                .execute((&set, first_id, *id))?;
             }
             Rows::Compact => {
                 insert_compact_rows(conn, &compact_sql, &names, workload.flags.len(), id)?

@@ -20,8 +20,9 @@ use flagstore::store::Store;
      audited resets and deletions removed (an assignment no record stored, one whose
      decision, bucket, rollout or time is not its record's, one a record stored that is
      missing);
-     the index of decision records by flag (audit_flag_ranges) lists each record under
-     exactly the flags it was asked for; every API token row the one its change rows leave
+     the index of decision records by flag (audit_ranges and their audit_flag_sets; the
+     view audit_flag_ranges) lists each record under exactly the flags it was asked for;
+     every API token row the one its change rows leave
      (its role, creation and revocation); and the schema's triggers, views and indexes (and
      SQLite's table texts, PostgreSQL's functions) are the ones the migrations make, run
      anew in an empty database (on PostgreSQL in a scratch schema rolled back, which a role
@@ -30,7 +31,7 @@ use flagstore::store::Store;
 
 With --repair-index, decision records missing from the index are added back, recorded in
 the audit log as one change row per flag (action reindex); a range that lists too much
-stays (the table is append-only) and is still reported.
+stays (the tables are append-only) and is still reported.
 
 Examples:
   flagstore check
@@ -40,7 +41,7 @@ Examples:
 pub struct CheckArgs {
     #[command(flatten)]
     pub db: DbOption,
-    /// Add the decision records missing from audit_flag_ranges back to it (audited).
+    /// Add the decision records missing from the index by flag back to it (audited).
     #[arg(long)]
     pub repair_index: bool,
     #[command(flatten)]

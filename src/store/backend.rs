@@ -115,14 +115,14 @@ pub(super) trait Backend: Send {
     /// Stores audit rows linked into the chain; only through [`WriteTx::append_audit`].
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()>;
     /// Stores one evaluated step: its new assignments, its decision records (linked into the
-    /// chain) and, on a transaction's last step, its `audit_flag_ranges` rows (flags, first and
-    /// last record id); only through [`WriteTx::append_step`]. A backend that pays a round
-    /// trip per statement sends them as one.
+    /// chain) and, on a transaction's last step, its range of records (the flag set's JSON,
+    /// first and last record id); only through [`WriteTx::append_step`]. A backend that pays
+    /// a round trip per statement sends them as one.
     fn insert_step(
         &self,
         assignments: &[AssignmentRef],
         records: &[ChainedEntry],
-        ranges: Option<(&[&str], i64, i64)>,
+        range: Option<(&str, i64, i64)>,
     ) -> Result<()> {
         if !assignments.is_empty() {
             self.steps().insert_assignments(assignments)?;
@@ -130,8 +130,8 @@ pub(super) trait Backend: Send {
         if !records.is_empty() {
             self.insert_audit(records)?;
         }
-        if let Some((flags, first_id, last_id)) = ranges {
-            self.steps().insert_flag_ranges(flags, first_id, last_id)?;
+        if let Some((flags, first_id, last_id)) = range {
+            self.steps().insert_record_range(flags, first_id, last_id)?;
         }
         Ok(())
     }
@@ -168,6 +168,24 @@ pub(super) trait Backend: Send {
 /// A schema object: its kind (`trigger`, `view`, ...), its name and its definition as the
 /// database prints it.
 pub type SchemaObject = (String, String, String);
+
+/// Where a row of `audit_ranges` sorts: first id, last id, set.
+pub(super) type RangeKey = (i64, i64, i64);
+
+/// A row of `audit_ranges` with its set's text, which is `None` when no set has its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RecordRange {
+    pub(super) first_id: i64,
+    pub(super) last_id: i64,
+    pub(super) flag_set: i64,
+    pub(super) flags: Option<String>,
+}
+
+impl RecordRange {
+    pub(super) fn key(&self) -> RangeKey {
+        (self.first_id, self.last_id, self.flag_set)
+    }
+}
 
 /// The schema objects of a store, and those the migrations make ([`Backend::schema_objects`]):
 /// `Err` naming why they could not be made (a PostgreSQL role that may not create the scratch
@@ -214,23 +232,22 @@ pub(super) trait Reads {
     /// chain's links without the rows' contents.
     fn audit_links(&self, after_id: i64, limit: i64) -> Result<Vec<(i64, String, String)>>;
 
-    /// The `(first_id, last_id)` ranges listing `flag`, after `cursor` (ascending: ranges
-    /// ending past it; descending: ranges starting before it), in order of `last_id`.
-    fn flag_ranges(
+    /// Every row of `audit_flag_sets`: id and the JSON list of flag names, as stored.
+    fn flag_sets(&self) -> Result<Vec<(i64, String)>>;
+
+    /// Up to `limit` `(first_id, last_id)` ranges of `flag_set`, after `cursor` (ascending:
+    /// ranges ending past it; descending: ranges starting before it), in order of `last_id`.
+    fn set_ranges(
         &self,
-        flag: &str,
+        flag_set: i64,
         ascending: bool,
         cursor: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, i64)>>;
 
-    /// Up to `limit` flag ranges `(flag, first_id, last_id)` after `(first_id, flag)`, in
-    /// that order: the order of the records they list.
-    fn ranges_by_first_id(
-        &self,
-        after: (i64, &str),
-        limit: usize,
-    ) -> Result<Vec<(String, i64, i64)>>;
+    /// Up to `limit` ranges after the one keyed `after`, in key order (first id, last id,
+    /// set): the order of the records they list.
+    fn record_ranges(&self, after: RangeKey, limit: usize) -> Result<Vec<RecordRange>>;
 
     fn audit_page(&self, scan: &Scan) -> Result<Vec<crate::audit::AuditRow>>;
 
@@ -308,8 +325,10 @@ pub(super) trait Writes {
 
     fn delete_assignments(&self, flag: &str, context: Option<&str>) -> Result<usize>;
 
-    /// Records that the decision records `first_id..=last_id` were asked for each of `flags`.
-    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()>;
+    /// Records that the decision records `first_id..=last_id` were each asked for the flags
+    /// of the set `flags` (its JSON, as [`super::ranges::flag_set_json`] writes it), adding
+    /// the set if it is new.
+    fn insert_record_range(&self, flags: &str, first_id: i64, last_id: i64) -> Result<()>;
 
     fn insert_token(&self, token: &TokenRecord) -> Result<()>;
 
@@ -466,9 +485,9 @@ impl<'s> WriteTx<'s> {
         &self,
         assignments: &[AssignmentRef],
         records: &[ChainedEntry],
-        ranges: Option<(&[&str], i64, i64)>,
+        range: Option<(&str, i64, i64)>,
     ) -> Result<()> {
-        self.backend.insert_step(assignments, records, ranges)
+        self.backend.insert_step(assignments, records, range)
     }
 
     /// Commits. A connection lost during COMMIT (a server restart, a terminated backend) leaves

@@ -103,14 +103,16 @@ impl Store {
         for token in source.list_tokens(true)? {
             target.insert_token(&token)?;
         }
-        let mut after = (i64::MIN, String::new());
+        let mut after = (i64::MIN, i64::MIN, i64::MIN);
         loop {
-            let page = source.ranges_by_first_id((after.0, &after.1), COPY_BATCH)?;
-            for (flag, first_id, last_id) in &page {
-                target.insert_flag_ranges(&[flag], *first_id, *last_id)?;
+            let page = source.record_ranges(after, COPY_BATCH)?;
+            for range in &page {
+                // A range whose set is missing lists no flag, in the copy as in the source.
+                let flags = range.flags.as_deref().unwrap_or("[]");
+                target.insert_record_range(flags, range.first_id, range.last_id)?;
             }
-            match page.into_iter().last() {
-                Some((flag, first_id, _)) => after = (first_id, flag),
+            match page.last() {
+                Some(range) => after = range.key(),
                 None => break,
             }
         }

@@ -1,6 +1,6 @@
 //! Evaluation inside the store: which flags a request evaluates, which assignments it reads,
 //! and how a transaction's keys are decided (on a second thread, in steps) and written back
-//! with one decision record per key and one `audit_flag_ranges` row per requested flag.
+//! with one decision record per key and one range of them naming the requested flags.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -16,6 +16,7 @@ use crate::record;
 use super::backend::FoundAssignment;
 use super::chain::{Chain, linked_rows};
 use super::flags::edit_flags;
+use super::ranges::flag_set_json;
 use super::{
     AssignmentRef, BatchReport, Reads, Request, RequestResult, Selection, Store, WriteTx,
     keys_per_transaction,
@@ -265,8 +266,8 @@ impl<'a> EvaluationPlan<'a> {
     }
 
     /// Evaluates every key within the caller's transaction and writes the new assignments and
-    /// one decision record per key, with one `audit_flag_ranges` row per requested flag
-    /// covering them. A key may repeat: a later occurrence sees what an earlier one stored.
+    /// one decision record per key, with one range covering them that names the requested
+    /// flags. A key may repeat: a later occurrence sees what an earlier one stored.
     ///
     /// Keys go through in steps (`Backend::keys_per_step`). The store is read and written on this
     /// thread, and steps are evaluated, recorded and hashed on another meanwhile: the
@@ -297,17 +298,20 @@ impl<'a> EvaluationPlan<'a> {
         };
         let first_id = chain.as_ref().map_or(0, |chain| chain.next_id);
         let steps: Vec<&[String]> = keys.chunks(tx.keys_per_step()).collect();
-        let mut ranged_flags = self.requested.clone();
-        ranged_flags.sort_unstable();
-        ranged_flags.dedup();
         let mut writer = StepWriter {
             tx,
             actor,
             ts,
             results: Vec::with_capacity(keys.len()),
             steps_left: steps.len(),
-            // One `audit_flag_ranges` row per requested flag, covering every record.
-            ranges: audited.then(|| (ranged_flags, first_id, first_id + keys.len() as i64 - 1)),
+            // One range of every record, naming the requested flags.
+            range: audited.then(|| {
+                (
+                    flag_set_json(self.requested.iter().copied()),
+                    first_id,
+                    first_id + keys.len() as i64 - 1,
+                )
+            }),
         };
         let mut evaluator = KeyEvaluator {
             plan: self,
@@ -478,8 +482,9 @@ struct StepWriter<'t, 'a> {
     ts: &'a str,
     results: Vec<ContextEvaluation>,
     steps_left: usize,
-    /// The transaction's `audit_flag_ranges` rows, written with its last step.
-    ranges: Option<(Vec<&'a str>, i64, i64)>,
+    /// The transaction's range of records (its flag set's JSON, first and last id), written
+    /// with its last step.
+    range: Option<(String, i64, i64)>,
 }
 
 impl StepWriter<'_, '_> {
@@ -509,16 +514,16 @@ impl StepWriter<'_, '_> {
             None => Vec::new(),
         };
         self.steps_left -= 1;
-        let ranges = match self.steps_left {
-            0 => self.ranges.take(),
+        let range = match self.steps_left {
+            0 => self.range.take(),
             _ => None,
         };
         self.tx.append_step(
             &new_assignments,
             &records,
-            ranges
+            range
                 .as_ref()
-                .map(|(flags, first_id, last_id)| (flags.as_slice(), *first_id, *last_id)),
+                .map(|(flags, first_id, last_id)| (flags.as_str(), *first_id, *last_id)),
         )?;
         self.results.extend(evaluated.evaluations);
         Ok(())

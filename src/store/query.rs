@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use super::ranges::parse_flag_set;
 use super::{Reads, Scan, Scope, Store};
 use crate::audit::{AuditQuery, AuditRow};
 use crate::error::{Error, Result};
@@ -19,8 +20,8 @@ use crate::record;
 /// Rows per page when streaming the whole log (verification, copies).
 const PAGE_ROWS: usize = 5_000;
 
-/// Flag ranges read at a time: a flag asked for in every request has a range per transaction,
-/// and a page of decisions usually needs only the newest few.
+/// Ranges of a flag read at a time: a flag asked for in every request is in a range per
+/// transaction, and a page of decisions usually needs only the newest few.
 const RANGES_PER_READ: usize = 16;
 
 /// A value bound to a scan's SQL.
@@ -128,17 +129,17 @@ pub(super) fn tally_sql(table: &str, placeholder: impl Fn(usize) -> String) -> S
     )
 }
 
-/// The SQL listing a flag's ranges after a cursor (parameters: flag, cursor bound, limit), with
-/// `placeholder(n)` for the n-th parameter: ascending, the ranges ending past the cursor;
+/// The SQL listing a flag set's ranges after a cursor (parameters: set, cursor bound, limit),
+/// with `placeholder(n)` for the n-th parameter: ascending, the ranges ending past the cursor;
 /// descending, those starting before it; in order of `last_id`.
-pub(super) fn flag_ranges_sql(ascending: bool, placeholder: impl Fn(usize) -> String) -> String {
+pub(super) fn set_ranges_sql(ascending: bool, placeholder: impl Fn(usize) -> String) -> String {
     let (condition, order) = if ascending {
         ("last_id >", "")
     } else {
         ("first_id <", " DESC")
     };
     format!(
-        "SELECT first_id, last_id FROM audit_flag_ranges WHERE flag = {} AND {condition} {} \
+        "SELECT first_id, last_id FROM audit_ranges WHERE flag_set = {} AND {condition} {} \
          ORDER BY last_id{order} LIMIT {}",
         placeholder(1),
         placeholder(2),
@@ -146,21 +147,48 @@ pub(super) fn flag_ranges_sql(ascending: bool, placeholder: impl Fn(usize) -> St
     )
 }
 
-/// Up to `$3` ranges after `($1, $2)` in the order of `(first_id, flag)`: the order of the
-/// records they list.
-pub(super) fn ranges_by_first_id_sql(placeholder: impl Fn(usize) -> String) -> String {
+/// Up to `$4` ranges after the key `($1, $2, $3)`, in key order (the order of the records
+/// they list), each with its set's text.
+pub(super) fn record_ranges_sql(placeholder: impl Fn(usize) -> String) -> String {
     format!(
-        "SELECT flag, first_id, last_id FROM audit_flag_ranges WHERE (first_id, flag) > ({}, {}) \
-         ORDER BY first_id, flag LIMIT {}",
+        "SELECT r.first_id, r.last_id, r.flag_set, s.flags \
+           FROM audit_ranges r LEFT JOIN audit_flag_sets s ON s.id = r.flag_set \
+          WHERE (r.first_id, r.last_id, r.flag_set) > ({}, {}, {}) \
+          ORDER BY r.first_id, r.last_id, r.flag_set LIMIT {}",
         placeholder(1),
         placeholder(2),
-        placeholder(3)
+        placeholder(3),
+        placeholder(4)
     )
 }
 
-/// The cursor bound [`flag_ranges_sql`] is given: no cursor reads from the start.
-pub(super) fn flag_ranges_bound(ascending: bool, cursor: Option<i64>) -> i64 {
+/// The cursor bound [`set_ranges_sql`] is given: no cursor reads from the start.
+pub(super) fn set_ranges_bound(ascending: bool, cursor: Option<i64>) -> i64 {
     cursor.unwrap_or(if ascending { i64::MIN } else { i64::MAX })
+}
+
+/// Up to `limit` `(first_id, last_id)` ranges listing `flag` after `cursor`, as
+/// [`Reads::set_ranges`] reads one set's: the ranges of every set holding the flag, merged.
+/// A set whose text is not a list of names holds none (`check` names it).
+fn flag_ranges(
+    tx: &dyn Reads,
+    flag: &str,
+    ascending: bool,
+    cursor: Option<i64>,
+    limit: usize,
+) -> Result<Vec<(i64, i64)>> {
+    let mut ranges = Vec::new();
+    for (flag_set, text) in tx.flag_sets()? {
+        if parse_flag_set(&text).is_some_and(|flags| flags.iter().any(|listed| listed == flag)) {
+            ranges.extend(tx.set_ranges(flag_set, ascending, cursor, limit)?);
+        }
+    }
+    ranges.sort_unstable_by_key(|&(_, last_id)| last_id);
+    if !ascending {
+        ranges.reverse();
+    }
+    ranges.truncate(limit);
+    Ok(ranges)
 }
 
 /// Where a scan reads its pages.
@@ -310,8 +338,8 @@ impl Store {
     /// the decision's flag, result, source and reason). `query.limit` counts those rows; a page
     /// ends at a record's end, so `cursor` (a row id) always continues where a page stopped.
     ///
-    /// A flag's decision records are found through `audit_flag_ranges` (one row per
-    /// transaction and flag), its changes through the index on (flag, id); a context's rows
+    /// A flag's decision records are found through the ranges of the flag sets holding it
+    /// (one range per write transaction), its changes through the index on (flag, id); a context's rows
     /// through its index on the context (SQLite: on the context's number, since schema 10).
     pub fn query_audit<E: From<Error>>(
         &self,
@@ -381,8 +409,9 @@ fn scan_flag<E: From<Error>>(
     let mut records: VecDeque<AuditRow> = VecDeque::new();
     loop {
         if records.is_empty() && ranges.is_empty() && !ranges_exhausted {
-            let read = reader
-                .read(|tx| tx.flag_ranges(flag, query.ascending, ranges_cursor, RANGES_PER_READ))?;
+            let read = reader.read(|tx| {
+                flag_ranges(tx, flag, query.ascending, ranges_cursor, RANGES_PER_READ)
+            })?;
             ranges_exhausted = read.len() < RANGES_PER_READ;
             if let Some(&(first_id, last_id)) = read.last() {
                 ranges_cursor = Some(if query.ascending { last_id } else { first_id });

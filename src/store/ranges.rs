@@ -1,10 +1,13 @@
-//! The per-flag index of decision records (`audit_flag_ranges`) held against the records it
-//! indexes: `check` walks both in record order, and `check --repair-index` adds what is missing.
+//! The index of decision records by flag (`audit_ranges`, each range naming a set of flags in
+//! `audit_flag_sets`; reviewers read it as the view `audit_flag_ranges`) held against the
+//! records it indexes: `check` walks both in record order, and `check --repair-index` adds
+//! what is missing.
 //!
 //! The index is derived, not hashed, so the chain cannot vouch for it: a range deleted by the
-//! tables' owner hides that flag's decisions from `audit --flag`, the admin API and the UI
+//! tables' owner hides its flags' decisions from `audit --flag`, the admin API and the UI
 //! while `audit verify` passes. Each decision record must be listed by exactly the flags it was
-//! asked for (the first `requested` of its decisions); nothing else may be listed.
+//! asked for (the first `requested` of its decisions), through the sets of the ranges covering
+//! it; nothing else may be listed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -14,8 +17,23 @@ use serde_json::json;
 use crate::audit::{AuditRow, Checkpoint, Entry, Verified};
 use crate::error::{Error, Result};
 
+use super::backend::{RangeKey, RecordRange};
 use super::review::DecisionWalk;
 use super::{Store, append_audit};
+use crate::error::shortened;
+
+/// A flag set as `audit_flag_sets` holds it: the names sorted (bytewise), each once, as JSON.
+pub(super) fn flag_set_json<'a>(flags: impl IntoIterator<Item = &'a str>) -> String {
+    let mut flags: Vec<&str> = flags.into_iter().collect();
+    flags.sort_unstable();
+    flags.dedup();
+    serde_json::to_string(&flags).expect("a list of strings serializes")
+}
+
+/// The names a flag set's text lists; `None` when it is not a JSON list of strings.
+pub(super) fn parse_flag_set(text: &str) -> Option<Vec<String>> {
+    serde_json::from_str(text).ok()
+}
 
 /// Ranges read per page while walking the log.
 const RANGES_PER_PAGE: usize = 5_000;
@@ -70,11 +88,14 @@ pub struct IndexReport {
     /// Ids a range of the flag lists that do not decide it (a change row, a record asked for
     /// other flags, an id past the end, or an id listed twice).
     pub extra: BTreeMap<String, Runs>,
+    /// Sets that ranges name but that list no flag: the set's text when it is not a list of
+    /// names, `None` when `audit_flag_sets` has no such set.
+    pub unreadable_sets: BTreeMap<i64, Option<String>>,
 }
 
 impl IndexReport {
     pub fn is_sound(&self) -> bool {
-        self.missing.is_empty() && self.extra.is_empty()
+        self.missing.is_empty() && self.extra.is_empty() && self.unreadable_sets.is_empty()
     }
 
     /// One line per flag and kind of difference, for `check`.
@@ -101,7 +122,18 @@ impl IndexReport {
                 runs.shown()
             )
         });
-        missing.chain(extra).collect()
+        let unreadable = self.unreadable_sets.iter().map(|(id, text)| match text {
+            Some(text) => format!(
+                "audit_flag_sets: set {id} is not a JSON list of flag names ({}), so the ranges \
+                 naming it list no flag",
+                shortened(text, 80)
+            ),
+            None => format!(
+                "audit_ranges: ranges name set {id}, which audit_flag_sets does not hold, so \
+                 they list no flag"
+            ),
+        });
+        unreadable.chain(missing).chain(extra).collect()
     }
 }
 
@@ -121,10 +153,10 @@ fn flags_asked_for(row: &AuditRow) -> Result<BTreeSet<String>> {
 /// holding only the ranges that cover the record at hand.
 struct IndexWalk<'s> {
     store: &'s Store,
-    page: VecDeque<(String, i64, i64)>,
-    after: (i64, String),
+    page: VecDeque<RecordRange>,
+    after: RangeKey,
     read_all: bool,
-    /// The ranges covering the current record: flag and last id.
+    /// The flags of the ranges covering the current record, each with its range's last id.
     covering: Vec<(String, i64)>,
     last_visited: i64,
     report: IndexReport,
@@ -135,7 +167,7 @@ impl<'s> IndexWalk<'s> {
         IndexWalk {
             store,
             page: VecDeque::new(),
-            after: (i64::MIN, String::new()),
+            after: (i64::MIN, i64::MIN, i64::MIN),
             read_all: false,
             covering: Vec::new(),
             last_visited: 0,
@@ -143,23 +175,33 @@ impl<'s> IndexWalk<'s> {
         }
     }
 
-    /// The next range in order, if it starts at or before `id`.
-    fn next_starting_by(&mut self, id: i64) -> Result<Option<(String, i64, i64)>> {
+    /// The next range in order, if it starts at or before `id`, with the flags it lists.
+    fn next_starting_by(&mut self, id: i64) -> Result<Option<(Vec<String>, i64, i64)>> {
         if self.page.is_empty() && !self.read_all {
             let page = self
                 .store
                 .read_transaction()?
-                .ranges_by_first_id((self.after.0, &self.after.1), RANGES_PER_PAGE)?;
+                .record_ranges(self.after, RANGES_PER_PAGE)?;
             self.read_all = page.len() < RANGES_PER_PAGE;
-            if let Some((flag, first_id, _)) = page.last() {
-                self.after = (*first_id, flag.clone());
+            if let Some(last) = page.last() {
+                self.after = last.key();
             }
             self.page = page.into();
         }
-        Ok(match self.page.front() {
-            Some((_, first_id, _)) if *first_id <= id => self.page.pop_front(),
-            _ => None,
-        })
+        if self.page.front().is_none_or(|range| range.first_id > id) {
+            return Ok(None);
+        }
+        let range = self.page.pop_front().expect("checked above");
+        let flags = match range.flags.as_deref().map(parse_flag_set) {
+            Some(Some(flags)) => flags,
+            _ => {
+                self.report
+                    .unreadable_sets
+                    .insert(range.flag_set, range.flags);
+                Vec::new()
+            }
+        };
+        Ok(Some((flags, range.first_id, range.last_id)))
     }
 
     fn extra(&mut self, flag: &str, first: i64, last: i64) {
@@ -171,14 +213,16 @@ impl<'s> IndexWalk<'s> {
     }
 
     fn visit(&mut self, row: &AuditRow) -> Result<()> {
-        while let Some((flag, first_id, last_id)) = self.next_starting_by(row.id)? {
-            // Ids are gapless from 1 and every one is visited: a range starting before this
-            // record lists ids before the first.
-            if first_id < row.id {
-                self.extra(&flag, first_id, last_id.min(row.id - 1));
-            }
-            if last_id >= row.id {
-                self.covering.push((flag, last_id));
+        while let Some((flags, first_id, last_id)) = self.next_starting_by(row.id)? {
+            for flag in flags {
+                // Ids are gapless from 1 and every one is visited: a range starting before
+                // this record lists ids before the first.
+                if first_id < row.id {
+                    self.extra(&flag, first_id, last_id.min(row.id - 1));
+                }
+                if last_id >= row.id {
+                    self.covering.push((flag, last_id));
+                }
             }
         }
         let asked_for = flags_asked_for(row)?;
@@ -221,9 +265,11 @@ impl<'s> IndexWalk<'s> {
             .read_transaction()?
             .audit_tail()?
             .map_or(0, |(id, _)| id);
-        while let Some((flag, first_id, last_id)) = self.next_starting_by(i64::MAX)? {
+        while let Some((flags, first_id, last_id)) = self.next_starting_by(i64::MAX)? {
             if last_id > tail {
-                self.extra(&flag, first_id.max(tail + 1), last_id);
+                for flag in flags {
+                    self.extra(&flag, first_id.max(tail + 1), last_id);
+                }
             }
         }
         Ok(self.report)
@@ -266,7 +312,7 @@ impl Store {
         let mut reindexed = Vec::new();
         for (flag, records) in &report.missing {
             for &(first_id, last_id) in records.runs() {
-                tx.insert_flag_ranges(&[flag], first_id, last_id)?;
+                tx.insert_record_range(&flag_set_json([flag.as_str()]), first_id, last_id)?;
             }
             let audit_id = append_audit(
                 &tx,

@@ -61,13 +61,16 @@ fn the_triggers_refuse_update_and_delete() {
         refused.push("TRUNCATE audit_log");
     }
     // The index of which records each flag's queries read is append-only too: deleting a
-    // range hid that flag's decisions from `audit --flag`.
+    // range, or a flag from a set, hid that flag's decisions from `audit --flag`.
     refused.extend([
-        "UPDATE audit_flag_ranges SET last_id = last_id + 1",
-        "DELETE FROM audit_flag_ranges WHERE flag = 'enrich'",
+        "UPDATE audit_ranges SET last_id = last_id + 1",
+        "DELETE FROM audit_ranges",
+        "UPDATE audit_flag_sets SET flags = '[]'",
+        "DELETE FROM audit_flag_sets",
     ]);
     if env.backend == Backend::Postgres {
-        refused.push("TRUNCATE audit_flag_ranges");
+        // The sets are referenced by the ranges: CASCADE is what would empty them.
+        refused.extend(["TRUNCATE audit_ranges", "TRUNCATE audit_flag_sets CASCADE"]);
     }
     for sql in refused {
         let error = env.execute(sql).unwrap_err();
@@ -492,14 +495,14 @@ fn check_names_schema_objects_dropped_altered_or_added() {
         ),
         Backend::Postgres => (
             "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update; \
-             CREATE OR REPLACE FUNCTION audit_flag_ranges_refuse_change() RETURNS trigger \
+             CREATE OR REPLACE FUNCTION audit_ranges_refuse_change() RETURNS trigger \
                  LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$; \
              DROP TRIGGER audit_log_no_truncate ON audit_log; \
              DROP VIEW audit_evaluations; \
              CREATE VIEW audit_evaluations AS SELECT id AS audit_id FROM audit_log WHERE false; \
              CREATE INDEX by_actor ON audit_log (actor)",
             vec![
-                "schema: function audit_flag_ranges_refuse_change is not the one the migrations made",
+                "schema: function audit_ranges_refuse_change is not the one the migrations made",
                 "schema: trigger audit_log_no_truncate on audit_log is missing (the migrations made it)",
                 "schema: trigger audit_log_no_update on audit_log is not the one the migrations made",
                 "schema: view audit_evaluations is not the one the migrations made",
@@ -795,7 +798,11 @@ fn check_finds_and_repairs_a_flags_missing_decision_index() {
     assert_eq!(records, 2);
     let first = env.count("SELECT min(audit_id) FROM audit_evaluations WHERE flag = 'enrich'");
     let last = env.count("SELECT max(audit_id) FROM audit_evaluations WHERE flag = 'enrich'");
-    env.tamper("DELETE FROM audit_flag_ranges WHERE flag = 'enrich'");
+    // enrich taken out of every set that lists it, wherever it stands in the list.
+    env.tamper(
+        "UPDATE audit_flag_sets SET flags = replace(replace(replace(flags, \
+         ',\"enrich\"', ''), '\"enrich\",', ''), '\"enrich\"', '')",
+    );
     assert_eq!(env.ok(&audit_enrich), "", "the records are hidden");
     let shown = env.shown();
     let missing = format!(
@@ -842,7 +849,8 @@ fn check_finds_and_repairs_a_flags_missing_decision_index() {
     // records imply, and not removable by flagstore.
     let change = env.count("SELECT max(id) FROM audit_log WHERE kind = 'change'");
     env.tamper(&format!(
-        "INSERT INTO audit_flag_ranges (flag, first_id, last_id) VALUES ('ingest', {change}, {change})"
+        "INSERT INTO audit_flag_sets (id, flags) VALUES (100, '[\"ingest\"]'); \
+         INSERT INTO audit_ranges (first_id, last_id, flag_set) VALUES ({change}, {change}, 100)"
     ));
     let output = env
         .cmd()
@@ -862,6 +870,30 @@ fn check_finds_and_repairs_a_flags_missing_decision_index() {
              range"
         )
     );
+}
+
+/// Ranges name their flags through a set, and a set's text is only JSON to the database: one
+/// that is not a list of names, which a role that may append to the index can write, lists no
+/// flag. `check` names it; queries by flag read past it.
+fn check_names_a_flag_set_that_lists_no_flags() {
+    let env = store_with_history();
+    let audit_enrich = ["audit", "--flag", "enrich", "--format", "jsonl"];
+    let before = env.ok(&audit_enrich);
+    let record = env.count("SELECT max(id) FROM audit_log WHERE kind = 'evaluation'");
+    env.execute(&format!(
+        "INSERT INTO audit_flag_sets (id, flags) VALUES (100, '{{\"enrich\": 1}}'); \
+         INSERT INTO audit_ranges (first_id, last_id, flag_set) VALUES ({record}, {record}, 100)"
+    ))
+    .unwrap();
+    assert_eq!(
+        check_failures(&env),
+        [
+            "audit_flag_sets: set 100 is not a JSON list of flag names ({\"enrich\": 1}), so the \
+             ranges naming it list no flag",
+            "1 difference(s) between the live state and the audit chain (listed above)",
+        ]
+    );
+    assert_eq!(env.ok(&audit_enrich), before);
 }
 
 /// Verification reads the log a page of 5,000 rows at a time and hashes each page on another
@@ -924,6 +956,7 @@ contract_tests! {
     check_names_token_rows_the_chain_does_not_explain,
     check_names_schema_objects_dropped_altered_or_added,
     check_finds_and_repairs_a_flags_missing_decision_index,
+    check_names_a_flag_set_that_lists_no_flags,
     check_names_an_assignment_that_differs_from_its_record,
     check_names_flags_edited_without_a_change_row,
     the_triggers_refuse_update_and_delete,

@@ -1,7 +1,7 @@
 //! A store written by schema 1 (one audit row per flag evaluation), opened by this flagstore:
 //! migrated to decision records with every row and the head hash kept.
 
-use crate::common::Env;
+use crate::common::{Env, LATEST_SCHEMA};
 use serde_json::Value;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1-store");
@@ -61,7 +61,7 @@ fn a_schema_1_store_migrates_keeping_every_row_and_the_head() {
     assert_eq!(verified, fixture(".verify.txt"));
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        11
+        LATEST_SCHEMA
     );
     assert_eq!(assignments(&env), stored);
     assert_eq!(
@@ -224,7 +224,7 @@ fn a_schema_9_store_files_every_row_under_its_contexts_number() {
     let verified = env.ok(&["audit", "verify"]);
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        11
+        LATEST_SCHEMA
     );
     assert_eq!(env.texts(view), before);
     assert_eq!(by_context("tenant:acme"), acme);
@@ -335,4 +335,83 @@ fn explain_at_replays_the_assignments_schema_1_rows_stored() {
         replayed, 15,
         "the fixture's assignments, one per row of the table"
     );
+}
+
+/// Schema 12 keeps one range per write transaction, naming its set of flags, instead of a row
+/// per transaction and flag. A schema-11 store (writes asked for different flags, a write of
+/// several records, and a run `check --repair-index` added for one flag across three writes)
+/// reads the same afterwards: every flag's records, the reviewers' `audit_flag_ranges`, a
+/// sound index for `check`, and the chain.
+fn a_schema_11_stores_ranges_become_one_per_write_and_read_the_same() {
+    let env = Env::new();
+    env.import_json(crate::common::PIPELINE);
+    env.ok(&["eval", "--all", "--context", "tenant:a"]);
+    env.ok(&["eval", "enrich", "dedupe", "--context", "tenant:b"]);
+    let keys = env.dir.path().join("keys.txt");
+    std::fs::write(&keys, "k1\nk2\nk3\n").unwrap();
+    env.ok(&[
+        "eval",
+        "enrich",
+        "ingest",
+        "--contexts-file",
+        keys.to_str().unwrap(),
+    ]);
+    let flags = ["ingest", "dedupe", "enrich", "legacy"];
+    let by_flag = |env: &Env| -> Vec<String> {
+        flags
+            .iter()
+            .map(|flag| env.ok(&["audit", "--flag", flag, "--asc", "--format", "jsonl"]))
+            .collect()
+    };
+    let before = by_flag(&env);
+    let (first, last) = (
+        env.count("SELECT min(id) FROM audit_log WHERE kind = 'evaluation'"),
+        env.count("SELECT max(id) FROM audit_log WHERE kind = 'evaluation'"),
+    );
+    assert_eq!(last - first, 4, "five records in three writes");
+
+    env.as_schema_11(&format!(
+        "DELETE FROM audit_flag_ranges WHERE flag = 'enrich'; \
+         INSERT INTO audit_flag_ranges (flag, first_id, last_id) \
+         VALUES ('enrich', {first}, {last})"
+    ));
+    let listed = "SELECT flag || ' ' || first_id || '-' || last_id FROM audit_flag_ranges \
+                  ORDER BY flag, first_id";
+    let legacy = env.texts(listed);
+    // Three flags of tenant:a's write, dedupe of tenant:b's, ingest of the keys', enrich's run.
+    assert_eq!(legacy.len(), 3 + 1 + 1 + 1, "{legacy:?}");
+
+    assert_eq!(by_flag(&env), before);
+    assert_eq!(
+        env.count("SELECT max(version) FROM refinery_schema_history"),
+        LATEST_SCHEMA
+    );
+    assert_eq!(env.texts(listed), legacy);
+    // One range per write, enrich's run one of its own.
+    assert_eq!(
+        env.texts(
+            "SELECT s.flags || ' ' || r.first_id || '-' || r.last_id FROM audit_ranges r \
+               JOIN audit_flag_sets s ON s.id = r.flag_set ORDER BY r.first_id, r.last_id"
+        ),
+        [
+            format!("[\"dedupe\",\"ingest\",\"legacy\"] {first}-{first}"),
+            format!("[\"enrich\"] {first}-{last}"),
+            format!("[\"dedupe\"] {}-{}", first + 1, first + 1),
+            format!("[\"ingest\"] {}-{last}", first + 2),
+        ]
+    );
+    env.ok(&["check"]);
+
+    // New writes add one range each, to the sets already there.
+    env.ok(&["eval", "enrich", "dedupe", "--context", "tenant:c"]);
+    env.ok(&["eval", "dedupe", "enrich", "--context", "tenant:d"]);
+    assert_eq!(env.count("SELECT count(*) FROM audit_flag_sets"), 5);
+    assert_eq!(env.count("SELECT count(*) FROM audit_ranges"), 6);
+    let tenant_d = env.ok(&["audit", "--flag", "enrich", "--context", "tenant:d"]);
+    assert_eq!(tenant_d.lines().count(), 2, "{tenant_d}");
+    env.ok(&["check"]);
+}
+
+contract_tests! {
+    a_schema_11_stores_ranges_become_one_per_write_and_read_the_same,
 }

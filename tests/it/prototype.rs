@@ -198,8 +198,9 @@ pub fn a_store_from_before_definition_order_keeps_the_order_it_showed() {
     assert_eq!(exported_names(&env), ["b", "a", "ü", "Z"]);
     // The store as schema 7 (6 on PostgreSQL) left it, its requirement rows written in
     // another order than their names'.
-    if env.backend == Backend::Sqlite {
-        env.as_sqlite_schema_9();
+    match env.backend {
+        Backend::Sqlite => env.as_sqlite_schema_9(),
+        Backend::Postgres => env.as_schema_11(""),
     }
     env.execute(
         "DROP INDEX IF EXISTS audit_log_changes; \

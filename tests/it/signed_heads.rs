@@ -306,7 +306,7 @@ fn rows_cut_from_the_end_are_named() {
     let witnessed = Witnessed::new();
     let rows = witnessed.rows();
     witnessed.env.tamper(&format!(
-        "DELETE FROM audit_flag_ranges WHERE first_id > {cut}; \
+        "DELETE FROM audit_ranges WHERE first_id > {cut}; \
          DELETE FROM audit_log WHERE id > {cut}",
         cut = rows - 2
     ));

@@ -38,7 +38,7 @@ mod embedded {
 /// never had SQLite's version 5 (how SQLite keys assignments; its own are keyed by a hash of
 /// the context key), so its 5 and 6 are SQLite's 6 and 7, and SQLite's 10 files audit rows
 /// under a context's number, which PostgreSQL does not give; the others are the same.
-const LATEST_SCHEMA_VERSION: i64 = 11;
+const LATEST_SCHEMA_VERSION: i64 = 12;
 
 /// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
 /// can tell whose locks these are. The second half is a hash of the schema's name for the
@@ -429,6 +429,40 @@ macro_rules! insert_assignments {
 }
 use insert_assignments;
 
+/// The inserts of a range of decision records (and of its flag set, when new), with the set's
+/// JSON text, the first and the last record id bound at the placeholders given: nothing at
+/// all when the JSON is NULL. A set's id is the next after the largest, as writers hold the
+/// audit lock: no sequence, so the README's writer role needs only INSERT.
+macro_rules! record_range {
+    ($flags:literal, $first:literal, $last:literal) => {
+        concat!(
+            "new_set AS (INSERT INTO audit_flag_sets (id, flags) \
+               SELECT coalesce(max(id), 0) + 1, ",
+            $flags,
+            "::text FROM audit_flag_sets HAVING ",
+            $flags,
+            "::text IS NOT NULL AND NOT EXISTS \
+                 (SELECT 1 FROM audit_flag_sets WHERE flags = ",
+            $flags,
+            "::text) RETURNING id), \
+             ranged AS (INSERT INTO audit_ranges (first_id, last_id, flag_set) \
+               SELECT ",
+            $first,
+            "::bigint, ",
+            $last,
+            "::bigint, id FROM new_set \
+               UNION ALL SELECT ",
+            $first,
+            ", ",
+            $last,
+            ", id FROM audit_flag_sets WHERE flags = ",
+            $flags,
+            "::text)"
+        )
+    };
+}
+use record_range;
+
 /// Assignments as the column arrays an `unnest` insert binds.
 struct AssignmentColumns<'a> {
     flags: Vec<&'a str>,
@@ -723,11 +757,14 @@ impl Backend for Postgres {
         &self,
         assignments: &[AssignmentRef],
         records: &[ChainedEntry],
-        ranges: Option<(&[&str], i64, i64)>,
+        range: Option<(&str, i64, i64)>,
     ) -> Result<()> {
         let assigned = AssignmentColumns::of(assignments);
         let audit = AuditColumns::of(records);
-        let (range_flags, first_id, last_id) = ranges.unwrap_or((&[], 0, 0));
+        let (range_flags, first_id, last_id) = match range {
+            Some((flags, first_id, last_id)) => (Some(flags), first_id, last_id),
+            None => (None, 0, 0),
+        };
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(22);
         params.extend(assigned.params());
         params.extend(audit.params());
@@ -736,9 +773,9 @@ impl Backend for Postgres {
             concat!(
                 "WITH assigned AS (",
                 insert_assignments!(),
-                "), ranged AS (INSERT INTO audit_flag_ranges (flag, first_id, last_id) \
-                   SELECT unnest($20::text[]), $21, $22) \
-                 INSERT INTO audit_log (",
+                "), ",
+                record_range!("$20", "$21", "$22"),
+                " INSERT INTO audit_log (",
                 sql::audit_columns!(),
                 ") SELECT * FROM unnest($7::bigint[], $8::text[], $9::text[], $10::text[], \
                  $11::text[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[], \

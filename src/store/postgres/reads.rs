@@ -8,7 +8,7 @@ use super::{Postgres, bucket_of, read_audit_row};
 use crate::audit::AuditRow;
 use crate::error::Result;
 use crate::flag::{Flag, FlagSet};
-use crate::store::backend::{FoundAssignment, Reads, Scan};
+use crate::store::backend::{FoundAssignment, RangeKey, Reads, RecordRange, Scan};
 use crate::store::sql;
 use crate::store::sticky_audit::{ContextItem, EvaluationRow};
 use crate::store::{AssignmentRow, AssignmentTally, TokenRecord, query};
@@ -145,32 +145,41 @@ impl Reads for Postgres {
             .map(|row| row.get(0)))
     }
 
-    fn flag_ranges(
-        &self,
-        flag: &str,
-        ascending: bool,
-        cursor: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<(i64, i64)>> {
-        let sql = query::flag_ranges_sql(ascending, |n| format!("${n}"));
-        let bound = query::flag_ranges_bound(ascending, cursor);
+    fn flag_sets(&self) -> Result<Vec<(i64, String)>> {
         Ok(self
-            .query(&sql, &[&flag, &bound, &(limit as i64)])?
+            .query("SELECT id, flags FROM audit_flag_sets ORDER BY id", &[])?
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect())
     }
 
-    fn ranges_by_first_id(
+    fn set_ranges(
         &self,
-        after: (i64, &str),
+        flag_set: i64,
+        ascending: bool,
+        cursor: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<(String, i64, i64)>> {
-        let sql = query::ranges_by_first_id_sql(|n| format!("${n}"));
+    ) -> Result<Vec<(i64, i64)>> {
+        let sql = query::set_ranges_sql(ascending, |n| format!("${n}"));
+        let bound = query::set_ranges_bound(ascending, cursor);
         Ok(self
-            .query(&sql, &[&after.0, &after.1, &(limit as i64)])?
+            .query(&sql, &[&flag_set, &bound, &(limit as i64)])?
             .iter()
-            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
+    }
+
+    fn record_ranges(&self, after: RangeKey, limit: usize) -> Result<Vec<RecordRange>> {
+        let sql = query::record_ranges_sql(|n| format!("${n}"));
+        Ok(self
+            .query(&sql, &[&after.0, &after.1, &after.2, &(limit as i64)])?
+            .iter()
+            .map(|row| RecordRange {
+                first_id: row.get(0),
+                last_id: row.get(1),
+                flag_set: row.get(2),
+                flags: row.get(3),
+            })
             .collect())
     }
 

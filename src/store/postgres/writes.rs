@@ -1,6 +1,6 @@
 //! What Postgres writes inside a write transaction.
 
-use super::{AssignmentColumns, Postgres, insert_assignments};
+use super::{AssignmentColumns, Postgres, insert_assignments, record_range};
 use crate::error::Result;
 use crate::flag::Flag;
 use crate::store::TokenRecord;
@@ -85,10 +85,9 @@ impl Writes for Postgres {
         )? as usize)
     }
 
-    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()> {
+    fn insert_record_range(&self, flags: &str, first_id: i64, last_id: i64) -> Result<()> {
         self.execute(
-            "INSERT INTO audit_flag_ranges (flag, first_id, last_id) \
-             SELECT unnest($1::text[]), $2, $3",
+            concat!("WITH ", record_range!("$1", "$2", "$3"), " SELECT 1"),
             &[&flags, &first_id, &last_id],
         )
         .map(|_| ())

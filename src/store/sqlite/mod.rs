@@ -74,7 +74,7 @@ const ROWS_PER_INSERT: usize = 64;
 /// The newest schema version, a constant because building refinery's runner parses every
 /// migration's name with a regex: most of a short process's start-up. A test keeps it equal to
 /// the embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 11;
+const LATEST_SCHEMA_VERSION: i64 = 12;
 
 /// The number of each context key a step names.
 type ContextIds<'k> = HashMap<&'k str, i64>;
@@ -426,15 +426,15 @@ impl Backend for Sqlite {
         &self,
         assignments: &[AssignmentRef],
         records: &[ChainedEntry],
-        ranges: Option<(&[&str], i64, i64)>,
+        range: Option<(&str, i64, i64)>,
     ) -> Result<()> {
         let keys = assignments.iter().map(|row| row.context_key);
         let ids =
             self.context_ids(keys.chain(records.iter().filter_map(|row| row.entry.context_key)))?;
         self.insert_numbered_assignments(assignments, &ids)?;
         self.insert_numbered_audit(records, &ids)?;
-        if let Some((flags, first_id, last_id)) = ranges {
-            self.insert_flag_ranges(flags, first_id, last_id)?;
+        if let Some((flags, first_id, last_id)) = range {
+            self.insert_record_range(flags, first_id, last_id)?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use super::Sqlite;
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet};
-use crate::store::backend::{FoundAssignment, Reads, Scan};
+use crate::store::backend::{FoundAssignment, RangeKey, Reads, RecordRange, Scan};
 use crate::store::sql;
 use crate::store::sticky_audit::{ContextItem, EvaluationRow};
 use crate::store::{AssignmentRow, AssignmentTally, TokenRecord, query};
@@ -148,31 +148,40 @@ impl Reads for Sqlite {
             .optional()?)
     }
 
-    fn flag_ranges(
+    fn flag_sets(&self) -> Result<Vec<(i64, String)>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT id, flags FROM audit_flag_sets ORDER BY id")?;
+        let sets = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(sets.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn set_ranges(
         &self,
-        flag: &str,
+        flag_set: i64,
         ascending: bool,
         cursor: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, i64)>> {
-        let sql = query::flag_ranges_sql(ascending, |n| format!("?{n}"));
-        let bound = query::flag_ranges_bound(ascending, cursor);
+        let sql = query::set_ranges_sql(ascending, |n| format!("?{n}"));
+        let bound = query::set_ranges_bound(ascending, cursor);
         let mut statement = self.conn.prepare_cached(&sql)?;
-        let ranges = statement.query_map((flag, bound, limit as i64), |row| {
+        let ranges = statement.query_map((flag_set, bound, limit as i64), |row| {
             Ok((row.get(0)?, row.get(1)?))
         })?;
         Ok(ranges.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn ranges_by_first_id(
-        &self,
-        after: (i64, &str),
-        limit: usize,
-    ) -> Result<Vec<(String, i64, i64)>> {
-        let sql = query::ranges_by_first_id_sql(|n| format!("?{n}"));
+    fn record_ranges(&self, after: RangeKey, limit: usize) -> Result<Vec<RecordRange>> {
+        let sql = query::record_ranges_sql(|n| format!("?{n}"));
         let mut statement = self.conn.prepare_cached(&sql)?;
-        let ranges = statement.query_map((after.0, after.1, limit as i64), |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        let ranges = statement.query_map((after.0, after.1, after.2, limit as i64), |row| {
+            Ok(RecordRange {
+                first_id: row.get(0)?,
+                last_id: row.get(1)?,
+                flag_set: row.get(2)?,
+                flags: row.get(3)?,
+            })
         })?;
         Ok(ranges.collect::<rusqlite::Result<_>>()?)
     }

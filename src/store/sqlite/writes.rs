@@ -1,7 +1,5 @@
 //! What Sqlite writes inside a write transaction.
 
-use rusqlite::ToSql;
-
 use super::Sqlite;
 use crate::error::Result;
 use crate::flag::Flag;
@@ -88,16 +86,17 @@ impl Writes for Sqlite {
         )
     }
 
-    fn insert_flag_ranges(&self, flags: &[&str], first_id: i64, last_id: i64) -> Result<()> {
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(flags.len() * 3);
-        for flag in flags {
-            values.extend([flag as &dyn ToSql, &first_id, &last_id]);
-        }
-        self.insert_rows(
-            "INSERT INTO audit_flag_ranges (flag, first_id, last_id)",
-            3,
-            &values,
+    fn insert_record_range(&self, flags: &str, first_id: i64, last_id: i64) -> Result<()> {
+        self.execute(
+            "INSERT INTO audit_flag_sets (flags) VALUES (?1) ON CONFLICT (flags) DO NOTHING",
+            [flags],
+        )?;
+        self.execute(
+            "INSERT INTO audit_ranges (first_id, last_id, flag_set) \
+             SELECT ?2, ?3, id FROM audit_flag_sets WHERE flags = ?1",
+            (flags, first_id, last_id),
         )
+        .map(|_| ())
     }
 
     fn insert_token(&self, token: &TokenRecord) -> Result<()> {

@@ -332,6 +332,7 @@ impl Env {
     /// assignments unnumbered; the view as schema 3 defined it; no index of change rows.
     pub fn as_sqlite_schema_9(&self) {
         assert_eq!(self.backend, Backend::Sqlite);
+        self.as_schema_11("");
         let schema_3 = include_str!("../../../migrations/sqlite/V3__api_tokens.sql");
         let view = &schema_3[schema_3.find("CREATE VIEW audit_evaluations").unwrap()..];
         self.execute(&format!(
@@ -347,31 +348,74 @@ impl Env {
         .unwrap();
     }
 
-    /// Runs `sql` with the append-only triggers of `audit_log` and `audit_flag_ranges` out of
-    /// the way, as an attacker with direct access to the database would: dropped from an
-    /// SQLite file, disabled by PostgreSQL's table owner; and put back afterwards, as a careful
-    /// attacker would (`check` names a missing one).
+    /// Turns this store back into what schema 11 wrote: `audit_flag_ranges` a table with a
+    /// row per write transaction and flag (the rows the view of schema 12 shows), edited by
+    /// `legacy_edit` before its append-only triggers are made; the next command migrates it.
+    pub fn as_schema_11(&self, legacy_edit: &str) {
+        let (table, append_only, legacy_drops) = match self.backend {
+            Backend::Sqlite => (
+                "CREATE TABLE audit_flag_ranges (flag TEXT NOT NULL, first_id INTEGER NOT NULL, \
+                 last_id INTEGER NOT NULL, PRIMARY KEY (flag, last_id))",
+                [
+                    include_str!("../../../migrations/sqlite/V6__append_only_ranges.sql"),
+                    include_str!("../../../migrations/sqlite/V7__ranges_by_first_id.sql"),
+                ],
+                "",
+            ),
+            Backend::Postgres => (
+                "CREATE TABLE audit_flag_ranges (flag TEXT NOT NULL, first_id BIGINT NOT NULL, \
+                 last_id BIGINT NOT NULL, PRIMARY KEY (flag, last_id))",
+                [
+                    include_str!("../../../migrations/postgres/V5__append_only_ranges.sql"),
+                    include_str!("../../../migrations/postgres/V6__ranges_by_first_id.sql"),
+                ],
+                "DROP FUNCTION audit_ranges_refuse_change();",
+            ),
+        };
+        self.execute(&format!(
+            "CREATE TABLE legacy_ranges AS SELECT flag, first_id, last_id FROM audit_flag_ranges; \
+             DROP VIEW audit_flag_ranges; DROP TABLE audit_ranges; DROP TABLE audit_flag_sets; \
+             {legacy_drops} {table}; \
+             INSERT INTO audit_flag_ranges SELECT * FROM legacy_ranges; DROP TABLE legacy_ranges; \
+             {legacy_edit}; {} {} \
+             DELETE FROM refinery_schema_history WHERE version >= 12;",
+            // SQLite's schema 6 rebuilds the table with its key first, as every store has it.
+            append_only[0],
+            append_only[1]
+        ))
+        .unwrap();
+    }
+
+    /// Runs `sql` with the append-only triggers of `audit_log` and of the index of records by
+    /// flag (`audit_ranges`, `audit_flag_sets`) out of the way, as an attacker with direct
+    /// access to the database would: dropped from an SQLite file, disabled by PostgreSQL's
+    /// table owner; and put back afterwards, as a careful attacker would (`check` names a
+    /// missing one).
     pub fn tamper(&self, sql: &str) {
+        const APPEND_ONLY: [&str; 3] = ["audit_log", "audit_ranges", "audit_flag_sets"];
         let bypassed = match self.backend {
             Backend::Sqlite => {
-                let triggers = self.texts(
-                    "SELECT sql FROM sqlite_schema WHERE type = 'trigger' \
-                       AND tbl_name IN ('audit_log', 'audit_flag_ranges')",
-                );
-                format!(
-                    "DROP TRIGGER IF EXISTS audit_log_no_update; \
-                     DROP TRIGGER IF EXISTS audit_log_no_delete; \
-                     DROP TRIGGER IF EXISTS audit_flag_ranges_no_update; \
-                     DROP TRIGGER IF EXISTS audit_flag_ranges_no_delete; {sql}; {};",
-                    triggers.join("; ")
-                )
+                let listed = APPEND_ONLY.map(|table| format!("'{table}'")).join(", ");
+                let triggers = self.texts(&format!(
+                    "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ({listed})"
+                ));
+                let names = self.texts(&format!(
+                    "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ({listed})"
+                ));
+                let dropped: String = names
+                    .iter()
+                    .map(|name| format!("DROP TRIGGER {name}; "))
+                    .collect();
+                format!("{dropped}{sql}; {};", triggers.join("; "))
             }
-            Backend::Postgres => format!(
-                "ALTER TABLE audit_log DISABLE TRIGGER USER; \
-                 ALTER TABLE audit_flag_ranges DISABLE TRIGGER USER; {sql}; \
-                 ALTER TABLE audit_log ENABLE TRIGGER USER; \
-                 ALTER TABLE audit_flag_ranges ENABLE TRIGGER USER"
-            ),
+            Backend::Postgres => {
+                let toggled = |verb: &str| {
+                    APPEND_ONLY
+                        .map(|table| format!("ALTER TABLE {table} {verb} TRIGGER USER"))
+                        .join("; ")
+                };
+                format!("{}; {sql}; {}", toggled("DISABLE"), toggled("ENABLE"))
+            }
         };
         self.execute(&bypassed)
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -531,6 +575,9 @@ pub fn succeeded(child: Child) -> String {
     );
     String::from_utf8(output.stdout).expect("utf-8 stdout")
 }
+
+/// The newest schema version this build's migrations make.
+pub const LATEST_SCHEMA: i64 = 12;
 
 const TABLES: [&str; 6] = [
     "flags",
