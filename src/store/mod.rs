@@ -176,12 +176,22 @@ impl DatabaseError {
         }
     }
 
-    /// refinery's error with its cause (the database's own message), on one line.
-    fn from_migration(error: &refinery::Error) -> DatabaseError {
-        DatabaseError::new(match std::error::Error::source(error) {
-            Some(cause) => format!("{error}: {}", cause.to_string().replace('\n', " ")),
-            None => error.to_string(),
-        })
+    /// refinery's error on one line: what it was doing and why, in the database's own words
+    /// as `words` finds them in the backend's error (refinery's text of an SQLite error holds
+    /// the whole migration's SQL; PostgreSQL's client says only "db error").
+    fn from_migration(
+        error: &refinery::Error,
+        words: impl Fn(&(dyn std::error::Error + 'static)) -> Option<String>,
+    ) -> DatabaseError {
+        let message = match error.kind() {
+            refinery::error::Kind::Connection(doing, cause) => {
+                let cause: &(dyn std::error::Error + 'static) = cause.as_ref();
+                let why = words(cause).unwrap_or_else(|| cause.to_string());
+                format!("{doing}: {why}")
+            }
+            _ => error.to_string(),
+        };
+        DatabaseError::new(message.replace('\n', " "))
     }
 }
 

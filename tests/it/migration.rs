@@ -412,6 +412,41 @@ fn a_schema_11_stores_ranges_become_one_per_write_and_read_the_same() {
     env.ok(&["check"]);
 }
 
+/// A migration the database refuses is named in one line with the database's own words (not
+/// the migration's whole SQL, nor PostgreSQL's client's bare "db error"), at once (it is not a
+/// lock to wait out), and leaves the schema as it was.
+fn a_migration_the_database_refuses_says_why_at_once() {
+    let env = Env::new();
+    env.import_json(crate::common::PIPELINE);
+    env.as_schema_11("");
+    // Someone's table where schema 12 makes one.
+    env.execute("CREATE TABLE audit_ranges (note TEXT)")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let refused = env.fails(&["flag", "list"]);
+    let waited = started.elapsed();
+    let words = match env.backend {
+        crate::common::Backend::Sqlite => "table audit_ranges already exists",
+        crate::common::Backend::Postgres => "relation \"audit_ranges\" already exists",
+    };
+    assert_eq!(
+        refused,
+        format!(
+            "flagstore: migrating {} failed: error applying migrations: {words}",
+            env.shown()
+        )
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(20),
+        "refused after {waited:?}: the busy budget is 60 s"
+    );
+    assert_eq!(
+        env.count("SELECT max(version) FROM refinery_schema_history"),
+        LATEST_SCHEMA - 1
+    );
+}
+
 contract_tests! {
     a_schema_11_stores_ranges_become_one_per_write_and_read_the_same,
+    a_migration_the_database_refuses_says_why_at_once,
 }

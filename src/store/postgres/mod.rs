@@ -601,7 +601,10 @@ fn migrate(client: &mut Client, name: &str) -> Result<()> {
             .map(|_| ())
             .map_err(|source| Error::Migration {
                 path: name.to_string(),
-                source: DatabaseError::from_migration(&source),
+                source: DatabaseError::from_migration(&source, |cause| {
+                    let error = cause.downcast_ref::<postgres::Error>()?;
+                    Some(error.as_db_error()?.message().to_string())
+                }),
             })
     })();
     client

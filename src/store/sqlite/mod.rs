@@ -565,17 +565,28 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
         if state == SchemaState::Current {
             break Ok(());
         }
-        match embedded::migrations::runner().set_grouped(true).run(conn) {
-            Ok(_) => break Ok(()),
-            Err(source) if Instant::now() >= deadline => {
-                break Err(Error::Migration {
-                    path: path.to_string(),
-                    source: DatabaseError::from_migration(&source),
-                });
-            }
-            // Busy past the timeout, or beaten to it: look again.
-            Err(_) => std::thread::sleep(Duration::from_millis(25)),
+        let Err(refused) = embedded::migrations::runner().set_grouped(true).run(conn) else {
+            break Ok(());
+        };
+        let cause = match refused.kind() {
+            refinery::error::Kind::Connection(_, cause) => cause.downcast_ref::<rusqlite::Error>(),
+            _ => None,
+        };
+        // Busy past the timeout, or beaten to it by another opener (the schema moved while
+        // this one tried): look again. Anything else fails now: waiting would not change it.
+        let wait = cause.is_some_and(is_busy) || schema_state(conn)? != state;
+        if !wait || Instant::now() >= deadline {
+            break Err(Error::Migration {
+                path: path.to_string(),
+                source: DatabaseError::from_migration(&refused, |cause| {
+                    match cause.downcast_ref::<rusqlite::Error>()? {
+                        rusqlite::Error::SqlInputError { msg, .. } => Some(msg.clone()),
+                        other => Some(other.to_string()),
+                    }
+                }),
+            });
         }
+        std::thread::sleep(Duration::from_millis(25));
     };
     conn.set_transaction_behavior(TransactionBehavior::Deferred);
     outcome
