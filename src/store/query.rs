@@ -339,8 +339,9 @@ impl Store {
     /// ends at a record's end, so `cursor` (a row id) always continues where a page stopped.
     ///
     /// A flag's decision records are found through the ranges of the flag sets holding it
-    /// (one range per write transaction), its changes through the index on (flag, id); a context's rows
-    /// through its index on the context (SQLite: on the context's number, since schema 10).
+    /// (one range per write transaction), its changes through the index on (flag, id); a
+    /// context's rows through its index on the context (SQLite: on the context's number,
+    /// since schema 10).
     pub fn query_audit<E: From<Error>>(
         &self,
         query: &AuditQuery,

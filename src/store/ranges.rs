@@ -15,12 +15,11 @@ use crate::record::StoredDetail;
 use serde_json::json;
 
 use crate::audit::{AuditRow, Checkpoint, Entry, Verified};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, shortened};
 
 use super::backend::{RangeKey, RecordRange};
 use super::review::DecisionWalk;
 use super::{Store, append_audit};
-use crate::error::shortened;
 
 /// A flag set as `audit_flag_sets` holds it: the names sorted (bytewise), each once, as JSON.
 pub(super) fn flag_set_json<'a>(flags: impl IntoIterator<Item = &'a str>) -> String {
