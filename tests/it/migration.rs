@@ -356,7 +356,18 @@ fn a_schema_11_stores_ranges_become_one_per_write_and_read_the_same() {
         "--contexts-file",
         keys.to_str().unwrap(),
     ]);
-    let flags = ["ingest", "dedupe", "enrich", "legacy"];
+    let (first, last) = (
+        env.count("SELECT min(id) FROM audit_log WHERE kind = 'evaluation'"),
+        env.count("SELECT max(id) FROM audit_log WHERE kind = 'evaluation'"),
+    );
+    assert_eq!(last - first, 4, "five records in three writes");
+    // A name JSON escapes: the set's text the migration writes must be the one a writer
+    // looks up afterwards.
+    let odd = "q\"uote\\ü";
+    env.import_json(r#"{"flags": [{"name": "q\"uote\\ü"}]}"#);
+    env.ok(&["eval", odd, "ingest", "--context", "tenant:e"]);
+    let odd_record = env.count("SELECT max(id) FROM audit_log WHERE kind = 'evaluation'");
+    let flags = ["ingest", "dedupe", "enrich", "legacy", odd];
     let by_flag = |env: &Env| -> Vec<String> {
         flags
             .iter()
@@ -364,11 +375,6 @@ fn a_schema_11_stores_ranges_become_one_per_write_and_read_the_same() {
             .collect()
     };
     let before = by_flag(&env);
-    let (first, last) = (
-        env.count("SELECT min(id) FROM audit_log WHERE kind = 'evaluation'"),
-        env.count("SELECT max(id) FROM audit_log WHERE kind = 'evaluation'"),
-    );
-    assert_eq!(last - first, 4, "five records in three writes");
 
     env.as_schema_11(&format!(
         "DELETE FROM audit_flag_ranges WHERE flag = 'enrich'; \
@@ -378,8 +384,9 @@ fn a_schema_11_stores_ranges_become_one_per_write_and_read_the_same() {
     let listed = "SELECT flag || ' ' || first_id || '-' || last_id FROM audit_flag_ranges \
                   ORDER BY flag, first_id";
     let legacy = env.texts(listed);
-    // Three flags of tenant:a's write, dedupe of tenant:b's, ingest of the keys', enrich's run.
-    assert_eq!(legacy.len(), 3 + 1 + 1 + 1, "{legacy:?}");
+    // Three flags of tenant:a's write, dedupe of tenant:b's, ingest of the keys', enrich's run,
+    // two of tenant:e's.
+    assert_eq!(legacy.len(), 3 + 1 + 1 + 1 + 2, "{legacy:?}");
 
     assert_eq!(by_flag(&env), before);
     assert_eq!(
@@ -398,15 +405,18 @@ fn a_schema_11_stores_ranges_become_one_per_write_and_read_the_same() {
             format!("[\"enrich\"] {first}-{last}"),
             format!("[\"dedupe\"] {}-{}", first + 1, first + 1),
             format!("[\"ingest\"] {}-{last}", first + 2),
+            format!("[\"ingest\",\"q\\\"uote\\\\ü\"] {odd_record}-{odd_record}"),
         ]
     );
     env.ok(&["check"]);
 
-    // New writes add one range each, to the sets already there.
+    // New writes add one range each, to the sets already there (tenant:c's new, tenant:d's
+    // and tenant:f's found).
     env.ok(&["eval", "enrich", "dedupe", "--context", "tenant:c"]);
     env.ok(&["eval", "dedupe", "enrich", "--context", "tenant:d"]);
-    assert_eq!(env.count("SELECT count(*) FROM audit_flag_sets"), 5);
-    assert_eq!(env.count("SELECT count(*) FROM audit_ranges"), 6);
+    env.ok(&["eval", "ingest", odd, "--context", "tenant:f"]);
+    assert_eq!(env.count("SELECT count(*) FROM audit_flag_sets"), 6);
+    assert_eq!(env.count("SELECT count(*) FROM audit_ranges"), 8);
     let tenant_d = env.ok(&["audit", "--flag", "enrich", "--context", "tenant:d"]);
     assert_eq!(tenant_d.lines().count(), 2, "{tenant_d}");
     env.ok(&["check"]);
