@@ -167,28 +167,78 @@ pub(super) fn set_ranges_bound(ascending: bool, cursor: Option<i64>) -> i64 {
     cursor.unwrap_or(if ascending { i64::MIN } else { i64::MAX })
 }
 
-/// Up to `limit` `(first_id, last_id)` ranges listing `flag` after `cursor`, as
-/// [`Reads::set_ranges`] reads one set's: the ranges of every set holding the flag, merged.
-/// A set whose text is not a list of names holds none (`check` names it).
-fn flag_ranges(
-    tx: &dyn Reads,
-    flag: &str,
-    ascending: bool,
+/// The ranges of one set, read a few at a time from a cursor of its own.
+struct SetRanges {
+    flag_set: i64,
+    buffered: VecDeque<(i64, i64)>,
     cursor: Option<i64>,
-    limit: usize,
-) -> Result<Vec<(i64, i64)>> {
-    let mut ranges = Vec::new();
-    for (flag_set, text) in tx.flag_sets()? {
-        if parse_flag_set(&text).is_some_and(|flags| flags.iter().any(|listed| listed == flag)) {
-            ranges.extend(tx.set_ranges(flag_set, ascending, cursor, limit)?);
+    exhausted: bool,
+}
+
+/// The ranges of every set that lists a flag, merged in the order of `last_id` (newest first
+/// unless ascending). Each set is read again only when the merge has taken what was read of
+/// it, so a scan costs a read per set to start and one per `RANGES_PER_READ` ranges after,
+/// however many sets list the flag.
+struct FlagRanges {
+    sets: Vec<SetRanges>,
+    ascending: bool,
+}
+
+impl FlagRanges {
+    /// The ranges of the sets that list `flag`, after `cursor` (a set whose text is not a
+    /// list of names lists none; `check` names it). Read once, as the scan begins:
+    /// sets are append-only, so reading them again would add only sets written since, whose
+    /// records the scan does not show (it stops at its head).
+    fn new(reader: &Reader, flag: &str, ascending: bool, cursor: Option<i64>) -> Result<Self> {
+        let sets = reader.read(|tx| tx.flag_sets())?;
+        let listing = sets.into_iter().filter(|(_, text)| {
+            parse_flag_set(text).is_some_and(|flags| flags.iter().any(|listed| listed == flag))
+        });
+        Ok(FlagRanges {
+            sets: listing
+                .map(|(flag_set, _)| SetRanges {
+                    flag_set,
+                    buffered: VecDeque::new(),
+                    cursor,
+                    exhausted: false,
+                })
+                .collect(),
+            ascending,
+        })
+    }
+
+    /// The next range, if any: its first and last record id.
+    fn next(&mut self, reader: &Reader) -> Result<Option<(i64, i64)>> {
+        let ascending = self.ascending;
+        let mut starved = self
+            .sets
+            .iter_mut()
+            .filter(|set| set.buffered.is_empty() && !set.exhausted)
+            .peekable();
+        if starved.peek().is_some() {
+            reader.read(|tx| {
+                for set in starved {
+                    let read =
+                        tx.set_ranges(set.flag_set, ascending, set.cursor, RANGES_PER_READ)?;
+                    set.exhausted = read.len() < RANGES_PER_READ;
+                    if let Some(&(first_id, last_id)) = read.last() {
+                        set.cursor = Some(if ascending { last_id } else { first_id });
+                    }
+                    set.buffered.extend(read);
+                }
+                Ok(())
+            })?;
         }
+        let fronts = self
+            .sets
+            .iter_mut()
+            .filter_map(|set| Some((set.buffered.front()?.1, set)));
+        let next = match ascending {
+            true => fronts.min_by_key(|(last_id, _)| *last_id),
+            false => fronts.max_by_key(|(last_id, _)| *last_id),
+        };
+        Ok(next.and_then(|(_, set)| set.buffered.pop_front()))
     }
-    ranges.sort_unstable_by_key(|&(_, last_id)| last_id);
-    if !ascending {
-        ranges.reverse();
-    }
-    ranges.truncate(limit);
-    Ok(ranges)
 }
 
 /// Where a scan reads its pages.
@@ -404,23 +454,20 @@ fn scan_flag<E: From<Error>>(
 ) -> std::result::Result<(), E> {
     let mut by_column = Pages::new(query, Scope::FlagColumn(flag), reader, page);
     let with_records = query.kind.as_deref() != Some("change");
-    let mut ranges: VecDeque<(i64, i64)> = VecDeque::new();
-    let mut ranges_cursor = query.cursor;
-    let mut ranges_exhausted = !with_records;
+    let mut ranges = match with_records {
+        true => Some(FlagRanges::new(
+            reader,
+            flag,
+            query.ascending,
+            query.cursor,
+        )?),
+        false => None,
+    };
     let mut records: VecDeque<AuditRow> = VecDeque::new();
     loop {
-        if records.is_empty() && ranges.is_empty() && !ranges_exhausted {
-            let read = reader.read(|tx| {
-                flag_ranges(tx, flag, query.ascending, ranges_cursor, RANGES_PER_READ)
-            })?;
-            ranges_exhausted = read.len() < RANGES_PER_READ;
-            if let Some(&(first_id, last_id)) = read.last() {
-                ranges_cursor = Some(if query.ascending { last_id } else { first_id });
-            }
-            ranges.extend(read);
-        }
         if records.is_empty()
-            && let Some((first_id, last_id)) = ranges.pop_front()
+            && let Some(ranges) = ranges.as_mut()
+            && let Some((first_id, last_id)) = ranges.next(reader)?
         {
             let scope = Scope::Records { first_id, last_id };
             let mut in_range = Pages::new(query, scope, reader, PAGE_ROWS);
