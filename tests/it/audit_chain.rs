@@ -894,6 +894,21 @@ fn check_names_a_flag_set_that_lists_no_flags() {
         ]
     );
     assert_eq!(env.ok(&audit_enrich), before);
+    // SQLite keeps a value of any type in a TEXT column: a BLOB is named the same way, not
+    // an error that stops every query by flag and check itself.
+    if env.backend == Backend::Sqlite {
+        env.execute(&format!(
+            "INSERT INTO audit_flag_sets (id, flags) VALUES (101, X'5b5d'); \
+             INSERT INTO audit_ranges (first_id, last_id, flag_set) VALUES ({record}, {record}, 101)"
+        ))
+        .unwrap();
+        assert_eq!(
+            check_failures(&env)[1],
+            "audit_flag_sets: set 101 is not a JSON list of flag names (a BLOB of 2 bytes), so \
+             the ranges naming it list no flag"
+        );
+        assert_eq!(env.ok(&audit_enrich), before);
+    }
 }
 
 /// Verification reads the log a page of 5,000 rows at a time and hashes each page on another
