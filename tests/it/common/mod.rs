@@ -396,17 +396,11 @@ impl Env {
         let bypassed = match self.backend {
             Backend::Sqlite => {
                 let listed = APPEND_ONLY.map(|table| format!("'{table}'")).join(", ");
-                let triggers = self.texts(&format!(
-                    "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ({listed})"
-                ));
-                let names = self.texts(&format!(
-                    "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ({listed})"
-                ));
-                let dropped: String = names
-                    .iter()
-                    .map(|name| format!("DROP TRIGGER {name}; "))
-                    .collect();
-                format!("{dropped}{sql}; {};", triggers.join("; "))
+                let triggers =
+                    format!("FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ({listed})");
+                let made = self.texts(&format!("SELECT sql {triggers}"));
+                let dropped = self.texts(&format!("SELECT 'DROP TRIGGER ' || name {triggers}"));
+                format!("{}; {sql}; {};", dropped.join("; "), made.join("; "))
             }
             Backend::Postgres => {
                 let toggled = |verb: &str| {
