@@ -352,10 +352,9 @@ impl Env {
     /// row per write transaction and flag (the rows the view of schema 12 shows), edited by
     /// `legacy_edit` before its append-only triggers are made; the next command migrates it.
     pub fn as_schema_11(&self, legacy_edit: &str) {
-        let (table, append_only, legacy_drops) = match self.backend {
+        let (integer, append_only, legacy_drops) = match self.backend {
             Backend::Sqlite => (
-                "CREATE TABLE audit_flag_ranges (flag TEXT NOT NULL, first_id INTEGER NOT NULL, \
-                 last_id INTEGER NOT NULL, PRIMARY KEY (flag, last_id))",
+                "INTEGER",
                 [
                     include_str!("../../../migrations/sqlite/V6__append_only_ranges.sql"),
                     include_str!("../../../migrations/sqlite/V7__ranges_by_first_id.sql"),
@@ -363,8 +362,7 @@ impl Env {
                 "",
             ),
             Backend::Postgres => (
-                "CREATE TABLE audit_flag_ranges (flag TEXT NOT NULL, first_id BIGINT NOT NULL, \
-                 last_id BIGINT NOT NULL, PRIMARY KEY (flag, last_id))",
+                "BIGINT",
                 [
                     include_str!("../../../migrations/postgres/V5__append_only_ranges.sql"),
                     include_str!("../../../migrations/postgres/V6__ranges_by_first_id.sql"),
@@ -372,6 +370,10 @@ impl Env {
                 "DROP FUNCTION audit_ranges_refuse_change();",
             ),
         };
+        let table = format!(
+            "CREATE TABLE audit_flag_ranges (flag TEXT NOT NULL, first_id {integer} NOT NULL, \
+             last_id {integer} NOT NULL, PRIMARY KEY (flag, last_id))"
+        );
         self.execute(&format!(
             "CREATE TABLE legacy_ranges AS SELECT flag, first_id, last_id FROM audit_flag_ranges; \
              DROP VIEW audit_flag_ranges; DROP TABLE audit_ranges; DROP TABLE audit_flag_sets; \
