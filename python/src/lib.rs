@@ -119,6 +119,28 @@ struct Store {
     publisher: Mutex<Option<Publisher>>,
     /// Why the newest head could not be published, for `close()` to raise.
     unpublished: Arc<Mutex<Option<String>>>,
+    /// The process that opened the store.
+    opened_by: u32,
+}
+
+impl Drop for Store {
+    /// A process forked from the one that opened the store (multiprocessing's default start
+    /// on Linux) holds a copy of it without the threads that worked for it: the SQLite
+    /// checkpointer, the heads publisher. Joining them panicked there, and closing the copied
+    /// connection could wait for ever on a lock one of them held at the fork (1 run in 200).
+    /// The store stays the parent's: the child leaves it as it is, calling nothing of it.
+    fn drop(&mut self) {
+        if std::process::id() != self.opened_by {
+            leave(&mut self.store);
+            leave(&mut self.publisher);
+        }
+    }
+}
+
+/// Forgets what `slot` holds without dropping it; `get_mut` takes no lock, which a thread
+/// the fork left behind might have held.
+fn leave<T>(slot: &mut Mutex<Option<T>>) {
+    std::mem::forget(slot.get_mut().unwrap_or_else(|e| e.into_inner()).take());
 }
 
 /// How often a manager given a signing key publishes a head while it records decisions.
@@ -389,6 +411,7 @@ impl Store {
             interrupted,
             publisher: Mutex::new(publisher),
             unpublished,
+            opened_by: std::process::id(),
         })
     }
 
