@@ -121,6 +121,8 @@ struct Store {
     unpublished: Arc<Mutex<Option<String>>>,
     /// The process that opened the store.
     opened_by: u32,
+    /// The store is a file or a server, reached through a connection a fork would share.
+    reached: bool,
 }
 
 impl Drop for Store {
@@ -178,6 +180,25 @@ fn publishing(
             witness: None,
         },
     )))
+}
+
+impl Store {
+    /// Refuses a store on a file or a server in a process forked from the one that opened it:
+    /// SQLite warns that a connection used on both sides of a fork can corrupt the database,
+    /// and a PostgreSQL socket would carry both processes' messages. An in-memory store is
+    /// the child's own copy.
+    fn in_its_process(&self) -> PyResult<()> {
+        let now = std::process::id();
+        if self.reached && now != self.opened_by {
+            return Err(PyValueError::new_err(format!(
+                "{}: this FlagManager was opened by process {} and cannot be used in process \
+                 {now}, forked from it (a database connection does not survive a fork): open a \
+                 new FlagManager in the child",
+                self.path, self.opened_by
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A manager used after `close()`: the caller's mistake, as with a closed file.
@@ -252,6 +273,7 @@ impl Store {
         selection: Selection,
         key: String,
     ) -> PyResult<(Arc<FlagSet>, Option<ContextEvaluation>)> {
+        self.in_its_process()?;
         let (reply, answer) = mpsc::channel();
         py.detach(move || {
             let leads = {
@@ -279,6 +301,7 @@ impl Store {
         py: Python<'_>,
         work: impl FnOnce(&mut flagstore::Store) -> flagstore::Result<T> + Send,
     ) -> PyResult<T> {
+        self.in_its_process()?;
         py.detach(|| {
             let mut guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
             let store = guard.as_mut().ok_or_else(|| closed(&self.path))?;
@@ -412,6 +435,7 @@ impl Store {
             publisher: Mutex::new(publisher),
             unpublished,
             opened_by: std::process::id(),
+            reached: location.is_some(),
         })
     }
 
@@ -424,6 +448,10 @@ impl Store {
     /// over everything recorded when a signing key was given; later calls raise `ValueError`.
     /// Closing twice does nothing. Raises `StoreError` if the last head could not be published.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if std::process::id() != self.opened_by {
+            // The store stays the parent's; the child's copy is left when it is dropped.
+            return Ok(());
+        }
         py.detach(|| {
             drop(
                 self.publisher

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,6 +160,53 @@ print(os.waitstatus_to_exitcode(status))
     # on a lock the parent's checkpointer held at the fork (1 run in 200).
     assert err == ""
     assert out.strip() == "7"
+
+
+def test_a_forked_child_is_told_to_open_its_own_manager(tmp_path):
+    # SQLite says a connection used on both sides of a fork can corrupt the database (and a
+    # PostgreSQL socket would carry two processes' messages): a child given the parent's
+    # manager by fork (a multiprocessing pool's worker) is refused with the fix, and nothing
+    # is written. An in-memory manager is the child's own copy, and goes on.
+    script = """
+import os, sys
+from flagstore import Flag, FlagManager
+on_disk = FlagManager([Flag("ingest")], db=sys.argv[1])
+in_memory = FlagManager([Flag("ingest")])
+on_disk.is_enabled("ingest", "parent")
+if os.fork() == 0:
+    try:
+        on_disk.is_enabled("ingest", "child")
+    except ValueError as refused:
+        print(refused)
+    try:
+        on_disk.audit(limit=1)
+    except ValueError as refused:
+        print(refused)
+    print(in_memory.is_enabled("ingest", "child"))
+    on_disk.close()
+    os._exit(0)
+os.wait()
+print(len(on_disk.audit(limit=10)))
+"""
+    db = tmp_path / "flags.db"
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(db)], capture_output=True, text=True, timeout=60
+    )
+    assert out.stderr == ""
+    lines = out.stdout.splitlines()
+    refused = (
+        f"{db}: this FlagManager was opened by process {{}} and cannot be used in process {{}}, "
+        "forked from it (a database connection does not survive a fork): open a new "
+        "FlagManager in the child"
+    )
+    assert len(lines) == 4, lines
+    for line in lines[:2]:
+        parent, child = re.findall(r"process (\d+)", line)
+        assert parent != child
+        assert line == refused.format(parent, child)
+    assert lines[2] == "True"
+    # The parent's store holds its own decision, and the child's close() left it open.
+    assert lines[3] == "2"
 
 
 def test_a_pipeline_that_changes_directory_still_has_its_wal_checkpointed(tmp_path):
