@@ -182,6 +182,11 @@ fn publishing(
     )))
 }
 
+/// A manager used after `close()`: the caller's mistake, as with a closed file.
+fn closed(path: &str) -> PyErr {
+    PyValueError::new_err(format!("{path}: the FlagManager is closed"))
+}
+
 impl Store {
     /// Refuses a store on a file or a server in a process forked from the one that opened it:
     /// SQLite warns that a connection used on both sides of a fork can corrupt the database,
@@ -199,14 +204,7 @@ impl Store {
         }
         Ok(())
     }
-}
 
-/// A manager used after `close()`: the caller's mistake, as with a closed file.
-fn closed(path: &str) -> PyErr {
-    PyValueError::new_err(format!("{path}: the FlagManager is closed"))
-}
-
-impl Store {
     /// Runs what is queued, a transaction at a time, until the queue is empty; then no caller
     /// leads until the next arrives (both decided under the queue's lock, so none is missed).
     fn lead(&self) {
