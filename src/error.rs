@@ -12,6 +12,8 @@ pub struct DatabaseError {
     pub(crate) message: String,
     /// SQLite refused a write to a file this user may only read.
     pub(crate) read_only: bool,
+    /// SQLite found the database's file full (`SQLITE_FULL`).
+    pub(crate) full: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -219,6 +221,14 @@ pub enum Error {
     #[error("database error: {0}")]
     Database(DatabaseError),
 
+    /// "database or disk is full" would send an operator to look for a full disk.
+    #[error(
+        "{path}: the store is full: one kept in memory holds at most 2 GiB (the most SQLite \
+         allocates at once), and the write that found it full recorded nothing; keep the store in a \
+         file to record more"
+    )]
+    InMemoryFull { path: String },
+
     /// A database error with the file it happened in: "database or disk is full",
     /// "database disk image is malformed", "database is locked" name no file by themselves.
     #[error("{path}: {source}")]
@@ -341,6 +351,7 @@ impl Error {
             | Error::Open { .. }
             | Error::Database(_)
             | Error::AtDatabase { .. }
+            | Error::InMemoryFull { .. }
             | Error::Postgres { .. }
             | Error::NotCommitted { .. }
             | Error::CommitOutcomeUnknown { .. }
@@ -397,6 +408,11 @@ impl Error {
                 path: path.to_string(),
                 source,
             },
+            Error::Database(source) if source.full && path == crate::store::IN_MEMORY => {
+                Error::InMemoryFull {
+                    path: path.to_string(),
+                }
+            }
             Error::Database(source) => Error::AtDatabase {
                 path: path.to_string(),
                 source,

@@ -66,6 +66,9 @@ pub use tokens::TokenRecord;
 pub use view::View;
 pub use witness::{HeadsVerified, Proof};
 
+/// How a store in memory ([`Store::open_in_memory`]) is named, as SQLite names one.
+pub const IN_MEMORY: &str = ":memory:";
+
 /// How long a writer whose connection was cut during COMMIT keeps trying to ask the server
 /// whether it landed, before it reports that it cannot tell.
 const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(10);
@@ -173,6 +176,7 @@ impl DatabaseError {
         DatabaseError {
             message,
             read_only: false,
+            full: false,
         }
     }
 

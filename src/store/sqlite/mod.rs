@@ -188,7 +188,7 @@ impl Sqlite {
         // There is no file to survive a crash, and no other connection to read a WAL: the
         // rollback journal stays in memory too.
         conn.pragma_update_and_check(None, "journal_mode", "memory", |_| Ok(()))?;
-        Sqlite::init(conn, None, ":memory:".to_string())
+        Sqlite::init(conn, None, super::IN_MEMORY.to_string())
     }
 
     fn init(mut conn: Connection, file: Option<&Path>, path: String) -> Result<Sqlite> {
@@ -596,6 +596,7 @@ impl From<rusqlite::Error> for DatabaseError {
     fn from(error: rusqlite::Error) -> DatabaseError {
         DatabaseError {
             read_only: error.sqlite_error_code() == Some(ErrorCode::ReadOnly),
+            full: error.sqlite_error_code() == Some(ErrorCode::DiskFull),
             message: error.to_string(),
         }
     }
@@ -612,7 +613,7 @@ mod tests {
     use super::*;
     use crate::audit::AuditQuery;
     use crate::store::backend::{AssignmentRef, Writes};
-    use crate::store::{Scan, Scope, query};
+    use crate::store::{Scan, Scope, Selection, Store, query};
 
     #[test]
     fn latest_schema_version_matches_the_embedded_migrations() {
@@ -660,6 +661,67 @@ mod tests {
     /// A reviewer's list of changes, and every replay of the flags' history (`check`,
     /// `explain --at`), asks for the change rows of the whole log, a few among millions of
     /// decision records: the scan reads them through their partial index, not the table.
+    /// An in-memory store is a memdb file, which SQLite caps at 1 GiB unless built otherwise:
+    /// an in-process manager stopped with "database or disk is full" after about a million
+    /// calls. It now holds as much as SQLite allocates at once (2 GiB less 257 bytes), and
+    /// when that is full it says so in words that send no one to look for a full disk, having
+    /// recorded nothing of the call that found it full.
+    #[test]
+    fn a_store_in_memory_holds_two_gibibytes_then_says_it_is_full() {
+        let backend = Sqlite::in_memory().unwrap();
+        let conn = &backend.conn;
+        conn.execute_batch("CREATE TABLE filler (b BLOB)").unwrap();
+        // Filled to its end, then 256 KB of its pages freed for the store's own rows.
+        for chunk in [100 << 20, 256 << 10] {
+            while conn
+                .execute("INSERT INTO filler VALUES (zeroblob(?1))", [chunk])
+                .is_ok()
+            {}
+        }
+        conn.execute(
+            "DELETE FROM filler WHERE rowid = (SELECT max(rowid) FROM filler)",
+            [],
+        )
+        .unwrap();
+        let bytes: i64 = conn
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(bytes > (2 << 30) - (4 << 20), "{bytes} bytes");
+
+        let mut store = Store::with_backend(Box::new(backend));
+        store
+            .modify("test", "import", false, |_| {
+                let ingest = crate::Flag::new("ingest");
+                let enrich = crate::Flag {
+                    rollout_pct: 50.0,
+                    requires: vec!["ingest".to_string()],
+                    ..crate::Flag::new("enrich")
+                };
+                Ok([ingest, enrich].into_iter().collect())
+            })
+            .unwrap();
+        let full = (0..10_000)
+            .find_map(|n| {
+                let recorded = store.audit_len().unwrap();
+                let evaluated = store.evaluate(&Selection::All, &format!("tenant-{n}"), "test");
+                evaluated.err().map(|e| (e, recorded))
+            })
+            .expect("256 KB holds fewer than 10,000 decision records");
+        let (error, recorded_before) = full;
+        assert_eq!(
+            error.at_database(store.path()).to_string(),
+            ":memory:: the store is full: one kept in memory holds at most 2 GiB (the most \
+             SQLite allocates at once), and the write that found it full recorded nothing; keep \
+             the store in a file to record more"
+        );
+        assert_eq!(store.audit_len().unwrap(), recorded_before);
+        assert_eq!(store.verify_audit(None).unwrap().rows, recorded_before);
+    }
+
     #[test]
     fn change_rows_are_read_through_their_index() {
         let store = Sqlite::in_memory().unwrap();
