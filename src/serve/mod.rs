@@ -60,11 +60,6 @@ const READER_WAIT: Duration = Duration::from_secs(2);
 /// How long a token revocation may take to reach a running server.
 const TOKEN_REFRESH: Duration = Duration::from_secs(1);
 
-/// WAL pages at which the writer checkpoints, and the size the WAL is cut back to: SQLite's
-/// default, where a batch uses ten times more. serve's groups are small, so its WAL gains
-/// nothing from growing, and a small volume has no room for it.
-const WAL_PAGES: i64 = 1_000;
-
 /// How long the writer waits without work before it empties the WAL into the database file
 /// (an SQLite TRUNCATE checkpoint), so that an idle server holds everything in the one file.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
@@ -223,7 +218,6 @@ pub fn serve_until(
         .map_err(|e| Error::System {
             message: format!("cannot start the HTTP runtime: {e}"),
         })?;
-    store.limit_wal(WAL_PAGES)?;
     // Owned by the writer, whose end drops it: a last head over its last commit.
     let publisher = match (&config.publishing, store.location()) {
         (Some(publishing), Some(location)) => {

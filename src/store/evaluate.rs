@@ -93,6 +93,22 @@ impl Store {
         selection: &Selection,
         actor: &str,
         keys: impl IntoIterator<Item = Result<String>>,
+        emit: impl FnMut(&str, &[Evaluation]) -> Result<()>,
+    ) -> Result<BatchReport> {
+        self.backend.limit_wal(super::BATCH_WAL_PAGES)?;
+        let evaluated = self.evaluate_chunks(selection, actor, keys, emit);
+        let restored = self.backend.limit_wal(super::WAL_PAGES);
+        let report = evaluated?;
+        restored?;
+        Ok(report)
+    }
+
+    /// [`Store::evaluate_batch`], with the WAL limit of a batch in place.
+    fn evaluate_chunks(
+        &mut self,
+        selection: &Selection,
+        actor: &str,
+        keys: impl IntoIterator<Item = Result<String>>,
         mut emit: impl FnMut(&str, &[Evaluation]) -> Result<()>,
     ) -> Result<BatchReport> {
         let flags_per_key = match selection {

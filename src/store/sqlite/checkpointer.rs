@@ -184,6 +184,47 @@ mod tests {
         );
     }
 
+    /// A writer of single decisions (the Python manager's calls, `flagstore eval`) checkpoints
+    /// at SQLite's default of 1,000 pages: let grow to a batch's 10,000 (40 MB), the WAL was a
+    /// file growing with every commit for its first thousand calls, and a commit that makes a
+    /// file longer syncs its new length too (a durable call's median 0.49 ms, against 0.27 once
+    /// the WAL was reused in place). Its WAL is cut back to that size after a batch.
+    #[test]
+    fn a_writer_of_single_decisions_keeps_its_wal_near_a_thousand_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, path) = store_of_two_flags(dir.path());
+        let wal = dir.path().join("flags.db-wal");
+        let page_size = || {
+            let reader =
+                Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+            reader
+                .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
+                .unwrap() as u64
+        };
+        let most = 1_200 * (page_size() + 24);
+        let single_decisions = |store: &mut Store, from: usize| {
+            for i in from..from + 500 {
+                store
+                    .evaluate_context(&Selection::All, &format!("tenant-{i}"), "test")
+                    .unwrap();
+            }
+        };
+        single_decisions(&mut store, 0);
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(grown <= most, "the WAL grew to {grown} bytes");
+
+        let keys = (0..20 * keys_per_transaction(2)).map(|i| Ok(format!("batch-{i}")));
+        store
+            .evaluate_batch(&Selection::All, "test", keys, |_, _| Ok(()))
+            .unwrap();
+        single_decisions(&mut store, 500);
+        let after_batch = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            after_batch <= most,
+            "after a batch, the WAL stayed at {after_batch} bytes"
+        );
+    }
+
     /// Commits come far more often than checkpoints, and only the first commit after a
     /// checkpoint begins wakes the checkpointer: the commits that find it asked already, the
     /// last among them included, must still be copied in without any commit after them. A

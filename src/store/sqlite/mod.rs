@@ -64,9 +64,6 @@ const STATEMENT_CACHE: usize = 3 * ROWS_PER_INSERT + 64;
 /// hold the hot B-tree pages of a batch, small enough for a flat 64 MB process.
 const PAGE_CACHE_KIB: i64 = -16_384;
 
-/// WAL size, in pages, at which a commit checkpoints it into the database file.
-const WAL_CHECKPOINT_PAGES: i64 = 10_000;
-
 /// Rows per INSERT statement when writing many: a statement's fixed cost is several times that
 /// of inserting one small row, so batching rows is most of the speed of batch evaluation.
 const ROWS_PER_INSERT: usize = 64;
@@ -209,12 +206,11 @@ impl Sqlite {
         conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
         // Multi-row inserts keep a statement journal; as a file it cost a tenth of batch time.
         conn.pragma_update(None, "temp_store", "memory")?;
-        // While connections are open the WAL is checkpointed as it grows, every
-        // WAL_CHECKPOINT_PAGES pages (about 40 MB), which lets a batch rewrite its hot pages in
-        // the WAL before they are copied. The last connection to close checkpoints the rest
-        // and removes the WAL (SQLite's default), so that when no flagstore runs, all state
-        // is in the one database file and a plain copy of it is complete.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        // While connections are open the WAL is checkpointed as it grows (see WAL_PAGES). The
+        // last connection to close checkpoints the rest and removes the WAL (SQLite's
+        // default), so that when no flagstore runs, all state is in the one database file and
+        // a plain copy of it is complete.
+        limit_wal(&conn, super::WAL_PAGES)?;
         // Asked first, because setting it, even to what it is, is a write, which a reviewer
         // with read-only access to the file cannot make.
         let journal: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
@@ -440,13 +436,7 @@ impl Backend for Sqlite {
     }
 
     fn limit_wal(&self, pages: i64) -> Result<()> {
-        let page_size: i64 = self
-            .conn
-            .pragma_query_value(None, "page_size", |row| row.get(0))?;
-        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
-        self.conn
-            .pragma_update(None, "journal_size_limit", pages * page_size)?;
-        Ok(())
+        limit_wal(&self.conn, pages)
     }
 
     fn checkpoint(&self) -> Result<()> {
@@ -590,6 +580,14 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
     };
     conn.set_transaction_behavior(TransactionBehavior::Deferred);
     outcome
+}
+
+/// See [`Backend::limit_wal`].
+fn limit_wal(conn: &Connection, pages: i64) -> Result<()> {
+    let page_size: i64 = conn.pragma_query_value(None, "page_size", |row| row.get(0))?;
+    conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+    conn.pragma_update(None, "journal_size_limit", pages * page_size)?;
+    Ok(())
 }
 
 impl From<rusqlite::Error> for DatabaseError {
