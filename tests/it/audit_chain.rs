@@ -278,6 +278,47 @@ fn the_script_names_a_row_whose_column_has_the_wrong_type() {
     }
 }
 
+/// The same edits, read by flagstore's own readers: each names the row and column it cannot
+/// take, where they said only "Invalid column type Blob at index: 10, name: detail".
+#[test]
+fn a_row_whose_column_has_the_wrong_type_is_named_by_every_reader() {
+    for (sql, named, readers) in [
+        (
+            "UPDATE audit_log SET detail = CAST(detail AS BLOB) WHERE id = 6",
+            "audit row 6 cannot be read: detail holds a BLOB of ",
+            &[
+                &["audit", "verify"][..],
+                &["check"],
+                &["audit", "--limit", "5"],
+                &["audit", "--context", "tenant:ü"],
+            ][..],
+        ),
+        (
+            "UPDATE audit_log SET actor = CAST(actor AS BLOB) WHERE id = 3",
+            "audit row 3 cannot be read: actor holds a BLOB of ",
+            &[&["audit", "verify"][..], &["check"], &["history", "enrich"]][..],
+        ),
+        (
+            "UPDATE audit_log SET hash = CAST(hash AS BLOB) WHERE id = 8",
+            "audit row 8 cannot be read: hash holds a BLOB of 64 bytes, not text",
+            &[
+                &["audit", "verify"][..],
+                &["eval", "--all", "--context", "k"],
+            ][..],
+        ),
+    ] {
+        let env = store_with_history();
+        tamper(&env, sql);
+        for args in readers {
+            let stderr = env.fails(args);
+            assert!(
+                stderr.starts_with(&format!("flagstore: {named}")) && stderr.lines().count() == 1,
+                "{sql}, {args:?}: {stderr}"
+            );
+        }
+    }
+}
+
 /// The verifier printed in the README for reviewers is the script the tests run.
 #[test]
 fn the_readme_verifier_is_the_tested_script() {

@@ -1,7 +1,7 @@
 //! What Sqlite reads inside a transaction.
 
-use rusqlite::OptionalExtension;
-use rusqlite::types::ValueRef;
+use rusqlite::types::{FromSql, ValueRef};
+use rusqlite::{OptionalExtension, Row};
 
 use super::Sqlite;
 use crate::audit::AuditRow;
@@ -124,29 +124,31 @@ impl Reads for Sqlite {
     }
 
     fn audit_tail(&self) -> Result<Option<(i64, String)>> {
-        Ok(self
-            .conn
-            .prepare_cached(sql::SELECT_AUDIT_TAIL)?
-            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?)
+        let mut statement = self.conn.prepare_cached(sql::SELECT_AUDIT_TAIL)?;
+        let mut rows = statement.query([])?;
+        rows.next()?
+            .map(|row| {
+                let id = row.get(0)?;
+                Ok((id, audit_column(row, id, 1)?))
+            })
+            .transpose()
     }
 
     fn audit_links(&self, after_id: i64, limit: i64) -> Result<Vec<(i64, String, String)>> {
         let mut statement = self.conn.prepare_cached(sql::SELECT_AUDIT_LINKS)?;
-        let links = statement
-            .query_map([after_id, limit], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut rows = statement.query([after_id, limit])?;
+        let mut links = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id = row.get(0)?;
+            links.push((id, audit_column(row, id, 1)?, audit_column(row, id, 2)?));
+        }
         Ok(links)
     }
 
     fn audit_hash(&self, id: i64) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .prepare_cached(sql::SELECT_AUDIT_HASH)?
-            .query_row([id], |row| row.get(0))
-            .optional()?)
+        let mut statement = self.conn.prepare_cached(sql::SELECT_AUDIT_HASH)?;
+        let mut rows = statement.query([id])?;
+        rows.next()?.map(|row| audit_column(row, id, 0)).transpose()
     }
 
     fn flag_sets(&self) -> Result<Vec<(i64, String)>> {
@@ -201,24 +203,27 @@ impl Reads for Sqlite {
             query::Param::Int(v) => rusqlite::types::Value::Integer(*v),
             query::Param::Text(v) => rusqlite::types::Value::Text(v.to_string()),
         });
-        let rows = statement.query_map(rusqlite::params_from_iter(values), |row| {
-            Ok(AuditRow {
-                id: row.get(0)?,
-                ts: row.get(1)?,
-                kind: row.get(2)?,
-                actor: row.get(3)?,
-                action: row.get(4)?,
-                flag: row.get(5)?,
-                context_key: row.get(6)?,
-                result: row.get(7)?,
-                source: row.get(8)?,
-                reason: row.get(9)?,
-                detail: row.get(10)?,
-                prev_hash: row.get(11)?,
-                hash: row.get(12)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut rows = statement.query(rusqlite::params_from_iter(values))?;
+        let mut page = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id = row.get(0)?;
+            page.push(AuditRow {
+                id,
+                ts: audit_column(row, id, 1)?,
+                kind: audit_column(row, id, 2)?,
+                actor: audit_column(row, id, 3)?,
+                action: audit_column(row, id, 4)?,
+                flag: audit_column(row, id, 5)?,
+                context_key: audit_column(row, id, 6)?,
+                result: audit_column(row, id, 7)?,
+                source: audit_column(row, id, 8)?,
+                reason: audit_column(row, id, 9)?,
+                detail: audit_column(row, id, 10)?,
+                prev_hash: audit_column(row, id, 11)?,
+                hash: audit_column(row, id, 12)?,
+            });
+        }
+        Ok(page)
     }
 
     fn audit_len(&self) -> Result<i64> {
@@ -280,12 +285,12 @@ impl Reads for Sqlite {
             let item = match row.get::<_, Option<i64>>(1)? {
                 Some(id) => ContextItem::Record(EvaluationRow {
                     id,
-                    flag: row.get(2)?,
-                    ts: row.get(3)?,
-                    context_key: row.get(4)?,
-                    result: row.get(5)?,
-                    reason: row.get(6)?,
-                    detail: row.get(7)?,
+                    flag: audit_column(row, id, 2)?,
+                    ts: audit_column(row, id, 3)?,
+                    context_key: audit_column(row, id, 4)?,
+                    result: audit_column(row, id, 5)?,
+                    reason: audit_column(row, id, 6)?,
+                    detail: audit_column(row, id, 7)?,
                 }),
                 None => ContextItem::Assignment(AssignmentRow {
                     flag: row.get(2)?,
@@ -347,12 +352,14 @@ impl Reads for Sqlite {
 
     fn token_changes(&self) -> Result<Vec<(i64, String, String, String)>> {
         let mut statement = self.conn.prepare_cached(sql::SELECT_TOKEN_CHANGES)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        let mut rows = statement.query([])?;
+        let mut changes = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id = row.get(0)?;
+            let column = |index| audit_column::<String>(row, id, index);
+            changes.push((id, column(1)?, column(2)?, column(3)?));
+        }
+        Ok(changes)
     }
 
     fn may_read_token_digests(&self) -> Result<bool> {
@@ -412,6 +419,33 @@ impl Sqlite {
         }
         Ok(flags)
     }
+}
+
+/// Column `index` of audit row `id`. SQLite keeps a value of any type in any column, so one of
+/// a type the chain never stores there (an edit made by SQL) is named with its row and column,
+/// where the driver's error ("Invalid column type Blob at index: 10, name: detail") named no
+/// row and stopped every reader of the log.
+fn audit_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
+    row.get(index).map_err(|error| match error {
+        rusqlite::Error::InvalidColumnType(_, column, _) => {
+            let kept = match column.as_str() {
+                "result" => "an integer or NULL",
+                _ => "text",
+            };
+            let held = match row.get_ref(index) {
+                Ok(ValueRef::Blob(bytes)) => format!("a BLOB of {} bytes", bytes.len()),
+                Ok(ValueRef::Integer(_)) => "an integer".to_string(),
+                Ok(ValueRef::Real(_)) => "a real number".to_string(),
+                Ok(ValueRef::Text(_)) => "text".to_string(),
+                Ok(ValueRef::Null) | Err(_) => "NULL".to_string(),
+            };
+            Error::UnreadableAuditRow {
+                id,
+                why: format!("{column} holds {held}, not {kept}"),
+            }
+        }
+        other => other.into(),
+    })
 }
 
 /// A flag set's text as stored. SQLite keeps a value of any type in a TEXT column, and the
