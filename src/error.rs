@@ -175,6 +175,10 @@ pub enum Error {
     #[error("audit row {id} cannot be read: {why}")]
     UnreadableAuditRow { id: i64, why: String },
 
+    /// `id` is the context's number, `contexts.id`.
+    #[error("context {id} (contexts.id) cannot be read: {why}")]
+    UnreadableContext { id: i64, why: String },
+
     #[error("{path}: database disk image is malformed: {problem}")]
     Damaged { path: String, problem: String },
 
@@ -361,6 +365,7 @@ impl Error {
             | Error::HeadMismatch { .. }
             | Error::Witness { .. }
             | Error::UnreadableAuditRow { .. }
+            | Error::UnreadableContext { .. }
             | Error::Migration { .. } => Fault::Storage,
             _ => Fault::Other,
         }

@@ -306,6 +306,11 @@ fn a_row_whose_column_has_the_wrong_type_is_named_by_every_reader() {
                 &["eval", "--all", "--context", "k"],
             ][..],
         ),
+        (
+            "UPDATE contexts SET key = CAST(key AS BLOB) WHERE key = 'tenant:ü'",
+            "context 1 (contexts.id) cannot be read: key holds a BLOB of 9 bytes, not text",
+            &[&["check"][..], &["assignments", "list"]][..],
+        ),
     ] {
         let env = store_with_history();
         tamper(&env, sql);

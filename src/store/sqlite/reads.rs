@@ -99,7 +99,7 @@ impl Reads for Sqlite {
             ""
         };
         let mut statement = self.conn.prepare(&format!(
-            "SELECT a.flag, c.key, a.decision, a.bucket, a.rollout_pct, a.assigned_at \
+            "SELECT a.flag, c.key, a.decision, a.bucket, a.rollout_pct, a.assigned_at, c.id \
                FROM contexts c CROSS JOIN assignment_rows a ON a.context_id = c.id \
               WHERE a.flag = ?1 {of_context} ORDER BY c.key"
         ))?;
@@ -112,7 +112,7 @@ impl Reads for Sqlite {
             while let Some(row) = rows.next()? {
                 visit(AssignmentRow {
                     flag: row.get(0)?,
-                    context_key: row.get(1)?,
+                    context_key: context_column(row, row.get(6)?, 1)?,
                     decision: row.get(2)?,
                     bucket: row.get(3)?,
                     rollout_pct: row.get(4)?,
@@ -295,7 +295,7 @@ impl Reads for Sqlite {
                 None => ContextItem::Assignment(AssignmentRow {
                     flag: row.get(2)?,
                     assigned_at: row.get(3)?,
-                    context_key: row.get(4)?,
+                    context_key: context_column(row, number, 4)?,
                     decision: row.get(5)?,
                     bucket: row.get(8)?,
                     rollout_pct: row.get(9)?,
@@ -421,17 +421,40 @@ impl Sqlite {
     }
 }
 
-/// Column `index` of audit row `id`. SQLite keeps a value of any type in any column, so one of
-/// a type the chain never stores there (an edit made by SQL) is named with its row and column,
-/// where the driver's error ("Invalid column type Blob at index: 10, name: detail") named no
-/// row and stopped every reader of the log.
+/// Column `index` of audit row `id` (see [`typed_column`]).
 fn audit_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
+    typed_column(row, index, |column, held| {
+        let kept = match column {
+            "result" => "an integer or NULL",
+            _ => "text",
+        };
+        Error::UnreadableAuditRow {
+            id,
+            why: format!("{column} holds {held}, not {kept}"),
+        }
+    })
+}
+
+/// Column `index` of a row, the key of context number `id` (see [`typed_column`]).
+fn context_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
+    typed_column(row, index, |_, held| Error::UnreadableContext {
+        id,
+        why: format!("key holds {held}, not text"),
+    })
+}
+
+/// Column `index` of `row`. SQLite keeps a value of any type in any column, so one of a type
+/// flagstore never stores there (an edit made by SQL) is named, by `unreadable` given the
+/// column's name and what it holds, with its row and column, where the driver's error
+/// ("Invalid column type Blob at index: 10, name: detail") named no row and stopped every
+/// reader.
+fn typed_column<T: FromSql>(
+    row: &Row,
+    index: usize,
+    unreadable: impl FnOnce(&str, String) -> Error,
+) -> Result<T> {
     row.get(index).map_err(|error| match error {
         rusqlite::Error::InvalidColumnType(_, column, _) => {
-            let kept = match column.as_str() {
-                "result" => "an integer or NULL",
-                _ => "text",
-            };
             let held = match row.get_ref(index) {
                 Ok(ValueRef::Blob(bytes)) => format!("a BLOB of {} bytes", bytes.len()),
                 Ok(ValueRef::Integer(_)) => "an integer".to_string(),
@@ -439,10 +462,7 @@ fn audit_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
                 Ok(ValueRef::Text(_)) => "text".to_string(),
                 Ok(ValueRef::Null) | Err(_) => "NULL".to_string(),
             };
-            Error::UnreadableAuditRow {
-                id,
-                why: format!("{column} holds {held}, not {kept}"),
-            }
+            unreadable(&column, held)
         }
         other => other.into(),
     })
