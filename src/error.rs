@@ -18,6 +18,10 @@ pub struct DatabaseError {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How a store in memory ([`Store::open_in_memory`](crate::Store::open_in_memory)) is named in
+/// messages, as SQLite names one.
+pub const IN_MEMORY: &str = ":memory:";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid flag name {name:?}: {why}")]
@@ -413,11 +417,9 @@ impl Error {
                 path: path.to_string(),
                 source,
             },
-            Error::Database(source) if source.full && path == crate::store::IN_MEMORY => {
-                Error::InMemoryFull {
-                    path: path.to_string(),
-                }
-            }
+            Error::Database(source) if source.full && path == IN_MEMORY => Error::InMemoryFull {
+                path: path.to_string(),
+            },
             Error::Database(source) => Error::AtDatabase {
                 path: path.to_string(),
                 source,

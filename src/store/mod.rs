@@ -79,9 +79,6 @@ const WAL_PAGES: i64 = 1_000;
 /// the copying, not a commit.
 const BATCH_WAL_PAGES: i64 = 10_000;
 
-/// How a store in memory ([`Store::open_in_memory`]) is named, as SQLite names one.
-pub const IN_MEMORY: &str = ":memory:";
-
 /// How long a writer whose connection was cut during COMMIT keeps trying to ask the server
 /// whether it landed, before it reports that it cannot tell.
 const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(10);

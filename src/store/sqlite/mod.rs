@@ -185,7 +185,7 @@ impl Sqlite {
         // There is no file to survive a crash, and no other connection to read a WAL: the
         // rollback journal stays in memory too.
         conn.pragma_update_and_check(None, "journal_mode", "memory", |_| Ok(()))?;
-        Sqlite::init(conn, None, super::IN_MEMORY.to_string())
+        Sqlite::init(conn, None, crate::error::IN_MEMORY.to_string())
     }
 
     fn init(mut conn: Connection, file: Option<&Path>, path: String) -> Result<Sqlite> {
