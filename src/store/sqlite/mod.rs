@@ -656,9 +656,6 @@ mod tests {
         }
     }
 
-    /// A reviewer's list of changes, and every replay of the flags' history (`check`,
-    /// `explain --at`), asks for the change rows of the whole log, a few among millions of
-    /// decision records: the scan reads them through their partial index, not the table.
     /// An in-memory store is a memdb file, which SQLite caps at 1 GiB unless built otherwise:
     /// an in-process manager stopped with "database or disk is full" after about a million
     /// calls. It now holds as much as SQLite allocates at once (2 GiB less 257 bytes), and
@@ -720,6 +717,9 @@ mod tests {
         assert_eq!(store.verify_audit(None).unwrap().rows, recorded_before);
     }
 
+    /// A reviewer's list of changes, and every replay of the flags' history (`check`,
+    /// `explain --at`), asks for the change rows of the whole log, a few among millions of
+    /// decision records: the scan reads them through their partial index, not the table.
     #[test]
     fn change_rows_are_read_through_their_index() {
         let store = Sqlite::in_memory().unwrap();
