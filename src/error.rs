@@ -179,9 +179,14 @@ pub enum Error {
     #[error("audit row {id} cannot be read: {why}")]
     UnreadableAuditRow { id: i64, why: String },
 
-    /// `id` is the context's number, `contexts.id`.
-    #[error("context {id} (contexts.id) cannot be read: {why}")]
-    UnreadableContext { id: i64, why: String },
+    /// A row of `table` holding a value of a type flagstore never stores there (SQLite keeps
+    /// any value in any column; an edit made by SQL), `row` saying which.
+    #[error("{table}: {row} cannot be read: {why}")]
+    UnreadableRow {
+        table: &'static str,
+        row: String,
+        why: String,
+    },
 
     #[error("{path}: database disk image is malformed: {problem}")]
     Damaged { path: String, problem: String },
@@ -369,7 +374,7 @@ impl Error {
             | Error::HeadMismatch { .. }
             | Error::Witness { .. }
             | Error::UnreadableAuditRow { .. }
-            | Error::UnreadableContext { .. }
+            | Error::UnreadableRow { .. }
             | Error::Migration { .. } => Fault::Storage,
             _ => Fault::Other,
         }

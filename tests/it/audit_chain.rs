@@ -308,8 +308,26 @@ fn a_row_whose_column_has_the_wrong_type_is_named_by_every_reader() {
         ),
         (
             "UPDATE contexts SET key = CAST(key AS BLOB) WHERE key = 'tenant:ü'",
-            "context 1 (contexts.id) cannot be read: key holds a BLOB of 9 bytes, not text",
+            "contexts: context 1 cannot be read: key holds a BLOB of 9 bytes, not text",
             &[&["check"][..], &["assignments", "list"]][..],
+        ),
+        (
+            "UPDATE flags SET name = CAST(name AS BLOB) WHERE name = 'legacy'",
+            "flags: the flag named \"legacy\" cannot be read: name holds a BLOB of 6 bytes, \
+             not text",
+            &[
+                &["check"][..],
+                &["flag", "list"],
+                &["eval", "ingest", "--context", "k"],
+            ][..],
+        ),
+        (
+            // Past the reference to flags, which the BLOB no longer meets (check names that).
+            "PRAGMA foreign_keys = OFF; \
+             UPDATE flag_dependencies SET requires = CAST(requires AS BLOB) WHERE flag = 'dedupe'",
+            "flag_dependencies: a requirement of \"dedupe\" cannot be read: requires holds a \
+             BLOB of 6 bytes, not text",
+            &[&["flag", "list"][..], &["eval", "ingest", "--context", "k"]][..],
         ),
     ] {
         let env = store_with_history();

@@ -395,9 +395,13 @@ impl Sqlite {
         let mut edges = self.conn.prepare_cached(
             "SELECT flag, requires FROM flag_dependencies ORDER BY flag, position",
         )?;
-        for edge in edges.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
-            let (flag, required): (String, String) = edge?;
-            requires.entry(flag).or_default().push(required);
+        let mut rows = edges.query([])?;
+        while let Some(row) = rows.next()? {
+            let text = |index| {
+                let named = |flag| format!("a requirement of {flag:?}");
+                flag_text(row, index, "flag_dependencies", 0, named)
+            };
+            requires.entry(text(0)?).or_default().push(text(1)?);
         }
         let mut statement = self.conn.prepare_cached(
             "SELECT name, enabled, rollout_pct, sticky, stale_exempt FROM flags \
@@ -406,7 +410,8 @@ impl Sqlite {
         let mut rows = statement.query([])?;
         let mut flags = FlagSet::new();
         while let Some(row) = rows.next()? {
-            let name: String = row.get(0)?;
+            let named = |flag| format!("the flag named {flag:?}");
+            let name = flag_text(row, 0, "flags", 0, named)?;
             let sticky: String = row.get(3)?;
             flags.insert(Flag {
                 requires: requires.remove(&name).unwrap_or_default(),
@@ -437,9 +442,35 @@ fn audit_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
 
 /// Column `index` of a row, the key of context number `id` (see [`typed_column`]).
 fn context_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
-    typed_column(row, index, |_, held| Error::UnreadableContext {
-        id,
+    typed_column(row, index, |_, held| Error::UnreadableRow {
+        table: "contexts",
+        row: format!("context {id}"),
         why: format!("key holds {held}, not text"),
+    })
+}
+
+/// Column `index` of a row of `table` about flag `flag_column` names, as `row` (given that
+/// flag's name) words it (see [`typed_column`]).
+fn flag_text(
+    row: &Row,
+    index: usize,
+    table: &'static str,
+    flag_column: usize,
+    named: impl FnOnce(String) -> String,
+) -> Result<String> {
+    typed_column(row, index, |column, held| {
+        // The name as stored, whatever its type: enough to find the row.
+        let flag = match row.get_ref(flag_column) {
+            Ok(ValueRef::Text(bytes) | ValueRef::Blob(bytes)) => {
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+            _ => "?".to_string(),
+        };
+        Error::UnreadableRow {
+            table,
+            row: named(flag),
+            why: format!("{column} holds {held}, not text"),
+        }
     })
 }
 
