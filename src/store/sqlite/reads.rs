@@ -399,7 +399,7 @@ impl Sqlite {
         while let Some(row) = rows.next()? {
             let text = |index| {
                 let named = |flag| format!("a requirement of {flag:?}");
-                flag_text(row, index, "flag_dependencies", 0, named)
+                flag_text(row, index, "flag_dependencies", named)
             };
             requires.entry(text(0)?).or_default().push(text(1)?);
         }
@@ -411,7 +411,7 @@ impl Sqlite {
         let mut flags = FlagSet::new();
         while let Some(row) = rows.next()? {
             let named = |flag| format!("the flag named {flag:?}");
-            let name = flag_text(row, 0, "flags", 0, named)?;
+            let name = flag_text(row, 0, "flags", named)?;
             let sticky: String = row.get(3)?;
             flags.insert(Flag {
                 requires: requires.remove(&name).unwrap_or_default(),
@@ -449,18 +449,17 @@ fn context_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
     })
 }
 
-/// Column `index` of a row of `table` about flag `flag_column` names, as `row` (given that
-/// flag's name) words it (see [`typed_column`]).
+/// Column `index` of a row of `table` whose first column names a flag, the row worded by
+/// `named` given that name (see [`typed_column`]).
 fn flag_text(
     row: &Row,
     index: usize,
     table: &'static str,
-    flag_column: usize,
     named: impl FnOnce(String) -> String,
 ) -> Result<String> {
     typed_column(row, index, |column, held| {
         // The name as stored, whatever its type: enough to find the row.
-        let flag = match row.get_ref(flag_column) {
+        let flag = match row.get_ref(0) {
             Ok(ValueRef::Text(bytes) | ValueRef::Blob(bytes)) => {
                 String::from_utf8_lossy(bytes).into_owned()
             }
