@@ -34,7 +34,10 @@ def encode(row_id, column, value):
     if isinstance(value, int) and not isinstance(value, bool):
         return b"I%d;" % value
     if isinstance(value, str):
-        data = value.encode("utf-8")
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError:  # read with surrogateescape: bytes that are not UTF-8
+            fail(f"row {row_id}: {column} holds text that is not UTF-8")
         return b"T%d:" % len(data) + data
     kind = "BLOB" if isinstance(value, bytes) else type(value).__name__.upper()
     fail(f"row {row_id}: {column} holds a {kind}, not text, an integer or NULL")
@@ -44,6 +47,7 @@ def database_rows(path):
     writable = os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
     uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro" + ("" if writable else "&immutable=1")
     db = sqlite3.connect(uri, uri=True)
+    db.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
     rows = db.execute(
         "SELECT id, ts, kind, actor, action, flag, context_key, result, source, reason, detail,"
         " prev_hash, hash FROM audit_log ORDER BY id"

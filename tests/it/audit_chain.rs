@@ -264,6 +264,10 @@ fn the_script_names_a_row_whose_column_has_the_wrong_type() {
             "UPDATE audit_log SET actor = CAST(actor AS BLOB) WHERE id = 6",
             "row 6: actor holds a BLOB, not text, an integer or NULL",
         ),
+        (
+            "UPDATE audit_log SET actor = CAST(X'FF41' AS TEXT) WHERE id = 4",
+            "row 4: actor holds text that is not UTF-8",
+        ),
     ] {
         let env = store_with_history();
         tamper(&env, sql);
@@ -297,6 +301,15 @@ fn a_row_whose_column_has_the_wrong_type_is_named_by_every_reader() {
             "UPDATE audit_log SET actor = CAST(actor AS BLOB) WHERE id = 3",
             "audit row 3 cannot be read: actor holds a BLOB of ",
             &[&["audit", "verify"][..], &["check"], &["history", "enrich"]][..],
+        ),
+        (
+            "UPDATE audit_log SET actor = CAST(X'FF41' AS TEXT) WHERE id = 4",
+            "audit row 4 cannot be read: actor holds bytes that are not UTF-8, not text",
+            &[
+                &["audit", "verify"][..],
+                &["check"],
+                &["audit", "--limit", "8"],
+            ][..],
         ),
         (
             "UPDATE audit_log SET hash = CAST(hash AS BLOB) WHERE id = 8",

@@ -494,6 +494,11 @@ fn typed_column<T: FromSql>(
             };
             unreadable(&column, held)
         }
+        // Text SQLite was handed without checking it (`CAST(X'FF' AS TEXT)`).
+        rusqlite::Error::Utf8Error(..) => {
+            let column = row.as_ref().column_name(index).unwrap_or("?");
+            unreadable(column, "bytes that are not UTF-8".to_string())
+        }
         other => other.into(),
     })
 }
