@@ -891,9 +891,12 @@ fn check_passes_a_sound_store_and_names_broken_references() {
              PRAGMA foreign_keys = OFF; DELETE FROM flags WHERE name = 'ingest';",
         )
         .unwrap();
+    // assignment_rows has no rowid for SQLite to name its row by: its key names it.
     let message = env.fails(&["check"]);
     assert!(
-        message.contains("refers to a missing row of flags"),
+        message.contains(
+            "assignment_rows row (context_id 1, flag \"ingest\") refers to a missing row of flags"
+        ),
         "{message}"
     );
 }

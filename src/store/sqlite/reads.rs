@@ -249,17 +249,24 @@ impl Reads for Sqlite {
     }
 
     fn broken_reference(&self) -> Result<Option<(String, String, String)>> {
-        Ok(self
+        let broken = self
             .conn
             .query_row("PRAGMA foreign_key_check", [], |row| {
-                let rowid: Option<i64> = row.get(1)?;
                 Ok((
-                    row.get(0)?,
-                    rowid.map_or("?".to_string(), |r| r.to_string()),
-                    row.get(2)?,
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<i64>>(1)?,
+                    row.get::<_, String>(2)?,
                 ))
             })
-            .optional()?)
+            .optional()?;
+        let Some((table, rowid, parent)) = broken else {
+            return Ok(None);
+        };
+        let row = match rowid {
+            Some(rowid) => rowid.to_string(),
+            None => self.primary_key_of_a_row_without(&table, &parent)?,
+        };
+        Ok(Some((table, row, parent)))
     }
 
     fn for_each_context_item(
@@ -389,6 +396,59 @@ impl Reads for Sqlite {
 }
 
 impl Sqlite {
+    /// A table WITHOUT ROWID (assignment_rows, flag_dependencies) has no number by which
+    /// `foreign_key_check` can name a row: its primary key names the first of its rows that
+    /// refers to no row of `parent`, as `(column value, ...)`.
+    fn primary_key_of_a_row_without(&self, table: &str, parent: &str) -> Result<String> {
+        let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let key: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?
+            .query_map([table], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let pairs: Vec<(String, String)> = self
+            .conn
+            .prepare(
+                "SELECT \"from\", \"to\" FROM pragma_foreign_key_list(?1) WHERE \"table\" = ?2",
+            )?
+            .query_map([table, parent], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        // Any one reference of the table to `parent` that fails: each is one column here.
+        let missing = pairs
+            .iter()
+            .map(|(from, to)| {
+                let (from, to, parent) = (quoted(from), quoted(to), quoted(parent));
+                format!("NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{to} = t.{from})")
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let columns: Vec<String> = key
+            .iter()
+            .map(|column| format!("t.{}", quoted(column)))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} t WHERE {missing} LIMIT 1",
+            columns.join(", "),
+            quoted(table)
+        );
+        let values = self.conn.query_row(&sql, [], |row| {
+            (0..key.len())
+                .map(|index| {
+                    Ok(match row.get_ref(index)? {
+                        ValueRef::Text(text) => format!("{:?}", String::from_utf8_lossy(text)),
+                        other => set_text(other),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })?;
+        let named: Vec<String> = key
+            .iter()
+            .zip(values)
+            .map(|(column, value)| format!("{column} {value}"))
+            .collect();
+        Ok(format!("({})", named.join(", ")))
+    }
+
     /// The flags as the tables hold them, in definition order.
     fn read_flags(&self) -> Result<FlagSet> {
         let mut requires: std::collections::HashMap<String, Vec<String>> = Default::default();
