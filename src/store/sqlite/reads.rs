@@ -382,13 +382,14 @@ impl Reads for Sqlite {
         let mut rows = statement.query([])?;
         let mut tokens = Vec::new();
         while let Some(row) = rows.next()? {
-            let role: String = row.get(4)?;
+            let named = |token| format!("the token named {token:?}");
+            let text = |index| named_column::<String>(row, index, "api_tokens", named);
             tokens.push(TokenRecord {
-                name: row.get(0)?,
-                sha256: row.get(1)?,
-                role: role.parse()?,
-                created_at: row.get(2)?,
-                revoked_at: row.get(3)?,
+                name: text(0)?,
+                sha256: text(1)?,
+                role: text(4)?.parse()?,
+                created_at: text(2)?,
+                revoked_at: named_column(row, 3, "api_tokens", named)?,
             });
         }
         Ok(tokens)
@@ -459,7 +460,7 @@ impl Sqlite {
         while let Some(row) = rows.next()? {
             let text = |index| {
                 let named = |flag| format!("a requirement of {flag:?}");
-                flag_text(row, index, "flag_dependencies", named)
+                named_column(row, index, "flag_dependencies", named)
             };
             requires.entry(text(0)?).or_default().push(text(1)?);
         }
@@ -471,7 +472,7 @@ impl Sqlite {
         let mut flags = FlagSet::new();
         while let Some(row) = rows.next()? {
             let named = |flag| format!("the flag named {flag:?}");
-            let name = flag_text(row, 0, "flags", named)?;
+            let name: String = named_column(row, 0, "flags", named)?;
             let sticky: String = row.get(3)?;
             flags.insert(Flag {
                 requires: requires.remove(&name).unwrap_or_default(),
@@ -509,17 +510,17 @@ fn context_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
     })
 }
 
-/// Column `index` of a row of `table` whose first column names a flag, the row worded by
-/// `named` given that name (see [`typed_column`]).
-fn flag_text(
+/// Column `index` of a row of `table` whose first column is its name (a flag's, a token's),
+/// the row worded by `named` given that name (see [`typed_column`]).
+fn named_column<T: FromSql>(
     row: &Row,
     index: usize,
     table: &'static str,
     named: impl FnOnce(String) -> String,
-) -> Result<String> {
+) -> Result<T> {
     typed_column(row, index, |column, held| {
         // The name as stored, whatever its type: enough to find the row.
-        let flag = match row.get_ref(0) {
+        let name = match row.get_ref(0) {
             Ok(ValueRef::Text(bytes) | ValueRef::Blob(bytes)) => {
                 String::from_utf8_lossy(bytes).into_owned()
             }
@@ -527,7 +528,7 @@ fn flag_text(
         };
         Error::UnreadableRow {
             table,
-            row: named(flag),
+            row: named(name),
             why: format!("{column} holds {held}, not text"),
         }
     })
