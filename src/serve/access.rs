@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::{CallerWork, EXPORT_READERS, Job, READER_WAIT, READERS, Shared, TOKEN_REFRESH};
 use crate::error::Error;
-use crate::store::{Location, Store};
+use crate::store::{Location, Store, TokenRecord};
 use crate::token::Role;
 
 /// Who presented an active token.
@@ -201,6 +201,8 @@ pub(super) struct Tokens {
     /// Name and role of each active token.
     by_sha256: HashMap<String, Caller>,
     read_at: Option<Instant>,
+    /// Set while a token row cannot be read, so the log says so once, not every second.
+    refusing_all: bool,
 }
 
 impl Tokens {
@@ -213,9 +215,8 @@ impl Tokens {
     pub(super) fn lookup(&mut self, store: &Store, sha256: &str) -> Option<Caller> {
         if self.read_at.is_none_or(|at| at.elapsed() >= TOKEN_REFRESH) {
             // A connection the server closed is opened again here: requests refused as
-            // unauthorized never reach the evaluation that would reconnect. A read that still
-            // fails keeps the last list: the evaluation's own transaction reports a store
-            // that is down.
+            // unauthorized never reach the evaluation that would reconnect. A store that is
+            // down keeps the last list: the evaluation's own transaction reports it.
             // Only tokens the chain explains: a row inserted or raised by SQL is refused.
             let read = store
                 .explained_tokens()
@@ -223,21 +224,42 @@ impl Tokens {
                     Ok(true) => store.explained_tokens(),
                     _ => Err(error),
                 });
-            if let Ok(tokens) = read {
-                self.by_sha256 = tokens
-                    .into_iter()
-                    .filter(|t| t.revoked_at.is_none())
-                    .map(|t| {
-                        let caller = Caller {
-                            name: t.name,
-                            role: t.role,
-                        };
-                        (t.sha256, caller)
-                    })
-                    .collect();
-                self.read_at = Some(Instant::now());
+            match read {
+                // A row SQL made unreadable is no outage: keeping the last list would keep
+                // accepting every token revoked from then on.
+                Err(error @ (Error::UnreadableRow { .. } | Error::UnreadableAuditRow { .. })) => {
+                    if !self.refusing_all {
+                        super::log(&format!(
+                            "every token refused until the tokens can be read: {error}"
+                        ));
+                        self.refusing_all = true;
+                    }
+                    self.by_sha256.clear();
+                    self.read_at = Some(Instant::now());
+                }
+                Err(_) => {}
+                Ok(tokens) => self.replace(tokens),
             }
         }
         self.by_sha256.get(sha256).cloned()
+    }
+
+    fn replace(&mut self, tokens: Vec<TokenRecord>) {
+        if self.refusing_all {
+            super::log("the tokens can be read again");
+            self.refusing_all = false;
+        }
+        self.by_sha256 = tokens
+            .into_iter()
+            .filter(|t| t.revoked_at.is_none())
+            .map(|t| {
+                let caller = Caller {
+                    name: t.name,
+                    role: t.role,
+                };
+                (t.sha256, caller)
+            })
+            .collect();
+        self.read_at = Some(Instant::now());
     }
 }

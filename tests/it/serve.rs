@@ -354,6 +354,49 @@ fn a_token_the_chain_does_not_explain_is_refused() {
     assert_eq!(tokens.status, 401, "{}", tokens.body);
 }
 
+/// A token row SQL made unreadable (a name stored as a BLOB, which SQLite allows; PostgreSQL's
+/// typed columns do not) stopped serve's token refresh, and serve kept the last list it read:
+/// a token revoked after that went on being accepted. Now every token is refused until the
+/// rows can be read again, the log says why once, and serving resumes when they are mended.
+#[test]
+fn a_token_row_serve_cannot_read_refuses_every_token_until_it_is_mended() {
+    let env = Env::new();
+    let worker = store_with_token(&env);
+    let mut server = Server::start(&env, &[]);
+    assert_eq!(one(&server, "enrich", &worker, "k").status, 200);
+    env.execute(
+        "INSERT INTO api_tokens (name, token_sha256, role, created_at) \
+         VALUES (CAST('mallory' AS BLOB), hex(randomblob(32)), 'admin', '2026-12-07T00:00:00.000Z')",
+    )
+    .unwrap();
+    // The server re-reads its tokens at most a second after it last did.
+    std::thread::sleep(Duration::from_millis(1_200));
+    for _ in 0..3 {
+        let reply = one(&server, "enrich", &worker, "k");
+        assert_eq!(reply.status, 401, "{}", reply.body);
+    }
+    env.execute("DELETE FROM api_tokens WHERE typeof(name) = 'blob'")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert_eq!(one(&server, "enrich", &worker, "k").status, 200);
+    server.signal("TERM");
+    let (code, log) = server.exit();
+    assert_eq!(code, Some(0), "{log}");
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("api_tokens")).collect();
+    assert_eq!(
+        refused,
+        [
+            "flagstore serve: every token refused until the tokens can be read: api_tokens: the \
+          token named \"mallory\" cannot be read: name holds a BLOB of 7 bytes, not text"
+        ],
+        "{log}"
+    );
+    assert!(
+        log.contains("flagstore serve: the tokens can be read again"),
+        "{log}"
+    );
+}
+
 /// The group commit answers many connections from one transaction: one client sending every
 /// kind of bad request meanwhile costs the others nothing. Each valid answer is counted against
 /// what the store recorded for its key.
