@@ -343,6 +343,40 @@ fn a_row_whose_column_has_the_wrong_type_is_named_by_every_reader() {
             &[&["flag", "list"][..], &["eval", "ingest", "--context", "k"]][..],
         ),
         (
+            "UPDATE assignment_rows SET rollout_pct = 'abc' WHERE flag = 'dedupe' AND context_id = 1",
+            "assignment_rows: the assignment (context_id 1, flag \"dedupe\") cannot be read: \
+             rollout_pct holds text, not a number",
+            &[
+                &["check"][..],
+                &["assignments", "list"],
+                &["eval", "--all", "--context", "tenant:ü"],
+                &["explain", "dedupe", "--context", "tenant:ü"],
+            ][..],
+        ),
+        (
+            "UPDATE assignment_rows SET assigned_at = CAST(assigned_at AS BLOB) \
+              WHERE flag = 'dedupe' AND context_id = 1",
+            "assignment_rows: the assignment (context_id 1, flag \"dedupe\") cannot be read: \
+             assigned_at holds a BLOB of 24 bytes, not text",
+            &[
+                &["check"][..],
+                &["assignments", "list"],
+                &["eval", "dedupe", "--context", "tenant:ü"],
+            ][..],
+        ),
+        (
+            // Past the reference to flags, which the BLOB no longer meets (check names that).
+            "PRAGMA foreign_keys = OFF; \
+             UPDATE assignment_rows SET flag = CAST(flag AS BLOB) \
+              WHERE flag = 'dedupe' AND context_id = 1",
+            "assignment_rows: the assignment (context_id 1, flag \"dedupe\") cannot be read: \
+             flag holds a BLOB of 6 bytes, not text",
+            &[
+                &["eval", "dedupe", "--context", "tenant:ü"][..],
+                &["explain", "enrich", "--context", "tenant:ü"],
+            ][..],
+        ),
+        (
             "INSERT INTO api_tokens (name, token_sha256, created_at, role) \
              VALUES (CAST('ci' AS BLOB), hex(randomblob(32)), '2026-12-07T00:00:00.000Z', 'viewer')",
             "api_tokens: the token named \"ci\" cannot be read: name holds a BLOB of 2 bytes, \

@@ -52,14 +52,15 @@ impl Reads for Sqlite {
         found: &mut dyn FnMut(FoundAssignment<&str>),
     ) -> Result<()> {
         let mut lookup = self.conn.prepare_cached(
-            "SELECT a.flag, a.decision, a.bucket, a.rollout_pct, a.assigned_at \
+            "SELECT a.context_id, a.flag, a.decision, a.bucket, a.rollout_pct, a.assigned_at \
                FROM contexts c JOIN assignment_rows a ON a.context_id = c.id \
               WHERE c.key = ?1",
         )?;
+        let columns = AssignmentColumns::IN_ORDER;
         for (key, context) in keys.iter().enumerate() {
             let mut rows = lookup.query([context])?;
             while let Some(row) = rows.next()? {
-                let name = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                let name = columns.text(row, columns.flag)?;
                 // A handful of names: a scan beats hashing each row's.
                 let Some(flag) = flags.iter().position(|wanted| *wanted == name) else {
                     continue;
@@ -67,10 +68,10 @@ impl Reads for Sqlite {
                 found(FoundAssignment {
                     key,
                     flag,
-                    decision: row.get(1)?,
-                    bucket: row.get(2)?,
-                    rollout_pct: row.get(3)?,
-                    assigned_at: row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?,
+                    decision: columns.read(row, columns.decision)?,
+                    bucket: columns.read(row, columns.bucket)?,
+                    rollout_pct: columns.read(row, columns.rollout_pct)?,
+                    assigned_at: columns.text(row, columns.assigned_at)?,
                 });
             }
         }
@@ -99,10 +100,11 @@ impl Reads for Sqlite {
             ""
         };
         let mut statement = self.conn.prepare(&format!(
-            "SELECT a.flag, c.key, a.decision, a.bucket, a.rollout_pct, a.assigned_at, c.id \
+            "SELECT c.id, a.flag, a.decision, a.bucket, a.rollout_pct, a.assigned_at, c.key \
                FROM contexts c CROSS JOIN assignment_rows a ON a.context_id = c.id \
               WHERE a.flag = ?1 {of_context} ORDER BY c.key"
         ))?;
+        let columns = AssignmentColumns::IN_ORDER;
         for flag in &flags {
             statement.raw_bind_parameter(1, flag)?;
             if let Some(context) = context {
@@ -110,14 +112,7 @@ impl Reads for Sqlite {
             }
             let mut rows = statement.raw_query();
             while let Some(row) = rows.next()? {
-                visit(AssignmentRow {
-                    flag: row.get(0)?,
-                    context_key: context_column(row, row.get(6)?, 1)?,
-                    decision: row.get(2)?,
-                    bucket: row.get(3)?,
-                    rollout_pct: row.get(4)?,
-                    assigned_at: row.get(5)?,
-                })?;
+                visit(columns.row(row, context_column(row, row.get(0)?, 6)?)?)?;
             }
         }
         Ok(())
@@ -299,14 +294,9 @@ impl Reads for Sqlite {
                     reason: audit_column(row, id, 6)?,
                     detail: audit_column(row, id, 7)?,
                 }),
-                None => ContextItem::Assignment(AssignmentRow {
-                    flag: row.get(2)?,
-                    assigned_at: row.get(3)?,
-                    context_key: context_column(row, number, 4)?,
-                    decision: row.get(5)?,
-                    bucket: row.get(8)?,
-                    rollout_pct: row.get(9)?,
-                }),
+                None => ContextItem::Assignment(
+                    ASSIGNMENT_IN_UNION.row(row, context_column(row, number, 4)?)?,
+                ),
             };
             visit(context.replace(number) != Some(number), item)?;
         }
@@ -501,6 +491,83 @@ fn audit_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
     })
 }
 
+/// Where `for_each_context_item`'s union keeps an assignment's columns.
+const ASSIGNMENT_IN_UNION: AssignmentColumns = AssignmentColumns {
+    context: 0,
+    flag: 2,
+    assigned_at: 3,
+    decision: 5,
+    bucket: 8,
+    rollout_pct: 9,
+};
+
+/// Where a query keeps the columns of an assignment, each read with its row named where it
+/// holds a value of another type (see [`typed_column`]): its context number and flag.
+#[derive(Clone, Copy)]
+struct AssignmentColumns {
+    context: usize,
+    flag: usize,
+    decision: usize,
+    bucket: usize,
+    rollout_pct: usize,
+    assigned_at: usize,
+}
+
+impl AssignmentColumns {
+    /// The context number, flag, decision, bucket, rollout and time, first and in that order.
+    const IN_ORDER: AssignmentColumns = AssignmentColumns {
+        context: 0,
+        flag: 1,
+        decision: 2,
+        bucket: 3,
+        rollout_pct: 4,
+        assigned_at: 5,
+    };
+
+    fn row(&self, row: &Row, context_key: String) -> Result<AssignmentRow> {
+        Ok(AssignmentRow {
+            flag: self.text(row, self.flag)?.to_string(),
+            context_key,
+            decision: self.read(row, self.decision)?,
+            bucket: self.read(row, self.bucket)?,
+            rollout_pct: self.read(row, self.rollout_pct)?,
+            assigned_at: self.text(row, self.assigned_at)?.to_string(),
+        })
+    }
+
+    fn read<T: FromSql>(&self, row: &Row, index: usize) -> Result<T> {
+        typed_column(row, index, |_, held| self.unreadable(row, index, held))
+    }
+
+    /// Text as stored, borrowed: a batch reads a flag name and a time for every key.
+    fn text<'r>(&self, row: &'r Row, index: usize) -> Result<&'r str> {
+        match row.get_ref(index)? {
+            ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+                .map_err(|_| self.unreadable(row, index, "bytes that are not UTF-8".to_string())),
+            other => Err(self.unreadable(row, index, held(other))),
+        }
+    }
+
+    /// Column names are the query's own (a union's are its first part's), so each is named
+    /// here by its place.
+    fn unreadable(&self, row: &Row, index: usize, held: String) -> Error {
+        let (column, kept) = match index {
+            i if i == self.flag => ("flag", "text"),
+            i if i == self.decision => ("decision", "an integer"),
+            i if i == self.bucket => ("bucket", "an integer"),
+            i if i == self.rollout_pct => ("rollout_pct", "a number"),
+            _ => ("assigned_at", "text"),
+        };
+        let context = row.get_ref(self.context).map_or("?".to_string(), set_text);
+        let flag = row.get_ref(self.flag).map_or("?".to_string(), stored_name);
+        Error::UnreadableRow {
+            table: "assignment_rows",
+            row: format!("the assignment (context_id {context}, flag {flag:?})"),
+            why: format!("{column} holds {held}, not {kept}"),
+        }
+    }
+}
+
 /// Column `index` of a row, the key of context number `id` (see [`typed_column`]).
 fn context_column<T: FromSql>(row: &Row, id: i64, index: usize) -> Result<T> {
     typed_column(row, index, |_, held| Error::UnreadableRow {
@@ -519,13 +586,7 @@ fn named_column<T: FromSql>(
     named: impl FnOnce(String) -> String,
 ) -> Result<T> {
     typed_column(row, index, |column, held| {
-        // The name as stored, whatever its type: enough to find the row.
-        let name = match row.get_ref(0) {
-            Ok(ValueRef::Text(bytes) | ValueRef::Blob(bytes)) => {
-                String::from_utf8_lossy(bytes).into_owned()
-            }
-            _ => "?".to_string(),
-        };
+        let name = row.get_ref(0).map_or("?".to_string(), stored_name);
         Error::UnreadableRow {
             table,
             row: named(name),
@@ -546,13 +607,7 @@ fn typed_column<T: FromSql>(
 ) -> Result<T> {
     row.get(index).map_err(|error| match error {
         rusqlite::Error::InvalidColumnType(_, column, _) => {
-            let held = match row.get_ref(index) {
-                Ok(ValueRef::Blob(bytes)) => format!("a BLOB of {} bytes", bytes.len()),
-                Ok(ValueRef::Integer(_)) => "an integer".to_string(),
-                Ok(ValueRef::Real(_)) => "a real number".to_string(),
-                Ok(ValueRef::Text(_)) => "text".to_string(),
-                Ok(ValueRef::Null) | Err(_) => "NULL".to_string(),
-            };
+            let held = row.get_ref(index).map_or("NULL".to_string(), held);
             unreadable(&column, held)
         }
         // Text SQLite was handed without checking it (`CAST(X'FF' AS TEXT)`).
@@ -562,6 +617,27 @@ fn typed_column<T: FromSql>(
         }
         other => other.into(),
     })
+}
+
+/// What a column holds, in words, where flagstore finds a type it never stores there.
+fn held(value: ValueRef) -> String {
+    match value {
+        ValueRef::Blob(bytes) => format!("a BLOB of {} bytes", bytes.len()),
+        ValueRef::Integer(_) => "an integer".to_string(),
+        ValueRef::Real(_) => "a real number".to_string(),
+        ValueRef::Text(_) => "text".to_string(),
+        ValueRef::Null => "NULL".to_string(),
+    }
+}
+
+/// A name as stored, whatever its type: enough to find its row.
+fn stored_name(value: ValueRef) -> String {
+    match value {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+        _ => "?".to_string(),
+    }
 }
 
 /// A flag set's text as stored. SQLite keeps a value of any type in a TEXT column, and the
