@@ -378,6 +378,13 @@ fn a_row_whose_column_has_the_wrong_type_is_named_by_every_reader() {
         ),
         (
             "INSERT INTO api_tokens (name, token_sha256, created_at, role) \
+             VALUES ('ci', hex(randomblob(32)), X'41', 'viewer')",
+            "api_tokens: the token named \"ci\" cannot be read: created_at holds a BLOB of 1 \
+             byte, not text",
+            &[&["check"][..], &["token", "list"]][..],
+        ),
+        (
+            "INSERT INTO api_tokens (name, token_sha256, created_at, role) \
              VALUES (CAST('ci' AS BLOB), hex(randomblob(32)), '2026-12-07T00:00:00.000Z', 'viewer')",
             "api_tokens: the token named \"ci\" cannot be read: name holds a BLOB of 2 bytes, \
              not text",

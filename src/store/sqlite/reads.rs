@@ -622,11 +622,18 @@ fn typed_column<T: FromSql>(
 /// What a column holds, in words, where flagstore finds a type it never stores there.
 fn held(value: ValueRef) -> String {
     match value {
-        ValueRef::Blob(bytes) => format!("a BLOB of {} bytes", bytes.len()),
+        ValueRef::Blob(bytes) => blob_in_words(bytes),
         ValueRef::Integer(_) => "an integer".to_string(),
         ValueRef::Real(_) => "a real number".to_string(),
         ValueRef::Text(_) => "text".to_string(),
         ValueRef::Null => "NULL".to_string(),
+    }
+}
+
+fn blob_in_words(bytes: &[u8]) -> String {
+    match bytes.len() {
+        1 => "a BLOB of 1 byte".to_string(),
+        length => format!("a BLOB of {length} bytes"),
     }
 }
 
@@ -647,7 +654,7 @@ fn stored_name(value: ValueRef) -> String {
 fn set_text(stored: ValueRef) -> String {
     match stored {
         ValueRef::Text(text) => String::from_utf8_lossy(text).into_owned(),
-        ValueRef::Blob(bytes) => format!("a BLOB of {} bytes", bytes.len()),
+        ValueRef::Blob(bytes) => blob_in_words(bytes),
         ValueRef::Integer(number) => number.to_string(),
         ValueRef::Real(number) => number.to_string(),
         ValueRef::Null => "NULL".to_string(),
