@@ -188,6 +188,20 @@ pub enum Error {
         why: String,
     },
 
+    /// Ranges of one flag that overlap (flagstore writes them disjoint; one added by SQL).
+    #[error(
+        "audit_ranges: ranges {first_id}-{last_id} and {shown_first}-{shown_last} of flag \
+         {flag:?} overlap, so records oldest first cannot be shown once each and in order; \
+         check names the ids the wrong one lists; newest first they show once each"
+    )]
+    OverlappingRanges {
+        flag: String,
+        first_id: i64,
+        last_id: i64,
+        shown_first: i64,
+        shown_last: i64,
+    },
+
     #[error("{path}: database disk image is malformed: {problem}")]
     Damaged { path: String, problem: String },
 
@@ -375,6 +389,7 @@ impl Error {
             | Error::Witness { .. }
             | Error::UnreadableAuditRow { .. }
             | Error::UnreadableRow { .. }
+            | Error::OverlappingRanges { .. }
             | Error::Migration { .. } => Fault::Storage,
             _ => Fault::Other,
         }

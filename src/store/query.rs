@@ -138,9 +138,10 @@ pub(super) fn set_ranges_sql(ascending: bool, placeholder: impl Fn(usize) -> Str
     } else {
         ("first_id <", " DESC")
     };
+    // Ties on last_id only where ranges overlap (an edit); broken the same way everywhere.
     format!(
         "SELECT first_id, last_id FROM audit_ranges WHERE flag_set = {} AND {condition} {} \
-         ORDER BY last_id{order} LIMIT {}",
+         ORDER BY last_id{order}, first_id{order} LIMIT {}",
         placeholder(1),
         placeholder(2),
         placeholder(3)
@@ -464,15 +465,45 @@ fn scan_flag<E: From<Error>>(
         false => None,
     };
     let mut records: VecDeque<AuditRow> = VecDeque::new();
+    // flagstore writes a flag's ranges disjoint; one added by SQL may overlap them (check names
+    // its ids). Merged newest first by last id, every record such a range repeats was shown
+    // before it and is skipped. Oldest first, a range starting before the one shown before it
+    // may hold records owed before those already shown: refused, naming both.
+    let mut shown_range: Option<(i64, i64)> = None;
+    let mut last_record: Option<i64> = None;
     loop {
         if records.is_empty()
             && let Some(ranges) = ranges.as_mut()
             && let Some((first_id, last_id)) = ranges.next(reader)?
         {
+            if first_id > last_id {
+                continue;
+            }
+            if let Some((shown_first, shown_last)) = shown_range
+                && query.ascending
+                && first_id < shown_first
+            {
+                return Err(Error::OverlappingRanges {
+                    flag: flag.to_string(),
+                    first_id,
+                    last_id,
+                    shown_first,
+                    shown_last,
+                }
+                .into());
+            }
+            shown_range = Some((first_id, last_id));
             let scope = Scope::Records { first_id, last_id };
             let mut in_range = Pages::new(query, scope, reader, PAGE_ROWS);
             while let Some(row) = in_range.next(reader)? {
-                records.push_back(row);
+                let repeated = last_record.is_some_and(|shown| match query.ascending {
+                    true => row.id <= shown,
+                    false => row.id >= shown,
+                });
+                if !repeated {
+                    last_record = Some(row.id);
+                    records.push_back(row);
+                }
             }
             continue;
         }

@@ -109,15 +109,12 @@ impl IndexReport {
             )
         });
         let extra = self.extra.iter().map(|(flag, runs)| {
-            let (noun, verb) = if runs.ids() == 1 {
-                ("record", "does")
-            } else {
-                ("records", "do")
-            };
             format!(
-                "audit_flag_ranges: flag {flag:?}: {} {noun} in its ranges that {verb} not decide \
-                 it ({}); only the table's owner can remove the range",
+                "audit_flag_ranges: flag {flag:?}: {} id{} in its ranges beyond its records, each \
+                 once ({}: change rows, records not asked for it, ids past the log's end, or \
+                 records listed twice); only the table's owner can remove the range",
                 runs.ids(),
+                if runs.ids() == 1 { "" } else { "s" },
                 runs.shown()
             )
         });

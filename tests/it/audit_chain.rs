@@ -990,9 +990,10 @@ fn check_finds_and_repairs_a_flags_missing_decision_index() {
             .next()
             .unwrap(),
         format!(
-            "flagstore: {shown}: audit_flag_ranges: flag \"ingest\": 1 record in its ranges \
-             that does not decide it (record {change}); only the table's owner can remove the \
-             range"
+            "flagstore: {shown}: audit_flag_ranges: flag \"ingest\": 1 id in its ranges \
+             beyond its records, each once (record {change}: change rows, records not asked for \
+             it, ids past the log's end, or records listed twice); only the table's owner can \
+             remove the range"
         )
     );
 }
@@ -1034,6 +1035,54 @@ fn check_names_a_flag_set_that_lists_no_flags() {
         );
         assert_eq!(env.ok(&audit_enrich), before);
     }
+}
+
+/// A role that may append to the index can add a range that overlaps a flag's own (ranges as
+/// flagstore writes them never do): `audit --flag` showed each record it repeats twice. Newest
+/// first every record shows once; oldest first the query is refused, naming both ranges, since
+/// records may be owed before those already shown; check names the ids the range adds.
+fn a_range_that_repeats_records_shows_each_once_or_is_named() {
+    let env = store_with_history();
+    let newest_first = ["audit", "--flag", "enrich", "--format", "jsonl"];
+    let oldest_first = ["audit", "--flag", "enrich", "--asc", "--format", "jsonl"];
+    let before = env.ok(&newest_first);
+    let before_oldest_first = env.ok(&oldest_first);
+    let first = env.count("SELECT min(audit_id) FROM audit_evaluations WHERE flag = 'enrich'");
+    let last = env.count("SELECT max(audit_id) FROM audit_evaluations WHERE flag = 'enrich'");
+    env.execute(&format!(
+        "INSERT INTO audit_ranges (first_id, last_id, flag_set) \
+           SELECT 1, {last}, id FROM audit_flag_sets WHERE flags = '[\"enrich\"]'; \
+         INSERT INTO audit_ranges (first_id, last_id, flag_set) \
+           SELECT {last}, 1, id FROM audit_flag_sets WHERE flags = '[\"enrich\"]'"
+    ))
+    .unwrap();
+    assert_eq!(env.ok(&newest_first), before);
+    // The rows streamed before the range is met stand: each once, in order.
+    let refused = env.cmd().args(oldest_first).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(refused.stderr).unwrap(),
+        format!(
+            "flagstore: audit_ranges: ranges 1-{last} and {first}-{first} of flag \"enrich\" \
+             overlap, so records oldest first cannot be shown once each and in order; check \
+             names the ids the wrong one lists; newest first they show once each\n"
+        )
+    );
+    let shown = String::from_utf8(refused.stdout).unwrap();
+    assert!(before_oldest_first.starts_with(&shown), "{shown}");
+    assert_eq!(
+        check_failures(&env),
+        [
+            format!(
+                "audit_flag_ranges: flag \"enrich\": {last} ids in its ranges beyond its \
+                 records, each once (records 1-{last}: change rows, records not asked for it, \
+                 ids past the log's end, or records listed twice); only the table's owner can \
+                 remove the range"
+            )
+            .as_str(),
+            "1 difference(s) between the live state and the audit chain (listed above)",
+        ]
+    );
 }
 
 /// Verification reads the log a page of 5,000 rows at a time and hashes each page on another
@@ -1097,6 +1146,7 @@ contract_tests! {
     check_names_schema_objects_dropped_altered_or_added,
     check_finds_and_repairs_a_flags_missing_decision_index,
     check_names_a_flag_set_that_lists_no_flags,
+    a_range_that_repeats_records_shows_each_once_or_is_named,
     check_names_an_assignment_that_differs_from_its_record,
     check_names_flags_edited_without_a_change_row,
     the_triggers_refuse_update_and_delete,
