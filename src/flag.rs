@@ -212,6 +212,20 @@ impl FlagSet {
         self.flags.shift_remove(name)
     }
 
+    /// Puts the flags named in `order` first, in that order, the others after them as they
+    /// stood: how a move row of the audit log is replayed.
+    pub fn reorder<'a>(&mut self, order: impl IntoIterator<Item = &'a str>) {
+        let mut place = 0;
+        for name in order {
+            if let Some(at) = self.flags.get_index_of(name)
+                && at >= place
+            {
+                self.flags.move_index(at, place);
+                place += 1;
+            }
+        }
+    }
+
     /// The set `import` makes of this one: each of `flags` created or redefined (a new one at
     /// the end); with `replace`, exactly `flags`, in their order.
     pub fn imported<'a>(
@@ -480,6 +494,17 @@ impl FromIterator<Flag> for FlagSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reorder_puts_the_named_flags_first_and_keeps_the_rest_as_they_stood() {
+        let mut flags: FlagSet = ["a", "b", "c", "d", "e"]
+            .map(Flag::new)
+            .into_iter()
+            .collect();
+        // "x" is not a flag; "d" named twice counts once.
+        flags.reorder(["d", "x", "b", "d"]);
+        assert_eq!(flags.names().collect::<Vec<_>>(), ["d", "b", "a", "c", "e"]);
+    }
 
     fn flag(name: &str, requires: &[&str]) -> Flag {
         Flag {

@@ -152,6 +152,11 @@ def test_apply_makes_the_file_the_truth_and_delete_removes_a_flag(tmp_path, flag
 
     manager.apply([Flag("export"), Flag("ingest")], replace=True)
     assert list(manager.evaluate_all("k")) == ["export", "ingest"]
+    moves = [row for row in manager.audit(limit=0) if row["kind"] == "change"][:2]
+    assert [(row["action"], row["flag"], row["detail"]) for row in moves] == [
+        ("move", "ingest", {"order": ["export", "ingest"]}),
+        ("move", "export", {"order": ["export", "ingest"]}),
+    ]
     assert manager.stats() == {"total": 2, "enabled": 2, "disabled": 0}
     assert manager.verify()["rows"] > 0
 

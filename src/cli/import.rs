@@ -73,18 +73,18 @@ fn report(
         args.replace,
         args.dry_run,
     )?;
-    let unchanged = document.flags.len()
-        - changes
-            .iter()
-            .filter(|c| !matches!(c, Change::Delete(_)))
-            .count();
     let count = |action: &str| changes.iter().filter(|c| c.action() == action).count();
+    let unchanged = document.flags.len() - count("create") - count("update");
+    let moved = match count("move") {
+        0 => String::new(),
+        moved => format!(", {moved} moved"),
+    };
     let mut report = String::new();
     for change in &changes {
         report.push_str(&format!("{}: {}\n", change.flag_name(), change.summary()));
     }
     report.push_str(&format!(
-        "{} created, {} updated, {} deleted, {} unchanged{}\n",
+        "{} created, {} updated, {} deleted, {} unchanged{moved}{}\n",
         count("create"),
         count("update"),
         count("delete"),

@@ -134,7 +134,7 @@ fn write_changes(
         match change {
             Change::Create(flag) => tx.insert_flag(flag, position(&flag.name), ts, ts)?,
             Change::Update { after, .. } => tx.update_flag(after, ts)?,
-            Change::Delete(_) => {}
+            Change::Delete(_) | Change::Move { .. } => {}
         }
     }
     if reordered {
@@ -155,7 +155,7 @@ fn write_changes(
     }
     let mut texts = Vec::with_capacity(changes.len());
     for change in changes {
-        let mut detail = json!({ "before": change.before(), "after": change.after() });
+        let mut detail = change.detail();
         if let Change::Delete(flag) = change {
             detail["assignments_deleted"] = json!(tx.delete_flag(&flag.name)?);
         }

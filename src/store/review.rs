@@ -486,7 +486,8 @@ impl Store {
 }
 
 /// Applies change row `row` to `flags`: a creation or update leaves the definition its detail
-/// holds in full (`after`), a deletion removes the flag; other rows change no definition.
+/// holds in full (`after`), a deletion removes the flag, a move puts the flags in the order
+/// its detail holds; other rows change no definition.
 fn replay_change(flags: &mut FlagSet, row: &AuditRow) -> Result<()> {
     let unreadable = |why: String| Error::UnreadableAuditRow { id: row.id, why };
     match row.action.as_deref() {
@@ -501,6 +502,14 @@ fn replay_change(flags: &mut FlagSet, row: &AuditRow) -> Result<()> {
             if let Some(flag) = &row.flag {
                 flags.remove(flag);
             }
+        }
+        Some("move") => {
+            let detail: serde_json::Value =
+                serde_json::from_str(&row.detail).map_err(|e| unreadable(e.to_string()))?;
+            let order = detail["order"]
+                .as_array()
+                .ok_or_else(|| unreadable("detail.order: not a list of names".to_string()))?;
+            flags.reorder(order.iter().filter_map(serde_json::Value::as_str));
         }
         _ => {}
     }

@@ -152,21 +152,44 @@ pub fn every_listing_follows_definition_order() {
     let positions: Vec<usize> = order.iter().map(|n| listed.find(n).unwrap()).collect();
     assert!(positions.is_sorted(), "{listed}");
 
-    // import --replace sets the file's order, even when no definition changes.
+    // import --replace sets the file's order, even when no definition changes, and the chain
+    // says so: a change row per flag that moved, holding the whole new order.
     let replaced = env.write(
         "replace.json",
         r#"{"flags": [{"name": "beta"}, {"name": "mid", "enabled": false},
                       {"name": "zeta"}, {"name": "alpha", "requires": ["zeta"]}]}"#,
     );
     let report = env.ok(&["import", "--replace", replaced.to_str().unwrap()]);
-    assert!(
-        report.contains("0 created, 0 updated, 0 deleted, 4 unchanged"),
-        "{report}"
-    );
     assert_eq!(
-        names(&env.ok(&["export"])),
-        ["beta", "mid", "zeta", "alpha"]
+        report,
+        "beta: moved to place 1 of 4\nmid: moved to place 2 of 4\nzeta: moved to place 3 of \
+         4\nalpha: moved to place 4 of 4\n0 created, 0 updated, 0 deleted, 4 unchanged, 4 moved\n"
     );
+    let new_order = ["beta", "mid", "zeta", "alpha"];
+    assert_eq!(names(&env.ok(&["export"])), new_order);
+    let moves = env.ok(&[
+        "audit", "--kind", "change", "--limit", "4", "--format", "jsonl",
+    ]);
+    for row in moves.lines() {
+        let row: Value = serde_json::from_str(row).unwrap();
+        assert_eq!(row["action"], "move", "{row}");
+        assert_eq!(
+            row["detail"]["order"],
+            serde_json::json!(new_order),
+            "{row}"
+        );
+    }
+    assert!(
+        env.ok(&["history", "zeta"])
+            .contains("import --replace: moved to place 3 of 4"),
+    );
+    env.ok(&["check"]);
+    // The same file again moves nothing and writes nothing.
+    let rows = env.count("SELECT count(*) FROM audit_log");
+    let again = env.ok(&["import", "--replace", replaced.to_str().unwrap()]);
+    assert_eq!(again, "0 created, 0 updated, 0 deleted, 4 unchanged\n");
+    assert_eq!(env.count("SELECT count(*) FROM audit_log"), rows);
+
     // A deleted flag leaves the others' order; created again, it goes last.
     env.ok(&["flag", "delete", "mid"]);
     env.ok(&["flag", "create", "mid"]);
