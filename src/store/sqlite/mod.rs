@@ -761,17 +761,33 @@ mod tests {
     /// works, only slower, so nothing else would notice.
     #[test]
     fn bundled_sqlite_has_the_lookaside_its_build_flags_give() {
-        let conn = Connection::open_in_memory().unwrap();
-        let options: Vec<String> = conn
-            .prepare("PRAGMA compile_options")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let options = compile_options();
         assert!(
             options.iter().any(|o| o == "DEFAULT_LOOKASIDE=1200,300"),
             "{options:?}"
         );
+    }
+
+    /// With memory statistics on, every SQLite malloc takes one process-wide mutex. A Python
+    /// program that forks while a store's checkpointer thread allocates hands the child that
+    /// mutex locked, and the child's first SQLite call (its own in-memory manager's) waits on
+    /// it for ever: python/tests' forked-child test hung 5 runs in 1,000 so.
+    #[test]
+    fn bundled_sqlite_keeps_no_memory_statistics() {
+        let options = compile_options();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+
+    fn compile_options() -> Vec<String> {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
     }
 }
