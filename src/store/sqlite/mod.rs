@@ -761,11 +761,7 @@ mod tests {
     /// works, only slower, so nothing else would notice.
     #[test]
     fn bundled_sqlite_has_the_lookaside_its_build_flags_give() {
-        let options = compile_options();
-        assert!(
-            options.iter().any(|o| o == "DEFAULT_LOOKASIDE=1200,300"),
-            "{options:?}"
-        );
+        assert_compiled_with("DEFAULT_LOOKASIDE=1200,300");
     }
 
     /// With memory statistics on, every SQLite malloc takes one process-wide mutex. A Python
@@ -774,20 +770,18 @@ mod tests {
     /// it for ever: python/tests' forked-child test hung 5 runs in 1,000 so.
     #[test]
     fn bundled_sqlite_keeps_no_memory_statistics() {
-        let options = compile_options();
-        assert!(
-            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
-            "{options:?}"
-        );
+        assert_compiled_with("DEFAULT_MEMSTATUS=0");
     }
 
-    fn compile_options() -> Vec<String> {
+    fn assert_compiled_with(option: &str) {
         let conn = Connection::open_in_memory().unwrap();
-        conn.prepare("PRAGMA compile_options")
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
             .unwrap()
             .query_map([], |row| row.get(0))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
-            .unwrap()
+            .unwrap();
+        assert!(options.iter().any(|o| o == option), "{options:?}");
     }
 }
