@@ -461,6 +461,36 @@ fn an_export_is_rehashed_by_the_script_as_the_database_is() {
     );
 }
 
+/// A move row whose order is not a list of names (rewritten, its hash recomputed, as the last
+/// row of the chain) cannot be replayed: check names the row instead of guessing an order.
+#[test]
+fn a_move_row_without_an_order_is_named_by_check() {
+    let env = store_with_history();
+    let mut file: serde_json::Value = serde_json::from_str(PIPELINE).unwrap();
+    file["flags"].as_array_mut().unwrap().reverse();
+    let reordered = env.write("reordered.json", file.to_string());
+    env.ok(&["import", "--replace", reordered.to_str().unwrap()]);
+    env.ok(&["check"]);
+    let store = env.open_store();
+    let last = rows(&env);
+    let mut row = store.stored_audit_rows(last, last).unwrap().remove(0);
+    drop(store);
+    assert_eq!(row.action.as_deref(), Some("move"));
+    row.detail = r#"{"order":5}"#.into();
+    let hash = row.expected_hash(&row.prev_hash);
+    tamper(
+        &env,
+        &format!(
+            "UPDATE audit_log SET detail = '{{\"order\":5}}', hash = '{hash}' WHERE id = {last}"
+        ),
+    );
+    env.ok(&["audit", "verify"]);
+    assert_eq!(
+        env.fails(&["check"]),
+        format!("flagstore: audit row {last} cannot be read: detail.order: not a list of names")
+    );
+}
+
 /// SQLite only: reads the row to forge with rusqlite.
 #[test]
 fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
