@@ -114,19 +114,17 @@ pub fn run(keys: u64, arrival: Load, scratch: &Scratch, out: &mut impl Write) ->
     })
 }
 
-/// Fills a fresh log with `rows` evaluation rows and prints the median time of each query.
+/// Fills a fresh log with `rows` evaluation rows of random keys, prints the bytes each wrote
+/// and grew the store by, and the median time of each query.
 pub fn run_audit(rows: u64, scratch: &Scratch, out: &mut impl Write) -> Result<()> {
-    in_scratch_store(scratch, |store| run_audit_in(store, rows, out))
+    in_scratch_location(scratch, |store, location| {
+        run_audit_in(store, location, rows, out)
+    })
 }
 
 /// Runs `bench` on a fresh store holding [`bench_flags`] and removes the store afterwards,
-/// whether or not `bench` succeeded.
-fn in_scratch_store(scratch: &Scratch, bench: impl FnOnce(&mut Store) -> Result<()>) -> Result<()> {
-    in_scratch_location(scratch, |store, _| bench(store))
-}
-
-/// [`in_scratch_store`], also telling `bench` where the store is, so it can open more
-/// connections to it.
+/// whether or not `bench` succeeded; tells `bench` where the store is, so it can measure the
+/// files and open more connections to it.
 fn in_scratch_location(
     scratch: &Scratch,
     bench: impl FnOnce(&mut Store, &Location) -> Result<()>,
@@ -428,10 +426,6 @@ pub enum KeyOrder {
     Random,
 }
 
-fn generated_keys(range: std::ops::Range<u64>) -> impl Iterator<Item = Result<String>> {
-    range.map(|i| Ok(ordered_key(i, KeyOrder::Sequential)))
-}
-
 /// The `i`th key: `tenant-000000042`, or a UUID-shaped key of 32 hex digits that are a
 /// bijection of `i` (its first 16) and a second scramble of it, so distinct `i` give distinct
 /// keys in no order, 36 characters long as the UUIDs users send.
@@ -529,7 +523,12 @@ fn run_in(
 const RARE_FLAG: &str = "rare_stage";
 const RARE_EVERY: u64 = 1_000;
 
-fn run_audit_in(store: &mut Store, requests: u64, out: &mut impl Write) -> Result<()> {
+fn run_audit_in(
+    store: &mut Store,
+    location: &Location,
+    requests: u64,
+    out: &mut impl Write,
+) -> Result<()> {
     store.modify("bench", "bench", false, |flags| {
         let mut flags = flags.clone();
         flags.insert(Flag::new(RARE_FLAG));
@@ -537,6 +536,9 @@ fn run_audit_in(store: &mut Store, requests: u64, out: &mut impl Write) -> Resul
     })?;
     let busy = Selection::Flags(bench_flags().names().map(str::to_string).collect());
     let rare = Selection::Flags(vec![RARE_FLAG.to_string()]);
+    let key = |i| ordered_key(i, KeyOrder::Random);
+    let size = StoreSize::of(location);
+    let before = size.measure(store);
     let started = Instant::now();
     let mut done = 0;
     while done < requests {
@@ -544,26 +546,28 @@ fn run_audit_in(store: &mut Store, requests: u64, out: &mut impl Write) -> Resul
         store.evaluate_batch(
             &busy,
             "bench",
-            generated_keys(done..done + batch),
+            (done..done + batch).map(|i| Ok(key(i))),
             |_, _| Ok(()),
         )?;
         done += batch;
         if done < requests {
-            store.evaluate(&rare, &format!("tenant-{done:09}"), "bench")?;
+            store.evaluate(&rare, &key(done), "bench")?;
             done += 1;
         }
     }
+    let seconds = started.elapsed().as_secs_f64();
+    let per_request = before.per(&size.measure(store), requests);
     let rows = store.audit_len()?;
     writeln!(
         out,
-        "filled {rows} audit rows ({requests} requests, each of {} flags but one in {RARE_EVERY} \
-         of {RARE_FLAG} alone) in {:.1} s, database {}",
+        "filled {rows} audit rows ({requests} requests of random keys, each of {} flags but one \
+         in {RARE_EVERY} of {RARE_FLAG} alone) in {seconds:.1} s, {per_request} per request, \
+         database {}",
         bench_flags().len(),
-        started.elapsed().as_secs_f64(),
         store.path()
     )
     .map_err(write_error)?;
-    let middle_key = format!("tenant-{:09}", requests / 2);
+    let middle_key = key(requests / 2);
     let newest = AuditQuery {
         limit: Some(100),
         ..AuditQuery::default()
@@ -960,9 +964,16 @@ mod tests {
         assert_eq!(lines.len(), 8, "{text}");
         // 1,000 decision records after the 6 change rows that created the flags.
         assert!(
-            lines[0].starts_with("filled 1006 audit rows (1000 requests, each of 5 flags but one in 1000 of rare_stage alone)"),
+            lines[0].starts_with("filled 1006 audit rows (1000 requests of random keys, each of 5 flags but one in 1000 of rare_stage alone)"),
             "{text}"
         );
+        let written: f64 = lines[0]
+            .split(" bytes written")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|bytes| bytes.parse().ok())
+            .unwrap_or_else(|| panic!("bytes written per request: {text}"));
+        assert!(written > 100.0, "{text}");
         let shown = |line: &str| line.split_whitespace().rev().nth(2).unwrap().to_string();
         assert!(lines[2].starts_with("newest 100 decisions of a busy flag"));
         assert_eq!(shown(lines[2]), "100", "{text}");
