@@ -3,20 +3,29 @@
 //!
 //! The row's `detail` is JSON, `{"requested": N, "decisions": [...]}`: the first N decisions
 //! are the flags the caller asked for, in the order asked; the rest are requirements decided on
-//! the way. Each decision stores what cannot be derived, not its reason text:
+//! the way. Each decision stores what cannot be derived, not its reason text, as an array whose
+//! first three elements are the flag, the result (1 on, 0 off) and the source, and whose rest
+//! depend on the source:
 //!
-//! - always `flag`, `result` (1 on, 0 off) and `source`;
-//! - `bucket` for rollout and sticky decisions; `rollout_pct` (as text, exactly as the reason
-//!   prints it) for rollout decisions; `since` for sticky ones;
-//! - `requires`, for a dependency decision: the requirement that was off, its own failed
-//!   requirement and so on, down to the flag whose own step decided, which is in the record;
-//! - `reason`, for a dependency cycle only (possible only in a database edited by hand);
-//! - `assigned: 1` where this request stored the flag's assignment.
+//! - `rollout`: the bucket, the rollout (as text, exactly as the reason prints it), and a `1`
+//!   where this request stored the flag's assignment;
+//! - `sticky`: the bucket and when the stored decision was made;
+//! - `dependency`: the requirement that was off, its own failed requirement and so on, down to
+//!   the flag whose own step decided, which is in the record;
+//! - `cycle` (possible only in a database edited by hand): the reason;
+//! - `disabled`, `unknown`: nothing.
+//!
+//! Records written before schema 13 hold each decision as an object of the same facts, named
+//! (`flag`, `result`, `source`, `bucket`, `rollout_pct`, `since`, `requires`, `reason`,
+//! `assigned: 1`); they read alike. The names were more than half of a record's bytes.
 //!
 //! The reason text is rendered from those facts by [`decode`] and, identically, by the
 //! `audit_evaluations` view in SQL.
 
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::eval::{ContextEvaluation, Decision, Source};
 use crate::flag::{Flag, FlagSet};
@@ -36,12 +45,14 @@ pub struct RecordedDecision {
 #[derive(Debug, Deserialize)]
 pub struct StoredDetail {
     requested: Option<usize>,
+    #[serde(default, deserialize_with = "either_form")]
     decisions: Option<Vec<StoredDecision>>,
     assigned: Option<Vec<String>>,
 }
 
-/// One decision of a record as stored, each field as the module's documentation lists it.
-#[derive(Debug, Deserialize)]
+/// One decision of a record as stored, each field as the module's documentation lists it:
+/// derived for the named form, read by [`DecisionVisitor`] from either.
+#[derive(Debug, Default, Deserialize)]
 pub struct StoredDecision {
     flag: Option<String>,
     result: Option<i64>,
@@ -52,6 +63,74 @@ pub struct StoredDecision {
     requires: Option<Vec<String>>,
     reason: Option<String>,
     assigned: Option<i64>,
+}
+
+fn either_form<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<StoredDecision>>, D::Error> {
+    /// A decision in either form; its own type, because the named form's is derived.
+    struct EitherForm(StoredDecision);
+
+    impl<'de> Deserialize<'de> for EitherForm {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<EitherForm, D::Error> {
+            deserializer
+                .deserialize_any(DecisionVisitor)
+                .map(EitherForm)
+        }
+    }
+
+    let decisions: Option<Vec<EitherForm>> = Option::deserialize(deserializer)?;
+    Ok(decisions.map(|all| all.into_iter().map(|EitherForm(d)| d).collect()))
+}
+
+struct DecisionVisitor;
+
+impl<'de> Visitor<'de> for DecisionVisitor {
+    type Value = StoredDecision;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a decision: an array, or an object of a record before schema 13")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StoredDecision, A::Error> {
+        StoredDecision::deserialize(de::value::MapAccessDeserializer::new(map))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StoredDecision, A::Error> {
+        // An element that is missing or null is a fact the record lacks, named by its reader.
+        fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+            seq: &mut A,
+        ) -> Result<Option<T>, A::Error> {
+            Ok(seq.next_element::<Option<T>>()?.flatten())
+        }
+        let mut decision = StoredDecision {
+            flag: next(&mut seq)?,
+            result: next(&mut seq)?,
+            source: next(&mut seq)?,
+            ..StoredDecision::default()
+        };
+        match decision.source.as_deref() {
+            Some("rollout") => {
+                decision.bucket = next(&mut seq)?;
+                decision.rollout_pct = next(&mut seq)?;
+                decision.assigned = next(&mut seq)?;
+            }
+            Some("sticky") => {
+                decision.bucket = next(&mut seq)?;
+                decision.since = next(&mut seq)?;
+            }
+            Some("dependency") => decision.requires = next(&mut seq)?,
+            Some("cycle") => decision.reason = next(&mut seq)?,
+            _ => {}
+        }
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom(format!(
+                "a {:?} decision with more elements than its facts",
+                decision.source.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(decision)
+    }
 }
 
 impl StoredDetail {
@@ -153,47 +232,60 @@ pub fn encode(evaluation: &ContextEvaluation) -> String {
 }
 
 fn push_decision(detail: &mut String, flag: &str, decision: &Decision, assigned: bool) {
-    detail.push_str("{\"flag\":");
+    detail.push('[');
     push_string(detail, flag);
-    detail.push_str(if decision.enabled {
-        ",\"result\":1,\"source\":\""
-    } else {
-        ",\"result\":0,\"source\":\""
-    });
+    detail.push_str(if decision.enabled { ",1,\"" } else { ",0,\"" });
     detail.push_str(decision.source.as_str());
     detail.push('"');
-    if let Some(bucket) = decision.bucket {
-        detail.push_str(",\"bucket\":");
-        detail.push_str(itoa::Buffer::new().format(bucket));
-    }
     let facts = &decision.facts;
-    if let Some(pct) = facts.rollout_pct {
-        detail.push_str(",\"rollout_pct\":\"");
-        detail.push_str(&pct.to_string());
-        detail.push('"');
-    }
-    if let Some(since) = &facts.since {
-        detail.push_str(",\"since\":");
-        push_string(detail, since);
-    }
-    if decision.source == Source::Dependency {
-        detail.push_str(",\"requires\":[");
-        for (i, required) in facts.failed_requirements.iter().enumerate() {
-            if i > 0 {
-                detail.push(',');
+    // Only a rollout decides anew, so only a rollout stores an assignment.
+    debug_assert!(!assigned || decision.source == Source::Rollout);
+    match decision.source {
+        Source::Rollout => {
+            push_bucket(detail, decision.bucket);
+            detail.push(',');
+            match facts.rollout_pct {
+                Some(pct) => push_string(detail, &pct.to_string()),
+                None => detail.push_str("null"),
             }
-            push_string(detail, required);
+            if assigned {
+                detail.push_str(",1");
+            }
         }
-        detail.push(']');
+        Source::Sticky => {
+            push_bucket(detail, decision.bucket);
+            detail.push(',');
+            match &facts.since {
+                Some(since) => push_string(detail, since),
+                None => detail.push_str("null"),
+            }
+        }
+        Source::Dependency => {
+            detail.push_str(",[");
+            for (i, required) in facts.failed_requirements.iter().enumerate() {
+                if i > 0 {
+                    detail.push(',');
+                }
+                push_string(detail, required);
+            }
+            detail.push(']');
+        }
+        Source::Cycle => {
+            detail.push(',');
+            push_string(detail, &decision.reason());
+        }
+        Source::Disabled | Source::Unknown => {}
     }
-    if decision.source == Source::Cycle {
-        detail.push_str(",\"reason\":");
-        push_string(detail, &decision.reason());
+    detail.push(']');
+}
+
+/// A missing fact is written as `null`, which the reader names, rather than as a made-up value.
+fn push_bucket(detail: &mut String, bucket: Option<u8>) {
+    detail.push(',');
+    match bucket {
+        Some(bucket) => detail.push_str(itoa::Buffer::new().format(bucket)),
+        None => detail.push_str("null"),
     }
-    if assigned {
-        detail.push_str(",\"assigned\":1");
-    }
-    detail.push('}');
 }
 
 fn push_string(detail: &mut String, text: &str) {
@@ -441,9 +533,9 @@ mod tests {
         assert_eq!(
             encode(&evaluation),
             "{\"requested\":2,\"decisions\":[\
-             {\"flag\":\"enrich\",\"result\":0,\"source\":\"dependency\",\"requires\":[\"dedupe\"]},\
-             {\"flag\":\"ingest\",\"result\":1,\"source\":\"rollout\",\"bucket\":15,\"rollout_pct\":\"100\",\"assigned\":1},\
-             {\"flag\":\"dedupe\",\"result\":0,\"source\":\"disabled\"}]}"
+             [\"enrich\",0,\"dependency\",[\"dedupe\"]],\
+             [\"ingest\",1,\"rollout\",15,\"100\",1],\
+             [\"dedupe\",0,\"disabled\"]]}"
         );
     }
 
@@ -492,6 +584,49 @@ mod tests {
         );
     }
 
+    /// Schema 12 and before wrote each decision as an object of named facts; those records
+    /// are in the chain for good and read exactly as the arrays that replaced them.
+    #[test]
+    fn records_written_before_schema_13_read_as_they_did() {
+        let named = "{\"requested\":3,\"decisions\":[\
+             {\"flag\":\"enrich\",\"result\":0,\"source\":\"dependency\",\"requires\":[\"dedupe\"]},\
+             {\"flag\":\"export\",\"result\":1,\"source\":\"sticky\",\"bucket\":7,\"since\":\"2026-11-01T00:00:00.000Z\"},\
+             {\"flag\":\"ingest\",\"result\":1,\"source\":\"rollout\",\"bucket\":15,\"rollout_pct\":\"100\",\"assigned\":1},\
+             {\"flag\":\"dedupe\",\"result\":0,\"source\":\"disabled\"}]}";
+        let compact = "{\"requested\":3,\"decisions\":[\
+             [\"enrich\",0,\"dependency\",[\"dedupe\"]],\
+             [\"export\",1,\"sticky\",7,\"2026-11-01T00:00:00.000Z\"],\
+             [\"ingest\",1,\"rollout\",15,\"100\",1],\
+             [\"dedupe\",0,\"disabled\"]]}";
+        let decoded = decode(compact).unwrap();
+        assert_eq!(decode(named).unwrap(), decoded);
+        assert_eq!(
+            decoded
+                .iter()
+                .map(|d| d.reason.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "requires dedupe: disabled",
+                "sticky: on since 2026-11-01T00:00:00.000Z",
+                "rollout: bucket 15 < 100"
+            ]
+        );
+        for detail in [named, compact] {
+            let stored = StoredDetail::parse(detail).unwrap();
+            let assigned: Vec<bool> = stored
+                .decisions()
+                .unwrap()
+                .iter()
+                .map(StoredDecision::assigned)
+                .collect();
+            assert_eq!(assigned, [false, false, true, false], "{detail}");
+            assert_eq!(
+                disagreements(detail, "k", &flags()).unwrap(),
+                disagreements(named, "k", &flags()).unwrap()
+            );
+        }
+    }
+
     #[test]
     fn a_damaged_detail_is_named_not_misread() {
         assert!(decode("{}").is_err());
@@ -501,5 +636,19 @@ mod tests {
                 .unwrap_err()
                 .contains("\"x\" is not in the record")
         );
+        let one =
+            |decision: &str| decode(&format!("{{\"requested\":1,\"decisions\":[{decision}]}}"));
+        assert_eq!(
+            one("[\"f\",1,\"rollout\",null,\"50\"]"),
+            Err("a rollout without bucket".to_string())
+        );
+        assert!(
+            one("[\"f\",0,\"disabled\",3]")
+                .unwrap_err()
+                .contains("a \"disabled\" decision with more elements than its facts"),
+            "{:?}",
+            one("[\"f\",0,\"disabled\",3]")
+        );
+        assert_eq!(one("[]"), Err("a decision without \"flag\"".to_string()));
     }
 }

@@ -116,7 +116,7 @@ fn an_edited_row_is_named_by_flagstore_and_by_the_script() {
     // Row 6 is the decision record of `eval --all`: turn one of its decisions around.
     tamper(
         &env,
-        "UPDATE audit_log SET detail = replace(detail, '\"result\":1', '\"result\":0') WHERE id = 6;",
+        "UPDATE audit_log SET detail = replace(detail, '\",1,\"', '\",0,\"') WHERE id = 6;",
     );
     assert_eq!(
         env.fails(&["audit", "verify"]),

@@ -208,10 +208,12 @@ fn a_schema_9_store_files_every_row_under_its_contexts_number() {
         "tenant:acme",
     ]);
     env.ok(&["eval", "enrich", "--context", "tenant:acme"]);
-    env.as_sqlite_schema_9();
     let view = "SELECT audit_id || ' ' || flag || ' ' || quote(context_key) || ' ' || result \
                 || ' ' || reason FROM audit_evaluations ORDER BY audit_id, flag";
+    // Read before going back: schema 3's view does not read the records as schema 13 writes
+    // them, and schema 9 showed its own records as this view shows these.
     let before = env.texts(view);
+    env.as_sqlite_schema_9();
     assert_eq!(
         env.count("SELECT count(*) FROM contexts WHERE key IN ('never-assigned', '')"),
         0,
@@ -450,13 +452,102 @@ fn a_migration_the_database_refuses_says_why_at_once() {
         waited < std::time::Duration::from_secs(20),
         "refused after {waited:?}: the busy budget is 60 s"
     );
+    // Schema 12's migration is where it stopped.
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        LATEST_SCHEMA - 1
+        11
     );
 }
 
 contract_tests! {
     a_schema_11_stores_ranges_become_one_per_write_and_read_the_same,
     a_migration_the_database_refuses_says_why_at_once,
+}
+
+const V12_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v12-store");
+
+/// The reviewers' view of every decision, one line each, in the order of the fixture's
+/// `.view.txt` (written by schema 12's flagstore and its view, from its own records).
+const VIEW_LINES: &str = "SELECT audit_id || ' ' || flag || ' ' || context_key || ' ' || result \
+                          || ' ' || source || ' ' || reason FROM audit_evaluations \
+                          ORDER BY audit_id, flag";
+
+/// Schema 13 writes each decision of a record as an array of its facts. A schema-12 store
+/// (records of every source: rollouts that stored assignments, sticky decisions on and off,
+/// requirements off by rollout, by a sticky decision and by a disabled flag, an unknown flag)
+/// keeps its records as hashed, and its view, `audit`, `verify`, `check` and the README's
+/// script read them as schema 12 did; a record written afterwards reads alike, on SQLite and
+/// copied to PostgreSQL.
+#[test]
+fn a_schema_12_stores_records_read_as_before_beside_the_compact_ones() {
+    let env = Env::new();
+    std::fs::copy(format!("{V12_FIXTURE}.db"), &env.db).unwrap();
+    let v12 = |suffix: &str| std::fs::read_to_string(format!("{V12_FIXTURE}{suffix}")).unwrap();
+    assert_eq!(
+        env.count("SELECT max(version) FROM refinery_schema_history"),
+        12
+    );
+    let old_details =
+        env.texts("SELECT detail FROM audit_log WHERE kind = 'evaluation' ORDER BY id");
+    assert!(
+        old_details.iter().all(|d| d.contains("{\"flag\":")),
+        "{old_details:?}"
+    );
+
+    let verified = env.ok(&["audit", "verify"]);
+    assert_eq!(verified, v12(".verify.txt"));
+    assert_eq!(
+        env.count("SELECT max(version) FROM refinery_schema_history"),
+        LATEST_SCHEMA
+    );
+    assert_eq!(
+        env.texts("SELECT detail FROM audit_log WHERE kind = 'evaluation' ORDER BY id"),
+        old_details
+    );
+    assert_eq!(env.texts(VIEW_LINES).join("\n") + "\n", v12(".view.txt"));
+    assert_eq!(
+        env.ok(&["audit", "--asc", "--limit", "0", "--format", "jsonl"]),
+        v12(".audit.jsonl")
+    );
+    env.ok(&["check"]);
+    assert_eq!(python_verify(&env), verified);
+
+    // tenant:2 again: the same decisions as its last record, now as arrays.
+    env.ok(&["eval", "ship", "publish", "ghost", "--context", "tenant:2"]);
+    let compact = env.text("SELECT detail FROM audit_log ORDER BY id DESC LIMIT 1");
+    assert!(
+        compact.starts_with(
+            "{\"requested\":3,\"decisions\":[[\"ship\",0,\"dependency\",[\"export_v2\"]],"
+        ),
+        "{compact}"
+    );
+    let lines = env.texts(VIEW_LINES);
+    let decisions_of = |id: i64| -> Vec<&str> {
+        let prefix = format!("{id} ");
+        lines
+            .iter()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .collect()
+    };
+    let newest = env.count("SELECT max(id) FROM audit_log");
+    let (old, new) = (decisions_of(newest - 1), decisions_of(newest));
+    assert_eq!(new, old, "the compact record reads as the named one did");
+    assert!(
+        new[2].starts_with("ship tenant:2 0 dependency requires export_v2: sticky: off since "),
+        "{new:?}"
+    );
+    env.ok(&["check"]);
+    let verified = env.ok(&["audit", "verify"]);
+    assert_eq!(python_verify(&env), verified);
+
+    if crate::common::use_postgres() {
+        let postgres = Env::new();
+        env.ok(&["copy", "--to", postgres.location.to_str().unwrap()]);
+        assert_eq!(postgres.texts(VIEW_LINES), env.texts(VIEW_LINES));
+        assert_eq!(
+            postgres.ok(&["audit", "--asc", "--limit", "0", "--format", "jsonl"]),
+            env.ok(&["audit", "--asc", "--limit", "0", "--format", "jsonl"])
+        );
+        postgres.ok(&["check"]);
+    }
 }

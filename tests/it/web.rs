@@ -583,7 +583,7 @@ fn html_in_flag_names_and_context_keys_is_shown_as_text() {
 fn the_audit_page_pages_verifies_and_exports_what_the_cli_prints() {
     let env = Env::new();
     let (_, viewer) = store_with_tokens(&env);
-    let keys: String = (0..150).map(|i| format!("key-{i}\n")).collect();
+    let keys: String = (0..250).map(|i| format!("key-{i}\n")).collect();
     let file = env.write("keys.txt", keys);
     env.ok(&["eval", "--all", "--contexts-file", file.to_str().unwrap()]);
     let (_server, browser) = signed_in(&env, &viewer);
