@@ -51,7 +51,7 @@ pub struct StoredDetail {
 }
 
 /// One decision of a record as stored, each field as the module's documentation lists it:
-/// derived for the named form, read by [`DecisionVisitor`] from either.
+/// derived for the named form, read by `DecisionVisitor` from either.
 #[derive(Debug, Default, Deserialize)]
 pub struct StoredDecision {
     flag: Option<String>,
