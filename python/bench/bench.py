@@ -188,4 +188,5 @@ def main():
     single(1000)
 
 
-main()
+if __name__ == "__main__":
+    main()
