@@ -3,23 +3,21 @@
 //! a requirement's entries before its dependent's, and a requirement entered again each time
 //! a flag that requires it is evaluated. Pure: built from the decisions one evaluation made.
 
-use std::collections::{HashMap, HashSet};
-
 use crate::eval::{ContextEvaluation, Decision};
 use crate::flag::FlagSet;
 
 /// Why the prototype answered as it did, in its own words (see [`TrailReason::text`]).
 #[derive(Debug, Clone, PartialEq)]
-pub enum TrailReason {
+pub enum TrailReason<'a> {
     UnknownFlag,
     Disabled,
-    DependencyNotMet(String),
+    DependencyNotMet(&'a str),
     /// Off by the rollout (or by a stored decision to be off): the flag's percentage.
     Rollout(f64),
     Ok,
 }
 
-impl TrailReason {
+impl TrailReason<'_> {
     /// The prototype's wording, with `percent` writing a rollout as Python printed the number
     /// it was given.
     pub fn text(&self, percent: impl Fn(f64) -> String) -> String {
@@ -31,6 +29,44 @@ impl TrailReason {
             TrailReason::Ok => "ok".to_string(),
         }
     }
+}
+
+/// A rollout as the prototype's Python printed a number a flags file gave it (`str` of what
+/// `json.loads` made of it): an integral value as an integer (`50`), any other as `repr` of
+/// the float (`12.5`, `1e-05`). `repr` writes the shortest digits that read back as the same
+/// float, as Rust's formatting chooses them, in scientific notation (`1.5e-07`) for a decimal
+/// exponent below -4 and in fixed notation otherwise (Python's limit above, 16, is never
+/// reached: every float from 2^53 up is integral).
+pub fn python_number(value: f64) -> String {
+    // -0.0 + 0.0 is 0.0: Python's int(-0.0) prints as 0.
+    let value = value + 0.0;
+    if value.fract() == 0.0 {
+        return format!("{value:.0}");
+    }
+    let scientific = format!("{value:e}");
+    let (mantissa, exponent) = scientific
+        .split_once('e')
+        .expect("Rust writes an exponent in {:e}");
+    let exponent: i32 = exponent.parse().expect("an integer exponent");
+    if exponent >= -4 {
+        let (sign, mantissa) = match mantissa.strip_prefix('-') {
+            Some(unsigned) => ("-", unsigned),
+            None => ("", mantissa),
+        };
+        let digits = mantissa.replace('.', "");
+        let fixed = match usize::try_from(exponent) {
+            Ok(whole) => {
+                let digits = format!("{digits:0<width$}", width = whole + 2);
+                format!("{}.{}", &digits[..=whole], &digits[whole + 1..])
+            }
+            Err(_) => format!(
+                "0.{}{digits}",
+                "0".repeat(exponent.unsigned_abs() as usize - 1)
+            ),
+        };
+        return format!("{sign}{fixed}");
+    }
+    format!("{mantissa}e-{:02}", exponent.unsigned_abs())
 }
 
 /// `value` as the prototype's `json.dumps(value, indent=2)` writes it: two-space indents, `,`
@@ -53,22 +89,23 @@ pub fn python_json(value: &serde_json::Value) -> String {
     text
 }
 
+/// One entry, naming its flags as the flag set and the request name them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TrailEntry {
-    pub flag: String,
+pub struct TrailEntry<'a> {
+    pub flag: &'a str,
     pub result: bool,
-    pub reason: TrailReason,
+    pub reason: TrailReason<'a>,
 }
 
 /// The prototype's entries for evaluating `requested`, in order, given what `evaluated` (the
 /// store's evaluation of those flags for one context) decided. A sticky decision answers as
 /// the prototype's rollout check would have: `ok` when on, `rollout P%` when off.
-pub fn trail(
-    flags: &FlagSet,
+pub fn trail<'a>(
+    flags: &'a FlagSet,
     evaluated: &ContextEvaluation,
-    requested: &[&str],
-) -> Vec<TrailEntry> {
-    let decided: HashMap<&str, &Decision> = evaluated
+    requested: &[&'a str],
+) -> Vec<TrailEntry<'a>> {
+    let decided: foldhash::HashMap<&str, &Decision> = evaluated
         .evaluations
         .iter()
         .map(|e| (e.flag.as_str(), &e.decision))
@@ -80,88 +117,102 @@ pub fn trail(
         )
         .collect();
     let mut entries = Vec::new();
+    // The walk's buffers, kept from one requested flag to the next: the Python package
+    // builds a trail for every call, and allocating them per flag was a tenth of it.
+    let mut walking = Walk::default();
     for name in requested {
-        walk(flags, &decided, name, &mut entries);
+        walking.walk(flags, &decided, name, &mut entries);
     }
     entries
 }
 
+/// A walk's stack and path, empty between walks.
+#[derive(Default)]
+struct Walk<'a> {
+    /// Each frame: a flag whose requirements are being walked, and the next one to walk.
+    frames: Vec<(&'a str, usize)>,
+    on_path: foldhash::HashSet<&'a str>,
+}
+
 /// Appends the entries of evaluating `name`, without recursion: a chain of requirements of
 /// any length uses heap, not stack (as the evaluator does).
-fn walk(
-    flags: &FlagSet,
-    decided: &HashMap<&str, &Decision>,
-    name: &str,
-    entries: &mut Vec<TrailEntry>,
-) -> bool {
-    let entry = |flag: &str, result: bool, reason: TrailReason| TrailEntry {
-        flag: flag.to_string(),
-        result,
-        reason,
-    };
-    // Each frame: a flag whose requirements are being walked, and the next one to walk.
-    let mut frames: Vec<(&str, usize)> = Vec::new();
-    let mut on_path: HashSet<&str> = HashSet::new();
-    // The answer of the requirement walked last, for the frame that asked for it.
-    let mut answered: Option<bool> = None;
-    let mut entering = Some(name);
-    loop {
-        if let Some(current) = entering.take() {
-            match flags.get(current) {
-                None => {
-                    entries.push(entry(current, false, TrailReason::UnknownFlag));
-                    answered = Some(false);
-                }
-                Some(flag) if !flag.enabled => {
-                    entries.push(entry(current, false, TrailReason::Disabled));
-                    answered = Some(false);
-                }
-                // A cycle (only in a store edited by hand): the evaluator's answer, unexplained.
-                Some(_) if on_path.contains(current) => {
-                    answered = Some(decided.get(current).is_some_and(|d| d.enabled));
-                }
-                Some(flag) => {
-                    on_path.insert(flag.name.as_str());
-                    frames.push((flag.name.as_str(), 0));
-                    answered = None;
+impl<'a> Walk<'a> {
+    fn walk(
+        &mut self,
+        flags: &'a FlagSet,
+        decided: &foldhash::HashMap<&str, &Decision>,
+        name: &'a str,
+        entries: &mut Vec<TrailEntry<'a>>,
+    ) -> bool {
+        let entry = |flag: &'a str, result: bool, reason: TrailReason<'a>| TrailEntry {
+            flag,
+            result,
+            reason,
+        };
+        let Walk { frames, on_path } = self;
+        // The answer of the requirement walked last, for the frame that asked for it.
+        let mut answered: Option<bool> = None;
+        let mut entering = Some(name);
+        loop {
+            if let Some(current) = entering.take() {
+                match flags.get(current) {
+                    None => {
+                        entries.push(entry(current, false, TrailReason::UnknownFlag));
+                        answered = Some(false);
+                    }
+                    Some(flag) if !flag.enabled => {
+                        entries.push(entry(current, false, TrailReason::Disabled));
+                        answered = Some(false);
+                    }
+                    // A cycle (only in a store edited by hand): the evaluator's answer, unexplained.
+                    Some(_) if on_path.contains(current) => {
+                        answered = Some(decided.get(current).is_some_and(|d| d.enabled));
+                    }
+                    Some(flag) => {
+                        on_path.insert(flag.name.as_str());
+                        frames.push((flag.name.as_str(), 0));
+                        answered = None;
+                    }
                 }
             }
-        }
-        let Some((current, next)) = frames.last_mut() else {
-            return answered.unwrap_or(false);
-        };
-        let flag = flags.get(current).expect("a frame's flag exists");
-        if answered == Some(false) {
-            let missing = &flag.requires[*next - 1];
-            entries.push(entry(
-                current,
-                false,
-                TrailReason::DependencyNotMet(missing.clone()),
-            ));
-        } else if let Some(requirement) = flag.requires.get(*next) {
-            *next += 1;
-            entering = Some(requirement.as_str());
-            continue;
-        } else {
-            let on = decided.get(*current).is_some_and(|d| d.enabled);
-            let reason = if on {
-                TrailReason::Ok
-            } else {
-                TrailReason::Rollout(flag.rollout_pct)
+            let Some((current, next)) = frames.last_mut() else {
+                return answered.unwrap_or(false);
             };
-            entries.push(entry(current, on, reason));
-            answered = Some(on);
-        }
-        let (done, _) = frames.pop().expect("the frame just read");
-        on_path.remove(done);
-        if frames.is_empty() {
-            return answered.unwrap_or(false);
+            let flag = flags.get(current).expect("a frame's flag exists");
+            if answered == Some(false) {
+                let missing = &flag.requires[*next - 1];
+                entries.push(entry(
+                    current,
+                    false,
+                    TrailReason::DependencyNotMet(missing),
+                ));
+            } else if let Some(requirement) = flag.requires.get(*next) {
+                *next += 1;
+                entering = Some(requirement.as_str());
+                continue;
+            } else {
+                let on = decided.get(*current).is_some_and(|d| d.enabled);
+                let reason = if on {
+                    TrailReason::Ok
+                } else {
+                    TrailReason::Rollout(flag.rollout_pct)
+                };
+                entries.push(entry(current, on, reason));
+                answered = Some(on);
+            }
+            let (done, _) = frames.pop().expect("the frame just read");
+            on_path.remove(done);
+            if frames.is_empty() {
+                return answered.unwrap_or(false);
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::flag::Flag;
 
@@ -195,8 +246,42 @@ mod tests {
         let evaluated = crate::eval::evaluate_context(&flags, "k", &HashMap::new(), requested);
         trail(&flags, &evaluated, requested)
             .into_iter()
-            .map(|e| (e.flag, e.result, e.reason.text(|p| p.to_string())))
+            .map(|e| {
+                (
+                    e.flag.to_string(),
+                    e.result,
+                    e.reason.text(|p| p.to_string()),
+                )
+            })
             .collect()
+    }
+
+    #[test]
+    fn numbers_read_as_pythons_str_of_what_json_loads_made_of_them() {
+        // Each pair: a float, and what Python 3 prints for it (str(int(x)) when integral).
+        for (value, python) in [
+            (50.0, "50"),
+            (0.0, "0"),
+            (-0.0, "0"),
+            (100.0, "100"),
+            (12.5, "12.5"),
+            (33.3, "33.3"),
+            (99.99999999999999, "99.99999999999999"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (0.0001, "0.0001"),
+            (0.00012, "0.00012"),
+            (0.00001, "1e-05"),
+            (0.000015, "1.5e-05"),
+            (1.5e-7, "1.5e-07"),
+            (5e-324, "5e-324"),
+            (1234567890123456.7, "1234567890123456.8"),
+            (12345678901234567.5, "12345678901234568"),
+            (1.5e16, "15000000000000000"),
+            (-2.5, "-2.5"),
+            (-0.00001, "-1e-05"),
+        ] {
+            assert_eq!(python_number(value), python, "{value:?}");
+        }
     }
 
     #[test]

@@ -125,15 +125,6 @@ def flags_from_config(raw: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
     return flags
 
 
-def _percent(pct: float, given: Optional[float]) -> str:
-    """A rollout as Python prints the number the manager was given (``50`` or ``12.5``, and
-    ``50.0`` if that is what it was given); one the store holds alone, as a flags file would
-    give it (``50``, ``12.5``)."""
-    if given is not None and given == pct:
-        return str(given)
-    return str(int(pct)) if float(pct).is_integer() else repr(pct)
-
-
 def _default_actor() -> str:
     return os.environ.get("FLAGSTORE_ACTOR") or getpass.getuser()
 
@@ -219,23 +210,19 @@ class FlagManager:
             self._given[flag.name] = flag
             if flag.name not in self._order:
                 self._order.append(flag.name)
+        self._given_changed()
+
+    def _given_changed(self) -> None:
+        """Tells the store how each rollout was given, for the trail's ``rollout P%`` as the
+        prototype wrote it (``50``, ``50.0``, ``12.5``)."""
+        given = self._given.items()
+        self._store.given_rollouts({name: (float(f.rollout_pct), str(f.rollout_pct)) for name, f in given})
 
     def _names(self) -> List[str]:
         """Every flag: those given, in their order, then the rest of the store's."""
         stored = [name for name, *_ in self._store.flags()]
         known = set(self._order)
         return self._order + [name for name in stored if name not in known]
-
-    def _record(self, trail: Sequence[Any]) -> None:
-        for flag, result, kind, dependency, pct in trail:
-            if kind == "dependency":
-                reason = f"dependency {dependency} not met"
-            elif kind == "rollout":
-                given = self._given.get(flag)
-                reason = f"rollout {_percent(pct, given.rollout_pct if given else None)}%"
-            else:
-                reason = kind
-            self._audit_log.append({"flag": flag, "result": result, "reason": reason})
 
     def register(self, flag: Flag) -> None:
         """Adds or redefines a flag: an audited change, as ``flagstore flag`` makes."""
@@ -257,21 +244,18 @@ class FlagManager:
         does; refused, naming them, while other flags require it."""
         self._store.delete(name)
         self._given.pop(name, None)
+        self._given_changed()
         if name in self._order:
             self._order.remove(name)
 
     def is_enabled(self, name: str, context_key: str = "") -> bool:
         """Whether ``name`` is on for ``context_key``, recorded and stored before it returns."""
-        answers, trail = self._store.evaluate([name], context_key)
-        self._record(trail)
-        return answers[0]
+        return self._store.evaluate([name], context_key, self._audit_log)[0]
 
     def evaluate_all(self, context_key: str = "") -> Dict[str, bool]:
         """Every flag for ``context_key``, in the prototype's order (the flags given, then the
         store's others, read in the same transaction), as one decision record."""
-        names, answers, trail = self._store.evaluate_all(self._order, context_key)
-        self._record(trail)
-        return dict(zip(names, answers))
+        return self._store.evaluate_all(self._order, context_key, self._audit_log)
 
     def evaluate_many(
         self, context_keys: Iterable[str], names: Optional[Iterable[str]] = None

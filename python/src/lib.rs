@@ -1,7 +1,7 @@
 //! `flagstore._flagstore`: the flagstore library for the Python package, which keeps the
 //! prototype's API in `flagstore/__init__.py`. Every call releases the GIL while the store
-//! works; values cross as Python tuples and lists, or as JSON text where the library already
-//! writes JSON (explain, audit rows), so both sides read one format.
+//! works; values cross as Python tuples, lists and dicts, or as JSON text where the library
+//! already writes JSON (explain, audit rows), so both sides read one format.
 //!
 //! Evaluations from many threads share transactions (group commit, as `serve` does): a
 //! caller queues its request; if no caller is leading, it leads: it runs everything queued in
@@ -9,6 +9,7 @@
 //! The others wait for their answers, never for the store, so a commit serves every thread
 //! that arrived during the one before.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::mpsc;
@@ -19,12 +20,14 @@ use flagstore::audit::{AuditQuery, parse_time_bound};
 use flagstore::error::Fault;
 use flagstore::eval::ContextEvaluation;
 use flagstore::heads::{HeadKey, check_key_for};
-use flagstore::prototype::TrailReason;
+use flagstore::prototype::{python_number, trail};
 use flagstore::store::{Location, Publisher, Publishing, Request, keys_per_transaction};
 use flagstore::{Error, FlagSet, Selection};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
 
 // The extension module's Rust allocations (a batch's decisions, records and bound values)
 // went to glibc's allocator, whose functions were 16% of `evaluate_many`'s samples in perf
@@ -54,9 +57,6 @@ fn raised(error: Error) -> PyErr {
         Fault::Other => PyRuntimeError::new_err(message),
     }
 }
-
-/// One trail entry: flag, result, reason kind, and the dependency or rollout it names.
-type TrailTuple = (String, bool, &'static str, Option<String>, Option<f64>);
 
 /// Per flag the store defines otherwise than given: its name and (field, given, stored).
 type Differences = Vec<(String, Vec<(String, String, String)>)>;
@@ -123,6 +123,9 @@ struct Store {
     opened_by: u32,
     /// The store is a file or a server, reached through a connection a fork would share.
     reached: bool,
+    /// Each flag's rollout as the manager was given it: the number, and Python's `str` of it
+    /// (`50`, `50.0`, `12.5`), which the prototype's trail wrote in `rollout P%`.
+    rollouts_given: Mutex<HashMap<String, (f64, String)>>,
 }
 
 impl Drop for Store {
@@ -201,6 +204,38 @@ impl Store {
                  new FlagManager in the child",
                 self.path, self.opened_by
             )));
+        }
+        Ok(())
+    }
+
+    /// Appends the prototype's `{flag, result, reason}` entries for `evaluated` to `log`, a
+    /// rollout worded as the manager was given it when the store still has that number.
+    fn log_trail(
+        &self,
+        py: Python<'_>,
+        flags: &FlagSet,
+        evaluated: &ContextEvaluation,
+        log: &Bound<'_, PyList>,
+    ) -> PyResult<()> {
+        let requested: Vec<&str> = evaluated
+            .evaluations
+            .iter()
+            .map(|e| e.flag.as_str())
+            .collect();
+        let given = self
+            .rollouts_given
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for entry in trail(flags, evaluated, &requested) {
+            let reason = entry.reason.text(|pct| match given.get(entry.flag) {
+                Some((number, text)) if *number == pct => text.clone(),
+                _ => python_number(pct),
+            });
+            let logged = PyDict::new(py);
+            logged.set_item(intern!(py, "flag"), entry.flag)?;
+            logged.set_item(intern!(py, "result"), entry.result)?;
+            logged.set_item(intern!(py, "reason"), reason)?;
+            log.append(logged)?;
         }
         Ok(())
     }
@@ -339,36 +374,6 @@ impl Store {
 }
 
 /// The answers of an evaluation, in the order asked, and the prototype's trail of it.
-fn answers_and_trail(
-    flags: &FlagSet,
-    evaluated: &ContextEvaluation,
-) -> (Vec<bool>, Vec<TrailTuple>) {
-    let requested: Vec<&str> = evaluated
-        .evaluations
-        .iter()
-        .map(|e| e.flag.as_str())
-        .collect();
-    let answers = evaluated
-        .evaluations
-        .iter()
-        .map(|e| e.decision.enabled)
-        .collect();
-    let trail = flagstore::prototype::trail(flags, evaluated, &requested)
-        .into_iter()
-        .map(|entry| {
-            let (kind, dependency, pct) = match entry.reason {
-                TrailReason::UnknownFlag => ("unknown flag", None, None),
-                TrailReason::Disabled => ("disabled", None, None),
-                TrailReason::DependencyNotMet(name) => ("dependency", Some(name), None),
-                TrailReason::Rollout(pct) => ("rollout", None, Some(pct)),
-                TrailReason::Ok => ("ok", None, None),
-            };
-            (entry.flag, entry.result, kind, dependency, pct)
-        })
-        .collect();
-    (answers, trail)
-}
-
 /// The flags of a flags file's JSON, checked as `import` checks them.
 fn parsed(document: &str) -> flagstore::Result<Vec<flagstore::Flag>> {
     Ok(flagstore::document::Document::parse(document, "flags")?.flags)
@@ -434,6 +439,7 @@ impl Store {
             unpublished,
             opened_by: std::process::id(),
             reached: location.is_some(),
+            rollouts_given: Mutex::default(),
         })
     }
 
@@ -528,13 +534,15 @@ impl Store {
         })
     }
 
-    /// Evaluates `names` for `key`, durably recorded: the answers, and the prototype's trail.
+    /// Evaluates `names` for `key`, durably recorded: the answers; the prototype's trail
+    /// entries are appended to `log`.
     fn evaluate(
         &self,
         py: Python<'_>,
         names: Vec<String>,
         key: String,
-    ) -> PyResult<(Vec<bool>, Vec<TrailTuple>)> {
+        log: &Bound<'_, PyList>,
+    ) -> PyResult<Vec<bool>> {
         let selection = Selection::Flags(names.clone());
         let (flags, evaluated) = match self.evaluate_queued(py, selection.clone(), key.clone())? {
             (flags, Some(evaluated)) => (flags, evaluated),
@@ -551,28 +559,43 @@ impl Store {
                 (flags, evaluated)
             }
         };
-        Ok(answers_and_trail(&flags, &evaluated))
+        self.log_trail(py, &flags, &evaluated, log)?;
+        Ok(evaluated
+            .evaluations
+            .iter()
+            .map(|e| e.decision.enabled)
+            .collect())
     }
 
     /// Every flag for `key`, durably recorded: those of `first` in that order (the flags the
     /// manager was given), then the store's others, as read in the evaluating transaction;
-    /// their names, answers and the prototype's trail.
-    fn evaluate_all(
+    /// a dict of their answers in that order. The prototype's trail entries are appended to
+    /// `log`. Both are built here, not in Python: that was a fifth of a call in memory.
+    fn evaluate_all<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         first: Vec<String>,
         key: String,
-    ) -> PyResult<(Vec<String>, Vec<bool>, Vec<TrailTuple>)> {
+        log: &Bound<'py, PyList>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let (flags, evaluated) = self.evaluate_queued(py, Selection::AllAfter(first), key)?;
         // Only a request for one flag that does not exist goes unevaluated.
         let evaluated = evaluated.unwrap_or_default();
-        let names = evaluated
-            .evaluations
-            .iter()
-            .map(|e| e.flag.clone())
-            .collect();
-        let (answers, trail) = answers_and_trail(&flags, &evaluated);
-        Ok((names, answers, trail))
+        self.log_trail(py, &flags, &evaluated, log)?;
+        let answers = PyDict::new(py);
+        for evaluation in &evaluated.evaluations {
+            answers.set_item(&evaluation.flag, evaluation.decision.enabled)?;
+        }
+        Ok(answers)
+    }
+
+    /// Replaces the rollouts as the manager was given them: per flag, the number and
+    /// Python's `str` of it.
+    fn given_rollouts(&self, given: HashMap<String, (f64, String)>) {
+        *self
+            .rollouts_given
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = given;
     }
 
     /// One flag for `key` as `serve` answers OFREP: value, OpenFeature reason, flagstore's

@@ -9,7 +9,9 @@ import pytest
 from conftest import ROOT, Reference
 from flagstore import Flag, FlagManager, flags_from_config
 
-ROLLOUTS = [0, 100, 50, 12.5, 50.0, 33, 99.5, 1]
+# Every way Python prints a number: integers, floats written with ".0", fractions in fixed
+# notation and the small ones it writes in scientific notation (1e-05).
+ROLLOUTS = [0, 100, 50, 12.5, 50.0, 33, 99.5, 1, 0.0001, 1e-05, 2.5e-07, 33.3, 0.1 + 0.2]
 
 
 def random_flags(rng):
@@ -52,6 +54,25 @@ def test_a_decision_sticks_when_the_rollout_moves():
     manager.register(Flag("score", rollout_pct=5))
     assert manager.is_enabled("score", "k9"), "on_only keeps a stored on"
     assert Reference([Flag("score", rollout_pct=5)]).is_enabled("score", "k9") is False
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_rollout_the_store_holds_alone_is_worded_as_a_flags_file_gives_it(tmp_path, seed):
+    # A manager given no flags words each rollout as Python prints the number a flags file
+    # would hold for it: 50, not 50.0; 1e-05 as Python writes it.
+    rng = random.Random(seed)
+    flags = random_flags(rng) + [Flag("tiny", rollout_pct=rng.choice([1e-05, 2.5e-07, 0.0001]))]
+    FlagManager(flags, db=tmp_path / "flags.db").close()
+    as_in_a_file = [
+        Flag(f.name, f.enabled, int(f.rollout_pct) if float(f.rollout_pct).is_integer() else f.rollout_pct,
+             f.requires, f.sticky)
+        for f in flags
+    ]
+    manager, reference = FlagManager(db=tmp_path / "flags.db"), Reference(as_in_a_file)
+    for key in ["", "tenant:acme", "ü", str(rng.random())]:
+        assert manager.evaluate_all(key) == reference.evaluate_all(key)
+    assert manager.audit_log == reference.audit_log
+    assert any(entry["reason"].startswith("rollout") for entry in manager.audit_log)
 
 
 def test_flags_from_config_takes_the_files_shape_and_refuses_a_misspelt_field():
