@@ -163,7 +163,7 @@ pub enum Command {
     Init(init::InitArgs),
     /// Create or update flags from a JSON file (`-` for stdin), all or nothing.
     Import(import::ImportArgs),
-    /// Write every flag as JSON, sorted by name, in the format `import` reads.
+    /// Write every flag as JSON, in definition order, in the format `import` reads.
     Export(export::ExportArgs),
     /// Create, list, show and change flags.
     #[command(subcommand)]

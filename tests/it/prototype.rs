@@ -197,6 +197,15 @@ pub fn every_listing_follows_definition_order() {
         names(&env.ok(&["export"])),
         ["beta", "zeta", "alpha", "mid"]
     );
+    // And `--help` says so: it once said "sorted by name", as export wrote before schema 8.
+    let help = env.ok(&["--help"]);
+    let export = help
+        .lines()
+        .find(|line| line.trim_start().starts_with("export"));
+    assert!(
+        export.is_some_and(|line| line.contains("in definition order")),
+        "{help}"
+    );
 }
 
 /// The names `flagstore export` lists, in its order.
