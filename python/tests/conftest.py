@@ -1,6 +1,8 @@
 """Shared helpers: the prototype's rules as a small reference, the flagstore binary, and
-PostgreSQL scratch schemas (skipped, saying so, without $FLAGSTORE_TEST_POSTGRES)."""
+PostgreSQL scratch schemas (skipped, saying so, without $FLAGSTORE_TEST_POSTGRES); and a
+watchdog that ends a test that hangs."""
 
+import faulthandler
 import hashlib
 import os
 import pathlib
@@ -10,6 +12,29 @@ import uuid
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# Longer than any test takes on a slow, shared machine; far shorter than CI's budget.
+HANG_SECONDS = 300
+
+
+_real_stderr = None
+
+
+def pytest_configure(config):
+    # A copy of stderr as it is before pytest captures it for each test, for the watchdog's
+    # stacks to reach the terminal: the process ends before a capture would be shown.
+    global _real_stderr
+    _real_stderr = os.dup(2)
+
+
+@pytest.fixture(autouse=True)
+def watchdog():
+    """A test still running after HANG_SECONDS ends the process with every thread's stack on
+    stderr: a deadlock between threads of a manager once hung the suite, and CI with it,
+    until CI's own limit, saying nothing of where."""
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=_real_stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def bucket(name, key):
