@@ -222,18 +222,30 @@ impl Store {
             .iter()
             .map(|e| e.flag.as_str())
             .collect();
-        let given = self
-            .rollouts_given
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for entry in trail(flags, evaluated, &requested) {
-            let reason = entry.reason.text(|pct| match given.get(entry.flag) {
-                Some((number, text)) if *number == pct => text.clone(),
-                _ => python_number(pct),
-            });
+        // Worded before any Python object is made: making one can collect garbage and so run
+        // Python code, which lets another thread take the GIL; had this thread kept the lock,
+        // that thread would wait for it holding the GIL this one needs (the threads of a
+        // shared manager hung, 6 runs in 15).
+        let worded: Vec<(&str, bool, String)> = {
+            let given = self
+                .rollouts_given
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            trail(flags, evaluated, &requested)
+                .into_iter()
+                .map(|entry| {
+                    let reason = entry.reason.text(|pct| match given.get(entry.flag) {
+                        Some((number, text)) if *number == pct => text.clone(),
+                        _ => python_number(pct),
+                    });
+                    (entry.flag, entry.result, reason)
+                })
+                .collect()
+        };
+        for (flag, result, reason) in worded {
             let logged = PyDict::new(py);
-            logged.set_item(intern!(py, "flag"), entry.flag)?;
-            logged.set_item(intern!(py, "result"), entry.result)?;
+            logged.set_item(intern!(py, "flag"), flag)?;
+            logged.set_item(intern!(py, "result"), result)?;
             logged.set_item(intern!(py, "reason"), reason)?;
             log.append(logged)?;
         }
