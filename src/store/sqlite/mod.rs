@@ -93,6 +93,11 @@ pub(super) struct Sqlite {
     /// (and its rollbacks) clear this. Reading them again was a sixth of an in-memory
     /// evaluation.
     flags_read: RefCell<Option<(i64, FlagSet)>>,
+    /// The id of each set of flags (its JSON) this connection has written a range for. A set
+    /// is never changed or removed (triggers refuse it), so an id once read stays true; the
+    /// map is forgotten with a transaction that did not commit, which may have added a set.
+    /// Looking the set up again was two statements of every in-process evaluation.
+    flag_sets: RefCell<HashMap<String, i64>>,
     path: String,
     /// The database file as an absolute path, for another connection to open; `None` where
     /// none can (in memory, an immutable snapshot).
@@ -239,6 +244,7 @@ impl Sqlite {
             conn,
             foreign_keys: Cell::new(true),
             flags_read: RefCell::default(),
+            flag_sets: RefCell::default(),
             path,
             file: file.map(Path::to_path_buf),
         })
@@ -424,7 +430,10 @@ impl Backend for Sqlite {
     }
 
     fn commit(&self) -> Result<()> {
-        self.conn.execute_batch("COMMIT")?;
+        if let Err(failed) = self.conn.execute_batch("COMMIT") {
+            self.flag_sets.take();
+            return Err(failed.into());
+        }
         if let Some(file) = &self.file {
             self.checkpoints.committed(file);
         }
@@ -433,6 +442,7 @@ impl Backend for Sqlite {
 
     fn rollback(&self) {
         self.flags_changed();
+        self.flag_sets.take();
         // Nothing useful can be done with a failed rollback: SQLite rolls back an unfinished
         // transaction itself when the connection closes.
         let _ = self.conn.execute_batch("ROLLBACK");
@@ -682,6 +692,50 @@ mod tests {
                 "{references:?}: {written:?}"
             );
         }
+    }
+
+    /// A set of flags numbered in a transaction that rolled back is not remembered: another
+    /// connection may give its number to another set, and a range written under the old
+    /// number would name that set's flags for its records.
+    #[test]
+    fn a_flag_set_numbered_in_a_rolled_back_transaction_is_numbered_again() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("sets.db");
+        let (mine, other) = (Sqlite::open(&path).unwrap(), Sqlite::open(&path).unwrap());
+        let lock_wait = LockWait {
+            budget: std::time::Duration::from_secs(1),
+            keep_waiting: None,
+        };
+        let range = |store: &Sqlite, flags: &str, id: i64, commit: bool| {
+            store
+                .begin_write(&lock_wait, References::EstablishedByTheTransaction)
+                .unwrap();
+            store.insert_record_range(flags, id, id).unwrap();
+            match commit {
+                true => store.commit().unwrap(),
+                false => store.rollback(),
+            }
+        };
+        range(&mine, r#"["a","b"]"#, 1, false);
+        range(&other, r#"["c"]"#, 1, true);
+        range(&mine, r#"["a","b"]"#, 2, true);
+        range(&mine, r#"["a","b"]"#, 3, true);
+        let named: Vec<(i64, String)> = mine
+            .conn
+            .prepare(
+                "SELECT r.first_id, s.flags FROM audit_ranges r \
+                 JOIN audit_flag_sets s ON s.id = r.flag_set ORDER BY r.first_id",
+            )
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let expected = [(1, r#"["c"]"#), (2, r#"["a","b"]"#), (3, r#"["a","b"]"#)];
+        assert_eq!(
+            named,
+            expected.map(|(id, flags)| (id, flags.to_string())).to_vec()
+        );
     }
 
     /// An in-memory store is a memdb file, which SQLite caps at 1 GiB unless built otherwise:
