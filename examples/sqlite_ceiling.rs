@@ -4,22 +4,24 @@
 //! `cargo run --release --example sqlite_ceiling -- [KEYS] [ROUNDS] [DIR]`
 //!
 //! Each variant fills a fresh store holding `flagstore bench`'s flags (created and migrated by
-//! flagstore, so the schema is the real one) with KEYS keys' decision records shaped like the
-//! real ones (one row per key, same columns and detail length, 64 rows per INSERT, as many keys
-//! per BEGIN IMMEDIATE ... COMMIT as a batch, one `audit_ranges` row per transaction naming
-//! its set of flags), first with the assignment every enabled flag stores for a fresh key, then
-//! audit rows alone as on a second pass. Variants run in turn, ROUNDS times, and the
-//! medians are printed. Only `as built` is what flagstore promises; the others show what each
-//! relaxation of the schema or of durability would buy (see `Rows`).
+//! flagstore, so the schema is the real one) with KEYS random UUID-shaped keys' decision
+//! records shaped like the real ones (one row per key, same columns and detail, 64 rows per
+//! INSERT, as many keys per BEGIN IMMEDIATE ... COMMIT as a batch, one `audit_ranges` row per
+//! transaction naming its set of flags), first with the assignment every enabled flag stores
+//! for a fresh key, then audit rows alone as on a second pass. Variants run in turn, ROUNDS
+//! times, and the medians are printed, with the bytes the process wrote and the bytes the
+//! store grew by, per key. Only `as built` is what flagstore promises; the others show what
+//! a relaxation of durability, or the rows that docs/design/chain-format-2.md proposes,
+//! would buy (see `Rows`).
 
 use std::error::Error;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use flagstore::bench::{bench_flags, with_temporary_store};
+use flagstore::bench::{KeyOrder, bench_flags, ordered_key, with_temporary_store};
 use flagstore::store::keys_per_transaction;
-use rusqlite::{Connection, OptionalExtension, ToSql, params_from_iter};
+use rusqlite::{Connection, ToSql, params_from_iter};
 
 /// Rows per multi-row INSERT, as `store.rs` writes them.
 const ROWS_PER_INSERT: usize = 64;
@@ -32,30 +34,28 @@ struct Variant {
     rows: Rows,
 }
 
-/// What one audit row holds.
+/// What one decision record is.
 enum Rows {
-    /// One decision record per key, as flagstore writes them: what the schema promises.
+    /// An `audit_log` row, as flagstore writes them: what the schema promises.
     Records,
-    /// One `audit_log` row per evaluation, as schema 1 wrote them.
-    PerEvaluation,
-    /// One row per evaluation in `compact_log` (see COMPACT_SCHEMA): numbers where the schema
-    /// has text, contexts stored once, reason and detail left to be derived, 32-byte hashes.
-    Compact,
+    /// A row of `format_2` (FORMAT_2_SCHEMA), as the design note proposes: numbers where
+    /// `audit_log` has text, the key by its context's number, one 32-byte hash, and this
+    /// payload for the decisions.
+    Format2(&'static [u8]),
 }
 
-/// `detail` of a row per evaluation, and of a row holding all of a key's evaluations.
-const PER_EVALUATION_DETAIL: &str = r#"{"bucket":42,"assigned":["enrich"]}"#;
-/// A decision record of `bench_flags` for a fresh key, as `record::encode` writes it.
-const RECORD_DETAIL: &str = r#"{"requested":5,"decisions":[{"flag":"dedupe","result":1,"source":"rollout","bucket":42,"rollout_pct":"100","assigned":1},{"flag":"enrich","result":1,"source":"rollout","bucket":42,"rollout_pct":"50","assigned":1},{"flag":"export_v2","result":0,"source":"rollout","bucket":42,"rollout_pct":"12.5","assigned":1},{"flag":"ingest","result":1,"source":"rollout","bucket":42,"rollout_pct":"100","assigned":1},{"flag":"legacy_export","result":0,"source":"disabled"}]}"#;
+/// A decision record of `bench_flags` for a fresh key, as `record::encode` writes it (schema 13).
+const RECORD_DETAIL: &str = r#"{"requested":5,"decisions":[["dedupe",1,"rollout",42,"100",1],["enrich",1,"rollout",42,"50",1],["export_v2",0,"rollout",42,"12.5",1],["ingest",1,"rollout",42,"100",1],["legacy_export",0,"disabled"]]}"#;
+
+/// The design note's 2 bytes a flag: its number, then result, source and stored-an-assignment.
+const TWO_BYTES_A_FLAG: [u8; 10] = [1, 0x13, 2, 0x13, 3, 0x12, 4, 0x13, 5, 0x20];
 
 /// Context keys are numbered in the store's own `contexts` table, as assignments are.
-const COMPACT_SCHEMA: &str = "
-    CREATE TABLE compact_log (
-        id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, flag_id INTEGER NOT NULL,
-        context_id INTEGER NOT NULL, result INTEGER, source INTEGER, bucket INTEGER,
-        prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
-    CREATE INDEX compact_log_flag ON compact_log (flag_id, id);
-    CREATE INDEX compact_log_context ON compact_log (context_id, id);";
+const FORMAT_2_SCHEMA: &str = "
+    CREATE TABLE format_2 (
+        id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, actor_id INTEGER NOT NULL,
+        context_id INTEGER NOT NULL, decisions BLOB NOT NULL, hash BLOB NOT NULL);
+    CREATE INDEX format_2_context ON format_2 (context_id, id);";
 
 const VARIANTS: [Variant; 5] = [
     Variant {
@@ -74,14 +74,14 @@ const VARIANTS: [Variant; 5] = [
         rows: Rows::Records,
     },
     Variant {
-        name: "row per evaluation",
-        setup: "",
-        rows: Rows::PerEvaluation,
+        name: "format 2, arrays",
+        setup: FORMAT_2_SCHEMA,
+        rows: Rows::Format2(RECORD_DETAIL.as_bytes()),
     },
     Variant {
-        name: "compact rows",
-        setup: COMPACT_SCHEMA,
-        rows: Rows::Compact,
+        name: "format 2, 2 B a flag",
+        setup: FORMAT_2_SCHEMA,
+        rows: Rows::Format2(&TWO_BYTES_A_FLAG),
     },
 ];
 
@@ -114,34 +114,54 @@ fn run() -> Result<(), Box<dyn Error>> {
     let rounds = count_arg(args.next(), "ROUNDS", 3)?;
     let dir = args.next().map_or(std::env::temp_dir(), Into::into);
     let workload = Workload::of_bench();
-    let mut fresh = vec![Vec::new(); VARIANTS.len()];
-    let mut hits = vec![Vec::new(); VARIANTS.len()];
+    let mut passes = vec![[Vec::new(), Vec::new()]; VARIANTS.len()];
     for _ in 0..rounds {
         for (i, variant) in VARIANTS.iter().enumerate() {
-            let (f, h) = fill(&dir, &workload, variant, keys)?;
-            fresh[i].push(f);
-            hits[i].push(h);
+            let [fresh, hits] = fill(&dir, &workload, variant, keys)?;
+            passes[i][0].push(fresh);
+            passes[i][1].push(hits);
         }
     }
     println!(
-        "{keys} keys x {} flags, {} keys per transaction, {rounds} round(s), \
-         medians of evaluations per second",
+        "{keys} random keys x {} flags, {} keys per transaction, {rounds} round(s), medians \
+         of evaluations per second, and of bytes written and grown per key",
         workload.flags.len(),
         workload.keys_per_transaction
     );
     println!(
-        "{:<20} {:>22} {:>22}",
-        "variant", "fresh (+ assignments)", "hits (audit alone)"
+        "{:<22} {:>30} {:>30}",
+        "variant", "fresh (+ assignments)", "hits (records alone)"
     );
-    for (i, variant) in VARIANTS.iter().enumerate() {
+    for (variant, [fresh, hits]) in VARIANTS.iter().zip(&mut passes) {
         println!(
-            "{:<20} {:>22.0} {:>22.0}",
+            "{:<22} {:>30} {:>30}",
             variant.name,
-            median(&mut fresh[i]),
-            median(&mut hits[i])
+            Pass::medians(fresh),
+            Pass::medians(hits)
         );
     }
     Ok(())
+}
+
+/// One pass's evaluations per second, and bytes written and grown on disk per key.
+#[derive(Clone, Copy)]
+struct Pass {
+    rate: f64,
+    written: f64,
+    grown: f64,
+}
+
+impl Pass {
+    fn medians(passes: &mut [Pass]) -> String {
+        let of =
+            |field: fn(&Pass) -> f64| median(&mut passes.iter().map(field).collect::<Vec<_>>());
+        format!(
+            "{:>9.0} /s {:>6.0} B {:>5.0} B",
+            of(|p| p.rate),
+            of(|p| p.written),
+            of(|p| p.grown)
+        )
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -173,14 +193,18 @@ impl Workload {
     }
 }
 
-/// Fills a fresh store twice over and returns evaluations per second for each pass.
+/// Fills a fresh store twice over and returns what each pass cost.
 fn fill(
     dir: &Path,
     workload: &Workload,
     variant: &Variant,
     keys: usize,
-) -> flagstore::Result<(f64, f64)> {
-    let mut passes = (0.0, 0.0);
+) -> flagstore::Result<[Pass; 2]> {
+    let mut passes = [Pass {
+        rate: 0.0,
+        written: 0.0,
+        grown: 0.0,
+    }; 2];
     with_temporary_store(dir, |_, path| {
         let conn = Connection::open(path)?;
         // The pragmas flagstore sets on every connection that matter to writing; foreign keys
@@ -193,13 +217,38 @@ fn fill(
         conn.execute_batch(variant.setup)?;
         let mut last_id: i64 =
             conn.query_row("SELECT max(id) FROM audit_log", [], |row| row.get(0))?;
-        passes = (
-            insert_pass(&conn, workload, variant, keys, &mut last_id, true)?,
-            insert_pass(&conn, workload, variant, keys, &mut last_id, false)?,
-        );
+        for (pass, assign) in passes.iter_mut().zip([true, false]) {
+            let (written, size) = (written_bytes(), store_bytes(&conn)?);
+            let rate = insert_pass(&conn, workload, variant, keys, &mut last_id, assign)?;
+            // Folded into the database, as the store's own checkpointer does, before measuring.
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            *pass = Pass {
+                rate,
+                written: (written_bytes() - written) as f64 / keys as f64,
+                grown: (store_bytes(&conn)? - size) as f64 / keys as f64,
+            };
+        }
         Ok(())
     })?;
     Ok(passes)
+}
+
+/// Bytes this process has written to disk (Linux's `/proc/self/io`; 0 where there is none).
+fn written_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|bytes| bytes.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The database's size, its WAL folded into it.
+fn store_bytes(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+        [],
+        |row| row.get(0),
+    )
 }
 
 fn insert_pass(
@@ -215,10 +264,9 @@ fn insert_pass(
          result, source, reason, detail, prev_hash, hash, context_id)",
         14,
     );
-    let compact_sql = multi_row_insert(
-        "INSERT OR ROLLBACK INTO compact_log (id, ts, flag_id, context_id, result, source, \
-         bucket, prev_hash, hash)",
-        9,
+    let format_2_sql = multi_row_insert(
+        "INSERT OR ROLLBACK INTO format_2 (id, ts_ms, actor_id, context_id, decisions, hash)",
+        6,
     );
     let context_sql = multi_row_insert("INSERT OR ROLLBACK INTO contexts (key)", 1);
     let assignment_sql = multi_row_insert(
@@ -230,8 +278,9 @@ fn insert_pass(
     let flags: Vec<&str> = workload.flags.iter().map(String::as_str).collect();
     let per_transaction = workload.keys_per_transaction;
     for first_key in (0..keys).step_by(per_transaction) {
+        // In the first pass's order again on the second: its keys are in no order either way.
         let names: Vec<String> = (first_key..keys.min(first_key + per_transaction))
-            .map(|k| format!("tenant-{k:09}"))
+            .map(|k| ordered_key(k as u64, KeyOrder::Random))
             .collect();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         // Numbered as flagstore numbers new context keys, ROWS_PER_INSERT per statement; on
@@ -262,85 +311,59 @@ fn insert_pass(
                 insert.execute(params_from_iter(values))?;
             }
         }
+        let first_id = *id + 1;
         match variant.rows {
-            Rows::PerEvaluation => {
-                insert_audit_rows(conn, &audit_sql, &names, &context_ids, &flags, id)?
-            }
-            Rows::Records => {
-                let first_id = *id + 1;
-                insert_audit_rows(conn, &audit_sql, &names, &context_ids, &[], id)?;
-                let set = serde_json::to_string(&flags).expect("a list of names serializes");
-                conn.prepare_cached(
-                    "INSERT INTO audit_flag_sets (flags) VALUES (?1) ON CONFLICT (flags) DO NOTHING",
-                )?
-                .execute([&set])?;
-                conn.prepare_cached(
-                    "INSERT INTO audit_ranges (first_id, last_id, flag_set) \
-                     SELECT ?2, ?3, id FROM audit_flag_sets WHERE flags = ?1",
-                )?
-                .execute((&set, first_id, *id))?;
-            }
-            Rows::Compact => {
-                insert_compact_rows(conn, &compact_sql, &names, workload.flags.len(), id)?
+            Rows::Records => insert_audit_rows(conn, &audit_sql, &names, &context_ids, id)?,
+            Rows::Format2(decisions) => {
+                insert_format_2_rows(conn, &format_2_sql, &context_ids, decisions, id)?
             }
         }
+        let set = serde_json::to_string(&flags).expect("a list of names serializes");
+        conn.prepare_cached(
+            "INSERT INTO audit_flag_sets (flags) VALUES (?1) ON CONFLICT (flags) DO NOTHING",
+        )?
+        .execute([&set])?;
+        conn.prepare_cached(
+            "INSERT INTO audit_ranges (first_id, last_id, flag_set) \
+             SELECT ?2, ?3, id FROM audit_flag_sets WHERE flags = ?1",
+        )?
+        .execute((&set, first_id, *id))?;
         conn.execute_batch("COMMIT")?;
     }
     Ok((keys * workload.flags.len()) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Audit rows for each of `names` (numbered `context_ids`) and each of `flags`, or one per name
-/// (a decision record) when `flags` is empty, ROWS_PER_INSERT per INSERT.
+/// A decision record for each of `names` (numbered `context_ids`), ROWS_PER_INSERT per INSERT.
 fn insert_audit_rows(
     conn: &Connection,
     audit_sql: &[String],
     names: &[String],
     context_ids: &[i64],
-    flags: &[&str],
     id: &mut i64,
 ) -> rusqlite::Result<()> {
-    let (reason, detail) = if flags.is_empty() {
-        (None, RECORD_DETAIL)
-    } else {
-        (Some("rollout: bucket 42 < 50"), PER_EVALUATION_DETAIL)
-    };
-    let per_key: Vec<Option<&str>> = if flags.is_empty() {
-        vec![None]
-    } else {
-        flags.iter().copied().map(Some).collect()
-    };
-    let rows: Vec<(i64, Option<&str>, &String, &i64)> = names
+    let rows: Vec<(i64, &String, &i64)> = names
         .iter()
         .zip(context_ids)
-        .flat_map(|(key, number)| per_key.iter().map(move |flag| (*flag, key, number)))
-        .map(|(flag, key, number)| {
+        .map(|(key, number)| {
             *id += 1;
-            (*id, flag, key, number)
+            (*id, key, number)
         })
         .collect();
     for group in rows.chunks(ROWS_PER_INSERT) {
         let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 14);
-        for (id, flag, key, number) in group {
+        for (id, key, number) in group {
             values.extend([
                 id as &dyn ToSql,
                 &TS,
                 &"evaluation",
                 &"bench",
                 &None::<&str>,
-                flag,
+                &None::<&str>,
                 *key,
-                if flag.is_some() {
-                    &Some(1)
-                } else {
-                    &None::<i64>
-                },
-                if flag.is_some() {
-                    &Some("rollout")
-                } else {
-                    &None::<&str>
-                },
-                &reason,
-                &detail,
+                &None::<i64>,
+                &None::<&str>,
+                &None::<&str>,
+                &RECORD_DETAIL,
                 &HASH,
                 &HASH,
                 *number,
@@ -352,48 +375,35 @@ fn insert_audit_rows(
     Ok(())
 }
 
-/// Compact rows for each of `names` and each of `flags` flags, with each context stored once.
-fn insert_compact_rows(
+/// A format-2 record of `decisions` for each of `context_ids`, ROWS_PER_INSERT per INSERT.
+fn insert_format_2_rows(
     conn: &Connection,
-    compact_sql: &[String],
-    names: &[String],
-    flags: usize,
+    format_2_sql: &[String],
+    context_ids: &[i64],
+    decisions: &[u8],
     id: &mut i64,
 ) -> rusqlite::Result<()> {
     let hash = [0x97u8; 32];
-    let mut rows: Vec<(i64, i64, i64)> = Vec::with_capacity(names.len() * flags);
-    for key in names {
-        let known = conn
-            .prepare_cached("SELECT id FROM contexts WHERE key = ?1")?
-            .query_row([key], |row| row.get(0))
-            .optional()?;
-        let context_id: i64 = match known {
-            Some(context_id) => context_id,
-            None => conn
-                .prepare_cached("INSERT INTO contexts (key) VALUES (?1) RETURNING id")?
-                .query_row([key], |row| row.get(0))?,
-        };
-        for flag_id in 0..flags as i64 {
+    let rows: Vec<(i64, &i64)> = context_ids
+        .iter()
+        .map(|number| {
             *id += 1;
-            rows.push((*id, flag_id, context_id));
-        }
-    }
+            (*id, number)
+        })
+        .collect();
     for group in rows.chunks(ROWS_PER_INSERT) {
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 9);
-        for (id, flag_id, context_id) in group {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 6);
+        for (id, number) in group {
             values.extend([
                 id as &dyn ToSql,
                 &1_795_000_000_123i64,
-                flag_id,
-                context_id,
                 &1,
-                &2,
-                &42,
-                &hash,
+                *number,
+                &decisions,
                 &hash,
             ]);
         }
-        conn.prepare_cached(&compact_sql[group.len()])?
+        conn.prepare_cached(&format_2_sql[group.len()])?
             .execute(params_from_iter(values))?;
     }
     Ok(())

@@ -429,7 +429,7 @@ pub enum KeyOrder {
 /// The `i`th key: `tenant-000000042`, or a UUID-shaped key of 32 hex digits that are a
 /// bijection of `i` (its first 16) and a second scramble of it, so distinct `i` give distinct
 /// keys in no order, 36 characters long as the UUIDs users send.
-fn ordered_key(i: u64, order: KeyOrder) -> String {
+pub fn ordered_key(i: u64, order: KeyOrder) -> String {
     match order {
         KeyOrder::Sequential => format!("tenant-{i:09}"),
         KeyOrder::Random => {
