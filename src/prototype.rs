@@ -38,6 +38,14 @@ impl TrailReason<'_> {
 /// exponent below -4 and in fixed notation otherwise (Python's limit above, 16, is never
 /// reached: every float from 2^53 up is integral).
 pub fn python_number(value: f64) -> String {
+    // No rollout is one of these (0 to 100 is checked as it is written), but a store edited
+    // by hand is read too: Python's repr of them, not a panic.
+    if value.is_nan() {
+        return "nan".to_string();
+    }
+    if value.is_infinite() {
+        return if value > 0.0 { "inf" } else { "-inf" }.to_string();
+    }
     // -0.0 + 0.0 is 0.0: Python's int(-0.0) prints as 0.
     let value = value + 0.0;
     if value.fract() == 0.0 {
@@ -258,7 +266,8 @@ mod tests {
 
     #[test]
     fn numbers_read_as_pythons_str_of_what_json_loads_made_of_them() {
-        // Each pair: a float, and what Python 3 prints for it (str(int(x)) when integral).
+        // Each pair: a float, and what Python 3 prints for it (str(int(x)) when integral;
+        // repr(x) for the three that int() refuses).
         for (value, python) in [
             (50.0, "50"),
             (0.0, "0"),
@@ -279,6 +288,9 @@ mod tests {
             (1.5e16, "15000000000000000"),
             (-2.5, "-2.5"),
             (-0.00001, "-1e-05"),
+            (f64::NAN, "nan"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
         ] {
             assert_eq!(python_number(value), python, "{value:?}");
         }

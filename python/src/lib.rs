@@ -385,7 +385,6 @@ impl Store {
     }
 }
 
-/// The answers of an evaluation, in the order asked, and the prototype's trail of it.
 /// The flags of a flags file's JSON, checked as `import` checks them.
 fn parsed(document: &str) -> flagstore::Result<Vec<flagstore::Flag>> {
     Ok(flagstore::document::Document::parse(document, "flags")?.flags)
