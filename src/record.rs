@@ -243,22 +243,17 @@ fn push_decision(detail: &mut String, flag: &str, decision: &Decision, assigned:
     match decision.source {
         Source::Rollout => {
             push_bucket(detail, decision.bucket);
-            detail.push(',');
-            match facts.rollout_pct {
-                Some(pct) => push_string(detail, &pct.to_string()),
-                None => detail.push_str("null"),
-            }
+            push_fact(
+                detail,
+                facts.rollout_pct.map(|pct| pct.to_string()).as_deref(),
+            );
             if assigned {
                 detail.push_str(",1");
             }
         }
         Source::Sticky => {
             push_bucket(detail, decision.bucket);
-            detail.push(',');
-            match &facts.since {
-                Some(since) => push_string(detail, since),
-                None => detail.push_str("null"),
-            }
+            push_fact(detail, facts.since.as_deref());
         }
         Source::Dependency => {
             detail.push_str(",[");
@@ -284,6 +279,15 @@ fn push_bucket(detail: &mut String, bucket: Option<u8>) {
     detail.push(',');
     match bucket {
         Some(bucket) => detail.push_str(itoa::Buffer::new().format(bucket)),
+        None => detail.push_str("null"),
+    }
+}
+
+/// A fact in text, `null` where it is missing (see [`push_bucket`]).
+fn push_fact(detail: &mut String, text: Option<&str>) {
+    detail.push(',');
+    match text {
+        Some(text) => push_string(detail, text),
         None => detail.push_str("null"),
     }
 }
