@@ -588,8 +588,20 @@ fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
         (Some(0), ""),
         "one connection: check"
     );
-    let mut reviewer =
-        postgres::Client::connect(&url("flagstore_reviewer"), postgres::NoTls).unwrap();
+    // The server frees the slot of `check`'s connection once its backend process has ended,
+    // which can be just after `check` has: a busy machine refused this connection (53300).
+    let mut reviewer = (0..100)
+        .find_map(|_| {
+            match postgres::Client::connect(&url("flagstore_reviewer"), postgres::NoTls) {
+                Ok(client) => Some(client),
+                Err(e) if e.code() == Some(&postgres::error::SqlState::TOO_MANY_CONNECTIONS) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    None
+                }
+                Err(e) => panic!("the reviewer connects: {e}"),
+            }
+        })
+        .expect("check's connection is let go within 5 s");
     let decisions: i64 = reviewer
         .query_one("SELECT count(*) FROM audit_evaluations", &[])
         .unwrap()
