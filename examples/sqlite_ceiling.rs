@@ -26,7 +26,9 @@ use rusqlite::{Connection, ToSql, params_from_iter};
 /// Rows per multi-row INSERT, as `store.rs` writes them.
 const ROWS_PER_INSERT: usize = 64;
 const TS: &str = "2026-11-23T20:45:37.123Z";
-const HASH: &str = "9775efa881c6c9bf5b7a39f0f82cea3c56b318bb1ac96432d5cb7e5e465e179a";
+/// `TS` in milliseconds, as `audit_rows` stores it.
+const TS_MS: i64 = 1_795_466_737_123;
+const HASH: [u8; 32] = [0x97; 32];
 
 struct Variant {
     name: &'static str,
@@ -36,7 +38,7 @@ struct Variant {
 
 /// What one decision record is.
 enum Rows {
-    /// An `audit_log` row, as flagstore writes them: what the schema promises.
+    /// An `audit_rows` row, as flagstore writes them (schema 14): what the schema promises.
     Records,
     /// A row of `format_2` (FORMAT_2_SCHEMA), as the design note proposes: numbers where
     /// `audit_log` has text, the key by its context's number, one 32-byte hash, and this
@@ -216,7 +218,7 @@ fn fill(
         )?;
         conn.execute_batch(variant.setup)?;
         let mut last_id: i64 =
-            conn.query_row("SELECT max(id) FROM audit_log", [], |row| row.get(0))?;
+            conn.query_row("SELECT max(id) FROM audit_rows", [], |row| row.get(0))?;
         for (pass, assign) in passes.iter_mut().zip([true, false]) {
             let (written, size) = (written_bytes(), store_bytes(&conn)?);
             let rate = insert_pass(&conn, workload, variant, keys, &mut last_id, assign)?;
@@ -260,9 +262,9 @@ fn insert_pass(
     assign: bool,
 ) -> rusqlite::Result<f64> {
     let audit_sql = multi_row_insert(
-        "INSERT OR ROLLBACK INTO audit_log (id, ts, kind, actor, action, flag, context_key, \
-         result, source, reason, detail, prev_hash, hash, context_id)",
-        14,
+        "INSERT OR ROLLBACK INTO audit_rows (id, ts_ms, actor_id, action, flag, context_key, \
+         result, source, reason, detail, hash, context_id)",
+        12,
     );
     let format_2_sql = multi_row_insert(
         "INSERT OR ROLLBACK INTO format_2 (id, ts_ms, actor_id, context_id, decisions, hash)",
@@ -349,14 +351,20 @@ fn insert_audit_rows(
             (*id, key, number)
         })
         .collect();
+    conn.execute(
+        "INSERT INTO actors (name) VALUES ('bench') ON CONFLICT (name) DO NOTHING",
+        [],
+    )?;
+    let actor: i64 = conn.query_row("SELECT id FROM actors WHERE name = 'bench'", [], |row| {
+        row.get(0)
+    })?;
     for group in rows.chunks(ROWS_PER_INSERT) {
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 14);
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 12);
         for (id, key, number) in group {
             values.extend([
                 id as &dyn ToSql,
-                &TS,
-                &"evaluation",
-                &"bench",
+                &TS_MS,
+                &actor,
                 &None::<&str>,
                 &None::<&str>,
                 *key,
@@ -364,7 +372,6 @@ fn insert_audit_rows(
                 &None::<&str>,
                 &None::<&str>,
                 &RECORD_DETAIL,
-                &HASH,
                 &HASH,
                 *number,
             ]);
@@ -383,7 +390,6 @@ fn insert_format_2_rows(
     decisions: &[u8],
     id: &mut i64,
 ) -> rusqlite::Result<()> {
-    let hash = [0x97u8; 32];
     let rows: Vec<(i64, &i64)> = context_ids
         .iter()
         .map(|number| {
@@ -394,14 +400,7 @@ fn insert_format_2_rows(
     for group in rows.chunks(ROWS_PER_INSERT) {
         let mut values: Vec<&dyn ToSql> = Vec::with_capacity(group.len() * 6);
         for (id, number) in group {
-            values.extend([
-                id as &dyn ToSql,
-                &1_795_000_000_123i64,
-                &1,
-                *number,
-                &decisions,
-                &hash,
-            ]);
+            values.extend([id as &dyn ToSql, &TS_MS, &1, *number, &decisions, &HASH]);
         }
         conn.prepare_cached(&format_2_sql[group.len()])?
             .execute(params_from_iter(values))?;

@@ -751,7 +751,7 @@ impl Measured {
     }
 
     /// The tables and indexes that grew from this measure to `after`, largest growth first,
-    /// each with its growth per one of `count`: "audit_log 821, contexts 45".
+    /// each with its growth per one of `count`: "audit_rows 456, contexts 45".
     fn grown_by_object(&self, after: &Measured, count: u64) -> String {
         let mut grown: Vec<(&str, i64)> = after
             .objects
@@ -828,7 +828,7 @@ mod tests {
                 .strip_prefix("grown per key by table and index: fresh: ")
                 .unwrap_or_else(|| panic!("{text}"));
             // Every fresh key adds a decision record and numbers its context.
-            for object in ["audit_log ", "contexts "] {
+            for object in ["audit_rows ", "contexts "] {
                 assert!(grown.contains(object), "{object}in {text}");
             }
             assert!(lines[1].starts_with("preloaded 200 contexts"), "{text}");
@@ -933,7 +933,7 @@ mod tests {
         assert!(lines[6].starts_with("per fresh request: "), "{text}");
         assert!(
             lines[7].starts_with("grown per request by table and index: fresh: ")
-                && lines[7].contains("audit_log "),
+                && lines[7].contains("audit_rows "),
             "{text}"
         );
         for (line, pass) in

@@ -60,6 +60,10 @@ pub(super) struct ChainedEntry<'a> {
     pub(super) entry: Entry<'a>,
     pub(super) prev_hash: &'a str,
     pub(super) hash: &'a str,
+    /// Whether `prev_hash` is the hash of row `id - 1` (the genesis hash for row 1), as for
+    /// every row the chain links; a copy of a store edited by hand may hold rows that are not.
+    /// SQLite then stores no `prev_hash` (schema 14).
+    pub(super) follows_previous: bool,
 }
 
 /// Which audit rows one scan reads, beyond the query's own filters.

@@ -71,6 +71,7 @@ pub(super) fn linked_rows<'a>(
             entry,
             prev_hash: std::mem::replace(&mut prev_hash, hash),
             hash,
+            follows_previous: true,
         })
         .collect()
 }

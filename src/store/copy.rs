@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::query::{Pages, Reader};
 use super::{AssignmentRef, ChainedEntry, Location, Scope, Store};
-use crate::audit::AuditQuery;
+use crate::audit::{AuditQuery, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::file::PendingFile;
 
@@ -81,24 +81,32 @@ impl Store {
         let reader = Reader::Within(&*source);
         let mut pages = Pages::new(&everything, Scope::Everything, &reader, COPY_BATCH);
         let mut audit_rows = 0;
-        let mut head = None;
+        // The last row copied: its id and hash.
+        let mut last: Option<(i64, String)> = None;
         loop {
             let page = pages.next_page(&reader)?;
             if page.is_empty() {
                 break;
             }
+            let mut previous = last.take().unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
             let rows: Vec<ChainedEntry> = page
                 .iter()
-                .map(|row| ChainedEntry {
-                    id: row.id,
-                    entry: row.entry(),
-                    prev_hash: &row.prev_hash,
-                    hash: &row.hash,
+                .map(|row| {
+                    let (previous_id, previous_hash) =
+                        std::mem::replace(&mut previous, (row.id, row.hash.clone()));
+                    ChainedEntry {
+                        id: row.id,
+                        entry: row.entry(),
+                        prev_hash: &row.prev_hash,
+                        hash: &row.hash,
+                        follows_previous: previous_id == row.id - 1
+                            && previous_hash == row.prev_hash,
+                    }
                 })
                 .collect();
             target.append_audit(&rows)?;
             audit_rows += page.len() as u64;
-            head = page.last().map(|row| row.hash.clone());
+            last = Some(previous);
         }
         for token in source.list_tokens(true)? {
             target.insert_token(&token)?;
@@ -121,7 +129,7 @@ impl Store {
             flags: flags.len(),
             assignments,
             audit_rows,
-            head,
+            head: last.map(|(_, hash)| hash),
         })
     }
 }

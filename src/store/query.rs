@@ -24,6 +24,10 @@ const PAGE_ROWS: usize = 5_000;
 /// transaction, and a page of decisions usually needs only the newest few.
 const RANGES_PER_READ: usize = 16;
 
+/// Every column of `audit_log` as stored: what a backend that keeps the table selects.
+pub(super) const SELECT_AUDIT_LOG: &str =
+    concat!("SELECT ", super::sql::audit_columns!(), " FROM audit_log");
+
 /// A value bound to a scan's SQL.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Param<'a> {
@@ -37,11 +41,14 @@ pub(super) type ContextCondition = (&'static str, &'static str);
 
 /// The SQL of one page of `scan`, with `placeholder(n)` for the n-th parameter (1-based), and
 /// its parameters. The text is assembled from constant fragments only: every value is bound
-/// but the kind, spelled as one of its two constants.
+/// but the kind, spelled as one of its two constants. `select` is what the conditions follow:
+/// a SELECT of the backend's columns from a relation with `audit_log`'s columns (see
+/// [`SELECT_AUDIT_LOG`]).
 pub(super) fn scan_sql<'a>(
     scan: &Scan<'a>,
     placeholder: impl Fn(usize) -> String,
     by_context: ContextCondition,
+    select: &str,
 ) -> (String, Vec<Param<'a>>) {
     let query = scan.query;
     let mut conditions: Vec<(&str, &str)> = Vec::new();
@@ -63,11 +70,12 @@ pub(super) fn scan_sql<'a>(
             params.push(Param::Int(last_id));
         }
     }
-    // The kind is spelled in the SQL, not bound: a planner uses the partial index of change
-    // rows only for a query that names 'change' as its WHERE does. No row has another kind.
+    // The kind is spelled in the SQL, not bound, and by the action that makes a row a change:
+    // a planner uses the partial index of change rows (schema 14) only for a query whose
+    // WHERE names what the index's does. No row has another kind.
     let kind = query.kind.as_deref().map(|kind| match kind {
-        "change" => "kind = 'change'",
-        "evaluation" => "kind = 'evaluation'",
+        "change" => "action IS NOT NULL",
+        "evaluation" => "action IS NULL",
         _ => "false",
     });
     let text = |value: &'a Option<String>| value.as_deref().map(Param::Text);
@@ -88,11 +96,7 @@ pub(super) fn scan_sql<'a>(
             params.push(value);
         }
     }
-    let mut sql = String::from(concat!(
-        "SELECT ",
-        super::sql::audit_columns!(),
-        " FROM audit_log"
-    ));
+    let mut sql = String::from(select);
     for (n, (before, after)) in conditions.iter().enumerate() {
         sql.push_str(if n == 0 { " WHERE " } else { " AND " });
         sql.push_str(before);

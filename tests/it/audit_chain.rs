@@ -641,7 +641,7 @@ fn check_names_schema_objects_dropped_altered_or_added() {
             "DROP TRIGGER audit_log_no_delete; \
              DROP VIEW audit_evaluations; \
              CREATE VIEW audit_evaluations AS SELECT id AS audit_id FROM audit_log WHERE 0; \
-             CREATE INDEX by_actor ON audit_log (actor)",
+             CREATE INDEX by_actor ON audit_rows (actor_id)",
             vec![
                 "schema: trigger audit_log_no_delete is missing (the migrations made it)",
                 "schema: view audit_evaluations is not the one the migrations made",

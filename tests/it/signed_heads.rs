@@ -581,7 +581,7 @@ fn from_the_newest_head_only_the_tail_is_read() {
     // The leftmost leaf of the log: its first rows, long since signed.
     let first_leaf: i64 = conn
         .query_row(
-            "SELECT pageno FROM dbstat WHERE name = 'audit_log' AND pagetype = 'leaf' \
+            "SELECT pageno FROM dbstat WHERE name = 'audit_rows' AND pagetype = 'leaf' \
              ORDER BY path LIMIT 1",
             [],
             |row| row.get(0),

@@ -184,7 +184,12 @@ impl Reads for Postgres {
     }
 
     fn audit_page(&self, scan: &Scan) -> Result<Vec<AuditRow>> {
-        let (sql, params) = query::scan_sql(scan, |n| format!("${n}"), ("context_key = ", ""));
+        let (sql, params) = query::scan_sql(
+            scan,
+            |n| format!("${n}"),
+            ("context_key = ", ""),
+            query::SELECT_AUDIT_LOG,
+        );
         let values: Vec<Box<dyn ToSql + Sync>> = params
             .iter()
             .map(|p| match p {

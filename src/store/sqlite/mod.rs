@@ -76,7 +76,7 @@ const ROWS_PER_INSERT: usize = 64;
 /// The newest schema version, a constant because building refinery's runner parses every
 /// migration's name with a regex: most of a short process's start-up. A test keeps it equal to
 /// the embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 13;
+const LATEST_SCHEMA_VERSION: i64 = 14;
 
 /// The number of each context key a step names.
 type ContextIds<'k> = HashMap<&'k str, i64>;
@@ -98,6 +98,9 @@ pub(super) struct Sqlite {
     /// map is forgotten with a transaction that did not commit, which may have added a set.
     /// Looking the set up again was two statements of every in-process evaluation.
     flag_sets: RefCell<HashMap<String, i64>>,
+    /// The number of each actor this connection has written a row for, kept and forgotten
+    /// as `flag_sets` is (`actors` is append-only too).
+    actors: RefCell<HashMap<String, i64>>,
     path: String,
     /// The database file as an absolute path, for another connection to open; `None` where
     /// none can (in memory, an immutable snapshot).
@@ -245,6 +248,7 @@ impl Sqlite {
             foreign_keys: Cell::new(true),
             flags_read: RefCell::default(),
             flag_sets: RefCell::default(),
+            actors: RefCell::default(),
             path,
             file: file.map(Path::to_path_buf),
         })
@@ -254,6 +258,13 @@ impl Sqlite {
     /// a transaction that may have.
     fn flags_changed(&self) {
         self.flags_read.take();
+    }
+
+    /// Forgets the numbers of flag sets and actors read or made in a transaction that did not
+    /// commit: it may have made them.
+    fn forget_numbered(&self) {
+        self.flag_sets.take();
+        self.actors.take();
     }
 
     fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
@@ -325,20 +336,34 @@ impl Sqlite {
             .collect()
     }
 
-    /// Inserts audit rows, each with the number of its context key in `ids`.
+    /// Inserts audit rows, each with the number of its context key in `ids`, into
+    /// `audit_rows` in its compact form (schema 14): the time in milliseconds, the actor by
+    /// number, the hash as its 32 bytes, and no `prev_hash` where it is the
+    /// previous row's hash (every row the chain links; not every row a copy of a store edited
+    /// by hand brings).
     fn insert_numbered_audit(&self, rows: &[ChainedEntry], ids: &ContextIds) -> Result<()> {
-        let numbers: Vec<Option<i64>> = rows
-            .iter()
-            .map(|row| row.entry.context_key.map(|key| ids[key]))
-            .collect();
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 14);
-        for (row, number) in rows.iter().zip(&numbers) {
+        let mut stored: Vec<StoredRow> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let ts = match stored.last() {
+                Some(previous) if previous.ts_text == row.entry.ts => previous.ts.clone(),
+                _ => StoredTime::of(row.entry.ts),
+            };
+            stored.push(StoredRow {
+                ts_text: row.entry.ts,
+                ts,
+                actor_id: self.actor_id(row.entry.actor)?,
+                prev_hash: (!row.follows_previous).then_some(row.prev_hash),
+                hash: StoredHash::of(row.hash),
+                context_id: row.entry.context_key.map(|key| ids[key]),
+            });
+        }
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 13);
+        for (row, stored) in rows.iter().zip(&stored) {
             let entry = &row.entry;
             values.extend([
                 &row.id as &dyn ToSql,
-                &entry.ts,
-                &entry.kind,
-                &entry.actor,
+                &stored.ts,
+                &stored.actor_id,
                 &entry.action,
                 &entry.flag,
                 &entry.context_key,
@@ -346,23 +371,52 @@ impl Sqlite {
                 &entry.source,
                 &entry.reason,
                 &entry.detail,
-                &row.prev_hash,
-                &row.hash,
-                number,
+                &stored.prev_hash,
+                &stored.hash,
+                &stored.context_id,
             ]);
         }
         self.insert_rows(
             // OR ROLLBACK: a failed audit insert aborts the whole transaction anyway, and
             // saying so spares SQLite the statement journal it keeps for a multi-row insert
             // that may abort.
-            concat!(
-                "INSERT OR ROLLBACK INTO audit_log (",
-                sql::audit_columns!(),
-                ", context_id)"
-            ),
-            14,
+            "INSERT OR ROLLBACK INTO audit_rows (id, ts_ms, actor_id, action, flag, context_key, \
+             result, source, reason, detail, prev_hash, hash, context_id)",
+            13,
             &values,
         )
+    }
+
+    /// The number of `actor` in `actors`, numbering a new one.
+    fn actor_id(&self, actor: &str) -> Result<i64> {
+        self.numbered(
+            &self.actors,
+            "INSERT INTO actors (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+            "SELECT id FROM actors WHERE name = ?1",
+            actor,
+        )
+    }
+
+    /// The number of `value` in an append-only table that numbers each of its values once:
+    /// remembered in `numbers`, else found by `select`, once `insert` has numbered it if it
+    /// was new (see [`Sqlite::forget_numbered`]).
+    fn numbered(
+        &self,
+        numbers: &RefCell<HashMap<String, i64>>,
+        insert: &str,
+        select: &str,
+        value: &str,
+    ) -> Result<i64> {
+        if let Some(id) = numbers.borrow().get(value) {
+            return Ok(*id);
+        }
+        self.execute(insert, [value])?;
+        let id: i64 = self
+            .conn
+            .prepare_cached(select)?
+            .query_row([value], |row| row.get(0))?;
+        numbers.borrow_mut().insert(value.to_string(), id);
+        Ok(id)
     }
 
     /// Inserts assignments, each with the number of its context key in `ids`.
@@ -431,7 +485,7 @@ impl Backend for Sqlite {
 
     fn commit(&self) -> Result<()> {
         if let Err(failed) = self.conn.execute_batch("COMMIT") {
-            self.flag_sets.take();
+            self.forget_numbered();
             return Err(failed.into());
         }
         if let Some(file) = &self.file {
@@ -442,7 +496,7 @@ impl Backend for Sqlite {
 
     fn rollback(&self) {
         self.flags_changed();
-        self.flag_sets.take();
+        self.forget_numbered();
         // Nothing useful can be done with a failed rollback: SQLite rolls back an unfinished
         // transaction itself when the connection closes.
         let _ = self.conn.execute_batch("ROLLBACK");
@@ -644,6 +698,74 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// An audit row's columns as `audit_rows` stores them where they differ from the row's own.
+struct StoredRow<'a> {
+    ts_text: &'a str,
+    ts: StoredTime<'a>,
+    actor_id: i64,
+    prev_hash: Option<&'a str>,
+    hash: StoredHash<'a>,
+    context_id: Option<i64>,
+}
+
+/// `ts_ms`: the milliseconds a time in flagstore's form stands for, which the view writes back
+/// as the same text; any other text as it is (a clock set before 1970, a year past 9999).
+#[derive(Clone)]
+enum StoredTime<'a> {
+    Millis(i64),
+    Text(&'a str),
+}
+
+impl<'a> StoredTime<'a> {
+    fn of(ts: &'a str) -> StoredTime<'a> {
+        match chrono::DateTime::parse_from_rfc3339(ts) {
+            Ok(instant)
+                if instant.timestamp_millis() >= 0
+                    && crate::audit::timestamp(instant.to_utc()) == ts =>
+            {
+                StoredTime::Millis(instant.timestamp_millis())
+            }
+            _ => StoredTime::Text(ts),
+        }
+    }
+}
+
+impl ToSql for StoredTime<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            StoredTime::Millis(ms) => ms.to_sql(),
+            StoredTime::Text(text) => text.to_sql(),
+        }
+    }
+}
+
+/// `hash`: the 32 bytes 64 lowercase hex digits spell, which the view writes back as them.
+enum StoredHash<'a> {
+    Bytes(Vec<u8>),
+    Text(&'a str),
+}
+
+impl<'a> StoredHash<'a> {
+    fn of(hash: &'a str) -> StoredHash<'a> {
+        let lowercase_hex = |digit: u8| matches!(digit, b'0'..=b'9' | b'a'..=b'f');
+        match crate::hex::decode(hash) {
+            Some(bytes) if bytes.len() == 32 && hash.bytes().all(lowercase_hex) => {
+                StoredHash::Bytes(bytes)
+            }
+            _ => StoredHash::Text(hash),
+        }
+    }
+}
+
+impl ToSql for StoredHash<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            StoredHash::Bytes(bytes) => bytes.to_sql(),
+            StoredHash::Text(text) => text.to_sql(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,7 +940,12 @@ mod tests {
                 through: Some(1_000),
                 limit: 100,
             };
-            let (sql, params) = query::scan_sql(&scan, |_| "?".to_string(), ("", ""));
+            let (sql, params) = query::scan_sql(
+                &scan,
+                |_| "?".to_string(),
+                ("", ""),
+                reads::SELECT_AUDIT_ROWS,
+            );
             let values = params.iter().map(|p| match p {
                 query::Param::Int(v) => rusqlite::types::Value::Integer(*v),
                 query::Param::Text(v) => rusqlite::types::Value::Text(v.to_string()),
@@ -832,8 +959,7 @@ mod tests {
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
             assert!(
-                plan.len() == 1
-                    && plan[0].starts_with("SEARCH audit_log USING INDEX audit_log_changes"),
+                plan.len() == 1 && plan[0].starts_with("SEARCH r USING INDEX audit_log_changes"),
                 "{sql}: {plan:?}"
             );
         }

@@ -192,6 +192,7 @@ impl Reads for Sqlite {
             scan,
             |_| "?".to_string(),
             ("context_id = (SELECT id FROM contexts WHERE key = ", ")"),
+            SELECT_AUDIT_ROWS,
         );
         let mut statement = self.conn.prepare_cached(&sql)?;
         let values = params.iter().map(|p| match p {
@@ -200,23 +201,38 @@ impl Reads for Sqlite {
         });
         let mut rows = statement.query(rusqlite::params_from_iter(values))?;
         let mut page = Vec::new();
+        let mut stored_links = Vec::new();
+        let mut shown = ShownColumns::default();
         while let Some(row) = rows.next()? {
             let id = row.get(0)?;
+            let action: Option<String> = audit_column(row, id, 3)?;
+            stored_links.push(audit_column::<Option<String>>(row, id, 10)?);
             page.push(AuditRow {
                 id,
-                ts: audit_column(row, id, 1)?,
-                kind: audit_column(row, id, 2)?,
-                actor: audit_column(row, id, 3)?,
-                action: audit_column(row, id, 4)?,
-                flag: audit_column(row, id, 5)?,
-                context_key: audit_column(row, id, 6)?,
-                result: audit_column(row, id, 7)?,
-                source: audit_column(row, id, 8)?,
-                reason: audit_column(row, id, 9)?,
-                detail: audit_column(row, id, 10)?,
-                prev_hash: audit_column(row, id, 11)?,
-                hash: audit_column(row, id, 12)?,
+                ts: shown.time(row, id)?,
+                kind: if action.is_some() {
+                    "change"
+                } else {
+                    "evaluation"
+                }
+                .to_string(),
+                actor: shown.actor(self, row, id)?,
+                action,
+                flag: audit_column(row, id, 4)?,
+                context_key: audit_column(row, id, 5)?,
+                result: audit_column(row, id, 6)?,
+                source: audit_column(row, id, 7)?,
+                reason: audit_column(row, id, 8)?,
+                detail: audit_column(row, id, 9)?,
+                prev_hash: String::new(),
+                hash: stored_hash(row.get_ref(11)?, id)?,
             });
+        }
+        for (at, stored) in stored_links.into_iter().enumerate() {
+            page[at].prev_hash = match stored {
+                Some(link) => link,
+                None => self.previous_hash(&page, at)?,
+            };
         }
         Ok(page)
     }
@@ -273,7 +289,7 @@ impl Reads for Sqlite {
         // (their id is NULL).
         let mut statement = self.conn.prepare(
             "SELECT context_id, id, flag, ts, context_key, result, reason, detail, NULL, NULL
-               FROM audit_log WHERE kind = 'evaluation' AND context_id IS NOT NULL
+               FROM audit_log WHERE action IS NULL AND context_id IS NOT NULL
              UNION ALL
              SELECT a.context_id, NULL, a.flag, a.assigned_at, c.key, a.decision, NULL, NULL,
                     a.bucket, a.rollout_pct
@@ -474,6 +490,115 @@ impl Sqlite {
             });
         }
         Ok(flags)
+    }
+}
+
+/// The rows of `audit_log` as `audit_rows` stores them (schema 14), for `scan_sql`'s conditions
+/// on the view's columns: the time, actor, hashes and kind are read as stored and shown by
+/// [`ShownColumns`] and `Sqlite::previous_hash`, which is where reading the view spent its
+/// time (SQLite's `strftime`, and a lookup per row for each link and actor: a walk of the
+/// whole log took 2.7 times as long). Columns: id, ts_ms, actor_id, action, flag, context_key, result, source, reason, detail,
+/// prev_hash (stored), hash (stored).
+pub(super) const SELECT_AUDIT_ROWS: &str = "WITH audit_log AS ( \
+       SELECT r.*, \
+              CASE WHEN typeof(r.ts_ms) = 'integer' \
+                   THEN strftime('%Y-%m-%dT%H:%M:%S', r.ts_ms / 1000, 'unixepoch') \
+                        || printf('.%03dZ', r.ts_ms % 1000) \
+                   ELSE r.ts_ms END AS ts, \
+              (SELECT a.name FROM actors a WHERE a.id = r.actor_id) AS actor \
+         FROM audit_rows r) \
+     SELECT id, ts_ms, actor_id, action, flag, context_key, result, source, reason, detail, \
+            prev_hash, hash \
+       FROM audit_log";
+
+/// What a page of audit rows shows of their stored times and actors, each shown once.
+#[derive(Default)]
+struct ShownColumns {
+    time: Option<(i64, String)>,
+    actors: std::collections::HashMap<i64, String>,
+}
+
+impl ShownColumns {
+    /// `ts` as the view shows it: milliseconds in flagstore's form, text as it is.
+    fn time(&mut self, row: &Row, id: i64) -> Result<String> {
+        let ValueRef::Integer(ms) = row.get_ref(1)? else {
+            return typed_column(row, 1, |_, held| unreadable(id, "ts", &held));
+        };
+        if let Some((shown_ms, text)) = &self.time
+            && *shown_ms == ms
+        {
+            return Ok(text.clone());
+        }
+        let text = chrono::DateTime::from_timestamp_millis(ms)
+            .map(crate::audit::timestamp)
+            .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))?;
+        self.time = Some((ms, text.clone()));
+        Ok(text)
+    }
+
+    /// The actor's name, from `actors` (append-only: read once a page).
+    fn actor(&mut self, store: &Sqlite, row: &Row, id: i64) -> Result<String> {
+        let number: i64 = audit_column(row, id, 2)?;
+        if let Some(name) = self.actors.get(&number) {
+            return Ok(name.clone());
+        }
+        let mut named = store
+            .conn
+            .prepare_cached("SELECT name FROM actors WHERE id = ?1")?;
+        let mut names = named.query([number])?;
+        let name: String = match names.next()? {
+            Some(name) => typed_column(name, 0, |_, held| unreadable(id, "actor", &held))?,
+            None => return Err(unreadable(id, "actor", "NULL")),
+        };
+        self.actors.insert(number, name.clone());
+        Ok(name)
+    }
+}
+
+/// A stored `hash` as the view shows it: 32 bytes in lowercase hex, text as it is.
+fn stored_hash(stored: ValueRef, id: i64) -> Result<String> {
+    match stored {
+        ValueRef::Blob(bytes) if bytes.len() == 32 => Ok(crate::hex::lowercase(bytes)),
+        ValueRef::Text(text) => std::str::from_utf8(text)
+            .map(str::to_string)
+            .map_err(|_| unreadable(id, "hash", "bytes that are not UTF-8")),
+        other => Err(unreadable(id, "hash", &held(other))),
+    }
+}
+
+/// Audit row `id`'s `column` holds `held`, which flagstore never stores there.
+fn unreadable(id: i64, column: &str, held: &str) -> Error {
+    Error::UnreadableAuditRow {
+        id,
+        why: format!("{column} holds {held}, not text"),
+    }
+}
+
+impl Sqlite {
+    /// The `prev_hash` of `page[at]`, stored as none: the hash of row id - 1, from the page
+    /// where it is beside it (in either order), else from the table; the genesis hash for row 1.
+    fn previous_hash(&self, page: &[AuditRow], at: usize) -> Result<String> {
+        let id = page[at].id;
+        if id == 1 {
+            return Ok(crate::audit::GENESIS_HASH.to_string());
+        }
+        let beside = [at.checked_sub(1), Some(at + 1)];
+        if let Some(previous) = beside
+            .into_iter()
+            .flatten()
+            .filter_map(|i| page.get(i))
+            .find(|row| row.id == id - 1)
+        {
+            return Ok(previous.hash.clone());
+        }
+        let mut lookup = self
+            .conn
+            .prepare_cached("SELECT hash FROM audit_rows WHERE id = ?1")?;
+        let mut found = lookup.query([id - 1])?;
+        match found.next()? {
+            Some(previous) => stored_hash(previous.get_ref(0)?, id - 1),
+            None => Err(unreadable(id, "prev_hash", "NULL")),
+        }
     }
 }
 

@@ -87,22 +87,12 @@ impl Writes for Sqlite {
     }
 
     fn insert_record_range(&self, flags: &str, first_id: i64, last_id: i64) -> Result<()> {
-        let known = self.flag_sets.borrow().get(flags).copied();
-        let set = match known {
-            Some(set) => set,
-            None => {
-                self.execute(
-                    "INSERT INTO audit_flag_sets (flags) VALUES (?1) ON CONFLICT (flags) DO NOTHING",
-                    [flags],
-                )?;
-                let set: i64 = self
-                    .conn
-                    .prepare_cached("SELECT id FROM audit_flag_sets WHERE flags = ?1")?
-                    .query_row([flags], |row| row.get(0))?;
-                self.flag_sets.borrow_mut().insert(flags.to_string(), set);
-                set
-            }
-        };
+        let set = self.numbered(
+            &self.flag_sets,
+            "INSERT INTO audit_flag_sets (flags) VALUES (?1) ON CONFLICT (flags) DO NOTHING",
+            "SELECT id FROM audit_flag_sets WHERE flags = ?1",
+            flags,
+        )?;
         self.execute(
             "INSERT INTO audit_ranges (first_id, last_id, flag_set) VALUES (?1, ?2, ?3)",
             (first_id, last_id, set),

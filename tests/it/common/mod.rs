@@ -349,10 +349,52 @@ impl Env {
         .unwrap();
     }
 
+    /// Takes an SQLite store back to schema 13: `audit_log` a table holding every column as
+    /// its view shows it, as schema 13 made it, its indexes, triggers and views; the next
+    /// command migrates it again.
+    pub fn as_sqlite_schema_13(&self) {
+        assert_eq!(self.backend, Backend::Sqlite);
+        let schema_13 = include_str!("../../../migrations/sqlite/V13__compact_decisions.sql");
+        let view = &schema_13[schema_13.find("CREATE VIEW audit_evaluations").unwrap()..];
+        self.execute(&format!(
+            "CREATE TABLE legacy_rows AS SELECT * FROM audit_log; \
+             DROP VIEW audit_evaluations; DROP VIEW audit_log; \
+             DROP TABLE audit_rows; DROP TABLE actors; \
+             CREATE TABLE audit_log ( \
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, \
+                 kind TEXT NOT NULL CHECK (kind = 'evaluation' OR kind = 'change'), \
+                 actor TEXT NOT NULL, \
+                 action TEXT CHECK ((kind = 'change') = (action IS NOT NULL)), \
+                 flag TEXT CHECK (flag IS NOT NULL OR kind = 'evaluation' \
+                                  OR action = 'token_create' OR action = 'token_revoke'), \
+                 context_key TEXT, result INTEGER CHECK (result = 0 OR result = 1), \
+                 source TEXT, reason TEXT CHECK (reason IS NOT NULL OR kind = 'evaluation'), \
+                 detail TEXT NOT NULL DEFAULT '{{}}', \
+                 prev_hash TEXT NOT NULL CHECK (length(prev_hash) = 64), \
+                 hash TEXT NOT NULL CHECK (length(hash) = 64), context_id INTEGER); \
+             INSERT INTO audit_log SELECT * FROM legacy_rows; DROP TABLE legacy_rows; \
+             CREATE INDEX audit_log_flag ON audit_log (flag, id) WHERE flag IS NOT NULL; \
+             CREATE INDEX audit_log_context ON audit_log (context_id, id); \
+             CREATE INDEX audit_log_changes ON audit_log (id) WHERE kind = 'change'; \
+             CREATE INDEX audit_log_token_changes ON audit_log (id) \
+                 WHERE action = 'token_create' OR action = 'token_revoke'; \
+             CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log \
+             BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused'); END; \
+             CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log \
+             BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused'); END; \
+             DELETE FROM refinery_schema_history WHERE version >= 14; \
+             {view}"
+        ))
+        .unwrap();
+    }
+
     /// Turns this store back into what schema 11 wrote: `audit_flag_ranges` a table with a
     /// row per write transaction and flag (the rows the view of schema 12 shows), edited by
     /// `legacy_edit` before its append-only triggers are made; the next command migrates it.
     pub fn as_schema_11(&self, legacy_edit: &str) {
+        if self.backend == Backend::Sqlite {
+            self.as_sqlite_schema_13();
+        }
         let (integer, append_only, legacy_drops) = match self.backend {
             Backend::Sqlite => (
                 "INTEGER",
@@ -398,9 +440,19 @@ impl Env {
         const APPEND_ONLY: [&str; 3] = ["audit_log", "audit_ranges", "audit_flag_sets"];
         let bypassed = match self.backend {
             Backend::Sqlite => {
-                let listed = APPEND_ONLY.map(|table| format!("'{table}'")).join(", ");
-                let triggers =
-                    format!("FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ({listed})");
+                // Since schema 14 the rows are in `audit_rows` (and their actors' names in
+                // `actors`); the triggers on the view `audit_log` only pass edits on to them,
+                // and stay.
+                let listed = ["audit_rows", "actors"]
+                    .iter()
+                    .chain(&APPEND_ONLY)
+                    .map(|table| format!("'{table}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let triggers = format!(
+                    "FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ({listed}) \
+                     AND sql NOT LIKE '%INSTEAD OF%'"
+                );
                 let made = self.texts(&format!("SELECT sql {triggers}"));
                 let dropped = self.texts(&format!("SELECT 'DROP TRIGGER ' || name {triggers}"));
                 format!("{}; {sql}; {};", dropped.join("; "), made.join("; "))
@@ -574,7 +626,7 @@ pub fn succeeded(child: Child) -> String {
 }
 
 /// The newest schema version this build's migrations make.
-pub const LATEST_SCHEMA: i64 = 13;
+pub const LATEST_SCHEMA: i64 = 14;
 
 const TABLES: [&str; 6] = [
     "flags",
