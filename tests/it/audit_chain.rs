@@ -354,10 +354,10 @@ fn a_row_whose_column_has_the_wrong_type_is_named_by_every_reader() {
             ][..],
         ),
         (
-            "UPDATE assignment_rows SET assigned_at = CAST(assigned_at AS BLOB) \
+            "UPDATE assignment_rows SET assigned_at = X'0102030405' \
               WHERE flag = 'dedupe' AND context_id = 1",
             "assignment_rows: the assignment (context_id 1, flag \"dedupe\") cannot be read: \
-             assigned_at holds a BLOB of 24 bytes, not text",
+             assigned_at holds a BLOB of 5 bytes, not text",
             &[
                 &["check"][..],
                 &["assignments", "list"],

@@ -1,6 +1,6 @@
 //! The CLI contract, driven through the real binary.
 
-use crate::common::{Env, LATEST_SCHEMA, PIPELINE, succeeded};
+use crate::common::{Env, LATEST_SQLITE_SCHEMA, PIPELINE, succeeded};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
@@ -323,7 +323,7 @@ fn a_database_from_a_newer_flagstore_is_refused() {
     assert_eq!(
         message,
         format!(
-            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to {LATEST_SCHEMA})",
+            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to {LATEST_SQLITE_SCHEMA})",
             env.db.display()
         )
     );

@@ -1,7 +1,7 @@
 //! A store written by schema 1 (one audit row per flag evaluation), opened by this flagstore:
 //! migrated to decision records with every row and the head hash kept.
 
-use crate::common::{Env, LATEST_SCHEMA};
+use crate::common::Env;
 use serde_json::Value;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1-store");
@@ -61,7 +61,7 @@ fn a_schema_1_store_migrates_keeping_every_row_and_the_head() {
     assert_eq!(verified, fixture(".verify.txt"));
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        LATEST_SCHEMA
+        env.latest_schema()
     );
     assert_eq!(assignments(&env), stored);
     assert_eq!(
@@ -226,7 +226,7 @@ fn a_schema_9_store_files_every_row_under_its_contexts_number() {
     let verified = env.ok(&["audit", "verify"]);
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        LATEST_SCHEMA
+        env.latest_schema()
     );
     assert_eq!(env.texts(view), before);
     assert_eq!(by_context("tenant:acme"), acme);
@@ -393,7 +393,7 @@ fn a_schema_11_stores_ranges_become_one_per_write_and_read_the_same() {
     assert_eq!(by_flag(&env), before);
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        LATEST_SCHEMA
+        env.latest_schema()
     );
     assert_eq!(env.texts(listed), legacy);
     // One range per write, enrich's run one of its own.
@@ -498,7 +498,7 @@ fn a_schema_12_stores_records_read_as_before_beside_the_compact_ones() {
     assert_eq!(verified, v12(".verify.txt"));
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        LATEST_SCHEMA
+        env.latest_schema()
     );
     assert_eq!(
         env.texts("SELECT detail FROM audit_log WHERE kind = 'evaluation' ORDER BY id"),
@@ -570,12 +570,13 @@ fn pages_of(env: &Env, object: &str) -> i64 {
     ))
 }
 
-/// Schema 14 stores SQLite's audit rows in `audit_rows` (times in milliseconds, actors and
-/// keys by number, hashes as bytes, no `prev_hash`) behind the view `audit_log`. A schema-13
-/// store with every kind of row (the schema-12 fixture's, and changes, a reset and a token
-/// made since) shows every value of every row as it did, type and all, verifies with the
-/// same head by flagstore and by the README's script, and its rows take a fifth fewer pages
-/// or better.
+/// Schema 14 stores SQLite's audit rows in `audit_rows` (times in milliseconds, actors by
+/// number, hashes as bytes, no `prev_hash`) behind the view `audit_log`, and schema 15 an
+/// assignment's time in milliseconds behind the view `assignments`. A schema-13 store with
+/// every kind of row (the schema-12 fixture's, and changes, a reset and a token made since)
+/// shows every value of every row and assignment as it did, type and all, verifies with the
+/// same head by flagstore and by the README's script, and both take a fifth fewer pages or
+/// better.
 #[test]
 fn a_schema_13_stores_rows_read_the_same_from_fewer_bytes() {
     let env = Env::new();
@@ -597,26 +598,40 @@ fn a_schema_13_stores_rows_read_the_same_from_fewer_bytes() {
     let before = audit_log_as_read(&env);
     let table_bytes = pages_of(&env, "audit_log");
     assert!(before.len() > 400, "{before:?}");
+    let assignments_before = assignments(&env);
+    let assignment_bytes = pages_of(&env, "assignment_rows");
+    assert!(assignments_before.len() > 400, "{assignments_before:?}");
 
     let verified = env.ok(&["audit", "verify"]);
     assert_eq!(
         env.count("SELECT max(version) FROM refinery_schema_history"),
-        LATEST_SCHEMA
+        env.latest_schema()
     );
     assert_eq!(audit_log_as_read(&env), before);
+    assert_eq!(assignments(&env), assignments_before);
     assert_eq!(python_verify(&env), verified);
     env.ok(&["check"]);
+    // Schema 15: an assignment's time in milliseconds, 24 bytes of 49 down to 6.
+    assert!(
+        pages_of(&env, "assignment_rows") * 10 < assignment_bytes * 8,
+        "{} bytes against {assignment_bytes}",
+        pages_of(&env, "assignment_rows")
+    );
     let compact_bytes = pages_of(&env, "audit_rows");
     assert!(
         compact_bytes * 5 < table_bytes * 4,
         "{compact_bytes} bytes against {table_bytes}"
     );
-    // As flagstore now writes them: nothing the view derives is stored.
+    // As flagstore now writes them: nothing the views derive is stored.
     assert_eq!(
         env.count(
             "SELECT count(*) FROM audit_rows WHERE typeof(ts_ms) <> 'integer' \
              OR prev_hash IS NOT NULL OR typeof(hash) <> 'blob' OR length(hash) <> 32"
         ),
+        0
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignment_rows WHERE typeof(assigned_at) <> 'integer'"),
         0
     );
 }

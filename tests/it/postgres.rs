@@ -2,7 +2,7 @@
 //! copies to and from SQLite, and many processes sharing one store. Skipped, saying so, when
 //! `$FLAGSTORE_TEST_POSTGRES` is unset (the contract suite covers every command on both).
 
-use crate::common::{Env, LATEST_SCHEMA, PIPELINE, Server, succeeded, use_postgres};
+use crate::common::{Env, LATEST_POSTGRES_SCHEMA, PIPELINE, Server, succeeded, use_postgres};
 
 /// `flagstore ARGS --db URL` in a scratch directory, expected to fail with one line.
 fn fails_with(url: &str, args: &[&str]) -> String {
@@ -96,7 +96,7 @@ fn a_schema_with_other_tables_or_a_newer_flagstores_is_refused_untouched() {
     assert_eq!(
         newer.fails(&["eval", "ingest", "--context", "k"]),
         format!(
-            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to {LATEST_SCHEMA})",
+            "flagstore: {} was migrated by a newer flagstore (schema version 99; this flagstore knows up to {LATEST_POSTGRES_SCHEMA})",
             newer.shown()
         )
     );

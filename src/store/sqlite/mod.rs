@@ -76,7 +76,7 @@ const ROWS_PER_INSERT: usize = 64;
 /// The newest schema version, a constant because building refinery's runner parses every
 /// migration's name with a regex: most of a short process's start-up. A test keeps it equal to
 /// the embedded migrations.
-const LATEST_SCHEMA_VERSION: i64 = 14;
+const LATEST_SCHEMA_VERSION: i64 = 15;
 
 /// The number of each context key a step names.
 type ContextIds<'k> = HashMap<&'k str, i64>;
@@ -342,14 +342,10 @@ impl Sqlite {
     /// previous row's hash (every row the chain links; not every row a copy of a store edited
     /// by hand brings).
     fn insert_numbered_audit(&self, rows: &[ChainedEntry], ids: &ContextIds) -> Result<()> {
+        let times = StoredTime::of_each(rows.iter().map(|row| row.entry.ts));
         let mut stored: Vec<StoredRow> = Vec::with_capacity(rows.len());
-        for row in rows {
-            let ts = match stored.last() {
-                Some(previous) if previous.ts_text == row.entry.ts => previous.ts.clone(),
-                _ => StoredTime::of(row.entry.ts),
-            };
+        for (row, ts) in rows.iter().zip(times) {
             stored.push(StoredRow {
-                ts_text: row.entry.ts,
                 ts,
                 actor_id: self.actor_id(row.entry.actor)?,
                 prev_hash: (!row.follows_previous).then_some(row.prev_hash),
@@ -419,17 +415,19 @@ impl Sqlite {
         Ok(id)
     }
 
-    /// Inserts assignments, each with the number of its context key in `ids`.
+    /// Inserts assignments, each with the number of its context key in `ids`, their times in
+    /// milliseconds (schema 15).
     fn insert_numbered_assignments(&self, rows: &[AssignmentRef], ids: &ContextIds) -> Result<()> {
+        let times = StoredTime::of_each(rows.iter().map(|row| row.assigned_at));
         let mut values: Vec<&dyn ToSql> = Vec::with_capacity(rows.len() * 6);
-        for row in rows {
+        for (row, time) in rows.iter().zip(&times) {
             values.extend([
                 &ids[row.context_key] as &dyn ToSql,
                 &row.flag,
                 &row.decision,
                 &row.bucket,
                 &row.rollout_pct,
-                &row.assigned_at,
+                time,
             ]);
         }
         self.insert_rows(
@@ -700,7 +698,6 @@ impl From<rusqlite::Error> for Error {
 
 /// An audit row's columns as `audit_rows` stores them where they differ from the row's own.
 struct StoredRow<'a> {
-    ts_text: &'a str,
     ts: StoredTime<'a>,
     actor_id: i64,
     prev_hash: Option<&'a str>,
@@ -708,8 +705,9 @@ struct StoredRow<'a> {
     context_id: Option<i64>,
 }
 
-/// `ts_ms`: the milliseconds a time in flagstore's form stands for, which the view writes back
-/// as the same text; any other text as it is (a clock set before 1970, a year past 9999).
+/// `audit_rows.ts_ms` and `assignment_rows.assigned_at`: the milliseconds a time in
+/// flagstore's form stands for, which the views write back as the same text; any other text
+/// as it is (a clock set before 1970, a year past 9999).
 #[derive(Clone)]
 enum StoredTime<'a> {
     Millis(i64),
@@ -717,6 +715,18 @@ enum StoredTime<'a> {
 }
 
 impl<'a> StoredTime<'a> {
+    /// Each of `times`, parsed once for a run of the same time (a transaction's rows share
+    /// theirs).
+    fn of_each(times: impl Iterator<Item = &'a str>) -> Vec<StoredTime<'a>> {
+        let mut last: Option<(&str, StoredTime)> = None;
+        times
+            .map(|text| match &last {
+                Some((previous, stored)) if *previous == text => stored.clone(),
+                _ => last.insert((text, StoredTime::of(text))).1.clone(),
+            })
+            .collect()
+    }
+
     fn of(ts: &'a str) -> StoredTime<'a> {
         match chrono::DateTime::parse_from_rfc3339(ts) {
             Ok(instant)

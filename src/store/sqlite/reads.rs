@@ -57,6 +57,7 @@ impl Reads for Sqlite {
               WHERE c.key = ?1",
         )?;
         let columns = AssignmentColumns::IN_ORDER;
+        let mut shown = ShownTime::default();
         for (key, context) in keys.iter().enumerate() {
             let mut rows = lookup.query([context])?;
             while let Some(row) = rows.next()? {
@@ -71,7 +72,7 @@ impl Reads for Sqlite {
                     decision: columns.read(row, columns.decision)?,
                     bucket: columns.read(row, columns.bucket)?,
                     rollout_pct: columns.read(row, columns.rollout_pct)?,
-                    assigned_at: columns.text(row, columns.assigned_at)?,
+                    assigned_at: columns.time(row, &mut shown)?,
                 });
             }
         }
@@ -511,10 +512,28 @@ pub(super) const SELECT_AUDIT_ROWS: &str = "WITH audit_log AS ( \
             prev_hash, hash \
        FROM audit_log";
 
+/// Stored milliseconds (`audit_rows.ts_ms`, `assignment_rows.assigned_at`) as flagstore
+/// writes times, the last one kept: the rows of one transaction share theirs.
+#[derive(Default)]
+struct ShownTime {
+    last: Option<(i64, String)>,
+}
+
+impl ShownTime {
+    /// `ms` as text, or `None` for milliseconds no time has.
+    fn text(&mut self, ms: i64) -> Option<&str> {
+        if self.last.as_ref().is_none_or(|(shown, _)| *shown != ms) {
+            let text = chrono::DateTime::from_timestamp_millis(ms).map(crate::audit::timestamp)?;
+            self.last = Some((ms, text));
+        }
+        self.last.as_ref().map(|(_, text)| text.as_str())
+    }
+}
+
 /// What a page of audit rows shows of their stored times and actors, each shown once.
 #[derive(Default)]
 struct ShownColumns {
-    time: Option<(i64, String)>,
+    time: ShownTime,
     actors: std::collections::HashMap<i64, String>,
 }
 
@@ -524,16 +543,10 @@ impl ShownColumns {
         let ValueRef::Integer(ms) = row.get_ref(1)? else {
             return typed_column(row, 1, |_, held| unreadable(id, "ts", &held));
         };
-        if let Some((shown_ms, text)) = &self.time
-            && *shown_ms == ms
-        {
-            return Ok(text.clone());
-        }
-        let text = chrono::DateTime::from_timestamp_millis(ms)
-            .map(crate::audit::timestamp)
-            .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))?;
-        self.time = Some((ms, text.clone()));
-        Ok(text)
+        self.time
+            .text(ms)
+            .map(str::to_string)
+            .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))
     }
 
     /// The actor's name, from `actors` (append-only: read once a page).
@@ -656,15 +669,26 @@ impl AssignmentColumns {
             decision: self.read(row, self.decision)?,
             bucket: self.read(row, self.bucket)?,
             rollout_pct: self.read(row, self.rollout_pct)?,
-            assigned_at: self.text(row, self.assigned_at)?.to_string(),
+            assigned_at: self.time(row, &mut ShownTime::default())?.to_string(),
         })
+    }
+
+    /// `assigned_at` as the view `assignments` shows it (schema 15): milliseconds as
+    /// flagstore writes times, text as it is.
+    fn time<'a>(&self, row: &'a Row, shown: &'a mut ShownTime) -> Result<&'a str> {
+        match row.get_ref(self.assigned_at)? {
+            ValueRef::Integer(ms) => shown.text(ms).ok_or_else(|| {
+                self.unreadable(row, self.assigned_at, format!("{ms} milliseconds"))
+            }),
+            _ => self.text(row, self.assigned_at),
+        }
     }
 
     fn read<T: FromSql>(&self, row: &Row, index: usize) -> Result<T> {
         typed_column(row, index, |_, held| self.unreadable(row, index, held))
     }
 
-    /// Text as stored, borrowed: a batch reads a flag name and a time for every key.
+    /// Text as stored, borrowed: a batch reads a flag name for every key.
     fn text<'r>(&self, row: &'r Row, index: usize) -> Result<&'r str> {
         match row.get_ref(index)? {
             ValueRef::Text(bytes) => std::str::from_utf8(bytes)

@@ -114,6 +114,14 @@ pub struct Env {
 }
 
 impl Env {
+    /// The newest schema version of this store's backend.
+    pub fn latest_schema(&self) -> i64 {
+        match self.backend {
+            Backend::Sqlite => LATEST_SQLITE_SCHEMA,
+            Backend::Postgres => LATEST_POSTGRES_SCHEMA,
+        }
+    }
+
     /// A throw-away store on this thread's backend: an SQLite file in a temporary directory,
     /// or a new schema on the PostgreSQL server, dropped with the `Env`.
     pub fn new() -> Env {
@@ -350,10 +358,25 @@ impl Env {
     }
 
     /// Takes an SQLite store back to schema 13: `audit_log` a table holding every column as
-    /// its view shows it, as schema 13 made it, its indexes, triggers and views; the next
+    /// its view shows it, as schema 13 made it, its indexes, triggers and views, and
+    /// `assignment_rows` holding times as text (schema 5's table, view and triggers); the next
     /// command migrates it again.
     pub fn as_sqlite_schema_13(&self) {
         assert_eq!(self.backend, Backend::Sqlite);
+        let schema_5 = include_str!("../../../migrations/sqlite/V5__context_ids.sql");
+        let table = &schema_5[schema_5.find("CREATE TABLE assignment_rows").unwrap()..];
+        let table = &table[..=table.find(';').unwrap()];
+        let assignments = &schema_5[schema_5.find("CREATE VIEW assignments").unwrap()..];
+        self.execute(&format!(
+            "CREATE TABLE legacy_assignments AS \
+                 SELECT a.context_id, a.flag, a.decision, a.bucket, a.rollout_pct, v.assigned_at \
+                   FROM assignment_rows a JOIN contexts c ON c.id = a.context_id \
+                   JOIN assignments v ON v.flag = a.flag AND v.context_key = c.key; \
+             DROP VIEW assignments; DROP TABLE assignment_rows; {table} \
+             INSERT INTO assignment_rows SELECT * FROM legacy_assignments; \
+             DROP TABLE legacy_assignments; {assignments}"
+        ))
+        .unwrap();
         let schema_13 = include_str!("../../../migrations/sqlite/V13__compact_decisions.sql");
         let view = &schema_13[schema_13.find("CREATE VIEW audit_evaluations").unwrap()..];
         self.execute(&format!(
@@ -625,8 +648,12 @@ pub fn succeeded(child: Child) -> String {
     String::from_utf8(output.stdout).expect("utf-8 stdout")
 }
 
-/// The newest schema version this build's migrations make.
-pub const LATEST_SCHEMA: i64 = 14;
+/// The newest schema version this build's SQLite migrations make.
+pub const LATEST_SQLITE_SCHEMA: i64 = 15;
+
+/// The newest schema version this build's PostgreSQL migrations make (SQLite's 15 changed
+/// only how SQLite stores a time).
+pub const LATEST_POSTGRES_SCHEMA: i64 = 14;
 
 const TABLES: [&str; 6] = [
     "flags",
