@@ -133,7 +133,10 @@ impl Reads for Postgres {
 
     fn audit_links(&self, after_id: i64, limit: i64) -> Result<Vec<(i64, String, String)>> {
         Ok(self
-            .query(sql::SELECT_AUDIT_LINKS, &[&after_id, &limit])?
+            .query(
+                "SELECT id, prev_hash, hash FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after_id, &limit],
+            )?
             .iter()
             .map(|row| (row.get(0), row.get(1), row.get(2)))
             .collect())
