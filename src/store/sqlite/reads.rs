@@ -302,8 +302,8 @@ impl Reads for Sqlite {
         // number): no sort of the log, whatever its size. Assignments come first in a context
         // (their id is NULL).
         let mut statement = self.conn.prepare(
-            "SELECT context_id, id, flag, ts, context_key, result, reason, detail, NULL, NULL
-               FROM audit_log WHERE action IS NULL AND context_id IS NOT NULL
+            "SELECT context_id, id, flag, ts_ms, context_key, result, reason, detail, NULL, NULL
+               FROM audit_rows WHERE action IS NULL AND context_id IS NOT NULL
              UNION ALL
              SELECT a.context_id, NULL, a.flag, a.assigned_at, c.key, a.decision, NULL, NULL,
                     a.bucket, a.rollout_pct
@@ -312,13 +312,14 @@ impl Reads for Sqlite {
         )?;
         let mut rows = statement.query([])?;
         let mut context = None;
+        let mut shown = ShownTime::default();
         while let Some(row) = rows.next()? {
             let number: i64 = row.get(0)?;
             let item = match row.get::<_, Option<i64>>(1)? {
                 Some(id) => ContextItem::Record(EvaluationRow {
                     id,
                     flag: audit_column(row, id, 2)?,
-                    ts: audit_column(row, id, 3)?,
+                    ts: shown.of_row(row, 3, id)?,
                     context_key: audit_column(row, id, 4)?,
                     result: audit_column(row, id, 5)?,
                     reason: audit_column(row, id, 6)?,
@@ -533,6 +534,17 @@ struct ShownTime {
 }
 
 impl ShownTime {
+    /// Column `index` of audit row `id`, its `ts_ms`, as the view `audit_log` shows `ts`:
+    /// milliseconds in flagstore's form, text as it is.
+    fn of_row(&mut self, row: &Row, index: usize, id: i64) -> Result<String> {
+        let ValueRef::Integer(ms) = row.get_ref(index)? else {
+            return typed_column(row, index, |_, held| unreadable(id, "ts", &held));
+        };
+        self.text(ms)
+            .map(str::to_string)
+            .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))
+    }
+
     /// `ms` as text, or `None` for milliseconds no time has.
     fn text(&mut self, ms: i64) -> Option<&str> {
         if self.last.as_ref().is_none_or(|(shown, _)| *shown != ms) {
@@ -551,15 +563,9 @@ struct ShownColumns {
 }
 
 impl ShownColumns {
-    /// `ts` as the view shows it: milliseconds in flagstore's form, text as it is.
+    /// `ts` as the view shows it (see [`ShownTime::of_row`]).
     fn time(&mut self, row: &Row, id: i64) -> Result<String> {
-        let ValueRef::Integer(ms) = row.get_ref(1)? else {
-            return typed_column(row, 1, |_, held| unreadable(id, "ts", &held));
-        };
-        self.time
-            .text(ms)
-            .map(str::to_string)
-            .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))
+        self.time.of_row(row, 1, id)
     }
 
     /// The actor's name, from `actors` (append-only: read once a page).
