@@ -88,25 +88,27 @@ impl Store {
             if page.is_empty() {
                 break;
             }
-            let mut previous = last.take().unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+            let (mut previous_id, mut previous_hash) = last
+                .as_ref()
+                .map_or((0, GENESIS_HASH), |(id, hash)| (*id, hash.as_str()));
             let rows: Vec<ChainedEntry> = page
                 .iter()
                 .map(|row| {
-                    let (previous_id, previous_hash) =
-                        std::mem::replace(&mut previous, (row.id, row.hash.clone()));
+                    let follows_previous =
+                        previous_id == row.id - 1 && previous_hash == row.prev_hash;
+                    (previous_id, previous_hash) = (row.id, &row.hash);
                     ChainedEntry {
                         id: row.id,
                         entry: row.entry(),
                         prev_hash: &row.prev_hash,
                         hash: &row.hash,
-                        follows_previous: previous_id == row.id - 1
-                            && previous_hash == row.prev_hash,
+                        follows_previous,
                     }
                 })
                 .collect();
             target.append_audit(&rows)?;
             audit_rows += page.len() as u64;
-            last = Some(previous);
+            last = page.last().map(|row| (row.id, row.hash.clone()));
         }
         for token in source.list_tokens(true)? {
             target.insert_token(&token)?;

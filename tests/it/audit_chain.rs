@@ -320,6 +320,33 @@ fn a_row_whose_column_has_the_wrong_type_is_named_by_every_reader() {
             ][..],
         ),
         (
+            // Schema 14 stores the time in milliseconds: one no time has.
+            "UPDATE audit_rows SET ts_ms = 9223372036854775807 WHERE id = 6",
+            "audit row 6 cannot be read: ts holds 9223372036854775807 milliseconds, not text",
+            &[
+                &["audit", "verify"][..],
+                &["check"],
+                &["audit", "--limit", "5"],
+            ][..],
+        ),
+        (
+            // ... and the actor by number: one `actors` does not name.
+            "PRAGMA foreign_keys = OFF; UPDATE audit_rows SET actor_id = 999 WHERE id = 3",
+            "audit row 3 cannot be read: actor holds NULL, not text",
+            &[&["audit", "verify"][..], &["history", "enrich"]][..],
+        ),
+        (
+            "UPDATE assignment_rows SET assigned_at = 9223372036854775807 \
+              WHERE flag = 'dedupe' AND context_id = 1",
+            "assignment_rows: the assignment (context_id 1, flag \"dedupe\") cannot be read: \
+             assigned_at holds 9223372036854775807 milliseconds, not text",
+            &[
+                &["check"][..],
+                &["assignments", "list"],
+                &["eval", "dedupe", "--context", "tenant:ü"],
+            ][..],
+        ),
+        (
             "UPDATE contexts SET key = CAST(key AS BLOB) WHERE key = 'tenant:ü'",
             "contexts: context 1 cannot be read: key holds a BLOB of 9 bytes, not text",
             &[&["check"][..], &["assignments", "list"]][..],

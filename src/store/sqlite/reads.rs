@@ -106,6 +106,7 @@ impl Reads for Sqlite {
               WHERE a.flag = ?1 {of_context} ORDER BY c.key"
         ))?;
         let columns = AssignmentColumns::IN_ORDER;
+        let mut shown = ShownTime::default();
         for flag in &flags {
             statement.raw_bind_parameter(1, flag)?;
             if let Some(context) = context {
@@ -113,7 +114,8 @@ impl Reads for Sqlite {
             }
             let mut rows = statement.raw_query();
             while let Some(row) = rows.next()? {
-                visit(columns.row(row, context_column(row, row.get(0)?, 6)?)?)?;
+                let key = context_column(row, row.get(0)?, 6)?;
+                visit(columns.row(row, key, &mut shown)?)?;
             }
         }
         Ok(())
@@ -325,9 +327,11 @@ impl Reads for Sqlite {
                     reason: audit_column(row, id, 6)?,
                     detail: audit_column(row, id, 7)?,
                 }),
-                None => ContextItem::Assignment(
-                    ASSIGNMENT_IN_UNION.row(row, context_column(row, number, 4)?)?,
-                ),
+                None => ContextItem::Assignment(ASSIGNMENT_IN_UNION.row(
+                    row,
+                    context_column(row, number, 4)?,
+                    &mut shown,
+                )?),
             };
             visit(context.replace(number) != Some(number), item)?;
         }
@@ -686,14 +690,14 @@ impl AssignmentColumns {
         assigned_at: 5,
     };
 
-    fn row(&self, row: &Row, context_key: String) -> Result<AssignmentRow> {
+    fn row(&self, row: &Row, context_key: String, shown: &mut ShownTime) -> Result<AssignmentRow> {
         Ok(AssignmentRow {
             flag: self.text(row, self.flag)?.to_string(),
             context_key,
             decision: self.read(row, self.decision)?,
             bucket: self.read(row, self.bucket)?,
             rollout_pct: self.read(row, self.rollout_pct)?,
-            assigned_at: self.time(row, &mut ShownTime::default())?.to_string(),
+            assigned_at: self.time(row, shown)?.to_string(),
         })
     }
 
