@@ -10,7 +10,7 @@ use flagstore::audit::{AuditQuery, AuditRow, Checkpoint, parse_time_bound};
 use flagstore::error::{Error, Result};
 use flagstore::file::write_atomically;
 use flagstore::heads::{HeadLines, HeadVerifier, SignedHead, newest_head};
-use flagstore::store::{HeadsVerified, Store};
+use flagstore::store::{HeadsVerified, PageCheck, Store};
 
 #[derive(Debug, Args)]
 #[command(
@@ -64,9 +64,9 @@ pub struct AuditArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check that the file's pages are sound (SQLite's quick_check) and walk the hash chain;
-    /// exit 0 with the row count and head hash when it holds, 2 naming the first row that
-    /// does not verify.
+    /// Check that the audit trail's pages are sound (SQLite's quick_check) and walk the hash
+    /// chain; exit 0 with the row count and head hash when it holds, 2 naming the first row
+    /// that does not verify.
     #[command(after_help = "Examples:
   flagstore audit verify
   flagstore audit verify --checkpoint anchor.json
@@ -231,8 +231,8 @@ fn heads_verified_line(heads: &Path, from_newest: bool, held: &HeadsVerified) ->
     text
 }
 
-/// `audit verify`: the chain (and the heads, given), and every page unless from the newest
-/// head; its line is printed once all of it held.
+/// `audit verify`: the chain (and the heads, given), and the trail's pages unless from the
+/// newest head; its line is printed once all of it held.
 fn verify(store: &Store, out: &mut impl Write, args: &VerifyArgs) -> Result<Outcome> {
     let checkpoint = match (&args.expect_head, &args.checkpoint) {
         (Some(hash), _) => Some(Checkpoint {
@@ -260,7 +260,7 @@ fn verify(store: &Store, out: &mut impl Write, args: &VerifyArgs) -> Result<Outc
     let line = if args.from_newest_head {
         walk()?
     } else {
-        store.with_storage_checked(true, walk)?.1
+        store.with_storage_checked(PageCheck::AuditTrail, walk)?.1
     };
     writeln!(out, "{line}").map_err(stdout_error)?;
     Ok(Outcome::Success)

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{ActorOption, DbOption, Globals, Outcome, stdout_error};
 use flagstore::error::{Error, Result};
-use flagstore::store::Store;
+use flagstore::store::{PageCheck, Store};
 
 #[derive(Debug, Args)]
 #[command(
@@ -61,7 +61,7 @@ pub fn run(globals: &Globals, out: &mut impl Write, args: &CheckArgs) -> Result<
 /// Checks `store`; with `repair_actor`, first adds what the index misses, as that actor.
 fn check(store: &mut Store, out: &mut impl Write, repair_actor: Option<&str>) -> Result<Outcome> {
     let (storage, (assignments, (verified, mut index, decisions))) =
-        store.with_storage_checked(false, || {
+        store.with_storage_checked(PageCheck::Everything, || {
             store.beside(Store::unexplained_assignments, || {
                 store.check_references()?;
                 store.verify_audit_for_check(None)

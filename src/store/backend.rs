@@ -14,6 +14,18 @@ use crate::flag::{Flag, FlagSet};
 use super::sticky_audit::ContextItem;
 use super::{AssignmentRow, AssignmentTally, COMMIT_OUTCOME_WAIT, TokenRecord};
 
+/// Which pages a storage check reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCheck {
+    /// The audit trail's tables and their indexes, each page well formed (SQLite's
+    /// `quick_check` of each): what `audit verify` holds beside the chain, in a time that
+    /// grows with the trail, not with the contexts and assignments beside it.
+    AuditTrail,
+    /// Every page of the file, and every index holding exactly its table's rows (SQLite's
+    /// `integrity_check`): what `check` holds.
+    Everything,
+}
+
 /// An assignment about to be stored, borrowed from a decision or from a row being copied.
 pub(super) struct AssignmentRef<'a> {
     pub(super) flag: &'a str,
@@ -257,9 +269,8 @@ pub(super) trait Reads {
 
     fn audit_len(&self) -> Result<i64>;
 
-    /// Checks the stored pages and indexes (`quick`: only what is linear in the size); returns
-    /// what was checked, in words.
-    fn check_storage(&self, quick: bool) -> Result<&'static str>;
+    /// Checks the stored pages (and indexes) `scope` names; returns what was checked, in words.
+    fn check_storage(&self, scope: PageCheck) -> Result<&'static str>;
 
     /// A foreign key that does not hold, as `(table, row, parent table)`.
     fn broken_reference(&self) -> Result<Option<(String, String, String)>>;

@@ -52,7 +52,7 @@ mod witness;
 use backend::{
     AssignmentRef, Backend, ChainedEntry, ReadTx, Reads, References, Scan, Scope, WriteTx,
 };
-pub use backend::{KeepWaiting, LockWait};
+pub use backend::{KeepWaiting, LockWait, PageCheck};
 use chain::append_audit;
 
 pub use copy::CopyReport;

@@ -13,7 +13,7 @@ use crate::flag::{Flag, FlagSet};
 use super::query::{Reader, query_audit};
 use super::sticky_audit::{EvaluationRow, Removals, Replay, StickyAudit, StickyReport};
 use super::tokens::{token_history, unexplained_tokens};
-use super::{Location, Store};
+use super::{Location, PageCheck, Store};
 
 /// The stale period, in days, wherever none is given.
 pub const DEFAULT_STALE_DAYS: u32 = 30;
@@ -300,25 +300,25 @@ impl Store {
         Ok(found)
     }
 
-    /// Checks that the stored data is well formed: on SQLite every page of the file (`quick`:
-    /// `quick_check`, linear in the file size) and without `quick` also that every index holds
+    /// Checks that the stored data is well formed: on SQLite the pages `scope` names (see
+    /// [`PageCheck`]), and for [`PageCheck::Everything`] also that every index holds
     /// exactly its table's rows (`integrity_check`, slower). Reads only. Returns what was
     /// checked, in words.
-    pub fn check_storage(&self, quick: bool) -> Result<&'static str> {
-        self.read_transaction()?.check_storage(quick)
+    pub fn check_storage(&self, scope: PageCheck) -> Result<&'static str> {
+        self.read_transaction()?.check_storage(scope)
     }
 
-    /// [`Store::check_storage`] beside `work` (see [`Store::beside`]): the check reads the
-    /// whole file, and beside work that reads it too it takes little time of its own on a
+    /// [`Store::check_storage`] beside `work` (see [`Store::beside`]): the check reads much
+    /// of the file, and beside work that reads it too it takes little time of its own on a
     /// second core. A damaged page is the error, before whatever `work` met (maybe the same
     /// damage, said less clearly). Where there is no file to check (PostgreSQL) the check
     /// runs first, as alone.
     pub fn with_storage_checked<T>(
         &self,
-        quick: bool,
+        scope: PageCheck,
         work: impl FnOnce() -> Result<T>,
     ) -> Result<(&'static str, T)> {
-        let check = |store: &Store| store.check_storage(quick);
+        let check = |store: &Store| store.check_storage(scope);
         match self.location() {
             Some(Location::Sqlite(_)) => self.beside(check, work),
             _ => {

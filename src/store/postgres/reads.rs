@@ -8,7 +8,7 @@ use super::{Postgres, bucket_of, read_audit_row};
 use crate::audit::AuditRow;
 use crate::error::Result;
 use crate::flag::{Flag, FlagSet};
-use crate::store::backend::{FoundAssignment, RangeKey, Reads, RecordRange, Scan};
+use crate::store::backend::{FoundAssignment, PageCheck, RangeKey, Reads, RecordRange, Scan};
 use crate::store::sql;
 use crate::store::sticky_audit::{ContextItem, EvaluationRow};
 use crate::store::{AssignmentRow, AssignmentTally, TokenRecord, query};
@@ -215,7 +215,7 @@ impl Reads for Postgres {
             .map_or(0, |row| row.get(0)))
     }
 
-    fn check_storage(&self, _quick: bool) -> Result<&'static str> {
+    fn check_storage(&self, _scope: PageCheck) -> Result<&'static str> {
         // PostgreSQL guards its own pages (with data checksums, when the cluster has them);
         // a client cannot check them without the amcheck extension and superuser rights.
         Ok("pages left to PostgreSQL")

@@ -7,7 +7,7 @@ use super::Sqlite;
 use crate::audit::AuditRow;
 use crate::error::{Error, Result};
 use crate::flag::{Flag, FlagSet};
-use crate::store::backend::{FoundAssignment, RangeKey, Reads, RecordRange, Scan};
+use crate::store::backend::{FoundAssignment, PageCheck, RangeKey, Reads, RecordRange, Scan};
 use crate::store::sql;
 use crate::store::sticky_audit::{ContextItem, EvaluationRow};
 use crate::store::{AssignmentRow, AssignmentTally, TokenRecord, query};
@@ -259,20 +259,28 @@ impl Reads for Sqlite {
             .query_row(sql::COUNT_AUDIT_ROWS, [], |row| row.get(0))?)
     }
 
-    fn check_storage(&self, quick: bool) -> Result<&'static str> {
-        let pragma = if quick {
-            "PRAGMA quick_check(1)"
-        } else {
-            "PRAGMA integrity_check(1)"
+    fn check_storage(&self, scope: PageCheck) -> Result<&'static str> {
+        let (pragmas, checked): (&[&str], _) = match scope {
+            // What the chain's walk reads: the rows, and the actors their hashes name.
+            PageCheck::AuditTrail => (
+                &[
+                    "PRAGMA quick_check(audit_rows)",
+                    "PRAGMA quick_check(actors)",
+                ],
+                "the audit trail's pages sound",
+            ),
+            PageCheck::Everything => (&["PRAGMA integrity_check(1)"], "pages and indexes sound"),
         };
-        let verdict: String = self.conn.query_row(pragma, [], |row| row.get(0))?;
-        if verdict != "ok" {
-            return Err(Error::Damaged {
-                path: self.path.clone(),
-                problem: verdict,
-            });
+        for pragma in pragmas {
+            let verdict: String = self.conn.query_row(pragma, [], |row| row.get(0))?;
+            if verdict != "ok" {
+                return Err(Error::Damaged {
+                    path: self.path.clone(),
+                    problem: verdict,
+                });
+            }
         }
-        Ok("pages and indexes sound")
+        Ok(checked)
     }
 
     fn broken_reference(&self) -> Result<Option<(String, String, String)>> {
