@@ -3,14 +3,26 @@
 /// `bytes` in lowercase hex, two digits a byte. Runs for every audit row written and every
 /// request `serve` authenticates, so it fills one string instead of formatting byte by byte.
 pub(crate) fn lowercase(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(2 * bytes.len());
-    for byte in bytes {
-        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    // Filled pairwise from a table, then checked once: pushing chars encodes each as UTF-8,
+    // and that was 7% of the time a walk of the chain took.
+    let mut hex = vec![0; 2 * bytes.len()];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&DIGIT_PAIRS[usize::from(*byte)]);
     }
-    hex
+    String::from_utf8(hex).expect("hex digits are ASCII")
 }
+
+/// Each byte's two lowercase hex digits.
+const DIGIT_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
 
 /// The bytes `text` spells in hex (either case), or `None` if it is not an even number of hex
 /// digits.
