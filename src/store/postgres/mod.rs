@@ -263,6 +263,26 @@ impl Postgres {
             .map_err(|e| self.fail(e))
     }
 
+    /// Calls `each` with every row of `sql` as the server sends it: a long result is read
+    /// while the server still produces the rest, not after.
+    fn query_each(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        mut each: impl FnMut(&postgres::Row) -> Result<()>,
+    ) -> Result<()> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let statement = self.statement(sql)?;
+        let mut client = self.client.borrow_mut();
+        let mut rows = client
+            .query_raw(&statement, params.iter().copied())
+            .map_err(|e| self.fail(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.fail(e))? {
+            each(&row)?;
+        }
+        Ok(())
+    }
+
     fn query_opt(
         &self,
         sql: &str,

@@ -201,11 +201,12 @@ impl Reads for Postgres {
             })
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(AsRef::as_ref).collect();
-        Ok(self
-            .query(&sql, &refs)?
-            .iter()
-            .map(read_audit_row)
-            .collect())
+        let mut page = Vec::with_capacity(scan.limit);
+        self.query_each(&sql, &refs, |row| {
+            page.push(read_audit_row(row));
+            Ok(())
+        })?;
+        Ok(page)
     }
 
     fn audit_len(&self) -> Result<i64> {
