@@ -86,7 +86,7 @@ impl Store {
             };
             let mut changed_at = None;
             self.query_audit(&newest_change, |row| {
-                changed_at = Some(row.ts);
+                changed_at = Some(row.ts.to_string());
                 Ok::<(), Error>(())
             })?;
             let Some(changed_at) = changed_at.filter(|ts| *ts < since) else {
@@ -531,7 +531,7 @@ impl DecisionWalk {
     const SHOWN: usize = 10;
 
     pub(super) fn visit(&mut self, row: &AuditRow) -> Result<()> {
-        match (row.kind.as_str(), &row.flag, &row.context_key) {
+        match (&*row.kind, &row.flag, &row.context_key) {
             ("change", _, _) => replay_change(&mut self.flags, row),
             // A decision record (a schema-1 evaluation row names its flag and holds no
             // decisions to hold).

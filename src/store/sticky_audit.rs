@@ -33,7 +33,7 @@ impl EvaluationRow {
     pub(super) fn of(row: &AuditRow, context: &str) -> EvaluationRow {
         EvaluationRow {
             id: row.id,
-            ts: row.ts.clone(),
+            ts: row.ts.to_string(),
             flag: row.flag.clone(),
             context_key: context.to_string(),
             result: row.result,

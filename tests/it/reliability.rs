@@ -789,7 +789,7 @@ fn ids_order_the_log_when_the_clock_goes_backwards() {
     };
     store
         .query_audit(&all, |row| {
-            rows.push((row.id, row.ts));
+            rows.push((row.id, row.ts.to_string()));
             Ok::<(), flagstore::Error>(())
         })
         .unwrap();

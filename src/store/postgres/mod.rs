@@ -638,9 +638,9 @@ fn migrate(client: &mut Client, name: &str) -> Result<()> {
 fn read_audit_row(row: &postgres::Row) -> AuditRow {
     AuditRow {
         id: row.get(0),
-        ts: row.get(1),
-        kind: row.get(2),
-        actor: row.get(3),
+        ts: row.get::<_, &str>(1).into(),
+        kind: crate::audit::stored_kind(row.get(2)),
+        actor: row.get::<_, &str>(3).into(),
         action: row.get(4),
         flag: row.get(5),
         context_key: row.get(6),

@@ -232,7 +232,7 @@ impl Reads for Sqlite {
                 } else {
                     "evaluation"
                 }
-                .to_string(),
+                .into(),
                 actor: shown.actor(self, row, id)?,
                 action,
                 flag: audit_column(row, id, 4)?,
@@ -345,7 +345,7 @@ impl Reads for Sqlite {
                 Some(id) => ContextItem::Record(EvaluationRow {
                     id,
                     flag: audit_column(row, id, 2)?,
-                    ts: shown.of_row(row, 3, id)?,
+                    ts: shown.of_row(row, 3, id)?.to_string(),
                     context_key: audit_column(row, id, 4)?,
                     result: audit_column(row, id, 5)?,
                     reason: audit_column(row, id, 6)?,
@@ -558,28 +558,39 @@ pub(super) const SELECT_AUDIT_ROWS: &str = "WITH audit_log AS ( \
 /// writes times, the last one kept: the rows of one transaction share theirs.
 #[derive(Default)]
 struct ShownTime {
-    last: Option<(i64, String)>,
+    last: Option<(i64, std::sync::Arc<str>)>,
 }
 
 impl ShownTime {
     /// Column `index` of audit row `id`, its `ts_ms`, as the view `audit_log` shows `ts`:
     /// milliseconds in flagstore's form, text as it is.
-    fn of_row(&mut self, row: &Row, index: usize, id: i64) -> Result<String> {
+    fn of_row(&mut self, row: &Row, index: usize, id: i64) -> Result<std::sync::Arc<str>> {
         let ValueRef::Integer(ms) = row.get_ref(index)? else {
             return typed_column(row, index, |_, held| unreadable(id, "ts", &held));
         };
-        self.text(ms)
-            .map(str::to_string)
+        self.shared(ms)
             .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))
     }
 
     /// `ms` as text, or `None` for milliseconds no time has.
     fn text(&mut self, ms: i64) -> Option<&str> {
+        self.shown(ms)?;
+        self.last.as_ref().map(|(_, text)| &**text)
+    }
+
+    /// [`ShownTime::text`], shared by the rows that show it.
+    fn shared(&mut self, ms: i64) -> Option<std::sync::Arc<str>> {
+        self.shown(ms)?;
+        self.last.as_ref().map(|(_, text)| text.clone())
+    }
+
+    /// Keeps `ms` as text unless it is kept already; `None` for milliseconds no time has.
+    fn shown(&mut self, ms: i64) -> Option<()> {
         if self.last.as_ref().is_none_or(|(shown, _)| *shown != ms) {
             let text = chrono::DateTime::from_timestamp_millis(ms).map(crate::audit::timestamp)?;
-            self.last = Some((ms, text));
+            self.last = Some((ms, text.into()));
         }
-        self.last.as_ref().map(|(_, text)| text.as_str())
+        Some(())
     }
 }
 
@@ -587,17 +598,17 @@ impl ShownTime {
 #[derive(Default)]
 struct ShownColumns {
     time: ShownTime,
-    actors: std::collections::HashMap<i64, String>,
+    actors: std::collections::HashMap<i64, std::sync::Arc<str>>,
 }
 
 impl ShownColumns {
     /// `ts` as the view shows it (see [`ShownTime::of_row`]).
-    fn time(&mut self, row: &Row, id: i64) -> Result<String> {
+    fn time(&mut self, row: &Row, id: i64) -> Result<std::sync::Arc<str>> {
         self.time.of_row(row, 1, id)
     }
 
     /// The actor's name, from `actors` (append-only: read once a page).
-    fn actor(&mut self, store: &Sqlite, row: &Row, id: i64) -> Result<String> {
+    fn actor(&mut self, store: &Sqlite, row: &Row, id: i64) -> Result<std::sync::Arc<str>> {
         let number: i64 = audit_column(row, id, 2)?;
         if let Some(name) = self.actors.get(&number) {
             return Ok(name.clone());
@@ -606,7 +617,7 @@ impl ShownColumns {
             .conn
             .prepare_cached("SELECT name FROM actors WHERE id = ?1")?;
         let mut names = named.query([number])?;
-        let name: String = match names.next()? {
+        let name: std::sync::Arc<str> = match names.next()? {
             Some(name) => typed_column(name, 0, |_, held| unreadable(id, "actor", &held))?,
             None => return Err(unreadable(id, "actor", "NULL")),
         };

@@ -293,8 +293,8 @@ fn shown(row: AuditRow) -> ShownRow {
     });
     ShownRow {
         id: row.id,
-        ts: row.ts,
-        kind: row.kind,
+        ts: row.ts.to_string(),
+        kind: row.kind.into_owned(),
         actor: crate::output::escaped(&row.actor),
         flag: row.flag.as_deref().map(FlagLink::new),
         context,

@@ -256,8 +256,8 @@ fn flag_page(view: &View, chrome: Chrome, name: &str, preview: &str) -> Result<F
     view.query_audit(&changes, |row| {
         history.push(HistoryRow {
             id: row.id,
-            ts: row.ts,
-            actor: row.actor,
+            ts: row.ts.to_string(),
+            actor: row.actor.to_string(),
             change: row.reason.unwrap_or_default(),
         });
         Ok::<(), Error>(())
