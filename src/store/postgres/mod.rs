@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
@@ -635,19 +636,36 @@ fn migrate(client: &mut Client, name: &str) -> Result<()> {
     outcome
 }
 
-fn read_audit_row(row: &postgres::Row) -> AuditRow {
+/// The times and actors of a page's audit rows, each kept once for the rows that show it (the
+/// rows of one transaction share both).
+#[derive(Default)]
+struct SharedTexts {
+    ts: Option<Arc<str>>,
+    actor: Option<Arc<str>>,
+}
+
+impl SharedTexts {
+    fn share(kept: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
+        match kept {
+            Some(shared) if **shared == *text => shared.clone(),
+            _ => kept.insert(text.into()).clone(),
+        }
+    }
+}
+
+fn read_audit_row(row: &postgres::Row, shared: &mut SharedTexts) -> AuditRow {
     AuditRow {
         id: row.get(0),
-        ts: row.get::<_, &str>(1).into(),
+        ts: SharedTexts::share(&mut shared.ts, row.get(1)),
         kind: crate::audit::stored_kind(row.get(2)),
-        actor: row.get::<_, &str>(3).into(),
+        actor: SharedTexts::share(&mut shared.actor, row.get(3)),
         action: row.get(4),
         flag: row.get(5),
         context_key: row.get(6),
         result: row.get::<_, Option<i32>>(7).map(i64::from),
         source: row.get(8),
         reason: row.get(9),
-        detail: row.get::<_, String>(10).into(),
+        detail: row.get::<_, &str>(10).into(),
         prev_hash: row.get(11),
         hash: row.get(12),
     }

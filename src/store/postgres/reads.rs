@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use postgres::types::ToSql;
 
-use super::{Postgres, bucket_of, read_audit_row};
+use super::{Postgres, SharedTexts, bucket_of, read_audit_row};
 use crate::audit::AuditRow;
 use crate::error::Result;
 use crate::flag::{Flag, FlagSet};
@@ -202,8 +202,9 @@ impl Reads for Postgres {
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(AsRef::as_ref).collect();
         let mut page = Vec::with_capacity(scan.limit);
+        let mut shared = SharedTexts::default();
         self.query_each(&sql, &refs, |row| {
-            page.push(read_audit_row(row));
+            page.push(read_audit_row(row, &mut shared));
             Ok(())
         })?;
         Ok(page)
