@@ -525,6 +525,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_kind_is_kept_as_stored() {
+        assert!(matches!(
+            stored_kind("change"),
+            std::borrow::Cow::Borrowed("change")
+        ));
+        assert!(matches!(
+            stored_kind("evaluation"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // A tampered row's kind is what the hash is checked against, byte for byte.
+        assert_eq!(stored_kind("Change"), "Change");
+        assert_eq!(stored_kind(""), "");
+    }
+
+    #[test]
     fn a_checkpoint_names_a_row_that_can_exist() {
         let hash = "ab".repeat(32);
         let parsed = Checkpoint::parse(&format!(

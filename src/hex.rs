@@ -49,6 +49,12 @@ mod tests {
     fn each_byte_is_two_lowercase_digits_high_nibble_first() {
         assert_eq!(lowercase(&[0x00, 0x0f, 0xf0, 0xff, 0x5a]), "000ff0ff5a");
         assert_eq!(lowercase(&[]), "");
+        let every_byte: Vec<u8> = (0..=255).collect();
+        let formatted: String = every_byte
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(lowercase(&every_byte), formatted);
     }
 
     #[test]

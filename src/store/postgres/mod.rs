@@ -967,6 +967,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_text_is_shared_by_the_rows_that_repeat_it_and_only_by_them() {
+        let mut kept = None;
+        let first = SharedTexts::share(&mut kept, "2026-12-07T21:00:00.000Z");
+        let again = SharedTexts::share(&mut kept, "2026-12-07T21:00:00.000Z");
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = SharedTexts::share(&mut kept, "2026-12-07T21:00:00.001Z");
+        assert_eq!(&*other, "2026-12-07T21:00:00.001Z");
+        assert_eq!(&*first, "2026-12-07T21:00:00.000Z");
+    }
+
+    #[test]
     fn urls_are_shown_without_password_or_parameters() {
         assert_eq!(
             redacted_url(
