@@ -114,7 +114,26 @@ impl ScratchArgs {
     }
 }
 
+/// A bench's output written through line by line: a bench runs for minutes, and its lines held
+/// in the command's buffer until the end showed nothing while it ran.
+struct EachLineShown<W>(W);
+
+impl<W: Write> Write for EachLineShown<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.0.write(buf)?;
+        if buf[..written].contains(&b'\n') {
+            self.0.flush()?;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 pub fn run(out: &mut impl Write, command: &BenchCommand) -> Result<Outcome> {
+    let out = &mut EachLineShown(out);
     match command {
         BenchCommand::Eval {
             keys,

@@ -1065,6 +1065,34 @@ fn bench_db_takes_only_a_postgres_url() {
     );
 }
 
+/// A bench runs for minutes: each line is shown as it is written, not held to the end (the
+/// first line comes before the preload, the second after it).
+#[cfg(feature = "bench")]
+#[test]
+fn a_bench_shows_each_line_as_it_goes() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let mut child = env
+        .std_cmd()
+        .args(["bench", "eval", "--keys", "100", "--preload", "30000"])
+        .args(["--dir", env.dir.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let first_at = std::time::Instant::now();
+    let second = lines.next().unwrap().unwrap();
+    let waited = first_at.elapsed();
+    assert!(first.starts_with("100 random keys"), "{first}");
+    assert!(second.starts_with("preloaded 30000 contexts"), "{second}");
+    assert!(
+        waited > std::time::Duration::from_millis(100),
+        "the preload's line came {waited:?} after the first: both were held to the end"
+    );
+    assert!(child.wait().unwrap().success());
+}
+
 /// ARCHITECTURE.md names rooms of the tree: each path it names must exist.
 #[test]
 fn every_path_architecture_md_names_exists() {
