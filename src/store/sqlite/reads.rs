@@ -568,29 +568,18 @@ impl ShownTime {
         let ValueRef::Integer(ms) = row.get_ref(index)? else {
             return typed_column(row, index, |_, held| unreadable(id, "ts", &held));
         };
-        self.shared(ms)
+        self.text(ms)
+            .cloned()
             .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))
     }
 
-    /// `ms` as text, or `None` for milliseconds no time has.
-    fn text(&mut self, ms: i64) -> Option<&str> {
-        self.shown(ms)?;
-        self.last.as_ref().map(|(_, text)| &**text)
-    }
-
-    /// [`ShownTime::text`], shared by the rows that show it.
-    fn shared(&mut self, ms: i64) -> Option<std::sync::Arc<str>> {
-        self.shown(ms)?;
-        self.last.as_ref().map(|(_, text)| text.clone())
-    }
-
-    /// Keeps `ms` as text unless it is kept already; `None` for milliseconds no time has.
-    fn shown(&mut self, ms: i64) -> Option<()> {
+    /// `ms` as text, shared by the rows that show it, or `None` for milliseconds no time has.
+    fn text(&mut self, ms: i64) -> Option<&std::sync::Arc<str>> {
         if self.last.as_ref().is_none_or(|(shown, _)| *shown != ms) {
             let text = chrono::DateTime::from_timestamp_millis(ms).map(crate::audit::timestamp)?;
             self.last = Some((ms, text.into()));
         }
-        Some(())
+        self.last.as_ref().map(|(_, text)| text)
     }
 }
 
@@ -740,7 +729,7 @@ impl AssignmentColumns {
     /// flagstore writes times, text as it is.
     fn time<'a>(&self, row: &'a Row, shown: &'a mut ShownTime) -> Result<&'a str> {
         match row.get_ref(self.assigned_at)? {
-            ValueRef::Integer(ms) => shown.text(ms).ok_or_else(|| {
+            ValueRef::Integer(ms) => shown.text(ms).map(|text| &**text).ok_or_else(|| {
                 self.unreadable(row, self.assigned_at, format!("{ms} milliseconds"))
             }),
             _ => self.text(row, self.assigned_at),
