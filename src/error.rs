@@ -256,6 +256,16 @@ pub enum Error {
     )]
     InMemoryFull { path: String },
 
+    /// A sort larger than memory spills to SQLite's temporary directory (`check`'s of the log
+    /// by context): "database or disk is full" would send an operator to the store's disk,
+    /// which the command does not write.
+    #[error(
+        "{path}: the temporary directory {dir} is full: SQLite sorts there what outgrows its \
+         memory (check's sort of the log by context takes about half the database's size); set \
+         SQLITE_TMPDIR to a directory with room"
+    )]
+    TemporaryDirectoryFull { path: String, dir: String },
+
     /// A database error with the file it happened in: "database or disk is full",
     /// "database disk image is malformed", "database is locked" name no file by themselves.
     #[error("{path}: {source}")]

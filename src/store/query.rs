@@ -35,9 +35,16 @@ pub(super) enum Param<'a> {
     Text(&'a str),
 }
 
-/// How a backend finds a context's audit rows: the text before and after the key's
-/// placeholder in the condition.
-pub(super) type ContextCondition = (&'static str, &'static str);
+/// How a backend finds a context's audit rows.
+pub(super) struct ContextCondition {
+    /// The text before and after the key's placeholder in the condition.
+    pub(super) around_key: (&'static str, &'static str),
+    /// Where the backend's index of rows by context is led by a partition of ids (SQLite,
+    /// schema 16): the partition's expression. A scan by context orders by it ahead of `id`,
+    /// the same order, so that the planner reads the index partition by partition, in order,
+    /// instead of sorting every row of the context for a page of them.
+    pub(super) partition: Option<&'static str>,
+}
 
 /// The SQL of one page of `scan`, with `placeholder(n)` for the n-th parameter (1-based), and
 /// its parameters. The text is assembled from constant fragments only: every value is bound
@@ -80,7 +87,7 @@ pub(super) fn scan_sql<'a>(
     });
     let text = |value: &'a Option<String>| value.as_deref().map(Param::Text);
     let filters = [
-        (by_context, text(&query.context)),
+        (by_context.around_key, text(&query.context)),
         (("actor = ", ""), text(&query.actor)),
         (("ts >= ", ""), text(&query.since)),
         (("ts < ", ""), text(&query.until)),
@@ -111,12 +118,12 @@ pub(super) fn scan_sql<'a>(
         });
         sql.push_str(kind);
     }
-    sql.push_str(if query.ascending {
-        " ORDER BY id ASC LIMIT "
-    } else {
-        " ORDER BY id DESC LIMIT "
-    });
-    sql.push_str(&scan.limit.to_string());
+    let direction = if query.ascending { "ASC" } else { "DESC" };
+    sql.push_str(" ORDER BY ");
+    if let (Some(partition), Some(_)) = (by_context.partition, &query.context) {
+        sql.push_str(&format!("{partition} {direction}, "));
+    }
+    sql.push_str(&format!("id {direction} LIMIT {}", scan.limit));
     (sql, params)
 }
 

@@ -720,3 +720,90 @@ fn a_copy_of_an_edited_store_keeps_the_edits() {
         [(last - 2).to_string(), last.to_string()]
     );
 }
+
+/// Schema 16 leads the index of audit rows by context with a partition of 4,096 ids. A
+/// context whose records lie in four partitions is listed in id order, newest or oldest
+/// first and page by page, exactly as its rows' own column orders them; so again after a
+/// schema-15 store migrates, which brings the planner's statistics for the index with it.
+#[test]
+fn a_contexts_rows_in_several_partitions_are_listed_in_id_order() {
+    let env = Env::new();
+    env.import_json(crate::common::PIPELINE);
+    let returning = "tenant:returning";
+    let keys: String = (0..13_000)
+        .map(|line| match line % 4_333 {
+            0 => format!("{returning}\n"),
+            _ => format!("{line:08x}-tenant\n"),
+        })
+        .collect();
+    let keys = env.write("keys.txt", keys);
+    env.ok(&["eval", "ingest", "--contexts-file", keys.to_str().unwrap()]);
+    env.ok(&["eval", "ingest", "--context", returning]);
+    let newest_first = env.texts(&format!(
+        "SELECT CAST(id AS TEXT) FROM audit_rows WHERE context_key = '{returning}' ORDER BY id DESC"
+    ));
+    let partitions = env.count(&format!(
+        "SELECT count(DISTINCT id >> 12) FROM audit_rows WHERE context_key = '{returning}'"
+    ));
+    assert_eq!((newest_first.len(), partitions), (5, 4), "{newest_first:?}");
+    let oldest_first: Vec<String> = newest_first.iter().rev().cloned().collect();
+    let listed = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["audit", "--context", returning, "--format", "jsonl"];
+        args.extend_from_slice(extra);
+        env.ok(&args)
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap()["id"].to_string())
+            .collect()
+    };
+    let in_pages_of_two = |ascending: bool| -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        loop {
+            let mut extra = vec!["--limit", "2"];
+            let cursor = ids.last().cloned();
+            if ascending {
+                extra.push("--asc");
+            }
+            if let Some(cursor) = &cursor {
+                extra.extend(["--cursor", cursor.as_str()]);
+            }
+            let page = listed(&extra);
+            if page.is_empty() {
+                return ids;
+            }
+            ids.extend(page);
+        }
+    };
+    let answers = || {
+        (
+            listed(&[]),
+            listed(&["--asc"]),
+            in_pages_of_two(false),
+            in_pages_of_two(true),
+        )
+    };
+    let expected = (
+        newest_first.clone(),
+        oldest_first.clone(),
+        newest_first.clone(),
+        oldest_first.clone(),
+    );
+    assert_eq!(answers(), expected);
+
+    env.execute(
+        "DROP INDEX audit_log_context; \
+         CREATE INDEX audit_log_context ON audit_rows (context_id, id); \
+         DELETE FROM sqlite_stat1; \
+         DELETE FROM refinery_schema_history WHERE version = 16",
+    )
+    .unwrap();
+    assert_eq!(answers(), expected);
+    assert_eq!(
+        env.texts("SELECT sql FROM sqlite_schema WHERE name = 'audit_log_context'"),
+        ["CREATE INDEX audit_log_context ON audit_rows (id >> 12, context_id, id)"]
+    );
+    assert_eq!(
+        env.texts("SELECT stat FROM sqlite_stat1 WHERE idx = 'audit_log_context'"),
+        ["10000000 4096 1 1"]
+    );
+    env.ok(&["check"]);
+}

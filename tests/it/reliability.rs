@@ -1254,3 +1254,33 @@ fn a_signed_head_is_synced_to_its_file() {
         1
     );
 }
+
+/// `check` sorts the whole log by context, and a sort larger than the page cache spills to
+/// SQLite's temporary directory. Where that is full, check says so and names it, not the
+/// database, whose disk it does not write; with room it passes.
+#[test]
+fn check_names_a_full_temporary_directory_not_the_database() {
+    let tiny = TinyDisk::mount(1024);
+    let env = Env::new();
+    env.ok(&[
+        "import",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pipeline.json"),
+    ]);
+    // About 30 MB of records and assignments to sort: more than the 16 MB page cache.
+    let keys: String = (0..60_000u64)
+        .map(|i| format!("{:032x}\n", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect();
+    let keys = env.write("keys.txt", keys);
+    env.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+    assert_eq!(
+        env.fails_with(&[("SQLITE_TMPDIR", tiny.dir.path())], &["check"]),
+        format!(
+            "flagstore: {}: the temporary directory {} is full: SQLite sorts there what \
+             outgrows its memory (check's sort of the log by context takes about half the \
+             database's size); set SQLITE_TMPDIR to a directory with room",
+            env.db.display(),
+            tiny.dir.path().display()
+        )
+    );
+    env.ok(&["check"]);
+}

@@ -190,7 +190,10 @@ impl Reads for Postgres {
         let (sql, params) = query::scan_sql(
             scan,
             |n| format!("${n}"),
-            ("context_key = ", ""),
+            query::ContextCondition {
+                around_key: ("context_key = ", ""),
+                partition: None,
+            },
             query::SELECT_AUDIT_LOG,
         );
         let values: Vec<Box<dyn ToSql + Sync>> = params

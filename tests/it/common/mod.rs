@@ -202,7 +202,17 @@ impl Env {
     /// Runs `flagstore ARGS`, asserting exit status 2, one line on stderr and no stdout, and
     /// returns that line.
     pub fn fails(&self, args: &[&str]) -> String {
-        let output = self.cmd().args(args).output().expect("runs");
+        self.fails_with(&[], args)
+    }
+
+    /// [`Env::fails`] with `variables` set in flagstore's environment.
+    pub fn fails_with(&self, variables: &[(&str, &std::path::Path)], args: &[&str]) -> String {
+        let output = self
+            .cmd()
+            .envs(variables.iter().copied())
+            .args(args)
+            .output()
+            .expect("runs");
         let stderr = String::from_utf8(output.stderr).expect("utf-8 stderr");
         assert_eq!(
             output.status.code(),
@@ -649,7 +659,7 @@ pub fn succeeded(child: Child) -> String {
 }
 
 /// The newest schema version this build's SQLite migrations make.
-pub const LATEST_SQLITE_SCHEMA: i64 = 15;
+pub const LATEST_SQLITE_SCHEMA: i64 = 16;
 
 /// The newest schema version this build's PostgreSQL migrations make (SQLite's 15 changed
 /// only how SQLite stores a time).
