@@ -366,6 +366,32 @@ fn a_view_reads_one_state_while_another_process_writes() {
 contract_tests! {
     a_view_reads_one_state_while_another_process_writes,
     a_writer_asked_to_stop_waiting_stops_having_written_nothing,
+    check_names_an_assignment_whose_flag_is_gone,
+}
+
+/// A flag deleted by SQL leaves its assignments behind (on SQLite with foreign keys off; on
+/// PostgreSQL, whose schema 15 leaves an assignment's flag to the writer, as SQLite's writer
+/// does, instead of a check per inserted row): `check` names the first such assignment.
+fn check_names_an_assignment_whose_flag_is_gone() {
+    let env = Env::new();
+    env.import_json(r#"{"flags": [{"name": "ingest", "rollout_pct": 100}]}"#);
+    env.ok(&["eval", "ingest", "--context", "tenant:a"]);
+    env.ok(&["check"]);
+    let delete = "DELETE FROM flags WHERE name = 'ingest'";
+    match env.backend {
+        Backend::Sqlite => env.execute(&format!("PRAGMA foreign_keys = OFF; {delete}")),
+        Backend::Postgres => env.execute(delete),
+    }
+    .unwrap();
+    let row = match env.backend {
+        Backend::Sqlite => r#"assignment_rows row (context_id 1, flag "ingest")"#,
+        Backend::Postgres => r#"assignments row (flag "ingest", context_key "tenant:a")"#,
+    };
+    let refused = env.fails(&["check"]);
+    assert!(
+        refused.contains(&format!("{row} refers to a missing row of flags")),
+        "{refused}"
+    );
 }
 
 /// A small deterministic generator, so a failing crash iteration can be replayed by seed.

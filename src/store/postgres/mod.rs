@@ -39,7 +39,7 @@ mod embedded {
 /// never had SQLite's version 5 (how SQLite keys assignments; its own are keyed by a hash of
 /// the context key), so its 5 and 6 are SQLite's 6 and 7, and SQLite's 10 files audit rows
 /// under a context's number, which PostgreSQL does not give; the others are the same.
-const LATEST_SCHEMA_VERSION: i64 = 14;
+const LATEST_SCHEMA_VERSION: i64 = 15;
 
 /// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
 /// can tell whose locks these are. The second half is a hash of the schema's name for the

@@ -227,9 +227,26 @@ impl Reads for Postgres {
     }
 
     fn broken_reference(&self) -> Result<Option<(String, String, String)>> {
-        // PostgreSQL enforces foreign keys on every write; only a superuser disabling its
-        // triggers could break one, and the audit chain records no such thing to check.
-        Ok(None)
+        // PostgreSQL enforces the other foreign keys on every write (only a superuser
+        // disabling its triggers could break one); an assignment's flag is the writer's to
+        // prove since schema 15, and so this check's.
+        let orphan = self
+            .client
+            .borrow_mut()
+            .query_opt(
+                "SELECT a.flag, a.context_key FROM assignments a \
+                  WHERE NOT EXISTS (SELECT 1 FROM flags f WHERE f.name = a.flag) LIMIT 1",
+                &[],
+            )
+            .map_err(|e| self.fail(e))?;
+        Ok(orphan.map(|row| {
+            let (flag, key): (String, String) = (row.get(0), row.get(1));
+            (
+                "assignments".to_string(),
+                format!("(flag {flag:?}, context_key {key:?})"),
+                "flags".to_string(),
+            )
+        }))
     }
 
     fn for_each_context_item(

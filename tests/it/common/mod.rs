@@ -663,7 +663,7 @@ pub const LATEST_SQLITE_SCHEMA: i64 = 16;
 
 /// The newest schema version this build's PostgreSQL migrations make (SQLite's 15 changed
 /// only how SQLite stores a time).
-pub const LATEST_POSTGRES_SCHEMA: i64 = 14;
+pub const LATEST_POSTGRES_SCHEMA: i64 = 15;
 
 const TABLES: [&str; 6] = [
     "flags",
