@@ -627,7 +627,9 @@ fn schema_objects(conn: &Connection) -> Result<Vec<SchemaObject>> {
 
 /// Where SQLite's unix VFS puts temporary files (`unixTempFileDir`): the first of
 /// `$SQLITE_TMPDIR`, `$TMPDIR`, `/var/tmp`, `/usr/tmp` and `/tmp` that is a directory it may
-/// write, else the working directory.
+/// write, else the working directory. "May write" is judged by the permission bits, where
+/// SQLite asks `access(2)`: they differ only for a directory writable by its owner alone,
+/// owned by another user, named in one of the variables.
 fn temporary_directory() -> PathBuf {
     let named = ["SQLITE_TMPDIR", "TMPDIR"]
         .into_iter()
