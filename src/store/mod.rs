@@ -45,6 +45,7 @@ mod schema;
 mod sql;
 mod sqlite;
 mod sticky_audit;
+mod stored;
 mod tokens;
 mod view;
 mod witness;

@@ -24,10 +24,6 @@ const PAGE_ROWS: usize = 5_000;
 /// transaction, and a page of decisions usually needs only the newest few.
 const RANGES_PER_READ: usize = 16;
 
-/// Every column of `audit_log` as stored: what a backend that keeps the table selects.
-pub(super) const SELECT_AUDIT_LOG: &str =
-    concat!("SELECT ", super::sql::audit_columns!(), " FROM audit_log");
-
 /// A value bound to a scan's SQL.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Param<'a> {
@@ -49,8 +45,8 @@ pub(super) struct ContextCondition {
 /// The SQL of one page of `scan`, with `placeholder(n)` for the n-th parameter (1-based), and
 /// its parameters. The text is assembled from constant fragments only: every value is bound
 /// but the kind, spelled as one of its two constants. `select` is what the conditions follow:
-/// a SELECT of the backend's columns from a relation with `audit_log`'s columns (see
-/// [`SELECT_AUDIT_LOG`]).
+/// a SELECT of the backend's columns from a relation with `audit_log`'s columns (each
+/// backend's `SELECT_AUDIT_ROWS`).
 pub(super) fn scan_sql<'a>(
     scan: &Scan<'a>,
     placeholder: impl Fn(usize) -> String,

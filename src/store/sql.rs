@@ -2,15 +2,6 @@
 //! placeholders (`?1`); the PostgreSQL backend rewrites them to its own (`$1`) as it prepares
 //! them. What differs between the two stays in each backend.
 
-/// Every column of `audit_log`, in the order rows are written, read and hashed.
-macro_rules! audit_columns {
-    () => {
-        "id, ts, kind, actor, action, flag, context_key, result, source, reason, detail, \
-         prev_hash, hash"
-    };
-}
-pub(super) use audit_columns;
-
 pub(super) const SELECT_FLAG_TIMES: &str =
     "SELECT created_at, updated_at FROM flags WHERE name = ?1";
 pub(super) const INSERT_FLAG: &str = "INSERT INTO flags \

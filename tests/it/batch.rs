@@ -202,10 +202,11 @@ fn the_space_of_each_table_and_index_grows_where_a_batch_writes() {
     let store = env.open_store();
     let before: std::collections::BTreeMap<String, i64> =
         store.space_by_object().unwrap().into_iter().collect();
-    // SQLite keeps the log's rows in `audit_rows` (schema 14), shown by the view `audit_log`.
+    // The log's rows are in `audit_rows` (SQLite's schema 14, PostgreSQL's 16), shown by the
+    // view `audit_log`.
     let (log, assignments) = match env.backend {
         crate::common::Backend::Sqlite => ("audit_rows", "assignment_rows"),
-        crate::common::Backend::Postgres => ("audit_log", "assignments"),
+        crate::common::Backend::Postgres => ("audit_rows", "assignments"),
     };
     for object in [log, "flags"] {
         assert!(before.contains_key(object), "{object} in {before:?}");

@@ -1,7 +1,7 @@
 //! A store written by schema 1 (one audit row per flag evaluation), opened by this flagstore:
 //! migrated to decision records with every row and the head hash kept.
 
-use crate::common::Env;
+use crate::common::{Backend, Env};
 use serde_json::Value;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1-store");
@@ -461,6 +461,8 @@ fn a_migration_the_database_refuses_says_why_at_once() {
 
 contract_tests! {
     a_schema_11_stores_ranges_become_one_per_write_and_read_the_same,
+    a_store_edited_before_compact_rows_keeps_its_edits,
+    a_store_before_compact_rows_reads_the_same_from_fewer_bytes,
     a_migration_the_database_refuses_says_why_at_once,
 }
 
@@ -636,18 +638,18 @@ fn a_schema_13_stores_rows_read_the_same_from_fewer_bytes() {
     );
 }
 
-/// What a store edited by hand before schema 14 held stays visible after it: a link that is
-/// not the previous row's hash, a time and a hash flagstore does not write, a key edited. The
-/// view shows each as it was and `audit verify` names the first, as before.
-#[test]
-fn a_schema_13_stores_edits_stay_as_they_were() {
+/// What a store edited by hand before its audit rows were compact (SQLite's schema 14,
+/// PostgreSQL's 16) held stays visible after them: a link that is not the previous row's
+/// hash, a time and a hash flagstore does not write, a key edited. The view shows each as it
+/// was and `audit verify` names the first, as before; only those rows store what the view
+/// would otherwise derive.
+fn a_store_edited_before_compact_rows_keeps_its_edits() {
     let env = Env::new();
     env.import_json(crate::common::PIPELINE);
     for key in ["tenant:a", "tenant:b", "tenant:c"] {
         env.ok(&["eval", "--all", "--context", key]);
     }
     let last = env.count("SELECT max(id) FROM audit_log");
-    env.as_sqlite_schema_13();
     let forged = "ab".repeat(32);
     env.tamper(&format!(
         "UPDATE audit_log SET prev_hash = '{forged}' WHERE id = {last}; \
@@ -656,10 +658,33 @@ fn a_schema_13_stores_edits_stay_as_they_were() {
          UPDATE audit_log SET context_key = 'tenant:z' WHERE id = {};",
         last - 1
     ));
-    let before = audit_log_as_read(&env);
+    let before = audit_log_as_text(&env);
     let refused = env.fails(&["audit", "verify"]);
-    assert_eq!(audit_log_as_read(&env), before);
     assert!(refused.contains("row 2: "), "{refused}");
+    env.as_schema_before_compact_rows();
+    assert_eq!(audit_log_as_text(&env), before);
+    assert_eq!(env.fails(&["audit", "verify"]), refused);
+    assert_eq!(
+        env.count("SELECT max(version) FROM refinery_schema_history"),
+        env.latest_schema()
+    );
+    assert_eq!(audit_log_as_text(&env), before);
+    let (kept_times, kept_links, kept_hashes) = match env.backend {
+        Backend::Sqlite => (
+            "SELECT CAST(id AS TEXT) FROM audit_rows WHERE typeof(ts_ms) <> 'integer'",
+            "SELECT CAST(id AS TEXT) FROM audit_rows WHERE prev_hash IS NOT NULL ORDER BY id",
+            "SELECT CAST(id AS TEXT) FROM audit_rows WHERE typeof(hash) <> 'blob'",
+        ),
+        Backend::Postgres => (
+            "SELECT CAST(id AS TEXT) FROM audit_rows WHERE ts_ms IS NULL",
+            "SELECT CAST(id AS TEXT) FROM audit_rows WHERE prev_hash IS NOT NULL ORDER BY id",
+            "SELECT CAST(id AS TEXT) FROM audit_rows WHERE length(hash) <> 32",
+        ),
+    };
+    assert_eq!(env.texts(kept_times), ["2"]);
+    // Row 4 keeps the link to row 3's hash as it was before row 3's was edited.
+    assert_eq!(env.texts(kept_links), ["4".to_string(), last.to_string()]);
+    assert_eq!(env.texts(kept_hashes), ["3"]);
     // Put right in the order found, each of the others is then named in turn.
     let ts = env.text("SELECT ts FROM audit_log WHERE id = 1");
     env.tamper(&format!("UPDATE audit_log SET ts = '{ts}' WHERE id = 2"));
@@ -682,6 +707,65 @@ fn a_schema_13_stores_edits_stay_as_they_were() {
         unlinked.contains(&format!("row {last}: ")) && unlinked.contains("broken link"),
         "{unlinked}"
     );
+}
+
+/// A store written before its audit rows were compact (SQLite's schema 14, PostgreSQL's 16)
+/// reads the same afterwards, row for row, verifies with the same head, and keeps its rows
+/// in a fifth fewer bytes or better, none of them storing what the view derives.
+fn a_store_before_compact_rows_reads_the_same_from_fewer_bytes() {
+    let env = Env::new();
+    env.import_json(crate::common::PIPELINE);
+    env.ok(&["flag", "set", "enrich", "--rollout", "12.5"]);
+    let keys: String = (0..400).map(|i| format!("{i:08x}-tenant\n")).collect();
+    let keys = env.write("keys.txt", keys);
+    env.ok(&["eval", "--all", "--contexts-file", keys.to_str().unwrap()]);
+    env.ok(&[
+        "assignments",
+        "reset",
+        "--flag",
+        "enrich",
+        "--context",
+        "00000001-tenant",
+    ]);
+    env.ok(&["token", "create", "worker"]);
+    let verified = env.ok(&["audit", "verify"]);
+    env.as_schema_before_compact_rows();
+    let before = audit_log_as_text(&env);
+    assert!(before.len() > 400, "{before:?}");
+    let (size_of, derived) = match env.backend {
+        Backend::Sqlite => (
+            "SELECT sum(pgsize) FROM dbstat WHERE name = ",
+            "SELECT count(*) FROM audit_rows WHERE typeof(ts_ms) <> 'integer' \
+             OR prev_hash IS NOT NULL OR typeof(hash) <> 'blob' OR length(hash) <> 32",
+        ),
+        Backend::Postgres => (
+            "SELECT pg_relation_size",
+            "SELECT count(*) FROM audit_rows WHERE ts_text IS NOT NULL \
+             OR prev_hash IS NOT NULL OR length(hash) <> 32",
+        ),
+    };
+    let bytes_of = |table: &str| env.count(&format!("{size_of}('{table}')"));
+    let table_bytes = bytes_of("audit_log");
+    assert_eq!(env.ok(&["audit", "verify"]), verified);
+    assert_eq!(audit_log_as_text(&env), before);
+    env.ok(&["check"]);
+    assert_eq!(env.count(derived), 0);
+    let compact_bytes = bytes_of("audit_rows");
+    assert!(
+        compact_bytes * 5 < table_bytes * 4,
+        "{compact_bytes} bytes against {table_bytes}"
+    );
+}
+
+/// Every row of `audit_log` as text, NULL spelled out, as a reviewer's SQL reads it on either
+/// backend.
+fn audit_log_as_text(env: &Env) -> Vec<String> {
+    let columns = flagstore::audit::COLUMNS
+        .iter()
+        .map(|column| format!("coalesce(CAST({column} AS TEXT), 'NULL')"))
+        .collect::<Vec<_>>()
+        .join(" || ' ' || ");
+    env.texts(&format!("SELECT {columns} FROM audit_log ORDER BY id"))
 }
 
 /// `copy` writes every audit row verbatim, and a copy into SQLite stores no `prev_hash` for a

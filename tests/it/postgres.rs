@@ -617,7 +617,8 @@ fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
 
     let mut writer = postgres::Client::connect(&url("flagstore_writer"), postgres::NoTls).unwrap();
     for (table, column) in [
-        ("audit_log", "flag"),
+        ("audit_rows", "flag"),
+        ("actors", "name"),
         ("audit_ranges", "last_id"),
         ("audit_flag_sets", "flags"),
     ] {
@@ -667,4 +668,40 @@ fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
         warned.contains("is a superuser, so it can disable the triggers"),
         "{warned}"
     );
+}
+
+/// What schema 16 stores in a form of its own (a time in milliseconds, an actor by number, a
+/// hash as bytes): a value flagstore never writes there is named with its row by every reader
+/// of the log, as on SQLite, not taken for another or left to panic.
+#[test]
+fn a_compact_row_holding_what_flagstore_never_writes_is_named() {
+    if !use_postgres() {
+        return;
+    }
+    for (sql, named) in [
+        (
+            "UPDATE audit_rows SET ts_ms = 9223372036854775807 WHERE id = 6",
+            "audit row 6 cannot be read: ts holds 9223372036854775807 milliseconds, not text",
+        ),
+        (
+            "UPDATE audit_rows SET actor_id = 999 WHERE id = 3",
+            "audit row 3 cannot be read: actor holds NULL, not text",
+        ),
+        (
+            "UPDATE audit_rows SET hash = '\\xff'::bytea || substr(hash, 2) || hash WHERE id = 4",
+            "audit row 4 cannot be read: hash holds bytes that are neither a hash nor UTF-8, \
+             not text",
+        ),
+    ] {
+        let env = Env::new();
+        env.import_json(PIPELINE);
+        for key in ["tenant:a", "tenant:b"] {
+            env.ok(&["eval", "--all", "--context", key]);
+        }
+        env.tamper(sql);
+        for reader in [&["audit", "verify"][..], &["audit", "--limit", "0"]] {
+            let refused = env.fails(reader);
+            assert!(refused.contains(named), "{sql}: {reader:?}: {refused}");
+        }
+    }
 }

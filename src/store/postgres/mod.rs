@@ -12,7 +12,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
@@ -27,6 +26,7 @@ use crate::audit::AuditRow;
 use crate::error::{DatabaseError, Error, Result};
 use crate::flag::{Flag, FlagSet};
 use crate::store::sql;
+use crate::store::stored::{ShownTime, StoredHash, StoredTime, shown_hash};
 
 mod reads;
 mod writes;
@@ -39,7 +39,7 @@ mod embedded {
 /// never had SQLite's version 5 (how SQLite keys assignments; its own are keyed by a hash of
 /// the context key), so its 5 and 6 are SQLite's 6 and 7, and SQLite's 10 files audit rows
 /// under a context's number, which PostgreSQL does not give; the others are the same.
-const LATEST_SCHEMA_VERSION: i64 = 15;
+const LATEST_SCHEMA_VERSION: i64 = 16;
 
 /// First half of flagstore's advisory lock keys: "flag" in ASCII, so a DBA reading `pg_locks`
 /// can tell whose locks these are. The second half is a hash of the schema's name for the
@@ -147,6 +147,11 @@ pub(super) struct Postgres {
     /// their own round trip was one of the five a serve group made. Dropped by any write to the
     /// flags and as the transaction ends.
     flags: RefCell<Option<FlagSet>>,
+    /// The numbers of actors in `actors` (append-only) read or made on this connection, as
+    /// SQLite's writer keeps them: a statement that numbered the actors of each insert made
+    /// a serve group a tenth slower. Forgotten with a transaction that did not commit, which
+    /// may have made them.
+    actors: RefCell<HashMap<String, i32>>,
 }
 
 /// A connection to `url`, and the URL as messages show it (without its password).
@@ -201,6 +206,7 @@ impl Postgres {
             statements: RefCell::default(),
             tail: RefCell::default(),
             flags: RefCell::default(),
+            actors: RefCell::default(),
         })
     }
 
@@ -294,6 +300,37 @@ impl Postgres {
             .borrow_mut()
             .query_opt(&statement, params)
             .map_err(|e| self.fail(e))
+    }
+
+    /// The number of each row's actor in `actors`, numbering an actor named for the first
+    /// time: the next after the largest, as writers hold the audit lock (no sequence, so the
+    /// README's writer role needs only INSERT).
+    fn actor_ids(&self, rows: &[ChainedEntry]) -> Result<Vec<i32>> {
+        rows.iter()
+            .map(|row| {
+                let actor = row.entry.actor;
+                if let Some(id) = self.actors.borrow().get(actor) {
+                    return Ok(*id);
+                }
+                let id: i32 = self
+                    .query_opt(
+                        "WITH numbered AS ( \
+                           INSERT INTO actors (id, name) \
+                           SELECT (SELECT coalesce(max(id), 0) + 1 FROM actors), $1::text \
+                            WHERE NOT EXISTS (SELECT 1 FROM actors WHERE name = $1::text) \
+                           RETURNING id) \
+                         SELECT id FROM numbered UNION ALL SELECT id FROM actors WHERE name = $1",
+                        &[&actor],
+                    )?
+                    .map(|found| found.get(0))
+                    .ok_or_else(|| Error::Inconsistent {
+                        path: self.name.clone(),
+                        problem: format!("actors: {actor:?} was neither found nor numbered"),
+                    })?;
+                self.actors.borrow_mut().insert(actor.to_string(), id);
+                Ok(id)
+            })
+            .collect()
     }
 
     /// Moves the kept tail on past `rows`, just stored, in a write transaction.
@@ -484,6 +521,19 @@ macro_rules! record_range {
 }
 use record_range;
 
+/// The insert of audit rows into `audit_rows` (schema 16), with the column arrays of
+/// [`AuditColumns`] bound at the placeholders given.
+macro_rules! insert_audit_rows {
+    ($arrays:literal) => {
+        concat!(
+            "INSERT INTO audit_rows (id, ts_ms, ts_text, actor_id, action, flag, context_key, \
+               result, source, reason, detail, prev_hash, hash) SELECT * FROM unnest(",
+            $arrays,
+            ")"
+        )
+    };
+}
+
 /// Assignments as the column arrays an `unnest` insert binds.
 struct AssignmentColumns<'a> {
     flags: Vec<&'a str>,
@@ -518,12 +568,13 @@ impl<'a> AssignmentColumns<'a> {
     }
 }
 
-/// Audit rows as the column arrays an `unnest` insert binds, in `sql::audit_columns!` order.
+/// Audit rows as the column arrays [`insert_audit_rows!`] binds, in its order: as
+/// `audit_rows` stores them (schema 16).
 struct AuditColumns<'a> {
     ids: Vec<i64>,
-    ts: Vec<Option<&'a str>>,
-    kind: Vec<Option<&'a str>>,
-    actor: Vec<Option<&'a str>>,
+    ts_ms: Vec<Option<i64>>,
+    ts_text: Vec<Option<&'a str>>,
+    actor_id: Vec<i32>,
     action: Vec<Option<&'a str>>,
     flag: Vec<Option<&'a str>>,
     context_key: Vec<Option<&'a str>>,
@@ -532,17 +583,31 @@ struct AuditColumns<'a> {
     reason: Vec<Option<&'a str>>,
     detail: Vec<Option<&'a str>>,
     prev_hash: Vec<Option<&'a str>>,
-    hash: Vec<Option<&'a str>>,
+    hash: Vec<Vec<u8>>,
 }
 
 impl<'a> AuditColumns<'a> {
-    fn of(rows: &[ChainedEntry<'a>]) -> AuditColumns<'a> {
+    /// `rows`, each by its actor's number in `actor_id`.
+    fn of(rows: &[ChainedEntry<'a>], actor_id: Vec<i32>) -> AuditColumns<'a> {
         let column = |f: fn(&ChainedEntry<'a>) -> Option<&'a str>| rows.iter().map(f).collect();
+        let times = StoredTime::of_each(rows.iter().map(|r| r.entry.ts));
         AuditColumns {
             ids: rows.iter().map(|r| r.id).collect(),
-            ts: column(|r| Some(r.entry.ts)),
-            kind: column(|r| Some(r.entry.kind)),
-            actor: column(|r| Some(r.entry.actor)),
+            ts_ms: times
+                .iter()
+                .map(|time| match time {
+                    StoredTime::Millis(ms) => Some(*ms),
+                    StoredTime::Text(_) => None,
+                })
+                .collect(),
+            ts_text: times
+                .iter()
+                .map(|time| match time {
+                    StoredTime::Millis(_) => None,
+                    StoredTime::Text(text) => Some(*text),
+                })
+                .collect(),
+            actor_id,
             action: column(|r| r.entry.action),
             flag: column(|r| r.entry.flag),
             context_key: column(|r| r.entry.context_key),
@@ -553,17 +618,20 @@ impl<'a> AuditColumns<'a> {
             source: column(|r| r.entry.source),
             reason: column(|r| r.entry.reason),
             detail: column(|r| Some(r.entry.detail)),
-            prev_hash: column(|r| Some(r.prev_hash)),
-            hash: column(|r| Some(r.hash)),
+            prev_hash: column(|r| (!r.follows_previous).then_some(r.prev_hash)),
+            hash: rows
+                .iter()
+                .map(|r| StoredHash::of(r.hash).into_bytes())
+                .collect(),
         }
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); 13] {
         [
             &self.ids,
-            &self.ts,
-            &self.kind,
-            &self.actor,
+            &self.ts_ms,
+            &self.ts_text,
+            &self.actor_id,
             &self.action,
             &self.flag,
             &self.context_key,
@@ -636,39 +704,49 @@ fn migrate(client: &mut Client, name: &str) -> Result<()> {
     outcome
 }
 
-/// The times and actors of a page's audit rows, each kept once for the rows that show it (the
-/// rows of one transaction share both).
-#[derive(Default)]
-struct SharedTexts {
-    ts: Option<Arc<str>>,
-    actor: Option<Arc<str>>,
-}
-
-impl SharedTexts {
-    fn share(kept: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
-        match kept {
-            Some(shared) if **shared == *text => shared.clone(),
-            _ => kept.insert(text.into()).clone(),
+/// A row of `reads::SELECT_AUDIT_ROWS` as the view `audit_log` shows it but for its actor,
+/// with the number of its actor and the link it stores (`None` where it is the hash of row
+/// id - 1): the caller fills in both.
+fn read_audit_row(
+    row: &postgres::Row,
+    times: &mut ShownTime,
+) -> Result<(AuditRow, i32, Option<String>)> {
+    let id: i64 = row.get(0);
+    let unreadable = |column: &str, held: &str| Error::UnreadableAuditRow {
+        id,
+        why: format!("{column} holds {held}, not text"),
+    };
+    let ts = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<&str>>(2)) {
+        (Some(ms), _) => times
+            .text(ms)
+            .cloned()
+            .ok_or_else(|| unreadable("ts", &format!("{ms} milliseconds")))?,
+        (None, Some(text)) => text.into(),
+        (None, None) => return Err(unreadable("ts", "NULL")),
+    };
+    let action: Option<String> = row.get(4);
+    let audit_row = AuditRow {
+        id,
+        ts,
+        kind: if action.is_some() {
+            "change"
+        } else {
+            "evaluation"
         }
-    }
-}
-
-fn read_audit_row(row: &postgres::Row, shared: &mut SharedTexts) -> AuditRow {
-    AuditRow {
-        id: row.get(0),
-        ts: SharedTexts::share(&mut shared.ts, row.get(1)),
-        kind: crate::audit::stored_kind(row.get(2)),
-        actor: SharedTexts::share(&mut shared.actor, row.get(3)),
-        action: row.get(4),
+        .into(),
+        actor: "".into(),
+        action,
         flag: row.get(5),
         context_key: row.get(6),
         result: row.get::<_, Option<i32>>(7).map(i64::from),
         source: row.get(8),
         reason: row.get(9),
         detail: row.get::<_, &str>(10).into(),
-        prev_hash: row.get(11),
-        hash: row.get(12),
-    }
+        prev_hash: String::new(),
+        hash: shown_hash(row.get(12))
+            .ok_or_else(|| unreadable("hash", "bytes that are neither a hash nor UTF-8"))?,
+    };
+    Ok((audit_row, row.get(3), row.get(11)))
 }
 
 fn bucket_of(value: i32) -> u8 {
@@ -768,6 +846,7 @@ impl Backend for Postgres {
     fn rollback(&self) {
         self.tail.take();
         self.flags.take();
+        self.actors.take();
         // A failed rollback means the connection is gone, and the server has rolled back.
         let _ = self
             .client
@@ -777,14 +856,12 @@ impl Backend for Postgres {
     }
 
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
-        let audit = AuditColumns::of(rows);
+        let audit = AuditColumns::of(rows, self.actor_ids(rows)?);
         self.execute(
-            concat!(
-                "INSERT INTO audit_log (",
-                sql::audit_columns!(),
-                ") SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::text[], \
-                 $11::text[], $12::text[], $13::text[])"
+            insert_audit_rows!(
+                "$1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], \
+                 $7::text[], $8::int[], $9::text[], $10::text[], $11::text[], $12::text[], \
+                 $13::bytea[]"
             ),
             &audit.params(),
         )?;
@@ -801,7 +878,7 @@ impl Backend for Postgres {
         range: Option<(&str, i64, i64)>,
     ) -> Result<()> {
         let assigned = AssignmentColumns::of(assignments);
-        let audit = AuditColumns::of(records);
+        let audit = AuditColumns::of(records, self.actor_ids(records)?);
         let (range_flags, first_id, last_id) = match range {
             Some((flags, first_id, last_id)) => (Some(flags), first_id, last_id),
             None => (None, 0, 0),
@@ -816,11 +893,12 @@ impl Backend for Postgres {
                 insert_assignments!(),
                 "), ",
                 record_range!("$20", "$21", "$22"),
-                " INSERT INTO audit_log (",
-                sql::audit_columns!(),
-                ") SELECT * FROM unnest($7::bigint[], $8::text[], $9::text[], $10::text[], \
-                 $11::text[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[], \
-                 $17::text[], $18::text[], $19::text[])"
+                " ",
+                insert_audit_rows!(
+                    "$7::bigint[], $8::bigint[], $9::text[], $10::int[], $11::text[], \
+                     $12::text[], $13::text[], $14::int[], $15::text[], $16::text[], \
+                     $17::text[], $18::text[], $19::bytea[]"
+                )
             ),
             &params,
         )?;
@@ -848,6 +926,7 @@ impl Backend for Postgres {
         self.statements.borrow_mut().clear();
         self.tail.take();
         self.flags.take();
+        self.actors.take();
         self.ending.set(false);
         Ok(true)
     }
@@ -965,17 +1044,6 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn a_text_is_shared_by_the_rows_that_repeat_it_and_only_by_them() {
-        let mut kept = None;
-        let first = SharedTexts::share(&mut kept, "2026-12-07T21:00:00.000Z");
-        let again = SharedTexts::share(&mut kept, "2026-12-07T21:00:00.000Z");
-        assert!(Arc::ptr_eq(&first, &again));
-        let other = SharedTexts::share(&mut kept, "2026-12-07T21:00:00.001Z");
-        assert_eq!(&*other, "2026-12-07T21:00:00.001Z");
-        assert_eq!(&*first, "2026-12-07T21:00:00.000Z");
-    }
 
     #[test]
     fn urls_are_shown_without_password_or_parameters() {

@@ -19,6 +19,7 @@ use crate::error::{DatabaseError, Error, Result};
 use crate::file::PendingFile;
 use crate::flag::FlagSet;
 use crate::store::sql;
+use crate::store::stored::{StoredHash, StoredTime};
 
 mod checkpointer;
 mod reads;
@@ -728,64 +729,11 @@ struct StoredRow<'a> {
     context_id: Option<i64>,
 }
 
-/// `audit_rows.ts_ms` and `assignment_rows.assigned_at`: the milliseconds a time in
-/// flagstore's form stands for, which the views write back as the same text; any other text
-/// as it is (a clock set before 1970, a year past 9999).
-#[derive(Clone)]
-enum StoredTime<'a> {
-    Millis(i64),
-    Text(&'a str),
-}
-
-impl<'a> StoredTime<'a> {
-    /// Each of `times`, parsed once for a run of the same time (a transaction's rows share
-    /// theirs).
-    fn of_each(times: impl Iterator<Item = &'a str>) -> Vec<StoredTime<'a>> {
-        let mut last: Option<(&str, StoredTime)> = None;
-        times
-            .map(|text| match &last {
-                Some((previous, stored)) if *previous == text => stored.clone(),
-                _ => last.insert((text, StoredTime::of(text))).1.clone(),
-            })
-            .collect()
-    }
-
-    fn of(ts: &'a str) -> StoredTime<'a> {
-        match chrono::DateTime::parse_from_rfc3339(ts) {
-            Ok(instant)
-                if instant.timestamp_millis() >= 0
-                    && crate::audit::timestamp(instant.to_utc()) == ts =>
-            {
-                StoredTime::Millis(instant.timestamp_millis())
-            }
-            _ => StoredTime::Text(ts),
-        }
-    }
-}
-
 impl ToSql for StoredTime<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         match self {
             StoredTime::Millis(ms) => ms.to_sql(),
             StoredTime::Text(text) => text.to_sql(),
-        }
-    }
-}
-
-/// `hash`: the 32 bytes 64 lowercase hex digits spell, which the view writes back as them.
-enum StoredHash<'a> {
-    Bytes(Vec<u8>),
-    Text(&'a str),
-}
-
-impl<'a> StoredHash<'a> {
-    fn of(hash: &'a str) -> StoredHash<'a> {
-        let lowercase_hex = |digit: u8| matches!(digit, b'0'..=b'9' | b'a'..=b'f');
-        match crate::hex::decode(hash) {
-            Some(bytes) if bytes.len() == 32 && hash.bytes().all(lowercase_hex) => {
-                StoredHash::Bytes(bytes)
-            }
-            _ => StoredHash::Text(hash),
         }
     }
 }

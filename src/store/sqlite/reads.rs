@@ -10,6 +10,7 @@ use crate::flag::{Flag, FlagSet};
 use crate::store::backend::{FoundAssignment, PageCheck, RangeKey, Reads, RecordRange, Scan};
 use crate::store::sql;
 use crate::store::sticky_audit::{ContextItem, EvaluationRow};
+use crate::store::stored::{ShownTime, link_page, link_rows};
 use crate::store::{AssignmentRow, AssignmentTally, TokenRecord, query};
 
 impl Reads for Sqlite {
@@ -139,21 +140,16 @@ impl Reads for Sqlite {
             "SELECT id, prev_hash, hash FROM audit_rows WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let mut rows = statement.query([after_id, limit])?;
-        let mut links: Vec<(i64, String, String)> = Vec::new();
+        let mut stored = Vec::new();
         while let Some(row) = rows.next()? {
             let id = row.get(0)?;
-            let stored: Option<String> = audit_column(row, id, 1)?;
-            let hash = stored_hash(row.get_ref(2)?, id)?;
-            let prev_hash = match stored {
-                Some(link) => link,
-                None => {
-                    let beside = links.last().filter(|(previous, ..)| *previous == id - 1);
-                    self.hash_before(id, beside.map(|(.., hash)| hash.as_str()))?
-                }
-            };
-            links.push((id, prev_hash, hash));
+            stored.push((
+                id,
+                audit_column(row, id, 1)?,
+                stored_hash(row.get_ref(2)?, id)?,
+            ));
         }
-        Ok(links)
+        link_rows(stored, |id| self.stored_hash_of(id))
     }
 
     fn audit_hash(&self, id: i64) -> Result<Option<String>> {
@@ -241,12 +237,7 @@ impl Reads for Sqlite {
                 hash: stored_hash(row.get_ref(11)?, id)?,
             });
         }
-        for (at, stored) in stored_links.into_iter().enumerate() {
-            page[at].prev_hash = match stored {
-                Some(link) => link,
-                None => self.previous_hash(&page, at)?,
-            };
-        }
+        link_page(&mut page, stored_links, |id| self.stored_hash_of(id))?;
         Ok(page)
     }
 
@@ -441,7 +432,7 @@ impl Sqlite {
                 Some(id) => ContextItem::Record(EvaluationRow {
                     id,
                     flag: audit_column(row, id, 2)?,
-                    ts: shown.of_row(row, 3, id)?.to_string(),
+                    ts: shown_time(&mut shown, row, 3, id)?.to_string(),
                     context_key: audit_column(row, id, 4)?,
                     result: audit_column(row, id, 5)?,
                     reason: audit_column(row, id, 6)?,
@@ -573,33 +564,21 @@ pub(super) const SELECT_AUDIT_ROWS: &str = "WITH audit_log AS ( \
             prev_hash, hash \
        FROM audit_log";
 
-/// Stored milliseconds (`audit_rows.ts_ms`, `assignment_rows.assigned_at`) as flagstore
-/// writes times, the last one kept: the rows of one transaction share theirs.
-#[derive(Default)]
-struct ShownTime {
-    last: Option<(i64, std::sync::Arc<str>)>,
-}
-
-impl ShownTime {
-    /// Column `index` of audit row `id`, its `ts_ms`, as the view `audit_log` shows `ts`:
-    /// milliseconds in flagstore's form, text as it is.
-    fn of_row(&mut self, row: &Row, index: usize, id: i64) -> Result<std::sync::Arc<str>> {
-        let ValueRef::Integer(ms) = row.get_ref(index)? else {
-            return typed_column(row, index, |_, held| unreadable(id, "ts", &held));
-        };
-        self.text(ms)
-            .cloned()
-            .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))
-    }
-
-    /// `ms` as text, shared by the rows that show it, or `None` for milliseconds no time has.
-    fn text(&mut self, ms: i64) -> Option<&std::sync::Arc<str>> {
-        if self.last.as_ref().is_none_or(|(shown, _)| *shown != ms) {
-            let text = chrono::DateTime::from_timestamp_millis(ms).map(crate::audit::timestamp)?;
-            self.last = Some((ms, text.into()));
-        }
-        self.last.as_ref().map(|(_, text)| text)
-    }
+/// Column `index` of audit row `id`, its `ts_ms`, as the view `audit_log` shows `ts`:
+/// milliseconds in flagstore's form, text as it is.
+fn shown_time(
+    shown: &mut ShownTime,
+    row: &Row,
+    index: usize,
+    id: i64,
+) -> Result<std::sync::Arc<str>> {
+    let ValueRef::Integer(ms) = row.get_ref(index)? else {
+        return typed_column(row, index, |_, held| unreadable(id, "ts", &held));
+    };
+    shown
+        .text(ms)
+        .cloned()
+        .ok_or_else(|| unreadable(id, "ts", &format!("{ms} milliseconds")))
 }
 
 /// What a page of audit rows shows of their stored times and actors, each shown once.
@@ -610,9 +589,9 @@ struct ShownColumns {
 }
 
 impl ShownColumns {
-    /// `ts` as the view shows it (see [`ShownTime::of_row`]).
+    /// `ts` as the view shows it (see [`shown_time`]).
     fn time(&mut self, row: &Row, id: i64) -> Result<std::sync::Arc<str>> {
-        self.time.of_row(row, 1, id)
+        shown_time(&mut self.time, row, 1, id)
     }
 
     /// The actor's name, from `actors` (append-only: read once a page).
@@ -654,35 +633,16 @@ fn unreadable(id: i64, column: &str, held: &str) -> Error {
 }
 
 impl Sqlite {
-    /// The `prev_hash` of `page[at]`, stored as none: the hash of row id - 1, from the page
-    /// where it is beside it (in either order), else from the table.
-    fn previous_hash(&self, page: &[AuditRow], at: usize) -> Result<String> {
-        let id = page[at].id;
-        let beside = [at.checked_sub(1), Some(at + 1)]
-            .into_iter()
-            .flatten()
-            .filter_map(|i| page.get(i))
-            .find(|row| row.id == id - 1);
-        self.hash_before(id, beside.map(|row| row.hash.as_str()))
-    }
-
-    /// The `prev_hash` of row `id`, stored as none: the hash of row id - 1, `beside` where the
-    /// caller has read it, else from the table; the genesis hash for row 1.
-    fn hash_before(&self, id: i64, beside: Option<&str>) -> Result<String> {
-        if id == 1 {
-            return Ok(crate::audit::GENESIS_HASH.to_string());
-        }
-        if let Some(previous) = beside {
-            return Ok(previous.to_string());
-        }
+    /// Audit row `id`'s hash as the view shows it, `None` where there is no such row.
+    fn stored_hash_of(&self, id: i64) -> Result<Option<String>> {
         let mut lookup = self
             .conn
             .prepare_cached("SELECT hash FROM audit_rows WHERE id = ?1")?;
-        let mut found = lookup.query([id - 1])?;
-        match found.next()? {
-            Some(previous) => stored_hash(previous.get_ref(0)?, id - 1),
-            None => Err(unreadable(id, "prev_hash", "NULL")),
-        }
+        let mut found = lookup.query([id])?;
+        found
+            .next()?
+            .map(|row| stored_hash(row.get_ref(0)?, id))
+            .transpose()
     }
 }
 

@@ -421,13 +421,65 @@ impl Env {
         .unwrap();
     }
 
+    /// Takes a PostgreSQL store back to schema 15: `audit_log` a table holding every column
+    /// as its view shows it, with schema 15's constraints, indexes, triggers and views; the
+    /// next command migrates it again.
+    pub fn as_postgres_schema_15(&self) {
+        assert_eq!(self.backend, Backend::Postgres);
+        let schema_13 = include_str!("../../../migrations/postgres/V13__compact_decisions.sql");
+        let view = &schema_13[schema_13.find("CREATE VIEW audit_evaluations").unwrap()..];
+        self.execute(&format!(
+            "CREATE TABLE legacy_rows AS SELECT * FROM audit_log; \
+             DROP VIEW audit_evaluations; DROP VIEW audit_log; \
+             DROP TABLE audit_rows; DROP TABLE actors; \
+             DROP FUNCTION audit_log_write(); DROP FUNCTION actors_refuse_change(); \
+             DROP FUNCTION audit_time(bigint); DROP FUNCTION audit_hash_text(bytea); \
+             DROP FUNCTION audit_hash_bytes(text); \
+             CREATE TABLE audit_log ( \
+                 id BIGINT PRIMARY KEY CHECK (id > 0), ts TEXT NOT NULL, \
+                 kind TEXT NOT NULL CHECK (kind IN ('evaluation', 'change')), \
+                 actor TEXT NOT NULL, \
+                 action TEXT CHECK ((kind = 'change') = (action IS NOT NULL)), \
+                 flag TEXT CONSTRAINT audit_log_flag_check CHECK (flag IS NOT NULL \
+                     OR kind = 'evaluation' OR action IN ('token_create', 'token_revoke')), \
+                 context_key TEXT, result INTEGER CHECK (result IN (0, 1)), \
+                 source TEXT CHECK (source IN ('sticky', 'rollout', 'disabled', 'dependency', \
+                                               'unknown', 'cycle')), \
+                 reason TEXT CONSTRAINT audit_log_reason_check \
+                     CHECK (reason IS NOT NULL OR kind = 'evaluation'), \
+                 detail TEXT NOT NULL DEFAULT '{{}}', \
+                 prev_hash TEXT NOT NULL CHECK (length(prev_hash) = 64), \
+                 hash TEXT NOT NULL CHECK (length(hash) = 64)); \
+             INSERT INTO audit_log SELECT * FROM legacy_rows ORDER BY id; DROP TABLE legacy_rows; \
+             CREATE INDEX audit_log_flag ON audit_log (flag, id) WHERE flag IS NOT NULL; \
+             CREATE INDEX audit_log_context ON audit_log USING hash (context_key); \
+             CREATE INDEX audit_log_changes ON audit_log (id) WHERE action IS NOT NULL; \
+             CREATE INDEX audit_log_token_changes ON audit_log (id) \
+                 WHERE action = 'token_create' OR action = 'token_revoke'; \
+             CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON audit_log \
+                 FOR EACH ROW EXECUTE FUNCTION audit_log_refuse_change(); \
+             CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log \
+                 FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change(); \
+             DELETE FROM refinery_schema_history WHERE version >= 16; \
+             {view}"
+        ))
+        .unwrap();
+    }
+
+    /// Takes this store back to the schema before its audit rows were compact (SQLite's 13,
+    /// PostgreSQL's 15): `audit_log` a table of the columns as hashed.
+    pub fn as_schema_before_compact_rows(&self) {
+        match self.backend {
+            Backend::Sqlite => self.as_sqlite_schema_13(),
+            Backend::Postgres => self.as_postgres_schema_15(),
+        }
+    }
+
     /// Turns this store back into what schema 11 wrote: `audit_flag_ranges` a table with a
     /// row per write transaction and flag (the rows the view of schema 12 shows), edited by
     /// `legacy_edit` before its append-only triggers are made; the next command migrates it.
     pub fn as_schema_11(&self, legacy_edit: &str) {
-        if self.backend == Backend::Sqlite {
-            self.as_sqlite_schema_13();
-        }
+        self.as_schema_before_compact_rows();
         let (integer, append_only, legacy_drops) = match self.backend {
             Backend::Sqlite => (
                 "INTEGER",
@@ -491,8 +543,9 @@ impl Env {
                 format!("{}; {sql}; {};", dropped.join("; "), made.join("; "))
             }
             Backend::Postgres => {
+                // Since schema 16 the rows are in `audit_rows` and `actors`, as on SQLite.
                 let toggled = |verb: &str| {
-                    APPEND_ONLY
+                    ["audit_rows", "actors", "audit_ranges", "audit_flag_sets"]
                         .map(|table| format!("ALTER TABLE {table} {verb} TRIGGER USER"))
                         .join("; ")
                 };
@@ -663,7 +716,7 @@ pub const LATEST_SQLITE_SCHEMA: i64 = 16;
 
 /// The newest schema version this build's PostgreSQL migrations make (SQLite's 15 changed
 /// only how SQLite stores a time).
-pub const LATEST_POSTGRES_SCHEMA: i64 = 15;
+pub const LATEST_POSTGRES_SCHEMA: i64 = 16;
 
 const TABLES: [&str; 6] = [
     "flags",
