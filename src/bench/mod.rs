@@ -664,11 +664,13 @@ fn pass_line(pass: &str, report: &BatchReport, elapsed: Duration) -> String {
     )
 }
 
-/// What a bench's writes cost an SQLite store: bytes this process wrote to disk (Linux's
+/// What a bench's writes cost a store. SQLite: bytes this process wrote to disk (Linux's
 /// `/proc/self/io`, WAL and database together, checkpoints included) and the bytes its files
 /// grew by, each measure taken after a checkpoint that moves the WAL into the database and
-/// empties it, so what grew is the database itself. A PostgreSQL server writes in processes of
-/// its own, so neither is measured there.
+/// empties it, so what grew is the database itself. PostgreSQL, whose server writes in
+/// processes of its own: the bytes its write-ahead log grew by (every database of the
+/// server's, so a bench is alone on it or counts its neighbours too; the tables' pages reach
+/// their files from there) and the bytes the store's tables and indexes grew by.
 struct StoreSize<'a> {
     file: Option<&'a Path>,
 }
@@ -695,10 +697,12 @@ impl<'a> StoreSize<'a> {
     /// measures.
     fn measure(&self, store: &Store) -> Measured {
         let Some(file) = self.file else {
+            let objects = objects_of(store);
             return Measured {
-                written: None,
-                on_disk: None,
-                objects: objects_of(store),
+                written: store.log_position().ok().flatten(),
+                on_disk: (!objects.is_empty())
+                    .then(|| objects.values().map(|bytes| *bytes as u64).sum()),
+                objects,
             };
         };
         let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());

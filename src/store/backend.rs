@@ -295,6 +295,12 @@ pub(super) trait Reads {
     /// the store's schema (TOAST data apart).
     fn space_by_object(&self) -> Result<Vec<(String, i64)>>;
 
+    /// How far the server's write-ahead log has come, in bytes, where the store's writes go
+    /// through a server that writes in processes of its own (PostgreSQL: `pg_current_wal_lsn`,
+    /// every database of the server alike): what a benchmark counts as bytes written there.
+    /// `None` on SQLite, where the writing process counts its own.
+    fn log_position(&self) -> Result<Option<u64>>;
+
     /// Of `flag`'s stored assignments: how many are on, how many off, and how many were
     /// decided otherwise than a hash under `rollout_pct` would decide them now.
     fn assignment_tally(&self, flag: &str, rollout_pct: f64) -> Result<AssignmentTally>;

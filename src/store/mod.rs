@@ -389,6 +389,13 @@ impl Store {
         self.read_transaction()?.space_by_object()
     }
 
+    /// How far a database server's write-ahead log has come, in bytes (see
+    /// `Reads::log_position`): what a benchmark counts as bytes written on PostgreSQL. `None`
+    /// on SQLite.
+    pub fn log_position(&self) -> Result<Option<u64>> {
+        self.read_transaction()?.log_position()
+    }
+
     /// A warning for the operator when this connection could rewrite history unseen by the
     /// triggers (on PostgreSQL, a superuser or the owner of `audit_log`); `None` when it cannot
     /// or the backend has no roles (SQLite: the file's owner is the operating system's matter).

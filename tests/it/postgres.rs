@@ -705,3 +705,44 @@ fn a_compact_row_holding_what_flagstore_never_writes_is_named() {
         }
     }
 }
+
+/// A bench on PostgreSQL reports bytes written per key as its server's write-ahead log grew,
+/// and bytes grown as its tables and indexes did, where it said `n/a` for both.
+#[cfg(feature = "bench")]
+#[test]
+fn a_bench_on_postgres_reports_the_wal_it_wrote_and_the_space_it_grew() {
+    if !use_postgres() {
+        return;
+    }
+    let base = std::env::var(crate::common::POSTGRES_VARIABLE).unwrap();
+    let env = Env::new();
+    let report = env.ok(&[
+        "bench",
+        "eval",
+        "--keys",
+        "300",
+        "--preload",
+        "200",
+        "--db",
+        &base,
+    ]);
+    let passes: Vec<&str> = report
+        .lines()
+        .filter(|line| line.starts_with("fresh (misses)") || line.starts_with("again (hits)"))
+        .collect();
+    assert_eq!(passes.len(), 2, "{report}");
+    for line in passes {
+        let per_key = line.split("  ").last().unwrap();
+        let numbers: Vec<f64> = per_key
+            .split_whitespace()
+            .filter_map(|word| word.parse().ok())
+            .collect();
+        assert!(
+            per_key.ends_with("grown on disk") && numbers.len() == 2,
+            "{line}"
+        );
+        // A decision record at the least, and its log record.
+        assert!(numbers[0] > 100.0, "bytes written: {line}");
+        assert!(numbers[1] >= 0.0, "bytes grown: {line}");
+    }
+}

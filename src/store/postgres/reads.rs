@@ -338,6 +338,13 @@ impl Reads for Postgres {
             .collect())
     }
 
+    fn log_position(&self) -> Result<Option<u64>> {
+        Ok(self
+            .query("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])?
+            .first()
+            .and_then(|row| u64::try_from(row.get::<_, i64>(0)).ok()))
+    }
+
     fn assignment_count(&self) -> Result<i64> {
         Ok(self
             .query("SELECT count(*) FROM assignments", &[])?

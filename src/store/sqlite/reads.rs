@@ -349,6 +349,10 @@ impl Reads for Sqlite {
         Ok(objects)
     }
 
+    fn log_position(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     fn assignment_count(&self) -> Result<i64> {
         Ok(self
             .conn
