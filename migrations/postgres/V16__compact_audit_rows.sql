@@ -12,7 +12,8 @@
 --   actor_id  the number of its actor in `actors`, which names each actor once;
 --   prev_hash NULL: it is the `hash` of row id - 1 (64 zeros for row 1);
 --   hash      the 32 bytes of the SHA-256, or the UTF-8 bytes of a hash that is not 64
---             lowercase hex digits (never 32 bytes long: the old column held 64 characters);
+--             lowercase hex digits (never 32 bytes long: the old column held 64 characters,
+--             as the view's triggers and flagstore's writer still require of text);
 --
 -- and `audit_log` is a view that shows every row with the columns and values the table had,
 -- so what is hashed, what a reviewer's SQL reads and what the README's script re-hashes do
@@ -155,6 +156,10 @@ BEGIN
     IF NEW.kind IS DISTINCT FROM (CASE WHEN NEW.action IS NULL THEN 'evaluation'
                                        ELSE 'change' END) THEN
         RAISE EXCEPTION 'audit_log: kind is ''change'' exactly where action is set';
+    END IF;
+    -- As the old column's CHECK: other text could be 32 bytes, stored as if it were a hash.
+    IF char_length(NEW.hash) <> 64 THEN
+        RAISE EXCEPTION 'audit_log: hash must be 64 characters';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM actors WHERE name = NEW.actor) THEN
         INSERT INTO actors (id, name) SELECT coalesce(max(id), 0) + 1, NEW.actor FROM actors;

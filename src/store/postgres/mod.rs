@@ -587,11 +587,29 @@ struct AuditColumns<'a> {
 }
 
 impl<'a> AuditColumns<'a> {
-    /// `rows`, each by its actor's number in `actor_id`.
-    fn of(rows: &[ChainedEntry<'a>], actor_id: Vec<i32>) -> AuditColumns<'a> {
+    /// `rows`, each by its actor's number in `actor_id`. A hash in text (a store edited by
+    /// hand, copied) is kept as its bytes only at 64 characters, as the column held it
+    /// before schema 16: other text could be 32 bytes long and read back as a hash.
+    fn of(rows: &[ChainedEntry<'a>], actor_id: Vec<i32>) -> Result<AuditColumns<'a>> {
+        let hash = rows
+            .iter()
+            .map(|r| match StoredHash::of(r.hash) {
+                StoredHash::Text(text) if text.chars().count() != 64 => {
+                    Err(Error::UnreadableAuditRow {
+                        id: r.id,
+                        why: format!(
+                            "hash holds {} characters of text, where PostgreSQL keeps a hash \
+                             as 32 bytes or 64 characters",
+                            text.chars().count()
+                        ),
+                    })
+                }
+                stored => Ok(stored.into_bytes()),
+            })
+            .collect::<Result<_>>()?;
         let column = |f: fn(&ChainedEntry<'a>) -> Option<&'a str>| rows.iter().map(f).collect();
         let times = StoredTime::of_each(rows.iter().map(|r| r.entry.ts));
-        AuditColumns {
+        Ok(AuditColumns {
             ids: rows.iter().map(|r| r.id).collect(),
             ts_ms: times
                 .iter()
@@ -619,11 +637,8 @@ impl<'a> AuditColumns<'a> {
             reason: column(|r| r.entry.reason),
             detail: column(|r| Some(r.entry.detail)),
             prev_hash: column(|r| (!r.follows_previous).then_some(r.prev_hash)),
-            hash: rows
-                .iter()
-                .map(|r| StoredHash::of(r.hash).into_bytes())
-                .collect(),
-        }
+            hash,
+        })
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); 13] {
@@ -856,7 +871,7 @@ impl Backend for Postgres {
     }
 
     fn insert_audit(&self, rows: &[ChainedEntry]) -> Result<()> {
-        let audit = AuditColumns::of(rows, self.actor_ids(rows)?);
+        let audit = AuditColumns::of(rows, self.actor_ids(rows)?)?;
         self.execute(
             insert_audit_rows!(
                 "$1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], \
@@ -878,7 +893,7 @@ impl Backend for Postgres {
         range: Option<(&str, i64, i64)>,
     ) -> Result<()> {
         let assigned = AssignmentColumns::of(assignments);
-        let audit = AuditColumns::of(records, self.actor_ids(records)?);
+        let audit = AuditColumns::of(records, self.actor_ids(records)?)?;
         let (range_flags, first_id, last_id) = match range {
             Some((flags, first_id, last_id)) => (Some(flags), first_id, last_id),
             None => (None, 0, 0),
