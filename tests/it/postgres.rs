@@ -637,6 +637,26 @@ fn the_readme_roles_serve_and_review_and_the_writer_cannot_rewrite_history() {
         }
     }
 
+    // A store made before schema 16: its writer was granted the old log, not the tables the
+    // migration made, and is refused until the owner grants them as the README says.
+    let writer_role = roles.role("flagstore_writer");
+    owner
+        .batch_execute(&format!(
+            "REVOKE ALL ON audit_rows, actors FROM {writer_role}"
+        ))
+        .unwrap();
+    let (code, _, refused) = run("flagstore_writer", &["eval", "--all", "--context", "t:9"]);
+    assert_eq!(code, Some(2), "{refused}");
+    assert!(
+        refused.contains("permission denied for table actors"),
+        "{refused}"
+    );
+    owner
+        .batch_execute(&roles.sql(&readme_block("creates the store and grants"), &schema))
+        .expect("the README's grants run again as the owner");
+    let (code, _, stderr) = run("flagstore_writer", &["eval", "--all", "--context", "t:9"]);
+    assert_eq!((code, stderr.as_str()), (Some(0), ""));
+
     let (code, _, warned) = run("flagstore_owner", &["flag", "list"]);
     assert_eq!(code, Some(0));
     assert_eq!(
