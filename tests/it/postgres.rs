@@ -103,6 +103,14 @@ fn a_schema_with_other_tables_or_a_newer_flagstores_is_refused_untouched() {
     assert_eq!(newer.snapshot(), before);
 }
 
+/// `flagstore ARGS --db SQLITE` in `env`'s directory, expected to succeed: an SQLite store
+/// beside the PostgreSQL one, to copy from.
+fn on_sqlite_file(env: &Env, sqlite: &std::path::Path, args: &[&str]) -> String {
+    let mut full = vec!["--db", sqlite.to_str().unwrap()];
+    full.extend(args);
+    env.ok(&full)
+}
+
 #[test]
 fn a_store_copied_to_postgres_and_back_keeps_every_row_and_its_head() {
     if !use_postgres() {
@@ -110,11 +118,7 @@ fn a_store_copied_to_postgres_and_back_keeps_every_row_and_its_head() {
     }
     let postgres = Env::new();
     let sqlite = postgres.dir.path().join("original.db");
-    let original = |args: &[&str]| {
-        let mut full = vec!["--db", sqlite.to_str().unwrap()];
-        full.extend(args);
-        postgres.ok(&full)
-    };
+    let original = |args: &[&str]| on_sqlite_file(&postgres, &sqlite, args);
     original(&[
         "import",
         postgres.write("flags.json", PIPELINE).to_str().unwrap(),
@@ -777,16 +781,19 @@ fn a_copy_refuses_a_hash_postgres_cannot_show_as_it_was() {
     }
     let postgres = Env::new();
     let sqlite = postgres.dir.path().join("edited.db");
-    let at_sqlite = |args: &[&str]| {
-        let mut full = vec!["--db", sqlite.to_str().unwrap()];
-        full.extend(args);
-        postgres.ok(&full)
-    };
-    at_sqlite(&[
-        "import",
-        postgres.write("flags.json", PIPELINE).to_str().unwrap(),
-    ]);
-    at_sqlite(&["eval", "--all", "--context", "tenant:a"]);
+    on_sqlite_file(
+        &postgres,
+        &sqlite,
+        &[
+            "import",
+            postgres.write("flags.json", PIPELINE).to_str().unwrap(),
+        ],
+    );
+    on_sqlite_file(
+        &postgres,
+        &sqlite,
+        &["eval", "--all", "--context", "tenant:a"],
+    );
     let edited = rusqlite::Connection::open(&sqlite).unwrap();
     edited
         .execute_batch(
