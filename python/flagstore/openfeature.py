@@ -1,12 +1,14 @@
-"""An in-process OpenFeature provider over a flagstore store (``openfeature-sdk`` from PyPI):
-boolean flags resolve as ``flagstore serve`` answers them over OFREP (value, variant ``on`` or
-``off``, reason ``SPLIT``, ``DISABLED``, ``TARGETING_MATCH`` or ``UNKNOWN``, and flagstore's
-own source and reason as metadata), each decision recorded and stored before it returns.
+"""An in-process OpenFeature provider over a flagstore store (``openfeature-sdk`` 0.10 or
+later, from PyPI): boolean flags resolve as ``flagstore serve`` answers them over OFREP
+(value, variant ``on`` or ``off``, reason ``SPLIT``, ``DISABLED``, ``TARGETING_MATCH`` or
+``UNKNOWN``, and flagstore's own source and reason as metadata), each decision recorded and
+stored before it returns. Set it with ``set_provider_and_wait``: ``set_provider`` returns
+before the provider is ready.
 
     from openfeature import api
     from flagstore.openfeature import FlagstoreProvider
 
-    api.set_provider(FlagstoreProvider(db="flagstore.db", actor="billing-worker"))
+    api.set_provider_and_wait(FlagstoreProvider(db="flagstore.db", actor="billing-worker"))
     api.get_client().get_boolean_value("enrich", False, EvaluationContext("tenant:acme"))
 
 An unknown flag resolves to the caller's default with ``FLAG_NOT_FOUND`` (and is not

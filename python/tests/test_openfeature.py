@@ -54,7 +54,7 @@ def test_the_provider_answers_as_serve_does(tmp_path, flagstore_bin):
     mine, theirs = str(tmp_path / "mine.db"), str(tmp_path / "served.db")
     FlagManager(FLAGS, db=mine)
     FlagManager(FLAGS, db=theirs)
-    api.set_provider(FlagstoreProvider(db=mine, actor="sdk"), "flagstore-test")
+    api.set_provider_and_wait(FlagstoreProvider(db=mine, actor="sdk"), "flagstore-test")
     client = api.get_client("flagstore-test")
     url, token, server = served(flagstore_bin, theirs)
     try:
@@ -80,7 +80,7 @@ def test_the_provider_answers_as_serve_does(tmp_path, flagstore_bin):
 def test_unknown_flags_and_other_types_give_the_default_with_their_error_code(tmp_path):
     db = str(tmp_path / "flags.db")
     FlagManager(FLAGS, db=db)
-    api.set_provider(FlagstoreProvider(db=db), "flagstore-errors")
+    api.set_provider_and_wait(FlagstoreProvider(db=db), "flagstore-errors")
     client = api.get_client("flagstore-errors")
     context = EvaluationContext(targeting_key="k")
     missing = client.get_boolean_details("no_such_flag", True, context)

@@ -17,7 +17,7 @@ from openfeature.evaluation_context import EvaluationContext
 
 def client(base_url, token, domain):
     provider = OFREPProvider(base_url, headers_factory=lambda: {"Authorization": f"Bearer {token}"})
-    api.set_provider(provider, domain)
+    api.set_provider_and_wait(provider, domain)
     return api.get_client(domain)
 
 
