@@ -15,7 +15,6 @@ pub(super) const DELETE_FLAG: &str = "DELETE FROM flags WHERE name = ?1";
 
 pub(super) const SELECT_AUDIT_TAIL: &str =
     "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1";
-pub(super) const SELECT_AUDIT_HASH: &str = "SELECT hash FROM audit_log WHERE id = ?1";
 pub(super) const COUNT_AUDIT_ROWS: &str = "SELECT count(*) FROM audit_log";
 
 /// The token change rows, oldest first, through the partial index of schema 9.

@@ -27,6 +27,22 @@ impl<'a> StoredTime<'a> {
             .collect()
     }
 
+    /// The milliseconds, for a backend that keeps them and the text in two columns.
+    pub(super) fn millis(&self) -> Option<i64> {
+        match self {
+            StoredTime::Millis(ms) => Some(*ms),
+            StoredTime::Text(_) => None,
+        }
+    }
+
+    /// The text kept as it is, for the same.
+    pub(super) fn text(&self) -> Option<&'a str> {
+        match self {
+            StoredTime::Millis(_) => None,
+            StoredTime::Text(text) => Some(text),
+        }
+    }
+
     fn of(ts: &'a str) -> StoredTime<'a> {
         match chrono::DateTime::parse_from_rfc3339(ts) {
             Ok(instant)
@@ -68,12 +84,19 @@ impl<'a> StoredHash<'a> {
     }
 }
 
-/// A hash stored as bytes, as the view shows it (see [`StoredHash::into_bytes`]); `None`
-/// where the bytes are neither a hash nor UTF-8.
-pub(super) fn shown_hash(bytes: &[u8]) -> Option<String> {
+/// Audit row `id`'s hash stored as bytes, as the view shows it (see
+/// [`StoredHash::into_bytes`]); the row named where the bytes are neither a hash nor UTF-8.
+pub(super) fn shown_hash(id: i64, bytes: &[u8]) -> Result<String> {
     match bytes.len() {
-        32 => Some(crate::hex::lowercase(bytes)),
-        _ => std::str::from_utf8(bytes).ok().map(str::to_string),
+        32 => Ok(crate::hex::lowercase(bytes)),
+        _ => {
+            std::str::from_utf8(bytes)
+                .map(str::to_string)
+                .map_err(|_| Error::UnreadableAuditRow {
+                    id,
+                    why: "hash holds bytes that are neither a hash nor UTF-8, not text".to_string(),
+                })
+        }
     }
 }
 
@@ -169,13 +192,17 @@ mod tests {
         let hash = "ab".repeat(32);
         let stored = StoredHash::of(&hash).into_bytes();
         assert_eq!(stored.len(), 32);
-        assert_eq!(shown_hash(&stored).as_deref(), Some(hash.as_str()));
+        assert_eq!(shown_hash(1, &stored).unwrap(), hash);
         for edited in ["AB".repeat(32), "xyz".to_string(), "é".repeat(32)] {
             let stored = StoredHash::of(&edited).into_bytes();
             assert_ne!(stored.len(), 32, "{edited}");
-            assert_eq!(shown_hash(&stored).as_deref(), Some(edited.as_str()));
+            assert_eq!(shown_hash(1, &stored).unwrap(), edited);
         }
-        assert_eq!(shown_hash(&[0xff; 64]), None);
+        let unreadable = shown_hash(7, &[0xff; 64]).unwrap_err().to_string();
+        assert!(
+            unreadable.contains("audit row 7") && unreadable.contains("hash"),
+            "{unreadable}"
+        );
     }
 
     #[test]

@@ -611,20 +611,8 @@ impl<'a> AuditColumns<'a> {
         let times = StoredTime::of_each(rows.iter().map(|r| r.entry.ts));
         Ok(AuditColumns {
             ids: rows.iter().map(|r| r.id).collect(),
-            ts_ms: times
-                .iter()
-                .map(|time| match time {
-                    StoredTime::Millis(ms) => Some(*ms),
-                    StoredTime::Text(_) => None,
-                })
-                .collect(),
-            ts_text: times
-                .iter()
-                .map(|time| match time {
-                    StoredTime::Millis(_) => None,
-                    StoredTime::Text(text) => Some(*text),
-                })
-                .collect(),
+            ts_ms: times.iter().map(StoredTime::millis).collect(),
+            ts_text: times.iter().map(StoredTime::text).collect(),
             actor_id,
             action: column(|r| r.entry.action),
             flag: column(|r| r.entry.flag),
@@ -758,8 +746,7 @@ fn read_audit_row(
         reason: row.get(9),
         detail: row.get::<_, &str>(10).into(),
         prev_hash: String::new(),
-        hash: shown_hash(row.get(12))
-            .ok_or_else(|| unreadable("hash", "bytes that are neither a hash nor UTF-8"))?,
+        hash: shown_hash(id, row.get(12))?,
     };
     Ok((audit_row, row.get(3), row.get(11)))
 }

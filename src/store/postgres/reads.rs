@@ -141,11 +141,7 @@ impl Reads for Postgres {
             &[&after_id, &limit],
             |row| {
                 let id: i64 = row.get(0);
-                let hash = shown_hash(row.get(2)).ok_or_else(|| Error::UnreadableAuditRow {
-                    id,
-                    why: "hash holds bytes that are neither a hash nor UTF-8, not text".into(),
-                })?;
-                stored.push((id, row.get(1), hash));
+                stored.push((id, row.get(1), shown_hash(id, row.get(2))?));
                 Ok(())
             },
         )?;
@@ -153,10 +149,11 @@ impl Reads for Postgres {
         link_rows(stored, |id| self.audit_hash(id))
     }
 
+    /// Read from `audit_rows` and shown as the view shows it, as `audit_page` reads.
     fn audit_hash(&self, id: i64) -> Result<Option<String>> {
-        Ok(self
-            .query_opt(sql::SELECT_AUDIT_HASH, &[&id])?
-            .map(|row| row.get(0)))
+        self.query_opt("SELECT hash FROM audit_rows WHERE id = $1", &[&id])?
+            .map(|row| shown_hash(id, row.get(0)))
+            .transpose()
     }
 
     fn flag_sets(&self) -> Result<Vec<(i64, String)>> {

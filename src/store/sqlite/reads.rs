@@ -149,13 +149,19 @@ impl Reads for Sqlite {
                 stored_hash(row.get_ref(2)?, id)?,
             ));
         }
-        link_rows(stored, |id| self.stored_hash_of(id))
+        link_rows(stored, |id| self.audit_hash(id))
     }
 
+    /// Read from `audit_rows` and shown as the view shows it, as `audit_page` reads.
     fn audit_hash(&self, id: i64) -> Result<Option<String>> {
-        let mut statement = self.conn.prepare_cached(sql::SELECT_AUDIT_HASH)?;
-        let mut rows = statement.query([id])?;
-        rows.next()?.map(|row| audit_column(row, id, 0)).transpose()
+        let mut lookup = self
+            .conn
+            .prepare_cached("SELECT hash FROM audit_rows WHERE id = ?1")?;
+        let mut found = lookup.query([id])?;
+        found
+            .next()?
+            .map(|row| stored_hash(row.get_ref(0)?, id))
+            .transpose()
     }
 
     fn flag_sets(&self) -> Result<Vec<(i64, String)>> {
@@ -237,7 +243,7 @@ impl Reads for Sqlite {
                 hash: stored_hash(row.get_ref(11)?, id)?,
             });
         }
-        link_page(&mut page, stored_links, |id| self.stored_hash_of(id))?;
+        link_page(&mut page, stored_links, |id| self.audit_hash(id))?;
         Ok(page)
     }
 
@@ -633,20 +639,6 @@ fn unreadable(id: i64, column: &str, held: &str) -> Error {
     Error::UnreadableAuditRow {
         id,
         why: format!("{column} holds {held}, not text"),
-    }
-}
-
-impl Sqlite {
-    /// Audit row `id`'s hash as the view shows it, `None` where there is no such row.
-    fn stored_hash_of(&self, id: i64) -> Result<Option<String>> {
-        let mut lookup = self
-            .conn
-            .prepare_cached("SELECT hash FROM audit_rows WHERE id = ?1")?;
-        let mut found = lookup.query([id])?;
-        found
-            .next()?
-            .map(|row| stored_hash(row.get_ref(0)?, id))
-            .transpose()
     }
 }
 
